@@ -1,0 +1,5 @@
+"""Allow ``python -m reverserd``."""
+
+from reverserd.cli import main
+
+raise SystemExit(main())
