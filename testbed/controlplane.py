@@ -413,16 +413,17 @@ class ControlPlane:
             f"--user={DAEMON_USER}",
         )
 
-    def etcd_revision(self) -> int:
-        return int(self._etcd_call("/v3/kv/range", {"key": _b64("/")})["header"]["revision"])
-
     def compact_etcd(self) -> int:
-        """Compact etcd at its current revision; returns that revision.
+        """Compact etcd so that every resourceVersion handed out so far is expired.
 
-        Any watch of :data:`WATCH_CACHE_OFF_RESOURCE` that resumes from an older resourceVersion
-        now receives ``410 Gone``.
+        A marker key is written first: a watch resumes *after* its resourceVersion, so compacting
+        only at the newest revision would still let a watch from the revision just before it
+        start (and fail with an internal error instead of 410). Any watch of
+        :data:`WATCH_CACHE_OFF_RESOURCE` that resumes from an older resourceVersion now receives
+        ``410 Gone``. Returns the compaction revision.
         """
-        revision = self.etcd_revision()
+        marker = {"key": _b64("/reverserd-testbed/compaction-marker"), "value": _b64("x")}
+        revision = int(self._etcd_call("/v3/kv/put", marker)["header"]["revision"])
         self._etcd_call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
         return revision
 

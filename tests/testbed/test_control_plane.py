@@ -69,6 +69,8 @@ async def test_lists_and_watches_a_configmap_created_through_the_api(
     assert [item.metadata.name for item in relisted.items] == ["smoke"]
 
 
+MERGE_PATCH = "application/merge-patch+json"
+
 CUSTOM_RESOURCES: list[tuple[str, dict[str, Any], bool]] = [
     ("gitproviders", {"url": "https://example.invalid/r.git", "allowedBranches": ["main"]}, True),
     ("gittargets", {"providerRef": {"name": "p"}, "branch": "main", "path": "live"}, True),
@@ -121,7 +123,13 @@ async def test_custom_resource_is_created_and_its_status_patched(
             "configbutler.ai", "v1alpha1", namespace, plural, body
         )
         await custom.patch_namespaced_custom_object_status(
-            "configbutler.ai", "v1alpha1", namespace, plural, name, status
+            "configbutler.ai",
+            "v1alpha1",
+            namespace,
+            plural,
+            name,
+            status,
+            _content_type=MERGE_PATCH,
         )
         stored = await custom.get_namespaced_custom_object(
             "configbutler.ai", "v1alpha1", namespace, plural, name
@@ -129,7 +137,7 @@ async def test_custom_resource_is_created_and_its_status_patched(
     else:
         await custom.create_cluster_custom_object("configbutler.ai", "v1alpha1", plural, body)
         await custom.patch_cluster_custom_object_status(
-            "configbutler.ai", "v1alpha1", plural, name, status
+            "configbutler.ai", "v1alpha1", plural, name, status, _content_type=MERGE_PATCH
         )
         stored = await custom.get_cluster_custom_object("configbutler.ai", "v1alpha1", plural, name)
     assert stored["status"]["conditions"][0]["reason"] == "Smoke"
@@ -169,7 +177,10 @@ async def test_watch_resumed_after_compaction_receives_410(
     assert WATCH_CACHE_OFF_RESOURCE == "podtemplates"
     namespace = make_namespace(control_plane)
     core = client.CoreV1Api(admin)
-    template = {"metadata": {"name": "t0"}, "template": {"metadata": {"labels": {"a": "b"}}}}
+    template = {
+        "metadata": {"name": "t0"},
+        "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+    }
     created = await core.create_namespaced_pod_template(namespace, template)
     old_version = created.metadata.resource_version
     await core.patch_namespaced_pod_template("t0", namespace, {"metadata": {"labels": {"x": "1"}}})

@@ -1,0 +1,95 @@
+"""Plain records that flow into and out of the journal.
+
+Objects travel as plain dicts parsed from the API server's JSON, never as client model classes:
+those are several times slower to build and the journal stores JSON anyway.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+ALL_NAMESPACES = "*"
+
+
+class EventKind(enum.StrEnum):
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    SEED_BEGIN = "SEED_BEGIN"
+    SEED_END = "SEED_END"
+
+
+class SeedState(enum.StrEnum):
+    PENDING = "pending"
+    SEEDING = "seeding"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectKey:
+    """Identity of an object across versions: the preferred version may change, this does not."""
+
+    api_group: str
+    resource: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """One watch: a resource type at its preferred version, in one namespace or all of them."""
+
+    api_group: str
+    api_version: str
+    resource: str
+    kind: str
+    namespaced: bool
+    namespace: str = ALL_NAMESPACES
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.api_group}/{self.api_version}" if self.api_group else self.api_version
+
+    @property
+    def key(self) -> str:
+        return f"{self.group_version}/{self.resource}@{self.namespace}"
+
+    def covers(self, namespace: str) -> bool:
+        return self.namespace in (ALL_NAMESPACES, namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEvent:
+    """One row of the ``events`` table."""
+
+    seq: int
+    stream: str
+    kind: EventKind
+    api_group: str
+    api_version: str
+    resource: str
+    namespace: str
+    name: str
+    uid: str | None
+    resource_version: str | None
+    username: str | None
+    journaled_at: float
+    body: dict[str, Any] | None
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.api_group, self.resource, self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One row of the ``objects`` table joined with the body of the event it points at."""
+
+    key: ObjectKey
+    api_version: str
+    uid: str
+    resource_version: str
+    seq: int
+    body: dict[str, Any]

@@ -1,0 +1,484 @@
+"""The journal's only writer: every watch event is appended here before anything else happens.
+
+Group commits
+    Watchers, consumers and the compactor hand operations to one writer task. It takes whatever
+    is queued (up to :data:`MAX_OPS_PER_COMMIT`) and applies it in one SQLite transaction, so a
+    burst of thousands of events costs a handful of fsyncs, and a caller's ``await`` returns only
+    once its operation is durable.
+
+Resume points travel with their events (SPEC 5.1)
+    A watch's resourceVersion is written in the same transaction as the events it covers. A crash
+    loses either both or neither, and a lost tail is simply delivered again by the API server when
+    the watch resumes from the older resourceVersion.
+
+Durability
+    WAL with ``synchronous=NORMAL``: a killed process loses nothing that was committed; a power
+    cut may lose the newest transactions, and with them their resume points, so the watch resumes
+    earlier and the events come again. Nothing is lost either way, and commits stay cheap.
+
+Event kinds
+    The writer keeps an in-memory index of the ``objects`` table (identity, uid, resourceVersion)
+    and derives each event's kind from it: an object it has never seen is a CREATE, a new
+    resourceVersion is an UPDATE, a new uid under a known name is a DELETE followed by a CREATE,
+    and an object that is gone *or has a deletionTimestamp* is a DELETE (its later final removal is
+    then a no-op). Deduplicating here is what makes a re-seed idempotent.
+
+No plaintext Secrets (SPEC 5.3)
+    Secret bodies are reduced to metadata before they reach SQL; see :func:`journal_body`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+
+from reverserd.journal.migrations import migrate
+from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.db"
+# Enough to turn a burst into a few transactions; small enough that one transaction stays
+# well under a second and other callers are not starved.
+MAX_OPS_PER_COMMIT = 256
+# A writer that cannot keep up slows the watchers down instead of growing memory without bound.
+QUEUE_DEPTH = 1024
+# Without a busy timeout a reader's checkpoint would make a write fail instead of wait.
+BUSY_TIMEOUT_MS = 10_000
+
+WatchType = Literal["ADDED", "MODIFIED", "DELETED"]
+T = TypeVar("T")
+
+# Fields of a Secret that may hold secret values, and the annotation kubectl copies them into.
+SECRET_VALUE_FIELDS = ("data", "stringData")
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def is_secret(api_group: str, resource: str) -> bool:
+    return api_group == "" and resource == "secrets"
+
+
+def journal_body(api_group: str, resource: str, body: dict[str, Any]) -> dict[str, Any]:
+    """What of an object the journal stores.
+
+    ``managedFields`` is dropped everywhere: it is large, changes on every write and never
+    reaches Git. A Secret keeps only its metadata and type: no value of it, and not the
+    last-applied annotation that can hold its values, is ever written to disk by the journal.
+    """
+    metadata = dict(body.get("metadata") or {})
+    metadata.pop("managedFields", None)
+    if is_secret(api_group, resource):
+        annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()}
+        annotations.pop(LAST_APPLIED, None)
+        if annotations:
+            metadata["annotations"] = annotations
+        else:
+            metadata.pop("annotations", None)
+        kept = {k: v for k, v in body.items() if k not in SECRET_VALUE_FIELDS}
+        return {**kept, "metadata": metadata}
+    return {**body, "metadata": metadata}
+
+
+@dataclass(slots=True)
+class IndexEntry:
+    uid: str
+    resource_version: str
+    seq: int
+    stream: str
+    api_version: str
+
+
+@dataclass(slots=True)
+class SeedSession:
+    """A LIST in progress for one stream; what it saw decides what the seed deletes."""
+
+    stream: StreamSpec
+    seen: set[ObjectKey] = field(default_factory=set)
+
+
+class _Batch:
+    """Statements of one group commit, computed against the in-memory index."""
+
+    def __init__(self, writer: JournalWriter) -> None:
+        self.writer = writer
+        self.events: list[tuple[Any, ...]] = []
+        self.objects: dict[ObjectKey, tuple[Any, ...] | None] = {}
+        self.statements: list[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]] = []
+        self.now = time.time()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.statements.append((sql, params, False))
+
+    def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.statements.append((sql, rows, True))
+
+    def event(
+        self,
+        stream: StreamSpec,
+        kind: EventKind,
+        key: ObjectKey | None = None,
+        uid: str | None = None,
+        resource_version: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> int:
+        seq = self.writer.next_seq
+        self.writer.next_seq += 1
+        self.events.append((
+            seq, stream.key, kind.value, stream.api_group, stream.api_version, stream.resource,
+            key.namespace if key else "", key.name if key else "", uid, resource_version,
+            None, self.now, None if body is None else json.dumps(body, separators=(",", ":")),
+        ))  # fmt: skip
+        return seq
+
+    def observe(self, stream: StreamSpec, watch_type: WatchType, body: dict[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        key = ObjectKey(
+            stream.api_group, stream.resource, metadata.get("namespace", ""), metadata["name"]
+        )
+        uid = str(metadata.get("uid", ""))
+        version = str(metadata.get("resourceVersion", ""))
+        index = self.writer.index
+        known = index.get(key)
+        stored = journal_body(stream.api_group, stream.resource, body)
+        if watch_type == "DELETED" or metadata.get("deletionTimestamp"):
+            if known is not None:
+                self.event(stream, EventKind.DELETE, key, uid, version, stored)
+                self._forget(key)
+            return
+        if known is not None and known.uid != uid:
+            self.event(stream, EventKind.DELETE, key, known.uid, version)
+            self._forget(key)
+            known = None
+        if known is None:
+            kind = EventKind.CREATE
+        elif known.resource_version != version or known.api_version != stream.api_version:
+            kind = EventKind.UPDATE
+        else:
+            return
+        seq = self.event(stream, kind, key, uid, version, stored)
+        index[key] = IndexEntry(uid, version, seq, stream.key, stream.api_version)
+        self.objects[key] = (
+            key.api_group, key.resource, key.namespace, key.name, stream.api_version,
+            uid, version, stream.key, seq,
+        )  # fmt: skip
+
+    def delete_unseen(self, session: SeedSession) -> None:
+        """DELETE events for objects in the stream's scope that a complete LIST did not return."""
+        stream = session.stream
+        gone = [
+            key
+            for key in self.writer.index
+            if key.api_group == stream.api_group
+            and key.resource == stream.resource
+            and stream.covers(key.namespace)
+            and key not in session.seen
+        ]
+        for key in sorted(gone):
+            entry = self.writer.index[key]
+            self.event(stream, EventKind.DELETE, key, entry.uid, entry.resource_version)
+            self._forget(key)
+
+    def _forget(self, key: ObjectKey) -> None:
+        del self.writer.index[key]
+        self.objects[key] = None
+
+    def stream_resource_version(self, stream: StreamSpec, resource_version: str) -> None:
+        self.execute(
+            "UPDATE streams SET resource_version = ?, updated_at = ? WHERE stream = ?",
+            (resource_version, self.now, stream.key),
+        )
+
+
+@dataclass(slots=True)
+class _Operation:
+    apply: Callable[[_Batch], Any]
+    done: asyncio.Future[Any]
+
+
+class JournalWriter:
+    """Owns the single writer connection of ``<state-dir>/journal.db``.
+
+    Start :meth:`run` in the daemon's TaskGroup; every other method only queues an operation and
+    waits until the transaction that holds it has committed.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+        self.index: dict[ObjectKey, IndexEntry] = {}
+        self.next_seq = 1
+        self._queue: asyncio.Queue[_Operation] = asyncio.Queue(QUEUE_DEPTH)
+        self.committed_seq = 0
+
+    @classmethod
+    async def open(cls, state_dir: Path) -> JournalWriter:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / JOURNAL_FILE
+        await asyncio.to_thread(prepare_database, path)
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await connection.execute("PRAGMA synchronous = NORMAL")
+        writer = cls(connection, path)
+        await writer._load_index()
+        return writer
+
+    async def _load_index(self) -> None:
+        self.index.clear()
+        rows = await self.connection.execute_fetchall(
+            "SELECT api_group, resource, namespace, name, uid, resource_version, seq, stream,"
+            " api_version FROM objects"
+        )
+        for group, resource, namespace, name, uid, version, seq, stream, api_version in rows:
+            key = ObjectKey(group, resource, namespace, name)
+            self.index[key] = IndexEntry(uid, version, seq, stream, api_version)
+        last = await self.connection.execute_fetchall(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
+        )
+        self.committed_seq = int(next(iter(last))[0])
+        self.next_seq = self.committed_seq + 1
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def run(self) -> None:
+        """Apply queued operations in group commits until cancelled."""
+        while True:
+            operations = [await self._queue.get()]
+            while len(operations) < MAX_OPS_PER_COMMIT and not self._queue.empty():
+                operations.append(self._queue.get_nowait())
+            await self._commit(operations)
+
+    async def _commit(self, operations: list[_Operation]) -> None:
+        batch = _Batch(self)
+        first_seq = self.next_seq
+        results: list[tuple[_Operation, Any, BaseException | None]] = []
+        for operation in operations:
+            try:
+                results.append((operation, operation.apply(batch), None))
+            except Exception as error:  # a bad operation must not take the others down
+                results.append((operation, None, error))
+        try:
+            await self._write(batch)
+        except (sqlite3.Error, OSError) as error:
+            log.error("journal transaction failed, reloading index", exc_info=error)
+            await self.connection.rollback()
+            await self._load_index()
+            self.next_seq = max(self.next_seq, first_seq)
+            for operation, _, _ in results:
+                if not operation.done.done():
+                    operation.done.set_exception(error)
+            return
+        self.committed_seq = self.next_seq - 1
+        for operation, result, error in results:
+            if operation.done.done():
+                continue
+            if error is None:
+                operation.done.set_result(result)
+            else:
+                operation.done.set_exception(error)
+
+    async def _write(self, batch: _Batch) -> None:
+        connection = self.connection
+        await connection.execute("BEGIN IMMEDIATE")
+        if batch.events:
+            await connection.executemany(
+                "INSERT INTO events (seq, stream, kind, api_group, api_version, resource,"
+                " namespace, name, uid, resource_version, username, journaled_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                batch.events,
+            )
+        gone = [key for key, row in batch.objects.items() if row is None]
+        if gone:
+            await connection.executemany(
+                "DELETE FROM objects WHERE api_group = ? AND resource = ? AND namespace = ?"
+                " AND name = ?",
+                [(k.api_group, k.resource, k.namespace, k.name) for k in gone],
+            )
+        present = [row for row in batch.objects.values() if row is not None]
+        if present:
+            await connection.executemany(
+                "INSERT OR REPLACE INTO objects (api_group, resource, namespace, name,"
+                " api_version, uid, resource_version, stream, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                present,
+            )
+        for sql, params, many in batch.statements:
+            if many:
+                await connection.executemany(sql, params)  # type: ignore[arg-type]
+            else:
+                await connection.execute(sql, params)  # type: ignore[arg-type]
+        await connection.execute("COMMIT")
+
+    async def submit(self, apply: Callable[[_Batch], T]) -> T:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Operation(apply, done))
+        return await done
+
+    # -- operations used by the watchers -------------------------------------------------------
+
+    async def register_stream(self, stream: StreamSpec) -> tuple[str | None, SeedState]:
+        """Create the stream's row if new; return its stored resume point and seed state."""
+
+        def apply(batch: _Batch) -> None:
+            batch.execute(
+                "INSERT OR IGNORE INTO streams (stream, api_group, api_version, resource, kind,"
+                " namespaced, namespace, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (stream.key, stream.api_group, stream.api_version, stream.resource, stream.kind,
+                 int(stream.namespaced), stream.namespace, batch.now),
+            )  # fmt: skip
+
+        await self.submit(apply)
+        rows = await self.connection.execute_fetchall(
+            "SELECT resource_version, seed_state FROM streams WHERE stream = ?", (stream.key,)
+        )
+        version, state = next(iter(rows))
+        return version, SeedState(state)
+
+    async def record_changes(
+        self,
+        stream: StreamSpec,
+        changes: Sequence[tuple[WatchType, dict[str, Any]]],
+        resource_version: str | None,
+    ) -> None:
+        """Journal watch events and, in the same transaction, the stream's resume point."""
+
+        def apply(batch: _Batch) -> None:
+            for watch_type, body in changes:
+                batch.observe(stream, watch_type, body)
+            if resource_version:
+                batch.stream_resource_version(stream, resource_version)
+
+        await self.submit(apply)
+
+    async def begin_seed(self, stream: StreamSpec, relist: bool) -> SeedSession:
+        def apply(batch: _Batch) -> SeedSession:
+            batch.event(stream, EventKind.SEED_BEGIN)
+            batch.execute(
+                "UPDATE streams SET seed_state = ?, relists = relists + ?, updated_at = ?"
+                " WHERE stream = ?",
+                (SeedState.SEEDING.value, int(relist), batch.now, stream.key),
+            )
+            return SeedSession(stream)
+
+        return await self.submit(apply)
+
+    async def record_seed_page(self, session: SeedSession, items: Sequence[dict[str, Any]]) -> None:
+        """Journal one LIST page: CREATE/UPDATE only; deletions wait for the complete LIST."""
+
+        def apply(batch: _Batch) -> None:
+            for body in items:
+                metadata = body.get("metadata") or {}
+                if not metadata.get("deletionTimestamp"):
+                    session.seen.add(
+                        ObjectKey(
+                            session.stream.api_group,
+                            session.stream.resource,
+                            metadata.get("namespace", ""),
+                            metadata["name"],
+                        )
+                    )
+                batch.observe(session.stream, "ADDED", body)
+
+        await self.submit(apply)
+
+    async def finish_seed(self, session: SeedSession, resource_version: str) -> None:
+        """Deletions the LIST proves, the end marker and the resume point: one transaction."""
+
+        def apply(batch: _Batch) -> None:
+            batch.delete_unseen(session)
+            batch.event(session.stream, EventKind.SEED_END, resource_version=resource_version)
+            batch.execute(
+                "UPDATE streams SET seed_state = ?, seeded_at = ?, resource_version = ?,"
+                " updated_at = ? WHERE stream = ?",
+                (SeedState.COMPLETE.value, batch.now, resource_version, batch.now,
+                 session.stream.key),
+            )  # fmt: skip
+
+        await self.submit(apply)
+
+    # -- operations used by the target consumers -----------------------------------------------
+
+    async def write_cursor(
+        self,
+        target: str,
+        seq: int,
+        covered: Sequence[str],
+        files: Sequence[tuple[ObjectKey, str | None, str]] = (),
+    ) -> None:
+        """Move a target's cursor and its record of written files in one transaction.
+
+        ``files`` holds (object, path or None when the file was removed, content hash).
+        """
+
+        def apply(batch: _Batch) -> None:
+            batch.execute(
+                "INSERT INTO cursors (target, seq, covered, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (target) DO UPDATE SET seq = excluded.seq,"
+                " covered = excluded.covered, updated_at = excluded.updated_at",
+                (target, seq, json.dumps(sorted(covered)), batch.now),
+            )
+            removed = [(target, *_key_tuple(k)) for k, path, _ in files if path is None]
+            written = [(target, *_key_tuple(k), p, sha) for k, p, sha in files if p is not None]
+            if removed:
+                batch.execute_many(
+                    "DELETE FROM target_files WHERE target = ? AND api_group = ? AND resource = ?"
+                    " AND namespace = ? AND name = ?",
+                    removed,
+                )
+            if written:
+                batch.execute_many(
+                    "INSERT OR REPLACE INTO target_files (target, api_group, resource, namespace,"
+                    " name, path, content_sha) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    written,
+                )
+
+        await self.submit(apply)
+
+    async def forget_target(self, target: str) -> None:
+        """A deleted GitTarget no longer holds back compaction."""
+
+        def apply(batch: _Batch) -> None:
+            batch.execute("DELETE FROM cursors WHERE target = ?", (target,))
+            batch.execute("DELETE FROM target_files WHERE target = ?", (target,))
+
+        await self.submit(apply)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    async def compact(self) -> None:
+        """Remove events every cursor has passed and that no ``objects`` row points at.
+
+        With no cursor at all, nothing needs old events: a new target starts from ``objects``.
+        """
+
+        def apply(batch: _Batch) -> None:
+            batch.execute(
+                "DELETE FROM events WHERE seq <= COALESCE((SELECT MIN(seq) FROM cursors), ?)"
+                " AND seq NOT IN (SELECT seq FROM objects)",
+                (self.committed_seq,),
+            )
+
+        await self.submit(apply)
+
+
+def _key_tuple(key: ObjectKey) -> tuple[str, str, str, str]:
+    return key.api_group, key.resource, key.namespace, key.name
+
+
+def prepare_database(path: Path) -> None:
+    """Switch the file to WAL and apply pending migrations (blocking; run off the loop)."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        migrate(connection)
+    finally:
+        connection.close()
