@@ -1,0 +1,175 @@
+"""Read access to the journal for target consumers, the status surface and the CLI.
+
+Readers use their own connections: WAL lets them read a consistent snapshot while the writer
+commits, so tailing the journal never blocks a watch. A read-only connection is opened with
+``mode=ro`` and never changes the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from reverserd.journal.model import EventKind, JournalEvent, ObjectKey, SeedState, StoredObject
+from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
+
+EVENT_COLUMNS = (
+    "seq, stream, kind, api_group, api_version, resource, namespace, name, uid,"
+    " resource_version, username, journaled_at, body"
+)
+
+
+def event_from_row(row: Sequence[Any]) -> JournalEvent:
+    body = row[12]
+    return JournalEvent(
+        seq=row[0], stream=row[1], kind=EventKind(row[2]), api_group=row[3], api_version=row[4],
+        resource=row[5], namespace=row[6], name=row[7], uid=row[8], resource_version=row[9],
+        username=row[10], journaled_at=row[11], body=None if body is None else json.loads(body),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    stream: str
+    api_group: str
+    api_version: str
+    resource: str
+    kind: str
+    namespaced: bool
+    namespace: str
+    resource_version: str | None
+    seed_state: SeedState
+    seeded_at: float | None
+    relists: int
+
+
+@dataclass(frozen=True, slots=True)
+class CursorRow:
+    target: str
+    seq: int
+    covered: list[str]
+    updated_at: float | None
+
+
+class JournalReader:
+    """A reading connection to ``<state-dir>/journal.db``."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, state_dir: Path, read_only: bool = False) -> JournalReader:
+        path = state_dir / JOURNAL_FILE
+        if read_only:
+            if not path.exists():
+                raise FileNotFoundError(f"no journal at {path}")
+            connection = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        else:
+            connection = await aiosqlite.connect(path)
+        await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return cls(connection)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def last_seq(self) -> int:
+        rows = await self.connection.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(next(iter(rows))[0])
+
+    async def events_after(self, seq: int, limit: int) -> list[JournalEvent]:
+        rows = await self.connection.execute_fetchall(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def event(self, seq: int) -> JournalEvent | None:
+        rows = list(
+            await self.connection.execute_fetchall(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?", (seq,)
+            )
+        )
+        return event_from_row(rows[0]) if rows else None
+
+    async def snapshot(
+        self, kinds: Iterable[tuple[str, str]]
+    ) -> tuple[int, list[StoredObject]]:
+        """The current objects of the given (api_group, resource) pairs and the seq they reflect.
+
+        Read in one transaction, so the objects are exactly the state after the returned seq.
+        """
+        wanted = sorted(set(kinds))
+        await self.connection.execute("BEGIN")
+        try:
+            seq = await self.last_seq()
+            objects: list[StoredObject] = []
+            for api_group, resource in wanted:
+                rows = await self.connection.execute_fetchall(
+                    "SELECT o.api_group, o.resource, o.namespace, o.name, o.api_version, o.uid,"
+                    " o.resource_version, o.seq, e.body FROM objects o JOIN events e"
+                    " ON e.seq = o.seq WHERE o.api_group = ? AND o.resource = ?"
+                    " ORDER BY o.namespace, o.name",
+                    (api_group, resource),
+                )
+                for group, res, namespace, name, version, uid, rv, object_seq, body in rows:
+                    objects.append(
+                        StoredObject(
+                            ObjectKey(group, res, namespace, name),
+                            version, uid, rv, object_seq, json.loads(body),
+                        )
+                    )  # fmt: skip
+        finally:
+            await self.connection.execute("COMMIT")
+        return seq, objects
+
+    async def streams(self) -> list[StreamRow]:
+        rows = await self.connection.execute_fetchall(
+            "SELECT stream, api_group, api_version, resource, kind, namespaced, namespace,"
+            " resource_version, seed_state, seeded_at, relists FROM streams ORDER BY stream"
+        )
+        return [
+            StreamRow(
+                row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7],
+                SeedState(row[8]), row[9], row[10],
+            )
+            for row in rows
+        ]  # fmt: skip
+
+    async def cursors(self) -> list[CursorRow]:
+        rows = await self.connection.execute_fetchall(
+            "SELECT target, seq, covered, updated_at FROM cursors ORDER BY target"
+        )
+        return [CursorRow(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
+
+    async def cursor(self, target: str) -> CursorRow | None:
+        return next((row for row in await self.cursors() if row.target == target), None)
+
+    async def target_files(self, target: str) -> dict[ObjectKey, tuple[str, str]]:
+        """What a target wrote: object -> (path, content hash)."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT api_group, resource, namespace, name, path, content_sha FROM target_files"
+            " WHERE target = ?",
+            (target,),
+        )
+        return {ObjectKey(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in rows}
+
+    async def stats(self) -> dict[str, int]:
+        """Row counts, sequence range and file size: what ``journal stats`` and metrics show."""
+        counts: dict[str, int] = {}
+        for table in ("events", "objects", "streams", "cursors", "target_files"):
+            rows = await self.connection.execute_fetchall(f"SELECT COUNT(*) FROM {table}")
+            counts[table] = int(next(iter(rows))[0])
+        rows = await self.connection.execute_fetchall(
+            "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM events"
+        )
+        first, last = next(iter(rows))
+        counts["first_seq"], counts["last_seq"] = int(first), int(last)
+        rows = await self.connection.execute_fetchall(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+        )
+        counts["database_bytes"] = int(next(iter(rows))[0])
+        return counts
