@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,7 +427,7 @@ class ControlPlane:
         self._etcd_call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
         return revision
 
-    def _etcd_call(self, path: str, body: dict[str, object]) -> dict[str, dict[str, str]]:
+    def _etcd_call(self, path: str, body: Mapping[str, object]) -> dict[str, dict[str, str]]:
         request = urllib.request.Request(
             self.etcd_url + path,
             data=json.dumps(body).encode(),

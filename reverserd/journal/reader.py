@@ -95,9 +95,7 @@ class JournalReader:
         )
         return event_from_row(rows[0]) if rows else None
 
-    async def snapshot(
-        self, kinds: Iterable[tuple[str, str]]
-    ) -> tuple[int, list[StoredObject]]:
+    async def snapshot(self, kinds: Iterable[tuple[str, str]]) -> tuple[int, list[StoredObject]]:
         """The current objects of the given (api_group, resource) pairs and the seq they reflect.
 
         Read in one transaction, so the objects are exactly the state after the returned seq.

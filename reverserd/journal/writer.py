@@ -221,7 +221,6 @@ class JournalWriter:
 
     @classmethod
     async def open(cls, state_dir: Path) -> JournalWriter:
-        state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / JOURNAL_FILE
         await asyncio.to_thread(prepare_database, path)
         connection = await aiosqlite.connect(path, isolation_level=None)
@@ -259,7 +258,6 @@ class JournalWriter:
 
     async def _commit(self, operations: list[_Operation]) -> None:
         batch = _Batch(self)
-        first_seq = self.next_seq
         results: list[tuple[_Operation, Any, BaseException | None]] = []
         for operation in operations:
             try:
@@ -270,21 +268,21 @@ class JournalWriter:
             await self._write(batch)
         except (sqlite3.Error, OSError) as error:
             log.error("journal transaction failed, reloading index", exc_info=error)
-            await self.connection.rollback()
+            if self.connection.in_transaction:
+                await self.connection.rollback()
             await self._load_index()
-            self.next_seq = max(self.next_seq, first_seq)
             for operation, _, _ in results:
                 if not operation.done.done():
                     operation.done.set_exception(error)
             return
         self.committed_seq = self.next_seq - 1
-        for operation, result, error in results:
+        for operation, result, failure in results:
             if operation.done.done():
                 continue
-            if error is None:
+            if failure is None:
                 operation.done.set_result(result)
             else:
-                operation.done.set_exception(error)
+                operation.done.set_exception(failure)
 
     async def _write(self, batch: _Batch) -> None:
         connection = self.connection
@@ -313,9 +311,9 @@ class JournalWriter:
             )
         for sql, params, many in batch.statements:
             if many:
-                await connection.executemany(sql, params)  # type: ignore[arg-type]
+                await connection.executemany(sql, params)
             else:
-                await connection.execute(sql, params)  # type: ignore[arg-type]
+                await connection.execute(sql, params)
         await connection.execute("COMMIT")
 
     async def submit(self, apply: Callable[[_Batch], T]) -> T:
@@ -476,6 +474,7 @@ def _key_tuple(key: ObjectKey) -> tuple[str, str, str, str]:
 
 def prepare_database(path: Path) -> None:
     """Switch the file to WAL and apply pending migrations (blocking; run off the loop)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode = WAL")

@@ -115,7 +115,9 @@ async def test_secret_values_never_reach_the_database(
         "metadata": {
             "name": "s", "namespace": "ns", "uid": "u", "resourceVersion": "1",
             "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"p\":\"c2VjcmV0LXZhbHVl\"}}"
+                "kubectl.kubernetes.io/last-applied-configuration": (
+                    '{"data":{"p":"c2VjcmV0LXZhbHVl"}}'
+                )
             },
         },
         "data": {"p": "c2VjcmV0LXZhbHVl"},
