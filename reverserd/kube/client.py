@@ -1,0 +1,144 @@
+"""A thin, plain-JSON client for the API server.
+
+kubernetes-asyncio loads the configuration (kubeconfig or in-cluster, including token refresh)
+and owns the HTTP session; requests go through its ``call_api`` with ``_preload_content=False``
+so responses are parsed straight into dicts. Every call carries a timeout: a hung API server
+must never hang the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+
+# Lists of large pages and status writes finish well within this on a healthy server.
+REQUEST_TIMEOUT_S = 60.0
+# A watch is a long-lived response: only connecting is bounded here; the watcher bounds silence.
+WATCH_CONNECT_TIMEOUT_S = 15.0
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass
+class KubeError(Exception):
+    """A non-2xx answer from the API server, with its Status reason and message."""
+
+    status: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}: {self.message}"
+
+
+class KubeClient:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    @classmethod
+    async def connect(cls, kubeconfig: Path | None, context: str | None = None) -> KubeClient:
+        """From a kubeconfig file when given, else the in-cluster service account."""
+        configuration = client.Configuration()
+        if kubeconfig is not None:
+            await config.load_kube_config(
+                config_file=str(kubeconfig), context=context, client_configuration=configuration
+            )
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+        return cls(client.ApiClient(configuration))
+
+    @property
+    def server(self) -> str:
+        host: str = self.api.configuration.host
+        return host
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: aiohttp.ClientTimeout | float = REQUEST_TIMEOUT_S,
+    ) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse = await self.api.call_api(
+            path,
+            method,
+            query_params=list((params or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        if response.status >= 300:
+            text = await response.text()
+            response.release()
+            raise error_from_status(response.status, text)
+        return response
+
+    async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        response = await self._call("GET", path, params)
+        try:
+            return await response.json(loads=json.loads, content_type=None)
+        finally:
+            response.release()
+
+    async def send(
+        self, method: str, path: str, body: Any, content_type: str = "application/json"
+    ) -> Any:
+        response = await self._call(method, path, body=body, content_type=content_type)
+        try:
+            return await response.json(content_type=None)
+        finally:
+            response.release()
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> Any:
+        return await self.send("PATCH", path, patch, MERGE_PATCH)
+
+    async def stream_lines(
+        self, path: str, params: Mapping[str, str | int], read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield each JSON line of a streaming response (a watch) until the server ends it.
+
+        ``read_timeout`` bounds silence between lines: a connection that went quiet without
+        closing raises ``asyncio.TimeoutError`` instead of hanging forever.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=WATCH_CONNECT_TIMEOUT_S, sock_read=read_timeout
+        )
+        response = await self._call("GET", path, params, timeout=timeout)
+        try:
+            async for line in response.content:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            response.release()
+
+
+def error_from_status(status: int, text: str) -> KubeError:
+    try:
+        body = json.loads(text)
+        return KubeError(status, str(body.get("reason", "")), str(body.get("message", text)))
+    except (ValueError, AttributeError):
+        return KubeError(status, "", text[:500])
+
+
+def is_status_error(line: Mapping[str, Any]) -> KubeError | None:
+    """A watch ``ERROR`` event as a :class:`KubeError` (410 means the resourceVersion expired)."""
+    if line.get("type") != "ERROR":
+        return None
+    body = line.get("object") or {}
+    return KubeError(int(body.get("code", 500)), str(body.get("reason", "")), str(body.get("message", "")))
+
+
+def paths_of(names: Sequence[str]) -> str:
+    return ",".join(names)
