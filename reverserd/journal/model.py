@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from reverserd.kube.resources import ResourceType
+
 ALL_NAMESPACES = "*"
 
 
@@ -41,20 +43,24 @@ class ObjectKey:
 class StreamSpec:
     """One watch: a resource type at its preferred version, in one namespace or all of them."""
 
-    api_group: str
-    api_version: str
-    resource: str
-    kind: str
-    namespaced: bool
+    rtype: ResourceType
     namespace: str = ALL_NAMESPACES
 
     @property
-    def group_version(self) -> str:
-        return f"{self.api_group}/{self.api_version}" if self.api_group else self.api_version
+    def api_group(self) -> str:
+        return self.rtype.group
+
+    @property
+    def api_version(self) -> str:
+        return self.rtype.version
+
+    @property
+    def resource(self) -> str:
+        return self.rtype.resource
 
     @property
     def key(self) -> str:
-        return f"{self.group_version}/{self.resource}@{self.namespace}"
+        return f"{self.rtype.api_version}/{self.rtype.resource}@{self.namespace}"
 
     def covers(self, namespace: str) -> bool:
         return self.namespace in (ALL_NAMESPACES, namespace)

@@ -330,8 +330,8 @@ class JournalWriter:
             batch.execute(
                 "INSERT OR IGNORE INTO streams (stream, api_group, api_version, resource, kind,"
                 " namespaced, namespace, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (stream.key, stream.api_group, stream.api_version, stream.resource, stream.kind,
-                 int(stream.namespaced), stream.namespace, batch.now),
+                (stream.key, stream.api_group, stream.api_version, stream.resource,
+                 stream.rtype.kind, int(stream.rtype.namespaced), stream.namespace, batch.now),
             )  # fmt: skip
 
         await self.submit(apply)

@@ -9,7 +9,7 @@ must never hang the daemon.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +49,13 @@ class KubeClient:
                 config_file=str(kubeconfig), context=context, client_configuration=configuration
             )
         else:
-            config.load_incluster_config(client_configuration=configuration)
+            # The library leaves this one untyped; it takes and fills a Configuration.
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(client.ApiClient(configuration))
 
     @property
     def server(self) -> str:
-        host: str = self.api.configuration.host
-        return host
+        return str(self.api.configuration.host)
 
     async def close(self) -> None:
         await self.api.close()
@@ -67,7 +67,7 @@ class KubeClient:
         params: Mapping[str, str | int] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: aiohttp.ClientTimeout | float = REQUEST_TIMEOUT_S,
+        limits: aiohttp.ClientTimeout | float = REQUEST_TIMEOUT_S,
     ) -> aiohttp.ClientResponse:
         response: aiohttp.ClientResponse = await self.api.call_api(
             path,
@@ -77,7 +77,7 @@ class KubeClient:
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,
-            _request_timeout=timeout,
+            _request_timeout=limits,
         )
         if response.status >= 300:
             text = await response.text()
@@ -115,7 +115,7 @@ class KubeClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=WATCH_CONNECT_TIMEOUT_S, sock_read=read_timeout
         )
-        response = await self._call("GET", path, params, timeout=timeout)
+        response = await self._call("GET", path, params, limits=timeout)
         try:
             async for line in response.content:
                 if line.strip():
@@ -137,8 +137,6 @@ def is_status_error(line: Mapping[str, Any]) -> KubeError | None:
     if line.get("type") != "ERROR":
         return None
     body = line.get("object") or {}
-    return KubeError(int(body.get("code", 500)), str(body.get("reason", "")), str(body.get("message", "")))
-
-
-def paths_of(names: Sequence[str]) -> str:
-    return ",".join(names)
+    return KubeError(
+        int(body.get("code", 500)), str(body.get("reason", "")), str(body.get("message", ""))
+    )

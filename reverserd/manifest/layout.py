@@ -19,8 +19,9 @@ path is reported to the user, an impossible object name raises.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
+
+from reverserd.kube.resources import ResourceType
 
 MANIFEST_SUFFIX: Final = ".yaml"
 # The suffix the sops creation rules match, so `sops -d` and editors find the encrypted files.
@@ -64,22 +65,6 @@ EXCLUDED_CONFIGMAP_NAMES: Final[Mapping[str, str]] = {
 # Segments that would escape or corrupt the target folder, or the repository itself.
 _FORBIDDEN_SEGMENTS: Final = frozenset({".", ".."})
 _GIT_DIR: Final = ".git"
-
-
-@dataclass(frozen=True)
-class ResourceType:
-    """One resource of the API, at the version its objects are read and written at."""
-
-    group: str
-    version: str
-    resource: str
-    kind: str
-    namespaced: bool
-
-    @property
-    def api_version(self) -> str:
-        """The ``apiVersion`` of its objects: ``v1`` for the core group, else ``group/version``."""
-        return f"{self.group}/{self.version}" if self.group else self.version
 
 
 def object_path(

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from reverserd.journal import EventKind, JournalReader, JournalWriter, SeedState, StreamSpec
+from reverserd.kube.resources import ResourceType
 
-CONFIGMAPS = StreamSpec("", "v1", "configmaps", "ConfigMap", True)
-SECRETS = StreamSpec("", "v1", "secrets", "Secret", True)
+CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
+SECRETS = StreamSpec(ResourceType("", "v1", "secrets", "Secret", True))
 
 
 def configmap(name: str, version: int, uid: str = "u-1", **extra: Any) -> dict[str, Any]:

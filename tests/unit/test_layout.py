@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import (
     DEFAULT_EXCLUDED_RESOURCES,
     SENSITIVE_RESOURCES,
-    ResourceType,
     commit_subject_path,
     is_excluded_object,
     object_path,
