@@ -67,13 +67,14 @@ class KubeClient:
         params: Mapping[str, str | int] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
         limits: aiohttp.ClientTimeout | float = REQUEST_TIMEOUT_S,
     ) -> aiohttp.ClientResponse:
         response: aiohttp.ClientResponse = await self.api.call_api(
             path,
             method,
             query_params=list((params or {}).items()),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={"Accept": accept, "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,
@@ -86,9 +87,14 @@ class KubeClient:
         return response
 
     async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
-        response = await self._call("GET", path, params)
+        return await self.get_with_accept(path, "application/json", params)
+
+    async def get_with_accept(
+        self, path: str, accept: str, params: Mapping[str, str | int] | None = None
+    ) -> Any:
+        response = await self._call("GET", path, params, accept=accept)
         try:
-            return await response.json(loads=json.loads, content_type=None)
+            return await response.json(content_type=None)
         finally:
             response.release()
 
@@ -130,13 +136,3 @@ def error_from_status(status: int, text: str) -> KubeError:
         return KubeError(status, str(body.get("reason", "")), str(body.get("message", text)))
     except (ValueError, AttributeError):
         return KubeError(status, "", text[:500])
-
-
-def is_status_error(line: Mapping[str, Any]) -> KubeError | None:
-    """A watch ``ERROR`` event as a :class:`KubeError` (410 means the resourceVersion expired)."""
-    if line.get("type") != "ERROR":
-        return None
-    body = line.get("object") or {}
-    return KubeError(
-        int(body.get("code", 500)), str(body.get("reason", "")), str(body.get("message", ""))
-    )
