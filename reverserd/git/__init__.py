@@ -1,0 +1,54 @@
+"""Git infrastructure: bare clones, plumbing commits, compare-and-swap pushes, credentials.
+
+This package is the lowest layer under the committer. It knows nothing of Kubernetes, the
+journal or GitTargets: callers hand it file changes and credentials, it hands back commit SHAs
+and typed errors (:class:`PushRejected`, :class:`PushDeclined`, :class:`RemoteUnavailable`)
+whose messages are safe to show. It upholds the Git side of DESIGN invariants 1 and 7 (a SHA is
+reported as pushed only after the server accepted it) and SPEC 2.1 (SSH host keys are verified,
+and no credential reaches a log or a status).
+
+- :mod:`reverserd.git.repository`: :class:`BranchRepository`, one branch of one remote in a bare
+  clone, used from a dedicated worker thread.
+- :mod:`reverserd.git.credentials`: :class:`GitCredentials`, the pygit2 callbacks that
+  authenticate and verify SSH host keys, and URL masking.
+- :mod:`reverserd.git.known_hosts`: OpenSSH known_hosts parsing and matching.
+"""
+
+from reverserd.git.credentials import (
+    AuthenticationRejected,
+    CredentialsError,
+    GitCredentials,
+    build_callbacks,
+    mask_url,
+    redact,
+)
+from reverserd.git.known_hosts import HostKeyError, KnownHostsError
+from reverserd.git.repository import (
+    BranchRepository,
+    FileChange,
+    PushDeclined,
+    PushRejected,
+    RemoteError,
+    RemoteUnavailable,
+    RepositoryError,
+    configure_network_timeouts,
+)
+
+__all__ = [
+    "AuthenticationRejected",
+    "BranchRepository",
+    "CredentialsError",
+    "FileChange",
+    "GitCredentials",
+    "HostKeyError",
+    "KnownHostsError",
+    "PushDeclined",
+    "PushRejected",
+    "RemoteError",
+    "RemoteUnavailable",
+    "RepositoryError",
+    "build_callbacks",
+    "configure_network_timeouts",
+    "mask_url",
+    "redact",
+]

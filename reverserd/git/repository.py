@@ -1,0 +1,636 @@
+"""A bare local clone of one branch of one remote, written with pygit2 plumbing.
+
+A :class:`BranchRepository` is the Git half of a committer (DESIGN "Committer"): it builds trees
+and commits directly in the object database (no work tree, no index), keeps them on the local
+branch, and pushes them with a compare-and-swap. It knows nothing of Kubernetes, journals or
+targets: it takes file changes and returns commit SHAs.
+
+**Threading.** Every method blocks (disk and network I/O, and pygit2 holds the GIL while it
+hashes large blobs). The caller runs each instance on one dedicated worker thread; no method may
+be called from the event loop, and each method refuses to run on a thread with a running event
+loop. One instance owns its directory: two instances must never share one.
+
+**Refs kept in the clone** (they survive restarts; they are all the state there is):
+
+- ``refs/heads/<branch>``: the local tip. Commits on it that the remote does not have yet are
+  *pending*.
+- ``refs/reverserd/base``: the remote commit local work is built on, i.e. the last known tip of
+  the branch on the remote, or the tip of the remote's default branch while the branch does not
+  exist there yet (absent for an empty remote). ``pending()`` counts commits above it.
+- ``refs/remotes/origin/<name>``: what the last fetch brought.
+
+**Branch start.** If the branch exists on the remote, local work starts from its tip. If not, it
+starts from the remote's default branch (the target of the remote ``HEAD`` symref, whatever its
+name); if the remote is empty, the first commit has no parent. The branch is created on the
+remote by the first push.
+
+**Guarantees.**
+
+- :meth:`apply` never makes an empty commit: it returns ``None`` when the tree does not change.
+  Directories are created as needed and pruned when their last file goes. A path where a
+  directory (or a symlink) stands is never overwritten: that raises ``ValueError``.
+- :meth:`push` pushes without force. The server (and libgit2 before it) refuses an update that
+  is not a fast-forward from the tip it has, so a concurrent writer's commits are never
+  overwritten: :class:`PushRejected` is raised and :meth:`rebase_onto_remote` replays the
+  pending commits on top of theirs. The remote tip is recorded only after the server accepted.
+- Nothing is dropped on failure: after :class:`RemoteUnavailable` every pending commit is still
+  on the local branch, and a later push or rebase picks it up.
+- Errors carry the URL with its password masked and a short reason, never a secret.
+
+**Timeouts.** libgit2 has two process-wide socket timeouts, both off by default, which
+:func:`configure_network_timeouts` sets (``pygit2.settings.server_connect_timeout`` and
+``server_timeout``, i.e. ``GIT_OPT_SET_SERVER_CONNECT_TIMEOUT`` and ``GIT_OPT_SET_SERVER_TIMEOUT``):
+a TCP connect timeout, and an I/O timeout that bounds every single socket read or write, for
+HTTP(S) and for SSH (libgit2 also hands it to libssh2 as the session timeout).
+:meth:`BranchRepository.open` applies the defaults if the process has not set its own, so no
+network call runs without them. Neither bounds name
+resolution (left to the system resolver) nor the total length of a transfer that keeps making
+progress; ``file://`` remotes are local disk access with no timeout.
+
+**Maintenance.** Each commit writes loose objects and each fetch a small pack. :meth:`maintain`
+runs ``git gc --prune=now`` on the clone (the ``git`` command line tool must be installed): it
+packs everything reachable from the refs above into one pack and deletes loose objects and
+unreachable leftovers of rebases. pygit2 can write a pack but cannot delete what it replaces;
+``git gc`` does both, atomically with respect to readers. ``--prune=now`` is safe because only
+this instance writes the clone and ``maintain`` runs on the same thread as the writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pygit2
+from pygit2.enums import DeltaStatus, FileMode, RepositoryOpenFlag, SortMode
+
+from reverserd.git.credentials import (
+    AuthCallbacks,
+    AuthenticationRejected,
+    GitCredentials,
+    build_callbacks,
+    mask_url,
+    redact,
+)
+from reverserd.git.known_hosts import HostKeyError
+
+CONNECT_TIMEOUT_MS = 10_000
+"""TCP connect timeout. A reachable Git host accepts within a second; ten seconds tolerate a slow
+path while an unreachable host fails soon enough for the committer's backoff to take over."""
+
+IO_TIMEOUT_MS = 60_000
+"""Longest a single socket read or write may stall. Servers stream progress while they build
+packs, so a minute of total silence means the peer or the network is gone."""
+
+GC_TIMEOUT_S = 600
+"""Upper bound for one ``git gc`` of a clone; repacking a large mirror takes seconds to minutes."""
+
+REMOTE_NAME = "origin"
+BASE_REF = "refs/reverserd/base"
+
+_HEADS = "refs/heads/"
+_FILE_MODES = frozenset({FileMode.BLOB, FileMode.BLOB_EXECUTABLE})
+_STALE_PUSH_MARKERS = (
+    # libgit2's own check against the tip the server advertised
+    "non-fastforwardable",
+    "not present locally",
+    # reasons receive-pack reports when the ref moved under the push
+    "non-fast-forward",
+    "fetch first",
+    "stale info",
+    "cannot lock ref",
+    "failed to lock",
+    "failed to update ref",
+    "already exists",
+)
+_GIT_ENVIRONMENT_ISOLATION = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+T = TypeVar("T")
+
+
+class RepositoryError(Exception):
+    """A Git operation on the clone failed."""
+
+
+class RemoteError(RepositoryError):
+    """A failure talking to the remote: ``url`` is masked, ``reason`` is short and secret-free."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class RemoteUnavailable(RemoteError):
+    """The remote could not be reached, refused authentication, or timed out. Retry later."""
+
+
+class PushRejected(RemoteError):
+    """The remote branch moved since the last fetch: rebase onto it, then push again."""
+
+
+class PushDeclined(RemoteError):
+    """The server refused the update for a reason other than a moved branch (a hook, a branch
+    protection rule); rebasing does not help, ``reason`` says what the server said."""
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """Write ``content`` at ``path`` (POSIX, relative), or delete it when ``content`` is None."""
+
+    path: str
+    content: bytes | None
+
+
+@dataclass(frozen=True)
+class _RemoteState:
+    branch_tip: pygit2.Oid | None
+    """Tip of the branch on the remote; None if it does not exist there."""
+    start: pygit2.Oid | None
+    """Where local work is built on: the branch tip, else the default branch tip, else None."""
+
+
+class _PushCallbacks(AuthCallbacks):
+    def __init__(self, url: str, credentials: GitCredentials) -> None:
+        super().__init__(url, credentials)
+        self.rejections: dict[str, str] = {}
+
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        if message:
+            self.rejections[refname] = message
+
+
+def configure_network_timeouts(
+    connect_ms: int = CONNECT_TIMEOUT_MS, io_ms: int = IO_TIMEOUT_MS
+) -> None:
+    """Set libgit2's process-wide connect and socket I/O timeouts, in milliseconds."""
+    if connect_ms <= 0 or io_ms <= 0:
+        raise ValueError("network timeouts must be positive (0 would mean none)")
+    pygit2.settings.server_connect_timeout = connect_ms
+    pygit2.settings.server_timeout = io_ms
+
+
+def _ensure_network_timeouts() -> None:
+    """Apply the default timeouts unless the process configured its own."""
+    if pygit2.settings.server_connect_timeout <= 0 or pygit2.settings.server_timeout <= 0:
+        configure_network_timeouts()
+
+
+class BranchRepository:
+    """One branch of one remote, mirrored in a bare clone at ``path``. See the module docstring."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        url: str,
+        branch: str,
+        credentials: GitCredentials | None = None,
+    ) -> None:
+        if not pygit2.reference_is_valid_name(_HEADS + branch):
+            raise ValueError(f"invalid branch name {branch!r}")
+        self._path = Path(path)
+        self._url = url
+        self._branch = branch
+        self._credentials = credentials if credentials is not None else GitCredentials()
+        build_callbacks(url, self._credentials)
+        self._local_ref = _HEADS + branch
+        self._repo: pygit2.Repository | None = None
+        self.display_url = mask_url(url)
+        """The URL with any password masked, for logs and status."""
+
+    def open(self) -> str | None:
+        """Create or open the clone, point ``origin`` at the URL, fetch; return the branch tip.
+
+        Returns the SHA of the branch on the remote, or None when it does not exist there. If
+        the fetch fails with :class:`RemoteUnavailable`, the clone is still open and usable;
+        :meth:`rebase_onto_remote` retries the fetch.
+        """
+        _ensure_off_event_loop()
+        _ensure_network_timeouts()
+        self._repo = self._open_or_init()
+        self._point_origin()
+        state = self._fetch()
+        self._follow_remote(state)
+        return _sha(state.branch_tip)
+
+    def head(self) -> str | None:
+        """SHA of the local tip, or None before the first commit."""
+        return _sha(self._target(self._local_ref))
+
+    def apply(
+        self,
+        changes: Sequence[FileChange],
+        message: str,
+        author: pygit2.Signature,
+        committer: pygit2.Signature,
+    ) -> str | None:
+        """Commit ``changes`` on the local tip; return the new SHA, or None if nothing changed.
+
+        Raises ValueError for an invalid path, or for a write where a directory or symlink
+        stands (deleting such a path, or a path that does not exist, changes nothing).
+        """
+        repo = self._open_repo()
+        parent = _commit_or_none(repo, self._target(self._local_ref))
+        oid = self._commit_on(parent, changes, message, author, committer)
+        if oid is None:
+            return None
+        repo.references.create(self._local_ref, oid, force=True)
+        return str(oid)
+
+    def read(self, path: str) -> bytes | None:
+        """Content of the file at ``path`` on the local tip, or None if there is none."""
+        parts = _split_path(path)
+        tree = self._tip_tree()
+        if tree is None:
+            return None
+        try:
+            found = tree["/".join(parts)]
+        except KeyError:
+            return None
+        return found.data if isinstance(found, pygit2.Blob) else None
+
+    def list_files(self, prefix: str = "") -> list[str]:
+        """Sorted paths of all files inside the folder ``prefix`` ("" is the whole tree)."""
+        folder = prefix.rstrip("/")
+        parts = _split_path(folder) if folder else ()
+        tree = self._tip_tree()
+        if tree is None:
+            return []
+        if parts:
+            try:
+                found = tree["/".join(parts)]
+            except KeyError:
+                return []
+            if not isinstance(found, pygit2.Tree):
+                return []
+            tree = found
+        return sorted(_walk_files(tree, folder))
+
+    def pending(self) -> int:
+        """Number of local commits the remote does not have (above the base)."""
+        local = self._target(self._local_ref)
+        if local is None:
+            return 0
+        return self._count_above(local, self._target(BASE_REF))
+
+    def push(self) -> str:
+        """Push the local branch without force; return the SHA the remote branch now has.
+
+        With nothing pending, returns the local tip without contacting the remote. Raises
+        :class:`PushRejected` when the remote branch moved, :class:`PushDeclined` when the
+        server refused for another reason, :class:`RemoteUnavailable` on connection,
+        authentication or timeout errors, and :class:`RepositoryError` if there is no commit.
+        """
+        repo = self._open_repo()
+        local = self._target(self._local_ref)
+        if local is None:
+            raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
+        if local == self._target(BASE_REF):
+            return str(local)
+        callbacks = _PushCallbacks(self._url, self._credentials)
+        refspec = f"{self._local_ref}:{self._local_ref}"
+        try:
+            repo.remotes[REMOTE_NAME].push([refspec], callbacks=callbacks)
+        except (HostKeyError, AuthenticationRejected) as error:
+            raise self._unavailable("push", error) from None
+        except pygit2.GitError as error:
+            if _is_stale(str(error)):
+                raise PushRejected(self.display_url, self._reason(error)) from None
+            raise self._unavailable("push", error) from None
+        refusal = callbacks.rejections.get(self._local_ref)
+        if refusal is not None:
+            reason = redact(refusal, self._credentials)
+            if _is_stale(refusal):
+                raise PushRejected(self.display_url, reason)
+            raise PushDeclined(self.display_url, reason)
+        self._set_ref(_tracking_ref(self._local_ref), local)
+        self._set_ref(BASE_REF, local)
+        return str(local)
+
+    def rebase_onto_remote(self) -> list[str]:
+        """Fetch, then replay the pending commits, oldest first, on the remote tip.
+
+        Each pending commit is re-created from its own file changes (against its parent) with
+        its message, author and committer; one whose changes are already there is dropped.
+        Commits of other writers stay below ours. Returns the SHAs of the new commits.
+        """
+        repo = self._open_repo()
+        old_base = self._target(BASE_REF)
+        state = self._fetch()
+        local = self._target(self._local_ref)
+        ours: list[pygit2.Commit] = []
+        if local is not None:
+            walker = repo.walk(local, SortMode.TOPOLOGICAL | SortMode.REVERSE)
+            for known in (old_base, state.start):
+                if known is not None:
+                    walker.hide(known)
+            ours = list(walker)
+        parent = _commit_or_none(repo, state.start)
+        rebuilt = []
+        for commit in ours:
+            oid = self._commit_on(
+                parent, self._changes_of(commit), commit.message, commit.author, commit.committer
+            )
+            if oid is not None:
+                parent = _commit_or_none(repo, oid)
+                rebuilt.append(str(oid))
+        self._set_ref(self._local_ref, parent.id if parent is not None else None)
+        self._set_ref(BASE_REF, state.start)
+        return rebuilt
+
+    def maintain(self) -> None:
+        """Pack the clone and drop loose and unreachable objects (``git gc --prune=now``)."""
+        self._open_repo()
+        git = shutil.which("git")
+        if git is None:
+            raise RepositoryError("maintenance needs the git command line tool on PATH")
+        directory = str(self._path.resolve())
+        command = [
+            git,
+            "-c",
+            f"safe.directory={directory}",
+            f"--git-dir={directory}",
+            "gc",
+            "--quiet",
+            "--prune=now",
+        ]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        environment.update(_GIT_ENVIRONMENT_ISOLATION)
+        try:
+            subprocess.run(
+                command,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GC_TIMEOUT_S,
+                check=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise RepositoryError(f"git gc took longer than {GC_TIMEOUT_S}s") from None
+        except subprocess.CalledProcessError as error:
+            detail = error.stderr.decode(errors="replace").strip()[-500:]
+            raise RepositoryError(f"git gc failed: {redact(detail, self._credentials)}") from None
+        self._repo = self._open_existing()
+
+    def loose_object_count(self) -> int:
+        """Number of loose objects in the clone (what :meth:`maintain` packs away)."""
+        objects = self._path / "objects"
+        return sum(
+            1
+            for fanout in objects.iterdir()
+            if fanout.is_dir() and len(fanout.name) == 2 and _is_hex(fanout.name)
+            for _ in fanout.iterdir()
+        )
+
+    # -- local plumbing -------------------------------------------------------------------
+
+    def _open_repo(self) -> pygit2.Repository:
+        _ensure_off_event_loop()
+        if self._repo is None:
+            raise RepositoryError("BranchRepository.open() has not been called")
+        return self._repo
+
+    def _open_or_init(self) -> pygit2.Repository:
+        if (self._path / "HEAD").is_file():
+            return self._open_existing()
+        self._path.mkdir(parents=True, exist_ok=True)
+        return pygit2.init_repository(str(self._path), bare=True, initial_head=self._branch)
+
+    def _open_existing(self) -> pygit2.Repository:
+        return pygit2.Repository(str(self._path), RepositoryOpenFlag.NO_SEARCH)
+
+    def _point_origin(self) -> None:
+        repo = self._open_repo()
+        try:
+            remote = repo.remotes[REMOTE_NAME]
+        except KeyError:
+            repo.remotes.create(REMOTE_NAME, self._url)
+            return
+        if remote.url != self._url:
+            repo.remotes.set_url(REMOTE_NAME, self._url)
+
+    def _target(self, name: str) -> pygit2.Oid | None:
+        reference = self._open_repo().references.get(name)
+        if reference is None:
+            return None
+        target = reference.target
+        return target if isinstance(target, pygit2.Oid) else None
+
+    def _set_ref(self, name: str, target: pygit2.Oid | None) -> None:
+        references = self._open_repo().references
+        if target is not None:
+            references.create(name, target, force=True)
+        elif name in references:
+            references.delete(name)
+
+    def _tip_tree(self) -> pygit2.Tree | None:
+        commit = _commit_or_none(self._open_repo(), self._target(self._local_ref))
+        return commit.tree if commit is not None else None
+
+    def _count_above(self, tip: pygit2.Oid, base: pygit2.Oid | None) -> int:
+        repo = self._open_repo()
+        if base is None:
+            return sum(1 for _ in repo.walk(tip))
+        ahead, _behind = repo.ahead_behind(tip, base)
+        return ahead
+
+    def _commit_on(
+        self,
+        parent: pygit2.Commit | None,
+        changes: Sequence[FileChange],
+        message: str,
+        author: pygit2.Signature,
+        committer: pygit2.Signature,
+    ) -> pygit2.Oid | None:
+        """Write a commit of ``changes`` on ``parent`` (no ref moves); None if nothing changed."""
+        repo = self._open_repo()
+        planned = {_split_path(change.path): change.content for change in changes}
+        old_tree = parent.tree if parent is not None else None
+        empty_tree = repo.TreeBuilder().write()
+        new_tree = self._write_tree(old_tree, planned, ()) or empty_tree
+        if new_tree == (old_tree.id if old_tree is not None else empty_tree):
+            return None
+        parents = [parent.id] if parent is not None else []
+        return repo.create_commit(None, author, committer, message, new_tree, parents)
+
+    def _write_tree(
+        self,
+        tree: pygit2.Tree | None,
+        changes: Mapping[tuple[str, ...], bytes | None],
+        where: tuple[str, ...],
+    ) -> pygit2.Oid | None:
+        """Write ``tree`` with ``changes`` (paths relative to it); None if it ends up empty."""
+        repo = self._open_repo()
+        files: dict[str, bytes | None] = {}
+        folders: dict[str, dict[tuple[str, ...], bytes | None]] = {}
+        for parts, content in changes.items():
+            if len(parts) == 1:
+                files[parts[0]] = content
+            else:
+                folders.setdefault(parts[0], {})[parts[1:]] = content
+        builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+        for name, content in files.items():
+            path = "/".join((*where, name))
+            if name in folders:
+                raise ValueError(f"{path} is changed both as a file and as a folder")
+            existing = _entry(tree, name)
+            is_file = existing is not None and existing.filemode in _FILE_MODES
+            if content is None:
+                if is_file:
+                    builder.remove(name)
+                continue
+            if existing is not None and not is_file:
+                raise ValueError(f"cannot write {path}: something other than a file is there")
+            mode = existing.filemode if existing is not None else FileMode.BLOB
+            builder.insert(name, repo.create_blob(content), mode)
+        for name, nested in folders.items():
+            existing = _entry(tree, name)
+            if existing is not None and not isinstance(existing, pygit2.Tree):
+                if all(content is None for content in nested.values()):
+                    continue
+                path = "/".join((*where, name))
+                raise ValueError(f"cannot write under {path}: it is not a folder")
+            subtree = self._write_tree(existing, nested, (*where, name))
+            if subtree is not None:
+                builder.insert(name, subtree, FileMode.TREE)
+            elif existing is not None:
+                builder.remove(name)
+        return builder.write() if len(builder) else None
+
+    def _changes_of(self, commit: pygit2.Commit) -> list[FileChange]:
+        """The files ``commit`` wrote or deleted relative to its first parent."""
+        repo = self._open_repo()
+        if commit.parents:
+            diff = commit.parents[0].tree.diff_to_tree(commit.tree)
+        else:
+            diff = commit.tree.diff_to_tree(swap=True)
+        changes = []
+        for delta in diff.deltas:
+            if delta.status == DeltaStatus.DELETED:
+                changes.append(FileChange(delta.old_file.path, None))
+            elif delta.new_file.mode in _FILE_MODES:
+                blob = repo[delta.new_file.id]
+                assert isinstance(blob, pygit2.Blob)
+                changes.append(FileChange(delta.new_file.path, blob.data))
+        return changes
+
+    # -- network --------------------------------------------------------------------------
+
+    def _fetch(self) -> _RemoteState:
+        """Learn the remote's branches, fetch the one local work builds on, record it."""
+        repo = self._open_repo()
+        remote = repo.remotes[REMOTE_NAME]
+        heads = self._network("list remote branches", lambda cb: remote.list_heads(callbacks=cb))
+        advertised = {head.name: head for head in heads if head.name}
+        source = self._local_ref if self._local_ref in advertised else _default_branch(advertised)
+        if source != self._local_ref:
+            self._set_ref(_tracking_ref(self._local_ref), None)
+        if source is None:
+            return _RemoteState(branch_tip=None, start=None)
+        tracking = _tracking_ref(source)
+        self._network("fetch", lambda cb: remote.fetch([f"+{source}:{tracking}"], callbacks=cb))
+        start = self._target(tracking)
+        return _RemoteState(branch_tip=start if source == self._local_ref else None, start=start)
+
+    def _follow_remote(self, state: _RemoteState) -> None:
+        """Move the local branch to the remote start point unless it holds unpushed work."""
+        repo = self._open_repo()
+        local = self._target(self._local_ref)
+        if local is not None and self._count_above(local, self._target(BASE_REF)) > 0:
+            contained = state.start is not None and (
+                state.start == local or repo.descendant_of(state.start, local)
+            )
+            if not contained:
+                return
+        self._set_ref(self._local_ref, state.start)
+        self._set_ref(BASE_REF, state.start)
+
+    def _network(self, action: str, operation: Callable[[AuthCallbacks], T]) -> T:
+        try:
+            return operation(build_callbacks(self._url, self._credentials))
+        except (pygit2.GitError, HostKeyError, AuthenticationRejected) as error:
+            raise self._unavailable(action, error) from None
+
+    def _unavailable(self, action: str, error: Exception) -> RemoteUnavailable:
+        return RemoteUnavailable(self.display_url, f"{action} failed: {self._reason(error)}")
+
+    def _reason(self, error: Exception) -> str:
+        return redact(str(error), self._credentials) or type(error).__name__
+
+
+def _ensure_off_event_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError("BranchRepository blocks; call it from its worker thread, not the loop")
+
+
+def _split_path(path: str) -> tuple[str, ...]:
+    """Validate a POSIX relative path and split it into segments."""
+    parts = tuple(path.split("/"))
+    if (
+        not path
+        or path.startswith("/")
+        or "\0" in path
+        or any(part in ("", ".", "..") or part.lower() == ".git" for part in parts)
+    ):
+        raise ValueError(f"invalid repository path {path!r}")
+    return parts
+
+
+def _entry(tree: pygit2.Tree | None, name: str) -> pygit2.Object | None:
+    if tree is None or name not in tree:
+        return None
+    return tree[name]
+
+
+def _walk_files(tree: pygit2.Tree, folder: str) -> Iterator[str]:
+    for entry in tree:
+        path = f"{folder}/{entry.name}" if folder else str(entry.name)
+        if isinstance(entry, pygit2.Tree):
+            yield from _walk_files(entry, path)
+        elif isinstance(entry, pygit2.Blob):
+            yield path
+
+
+def _commit_or_none(repo: pygit2.Repository, oid: pygit2.Oid | None) -> pygit2.Commit | None:
+    if oid is None:
+        return None
+    commit = repo.get(oid)
+    assert isinstance(commit, pygit2.Commit)
+    return commit
+
+
+def _default_branch(advertised: Mapping[str, pygit2.remotes.RemoteHead]) -> str | None:
+    head = advertised.get("HEAD")
+    target = head.symref_target if head is not None else None
+    if target is None or not target.startswith(_HEADS) or target not in advertised:
+        return None
+    return target
+
+
+def _tracking_ref(local_ref: str) -> str:
+    return f"refs/remotes/{REMOTE_NAME}/{local_ref.removeprefix(_HEADS)}"
+
+
+def _is_stale(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in _STALE_PUSH_MARKERS)
+
+
+def _is_hex(text: str) -> bool:
+    return all(char in "0123456789abcdef" for char in text)
+
+
+def _sha(oid: pygit2.Oid | None) -> str | None:
+    return str(oid) if oid is not None else None

@@ -1,0 +1,778 @@
+"""The Git layer against real bare repositories reached through file:// (and ssh:// when an
+OpenSSH server can be started): no mocks, the real libgit2 transports."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import getpass
+import hashlib
+import hmac
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from reverserd.git import (
+    BranchRepository,
+    CredentialsError,
+    FileChange,
+    GitCredentials,
+    KnownHostsError,
+    PushDeclined,
+    PushRejected,
+    RemoteUnavailable,
+    build_callbacks,
+    configure_network_timeouts,
+    mask_url,
+    redact,
+)
+from reverserd.git.known_hosts import (
+    HostKeyError,
+    PresentedHostKey,
+    check_host_key,
+    parse_known_hosts,
+)
+from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS
+
+AUTHOR = pygit2.Signature("Jane Operator", "jane@example.com", 1_700_000_000, 0)
+COMMITTER = pygit2.Signature("reverserd", "reverserd@example.com", 1_700_000_000, 0)
+OTHER = pygit2.Signature("Someone Else", "else@example.com", 1_700_000_100, 0)
+
+# Two ed25519 public keys (ssh-keygen), with the fingerprints ssh-keygen -l prints for them.
+KEY_A = "AAAAC3NzaC1lZDI1NTE5AAAAILRfz8HXOhYM9LYEAbS0iK6V/jA+iB3a/n9jptELgjpI"
+KEY_A_FINGERPRINT = "SHA256:HIPnFhd0Rdq7Ya78qOFQdLC+yaMF/ZHMO1s7kGEuL40"
+KEY_B = "AAAAC3NzaC1lZDI1NTE5AAAAIEAAqxx/YUBTgaGzEUik8uhT94zBm9ZoyXYX7PQk60xw"
+# "[git.example.com]:2222 ssh-ed25519 KEY_A" hashed by ssh-keygen -H.
+HASHED_LINE_FOR_KEY_A = (
+    "|1|J2t6gXEsvKsM6FwdE0dpIyfZmUY=|DwM01v8sZzeKJzwoisUnHJ8RL4w= ssh-ed25519 " + KEY_A
+)
+
+
+def presented(key: str) -> PresentedHostKey:
+    return PresentedHostKey(blob=base64.b64decode(key), sha256=None)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def make_remote(tmp_path: Path, initial_head: str = "main") -> tuple[pygit2.Repository, str]:
+    path = tmp_path / "remote.git"
+    return pygit2.init_repository(str(path), bare=True, initial_head=initial_head), path.as_uri()
+
+
+def commit_directly(
+    remote: pygit2.Repository, branch: str, files: dict[str, bytes], message: str
+) -> pygit2.Oid:
+    """A commit made on the remote by someone else, on top of the branch tip."""
+    ref = f"refs/heads/{branch}"
+    parents = [remote.references[ref].target] if ref in remote.references else []
+    index = pygit2.Index()
+    if parents:
+        tip = remote.get(parents[0])
+        assert isinstance(tip, pygit2.Commit)
+        index.read_tree(tip.tree)
+    for path, content in files.items():
+        index.add(pygit2.IndexEntry(path, remote.create_blob(content), pygit2.enums.FileMode.BLOB))
+    tree = index.write_tree(remote)
+    return remote.create_commit(ref, OTHER, OTHER, message, tree, parents)
+
+
+def clone(tmp_path: Path, url: str, branch: str = "main", name: str = "clone") -> BranchRepository:
+    repository = BranchRepository(tmp_path / name, url, branch)
+    repository.open()
+    return repository
+
+
+def write(repository: BranchRepository, path: str, content: bytes | None, message: str) -> str:
+    sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
+    assert sha is not None
+    return sha
+
+
+def clone_commit(tmp_path: Path, sha: str) -> pygit2.Commit:
+    commit = pygit2.Repository(str(tmp_path / "clone")).get(sha)
+    assert isinstance(commit, pygit2.Commit)
+    return commit
+
+
+def remote_tip(remote: pygit2.Repository, branch: str = "main") -> str:
+    return str(remote.references[f"refs/heads/{branch}"].target)
+
+
+def history(remote: pygit2.Repository, branch: str = "main") -> list[str]:
+    """Commit messages from the tip down."""
+    tip = remote.references[f"refs/heads/{branch}"].target
+    return [commit.message for commit in remote.walk(tip)]
+
+
+# -- branch start ----------------------------------------------------------------------------
+
+
+def test_first_commit_on_empty_remote_has_no_parent_and_push_creates_the_branch(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = BranchRepository(tmp_path / "clone", url, "main")
+    assert repository.open() is None
+    assert repository.head() is None
+
+    sha = write(repository, "live/README.md", b"hello\n", "first")
+
+    first = clone_commit(tmp_path, sha)
+    assert first.parents == []
+    assert repository.pending() == 1
+    assert repository.push() == sha
+    assert remote_tip(remote) == sha
+    assert repository.pending() == 0
+
+
+def test_missing_branch_starts_from_the_remote_default_branch_whatever_its_name(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path, initial_head="trunk")
+    trunk_tip = commit_directly(remote, "trunk", {"README.md": b"docs\n"}, "trunk work")
+
+    repository = BranchRepository(tmp_path / "clone", url, "mirror")
+    assert repository.open() is None
+    assert repository.head() == str(trunk_tip)
+    assert repository.read("README.md") == b"docs\n"
+    assert repository.pending() == 0
+
+    sha = write(repository, "live/a.yaml", b"a: 1\n", "mirror work")
+    assert clone_commit(tmp_path, sha).parent_ids == [trunk_tip]
+    assert repository.pending() == 1
+    repository.push()
+
+    assert remote_tip(remote, "mirror") == sha
+    assert remote_tip(remote, "trunk") == str(trunk_tip)
+    assert history(remote, "mirror") == ["mirror work", "trunk work"]
+
+
+def test_existing_branch_is_where_local_work_starts(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path, initial_head="trunk")
+    commit_directly(remote, "trunk", {"README.md": b"trunk\n"}, "trunk work")
+    branch_tip = commit_directly(remote, "main", {"other.txt": b"main\n"}, "main work")
+
+    repository = BranchRepository(tmp_path / "clone", url, "main")
+
+    assert repository.open() == str(branch_tip)
+    assert repository.head() == str(branch_tip)
+    assert repository.list_files() == ["other.txt"]
+
+
+# -- apply -----------------------------------------------------------------------------------
+
+
+def test_apply_without_change_returns_none_and_makes_no_commit(tmp_path: Path) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    sha = write(repository, "live/a.yaml", b"a: 1\n", "write a")
+
+    same = repository.apply([FileChange("live/a.yaml", b"a: 1\n")], "again", AUTHOR, COMMITTER)
+    absent = repository.apply([FileChange("live/nope.yaml", None)], "delete", AUTHOR, COMMITTER)
+    nothing = repository.apply([], "empty", AUTHOR, COMMITTER)
+
+    assert (same, absent, nothing) == (None, None, None)
+    assert repository.head() == sha
+    assert repository.pending() == 1
+
+
+def test_apply_on_an_empty_branch_without_files_makes_no_commit(tmp_path: Path) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+
+    assert repository.apply([FileChange("a.yaml", None)], "delete", AUTHOR, COMMITTER) is None
+    assert repository.head() is None
+
+
+def test_nested_folders_are_created_and_pruned_when_their_last_file_goes(
+    tmp_path: Path,
+) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    changes = [
+        FileChange("live/v1/configmaps/team-a/one.yaml", b"one\n"),
+        FileChange("live/v1/configmaps/team-a/two.yaml", b"two\n"),
+        FileChange("live/README.md", b"readme\n"),
+    ]
+    repository.apply(changes, "create", AUTHOR, COMMITTER)
+
+    assert repository.list_files("live") == [
+        "live/README.md",
+        "live/v1/configmaps/team-a/one.yaml",
+        "live/v1/configmaps/team-a/two.yaml",
+    ]
+    assert repository.list_files("live/v1/configmaps/") == [
+        "live/v1/configmaps/team-a/one.yaml",
+        "live/v1/configmaps/team-a/two.yaml",
+    ]
+    assert repository.read("live/v1/configmaps/team-a/two.yaml") == b"two\n"
+
+    repository.apply(
+        [FileChange("live/v1/configmaps/team-a/one.yaml", None)], "delete one", AUTHOR, COMMITTER
+    )
+    assert repository.list_files("live/v1") == ["live/v1/configmaps/team-a/two.yaml"]
+
+    repository.apply(
+        [FileChange("live/v1/configmaps/team-a/two.yaml", None)], "delete two", AUTHOR, COMMITTER
+    )
+    head = clone_commit(tmp_path, str(repository.head()))
+    assert "live/v1" not in head.tree
+    live = head.tree["live"]
+    assert isinstance(live, pygit2.Tree)
+    assert [entry.name for entry in live] == ["README.md"]
+    assert repository.list_files() == ["live/README.md"]
+    assert repository.read("live/v1/configmaps/team-a/two.yaml") is None
+
+
+def test_deleting_the_last_file_leaves_an_empty_tree_commit(tmp_path: Path) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "a/b/c.yaml", b"c\n", "create")
+
+    sha = write(repository, "a/b/c.yaml", None, "delete")
+
+    assert len(clone_commit(tmp_path, sha).tree) == 0
+    assert repository.list_files() == []
+
+
+@pytest.mark.parametrize("path", ["", "/abs.yaml", "a//b.yaml", "a/../b.yaml", "./a", "a/.git/x"])
+def test_invalid_paths_are_refused(tmp_path: Path, path: str) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+
+    with pytest.raises(ValueError, match="invalid repository path"):
+        repository.apply([FileChange(path, b"x")], "bad", AUTHOR, COMMITTER)
+
+
+def test_a_file_is_never_written_over_a_folder_or_under_a_file(tmp_path: Path) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "folder/file.yaml", b"x\n", "create")
+    head = repository.head()
+
+    with pytest.raises(ValueError, match="other than a file"):
+        repository.apply([FileChange("folder", b"y")], "over folder", AUTHOR, COMMITTER)
+    with pytest.raises(ValueError, match="not a folder"):
+        repository.apply([FileChange("folder/file.yaml/z", b"y")], "under", AUTHOR, COMMITTER)
+
+    assert repository.apply([FileChange("folder", None)], "not a file", AUTHOR, COMMITTER) is None
+    assert repository.head() == head
+
+
+# -- push and rebase -------------------------------------------------------------------------
+
+
+def test_push_makes_the_remote_tip_equal_the_local_head(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "a.yaml", b"1\n", "one")
+    second = write(repository, "b.yaml", b"2\n", "two")
+    assert repository.pending() == 2
+
+    assert repository.push() == second
+    assert remote_tip(remote) == second == repository.head()
+    assert repository.pending() == 0
+    assert repository.push() == second
+
+
+def test_foreign_push_is_rejected_and_rebase_puts_ours_on_top_of_theirs(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    ours = clone(tmp_path, url, name="ours")
+    write(ours, "live/base.yaml", b"base\n", "base")
+    ours.push()
+
+    theirs = clone(tmp_path, url, name="theirs")
+    theirs.apply([FileChange("docs/notes.md", b"theirs\n")], "their commit", OTHER, OTHER)
+    their_tip = theirs.push()
+
+    write(ours, "live/a.yaml", b"a\n", "ours one")
+    write(ours, "live/b.yaml", b"b\n", "ours two")
+    with pytest.raises(PushRejected):
+        ours.push()
+    assert ours.pending() == 2
+
+    rebuilt = ours.rebase_onto_remote()
+
+    assert len(rebuilt) == 2
+    assert ours.head() == rebuilt[-1]
+    assert ours.pending() == 2
+    assert ours.push() == rebuilt[-1]
+    assert remote_tip(remote) == rebuilt[-1]
+    assert history(remote) == ["ours two", "ours one", "their commit", "base"]
+    top = remote.get(rebuilt[-1])
+    assert isinstance(top, pygit2.Commit)
+    assert (top.author.name, top.committer.name) == (AUTHOR.name, COMMITTER.name)
+    assert top.parents[0].parent_ids == [pygit2.Oid(hex=their_tip)]
+    assert ours.list_files() == ["docs/notes.md", "live/a.yaml", "live/b.yaml", "live/base.yaml"]
+
+
+def test_rebase_drops_a_commit_whose_change_the_remote_already_has(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    ours = clone(tmp_path, url, name="ours")
+    write(ours, "live/a.yaml", b"v1\n", "v1")
+    ours.push()
+    commit_directly(remote, "main", {"live/a.yaml": b"v2\n"}, "their v2")
+
+    write(ours, "live/a.yaml", b"v2\n", "our v2")
+    write(ours, "live/b.yaml", b"b\n", "our b")
+    with pytest.raises(PushRejected):
+        ours.push()
+
+    rebuilt = ours.rebase_onto_remote()
+    ours.push()
+
+    assert len(rebuilt) == 1
+    assert history(remote) == ["our b", "their v2", "v1"]
+    assert ours.read("live/a.yaml") == b"v2\n"
+
+
+def test_rebase_with_nothing_pending_follows_the_remote(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "a.yaml", b"1\n", "one")
+    repository.push()
+    theirs = commit_directly(remote, "main", {"b.yaml": b"2\n"}, "theirs")
+
+    assert repository.rebase_onto_remote() == []
+    assert repository.head() == str(theirs)
+    assert repository.pending() == 0
+
+
+def test_unpushed_commits_survive_reopening_the_clone(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    first = clone(tmp_path, url)
+    write(first, "a.yaml", b"1\n", "one")
+    first.push()
+    tip = write(first, "b.yaml", b"2\n", "two")
+
+    again = BranchRepository(tmp_path / "clone", url, "main")
+    again.open()
+
+    assert again.head() == tip
+    assert again.pending() == 1
+    assert again.push() == tip == remote_tip(remote)
+
+
+def test_reopening_after_an_unacknowledged_push_counts_nothing_pending(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    tip = write(repository, "a.yaml", b"1\n", "one")
+    # The server took the commit but its answer was lost: the commit reaches it by other means.
+    subprocess.run(
+        ["git", f"--git-dir={tmp_path / 'clone'}", "push", "-q", url, "main:main"], check=True
+    )
+
+    again = BranchRepository(tmp_path / "clone", url, "main")
+    assert again.open() == tip == remote_tip(remote)
+    assert again.pending() == 0
+
+
+# -- unavailable remote ----------------------------------------------------------------------
+
+
+def test_missing_remote_raises_remote_unavailable_and_push_works_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    sha = write(repository, "a.yaml", b"1\n", "one")
+    moved = tmp_path / "moved.git"
+    (tmp_path / "remote.git").rename(moved)
+
+    with pytest.raises(RemoteUnavailable) as caught:
+        repository.push()
+    assert caught.value.url == url
+    assert caught.value.reason.startswith("push failed")
+    with pytest.raises(RemoteUnavailable):
+        repository.rebase_onto_remote()
+    assert repository.pending() == 1
+    assert repository.head() == sha
+
+    moved.rename(tmp_path / "remote.git")
+    assert repository.push() == sha == remote_tip(remote)
+
+
+def test_unreachable_https_remote_error_masks_the_password(tmp_path: Path) -> None:
+    url = "https://robot:s3cret-token@127.0.0.1:9/org/repo.git"
+    credentials = GitCredentials(username="robot", password="other-s3cret")
+    repository = BranchRepository(tmp_path / "clone", url, "main", credentials)
+
+    with pytest.raises(RemoteUnavailable) as caught:
+        repository.open()
+
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert caught.value.url == "https://robot:***@127.0.0.1:9/org/repo.git"
+    assert repository.display_url == caught.value.url
+
+
+def test_network_timeouts_are_configured() -> None:
+    configure_network_timeouts()
+
+    assert pygit2.settings.server_connect_timeout == CONNECT_TIMEOUT_MS
+    assert pygit2.settings.server_timeout == IO_TIMEOUT_MS
+    with pytest.raises(ValueError, match="positive"):
+        configure_network_timeouts(io_ms=0)
+
+
+def test_server_that_accepts_but_never_answers_times_out(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/repo.git"
+        repository = BranchRepository(tmp_path / "clone", url, "main")
+        configure_network_timeouts(connect_ms=1_000, io_ms=300)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RemoteUnavailable, match="timed out"):
+                repository.open()
+            assert time.monotonic() - started < 5
+        finally:
+            configure_network_timeouts()
+
+
+def test_methods_refuse_to_run_on_the_event_loop(tmp_path: Path) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+
+    async def on_the_loop() -> None:
+        repository.pending()
+
+    with pytest.raises(RuntimeError, match="worker thread"):
+        asyncio.run(on_the_loop())
+
+
+# -- maintenance -----------------------------------------------------------------------------
+
+
+def test_maintain_packs_away_loose_objects_after_200_commits(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    for number in range(200):
+        write(repository, f"live/{number % 7}/object.yaml", f"n: {number}\n".encode(), "change")
+    assert repository.loose_object_count() >= 200
+    head = repository.head()
+
+    repository.maintain()
+
+    assert repository.loose_object_count() == 0
+    assert repository.head() == head
+    assert repository.pending() == 200
+    assert repository.read("live/3/object.yaml") == b"n: 199\n"
+    assert repository.push() == head == remote_tip(remote)
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:s3cret@example.com/r.git", "https://user:***@example.com/r.git"),
+        ("https://ghp_t0ken@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        ("http://u:p@ss:w0rd@host:8080/r.git", "http://u:***@host:8080/r.git"),
+        ("ssh://git:s3cret@host:2222/r.git", "ssh://git:***@host:2222/r.git"),
+        ("ssh://git@host:2222/r.git", "ssh://git@host:2222/r.git"),
+        ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+        ("deploy:s3cret@host:o/r.git", "deploy:***@host:o/r.git"),
+        ("file:///srv/git/r.git", "file:///srv/git/r.git"),
+    ],
+)
+def test_mask_url_hides_passwords_and_http_tokens(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_redact_removes_urls_passwords_and_passphrases_from_text() -> None:
+    credentials = GitCredentials(password="hunter2", ssh_passphrase="open sesame")
+    text = "failed https://x:hunter2@h/r.git: wrong hunter2 / open sesame"
+
+    assert redact(text, credentials) == "failed https://x:***@h/r.git: wrong *** / ***"
+
+
+def test_secrets_do_not_appear_in_the_credentials_repr() -> None:
+    credentials = GitCredentials(
+        username="robot", password="hunter2", ssh_private_key="-----BEGIN KEY", ssh_passphrase="pp"
+    )
+
+    shown = repr(credentials)
+
+    assert "robot" in shown
+    assert all(secret not in shown for secret in ("hunter2", "BEGIN KEY", "pp'"))
+
+
+def test_ssh_url_without_known_hosts_is_refused_unless_explicitly_opted_out() -> None:
+    url = "ssh://git@git.example.com:2222/org/repo.git"
+    key_only = GitCredentials(ssh_private_key="-----BEGIN OPENSSH PRIVATE KEY-----")
+
+    with pytest.raises(CredentialsError, match="no known_hosts"):
+        build_callbacks(url, key_only)
+    with pytest.raises(CredentialsError, match="no known_hosts"):
+        BranchRepository("/nonexistent", "git@github.com:o/r.git", "main", key_only)
+    build_callbacks(url, dataclasses.replace(key_only, insecure_skip_host_key_check=True))
+    build_callbacks(
+        url, dataclasses.replace(key_only, known_hosts=f"git.example.com ssh-ed25519 {KEY_A}")
+    )
+    build_callbacks("https://example.com/r.git", GitCredentials(password="t"))
+
+
+def test_malformed_known_hosts_in_credentials_is_a_credentials_error() -> None:
+    credentials = GitCredentials(known_hosts="host ssh-ed25519 not-base64!")
+
+    with pytest.raises(CredentialsError, match="known_hosts: line 1"):
+        build_callbacks("ssh://git@host/r.git", credentials)
+
+
+# -- known_hosts -----------------------------------------------------------------------------
+
+
+def test_plain_entry_vouches_for_its_host_on_port_22() -> None:
+    entries = parse_known_hosts(f"# comment\n\ngithub.com,140.82.112.3 ssh-ed25519 {KEY_A} c\n")
+
+    check_host_key(entries, "GitHub.com", 22, presented(KEY_A))
+    check_host_key(entries, "140.82.112.3", 22, presented(KEY_A))
+
+
+def test_other_ports_need_the_bracketed_host_port_entry() -> None:
+    entries = parse_known_hosts(
+        f"git.example.com ssh-ed25519 {KEY_A}\n[git.example.com]:2222 ssh-ed25519 {KEY_B}\n"
+    )
+
+    check_host_key(entries, "git.example.com", 2222, presented(KEY_B))
+    with pytest.raises(HostKeyError, match=r"does not match known_hosts"):
+        check_host_key(entries, "git.example.com", 2222, presented(KEY_A))
+    with pytest.raises(HostKeyError, match=r"no entry for \[git.example.com\]:2200"):
+        check_host_key(entries, "git.example.com", 2200, presented(KEY_A))
+
+
+def test_hashed_entry_written_by_ssh_keygen_matches_its_host_only() -> None:
+    entries = parse_known_hosts(HASHED_LINE_FOR_KEY_A)
+
+    check_host_key(entries, "git.example.com", 2222, presented(KEY_A))
+    with pytest.raises(HostKeyError, match="no entry"):
+        check_host_key(entries, "git.example.com", 22, presented(KEY_A))
+    with pytest.raises(HostKeyError, match="no entry"):
+        check_host_key(entries, "other.example.com", 2222, presented(KEY_A))
+
+
+def test_hashed_entry_is_an_hmac_of_the_lookup_name() -> None:
+    salt = b"0123456789abcdefghij"
+    digest = hmac.new(salt, b"[10.0.0.7]:22022", hashlib.sha1).digest()
+    hashed = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+    check_host_key(
+        parse_known_hosts(f"{hashed} ssh-ed25519 {KEY_B}"), "10.0.0.7", 22022, presented(KEY_B)
+    )
+
+
+def test_changed_host_key_is_refused_naming_the_offered_fingerprint() -> None:
+    entries = parse_known_hosts(f"git.example.com ssh-ed25519 {KEY_B}")
+
+    with pytest.raises(HostKeyError) as caught:
+        check_host_key(entries, "git.example.com", 22, presented(KEY_A))
+
+    assert f"ssh-ed25519 {KEY_A_FINGERPRINT}" in str(caught.value)
+    assert "lists ssh-ed25519" in str(caught.value)
+
+
+def test_unknown_host_is_refused() -> None:
+    entries = parse_known_hosts(f"git.example.com ssh-ed25519 {KEY_A}")
+
+    with pytest.raises(HostKeyError, match=r"no entry for evil\.example\.com"):
+        check_host_key(entries, "evil.example.com", 22, presented(KEY_A))
+    with pytest.raises(HostKeyError, match="no entry"):
+        check_host_key([], "git.example.com", 22, presented(KEY_A))
+
+
+def test_revoked_key_is_refused_even_when_another_line_lists_it() -> None:
+    entries = parse_known_hosts(
+        f"git.example.com ssh-ed25519 {KEY_A}\n@revoked * ssh-ed25519 {KEY_A}\n"
+        f"@cert-authority *.example.com ssh-ed25519 {KEY_B}\n"
+    )
+
+    with pytest.raises(HostKeyError, match="@revoked"):
+        check_host_key(entries, "git.example.com", 22, presented(KEY_A))
+    with pytest.raises(HostKeyError, match="does not match"):
+        check_host_key(entries, "git.example.com", 22, presented(KEY_B))
+
+
+def test_wildcards_match_and_negated_patterns_exclude() -> None:
+    entries = parse_known_hosts(f"*.example.com,!evil.example.com,git?.corp ssh-ed25519 {KEY_A}")
+
+    check_host_key(entries, "git.example.com", 22, presented(KEY_A))
+    check_host_key(entries, "git1.corp", 22, presented(KEY_A))
+    with pytest.raises(HostKeyError, match="no entry"):
+        check_host_key(entries, "evil.example.com", 22, presented(KEY_A))
+    with pytest.raises(HostKeyError, match="no entry"):
+        check_host_key(entries, "example.com.attacker.net", 22, presented(KEY_A))
+
+
+def test_key_known_only_by_its_sha256_is_matched() -> None:
+    entries = parse_known_hosts(f"git.example.com ssh-ed25519 {KEY_A}")
+    digest_only = PresentedHostKey(
+        blob=None, sha256=hashlib.sha256(base64.b64decode(KEY_A)).digest()
+    )
+
+    check_host_key(entries, "git.example.com", 22, digest_only)
+    assert digest_only.fingerprint == KEY_A_FINGERPRINT
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (f"@bogus host ssh-ed25519 {KEY_A}", "line 1: unknown marker"),
+        ("host ssh-ed25519", "line 1: expected"),
+        ("# ok\nhost ssh-ed25519 %%%", "line 2: the key is not valid base64"),
+        (f"host ssh-rsa {KEY_A}", "line 1: the key is not a ssh-rsa public key"),
+        (f"|1|abc ssh-ed25519 {KEY_A}", "line 1: malformed hashed host name"),
+    ],
+)
+def test_malformed_known_hosts_lines_are_reported_by_number(text: str, problem: str) -> None:
+    with pytest.raises(KnownHostsError, match=problem):
+        parse_known_hosts(text)
+
+
+# -- SSH end to end --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SshServer:
+    port: int
+    host_key: str
+    """``keytype base64`` of the server's host key."""
+    client_key: str
+    """Private key text authorised to log in."""
+    user: str
+
+
+def _sshd_usable() -> bool:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    return (
+        os.path.exists(sshd)
+        and shutil.which("ssh-keygen") is not None
+        and os.geteuid() == 0
+        and os.path.isdir("/run/sshd")
+    )
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
+    if not _sshd_usable():
+        pytest.skip("needs OpenSSH sshd, ssh-keygen and root to start a throwaway SSH server")
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(keys / name)],
+            check=True,
+        )
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = keys / "sshd_config"
+    # MaxAuthTries is raised so that a rejected key is ended by the client's own limit.
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'sshd.pid'}\n"
+        "StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nMaxAuthTries 50\n"
+    )
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    with (keys / "sshd.log").open("wb") as log:
+        server = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail((keys / "sshd.log").read_text())
+                time.sleep(0.05)
+        host_key = " ".join((keys / "host.pub").read_text().split()[:2])
+        yield SshServer(port, host_key, (keys / "client").read_text(), getpass.getuser())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_ssh_connects_only_when_known_hosts_lists_the_server_key(
+    tmp_path: Path, ssh_server: SshServer
+) -> None:
+    remote, _ = make_remote(tmp_path)
+    port = ssh_server.port
+    url = f"ssh://{ssh_server.user}@127.0.0.1:{port}{tmp_path / 'remote.git'}"
+    trusted = GitCredentials(
+        ssh_private_key=ssh_server.client_key,
+        known_hosts=f"[127.0.0.1]:{port} {ssh_server.host_key}\n",
+    )
+
+    repository = BranchRepository(tmp_path / "clone", url, "main", trusted)
+    assert repository.open() is None
+    sha = write(repository, "a.yaml", b"over ssh\n", "ssh commit")
+    assert repository.push() == sha == remote_tip(remote)
+
+    impostor = dataclasses.replace(trusted, known_hosts=f"[127.0.0.1]:{port} ssh-ed25519 {KEY_A}")
+    with pytest.raises(RemoteUnavailable, match="does not match known_hosts") as caught:
+        BranchRepository(tmp_path / "impostor", url, "main", impostor).open()
+    assert ssh_server.client_key not in str(caught.value)
+
+    wrong_port = dataclasses.replace(trusted, known_hosts=f"127.0.0.1 {ssh_server.host_key}")
+    with pytest.raises(RemoteUnavailable, match=rf"no entry for \[127.0.0.1\]:{port}"):
+        BranchRepository(tmp_path / "wrong-port", url, "main", wrong_port).open()
+
+    opted_out = dataclasses.replace(trusted, known_hosts=None, insecure_skip_host_key_check=True)
+    assert BranchRepository(tmp_path / "opted-out", url, "main", opted_out).open() == sha
+
+
+def test_ssh_key_the_server_does_not_accept_fails_instead_of_retrying_forever(
+    tmp_path: Path, ssh_server: SshServer
+) -> None:
+    make_remote(tmp_path)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")],
+        check=True,
+    )
+    url = f"ssh://{ssh_server.user}@127.0.0.1:{ssh_server.port}{tmp_path / 'remote.git'}"
+    stranger = GitCredentials(
+        ssh_private_key=(tmp_path / "stranger").read_text(),
+        known_hosts=f"[127.0.0.1]:{ssh_server.port} {ssh_server.host_key}",
+    )
+
+    with pytest.raises(RemoteUnavailable, match="rejected the credentials"):
+        BranchRepository(tmp_path / "clone", url, "main", stranger).open()
+
+
+def test_push_refused_by_a_server_hook_is_declined_and_keeps_the_commit(
+    tmp_path: Path, ssh_server: SshServer
+) -> None:
+    remote, _ = make_remote(tmp_path)
+    hook = Path(remote.path) / "hooks" / "pre-receive"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text("#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    url = f"ssh://{ssh_server.user}@127.0.0.1:{ssh_server.port}{tmp_path / 'remote.git'}"
+    credentials = GitCredentials(
+        ssh_private_key=ssh_server.client_key,
+        known_hosts=f"[127.0.0.1]:{ssh_server.port} {ssh_server.host_key}",
+    )
+    repository = BranchRepository(tmp_path / "clone", url, "main", credentials)
+    repository.open()
+    sha = write(repository, "a.yaml", b"1\n", "one")
+
+    with pytest.raises(PushDeclined, match="hook declined"):
+        repository.push()
+
+    assert repository.pending() == 1
+    assert repository.head() == sha
+    assert "refs/heads/main" not in remote.references
