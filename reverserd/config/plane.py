@@ -1,0 +1,387 @@
+"""The config plane: reverserd's four custom resources, validated, resolved and given status.
+
+It keeps an informer per kind (all namespaces), and after any change recomputes one consistent
+:class:`ConfigState`: which rules exist (they decide what is watched, whether or not their target
+is ready, so events wait in the journal), and which targets are usable with which rules. It then
+writes status for every object whose computed status differs from what the API server holds;
+a status that would not change is never written.
+
+:meth:`ConfigPlane.wait_synced` returns once every kind has been listed completely, which is how
+the daemon loads all rules, targets and providers before any data watch opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reverserd.config.model import (
+    GROUP,
+    VERSION,
+    ConfigError,
+    Provider,
+    Target,
+    WatchRuleSpec,
+    parse_provider,
+    parse_target,
+    parse_watch_rule,
+    paths_overlap,
+)
+from reverserd.config.rules import CompiledRule
+from reverserd.config.status import (
+    Condition,
+    StatusBoard,
+    TargetProgress,
+    ready_from,
+    render_conditions,
+    rfc3339,
+)
+from reverserd.kube.client import KubeClient, KubeError
+from reverserd.kube.discovery import Discovery
+from reverserd.kube.informer import Informer
+from reverserd.kube.resources import ResourceType
+from reverserd.metrics import STATUS_WRITES
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ResourceType(GROUP, VERSION, "gitproviders", "GitProvider", True)
+TARGETS = ResourceType(GROUP, VERSION, "gittargets", "GitTarget", True)
+WATCH_RULES = ResourceType(GROUP, VERSION, "watchrules", "WatchRule", True)
+CLUSTER_WATCH_RULES = ResourceType(GROUP, VERSION, "clusterwatchrules", "ClusterWatchRule", False)
+KINDS = (PROVIDERS, TARGETS, WATCH_RULES, CLUSTER_WATCH_RULES)
+
+# Changes arrive in bursts (kubectl apply -f of a folder); one recompute covers the burst.
+DEBOUNCE_S = 0.2
+# A failed status write is retried on the next pass at the latest after this long.
+STATUS_RETRY_S = 5.0
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A GitTarget that passed validation, with its provider and every rule pointing at it."""
+
+    target: Target
+    provider: Provider
+    rules: tuple[CompiledRule, ...]
+
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+
+@dataclass(frozen=True)
+class ConfigState:
+    rules: tuple[WatchRuleSpec, ...] = ()
+    targets: Mapping[str, ResolvedTarget] = field(default_factory=dict)
+    providers: Mapping[str, Provider] = field(default_factory=dict)
+
+
+@dataclass
+class _Desired:
+    rtype: ResourceType
+    namespace: str
+    name: str
+    status: dict[str, Any]
+    current: Mapping[str, Any]
+    resource_version: str
+
+
+def _encryption_condition(target: Target) -> Condition:
+    if not target.encryption:
+        return Condition(
+            "EncryptionConfigured", True, "NotRequested",
+            "no encryption configured: Secrets selected by the rules are not written",
+        )  # fmt: skip
+    return Condition(
+        "EncryptionConfigured", None, "NotSupported",
+        "SOPS encryption is not available in this version: Secrets are not written",
+    )  # fmt: skip
+
+
+def _progress_conditions(progress: TargetProgress) -> list[Condition]:
+    def gate(kind: str, done: bool, reason: str, message: str) -> Condition:
+        if done:
+            return Condition(kind, True, reason, message)
+        return Condition(kind, False, progress.waiting_reason, progress.waiting_message)
+
+    return [
+        gate("Bootstrapped", progress.bootstrapped, "Bootstrapped",
+             "the branch is reachable and the target folder is known"),
+        gate("SnapshotSynced", progress.snapshot_synced, "SnapshotSynced",
+             "the initial reconcile of this target is pushed"),
+        gate("EventStreamLive", progress.stream_live, "EventStreamLive",
+             "changes are committed from the journal as they happen"),
+    ]  # fmt: skip
+
+
+def resolve(
+    caches: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]],
+    discovery: Discovery | None,
+    board: StatusBoard,
+) -> tuple[ConfigState, list[_Desired]]:
+    """Compute the state and every object's desired status from the informers' caches."""
+    now = time.time()
+    desired: list[_Desired] = []
+
+    def want(
+        rtype: ResourceType, body: Mapping[str, Any], conditions: list[Condition],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        metadata = body.get("metadata") or {}
+        current = body.get("status") or {}
+        generation = int(metadata.get("generation", 0))
+        status: dict[str, Any] = {
+            "observedGeneration": generation,
+            "conditions": render_conditions(
+                conditions, current.get("conditions") or [], generation, now
+            ),
+            **(extra or {}),
+        }
+        desired.append(
+            _Desired(
+                rtype, metadata.get("namespace", ""), metadata["name"], status, current,
+                str(metadata.get("resourceVersion", "")),
+            )
+        )  # fmt: skip
+
+    providers: dict[str, Provider] = {}
+    for body in caches["gitproviders"].values():
+        try:
+            provider = parse_provider(body)
+        except ConfigError as error:
+            want(PROVIDERS, body, [Condition("Ready", False, error.reason, str(error))])
+            continue
+        providers[provider.key] = provider
+        health = board.providers.get(provider.key)
+        if health is None:
+            ready = Condition("Ready", None, "Pending", "no connection attempted yet")
+        else:
+            ready = Condition("Ready", health.ok, health.reason, health.message)
+        want(PROVIDERS, body, [ready])
+
+    rules: list[WatchRuleSpec] = []
+    rule_bodies: list[tuple[ResourceType, Mapping[str, Any], WatchRuleSpec | ConfigError]] = []
+    for rtype, cluster in ((WATCH_RULES, False), (CLUSTER_WATCH_RULES, True)):
+        for body in caches[rtype.resource].values():
+            try:
+                rule = parse_watch_rule(body, cluster)
+            except ConfigError as error:
+                rule_bodies.append((rtype, body, error))
+                continue
+            rules.append(rule)
+            rule_bodies.append((rtype, body, rule))
+
+    parsed: list[tuple[Mapping[str, Any], Target | ConfigError]] = []
+    for body in caches["gittargets"].values():
+        try:
+            parsed.append((body, parse_target(body)))
+        except ConfigError as error:
+            parsed.append((body, error))
+    # Earlier targets win conflicts, so a new target can never take over an existing folder.
+    parsed.sort(key=lambda item: (
+        item[1].created if isinstance(item[1], Target) else "", _name_of(item[0])))  # fmt: skip
+    targets: dict[str, ResolvedTarget] = {}
+    target_problems: dict[str, Condition] = {}
+    claimed: list[tuple[str, str, str, str]] = []  # url, branch, path, target key
+    for body, parsed_target in parsed:
+        if isinstance(parsed_target, ConfigError):
+            problem = Condition("Validated", False, parsed_target.reason, str(parsed_target))
+            want(TARGETS, body, [ready_from([problem]), problem])
+            continue
+        target = parsed_target
+        target_provider = providers.get(f"{target.namespace}/{target.provider_name}")
+        validated = Condition("Validated", True, "Validated", "spec is valid")
+        if target_provider is None:
+            validated = Condition(
+                "Validated", False, "GitProviderNotFound",
+                f"GitProvider {target.provider_name!r} not found in namespace"
+                f" {target.namespace!r}; the target starts as soon as it exists",
+            )  # fmt: skip
+        elif not target_provider.allows(target.branch):
+            validated = Condition(
+                "Validated", False, "BranchNotAllowed",
+                f"branch {target.branch!r} matches none of GitProvider {target_provider.name!r}"
+                f" allowedBranches {list(target_provider.allowed_branches)}",
+            )  # fmt: skip
+        else:
+            for url, branch, path, other in claimed:
+                if (
+                    url == target_provider.url
+                    and branch == target.branch
+                    and paths_overlap(path, target.path)
+                ):
+                    validated = Condition(
+                        "Validated", False, "Conflict",
+                        f"GitTarget {other} already writes path {path!r} on branch"
+                        f" {branch!r} of {target_provider.url}; choose a separate folder",
+                    )  # fmt: skip
+                    break
+        if validated.status and target_provider is not None:
+            claimed.append((target_provider.url, target.branch, target.path, target.key))
+            target_rules = tuple(
+                compiled for rule in rules if rule.target_key == target.key
+                for compiled in rule.rules
+            )  # fmt: skip
+            targets[target.key] = ResolvedTarget(target, target_provider, target_rules)
+        else:
+            target_problems[target.key] = validated
+        progress = board.target(target.key)
+        gates = [validated, _encryption_condition(target), *_progress_conditions(progress)]
+        ready_gates = [g for g in gates if g.type != "EncryptionConfigured" or g.status is False]
+        want(TARGETS, body, [ready_from(ready_gates), *gates], _target_fields(progress))
+
+    for rtype, body, rule_or_error in rule_bodies:
+        if isinstance(rule_or_error, ConfigError):
+            invalid = rule_or_error
+            want(rtype, body, [Condition("Ready", False, invalid.reason, str(invalid))])
+            continue
+        want(rtype, body, [_rule_condition(rule_or_error, targets, target_problems, discovery)])
+
+    state = ConfigState(rules=tuple(rules), targets=targets, providers=providers)
+    return state, desired
+
+
+def _name_of(body: Mapping[str, Any]) -> str:
+    metadata = body.get("metadata") or {}
+    return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+
+
+def _target_fields(progress: TargetProgress) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if progress.last_commit:
+        fields["lastCommit"] = progress.last_commit
+    if progress.last_push_time:
+        fields["lastPushTime"] = rfc3339(progress.last_push_time)
+    if progress.last_reconcile_time:
+        fields["lastReconcileTime"] = rfc3339(progress.last_reconcile_time)
+    if progress.snapshot_completed_time:
+        fields["snapshot"] = {
+            "lastCompletedTime": rfc3339(progress.snapshot_completed_time),
+            "stats": dict(progress.snapshot_stats),
+        }
+    return fields
+
+
+def _rule_condition(
+    rule: WatchRuleSpec,
+    targets: Mapping[str, ResolvedTarget],
+    target_problems: Mapping[str, Condition],
+    discovery: Discovery | None,
+) -> Condition:
+    if rule.target_key not in targets:
+        problem = target_problems.get(rule.target_key)
+        if problem is not None and problem.reason == "GitProviderNotFound":
+            return Condition("Ready", False, "GitProviderNotFound", problem.message)
+        if problem is not None:
+            return Condition(
+                "Ready", False, "GitTargetNotReady",
+                f"GitTarget {rule.target_key} is not valid: {problem.message}",
+            )  # fmt: skip
+        return Condition(
+            "Ready", False, "GitTargetNotFound",
+            f"GitTarget {rule.target_name!r} not found in namespace {rule.target_namespace!r};"
+            " events are journaled and wait for it",
+        )  # fmt: skip
+    if discovery is not None:
+        missing = _unserved(rule.rules, discovery)
+        if missing:
+            return Condition(
+                "Ready", False, "ResourceNotServed",
+                f"not served by the API server yet: {', '.join(missing)}; the rule starts"
+                " working when they are",
+            )  # fmt: skip
+    return Condition("Ready", True, "Ready", "rules are active")
+
+
+def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
+    served = {resource for _, resource in discovery.types}
+    missing = []
+    for rule in rules:
+        for resource in sorted(rule.resources or ()):
+            if resource not in served:
+                missing.append(resource)
+    return sorted(set(missing))
+
+
+class ConfigPlane:
+    def __init__(self, client: KubeClient, board: StatusBoard) -> None:
+        self.client = client
+        self.board = board
+        self.discovery: Discovery | None = None
+        self.state = ConfigState()
+        self.version = 0
+        self.status_writes = 0
+        # The resourceVersion each status write went over: until the informer has seen the
+        # object change, its cached status is stale and must not trigger the write again.
+        self._written_over: dict[tuple[str, str, str], str] = {}
+        self._dirty = asyncio.Event()
+        self._published = asyncio.Condition()
+        self.informers = {kind.resource: Informer(client, kind, self._dirty.set) for kind in KINDS}
+        board.subscribe(self._dirty.set)
+
+    def set_discovery(self, discovery: Discovery) -> None:
+        self.discovery = discovery
+        self._dirty.set()
+
+    async def wait_synced(self) -> None:
+        for informer in self.informers.values():
+            await informer.synced.wait()
+        await self._recompute()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for informer in self.informers.values():
+                group.create_task(informer.run())
+            group.create_task(self._reconcile_loop())
+
+    async def _reconcile_loop(self) -> None:
+        for informer in self.informers.values():
+            await informer.synced.wait()
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), STATUS_RETRY_S)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(DEBOUNCE_S)
+            await self._recompute()
+
+    async def _recompute(self) -> None:
+        self._dirty.clear()
+        caches = {name: informer.cache for name, informer in self.informers.items()}
+        state, desired = resolve(caches, self.discovery, self.board)
+        if state != self.state:
+            async with self._published:
+                self.state = state
+                self.version += 1
+                self._published.notify_all()
+        for item in desired:
+            key = (item.rtype.resource, item.namespace, item.name)
+            if self._written_over.get(key) == item.resource_version:
+                continue
+            if _differs(item.status, item.current) and await self._write_status(item):
+                self._written_over[key] = item.resource_version
+
+    async def wait_for_change(self, seen_version: int) -> ConfigState:
+        async with self._published:
+            await self._published.wait_for(lambda: self.version != seen_version)
+            return self.state
+
+    async def _write_status(self, item: _Desired) -> bool:
+        path = item.rtype.object_path(item.namespace or None, item.name) + "/status"
+        try:
+            await self.client.merge_patch(path, {"status": item.status})
+        except KubeError as error:
+            if error.status != 404:
+                log.warning("status write for %s %s failed: %s", item.rtype.kind, item.name, error)
+            return False
+        self.status_writes += 1
+        STATUS_WRITES.labels(kind=item.rtype.kind).inc()
+        return True
+
+
+def _differs(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    return any(current.get(key) != value for key, value in wanted.items())

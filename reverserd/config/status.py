@@ -1,0 +1,113 @@
+"""Status conditions, and the board where the engines report what actually happened.
+
+Conditions follow the Kubernetes convention (``type``, ``status``, ``reason``, ``message``,
+``lastTransitionTime``, ``observedGeneration``). ``lastTransitionTime`` moves only when
+``status`` changes, and a status is written only when something in it differs, so reverserd never
+loops on its own writes and a quiet cluster sees no status traffic at all.
+
+The :class:`StatusBoard` is filled by the committer and the target consumers with facts about
+what was pushed (never what was attempted); the config plane turns them into status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool | None  # None: Unknown
+    reason: str
+    message: str
+
+    @property
+    def status_text(self) -> str:
+        return {True: "True", False: "False", None: "Unknown"}[self.status]
+
+
+def rfc3339(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def render_conditions(
+    wanted: Sequence[Condition], current: Sequence[Mapping[str, Any]], generation: int, now: float
+) -> list[dict[str, Any]]:
+    """Conditions as written to the API, keeping ``lastTransitionTime`` when status is unchanged."""
+    previous = {str(item.get("type")): item for item in current}
+    rendered = []
+    for condition in wanted:
+        before = previous.get(condition.type)
+        moved = before is None or before.get("status") != condition.status_text
+        rendered.append(
+            {
+                "type": condition.type,
+                "status": condition.status_text,
+                "reason": condition.reason,
+                "message": condition.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": rfc3339(now)
+                if moved or before is None
+                else before.get("lastTransitionTime", rfc3339(now)),
+            }
+        )
+    return rendered
+
+
+def ready_from(gates: Sequence[Condition]) -> Condition:
+    """``Ready`` is the first gate that is not True, else True."""
+    for gate in gates:
+        if gate.status is not True:
+            return Condition("Ready", gate.status, gate.reason, gate.message)
+    return Condition("Ready", True, "Ready", "all gates are satisfied")
+
+
+@dataclass
+class TargetProgress:
+    """What a target consumer has achieved, as pushed to the remote."""
+
+    bootstrapped: bool = False
+    snapshot_synced: bool = False
+    stream_live: bool = False
+    waiting_reason: str = "Pending"
+    waiting_message: str = "waiting for the target consumer to start"
+    last_commit: str | None = None
+    last_push_time: float | None = None
+    last_reconcile_time: float | None = None
+    snapshot_completed_time: float | None = None
+    snapshot_stats: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    ok: bool
+    reason: str
+    message: str
+
+
+class StatusBoard:
+    """Facts reported by the engines; every report wakes the status writer."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, TargetProgress] = {}
+        self.providers: dict[str, ProviderHealth] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def target(self, key: str) -> TargetProgress:
+        return self.targets.setdefault(key, TargetProgress())
+
+    def report_provider(self, key: str, health: ProviderHealth) -> None:
+        if self.providers.get(key) != health:
+            self.providers[key] = health
+            self.notify()

@@ -1,0 +1,75 @@
+"""Prometheus metrics, named as gitops-reverser named them so existing dashboards keep working.
+
+Semantics are honest (SPEC 8): counters count what happened, gauges go down as well as up, and
+anything about Git counts what was pushed, not what was attempted.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_RECEIVED = Counter(
+    "gitopsreverser_events_received_total",
+    "Watch events received from the API server and journaled",
+    ["resource"],
+)
+EVENTS_PROCESSED = Counter(
+    "gitopsreverser_events_processed_total",
+    "Journal events routed to a target (taken by its rules)",
+    ["target"],
+)
+OBJECTS_WRITTEN = Counter(
+    "gitopsreverser_objects_written_total",
+    "Files created or changed in pushed commits",
+    ["target"],
+)
+FILES_DELETED = Counter(
+    "gitopsreverser_files_deleted_total",
+    "Files removed in pushed commits",
+    ["target"],
+)
+COMMITS = Counter(
+    "gitopsreverser_commits_total",
+    "Commits created (each is pushed or redone from the journal, never dropped)",
+    ["target"],
+)
+GIT_OPERATIONS = Counter(
+    "gitopsreverser_git_operations_total",
+    "Pushes to a remote, by outcome",
+    ["operation", "result"],
+)
+COMMIT_QUEUE = Gauge(
+    "gitopsreverser_git_commit_queue_size",
+    "Journal events routed to a target and not pushed yet",
+    ["target"],
+)
+PUSH_DURATION = Histogram(
+    "gitopsreverser_git_push_duration_seconds",
+    "Duration of successful pushes",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+JOURNAL_EVENTS = Gauge("reverserd_journal_events", "Rows in the journal's events table")
+JOURNAL_BYTES = Gauge("reverserd_journal_database_bytes", "Size of journal.db (without WAL)")
+TARGET_LAG_EVENTS = Gauge(
+    "reverserd_target_lag_events", "Journal events after the target's cursor", ["target"]
+)
+TARGET_LAG_SECONDS = Gauge(
+    "reverserd_target_lag_seconds",
+    "Age of the oldest journal event the target has not pushed yet",
+    ["target"],
+)
+WATCH_RESTARTS = Counter(
+    "reverserd_watch_restarts_total", "Watches reconnected after an error", ["resource"]
+)
+WATCH_RELISTS = Counter("reverserd_watch_relists_total", "Re-seeds after 410 Gone", ["resource"])
+PUSH_FAILURES = Counter(
+    "reverserd_push_failures_total", "Pushes that failed, by reason", ["reason"]
+)
+SECRETS_SKIPPED = Counter(
+    "reverserd_secrets_skipped_total",
+    "Secrets not written because they cannot be encrypted",
+    ["target"],
+)
+STATUS_WRITES = Counter(
+    "reverserd_status_writes_total", "Status writes to reverserd's own resources", ["kind"]
+)
