@@ -1,21 +1,149 @@
-"""The ``reverserd`` command line."""
+"""The ``reverserd`` command line: ``run``, ``journal`` and ``render``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from reverserd import __version__
+import yaml
+
+from reverserd import __version__, logs
+from reverserd.journal import JournalEvent, JournalReader
+
+DEFAULT_STATE_DIR = Path("/var/lib/reverserd")
+DEFAULT_HTTP_LISTEN = ":8080"
+# `journal tail -f` polls the journal at this pace; SQLite has no change notification.
+TAIL_POLL_S = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reverserd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="reverserd", description="Mirror live Kubernetes objects into Git, journal first."
+    )
     parser.add_argument("--version", action="version", version=f"reverserd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster)")
+    run.add_argument("--context", help="kubeconfig context")
+    run.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
+    run.add_argument(
+        "--http-listen", default=os.environ.get("REVERSERD_HTTP_LISTEN", DEFAULT_HTTP_LISTEN)
+    )
+    run.add_argument("--log-format", choices=("json", "text"), default="json")
+    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--git-author-name", default="reverserd")
+    run.add_argument("--git-author-email", default="reverserd@localhost")
+
+    journal = commands.add_parser("journal", help="read the journal (safe while running)")
+    journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
+    views = journal.add_subparsers(dest="view", required=True)
+    views.add_parser("stats", help="row counts, sequence range and size")
+    tail = views.add_parser("tail", help="the newest events")
+    tail.add_argument("-n", type=int, default=20, help="how many events")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    views.add_parser("cursors", help="each target's cursor")
+    views.add_parser("streams", help="each watch's resume point and seed state")
+    show = views.add_parser("show", help="one event with its object")
+    show.add_argument("seq", type=int)
+
+    render = commands.add_parser("render", help="print a manifest as reverserd writes it")
+    render.add_argument("-f", "--filename", type=Path, required=True)
+    render.add_argument("--path", default="", help="target folder (spec.path)")
     return parser
 
 
+def _env_path(name: str) -> Path:
+    return Path(os.environ.get(name, str(DEFAULT_STATE_DIR)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    arguments = build_parser().parse_args(argv)
+    if arguments.command == "run":
+        return _run(arguments)
+    if arguments.command == "journal":
+        try:
+            return asyncio.run(_journal(arguments))
+        except FileNotFoundError as error:
+            print(f"reverserd: {error}", file=sys.stderr)
+            return 1
+    return _render(arguments)
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from reverserd.daemon import Daemon, RunOptions
+
+    logs.configure(arguments.log_format, arguments.log_level)
+    options = RunOptions(
+        kubeconfig=arguments.kubeconfig,
+        context=arguments.context,
+        state_dir=arguments.state_dir,
+        http_listen=arguments.http_listen,
+        git_author_name=arguments.git_author_name,
+        git_author_email=arguments.git_author_email,
+    )
+    asyncio.run(Daemon(options).run())
+    return 0
+
+
+def _event_line(event: JournalEvent) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event.journaled_at))
+    where = "/".join(part for part in (event.namespace, event.name) if part)
+    return f"{event.seq:>8}  {when}  {event.kind.value:<10} {event.stream:<40} {where}"
+
+
+async def _journal(arguments: argparse.Namespace) -> int:
+    reader = await JournalReader.open(arguments.state_dir, read_only=True)
+    try:
+        if arguments.view == "stats":
+            print(json.dumps(await reader.stats(), indent=2))
+        elif arguments.view == "cursors":
+            last = await reader.last_seq()
+            for cursor in await reader.cursors():
+                print(f"{cursor.target:<40} seq {cursor.seq:>8}  lag {last - cursor.seq}")
+        elif arguments.view == "streams":
+            for stream in await reader.streams():
+                print(
+                    f"{stream.stream:<50} {stream.seed_state.value:<9}"
+                    f" rv {stream.resource_version}  relists {stream.relists}"
+                )
+        elif arguments.view == "show":
+            event = await reader.event(arguments.seq)
+            if event is None:
+                print(f"no event {arguments.seq} (compacted or never written)", file=sys.stderr)
+                return 1
+            print(_event_line(event))
+            if event.body is not None:
+                print(yaml.safe_dump(event.body, sort_keys=False), end="")
+        else:
+            last = await reader.last_seq()
+            seq = max(0, last - arguments.n)
+            while True:
+                for event in await reader.events_after(seq, 1000):
+                    print(_event_line(event), flush=True)
+                    seq = event.seq
+                if not arguments.follow:
+                    break
+                await asyncio.sleep(TAIL_POLL_S)
+    finally:
+        await reader.close()
+    return 0
+
+
+def _render(arguments: argparse.Namespace) -> int:
+    from reverserd.manifest.offline import render_file
+
+    try:
+        for path, content in render_file(arguments.filename, arguments.path):
+            print(f"# {path}")
+            sys.stdout.write(content.decode())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        print(f"reverserd render: {error}", file=sys.stderr)
+        return 1
     return 0

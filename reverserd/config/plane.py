@@ -93,13 +93,17 @@ class _Desired:
 def _encryption_condition(target: Target) -> Condition:
     if not target.encryption:
         return Condition(
-            "EncryptionConfigured", True, "NotRequested",
+            "EncryptionConfigured",
+            True,
+            "NotRequested",
             "no encryption configured: Secrets selected by the rules are not written",
-        )  # fmt: skip
+        )
     return Condition(
-        "EncryptionConfigured", None, "NotSupported",
+        "EncryptionConfigured",
+        None,
+        "NotSupported",
         "SOPS encryption is not available in this version: Secrets are not written",
-    )  # fmt: skip
+    )
 
 
 def _progress_conditions(progress: TargetProgress) -> list[Condition]:
@@ -109,13 +113,25 @@ def _progress_conditions(progress: TargetProgress) -> list[Condition]:
         return Condition(kind, False, progress.waiting_reason, progress.waiting_message)
 
     return [
-        gate("Bootstrapped", progress.bootstrapped, "Bootstrapped",
-             "the branch is reachable and the target folder is known"),
-        gate("SnapshotSynced", progress.snapshot_synced, "SnapshotSynced",
-             "the initial reconcile of this target is pushed"),
-        gate("EventStreamLive", progress.stream_live, "EventStreamLive",
-             "changes are committed from the journal as they happen"),
-    ]  # fmt: skip
+        gate(
+            "Bootstrapped",
+            progress.bootstrapped,
+            "Bootstrapped",
+            "the branch is reachable and the target folder is known",
+        ),
+        gate(
+            "SnapshotSynced",
+            progress.snapshot_synced,
+            "SnapshotSynced",
+            "the initial reconcile of this target is pushed",
+        ),
+        gate(
+            "EventStreamLive",
+            progress.stream_live,
+            "EventStreamLive",
+            "changes are committed from the journal as they happen",
+        ),
+    ]
 
 
 def resolve(
@@ -128,9 +144,11 @@ def resolve(
     desired: list[_Desired] = []
 
     def want(
-        rtype: ResourceType, body: Mapping[str, Any], conditions: list[Condition],
+        rtype: ResourceType,
+        body: Mapping[str, Any],
+        conditions: list[Condition],
         extra: Mapping[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         metadata = body.get("metadata") or {}
         current = body.get("status") or {}
         generation = int(metadata.get("generation", 0))
@@ -143,10 +161,14 @@ def resolve(
         }
         desired.append(
             _Desired(
-                rtype, metadata.get("namespace", ""), metadata["name"], status, current,
+                rtype,
+                metadata.get("namespace", ""),
+                metadata["name"],
+                status,
+                current,
                 str(metadata.get("resourceVersion", "")),
             )
-        )  # fmt: skip
+        )
 
     providers: dict[str, Provider] = {}
     for body in caches["gitproviders"].values():
@@ -182,8 +204,9 @@ def resolve(
         except ConfigError as error:
             parsed.append((body, error))
     # Earlier targets win conflicts, so a new target can never take over an existing folder.
-    parsed.sort(key=lambda item: (
-        item[1].created if isinstance(item[1], Target) else "", _name_of(item[0])))  # fmt: skip
+    parsed.sort(
+        key=lambda item: (item[1].created if isinstance(item[1], Target) else "", _name_of(item[0]))
+    )
     targets: dict[str, ResolvedTarget] = {}
     target_problems: dict[str, Condition] = {}
     claimed: list[tuple[str, str, str, str]] = []  # url, branch, path, target key
@@ -197,16 +220,20 @@ def resolve(
         validated = Condition("Validated", True, "Validated", "spec is valid")
         if target_provider is None:
             validated = Condition(
-                "Validated", False, "GitProviderNotFound",
+                "Validated",
+                False,
+                "GitProviderNotFound",
                 f"GitProvider {target.provider_name!r} not found in namespace"
                 f" {target.namespace!r}; the target starts as soon as it exists",
-            )  # fmt: skip
+            )
         elif not target_provider.allows(target.branch):
             validated = Condition(
-                "Validated", False, "BranchNotAllowed",
+                "Validated",
+                False,
+                "BranchNotAllowed",
                 f"branch {target.branch!r} matches none of GitProvider {target_provider.name!r}"
                 f" allowedBranches {list(target_provider.allowed_branches)}",
-            )  # fmt: skip
+            )
         else:
             for url, branch, path, other in claimed:
                 if (
@@ -215,17 +242,21 @@ def resolve(
                     and paths_overlap(path, target.path)
                 ):
                     validated = Condition(
-                        "Validated", False, "Conflict",
+                        "Validated",
+                        False,
+                        "Conflict",
                         f"GitTarget {other} already writes path {path!r} on branch"
                         f" {branch!r} of {target_provider.url}; choose a separate folder",
-                    )  # fmt: skip
+                    )
                     break
         if validated.status and target_provider is not None:
             claimed.append((target_provider.url, target.branch, target.path, target.key))
             target_rules = tuple(
-                compiled for rule in rules if rule.target_key == target.key
+                compiled
+                for rule in rules
+                if rule.target_key == target.key
                 for compiled in rule.rules
-            )  # fmt: skip
+            )
             targets[target.key] = ResolvedTarget(target, target_provider, target_rules)
         else:
             target_problems[target.key] = validated
@@ -278,22 +309,28 @@ def _rule_condition(
             return Condition("Ready", False, "GitProviderNotFound", problem.message)
         if problem is not None:
             return Condition(
-                "Ready", False, "GitTargetNotReady",
+                "Ready",
+                False,
+                "GitTargetNotReady",
                 f"GitTarget {rule.target_key} is not valid: {problem.message}",
-            )  # fmt: skip
+            )
         return Condition(
-            "Ready", False, "GitTargetNotFound",
+            "Ready",
+            False,
+            "GitTargetNotFound",
             f"GitTarget {rule.target_name!r} not found in namespace {rule.target_namespace!r};"
             " events are journaled and wait for it",
-        )  # fmt: skip
+        )
     if discovery is not None:
         missing = _unserved(rule.rules, discovery)
         if missing:
             return Condition(
-                "Ready", False, "ResourceNotServed",
+                "Ready",
+                False,
+                "ResourceNotServed",
                 f"not served by the API server yet: {', '.join(missing)}; the rule starts"
                 " working when they are",
-            )  # fmt: skip
+            )
     return Condition("Ready", True, "Ready", "rules are active")
 
 

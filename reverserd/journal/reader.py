@@ -27,10 +27,20 @@ EVENT_COLUMNS = (
 def event_from_row(row: Sequence[Any]) -> JournalEvent:
     body = row[12]
     return JournalEvent(
-        seq=row[0], stream=row[1], kind=EventKind(row[2]), api_group=row[3], api_version=row[4],
-        resource=row[5], namespace=row[6], name=row[7], uid=row[8], resource_version=row[9],
-        username=row[10], journaled_at=row[11], body=None if body is None else json.loads(body),
-    )  # fmt: skip
+        seq=row[0],
+        stream=row[1],
+        kind=EventKind(row[2]),
+        api_group=row[3],
+        api_version=row[4],
+        resource=row[5],
+        namespace=row[6],
+        name=row[7],
+        uid=row[8],
+        resource_version=row[9],
+        username=row[10],
+        journaled_at=row[11],
+        body=None if body is None else json.loads(body),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +127,13 @@ class JournalReader:
                     objects.append(
                         StoredObject(
                             ObjectKey(group, res, namespace, name),
-                            version, uid, rv, object_seq, json.loads(body),
+                            version,
+                            uid,
+                            rv,
+                            object_seq,
+                            json.loads(body),
                         )
-                    )  # fmt: skip
+                    )
         finally:
             await self.connection.execute("COMMIT")
         return seq, objects
@@ -131,11 +145,20 @@ class JournalReader:
         )
         return [
             StreamRow(
-                row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7],
-                SeedState(row[8]), row[9], row[10],
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                bool(row[5]),
+                row[6],
+                row[7],
+                SeedState(row[8]),
+                row[9],
+                row[10],
             )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     async def cursors(self) -> list[CursorRow]:
         rows = await self.connection.execute_fetchall(

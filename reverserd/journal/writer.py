@@ -132,11 +132,23 @@ class _Batch:
     ) -> int:
         seq = self.writer.next_seq
         self.writer.next_seq += 1
-        self.events.append((
-            seq, stream.key, kind.value, stream.api_group, stream.api_version, stream.resource,
-            key.namespace if key else "", key.name if key else "", uid, resource_version,
-            None, self.now, None if body is None else json.dumps(body, separators=(",", ":")),
-        ))  # fmt: skip
+        self.events.append(
+            (
+                seq,
+                stream.key,
+                kind.value,
+                stream.api_group,
+                stream.api_version,
+                stream.resource,
+                key.namespace if key else "",
+                key.name if key else "",
+                uid,
+                resource_version,
+                None,
+                self.now,
+                None if body is None else json.dumps(body, separators=(",", ":")),
+            )
+        )
         return seq
 
     def observe(self, stream: StreamSpec, watch_type: WatchType, body: dict[str, Any]) -> None:
@@ -167,9 +179,16 @@ class _Batch:
         seq = self.event(stream, kind, key, uid, version, stored)
         index[key] = IndexEntry(uid, version, seq, stream.key, stream.api_version)
         self.objects[key] = (
-            key.api_group, key.resource, key.namespace, key.name, stream.api_version,
-            uid, version, stream.key, seq,
-        )  # fmt: skip
+            key.api_group,
+            key.resource,
+            key.namespace,
+            key.name,
+            stream.api_version,
+            uid,
+            version,
+            stream.key,
+            seq,
+        )
 
     def delete_unseen(self, session: SeedSession) -> None:
         """DELETE events for objects in the stream's scope that a complete LIST did not return."""
@@ -330,9 +349,17 @@ class JournalWriter:
             batch.execute(
                 "INSERT OR IGNORE INTO streams (stream, api_group, api_version, resource, kind,"
                 " namespaced, namespace, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (stream.key, stream.api_group, stream.api_version, stream.resource,
-                 stream.rtype.kind, int(stream.rtype.namespaced), stream.namespace, batch.now),
-            )  # fmt: skip
+                (
+                    stream.key,
+                    stream.api_group,
+                    stream.api_version,
+                    stream.resource,
+                    stream.rtype.kind,
+                    int(stream.rtype.namespaced),
+                    stream.namespace,
+                    batch.now,
+                ),
+            )
 
         await self.submit(apply)
         rows = await self.connection.execute_fetchall(
@@ -397,9 +424,14 @@ class JournalWriter:
             batch.execute(
                 "UPDATE streams SET seed_state = ?, seeded_at = ?, resource_version = ?,"
                 " updated_at = ? WHERE stream = ?",
-                (SeedState.COMPLETE.value, batch.now, resource_version, batch.now,
-                 session.stream.key),
-            )  # fmt: skip
+                (
+                    SeedState.COMPLETE.value,
+                    batch.now,
+                    resource_version,
+                    batch.now,
+                    session.stream.key,
+                ),
+            )
 
         await self.submit(apply)
 

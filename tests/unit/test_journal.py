@@ -50,8 +50,11 @@ async def test_event_kinds_follow_the_objects_life(
     await writer.record_changes(CONFIGMAPS, [("DELETED", configmap("a", 4))], "4")
     await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("a", 5, uid="u-2"))], "5")
     assert await kinds(reader) == [
-        ("CREATE", "a"), ("UPDATE", "a"), ("DELETE", "a"), ("CREATE", "a"),
-    ]  # fmt: skip
+        ("CREATE", "a"),
+        ("UPDATE", "a"),
+        ("DELETE", "a"),
+        ("CREATE", "a"),
+    ]
     streams = await reader.streams()
     assert [(s.stream, s.resource_version) for s in streams] == [("v1/configmaps@*", "5")]
 
@@ -79,13 +82,22 @@ async def test_complete_seed_deletes_only_what_it_did_not_list(
     await writer.record_seed_page(relist, [configmap("a", 1), configmap("c", 7, uid="u-c")])
     await writer.finish_seed(relist, "7")
     assert await kinds(reader) == [
-        ("SEED_BEGIN", ""), ("CREATE", "a"), ("CREATE", "b"), ("CREATE", "c"), ("SEED_END", ""),
-        ("SEED_BEGIN", ""), ("UPDATE", "c"), ("DELETE", "b"), ("SEED_END", ""),
-    ]  # fmt: skip
+        ("SEED_BEGIN", ""),
+        ("CREATE", "a"),
+        ("CREATE", "b"),
+        ("CREATE", "c"),
+        ("SEED_END", ""),
+        ("SEED_BEGIN", ""),
+        ("UPDATE", "c"),
+        ("DELETE", "b"),
+        ("SEED_END", ""),
+    ]
     (stream,) = await reader.streams()
     assert (stream.seed_state, stream.resource_version, stream.relists) == (
-        SeedState.COMPLETE, "7", 1,
-    )  # fmt: skip
+        SeedState.COMPLETE,
+        "7",
+        1,
+    )
 
 
 async def test_seed_that_fails_part_way_deletes_nothing(
@@ -112,9 +124,14 @@ async def test_secret_values_never_reach_the_database(
     writer, reader = journal
     await writer.register_stream(SECRETS)
     secret = {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
         "metadata": {
-            "name": "s", "namespace": "ns", "uid": "u", "resourceVersion": "1",
+            "name": "s",
+            "namespace": "ns",
+            "uid": "u",
+            "resourceVersion": "1",
             "annotations": {
                 "kubectl.kubernetes.io/last-applied-configuration": (
                     '{"data":{"p":"c2VjcmV0LXZhbHVl"}}'
@@ -123,7 +140,7 @@ async def test_secret_values_never_reach_the_database(
         },
         "data": {"p": "c2VjcmV0LXZhbHVl"},
         "stringData": {"q": "plain-secret-value"},
-    }  # fmt: skip
+    }
     await writer.record_changes(SECRETS, [("ADDED", secret)], "1")
     (event,) = await reader.events_after(0, 10)
     assert event.body is not None

@@ -1,0 +1,168 @@
+"""``reverserd run``: one process, one event loop, every task owned by one TaskGroup.
+
+Start-up order is what makes "no event dropped at start-up" structural rather than a race:
+
+1. open the journal (migrations applied);
+2. load every GitProvider, GitTarget, WatchRule and ClusterWatchRule (complete LISTs);
+3. discover the served types;
+4. only then open data watches, which write to the journal whether or not any target is ready;
+5. target consumers read the journal from their own cursors when their target is ready.
+
+SIGTERM or SIGINT cancels the TaskGroup: watches stop, nothing half-written is committed (an
+open journal transaction rolls back together with its resume point, so the API server delivers
+those events again), and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reverserd import __version__
+from reverserd.config.plane import ConfigPlane
+from reverserd.config.status import StatusBoard
+from reverserd.journal import JournalReader, JournalWriter
+from reverserd.kube.client import KubeClient, KubeError
+from reverserd.metrics import JOURNAL_BYTES, JOURNAL_EVENTS
+from reverserd.watch.manager import WatchManager
+from reverserd.web.server import Surface, build_app, serve
+
+log = logging.getLogger(__name__)
+
+# Superseded events that every cursor has passed are removed at this pace.
+COMPACTION_INTERVAL_S = 60.0
+# Journal size gauges are refreshed at this pace.
+JOURNAL_GAUGE_INTERVAL_S = 15.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    kubeconfig: Path | None
+    context: str | None
+    state_dir: Path
+    http_listen: str
+    git_author_name: str
+    git_author_email: str
+
+
+class _Shutdown(Exception):
+    """Raised inside the TaskGroup to cancel every task on SIGTERM."""
+
+
+class Daemon:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.started = time.time()
+
+    async def run(self) -> None:
+        options = self.options
+        journal = await JournalWriter.open(options.state_dir)
+        reader = await JournalReader.open(options.state_dir)
+        client = await KubeClient.connect(options.kubeconfig, options.context)
+        board = StatusBoard()
+        plane = ConfigPlane(client, board)
+        watches = WatchManager(client, journal, plane)
+        self.journal, self.reader, self.client = journal, reader, client
+        self.board, self.plane, self.watches = board, plane, watches
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        runner = await serve(build_app(self.surface()), options.http_listen)
+        log.info("reverserd %s started", __version__, extra={"state_dir": str(options.state_dir)})
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(journal.run())
+                group.create_task(plane.run())
+                group.create_task(self._housekeeping())
+                await plane.wait_synced()
+                await watches.refresh_discovery()
+                group.create_task(watches.run())
+                await stop.wait()
+                log.info("shutting down")
+                raise _Shutdown
+        except* _Shutdown:
+            pass
+        finally:
+            await runner.cleanup()
+            await client.close()
+            await reader.close()
+            await journal.close()
+            log.info("stopped")
+
+    async def _housekeeping(self) -> None:
+        last_compaction = time.monotonic()
+        while True:
+            await asyncio.sleep(JOURNAL_GAUGE_INTERVAL_S)
+            if time.monotonic() - last_compaction >= COMPACTION_INTERVAL_S:
+                await self.journal.compact()
+                last_compaction = time.monotonic()
+            stats = await self.reader.stats()
+            JOURNAL_EVENTS.set(stats["events"])
+            JOURNAL_BYTES.set(stats["database_bytes"])
+
+    def surface(self) -> Surface:
+        async def journal_ok() -> bool:
+            try:
+                await self.reader.last_seq()
+                return True
+            except Exception:
+                return False
+
+        async def api_ok() -> bool:
+            try:
+                await asyncio.wait_for(self.client.get("/version"), 3)
+                return True
+            except (KubeError, OSError, TimeoutError):
+                return False
+            except Exception:
+                return False
+
+        return Surface(
+            status=self.status, journal_ok=journal_ok, api_ok=api_ok, role=lambda: "leader"
+        )
+
+    async def status(self) -> dict[str, Any]:
+        stats = await self.reader.stats()
+        watchers = {spec.key: watcher for spec, (watcher, _) in self.watches.watchers.items()}
+        streams = []
+        for row in await self.reader.streams():
+            watcher = watchers.get(row.stream)
+            streams.append(
+                {
+                    "stream": row.stream,
+                    "active": watcher is not None,
+                    "seed_state": row.seed_state.value,
+                    "resource_version": row.resource_version,
+                    "relists": row.relists,
+                    "last_error": watcher.last_error if watcher else None,
+                }
+            )
+        cursors = {row.target: row for row in await self.reader.cursors()}
+        targets = []
+        for key, progress in sorted(self.board.targets.items()):
+            cursor = cursors.get(key)
+            targets.append(
+                {
+                    "target": key,
+                    "ready": key in self.plane.state.targets and progress.stream_live,
+                    "cursor": cursor.seq if cursor else None,
+                    "lag_events": max(0, stats["last_seq"] - cursor.seq) if cursor else None,
+                    "last_commit": progress.last_commit,
+                    "last_push": progress.last_push_time,
+                    "last_error": progress.last_error,
+                }
+            )
+        return {
+            "version": __version__,
+            "role": "leader",
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "journal": stats,
+            "targets": targets,
+            "watches": streams,
+        }
