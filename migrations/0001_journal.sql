@@ -58,7 +58,7 @@ CREATE TABLE streams (
 CREATE TABLE cursors (
     target           TEXT    PRIMARY KEY,  -- '<namespace>/<name>' of the GitTarget
     seq              INTEGER NOT NULL,     -- every event up to here is in pushed Git history
-    covered          TEXT    NOT NULL DEFAULT '[]',  -- JSON: selections snapshotted so far
+    covered          TEXT    NOT NULL DEFAULT '{}',  -- JSON: selection -> seq its snapshot reflects
     updated_at       REAL
 );
 

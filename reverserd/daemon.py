@@ -29,6 +29,7 @@ from reverserd.config.status import StatusBoard
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.metrics import JOURNAL_BYTES, JOURNAL_EVENTS
+from reverserd.targets.manager import TargetManager
 from reverserd.watch.manager import WatchManager
 from reverserd.web.server import Surface, build_app, serve
 
@@ -67,6 +68,16 @@ class Daemon:
         board = StatusBoard()
         plane = ConfigPlane(client, board)
         watches = WatchManager(client, journal, plane)
+        targets = TargetManager(
+            client,
+            journal,
+            plane,
+            watches,
+            board,
+            options.state_dir,
+            (options.git_author_name, options.git_author_email),
+        )
+        self.targets = targets
         self.journal, self.reader, self.client = journal, reader, client
         self.board, self.plane, self.watches = board, plane, watches
         stop = asyncio.Event()
@@ -83,6 +94,7 @@ class Daemon:
                 await plane.wait_synced()
                 await watches.refresh_discovery()
                 group.create_task(watches.run())
+                group.create_task(targets.run())
                 await stop.wait()
                 log.info("shutting down")
                 raise _Shutdown

@@ -62,7 +62,7 @@ class StreamRow:
 class CursorRow:
     target: str
     seq: int
-    covered: list[str]
+    covered: dict[str, int]
     updated_at: float | None
 
 

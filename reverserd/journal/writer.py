@@ -34,7 +34,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -237,6 +237,7 @@ class JournalWriter:
         self.next_seq = 1
         self._queue: asyncio.Queue[_Operation] = asyncio.Queue(QUEUE_DEPTH)
         self.committed_seq = 0
+        self._appended = asyncio.Condition()
 
     @classmethod
     async def open(cls, state_dir: Path) -> JournalWriter:
@@ -294,7 +295,10 @@ class JournalWriter:
                 if not operation.done.done():
                     operation.done.set_exception(error)
             return
-        self.committed_seq = self.next_seq - 1
+        if self.committed_seq != self.next_seq - 1:
+            self.committed_seq = self.next_seq - 1
+            async with self._appended:
+                self._appended.notify_all()
         for operation, result, failure in results:
             if operation.done.done():
                 continue
@@ -334,6 +338,15 @@ class JournalWriter:
             else:
                 await connection.execute(sql, params)
         await connection.execute("COMMIT")
+
+    async def wait_beyond(self, seq: int, patience_s: float) -> None:
+        """Return once an event after ``seq`` is committed, or after ``patience_s`` seconds."""
+        async with self._appended:
+            try:
+                async with asyncio.timeout(patience_s):
+                    await self._appended.wait_for(lambda: self.committed_seq > seq)
+            except TimeoutError:
+                pass
 
     async def submit(self, apply: Callable[[_Batch], T]) -> T:
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -441,7 +454,7 @@ class JournalWriter:
         self,
         target: str,
         seq: int,
-        covered: Sequence[str],
+        covered: Mapping[str, int],
         files: Sequence[tuple[ObjectKey, str | None, str]] = (),
     ) -> None:
         """Move a target's cursor and its record of written files in one transaction.
@@ -454,7 +467,7 @@ class JournalWriter:
                 "INSERT INTO cursors (target, seq, covered, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (target) DO UPDATE SET seq = excluded.seq,"
                 " covered = excluded.covered, updated_at = excluded.updated_at",
-                (target, seq, json.dumps(sorted(covered)), batch.now),
+                (target, seq, json.dumps(dict(sorted(covered.items()))), batch.now),
             )
             removed = [(target, *_key_tuple(k)) for k, path, _ in files if path is None]
             written = [(target, *_key_tuple(k), p, sha) for k, p, sha in files if p is not None]

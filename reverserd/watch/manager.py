@@ -22,9 +22,10 @@ import aiohttp
 
 from reverserd.config.model import WatchRuleSpec
 from reverserd.config.plane import ConfigPlane
-from reverserd.journal import ALL_NAMESPACES, JournalWriter, StreamSpec
+from reverserd.journal import ALL_NAMESPACES, JournalWriter, SeedState, StreamSpec
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.discovery import Discovery, discover
+from reverserd.supervise import supervise
 from reverserd.watch.watcher import StreamWatcher
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,18 @@ class WatchManager:
         self.discovery: Discovery | None = None
         self.watchers: dict[StreamSpec, tuple[StreamWatcher, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
+
+    def seeded(self, type_key: tuple[str, str], namespace: str | None) -> bool:
+        """Whether a stream of this type covering ``namespace`` (None: all) has a complete seed."""
+        for stream, (watcher, _) in self.watchers.items():
+            if (stream.rtype.group, stream.rtype.resource) != type_key:
+                continue
+            if (
+                stream.namespace in (ALL_NAMESPACES, namespace)
+                and watcher.state is SeedState.COMPLETE
+            ):
+                return True
+        return False
 
     async def refresh_discovery(self) -> None:
         """Fetch discovery; on failure keep the previous one (no stream stops for a blip)."""
@@ -103,5 +116,6 @@ class WatchManager:
             log.info("stopped watching %s", stream.key)
         for stream in sorted(wanted - set(self.watchers), key=lambda s: s.key):
             watcher = StreamWatcher(self.client, self.journal, stream)
-            self.watchers[stream] = (watcher, group.create_task(watcher.run()))
+            task = group.create_task(supervise(f"watch {stream.key}", watcher.run))
+            self.watchers[stream] = (watcher, task)
             log.info("watching %s", stream.key)

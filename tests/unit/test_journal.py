@@ -159,10 +159,10 @@ async def test_compaction_keeps_what_objects_or_cursors_still_need(
     await writer.register_stream(CONFIGMAPS)
     for version in range(1, 6):
         await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("a", version))], None)
-    await writer.write_cursor("ns/target", seq=2, covered=[])
+    await writer.write_cursor("ns/target", seq=2, covered={})
     await writer.compact()
     assert [e.seq for e in await reader.events_after(0, 100)] == [3, 4, 5]
-    await writer.write_cursor("ns/target", seq=5, covered=[])
+    await writer.write_cursor("ns/target", seq=5, covered={})
     await writer.compact()
     assert [e.seq for e in await reader.events_after(0, 100)] == [5]
     await writer.record_changes(CONFIGMAPS, [("DELETED", configmap("a", 6))], None)

@@ -1,0 +1,36 @@
+"""Keep a long-running task alive: one target's or one watch's bug must not stop the others.
+
+A supervised task that fails unexpectedly is logged with its traceback, counted, and restarted
+after a growing delay. Its state lives in the journal, so a restart resumes where it stood.
+Cancellation (shutdown, reconfiguration) passes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+# Restart pacing: quick enough for a transient fault, slow enough not to spin on a permanent one.
+RESTART_INITIAL_S = 1.0
+RESTART_CEILING_S = 60.0
+
+
+async def supervise(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> None:
+    delay = RESTART_INITIAL_S
+    while True:
+        try:
+            await run()
+            return
+        except Exception as error:
+            log.error("%s failed, restarting in %.0f s", name, delay, exc_info=error)
+            if on_failure is not None:
+                on_failure(error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_CEILING_S)

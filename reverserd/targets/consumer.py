@@ -1,0 +1,274 @@
+"""A target consumer: one GitTarget reading the journal from its own cursor.
+
+It exists once its GitTarget is valid, and it starts writing once the branch's committer has
+reached the repository. Until then the target's events simply wait in the journal: nothing a
+watch delivered before the target was ready is lost (DESIGN invariant 2).
+
+For each type its rules select, the consumer first takes a snapshot of the journal's ``objects``
+(only once that type's seed is complete) and writes it as **one** reconcile commit, including
+removal of files whose objects are gone, judged by its own record of what it wrote or by file
+content. From then on it tails ``events`` from its cursor, filters them by its rules, and hands
+one commit per event to the committer. Types that become selected later (rules widened, a CRD
+installed) get their own snapshot the same way: a backfill commit.
+
+The cursor and the record of written files move only when the committer has pushed
+(:mod:`reverserd.committer`); after a crash the consumer replays from the cursor, and the
+replay changes nothing that is already in the clone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from reverserd.committer.committer import Committer, Submission
+from reverserd.config.plane import ResolvedTarget
+from reverserd.config.status import StatusBoard
+from reverserd.git import FileChange
+from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWriter
+from reverserd.kube.discovery import Discovery
+from reverserd.kube.resources import ResourceType
+from reverserd.manifest.layout import is_excluded_object
+from reverserd.metrics import EVENTS_PROCESSED, SECRETS_SKIPPED, TARGET_LAG_EVENTS
+from reverserd.targets.planning import (
+    README,
+    README_NAME,
+    FilePlan,
+    FileRecord,
+    commit_message,
+    event_type,
+    identity_of,
+    is_sensitive,
+    manifest_of,
+    plan_event,
+    plan_snapshot,
+    reconcile_message,
+    selected,
+    selection_key,
+    split_selection,
+)
+
+log = logging.getLogger(__name__)
+
+# Events read from the journal per round trip.
+READ_BATCH = 500
+# Longest wait for new journal events before re-checking rules, discovery and seeds.
+IDLE_WAIT_S = 1.0
+
+SeededCheck = Callable[[tuple[str, str], str | None], bool]
+
+
+class TargetConsumer:
+    def __init__(
+        self,
+        resolved: ResolvedTarget,
+        committer: Committer,
+        reader: JournalReader,
+        journal: JournalWriter,
+        board: StatusBoard,
+        discovery: Callable[[], Discovery | None],
+        seeded: SeededCheck,
+    ) -> None:
+        self.resolved = resolved
+        self.key = resolved.key
+        self.committer = committer
+        self.reader = reader
+        self.journal = journal
+        self.board = board
+        self.discovery = discovery
+        self.seeded = seeded
+        self.progress = board.target(self.key)
+        self.seq = 0
+        self.covered: dict[str, int] = {}
+        self.files: dict[Any, FileRecord] = {}
+        self.readme_present = False
+        self.readme_path = README_NAME
+        self.initial_snapshot_sent = False
+
+    @property
+    def folder(self) -> str:
+        return self.resolved.target.path
+
+    async def run(self) -> None:
+        progress = self.progress
+        progress.waiting_reason = "WaitingForRepository"
+        progress.waiting_message = f"connecting to {self.committer.key.split('#')[0]}"
+        self.board.notify()
+        await self.committer.ready.wait()
+        progress.bootstrapped = True
+        progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
+        self.board.notify()
+        cursor = await self.reader.cursor(self.key)
+        if cursor is None:
+            # Registered before the snapshot is read, so compaction keeps what follows it.
+            self.seq = await self.reader.last_seq()
+            await self.journal.write_cursor(self.key, self.seq, {})
+        else:
+            self.seq, self.covered = cursor.seq, dict(cursor.covered)
+        self.files = dict(await self.reader.target_files(self.key))
+        if self.folder:
+            self.readme_path = f"{self.folder}/{README_NAME}"
+        self.readme_present = await self.committer.read(self.readme_path) is not None
+        while True:
+            await self._catch_up_selections()
+            events = await self.reader.events_after(self.seq, READ_BATCH)
+            if events:
+                await self._process(events)
+                TARGET_LAG_EVENTS.labels(target=self.key).set(
+                    max(0, await self.reader.last_seq() - self.seq)
+                )
+            else:
+                await self.journal.wait_beyond(self.seq, IDLE_WAIT_S)
+
+    def _selections(self, discovery: Discovery) -> dict[str, tuple[ResourceType, bool]]:
+        """Selection key -> (type, whether every stream it needs has a complete seed)."""
+        found: dict[str, tuple[ResourceType, bool]] = {}
+        for key, rtype in discovery.types.items():
+            rules = [
+                rule
+                for rule in self.resolved.rules
+                if rule.selects_type(rtype, discovery.versions.get(key, ()))
+            ]
+            if not rules:
+                continue
+            ready = all(self.seeded(key, rule.namespace) for rule in rules)
+            found[selection_key(rtype.group, rtype.resource, rules)] = (rtype, ready)
+        return found
+
+    async def _catch_up_selections(self) -> None:
+        discovery = self.discovery()
+        if discovery is None:
+            return
+        selections = self._selections(discovery)
+        stale = [key for key in self.covered if key not in selections]
+        for key in stale:
+            del self.covered[key]
+        newly = {key for key, (_, ready) in selections.items() if ready and key not in self.covered}
+        first = not self.initial_snapshot_sent and all(r for _, r in selections.values())
+        if newly or first:
+            await self._snapshot(newly, discovery, first)
+
+    async def _snapshot(self, newly: set[str], discovery: Discovery, first: bool) -> None:
+        self.initial_snapshot_sent = self.initial_snapshot_sent or first
+        pairs = {split_selection(key) for key in newly}
+        seq, objects = await self.reader.snapshot(pairs)
+        folder_files = await self.committer.list_files(self.folder)
+        branch_files = await self.committer.on_git_thread(
+            lambda: {path: self.committer.repository.read(path) or b"" for path in folder_files}
+        )
+        plan, count = plan_snapshot(
+            objects,
+            self.resolved.rules,
+            discovery.types,
+            pairs,
+            self.folder,
+            self.files,
+            branch_files,
+        )
+        for key in newly:
+            self.covered[key] = seq
+        self._remember(plan)
+        message = reconcile_message(plan, count, self.key)
+        stats = {"created": plan.created, "updated": plan.updated, "deleted": plan.deleted}
+        log.info(
+            "reconcile planned",
+            extra={
+                "target": self.key,
+                "objects": count,
+                **{f"files_{k}": v for k, v in stats.items()},
+            },
+        )
+
+        def pushed(sha: str | None, at: float) -> None:
+            progress = self.progress
+            progress.last_reconcile_time = progress.snapshot_completed_time = at
+            progress.snapshot_stats = stats
+            if first:
+                progress.snapshot_synced = progress.stream_live = True
+            self._pushed(sha, at)
+
+        await self._submit(plan, message, pushed)
+
+    async def _process(self, events: list[JournalEvent]) -> None:
+        rules = self.resolved.rules
+        submitted_to = self.seq
+        for event in events:
+            self.seq = event.seq
+            if event.kind in (EventKind.SEED_BEGIN, EventKind.SEED_END):
+                continue
+            rtype = event_type(event)
+            since = self._covered_since(event)
+            if since is None or event.seq <= since:
+                continue
+            if not selected(rules, rtype, event.namespace, event.kind.value):
+                continue
+            EVENTS_PROCESSED.labels(target=self.key).inc()
+            if event.body is not None and is_excluded_object(rtype, event.body):
+                continue
+            if is_sensitive(rtype):
+                SECRETS_SKIPPED.labels(target=self.key).inc()
+                continue
+            known = self.files.get(event.key)
+            existing = None
+            if event.kind is EventKind.DELETE and known is None and event.body is not None:
+                existing = await self._identified_file(event, rtype)
+            plan = plan_event(event, rtype, self.folder, known, existing)
+            if plan is None:
+                continue
+            self._remember(plan)
+            await self._submit(plan, commit_message(event, rtype, self.key), self._pushed)
+            submitted_to = event.seq
+        if submitted_to < self.seq:
+            await self.committer.submit(Submission(self.key, self.seq, dict(self.covered)))
+
+    def _covered_since(self, event: JournalEvent) -> int | None:
+        prefix = f"{event.api_group}/{event.resource}|"
+        for key, since in self.covered.items():
+            if key.startswith(prefix):
+                return since
+        return None
+
+    async def _identified_file(self, event: JournalEvent, rtype: ResourceType) -> bytes | None:
+        """A file this target did not record writing, but whose content names this object."""
+        assert event.body is not None
+        path, _ = manifest_of(rtype, event.body, self.folder)
+        content = await self.committer.read(path)
+        if content is None:
+            return None
+        kinds: Mapping[tuple[str, str], ResourceType] = {(rtype.group, rtype.kind): rtype}
+        return content if identity_of(content, kinds) == event.key else None
+
+    def _remember(self, plan: FilePlan) -> None:
+        for key, path, content_sha in plan.records:
+            if path is None:
+                self.files.pop(key, None)
+            else:
+                self.files[key] = (path, content_sha)
+
+    async def _submit(
+        self, plan: FilePlan, message: str, on_pushed: Callable[[str | None, float], None]
+    ) -> None:
+        changes = list(plan.changes)
+        if changes and not self.readme_present:
+            changes.append(FileChange(self.readme_path, README))
+            self.readme_present = True
+        await self.committer.submit(
+            Submission(
+                self.key,
+                self.seq,
+                dict(self.covered),
+                changes,
+                message,
+                records=list(plan.records),
+                on_pushed=on_pushed,
+            )
+        )
+
+    def _pushed(self, sha: str | None, at: float) -> None:
+        progress = self.progress
+        if sha is not None:
+            progress.last_commit = sha
+            progress.last_push_time = at
+        progress.last_error = None
+        self.board.notify()

@@ -1,0 +1,153 @@
+"""Starts and stops target consumers and their committers as the configuration changes.
+
+One committer per repository URL and branch: targets on the same branch share it, and so do
+GitProviders with the same URL, so they never race each other. A consumer is restarted when
+anything it depends on changes (its rules, path, branch or provider); it resumes from its cursor,
+so a restart costs a replay, never an event. A GitTarget that was deleted releases its cursor, so
+it no longer holds back journal compaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reverserd.committer.committer import (
+    Committer,
+    PushPolicy,
+    clone_dir,
+    committer_key,
+)
+from reverserd.committer.credentials import load_credentials
+from reverserd.config.plane import ConfigPlane, ResolvedTarget
+from reverserd.config.status import StatusBoard
+from reverserd.git import BranchRepository
+from reverserd.journal import JournalReader, JournalWriter
+from reverserd.kube.client import KubeClient
+from reverserd.supervise import supervise
+from reverserd.targets.consumer import TargetConsumer
+from reverserd.watch.manager import WatchManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    resolved: ResolvedTarget
+    consumer: TargetConsumer
+    task: asyncio.Task[None]
+
+
+class TargetManager:
+    def __init__(
+        self,
+        client: KubeClient,
+        journal: JournalWriter,
+        plane: ConfigPlane,
+        watches: WatchManager,
+        board: StatusBoard,
+        state_dir: Path,
+        identity: tuple[str, str],
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.plane = plane
+        self.watches = watches
+        self.board = board
+        self.state_dir = state_dir
+        self.identity = identity
+        self.committers: dict[str, tuple[Committer, asyncio.Task[None]]] = {}
+        self.consumers: dict[str, _Running] = {}
+        self.reader: JournalReader | None = None
+
+    async def run(self) -> None:
+        self.reader = await JournalReader.open(self.state_dir)
+        try:
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    seen = self.plane.version
+                    await self._reconcile(group)
+                    await self.plane.wait_for_change(seen)
+        finally:
+            await self.reader.close()
+
+    async def _reconcile(self, group: asyncio.TaskGroup) -> None:
+        assert self.reader is not None
+        state = self.plane.state
+        for key in list(self.consumers):
+            running = self.consumers[key]
+            if state.targets.get(key) == running.resolved:
+                continue
+            running.task.cancel()
+            del self.consumers[key]
+            log.info("stopped target consumer", extra={"target": key})
+            if key not in {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}:
+                self.board.targets.pop(key, None)
+                await self.journal.forget_target(key)
+        for key, resolved in sorted(state.targets.items()):
+            if key in self.consumers:
+                continue
+            committer = self._committer(group, resolved)
+            consumer = TargetConsumer(
+                resolved,
+                committer,
+                self.reader,
+                self.journal,
+                self.board,
+                lambda: self.watches.discovery,
+                self.watches.seeded,
+            )
+            task = group.create_task(
+                supervise(f"target {key}", consumer.run, self._record_failure(key))
+            )
+            self.consumers[key] = _Running(resolved, consumer, task)
+            log.info("started target consumer", extra={"target": key})
+        used = {
+            committer_key(r.resolved.provider.url, r.resolved.target.branch)
+            for r in self.consumers.values()
+        }
+        for key in list(self.committers):
+            if key not in used:
+                self.committers.pop(key)[1].cancel()
+
+    def _committer(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Committer:
+        provider, branch = resolved.provider, resolved.target.branch
+        key = committer_key(provider.url, branch)
+        if key in self.committers:
+            return self.committers[key][0]
+
+        def providers() -> list[str]:
+            return sorted(
+                p.key
+                for p in self.plane.state.providers.values()
+                if committer_key(p.url, branch) == key
+            )
+
+        async def connect() -> BranchRepository:
+            credentials = await load_credentials(self.client, provider)
+            return BranchRepository(
+                clone_dir(self.state_dir, key), provider.url, branch, credentials
+            )
+
+        committer = Committer(
+            key,
+            connect,
+            self.journal,
+            self.board,
+            self.identity,
+            PushPolicy(provider.push_interval_s, provider.push_max_commits),
+            providers,
+        )
+        task = group.create_task(supervise(f"committer {key}", committer.run))
+        self.committers[key] = (committer, task)
+        return committer
+
+    def _record_failure(self, key: str) -> Callable[[BaseException], None]:
+        def record(error: BaseException) -> None:
+            self.board.target(key).last_error = f"{type(error).__name__}: {error}"
+            self.board.notify()
+
+        return record
