@@ -7,7 +7,8 @@ speak the real protocols, so this module runs them as child processes:
 * ``GitHttpServer``: lighttpd running ``git http-backend`` as CGI behind HTTP basic auth,
   with pushes enabled;
 * ``GitSshServer``: OpenSSH's sshd with throwaway keys, admitting one client key and
-  restricting it to ``git-shell``.
+  restricting it to ``git-shell``; it also has a second client key it does not admit, and a
+  known_hosts text naming a key it does not have.
 
 Guarantees:
 
@@ -15,7 +16,8 @@ Guarantees:
   lives under the state directory the caller passes. The one exception is sshd's
   privilege-separation directory ``/run/sshd``, whose path is compiled into sshd.
 * Servers listen on 127.0.0.1 only, on a port found free when the server object is created
-  and kept across ``restart()``, so URLs stay valid through an outage.
+  and kept across ``restart()``, so URLs stay valid through an outage. ``suspended()`` plays
+  the other kind of failure, a server that accepts connections but never answers.
 * ``start()`` returns once the port accepts connections, or raises with the server's log.
   ``stop()`` returns once the process has exited. A server is also killed when the thread
   that started it dies, so a test run that is itself killed leaves nothing listening.
@@ -27,8 +29,8 @@ Guarantees:
 
 The repository helpers work on the bare repositories directly, bypassing the servers, to
 arrange a starting state (``seed_repo``), to play someone else pushing in between
-(``push_foreign_commit``), and to read what actually arrived (``branch_tip``, ``read_tree``,
-``log``).
+(``push_foreign_commit``), to make the server refuse pushes as a protected branch does
+(``install_hook``), and to read what actually arrived (``branch_tip``, ``read_tree``, ``log``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,20 @@ SEED_AUTHOR = pygit2.Signature("Repository Seed", "seed@example.invalid")
 # Repository names end up in URLs, file paths and the git-shell command line; keeping them
 # to this alphabet rules out traversal and quoting problems in all three.
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# The hooks git receive-pack runs on the server side of a push (githooks(5)). Other names are
+# refused, so a misspelt hook fails the test instead of silently never running.
+SERVER_HOOKS = frozenset(
+    {
+        "pre-receive",
+        "update",
+        "proc-receive",
+        "post-receive",
+        "post-update",
+        "reference-transaction",
+        "push-to-checkout",
+    }
+)
 
 
 class MissingProgramError(RuntimeError):
@@ -200,6 +216,8 @@ class _GitServer(abc.ABC):
             return
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
+            # A suspended server only acts on SIGTERM once it runs again.
+            process.send_signal(signal.SIGCONT)
             try:
                 process.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -210,6 +228,25 @@ class _GitServer(abc.ABC):
         """Stop, then start again on the same port."""
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Freeze the server process (SIGSTOP) while the block runs, then let it go on.
+
+        Its port keeps listening, so the kernel still completes the TCP handshake and queues
+        the connection, but nothing is ever read or answered: a hung server, where ``stop()``
+        plays one that refuses connections. Requests still queued when the block ends are
+        served then.
+        """
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise RuntimeError(f"{type(self).__name__} on port {self.port} is not running")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> Self:
         self.start()
@@ -346,9 +383,15 @@ class GitSshServer(_GitServer):
     Logging in as the current user works whether or not that is root (root may log in with a
     key only), and the forced ``git-shell`` command keeps the key from doing anything but
     fetch and push. Repository URLs carry the absolute path of the bare repository.
+
+    ``max_auth_tries`` is sshd's ``MaxAuthTries`` (default 6): sshd hangs up on a connection
+    after that many failed authentication attempts. Raise it to see how long a client keeps
+    offering a refused key when the server does not end the exchange first.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_auth_tries: int = 6) -> None:
+        if max_auth_tries < 1:
+            raise ValueError("max_auth_tries must be at least 1")
         super().__init__(state_dir)
         self.user = pwd.getpwuid(os.geteuid()).pw_name
         self._sshd = _find_program("sshd", "openssh-server", ("/usr/sbin", "/sbin"))
@@ -359,13 +402,17 @@ class GitSshServer(_GitServer):
         host_key = keys_dir / "host_ed25519"
         self.client_key_path = keys_dir / "client_ed25519"
         impostor_key = keys_dir / "impostor_ed25519"
+        stranger_key = keys_dir / "stranger_ed25519"
         _ssh_keygen(keygen, host_key, "git test bed host key")
         _ssh_keygen(keygen, self.client_key_path, "git test bed client key")
         _ssh_keygen(keygen, impostor_key, "a host key the server does not have")
+        _ssh_keygen(keygen, stranger_key, "a client key the server does not admit")
 
         self.host_public_key = _public_key(host_key)
         self.client_public_key = _public_key(self.client_key_path)
         self.client_private_key = self.client_key_path.read_text()
+        self.stranger_private_key = stranger_key.read_text()
+        """A well-formed client key that is not in authorized_keys."""
         self.known_hosts = f"[{LOOPBACK}]:{self.port} {self.host_public_key}\n"
         self.wrong_known_hosts = f"[{LOOPBACK}]:{self.port} {_public_key(impostor_key)}\n"
 
@@ -392,6 +439,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 UsePAM no
+MaxAuthTries {max_auth_tries}
 LogLevel VERBOSE
 """
         )
@@ -462,6 +510,28 @@ def push_foreign_commit(
     The commit is authored by ``FOREIGN_AUTHOR``. Returns its SHA.
     """
     return _commit_files(repo_path, branch, {path: content}, message, FOREIGN_AUTHOR)
+
+
+def install_hook(repo_path: Path, name: str, script: str) -> Path:
+    """Make ``script`` the server-side hook ``name`` of the bare repository at ``repo_path``.
+
+    Both servers run git receive-pack, which runs the hook for every push that reaches it;
+    a ``pre-receive`` hook exiting non-zero refuses the whole push, as a branch protection
+    rule does; what it prints to stderr reaches the client as progress output. ``script``
+    must start with ``#!``. An existing hook of that name is replaced. Returns its path.
+    """
+    if name not in SERVER_HOOKS:
+        raise ValueError(f"{name!r} is not a server-side hook: one of {sorted(SERVER_HOOKS)}")
+    if not script.startswith("#!"):
+        raise ValueError("a hook script must start with an interpreter line (#!)")
+    if not (repo_path / "HEAD").is_file():
+        raise FileNotFoundError(f"no bare repository at {repo_path}")
+    hooks = repo_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    hook = hooks / name
+    hook.write_text(script)
+    hook.chmod(0o755)
+    return hook
 
 
 def branch_tip(repo_path: Path, branch: str) -> str | None:

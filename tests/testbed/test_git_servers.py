@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -19,12 +20,14 @@ from pygit2.enums import CredentialType, FileMode
 
 from testbed.gitservers import (
     FOREIGN_AUTHOR,
+    LOOPBACK,
     SEED_AUTHOR,
     GitHttpServer,
     GitSshServer,
     LogEntry,
     MissingProgramError,
     branch_tip,
+    install_hook,
     libgit2_known_hosts,
     log,
     push_foreign_commit,
@@ -256,6 +259,21 @@ def test_ssh_push_to_a_host_with_an_unknown_key_is_refused(
     assert branch_tip(git_ssh.repo_path(git_repo_name), "main") == seeded
 
 
+def test_ssh_refuses_the_client_key_it_does_not_admit(
+    git_ssh: GitSshServer, git_repo_name: str, tmp_path: Path, trusted_ssh_host: None
+) -> None:
+    git_ssh.seed_repo(git_repo_name, "main", {"f": b"x"}, "Seed")
+    assert git_ssh.stranger_private_key != git_ssh.client_private_key
+    stranger = ClientCallbacks(
+        pygit2.KeypairFromMemory(git_ssh.user, None, git_ssh.stranger_private_key, "")
+    )
+
+    with pytest.raises(CredentialsRejected):
+        clone(git_ssh.url(git_repo_name), tmp_path / "clone", stranger)
+
+    assert stranger.credential_requests == 2
+
+
 def test_pygit2_accepts_any_ssh_host_key_unless_certificate_check_is_overridden(
     git_ssh: GitSshServer, git_repo_name: str, tmp_path: Path
 ) -> None:
@@ -350,6 +368,47 @@ def test_outage_refuses_pushes_until_the_server_is_back_on_the_same_url(
         push(repo, "main", callbacks())
         assert branch_tip(server_repo, "main") == after_restart
     assert not server.running
+
+
+def test_suspended_server_accepts_connections_but_answers_only_once_resumed(
+    tmp_path: Path,
+) -> None:
+    with GitHttpServer(tmp_path / "server") as server:
+        server.seed_repo("hung", "main", {"f": b"0"}, "Seed")
+        request = b"GET /git/hung.git/info/refs HTTP/1.0\r\n\r\n"
+
+        with server.suspended(), socket.create_connection((LOOPBACK, server.port)) as hung:
+            hung.settimeout(0.5)
+            hung.sendall(request)
+            with pytest.raises(TimeoutError):
+                hung.recv(1)
+            assert server.running
+
+        right = _basic(server.username, server.password)
+        assert _status_of_info_refs(server, "hung", right) == 200
+        with server.suspended():
+            server.stop()
+        assert not server.running
+
+
+def test_installed_pre_receive_hook_refuses_pushes(
+    git_http: GitHttpServer, git_repo_name: str, tmp_path: Path
+) -> None:
+    seeded = git_http.seed_repo(git_repo_name, "main", {"f": b"x"}, "Seed")
+    server_repo = git_http.repo_path(git_repo_name)
+    install_hook(server_repo, "pre-receive", "#!/bin/sh\necho 'main is frozen' >&2\nexit 1\n")
+    repo = clone(git_http.url(git_repo_name), tmp_path / "clone", http_callbacks(git_http))
+    commit_locally(repo, "main", {"f": b"changed"}, "Change")
+
+    callbacks = http_callbacks(git_http)
+    push(repo, "main", callbacks)
+
+    assert callbacks.rejected_refs == {"refs/heads/main": "pre-receive hook declined"}
+    assert branch_tip(server_repo, "main") == seeded
+    with pytest.raises(ValueError, match="not a server-side hook"):
+        install_hook(server_repo, "pre-recieve", "#!/bin/sh\nexit 1\n")
+    with pytest.raises(ValueError, match="interpreter line"):
+        install_hook(server_repo, "pre-receive", "exit 1\n")
 
 
 def test_empty_repository_gets_its_default_branch_from_the_first_push(

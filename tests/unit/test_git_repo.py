@@ -1,20 +1,16 @@
-"""The Git layer against real bare repositories reached through file:// (and ssh:// when an
-OpenSSH server can be started): no mocks, the real libgit2 transports."""
+"""The Git layer against real bare repositories reached through file://, and its pure functions.
+
+No mocks: libgit2's own local transport fetches and pushes. Everything that needs a network
+server (HTTP, SSH, outages, timeouts) is in tests/integration/test_git_transport.py, against the
+test bed's servers."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import dataclasses
-import getpass
 import hashlib
 import hmac
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
@@ -26,7 +22,6 @@ from reverserd.git import (
     FileChange,
     GitCredentials,
     KnownHostsError,
-    PushDeclined,
     PushRejected,
     RemoteUnavailable,
     build_callbacks,
@@ -367,9 +362,8 @@ def test_reopening_after_an_unacknowledged_push_counts_nothing_pending(tmp_path:
     repository = clone(tmp_path, url)
     tip = write(repository, "a.yaml", b"1\n", "one")
     # The server took the commit but its answer was lost: the commit reaches it by other means.
-    subprocess.run(
-        ["git", f"--git-dir={tmp_path / 'clone'}", "push", "-q", url, "main:main"], check=True
-    )
+    behind_its_back = pygit2.Repository(str(tmp_path / "clone"))
+    behind_its_back.remotes["origin"].push(["refs/heads/main:refs/heads/main"])
 
     again = BranchRepository(tmp_path / "clone", url, "main")
     assert again.open() == tip == remote_tip(remote)
@@ -401,20 +395,6 @@ def test_missing_remote_raises_remote_unavailable_and_push_works_once_it_is_back
     assert repository.push() == sha == remote_tip(remote)
 
 
-def test_unreachable_https_remote_error_masks_the_password(tmp_path: Path) -> None:
-    url = "https://robot:s3cret-token@127.0.0.1:9/org/repo.git"
-    credentials = GitCredentials(username="robot", password="other-s3cret")
-    repository = BranchRepository(tmp_path / "clone", url, "main", credentials)
-
-    with pytest.raises(RemoteUnavailable) as caught:
-        repository.open()
-
-    message = str(caught.value)
-    assert "s3cret" not in message
-    assert caught.value.url == "https://robot:***@127.0.0.1:9/org/repo.git"
-    assert repository.display_url == caught.value.url
-
-
 def test_network_timeouts_are_configured() -> None:
     configure_network_timeouts()
 
@@ -422,22 +402,6 @@ def test_network_timeouts_are_configured() -> None:
     assert pygit2.settings.server_timeout == IO_TIMEOUT_MS
     with pytest.raises(ValueError, match="positive"):
         configure_network_timeouts(io_ms=0)
-
-
-def test_server_that_accepts_but_never_answers_times_out(tmp_path: Path) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/repo.git"
-        repository = BranchRepository(tmp_path / "clone", url, "main")
-        configure_network_timeouts(connect_ms=1_000, io_ms=300)
-        try:
-            started = time.monotonic()
-            with pytest.raises(RemoteUnavailable, match="timed out"):
-                repository.open()
-            assert time.monotonic() - started < 5
-        finally:
-            configure_network_timeouts()
 
 
 def test_methods_refuse_to_run_on_the_event_loop(tmp_path: Path) -> None:
@@ -638,141 +602,3 @@ def test_key_known_only_by_its_sha256_is_matched() -> None:
 def test_malformed_known_hosts_lines_are_reported_by_number(text: str, problem: str) -> None:
     with pytest.raises(KnownHostsError, match=problem):
         parse_known_hosts(text)
-
-
-# -- SSH end to end --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SshServer:
-    port: int
-    host_key: str
-    """``keytype base64`` of the server's host key."""
-    client_key: str
-    """Private key text authorised to log in."""
-    user: str
-
-
-def _sshd_usable() -> bool:
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    return (
-        os.path.exists(sshd)
-        and shutil.which("ssh-keygen") is not None
-        and os.geteuid() == 0
-        and os.path.isdir("/run/sshd")
-    )
-
-
-@pytest.fixture
-def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
-    if not _sshd_usable():
-        pytest.skip("needs OpenSSH sshd, ssh-keygen and root to start a throwaway SSH server")
-    keys = tmp_path / "ssh"
-    keys.mkdir()
-    for name in ("host", "client"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(keys / name)],
-            check=True,
-        )
-    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = keys / "sshd_config"
-    # MaxAuthTries is raised so that a rejected key is ended by the client's own limit.
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'sshd.pid'}\n"
-        "StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nMaxAuthTries 50\n"
-    )
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    with (keys / "sshd.log").open("wb") as log:
-        server = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=log)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail((keys / "sshd.log").read_text())
-                time.sleep(0.05)
-        host_key = " ".join((keys / "host.pub").read_text().split()[:2])
-        yield SshServer(port, host_key, (keys / "client").read_text(), getpass.getuser())
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_ssh_connects_only_when_known_hosts_lists_the_server_key(
-    tmp_path: Path, ssh_server: SshServer
-) -> None:
-    remote, _ = make_remote(tmp_path)
-    port = ssh_server.port
-    url = f"ssh://{ssh_server.user}@127.0.0.1:{port}{tmp_path / 'remote.git'}"
-    trusted = GitCredentials(
-        ssh_private_key=ssh_server.client_key,
-        known_hosts=f"[127.0.0.1]:{port} {ssh_server.host_key}\n",
-    )
-
-    repository = BranchRepository(tmp_path / "clone", url, "main", trusted)
-    assert repository.open() is None
-    sha = write(repository, "a.yaml", b"over ssh\n", "ssh commit")
-    assert repository.push() == sha == remote_tip(remote)
-
-    impostor = dataclasses.replace(trusted, known_hosts=f"[127.0.0.1]:{port} ssh-ed25519 {KEY_A}")
-    with pytest.raises(RemoteUnavailable, match="does not match known_hosts") as caught:
-        BranchRepository(tmp_path / "impostor", url, "main", impostor).open()
-    assert ssh_server.client_key not in str(caught.value)
-
-    wrong_port = dataclasses.replace(trusted, known_hosts=f"127.0.0.1 {ssh_server.host_key}")
-    with pytest.raises(RemoteUnavailable, match=rf"no entry for \[127.0.0.1\]:{port}"):
-        BranchRepository(tmp_path / "wrong-port", url, "main", wrong_port).open()
-
-    opted_out = dataclasses.replace(trusted, known_hosts=None, insecure_skip_host_key_check=True)
-    assert BranchRepository(tmp_path / "opted-out", url, "main", opted_out).open() == sha
-
-
-def test_ssh_key_the_server_does_not_accept_fails_instead_of_retrying_forever(
-    tmp_path: Path, ssh_server: SshServer
-) -> None:
-    make_remote(tmp_path)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")],
-        check=True,
-    )
-    url = f"ssh://{ssh_server.user}@127.0.0.1:{ssh_server.port}{tmp_path / 'remote.git'}"
-    stranger = GitCredentials(
-        ssh_private_key=(tmp_path / "stranger").read_text(),
-        known_hosts=f"[127.0.0.1]:{ssh_server.port} {ssh_server.host_key}",
-    )
-
-    with pytest.raises(RemoteUnavailable, match="rejected the credentials"):
-        BranchRepository(tmp_path / "clone", url, "main", stranger).open()
-
-
-def test_push_refused_by_a_server_hook_is_declined_and_keeps_the_commit(
-    tmp_path: Path, ssh_server: SshServer
-) -> None:
-    remote, _ = make_remote(tmp_path)
-    hook = Path(remote.path) / "hooks" / "pre-receive"
-    hook.parent.mkdir(exist_ok=True)
-    hook.write_text("#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n")
-    hook.chmod(0o755)
-    url = f"ssh://{ssh_server.user}@127.0.0.1:{ssh_server.port}{tmp_path / 'remote.git'}"
-    credentials = GitCredentials(
-        ssh_private_key=ssh_server.client_key,
-        known_hosts=f"[127.0.0.1]:{ssh_server.port} {ssh_server.host_key}",
-    )
-    repository = BranchRepository(tmp_path / "clone", url, "main", credentials)
-    repository.open()
-    sha = write(repository, "a.yaml", b"1\n", "one")
-
-    with pytest.raises(PushDeclined, match="hook declined"):
-        repository.push()
-
-    assert repository.pending() == 1
-    assert repository.head() == sha
-    assert "refs/heads/main" not in remote.references
