@@ -60,6 +60,9 @@ RETRY_INITIAL_S = 1.0
 RETRY_CEILING_S = 60.0
 # Someone else pushing between our fetch and push is retried at once, this many times in a row.
 MAX_IMMEDIATE_REBASES = 5
+# How long a stopping committer waits for its Git operation in flight (a push is bounded by
+# the Git layer's I/O timeout; shutdown must not wait that long).
+THREAD_DRAIN_S = 5.0
 # Pack the clone after this many commits so it never grows into millions of loose objects.
 MAINTAIN_EVERY_COMMITS = 2000
 
@@ -101,6 +104,7 @@ class Committer:
     def __init__(
         self,
         key: str,
+        clone_lock: asyncio.Lock,
         connect: Callable[[], Awaitable[BranchRepository]],
         journal: JournalWriter,
         board: StatusBoard,
@@ -109,6 +113,7 @@ class Committer:
         provider_keys: Callable[[], Sequence[str]],
     ) -> None:
         self.key = key
+        self.clone_lock = clone_lock
         self.connect = connect
         self.repository: BranchRepository
         self.journal = journal
@@ -144,14 +149,21 @@ class Committer:
             self.board.report_provider(key, ProviderHealth(ok, reason, message))
 
     async def run(self) -> None:
-        try:
-            await self._open()
-            while True:
-                await self._take_submissions()
-                if self._push_due():
-                    await self._push_with_retries()
-        finally:
-            self._thread.shutdown(wait=False, cancel_futures=True)
+        async with self.clone_lock:
+            try:
+                await self._open()
+                while True:
+                    await self._take_submissions()
+                    if self._push_due():
+                        await self._push_with_retries()
+            finally:
+                # Let a Git operation in flight finish (bounded) before another committer may
+                # open this clone; whatever it did not finish is redone from the journal.
+                self._thread.shutdown(wait=False, cancel_futures=True)
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(self._thread.shutdown), THREAD_DRAIN_S)
+                except TimeoutError:
+                    log.warning("Git operation on %s still running at stop", self.key)
 
     async def _open(self) -> None:
         delay = RETRY_INITIAL_S

@@ -59,7 +59,10 @@ class TargetManager:
         self.board = board
         self.state_dir = state_dir
         self.identity = identity
-        self.committers: dict[str, tuple[Committer, asyncio.Task[None]]] = {}
+        self.committers: dict[str, tuple[Committer, asyncio.Task[None], tuple[object, ...]]] = {}
+        # One clone directory is only ever used by one committer at a time, even while a
+        # replaced committer's last Git operation is still finishing.
+        self.clone_locks: dict[str, asyncio.Lock] = {}
         self.consumers: dict[str, _Running] = {}
         self.reader: JournalReader | None = None
 
@@ -77,6 +80,7 @@ class TargetManager:
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
         assert self.reader is not None
         state = self.plane.state
+        self._retire_reconfigured_committers()
         for key in list(self.consumers):
             running = self.consumers[key]
             if state.targets.get(key) == running.resolved:
@@ -113,6 +117,23 @@ class TargetManager:
             if key not in used:
                 self.committers.pop(key)[1].cancel()
 
+    def _retire_reconfigured_committers(self) -> None:
+        """A provider's Secret or push settings changed: rebuild its committer and consumers."""
+        wanted: dict[str, tuple[object, ...]] = {}
+        for resolved in sorted(self.plane.state.targets.values(), key=lambda r: r.key):
+            key = committer_key(resolved.provider.url, resolved.target.branch)
+            wanted.setdefault(key, _committer_config(resolved))
+        for key, (_, task, config) in list(self.committers.items()):
+            if key in wanted and wanted[key] != config:
+                task.cancel()
+                del self.committers[key]
+                for target, running in list(self.consumers.items()):
+                    resolved = running.resolved
+                    if committer_key(resolved.provider.url, resolved.target.branch) == key:
+                        running.task.cancel()
+                        del self.consumers[target]
+                log.info("provider settings changed, reconnecting", extra={"remote": key})
+
     def _committer(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Committer:
         provider, branch = resolved.provider, resolved.target.branch
         key = committer_key(provider.url, branch)
@@ -134,6 +155,7 @@ class TargetManager:
 
         committer = Committer(
             key,
+            self.clone_locks.setdefault(key, asyncio.Lock()),
             connect,
             self.journal,
             self.board,
@@ -142,7 +164,7 @@ class TargetManager:
             providers,
         )
         task = group.create_task(supervise(f"committer {key}", committer.run))
-        self.committers[key] = (committer, task)
+        self.committers[key] = (committer, task, _committer_config(resolved))
         return committer
 
     def _record_failure(self, key: str) -> Callable[[BaseException], None]:
@@ -151,3 +173,14 @@ class TargetManager:
             self.board.notify()
 
         return record
+
+
+def _committer_config(resolved: ResolvedTarget) -> tuple[object, ...]:
+    provider = resolved.provider
+    return (
+        provider.key,
+        provider.secret_name,
+        provider.push_interval_s,
+        provider.push_max_commits,
+        provider.insecure_skip_host_key,
+    )
