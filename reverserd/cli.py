@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--git-author-name", default="reverserd")
     run.add_argument("--git-author-email", default="reverserd@localhost")
+    run.add_argument(
+        "--leader-elect", action="store_true", help="hold a Lease; only the holder writes"
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the Lease (default: $POD_NAMESPACE or default)",
+    )
+    run.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
 
     journal = commands.add_parser("journal", help="read the journal (safe while running)")
     journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
@@ -87,9 +96,11 @@ def _run(arguments: argparse.Namespace) -> int:
         http_listen=arguments.http_listen,
         git_author_name=arguments.git_author_name,
         git_author_email=arguments.git_author_email,
+        leader_elect=arguments.leader_elect,
+        leader_election_namespace=arguments.leader_election_namespace,
+        leader_election_id=arguments.leader_election_id,
     )
-    asyncio.run(Daemon(options).run())
-    return 0
+    return asyncio.run(Daemon(options).run())
 
 
 def _event_line(event: JournalEvent) -> str:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
+from reverserd.kube.lease import LeaderElector, LostLeadership
 from reverserd.metrics import JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.targets.manager import TargetManager
 from reverserd.watch.manager import WatchManager
@@ -49,6 +52,9 @@ class RunOptions:
     http_listen: str
     git_author_name: str
     git_author_email: str
+    leader_elect: bool = False
+    leader_election_namespace: str = "default"
+    leader_election_id: str = "reverserd"
 
 
 class _Shutdown(Exception):
@@ -60,7 +66,8 @@ class Daemon:
         self.options = options
         self.started = time.time()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit code 0) or lost leadership (exit code 1)."""
         options = self.options
         journal = await JournalWriter.open(options.state_dir)
         reader = await JournalReader.open(options.state_dir)
@@ -78,6 +85,13 @@ class Daemon:
             (options.git_author_name, options.git_author_email),
         )
         self.targets = targets
+        self.elector: LeaderElector | None = None
+        if options.leader_elect:
+            identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+            self.elector = LeaderElector(
+                client, options.leader_election_namespace, options.leader_election_id, identity
+            )
+            plane.writes_enabled = False
         self.journal, self.reader, self.client = journal, reader, client
         self.board, self.plane, self.watches = board, plane, watches
         stop = asyncio.Event()
@@ -86,26 +100,41 @@ class Daemon:
             loop.add_signal_handler(signum, stop.set)
         runner = await serve(build_app(self.surface()), options.http_listen)
         log.info("reverserd %s started", __version__, extra={"state_dir": str(options.state_dir)})
+        exit_code = 0
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(journal.run())
                 group.create_task(plane.run())
                 group.create_task(self._housekeeping())
+                if self.elector is not None:
+                    group.create_task(self.elector.run())
                 await plane.wait_synced()
                 await watches.refresh_discovery()
                 group.create_task(watches.run())
-                group.create_task(targets.run())
+                group.create_task(self._lead())
                 await stop.wait()
                 log.info("shutting down")
                 raise _Shutdown
         except* _Shutdown:
             pass
+        except* LostLeadership as lost:
+            log.error("stopping: %s", lost.exceptions[0])
+            exit_code = 1
         finally:
             await runner.cleanup()
             await client.close()
             await reader.close()
             await journal.close()
             log.info("stopped")
+        return exit_code
+
+    async def _lead(self) -> None:
+        """Write (commits, pushes, status) only as the leader; a standby keeps its journal warm."""
+        if self.elector is not None:
+            log.info("waiting for leadership", extra={"identity": self.elector.identity})
+            await self.elector.leading.wait()
+            self.plane.enable_writes()
+        await self.targets.run()
 
     async def _housekeeping(self) -> None:
         last_compaction = time.monotonic()
@@ -135,9 +164,10 @@ class Daemon:
             except Exception:
                 return False
 
-        return Surface(
-            status=self.status, journal_ok=journal_ok, api_ok=api_ok, role=lambda: "leader"
-        )
+        return Surface(status=self.status, journal_ok=journal_ok, api_ok=api_ok, role=self.role)
+
+    def role(self) -> str:
+        return self.elector.role if self.elector is not None else "leader"
 
     async def status(self) -> dict[str, Any]:
         stats = await self.reader.stats()
@@ -172,7 +202,7 @@ class Daemon:
             )
         return {
             "version": __version__,
-            "role": "leader",
+            "role": self.role(),
             "uptime_seconds": round(time.time() - self.started, 1),
             "journal": stats,
             "targets": targets,

@@ -27,11 +27,19 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture
-def namespace(control_plane: ControlPlane) -> str:
-    """A fresh namespace for one test."""
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace for one test.
+
+    Its reverserd resources are removed afterwards, so daemons of later tests (which see the
+    whole cluster) do not keep mirroring for targets of finished tests. The namespace itself
+    stays: the test bed runs no namespace controller to empty it.
+    """
     name = f"t-{uuid.uuid4().hex[:10]}"
     control_plane.kubectl("create", "namespace", name)
-    return name
+    yield name
+    control_plane.kubectl(
+        "delete", "gitproviders,gittargets,watchrules", "--all", "-n", name, "--wait=false"
+    )
 
 
 @dataclass

@@ -352,6 +352,8 @@ class ConfigPlane:
         self.state = ConfigState()
         self.version = 0
         self.status_writes = 0
+        # Only the leader writes status; a standby computes state for its own journal only.
+        self.writes_enabled = True
         # The resourceVersion each status write went over: until the informer has seen the
         # object change, its cached status is stale and must not trigger the write again.
         self._written_over: dict[tuple[str, str, str], str] = {}
@@ -359,6 +361,10 @@ class ConfigPlane:
         self._published = asyncio.Condition()
         self.informers = {kind.resource: Informer(client, kind, self._dirty.set) for kind in KINDS}
         board.subscribe(self._dirty.set)
+
+    def enable_writes(self) -> None:
+        self.writes_enabled = True
+        self._dirty.set()
 
     def set_discovery(self, discovery: Discovery) -> None:
         self.discovery = discovery
@@ -395,6 +401,8 @@ class ConfigPlane:
                 self.state = state
                 self.version += 1
                 self._published.notify_all()
+        if not self.writes_enabled:
+            return
         for item in desired:
             key = (item.rtype.resource, item.namespace, item.name)
             if self._written_over.get(key) == item.resource_version:

@@ -1,0 +1,141 @@
+"""Operating reverserd: leader election, shutdown, metrics and the HTTP surface, measured from
+outside against real processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+from testbed.controlplane import ControlPlane
+from testbed.gitservers import log
+from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_until
+from tests.conftest import Remote
+
+LEADER_ARGS = ["--leader-elect", "--leader-election-namespace", "default"]
+
+
+def subjects(remote: Remote) -> list[str]:
+    try:
+        return [entry.subject for entry in reversed(log(remote.path, "main"))]
+    except LookupError:
+        return []
+
+
+def metric(daemon: Reverserd, name: str, **labels: str) -> float:
+    """Sum of a metric's samples matching ``labels``."""
+    body = (daemon.get("/metrics") or b"").decode()
+    total = 0.0
+    for line in body.splitlines():
+        match = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(key) == value for key, value in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    lease = f"reverserd-{namespace}"
+    args = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        "default",
+        "--leader-election-id",
+        lease,
+    ]
+    first = Reverserd(control_plane, tmp_path / "first", args)
+    second = Reverserd(control_plane, tmp_path / "second", args)
+    try:
+        apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+        first.start()
+        wait_until(lambda: first.status()["role"] == "leader", 30, first.log_tail)
+        second.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/before" in subjects(remote))
+        time.sleep(3)
+        assert second.status()["role"] == "standby"
+        assert second.get("/readyz") is not None
+        assert metric(second, "gitopsreverser_commits_total") == 0
+        assert metric(second, "reverserd_status_writes_total") == 0
+
+        first.kill()
+        killed_at = time.monotonic()
+        apply(control_plane, configmap(namespace, "after"))
+        wait_until(lambda: second.status()["role"] == "leader", 40, second.log_tail)
+        # Takeover needs the lease to expire (15 s) plus one retry period.
+        assert time.monotonic() - killed_at < 25
+        wait_until(
+            lambda: (
+                f"[CREATE] v1/configmaps/{namespace}/after" in subjects(remote)
+                or any("reconcile" in s for s in subjects(remote)[1:])
+            ),
+            describe=second.log_tail,
+        )
+        history = subjects(remote)
+        assert Counter(history)[f"[CREATE] v1/configmaps/{namespace}/before"] == 1, history
+        files = json.loads(
+            control_plane.kubectl("get", "configmaps", "-n", namespace, "-o", "json")
+        )
+        assert {item["metadata"]["name"] for item in files["items"]} >= {"before", "after"}
+    finally:
+        first.ensure_stopped()
+        second.ensure_stopped()
+
+
+def test_sigterm_stops_within_ten_seconds_and_loses_nothing(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(
+        control_plane,
+        *mirror_setup(namespace, remote.url, secret=remote.secret, interval="30s"),
+    )
+    daemon.start()
+    wait_until(lambda: daemon.status()["targets"] and daemon.status()["targets"][0]["cursor"])
+    for index in range(10):
+        apply(control_plane, configmap(namespace, f"cm-{index}"))
+    # Journaled but not pushed yet (push interval 30 s): SIGTERM must not lose them.
+    wait_until(lambda: daemon.status()["journal"]["objects"] >= 10)
+    assert daemon.stop() < 10
+    daemon.start()
+    expected = {f"[CREATE] v1/configmaps/{namespace}/cm-{index}" for index in range(10)}
+    wait_until(
+        lambda: expected <= set(subjects(remote)),
+        timeout=90,
+        describe=lambda: f"{subjects(remote)} {daemon.log_tail()}",
+    )
+    assert sorted(subjects(remote)) == sorted(expected)
+
+
+def test_metrics_match_the_pushed_history(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    for index in range(5):
+        apply(control_plane, configmap(namespace, f"m-{index}", {"v": "1"}))
+    for index in range(3):
+        apply(control_plane, configmap(namespace, f"m-{index}", {"v": "2"}))
+    control_plane.kubectl("delete", "configmap", "m-4", "-n", namespace)
+    wait_until(lambda: len(subjects(remote)) == 9, describe=lambda: str(subjects(remote)))
+    target = f"{namespace}/mirror"
+    wait_until(lambda: metric(daemon, "gitopsreverser_commit_queue_size", target=target) == 0)
+    assert metric(daemon, "gitopsreverser_commits_total", target=target) == 9
+    # Five creates (plus the README with the first), three updates; one delete.
+    assert metric(daemon, "gitopsreverser_objects_written_total", target=target) == 9
+    assert metric(daemon, "gitopsreverser_files_deleted_total", target=target) == 1
+    pushes = metric(daemon, "gitopsreverser_git_operations_total", result="success")
+    assert 1 <= pushes <= 9
+    assert metric(daemon, "gitopsreverser_git_push_duration_seconds_count") == pushes
+    assert metric(daemon, "gitopsreverser_events_processed_total", target=target) == 9
+    status = daemon.status()
+    row = next(row for row in status["targets"] if row["target"] == target)
+    assert row["lag_events"] == 0 and row["last_commit"]
+    assert all(w["seed_state"] == "complete" and w["resource_version"] for w in status["watches"])
+    page = (daemon.get("/") or b"").decode()
+    assert target in page and "Watches" in page
