@@ -206,6 +206,20 @@ def delete_many(plane: ControlPlane, manifests: Sequence[dict[str, Any]], plural
     asyncio.run(_send_all(plane, requests))
 
 
+def condition(plane: ControlPlane, kind: str, namespace: str, name: str, type_: str) -> str | None:
+    """The status of one condition of a custom resource, or None while it has none."""
+    body = json.loads(plane.kubectl("get", kind, name, "-n", namespace, "-o", "json"))
+    for item in (body.get("status") or {}).get("conditions") or []:
+        if item.get("type") == type_:
+            return str(item.get("status"))
+    return None
+
+
+def wait_synced(plane: ControlPlane, namespace: str, name: str = "mirror") -> None:
+    """Wait until the GitTarget's initial snapshot is pushed (condition SnapshotSynced)."""
+    wait_until(lambda: condition(plane, "gittarget", namespace, name, "SnapshotSynced") == "True")
+
+
 def configmap(namespace: str, name: str, data: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

@@ -10,7 +10,7 @@ import yaml
 
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import branch_tip, log, read_tree
-from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_until
+from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_synced, wait_until
 from tests.conftest import Remote
 
 
@@ -46,7 +46,7 @@ def test_create_update_delete_each_make_one_commit(
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
-    wait_until(lambda: condition(control_plane, namespace, "SnapshotSynced") == "True")
+    wait_synced(control_plane, namespace)
     # Nothing to mirror yet: no commit at all, not even a bootstrap-only one.
     assert subjects(remote) == []
     path = f"live-cluster/v1/configmaps/{namespace}/app.yaml"
@@ -86,10 +86,3 @@ def test_create_update_delete_each_make_one_commit(
     assert status["lastPushTime"]
     ready = {c["type"]: c["status"] for c in status["conditions"]}
     assert ready["Ready"] == "True", status
-
-
-def condition(plane: ControlPlane, namespace: str, kind: str, name: str = "mirror") -> str | None:
-    for item in target_status(plane, namespace, name).get("conditions", []):
-        if item["type"] == kind:
-            return str(item["status"])
-    return None

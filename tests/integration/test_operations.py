@@ -11,7 +11,7 @@ from pathlib import Path
 
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import log
-from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_until
+from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_synced, wait_until
 from tests.conftest import Remote
 
 LEADER_ARGS = ["--leader-elect", "--leader-election-namespace", "default"]
@@ -96,7 +96,7 @@ def test_sigterm_stops_within_ten_seconds_and_loses_nothing(
         *mirror_setup(namespace, remote.url, secret=remote.secret, interval="30s"),
     )
     daemon.start()
-    wait_until(lambda: daemon.status()["targets"] and daemon.status()["targets"][0]["cursor"])
+    wait_synced(control_plane, namespace)
     for index in range(10):
         apply(control_plane, configmap(namespace, f"cm-{index}"))
     # Journaled but not pushed yet (push interval 30 s): SIGTERM must not lose them.
@@ -117,6 +117,7 @@ def test_metrics_match_the_pushed_history(
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
+    wait_synced(control_plane, namespace)
     for index in range(5):
         apply(control_plane, configmap(namespace, f"m-{index}", {"v": "1"}))
     for index in range(3):
