@@ -18,9 +18,10 @@ import threading
 from functools import partial
 from pathlib import Path
 
-from testbed.controlplane import REPO_ROOT, ensure_binaries, running_control_plane
+from testbed.controlplane import ensure_binaries, running_control_plane
 from testbed.gitservers import GitHttpServer, log
 from testbed.harness import Reverserd, wait_until
+from testbed.tools import REPO_ROOT, ensure_encryption_tools
 
 EXAMPLE = REPO_ROOT / "packaging" / "examples" / "quickstart.yaml"
 EXAMPLE_URL = "https://git.example.com/team/cluster-mirror.git"
@@ -117,6 +118,7 @@ def main() -> int:
     arguments = parser.parse_args()
     if arguments.command == "build":
         print(ensure_binaries(progress=_progress))
+        print(ensure_encryption_tools(progress=_progress))
         return 0
     workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="reverserd-testbed-"))
     {"up": up, "demo": demo}[arguments.command](workdir)

@@ -42,7 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from testbed.tools import REPO_ROOT, build_go_binaries, cache_root
+
 GOMOD_DIR = REPO_ROOT / "testbed" / "gomod"
 CRD_DIR = REPO_ROOT / "packaging" / "crds"
 RBAC_FILE = REPO_ROOT / "packaging" / "rbac" / "clusterrole.yaml"
@@ -75,9 +76,7 @@ DAEMON_GROUP = "reverserd"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("REVERSERD_TESTBED_CACHE")
-    root = Path(base) if base else Path.home() / ".cache" / "reverserd-testbed"
-    return root / VERSIONS_KEY
+    return cache_root() / VERSIONS_KEY
 
 
 def _version_ldflags() -> str:
@@ -95,31 +94,8 @@ def _version_ldflags() -> str:
 
 
 def ensure_binaries(progress: Callable[[str], None] | None = None) -> Path:
-    """Return the cache folder holding the binaries, building the missing ones first.
-
-    Each binary is built to a temporary name and renamed into place, so an interrupted build
-    never leaves a truncated binary that a later run would trust.
-    """
-    say = progress or (lambda message: None)
-    target = cache_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
-    for name, package in BINARIES.items():
-        final = target / name
-        if final.exists():
-            continue
-        if shutil.which("go") is None:
-            raise RuntimeError("the test bed needs Go (1.26) on PATH to build " + name)
-        say(f"building {name} from {package} (first run only; several minutes)")
-        started = time.monotonic()
-        partial = target / f".{name}.partial"
-        command = ["go", "build", "-o", str(partial), "-ldflags", _version_ldflags(), package]
-        result = subprocess.run(command, cwd=GOMOD_DIR, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"building {name} failed:\n{result.stderr[-4000:]}")
-        partial.rename(final)
-        say(f"built {name} in {time.monotonic() - started:.0f} s")
-    return target
+    """Return the cache folder holding the control plane's binaries, building missing ones."""
+    return build_go_binaries(cache_dir(), GOMOD_DIR, BINARIES, _version_ldflags(), progress)
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from reverserd.committer.committer import Committer, Submission
@@ -64,7 +65,7 @@ class TargetConsumer:
         self,
         resolved: ResolvedTarget,
         committer: Committer,
-        reader: JournalReader,
+        state_dir: Path,
         journal: JournalWriter,
         board: StatusBoard,
         discovery: Callable[[], Discovery | None],
@@ -73,12 +74,13 @@ class TargetConsumer:
         self.resolved = resolved
         self.key = resolved.key
         self.committer = committer
-        self.reader = reader
+        self.state_dir = state_dir
         self.journal = journal
         self.board = board
         self.discovery = discovery
         self.seeded = seeded
         self.progress = board.target(self.key)
+        self.reader: JournalReader
         self.seq = 0
         self.covered: dict[str, int] = {}
         self.files: dict[Any, FileRecord] = {}
@@ -91,6 +93,16 @@ class TargetConsumer:
         return self.resolved.target.path
 
     async def run(self) -> None:
+        # Its own connection: a snapshot is a read transaction that must not interleave with
+        # another target's reads.
+        self.reader = await JournalReader.open(self.state_dir)
+        try:
+            await self._run()
+        finally:
+            await self.reader.close()
+
+    async def _run(self) -> None:
+        self.initial_snapshot_sent = False
         progress = self.progress
         progress.waiting_reason = "WaitingForRepository"
         progress.waiting_message = f"connecting to {self.committer.key.split('#')[0]}"
@@ -150,7 +162,6 @@ class TargetConsumer:
             await self._snapshot(newly, discovery, first)
 
     async def _snapshot(self, newly: set[str], discovery: Discovery, first: bool) -> None:
-        self.initial_snapshot_sent = self.initial_snapshot_sent or first
         pairs = {split_selection(key) for key in newly}
         seq, objects = await self.reader.snapshot(pairs)
         folder_files = await self.committer.list_files(self.folder)
@@ -189,6 +200,7 @@ class TargetConsumer:
             self._pushed(sha, at)
 
         await self._submit(plan, message, pushed)
+        self.initial_snapshot_sent = self.initial_snapshot_sent or first
 
     async def _process(self, events: list[JournalEvent]) -> None:
         rules = self.resolved.rules

@@ -25,7 +25,7 @@ from reverserd.committer.credentials import load_credentials
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.git import BranchRepository
-from reverserd.journal import JournalReader, JournalWriter
+from reverserd.journal import JournalWriter
 from reverserd.kube.client import KubeClient
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
@@ -64,21 +64,15 @@ class TargetManager:
         # replaced committer's last Git operation is still finishing.
         self.clone_locks: dict[str, asyncio.Lock] = {}
         self.consumers: dict[str, _Running] = {}
-        self.reader: JournalReader | None = None
 
     async def run(self) -> None:
-        self.reader = await JournalReader.open(self.state_dir)
-        try:
-            async with asyncio.TaskGroup() as group:
-                while True:
-                    seen = self.plane.version
-                    await self._reconcile(group)
-                    await self.plane.wait_for_change(seen)
-        finally:
-            await self.reader.close()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                seen = self.plane.version
+                await self._reconcile(group)
+                await self.plane.wait_for_change(seen)
 
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
-        assert self.reader is not None
         state = self.plane.state
         self._retire_reconfigured_committers()
         for key in list(self.consumers):
@@ -98,7 +92,7 @@ class TargetManager:
             consumer = TargetConsumer(
                 resolved,
                 committer,
-                self.reader,
+                self.state_dir,
                 self.journal,
                 self.board,
                 lambda: self.watches.discovery,
