@@ -185,25 +185,34 @@ async def _send_all(
         return await asyncio.gather(*(one(m, p, b) for m, p, b in requests))
 
 
-def create_many(plane: ControlPlane, manifests: Sequence[dict[str, Any]], plural: str) -> None:
-    """Create objects through the API, concurrently (about 900 objects/s on two cores)."""
-    asyncio.run(_send_all(plane, [("POST", _collection(m, plural), m) for m in manifests]))
+def create_many(
+    plane: ControlPlane, manifests: Sequence[dict[str, Any]], plural: str
+) -> list[dict[str, Any]]:
+    """Create objects through the API, concurrently (about 900 objects/s on two cores).
+
+    Returns the API server's answers (the created objects, in the order of ``manifests``).
+    """
+    return asyncio.run(_send_all(plane, [("POST", _collection(m, plural), m) for m in manifests]))
 
 
 def patch_many(
     plane: ControlPlane, manifests: Sequence[dict[str, Any]], plural: str, patch: dict[str, Any]
-) -> None:
+) -> list[dict[str, Any]]:
+    """Merge-patch each object; returns the patched objects in the order of ``manifests``."""
     requests = [
         ("PATCH", f"{_collection(m, plural)}/{m['metadata']['name']}", patch) for m in manifests
     ]
-    asyncio.run(_send_all(plane, requests))
+    return asyncio.run(_send_all(plane, requests))
 
 
-def delete_many(plane: ControlPlane, manifests: Sequence[dict[str, Any]], plural: str) -> None:
+def delete_many(
+    plane: ControlPlane, manifests: Sequence[dict[str, Any]], plural: str
+) -> list[dict[str, Any]]:
+    """Delete each object; returns the API server's answers in the order of ``manifests``."""
     requests = [
         ("DELETE", f"{_collection(m, plural)}/{m['metadata']['name']}", None) for m in manifests
     ]
-    asyncio.run(_send_all(plane, requests))
+    return asyncio.run(_send_all(plane, requests))
 
 
 def condition(plane: ControlPlane, kind: str, namespace: str, name: str, type_: str) -> str | None:
