@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--git-author-name", default="reverserd")
     run.add_argument("--git-author-email", default="reverserd@localhost")
     run.add_argument(
+        "--sops-path", default=os.environ.get("REVERSERD_SOPS", "sops"), help="sops binary"
+    )
+    run.add_argument(
+        "--age-keygen-path",
+        default=os.environ.get("REVERSERD_AGE_KEYGEN", "age-keygen"),
+        help="age-keygen binary (derives recipients, generates keys)",
+    )
+    run.add_argument(
         "--leader-elect", action="store_true", help="hold a Lease; only the holder writes"
     )
     run.add_argument(
@@ -96,6 +104,8 @@ def _run(arguments: argparse.Namespace) -> int:
         http_listen=arguments.http_listen,
         git_author_name=arguments.git_author_name,
         git_author_email=arguments.git_author_email,
+        sops_path=arguments.sops_path,
+        age_keygen_path=arguments.age_keygen_path,
         leader_elect=arguments.leader_elect,
         leader_election_namespace=arguments.leader_election_namespace,
         leader_election_id=arguments.leader_election_id,

@@ -28,6 +28,7 @@ from typing import Any
 from reverserd import __version__
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
+from reverserd.encryption.sops import Sops
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
@@ -52,6 +53,8 @@ class RunOptions:
     http_listen: str
     git_author_name: str
     git_author_email: str
+    sops_path: str = "sops"
+    age_keygen_path: str = "age-keygen"
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
@@ -83,6 +86,7 @@ class Daemon:
             board,
             options.state_dir,
             (options.git_author_name, options.git_author_email),
+            Sops(options.sops_path, options.age_keygen_path),
         )
         self.targets = targets
         self.elector: LeaderElector | None = None

@@ -90,20 +90,30 @@ class _Desired:
     resource_version: str
 
 
-def _encryption_condition(target: Target) -> Condition:
+def _encryption_condition(target: Target, progress: TargetProgress) -> Condition:
+    kind = "EncryptionConfigured"
     if not target.encryption:
+        if progress.secrets_skipped:
+            return Condition(
+                kind,
+                False,
+                "EncryptionNotConfigured",
+                f"{progress.secrets_skipped} Secret change(s) selected by the rules were not"
+                " written: configure spec.encryption (SOPS with age) to mirror Secrets",
+            )
         return Condition(
-            "EncryptionConfigured",
+            kind,
             True,
             "NotRequested",
             "no encryption configured: Secrets selected by the rules are not written",
         )
-    return Condition(
-        "EncryptionConfigured",
-        None,
-        "NotSupported",
-        "SOPS encryption is not available in this version: Secrets are not written",
-    )
+    keys = progress.encryption
+    if keys is None:
+        return Condition(kind, None, "Pending", "encryption keys not resolved yet")
+    if not keys.usable:
+        return Condition(kind, False, keys.reason, f"Secrets are not written: {keys.message}")
+    message = keys.message if keys.warning is None else f"{keys.message}; WARNING: {keys.warning}"
+    return Condition(kind, True, keys.reason, message)
 
 
 def _progress_conditions(progress: TargetProgress) -> list[Condition]:
@@ -261,8 +271,11 @@ def resolve(
         else:
             target_problems[target.key] = validated
         progress = board.target(target.key)
-        gates = [validated, _encryption_condition(target), *_progress_conditions(progress)]
-        ready_gates = [g for g in gates if g.type != "EncryptionConfigured" or g.status is False]
+        encryption = _encryption_condition(target, progress)
+        gates = [validated, encryption, *_progress_conditions(progress)]
+        # Encryption gates readiness only when it was asked for: without it, Secrets are
+        # skipped (and the condition says so) while everything else is mirrored.
+        ready_gates = [g for g in gates if g is not encryption or target.encryption]
         want(TARGETS, body, [ready_from(ready_gates), *gates], _target_fields(progress))
 
     for rtype, body, rule_or_error in rule_bodies:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reverserd.encryption.keys import KeyState
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -80,6 +82,9 @@ class TargetProgress:
     snapshot_completed_time: float | None = None
     snapshot_stats: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
+    encryption: KeyState | None = None
+    secrets_skipped: int = 0
+    secret_problem: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from typing import Any
 from reverserd.committer.committer import Committer, Submission
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
+from reverserd.encryption.sops import sops_config
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWriter
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
-from reverserd.metrics import EVENTS_PROCESSED, SECRETS_SKIPPED, TARGET_LAG_EVENTS
+from reverserd.metrics import EVENTS_PROCESSED, TARGET_LAG_EVENTS
 from reverserd.targets.planning import (
     README,
     README_NAME,
@@ -49,8 +50,11 @@ from reverserd.targets.planning import (
     selection_key,
     split_selection,
 )
+from reverserd.targets.secrets import SecretWriter
 
 log = logging.getLogger(__name__)
+
+SOPS_CONFIG_NAME = ".sops.yaml"
 
 # Events read from the journal per round trip.
 READ_BATCH = 500
@@ -70,6 +74,7 @@ class TargetConsumer:
         board: StatusBoard,
         discovery: Callable[[], Discovery | None],
         seeded: SeededCheck,
+        secrets: SecretWriter,
     ) -> None:
         self.resolved = resolved
         self.key = resolved.key
@@ -79,6 +84,9 @@ class TargetConsumer:
         self.board = board
         self.discovery = discovery
         self.seeded = seeded
+        self.secrets = secrets
+        self.sops_config_path = SOPS_CONFIG_NAME
+        self.sops_config: bytes | None = None
         self.progress = board.target(self.key)
         self.reader: JournalReader
         self.seq = 0
@@ -121,8 +129,16 @@ class TargetConsumer:
         self.files = dict(await self.reader.target_files(self.key))
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
+            self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
+        self.sops_config = await self.committer.read(self.sops_config_path)
         while True:
+            if await self.secrets.refresh():
+                # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
+                self.covered = {
+                    key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
+                }
+            self.board.notify()
             await self._catch_up_selections()
             events = await self.reader.events_after(self.seq, READ_BATCH)
             if events:
@@ -177,6 +193,17 @@ class TargetConsumer:
             self.files,
             branch_files,
         )
+        for stored in objects:
+            rtype = discovery.types.get((stored.key.api_group, stored.key.resource))
+            if rtype is None or not is_sensitive(rtype):
+                continue
+            if not selected(self.resolved.rules, rtype, stored.key.namespace, "CREATE"):
+                continue
+            secret_plan = await self.secrets.plan(
+                stored.key, rtype, self.folder, self.files.get(stored.key)
+            )
+            if secret_plan is not None:
+                plan.merge(secret_plan)
         for key in newly:
             self.covered[key] = seq
         self._remember(plan)
@@ -218,14 +245,14 @@ class TargetConsumer:
             EVENTS_PROCESSED.labels(target=self.key).inc()
             if event.body is not None and is_excluded_object(rtype, event.body):
                 continue
-            if is_sensitive(rtype):
-                SECRETS_SKIPPED.labels(target=self.key).inc()
-                continue
             known = self.files.get(event.key)
-            existing = None
-            if event.kind is EventKind.DELETE and known is None and event.body is not None:
-                existing = await self._identified_file(event, rtype)
-            plan = plan_event(event, rtype, self.folder, known, existing)
+            if is_sensitive(rtype) and event.kind is not EventKind.DELETE:
+                plan = await self.secrets.plan(event.key, rtype, self.folder, known)
+            else:
+                existing = None
+                if event.kind is EventKind.DELETE and known is None and event.body is not None:
+                    existing = await self._identified_file(event, rtype)
+                plan = plan_event(event, rtype, self.folder, known, existing)
             if plan is None:
                 continue
             self._remember(plan)
@@ -265,6 +292,12 @@ class TargetConsumer:
         if changes and not self.readme_present:
             changes.append(FileChange(self.readme_path, README))
             self.readme_present = True
+        keys = self.secrets.keys
+        if changes and keys is not None and keys.usable:
+            wanted = sops_config(keys.recipients)
+            if wanted != self.sops_config:
+                changes.append(FileChange(self.sops_config_path, wanted))
+                self.sops_config = wanted
         await self.committer.submit(
             Submission(
                 self.key,
@@ -284,3 +317,7 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
+
+
+def _is_secret_selection(key: str) -> bool:
+    return split_selection(key) == ("", "secrets")

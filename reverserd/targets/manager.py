@@ -24,11 +24,14 @@ from reverserd.committer.committer import (
 from reverserd.committer.credentials import load_credentials
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
+from reverserd.encryption.fingerprint import load_or_create_key
+from reverserd.encryption.sops import Sops
 from reverserd.git import BranchRepository
 from reverserd.journal import JournalWriter
 from reverserd.kube.client import KubeClient
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
+from reverserd.targets.secrets import SecretWriter
 from reverserd.watch.manager import WatchManager
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class TargetManager:
         board: StatusBoard,
         state_dir: Path,
         identity: tuple[str, str],
+        sops: Sops,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -59,6 +63,8 @@ class TargetManager:
         self.board = board
         self.state_dir = state_dir
         self.identity = identity
+        self.sops = sops
+        self.fingerprint_key = load_or_create_key(state_dir)
         self.committers: dict[str, tuple[Committer, asyncio.Task[None], tuple[object, ...]]] = {}
         # One clone directory is only ever used by one committer at a time, even while a
         # replaced committer's last Git operation is still finishing.
@@ -97,6 +103,15 @@ class TargetManager:
                 self.board,
                 lambda: self.watches.discovery,
                 self.watches.seeded,
+                SecretWriter(
+                    self.client,
+                    self.sops,
+                    self.fingerprint_key,
+                    key,
+                    resolved.target.namespace,
+                    resolved.target.encryption,
+                    self.board.target(key),
+                ),
             )
             task = group.create_task(
                 supervise(f"target {key}", consumer.run, self._record_failure(key))

@@ -89,16 +89,34 @@ class FilePlan:
     deleted: int = 0
 
     def write(
-        self, key: ObjectKey, path: str, content: bytes, known: FileRecord | None, exists: bool
+        self,
+        key: ObjectKey,
+        path: str,
+        content: bytes,
+        known: FileRecord | None,
+        exists: bool,
+        record_hash: str | None = None,
     ) -> None:
+        """Write ``content`` at ``path`` (moving the file if the object's path changed).
+
+        ``record_hash`` is what the target records for the file; it defaults to the content's
+        hash, and is the plaintext fingerprint for encrypted files.
+        """
         if known is not None and known[0] != path:
             self.changes.append(FileChange(known[0], None))
         self.changes.append(FileChange(path, content))
-        self.records.append((key, path, content_hash(content)))
+        self.records.append((key, path, record_hash or content_hash(content)))
         if exists or known is not None:
             self.updated += 1
         else:
             self.created += 1
+
+    def merge(self, other: FilePlan) -> None:
+        self.changes += other.changes
+        self.records += other.records
+        self.created += other.created
+        self.updated += other.updated
+        self.deleted += other.deleted
 
     def remove(self, key: ObjectKey, path: str) -> None:
         self.changes.append(FileChange(path, None))
@@ -221,10 +239,15 @@ def plan_snapshot(
             or selected(rules, rtype, namespace, "UPDATE")
         ):
             continue
-        if is_excluded_object(rtype, stored.body) or is_sensitive(rtype):
+        if is_excluded_object(rtype, stored.body):
             continue
         present.add(stored.key)
         count += 1
+        if is_sensitive(rtype):
+            # Written by the target's SecretWriter (encrypted); present, so never removed here.
+            if stored.key in files:
+                wanted_paths.add(files[stored.key][0])
+            continue
         path, content = manifest_of(rtype, stored.body, target_path)
         wanted_paths.add(path)
         known = files.get(stored.key)

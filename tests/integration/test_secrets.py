@@ -1,0 +1,340 @@
+"""Secrets end to end with the real ``sops`` and ``age`` binaries: only ever encrypted in Git,
+never a plaintext value in the journal, stable across restarts, and fail closed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testbed.controlplane import ControlPlane
+from testbed.gitservers import log, read_tree
+from testbed.harness import (
+    Reverserd,
+    apply,
+    condition,
+    configmap,
+    mirror_setup,
+    wait_synced,
+    wait_until,
+)
+from testbed.tools import ensure_encryption_tools
+from tests.conftest import Remote
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    return ensure_encryption_tools()
+
+
+@pytest.fixture(scope="session")
+def age_key(tools: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(identity, recipient) of a test age key."""
+    path = tmp_path_factory.mktemp("age") / "key.txt"
+    subprocess.run([str(tools / "age-keygen"), "-o", str(path)], check=True, capture_output=True)
+    identity = next(line for line in path.read_text().splitlines() if line.startswith("AGE-"))
+    recipient = subprocess.run(
+        [str(tools / "age-keygen"), "-y", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return identity, recipient
+
+
+@pytest.fixture
+def secret_daemon(control_plane: ControlPlane, tmp_path: Path, tools: Path) -> Iterator[Reverserd]:
+    args = ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(tools / "age-keygen")]
+    process = Reverserd(control_plane, tmp_path / "state", args)
+    yield process
+    process.ensure_stopped()
+
+
+def setup(
+    namespace: str, remote: Remote, encryption: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    manifests = mirror_setup(
+        namespace,
+        remote.url,
+        secret=remote.secret,
+        rules=[{"resources": ["secrets", "configmaps"]}],
+    )
+    if encryption is not None:
+        manifests[1]["spec"]["encryption"] = encryption
+    return manifests
+
+
+def decrypt(tools: Path, identity: str, content: bytes) -> dict[str, Any]:
+    result = subprocess.run(
+        [
+            str(tools / "sops"),
+            "decrypt",
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+            "/dev/stdin",
+        ],
+        input=content,
+        capture_output=True,
+        check=True,
+        env={**os.environ, "SOPS_AGE_KEY": identity, "SOPS_DISABLE_VERSION_CHECK": "1"},
+    )
+    decrypted: dict[str, Any] = yaml.safe_load(result.stdout)
+    return decrypted
+
+
+def subjects(remote: Remote) -> list[str]:
+    try:
+        return [entry.subject for entry in reversed(log(remote.path, "main"))]
+    except LookupError:
+        return []
+
+
+def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+    }
+
+
+def test_secret_life_is_mirrored_encrypted_and_decrypts_to_the_sanitized_secret(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+    age_key: tuple[str, str],
+) -> None:
+    identity, recipient = age_key
+    encryption = {
+        "provider": "sops",
+        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}},
+    }
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+
+    apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+    wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote) else None)
+    files = read_tree(remote.path, "main")
+    assert b"first-value" not in files[path]
+    assert b"Zmlyc3QtdmFsdWU" not in files[path]  # base64 of the value
+    assert decrypt(tools, identity, files[path]) == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db", "namespace": namespace},
+        "type": "Opaque",
+        "data": {"password": base64.b64encode(b"first-value").decode()},
+    }
+    sops_rules = yaml.safe_load(files["live-cluster/.sops.yaml"])
+    assert sops_rules["creation_rules"][0]["age"] == recipient
+    # The Git credentials Secret existed first: it came encrypted in the initial reconcile,
+    # together with .sops.yaml and README.md.
+    assert subjects(remote) == [
+        "reconcile: sync 1 resources",
+        f"[CREATE] v1/secrets/{namespace}/db",
+    ]
+    first = log(remote.path, "main")[-1].sha
+    listed = subprocess.run(
+        ["git", f"--git-dir={remote.path}", "show", "--name-only", "--format=", first],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(listed) == [
+        "live-cluster/.sops.yaml",
+        "live-cluster/README.md",
+        f"live-cluster/v1/secrets/{namespace}/git-credentials.sops.yaml",
+    ]
+
+    apply(control_plane, secret(namespace, "db", {"password": "second-value"}))
+    wait_until(lambda: f"[UPDATE] v1/secrets/{namespace}/db" in subjects(remote))
+    updated = decrypt(tools, identity, read_tree(remote.path, "main")[path])
+    assert updated["data"] == {"password": base64.b64encode(b"second-value").decode()}
+
+    control_plane.kubectl("delete", "secret", "db", "-n", namespace)
+    wait_until(lambda: f"[DELETE] v1/secrets/{namespace}/db" in subjects(remote))
+    assert path not in read_tree(remote.path, "main")
+
+
+def test_no_plaintext_value_in_journal_wal_or_git_history_and_no_commit_after_restart(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    age_key: tuple[str, str],
+) -> None:
+    _, recipient = age_key
+    encryption = {"age": {"recipients": {"publicKeys": [recipient]}}}
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    values = {"token": f"plain-token-{namespace}", "key": f"plain-key-{namespace}"}
+    # kubectl apply stores the whole manifest, values included, in the last-applied annotation.
+    apply(control_plane, secret(namespace, "api", values))
+    control_plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "literal",
+        "-n",
+        namespace,
+        f"--from-literal=pw=literal-{namespace}",
+    )
+    wait_until(lambda: len(subjects(remote)) >= 2, describe=secret_daemon.log_tail)
+    history = subjects(remote)
+
+    secret_daemon.stop()
+    secret_daemon.start()
+    apply(control_plane, configmap(namespace, "marker"))
+    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/marker" in subjects(remote))
+    # The restart re-read both Secrets; ciphertext would differ, fingerprints do not.
+    assert subjects(remote) == [*history, f"[CREATE] v1/configmaps/{namespace}/marker"]
+    secret_daemon.stop()
+
+    needles = [*values.values(), f"literal-{namespace}"]
+    needles += [base64.b64encode(value.encode()).decode().rstrip("=") for value in needles]
+    state = secret_daemon.state_dir
+    stored = [path for path in state.iterdir() if path.name.startswith("journal.db")]
+    assert stored
+    for path in stored:
+        content = path.read_bytes()
+        for needle in needles:
+            assert needle.encode() not in content, (path.name, needle)
+    everything = subprocess.run(
+        ["git", f"--git-dir={remote.path}", "log", "-p", "--all", "--format=%B"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b".sops.yaml" in everything
+    for needle in needles:
+        assert needle.encode() not in everything, needle
+
+
+def test_secrets_fail_closed_without_encryption_while_everything_else_flows(
+    control_plane: ControlPlane, namespace: str, remote: Remote, secret_daemon: Reverserd
+) -> None:
+    apply(control_plane, *setup(namespace, remote, None))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    apply(control_plane, secret(namespace, "hidden", {"v": "nope"}))
+    apply(control_plane, configmap(namespace, "visible"))
+    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/visible" in subjects(remote))
+    wait_until(
+        lambda: (
+            condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured")
+            == "False"
+        )
+    )
+    status = json.loads(
+        control_plane.kubectl("get", "gittarget", "mirror", "-n", namespace, "-o", "json")
+    )["status"]
+    encryption = next(c for c in status["conditions"] if c["type"] == "EncryptionConfigured")
+    assert encryption["reason"] == "EncryptionNotConfigured"
+    assert "spec.encryption" in encryption["message"]
+    assert not any(path.endswith(".sops.yaml") for path in read_tree(remote.path, "main"))
+    assert all("secrets" not in subject for subject in subjects(remote))
+    metrics = (secret_daemon.get("/metrics") or b"").decode()
+    skipped = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("reverserd_secrets_skipped_total") and namespace in line
+    ]
+    assert skipped and float(skipped[0].split()[-1]) >= 1
+
+
+def test_broken_key_fails_closed_and_service_account_tokens_are_never_written(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    age_key: tuple[str, str],
+) -> None:
+    apply(
+        control_plane,
+        *setup(namespace, remote, {"age": {"recipients": {"publicKeys": ["age1notakey"]}}}),
+    )
+    secret_daemon.start()
+    wait_until(
+        lambda: (
+            condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured")
+            == "False"
+        )
+    )
+    apply(control_plane, secret(namespace, "kept-out", {"v": "x"}))
+    apply(control_plane, configmap(namespace, "flows"))
+    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/flows" in subjects(remote))
+    assert not any(".sops.yaml" in path for path in read_tree(remote.path, "main"))
+
+    # With a valid key, the Secret skipped meanwhile arrives; a token Secret never does.
+    _, recipient = age_key
+    token = secret(namespace, "sa-token", {"token": "t"})
+    token["type"] = "kubernetes.io/service-account-token"
+    token["metadata"]["annotations"] = {"kubernetes.io/service-account.name": "default"}
+    apply(control_plane, token)
+    patch = {"spec": {"encryption": {"age": {"recipients": {"publicKeys": [recipient]}}}}}
+    control_plane.kubectl(
+        "patch", "gittarget", "mirror", "-n", namespace, "--type=merge", "-p", json.dumps(patch)
+    )
+    wait_until(
+        lambda: (
+            f"live-cluster/v1/secrets/{namespace}/kept-out.sops.yaml"
+            in read_tree(remote.path, "main")
+        ),
+        timeout=90,
+        describe=secret_daemon.log_tail,
+    )
+    assert f"live-cluster/v1/secrets/{namespace}/sa-token.sops.yaml" not in read_tree(
+        remote.path, "main"
+    )
+
+
+def test_generate_when_missing_creates_an_annotated_key_and_warns(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+) -> None:
+    encryption = {
+        "provider": "sops",
+        "secretRef": {"name": "sops-age"},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+    }
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_until(
+        lambda: (
+            condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured")
+            == "True"
+        ),
+        describe=secret_daemon.log_tail,
+    )
+    key_secret = json.loads(
+        control_plane.kubectl("get", "secret", "sops-age", "-n", namespace, "-o", "json")
+    )
+    annotations = key_secret["metadata"]["annotations"]
+    assert annotations["configbutler.ai/backup-warning"] == "REMOVE_AFTER_BACKUP"
+    assert annotations["configbutler.ai/age-recipient"].startswith("age1")
+    (entry,) = [name for name in key_secret["data"] if name.endswith(".agekey")]
+    identity = base64.b64decode(key_secret["data"][entry]).decode().strip()
+    status = json.loads(
+        control_plane.kubectl("get", "gittarget", "mirror", "-n", namespace, "-o", "json")
+    )["status"]
+    message = next(c for c in status["conditions"] if c["type"] == "EncryptionConfigured")
+    assert "WARNING" in message["message"] and "backup-warning" in message["message"]
+
+    apply(control_plane, secret(namespace, "app", {"v": "generated-key-works"}))
+    path = f"live-cluster/v1/secrets/{namespace}/app.sops.yaml"
+    wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote) else None)
+    decrypted = decrypt(tools, identity, read_tree(remote.path, "main")[path])
+    assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"
