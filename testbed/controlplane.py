@@ -74,10 +74,14 @@ DAEMON_USER = "reverserd"
 DAEMON_GROUP = "reverserd"
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where every test bed build is cached, one sub-folder per set of pinned versions."""
     base = os.environ.get("REVERSERD_TESTBED_CACHE")
-    root = Path(base) if base else Path.home() / ".cache" / "reverserd-testbed"
-    return root / VERSIONS_KEY
+    return Path(base) if base else Path.home() / ".cache" / "reverserd-testbed"
+
+
+def cache_dir() -> Path:
+    return cache_root() / VERSIONS_KEY
 
 
 def _version_ldflags() -> str:
@@ -95,31 +99,43 @@ def _version_ldflags() -> str:
 
 
 def ensure_binaries(progress: Callable[[str], None] | None = None) -> Path:
-    """Return the cache folder holding the binaries, building the missing ones first.
+    """Return the cache folder holding the binaries, building the missing ones first."""
+    target = cache_dir()
+    for name, package in BINARIES.items():
+        go_build(GOMOD_DIR, package, target / name, _version_ldflags(), progress)
+    return target
 
-    Each binary is built to a temporary name and renamed into place, so an interrupted build
+
+def go_build(
+    module: Path,
+    package: str,
+    output: Path,
+    ldflags: str,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Build ``package`` from the Go module in ``module`` into ``output`` unless it exists.
+
+    The binary is built to a temporary name and renamed into place, so an interrupted build
     never leaves a truncated binary that a later run would trust.
     """
+    if output.exists():
+        return output
     say = progress or (lambda message: None)
-    target = cache_dir()
-    target.mkdir(parents=True, exist_ok=True)
+    name = output.name
+    if shutil.which("go") is None:
+        raise RuntimeError("the test bed needs Go (1.26) on PATH to build " + name)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    say(f"building {name} from {package} (first run only; several minutes)")
+    started = time.monotonic()
+    partial = output.parent / f".{name}.partial"
     env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
-    for name, package in BINARIES.items():
-        final = target / name
-        if final.exists():
-            continue
-        if shutil.which("go") is None:
-            raise RuntimeError("the test bed needs Go (1.26) on PATH to build " + name)
-        say(f"building {name} from {package} (first run only; several minutes)")
-        started = time.monotonic()
-        partial = target / f".{name}.partial"
-        command = ["go", "build", "-o", str(partial), "-ldflags", _version_ldflags(), package]
-        result = subprocess.run(command, cwd=GOMOD_DIR, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"building {name} failed:\n{result.stderr[-4000:]}")
-        partial.rename(final)
-        say(f"built {name} in {time.monotonic() - started:.0f} s")
-    return target
+    command = ["go", "build", "-o", str(partial), "-ldflags", ldflags, package]
+    result = subprocess.run(command, cwd=module, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building {name} failed:\n{result.stderr[-4000:]}")
+    partial.rename(output)
+    say(f"built {name} in {time.monotonic() - started:.0f} s")
+    return output
 
 
 def free_port() -> int:
