@@ -1,10 +1,11 @@
 """``python -m testbed build|up|demo``: the test bed from the command line.
 
-``build`` makes sure the control plane's binaries are in the cache. ``up`` starts the same
-control plane the tests use plus a smart-HTTP Git server, prints how to reach them, and keeps
-them running until interrupted. ``demo`` runs reverserd's main job end to end on them: the
-sample GitProvider, GitTarget and WatchRule of ``packaging/examples/quickstart.yaml``, a
-ConfigMap created, updated and deleted, and the remote's ``git log --stat``.
+``build`` makes sure the control plane's binaries and Helm (for the packaging tests) are in the
+cache. ``up`` starts the same control plane the tests use plus a smart-HTTP Git server, prints
+how to reach them, and keeps them running until interrupted. ``demo`` runs reverserd's main job
+end to end on them: the sample GitProvider, GitTarget and WatchRule of
+``packaging/examples/quickstart.yaml``, a ConfigMap created, updated and deleted, and the
+remote's ``git log --stat``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from testbed.controlplane import ensure_binaries, running_control_plane
 from testbed.gitservers import GitHttpServer, log
 from testbed.harness import Reverserd, wait_until
-from testbed.tools import REPO_ROOT, ensure_encryption_tools
+from testbed.tools import REPO_ROOT, ensure_encryption_tools, ensure_helm
 
 EXAMPLE = REPO_ROOT / "packaging" / "examples" / "quickstart.yaml"
 EXAMPLE_URL = "https://git.example.com/team/cluster-mirror.git"
@@ -108,7 +109,7 @@ def _subjects(repo: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build or reuse the cached control plane binaries")
+    commands.add_parser("build", help="build or reuse the cached control plane binaries and Helm")
     for name, text in (
         ("up", "start a control plane and a Git server"),
         ("demo", "run reverserd end to end and print the remote's history"),
@@ -119,6 +120,7 @@ def main() -> int:
     if arguments.command == "build":
         print(ensure_binaries(progress=_progress))
         print(ensure_encryption_tools(progress=_progress))
+        print(ensure_helm(progress=_progress))
         return 0
     workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="reverserd-testbed-"))
     {"up": up, "demo": demo}[arguments.command](workdir)

@@ -1,0 +1,763 @@
+"""The ways reverserd ships: Helm chart, plain manifests, systemd unit and container image.
+
+Rendered objects are checked by the test bed's real kube-apiserver (``kubectl apply
+--dry-run=server``: schema, strict field validation, RBAC object rules, Pod Security warnings),
+never by comparing text with a snapshot. Helm is the test bed's own, built from its Go module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reverserd.cli import build_parser
+from testbed.controlplane import REPO_ROOT, ControlPlane
+from testbed.tools import ensure_helm
+
+PACKAGING = REPO_ROOT / "packaging"
+CHART = PACKAGING / "helm" / "reverserd"
+MANIFESTS = PACKAGING / "manifests" / "reverserd.yaml"
+RBAC_SOURCE = PACKAGING / "rbac" / "clusterrole.yaml"
+UNIT = PACKAGING / "systemd" / "reverserd.service"
+ENV_EXAMPLE = PACKAGING / "systemd" / "reverserd.env.example"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+SERVICEMONITOR_CRD = Path(__file__).parent / "servicemonitor-crd.yaml"
+
+STATE_DIR = "/var/lib/reverserd"
+NON_ROOT_UID = 65532
+WITH_OPTIONAL_FEATURES = (
+    "--set",
+    "leaderElection.enabled=true",
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+)
+POD_SECURITY_WARNING = "would violate PodSecurity"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return ensure_helm(progress=lambda message: print(f"testbed: {message}", file=sys.stderr))
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def render(helm: Path, namespace: str, *args: str) -> str:
+    result = run_helm(helm, "template", "reverserd", str(CHART), "--namespace", namespace, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def objects(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(doc["kind"] for doc in docs)
+
+
+def server_dry_run(plane: ControlPlane, manifest: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl apply --dry-run=server`` as admin; warnings come back on stderr."""
+    return subprocess.run(
+        [
+            str(plane.kubectl_path),
+            f"--kubeconfig={plane.admin_kubeconfig}",
+            "apply",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        input=manifest,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_accepted(plane: ControlPlane, manifest: str, expected_objects: int) -> None:
+    result = server_dry_run(plane, manifest)
+    assert result.returncode == 0, result.stderr
+    assert POD_SECURITY_WARNING not in result.stderr, result.stderr
+    assert result.stdout.count("(server dry run)") == expected_objects, result.stdout
+
+
+@pytest.fixture
+def restricted_namespace(control_plane: ControlPlane, namespace: str) -> str:
+    """A fresh namespace that enforces, and warns about, the restricted Pod Security level."""
+    control_plane.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
+    return namespace
+
+
+@pytest.fixture(scope="session")
+def servicemonitor_crd(control_plane: ControlPlane) -> None:
+    control_plane.kubectl("apply", "-f", str(SERVICEMONITOR_CRD))
+    control_plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/servicemonitors.monitoring.coreos.com",
+    )
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+# --- the chart -------------------------------------------------------------------------------
+
+
+def test_chart_runs_the_version_of_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == project["version"]
+
+
+@pytest.mark.parametrize("features", [(), WITH_OPTIONAL_FEATURES], ids=["default", "optional"])
+def test_helm_lint_accepts_the_chart(helm: Path, features: tuple[str, ...]) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART), *features)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_render_holds_the_daemon_and_least_privilege_rbac(helm: Path) -> None:
+    docs = objects(render(helm, "ops"))
+    assert kinds(docs) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Service",
+        "ServiceAccount",
+    ]
+    for doc in docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == "ops", doc["kind"]
+    rbac_source = yaml.safe_load(RBAC_SOURCE.read_text())
+    assert one(docs, "ClusterRole")["rules"] == rbac_source["rules"]
+    binding = one(docs, "ClusterRoleBinding")
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ops"}]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account
+
+
+def test_deployment_runs_one_non_root_read_only_daemon_with_probes(helm: Path) -> None:
+    docs = objects(render(helm, "ops"))
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    main = container(docs)
+    assert main["args"][0] == "run"
+    assert f"--state-dir={STATE_DIR}" in main["args"]
+    assert "--http-listen=:8080" in main["args"]
+    assert "--leader-elect" not in main["args"]
+    assert main["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    security = main["securityContext"]
+    assert security["runAsUser"] == NON_ROOT_UID
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == NON_ROOT_UID
+    mounts = {mount["mountPath"]: mount["name"] for mount in main["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    claim = one(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert volumes[mounts[STATE_DIR]]["persistentVolumeClaim"] == {"claimName": claim}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert {"name": "HOME", "value": "/tmp"} in main["env"]
+    service = one(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_git_author_with_spaces_stays_one_argument(helm: Path) -> None:
+    docs = objects(render(helm, "ops", "--set", "git.authorName=Cluster Mirror Bot"))
+    assert "--git-author-name=Cluster Mirror Bot" in container(docs)["args"]
+
+
+def accepted_by_the_daemon(arguments: list[str]) -> bool:
+    """Whether ``reverserd`` (the real command line parser) accepts these arguments."""
+    try:
+        build_parser().parse_args(arguments)
+    except SystemExit:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [(), ("git.authorName=Cluster Mirror Bot", "logFormat=text", "logLevel=DEBUG")],
+    ids=["default", "customised"],
+)
+def test_deployment_arguments_are_accepted_by_the_daemon(
+    helm: Path, settings: tuple[str, ...]
+) -> None:
+    arguments = [argument for setting in settings for argument in ("--set", setting)]
+    main = container(objects(render(helm, "ops", *arguments)))
+    assert "command" not in main, "the image's ENTRYPOINT is reverserd"
+    assert accepted_by_the_daemon(main["args"])
+
+
+def test_leader_election_flag_is_accepted_by_the_daemon(helm: Path) -> None:
+    main = container(objects(render(helm, "ops", "--set", "leaderElection.enabled=true")))
+    assert accepted_by_the_daemon(main["args"])
+
+
+def test_leader_election_adds_the_flag_and_a_lease_role_in_the_release_namespace(
+    helm: Path,
+) -> None:
+    docs = objects(render(helm, "ops", "--set", "leaderElection.enabled=true"))
+    assert "--leader-elect" in container(docs)["args"]
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+    binding = one(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "ops"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ops"}]
+
+
+def test_service_monitor_scrapes_metrics_on_the_http_port(helm: Path) -> None:
+    docs = objects(
+        render(
+            helm,
+            "ops",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.labels.release=prometheus",
+        )
+    )
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    service = one(docs, "Service")
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+
+
+def test_pod_annotations_for_annotation_based_scraping(helm: Path) -> None:
+    docs = objects(render(helm, "ops", "--set", "metrics.podAnnotations=true"))
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("", None), ("-", ""), ("fast-ssd", "fast-ssd")],
+    ids=["cluster-default", "none", "named"],
+)
+def test_state_claim_storage_class(helm: Path, setting: str, expected: str | None) -> None:
+    docs = objects(
+        render(
+            helm,
+            "ops",
+            "--set-string",
+            f"persistence.storageClass={setting}",
+            "--set",
+            "persistence.size=10Gi",
+        )
+    )
+    claim = one(docs, "PersistentVolumeClaim")["spec"]
+    assert claim.get("storageClassName") == expected
+    assert claim["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_state_dir_on_an_empty_dir_or_an_existing_claim(helm: Path) -> None:
+    docs = objects(render(helm, "ops", "--set", "persistence.enabled=false"))
+    assert "PersistentVolumeClaim" not in kinds(docs)
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", "emptyDir": None} in volumes
+    assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+
+    docs = objects(render(helm, "ops", "--set", "persistence.existingClaim=mine"))
+    assert "PersistentVolumeClaim" not in kinds(docs)
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", "persistentVolumeClaim": {"claimName": "mine"}} in volumes
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        (["replicaCount=2"], "needs leaderElection.enabled"),
+        (["replicaCount=2", "leaderElection.enabled=true"], "needs persistence.enabled=false"),
+        (["logFormat=yaml"], "logFormat must be json or text"),
+    ],
+    ids=["two-writers", "shared-journal", "log-format"],
+)
+def test_render_refuses_settings_the_daemon_cannot_run_with(
+    helm: Path, settings: list[str], complaint: str
+) -> None:
+    arguments = [argument for setting in settings for argument in ("--set", setting)]
+    result = run_helm(helm, "template", "reverserd", str(CHART), *arguments)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_two_replicas_with_leader_election_and_own_journals_render(helm: Path) -> None:
+    docs = objects(
+        render(
+            helm,
+            "ops",
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=true",
+            "--set",
+            "persistence.enabled=false",
+        )
+    )
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+
+
+def test_default_render_with_crds_is_accepted_by_the_api_server(
+    helm: Path, control_plane: ControlPlane, restricted_namespace: str
+) -> None:
+    manifest = render(helm, restricted_namespace, "--include-crds")
+    docs = objects(manifest)
+    assert kinds(docs).count("CustomResourceDefinition") == 4
+    assert_accepted(control_plane, manifest, len(docs))
+
+
+def test_render_with_leader_election_and_service_monitor_is_accepted_by_the_api_server(
+    helm: Path, control_plane: ControlPlane, restricted_namespace: str, servicemonitor_crd: None
+) -> None:
+    manifest = render(
+        helm,
+        restricted_namespace,
+        *WITH_OPTIONAL_FEATURES,
+        "--set",
+        "metrics.serviceMonitor.metricRelabelings[0].action=drop",
+        "--set",
+        "metrics.serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
+        "--set",
+        "metrics.serviceMonitor.metricRelabelings[0].regex=python_gc_.*",
+    )
+    docs = objects(manifest)
+    assert {"Role", "RoleBinding", "ServiceMonitor"} <= set(kinds(docs))
+    assert_accepted(control_plane, manifest, len(docs))
+
+
+def test_api_server_checks_are_live(
+    helm: Path, control_plane: ControlPlane, restricted_namespace: str, servicemonitor_crd: None
+) -> None:
+    """The dry runs above would catch an insecure pod or a wrong ServiceMonitor field."""
+    insecure = render(
+        helm, restricted_namespace, "--set", "securityContext.allowPrivilegeEscalation=true"
+    )
+    result = server_dry_run(control_plane, insecure)
+    assert POD_SECURITY_WARNING in result.stderr, result.stderr
+
+    monitor = render(helm, restricted_namespace, "--set", "metrics.serviceMonitor.enabled=true")
+    misspelled = monitor.replace("scrapeTimeout:", "scrapeTimout:")
+    assert misspelled != monitor
+    result = server_dry_run(control_plane, misspelled)
+    assert result.returncode != 0
+    assert "scrapeTimout" in result.stderr
+
+
+# --- plain manifests -------------------------------------------------------------------------
+
+
+def test_plain_manifests_are_accepted_by_the_api_server(control_plane: ControlPlane) -> None:
+    manifest = MANIFESTS.read_text()
+    docs = objects(manifest)
+    assert kinds(docs) == sorted(
+        [
+            "Namespace",
+            *(["CustomResourceDefinition"] * 4),
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ServiceAccount",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+        ]
+    )
+    namespace = one(docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for doc in docs:
+        if doc["kind"] in ("ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service"):
+            assert doc["metadata"]["namespace"] == "reverserd"
+    # Namespaced objects can only be dry-run into a namespace that exists.
+    control_plane.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(namespace))
+    control_plane.kubectl(
+        "label",
+        "--overwrite",
+        "namespace",
+        "reverserd",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
+    assert_accepted(control_plane, manifest, len(docs))
+
+
+def test_plain_manifests_do_not_claim_a_helm_release() -> None:
+    for doc in objects(MANIFESTS.read_text()):
+        labels = doc["metadata"].get("labels", {})
+        assert "helm.sh/chart" not in labels, doc["kind"]
+        assert labels.get("app.kubernetes.io/managed-by") != "Helm", doc["kind"]
+
+
+# --- the generator ---------------------------------------------------------------------------
+
+
+def generate(script: Path, helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), "--helm", str(helm), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_generated_files_are_up_to_date(helm: Path) -> None:
+    result = generate(PACKAGING / "generate.py", helm, "--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_generator_finds_and_repairs_every_stale_copy(helm: Path, tmp_path: Path) -> None:
+    shutil.copytree(PACKAGING, tmp_path / "packaging")
+    script = tmp_path / "packaging" / "generate.py"
+    crd = tmp_path / "packaging" / "crds" / "configbutler.ai_gittargets.yaml"
+    crd.write_text(crd.read_text().replace("shortNames:", "# edited\n  shortNames:", 1))
+    rbac = tmp_path / "packaging" / "rbac" / "clusterrole.yaml"
+    rbac.write_text(rbac.read_text().replace('verbs: ["create", "patch"]', 'verbs: ["create"]'))
+    leftover = tmp_path / "packaging" / "helm" / "reverserd" / "crds" / "old.yaml"
+    leftover.write_text("# a CRD that no longer has a source\n")
+
+    result = generate(script, helm, "--check")
+    assert result.returncode == 1
+    assert "out of date: packaging/helm/reverserd/crds/configbutler.ai_gittargets.yaml" in (
+        result.stderr
+    )
+    assert "out of date: packaging/helm/reverserd/files/clusterrole.yaml" in result.stderr
+    assert "out of date: packaging/manifests/reverserd.yaml" in result.stderr
+    assert "packaging/helm/reverserd/crds/old.yaml" in result.stderr
+    assert "configbutler.ai_watchrules.yaml" not in result.stderr
+
+    assert generate(script, helm).returncode == 0
+    assert generate(script, helm, "--check").returncode == 0
+    assert not leftover.exists()
+    regenerated = objects((tmp_path / "packaging" / "manifests" / "reverserd.yaml").read_text())
+    assert one(regenerated, "ClusterRole")["rules"][-1]["verbs"] == ["create"]
+
+
+# --- the systemd unit ------------------------------------------------------------------------
+
+
+def unit_with_stub_binary(tmp_path: Path) -> Path:
+    """The unit, with ExecStart pointing at an executable stub instead of an installed daemon.
+
+    ``systemd-analyze verify`` refuses a unit whose binary does not exist; everything else in
+    the unit is verified as shipped.
+    """
+    stub = tmp_path / "bin" / "reverserd"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    text = UNIT.read_text()
+    installed = "ExecStart=/usr/local/bin/reverserd "
+    assert text.count(installed) == 1
+    unit = tmp_path / "reverserd.service"
+    unit.write_text(text.replace(installed, f"ExecStart={stub} "))
+    return unit
+
+
+def verify(unit: Path) -> tuple[bool, str]:
+    """(accepted, output): accepted only without a single complaint, warnings included."""
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    return result.returncode == 0 and not output, output
+
+
+def test_systemd_unit_passes_verify(tmp_path: Path) -> None:
+    accepted, output = verify(unit_with_stub_binary(tmp_path))
+    assert accepted, output
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["missing-binary", "unknown-key", "bad-value"],
+)
+def test_systemd_verify_rejects_a_broken_unit(tmp_path: Path, breakage: str) -> None:
+    unit = unit_with_stub_binary(tmp_path)
+    text = unit.read_text()
+    if breakage == "missing-binary":
+        (tmp_path / "bin" / "reverserd").unlink()
+    elif breakage == "unknown-key":
+        unit.write_text(text.replace("ProtectHome=yes", "ProtectHomes=yes"))
+    else:
+        unit.write_text(text.replace("Restart=on-failure", "Restart=sometimes"))
+    accepted, _ = verify(unit)
+    assert not accepted
+
+
+def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
+    unit = unit_with_stub_binary(tmp_path)
+    # Exposure 0.0 (locked down) to 10.0 (unprotected); the threshold is in tenths.
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    settings = dict(
+        line.split("=", 1) for line in UNIT.read_text().splitlines() if re.match(r"^\w+=", line)
+    )
+    for key, value in {
+        "Type": "simple",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "Restart": "on-failure",
+        "TimeoutStopSec": "15",
+        "StateDirectory": "reverserd",
+        "EnvironmentFile": "-/etc/reverserd/reverserd.env",
+    }.items():
+        assert settings.get(key) == value, key
+
+
+def exec_start(unit_text: str) -> list[str]:
+    joined = unit_text.replace("\\\n", " ")
+    line = next(line for line in joined.splitlines() if line.startswith("ExecStart="))
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def test_systemd_env_example_sets_every_variable_the_unit_uses() -> None:
+    text = UNIT.read_text()
+    command = exec_start(text)
+    assert command[:2] == ["/usr/local/bin/reverserd", "run"]
+    assert command[command.index("--state-dir") + 1] == STATE_DIR
+    used = {match for word in command for match in re.findall(r"\$\{(\w+)\}", word)}
+    assert "REVERSERD_KUBECONFIG" in used
+    defaults = set(re.findall(r"^Environment=(\w+)=", text, re.MULTILINE))
+    example = set(re.findall(r"^(\w+)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert used == defaults == example
+
+
+def test_systemd_command_line_is_accepted_by_the_daemon() -> None:
+    text = UNIT.read_text()
+    defaults = dict(re.findall(r"^Environment=(\w+)=(.*)$", text, re.MULTILINE))
+    command = [
+        re.sub(r"\$\{(\w+)\}", lambda match: defaults[match.group(1)], word)
+        for word in exec_start(text)
+    ]
+    assert accepted_by_the_daemon(command[1:])
+    assert not accepted_by_the_daemon([*command[1:], "--no-such-flag"])
+
+
+# --- the container image ---------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> Iterator[tuple[str, list[str]]]:
+    """(instruction, words) per Dockerfile instruction, continuation lines joined."""
+    logical = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    for line in logical.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, rest = line.strip().partition(" ")
+            yield instruction.upper(), rest.split()
+
+
+def dockerignore_includes(path: str) -> bool:
+    """Whether ``path`` (relative, "/"-separated) reaches the build context.
+
+    Docker's rules: the last pattern that matches the path or one of its parents decides; a
+    pattern starting with "!" re-includes. Patterns use "*" within a segment and "**" across.
+    """
+    included = True
+    parts = path.split("/")
+    candidates = ["/".join(parts[: index + 1]) for index in range(len(parts))]
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            included = negate
+    return included
+
+
+def test_dockerfile_copies_only_existing_paths_and_defined_stages() -> None:
+    stages: list[str] = []
+    copies = 0
+    for instruction, words in dockerfile_instructions():
+        if instruction == "FROM":
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.append(words[2])
+        if instruction not in ("COPY", "ADD"):
+            continue
+        copies += 1
+        flags = [word for word in words if word.startswith("--")]
+        sources = [word for word in words if not word.startswith("--")][:-1]
+        assert sources, words
+        stage = next((flag.split("=", 1)[1] for flag in flags if flag.startswith("--from=")), None)
+        if stage is not None:
+            assert stage in stages, f"COPY --from={stage} before any stage of that name"
+            continue
+        for source in sources:
+            matches = [
+                path
+                for path in REPO_ROOT.glob(source.removeprefix("./"))
+                if "__pycache__" not in path.parts
+            ]
+            assert matches, f"COPY source {source} does not exist"
+            for match in matches:
+                files = [match] if match.is_file() else list(match.rglob("*"))
+                for file in files:
+                    if file.is_file() and "__pycache__" not in file.parts:
+                        relative = file.relative_to(REPO_ROOT).as_posix()
+                        assert dockerignore_includes(relative), f"{relative} is .dockerignored"
+    assert copies >= 4
+    assert not dockerignore_includes("tests/conftest.py")
+    assert not dockerignore_includes("reverserd/__pycache__/cli.cpython-311.pyc")
+
+
+def test_image_runs_reverserd_as_non_root_with_git_and_pinned_sops() -> None:
+    instructions = list(dockerfile_instructions())
+    arguments = dict(
+        word.split("=", 1) for name, words in instructions if name == "ARG" for word in words
+    )
+    froms = [words for name, words in instructions if name == "FROM"]
+    final = max(index for index, (name, _) in enumerate(instructions) if name == "FROM")
+    final_stage = instructions[final:]
+    assert len(froms[-1]) == 1, "the final stage is the unnamed last one"
+    assert arguments[froms[-1][0].strip("${}")] == "python:3.11-slim"
+    assert ("USER", [f"{NON_ROOT_UID}:{NON_ROOT_UID}"]) in final_stage
+    assert ("ENTRYPOINT", ['["reverserd"]']) in final_stage
+    assert ("CMD", ['["run"]']) in final_stage
+    runs = " ".join(" ".join(words) for name, words in final_stage if name == "RUN")
+    assert re.search(r"apt-get install .*\bgit\b", runs)
+    sops_build = " ".join(" ".join(words) for name, words in instructions if name == "RUN")
+    assert "go install" in sops_build
+    assert "github.com/getsops/sops/v3/cmd/sops@${SOPS_VERSION}" in sops_build
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", arguments["SOPS_VERSION"])
+
+
+def test_installed_package_ships_the_migrations() -> None:
+    """An installed reverserd reads migrations from <prefix>/share/reverserd/migrations."""
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["data-files"]["share/reverserd/migrations"]
+    migrations = sorted(path.name for path in (REPO_ROOT / "migrations").glob("*.sql"))
+    assert migrations
+    for name in migrations:
+        assert any(fnmatch.fnmatch(f"migrations/{name}", pattern) for pattern in patterns), name
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+
+def documented_values() -> list[str]:
+    """Dotted paths of the values.yaml keys introduced by a ``# --`` comment."""
+    paths: list[str] = []
+    stack: list[tuple[int, str]] = []
+    documented = False
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            documented = True
+            continue
+        if stripped.startswith("#") or not stripped:
+            continue
+        key = re.match(r"^(\s*)([A-Za-z][\w]*):", line)
+        if key is None:
+            continue
+        indent = len(key.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key.group(2)))
+        if documented:
+            paths.append(".".join(name for _, name in stack))
+        documented = False
+    return paths
+
+
+def test_every_value_is_documented_in_values_and_readme() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented = documented_values()
+
+    def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[str]:
+        for key, value in tree.items():
+            path = prefix + key
+            if path in documented:
+                yield path
+            elif isinstance(value, dict) and value:
+                yield from leaves(value, path + ".")
+            else:
+                raise AssertionError(f"values.yaml: {path} has no '# --' comment")
+
+    readme = (PACKAGING / "README.md").read_text()
+    for path in leaves(values):
+        assert f"`{path}`" in readme, f"packaging/README.md does not document {path}"
