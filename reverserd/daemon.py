@@ -32,7 +32,12 @@ from reverserd.encryption.sops import Sops
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
-from reverserd.metrics import JOURNAL_BYTES, JOURNAL_EVENTS
+from reverserd.metrics import (
+    JOURNAL_BYTES,
+    JOURNAL_EVENTS,
+    TARGET_LAG_EVENTS,
+    TARGET_LAG_SECONDS,
+)
 from reverserd.targets.manager import TargetManager
 from reverserd.watch.manager import WatchManager
 from reverserd.web.server import Surface, build_app, serve
@@ -150,6 +155,12 @@ class Daemon:
             stats = await self.reader.stats()
             JOURNAL_EVENTS.set(stats["events"])
             JOURNAL_BYTES.set(stats["database_bytes"])
+            for cursor in await self.reader.cursors():
+                count, oldest = await self.reader.lag(cursor.seq)
+                TARGET_LAG_EVENTS.labels(target=cursor.target).set(count)
+                TARGET_LAG_SECONDS.labels(target=cursor.target).set(
+                    0 if oldest is None else max(0.0, time.time() - oldest)
+                )
 
     def surface(self) -> Surface:
         async def journal_ok() -> bool:
@@ -193,15 +204,18 @@ class Daemon:
         targets = []
         for key, progress in sorted(self.board.targets.items()):
             cursor = cursors.get(key)
+            lag_events, oldest = await self.reader.lag(cursor.seq) if cursor else (None, None)
             targets.append(
                 {
                     "target": key,
                     "ready": key in self.plane.state.targets and progress.stream_live,
                     "cursor": cursor.seq if cursor else None,
-                    "lag_events": max(0, stats["last_seq"] - cursor.seq) if cursor else None,
+                    "lag_events": lag_events,
+                    "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
                     "last_commit": progress.last_commit,
                     "last_push": progress.last_push_time,
-                    "last_error": progress.last_error,
+                    "last_error": progress.last_error or self.targets.remote_error(key),
+                    "secrets_skipped": progress.secrets_skipped,
                 }
             )
         return {

@@ -169,6 +169,14 @@ class JournalReader:
     async def cursor(self, target: str) -> CursorRow | None:
         return next((row for row in await self.cursors() if row.target == target), None)
 
+    async def lag(self, seq: int) -> tuple[int, float | None]:
+        """Events after ``seq``, and when the oldest of them was journaled (None: no lag)."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT COUNT(*), MIN(journaled_at) FROM events WHERE seq > ?", (seq,)
+        )
+        count, oldest = next(iter(rows))
+        return int(count), oldest
+
     async def target_files(self, target: str) -> dict[ObjectKey, tuple[str, str]]:
         """What a target wrote: object -> (path, content hash)."""
         rows = await self.connection.execute_fetchall(

@@ -32,7 +32,7 @@ from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWri
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
-from reverserd.metrics import EVENTS_PROCESSED, TARGET_LAG_EVENTS
+from reverserd.metrics import EVENTS_PROCESSED
 from reverserd.targets.planning import (
     README,
     README_NAME,
@@ -143,9 +143,6 @@ class TargetConsumer:
             events = await self.reader.events_after(self.seq, READ_BATCH)
             if events:
                 await self._process(events)
-                TARGET_LAG_EVENTS.labels(target=self.key).set(
-                    max(0, await self.reader.last_seq() - self.seq)
-                )
             else:
                 await self.journal.wait_beyond(self.seq, IDLE_WAIT_S)
 

@@ -126,6 +126,11 @@ class TargetManager:
             if key not in used:
                 self.committers.pop(key)[1].cancel()
 
+    def remote_error(self, target: str) -> str | None:
+        """The last push or connection error of the committer a target writes through."""
+        running = self.consumers.get(target)
+        return running.consumer.committer.last_error if running else None
+
     def _retire_reconfigured_committers(self) -> None:
         """A provider's Secret or push settings changed: rebuild its committer and consumers."""
         wanted: dict[str, tuple[object, ...]] = {}
