@@ -24,7 +24,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +60,8 @@ RETRY_INITIAL_S = 1.0
 RETRY_CEILING_S = 60.0
 # Someone else pushing between our fetch and push is retried at once, this many times in a row.
 MAX_IMMEDIATE_REBASES = 5
+# The line of every commit message that names the target it was made for.
+TARGET_TRAILER = "target: "
 # How long a stopping committer waits for its Git operation in flight (a push is bounded by
 # the Git layer's I/O timeout; shutdown must not wait that long).
 THREAD_DRAIN_S = 5.0
@@ -254,6 +256,7 @@ class Committer:
         while True:
             started = time.monotonic()
             try:
+                pushing = await self.on_git_thread(self.repository.pending_commits)
                 sha = await self.on_git_thread(self.repository.push)
             except PushRejected as error:
                 GIT_OPERATIONS.labels(operation="push", result="rejected").inc()
@@ -274,7 +277,7 @@ class Committer:
             GIT_OPERATIONS.labels(operation="push", result="success").inc()
             self._report(True, "Ready", f"pushed to {self.repository.display_url}")
             self.last_push_time = time.time()
-            await self._settle(sha, self.last_push_time)
+            await self._settle(sha, self.last_push_time, newest_per_target(pushing))
             log.info("All events pushed to remote", extra={"remote": self.key, "commit": sha})
             if self._commits_since_maintain >= MAINTAIN_EVERY_COMMITS:
                 await self.on_git_thread(self.repository.maintain)
@@ -295,8 +298,15 @@ class Committer:
         if not self._inbox.empty():
             await self._take_submissions()
 
-    async def _settle(self, sha: str | None, pushed_at: float) -> None:
-        """Everything taken so far is in the remote: move cursors, then tell the consumers."""
+    async def _settle(
+        self, sha: str | None, pushed_at: float, newest: Mapping[str, str] | None = None
+    ) -> None:
+        """Everything taken so far is in the remote: move cursors, then tell the consumers.
+
+        ``newest`` maps each target to its newest commit in this push (after any rebuild on a
+        foreign tip, SHAs differ from those made locally, so they are read from the pushed
+        commits' ``target:`` lines).
+        """
         settled, self._unpushed = self._unpushed, []
         self._first_unpushed_at = None
         self.pushed_sha = sha
@@ -321,7 +331,7 @@ class Committer:
                 FILES_DELETED.labels(target=target).inc(deleted)
         for item in settled:
             if item.on_pushed is not None:
-                item.on_pushed(sha, pushed_at)
+                item.on_pushed((newest or {}).get(item.target), pushed_at)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -331,6 +341,16 @@ class Committer:
             "last_push": self.last_push_time,
             "last_error": self.last_error,
         }
+
+
+def newest_per_target(commits: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Target -> its newest commit, from commits listed newest first."""
+    newest: dict[str, str] = {}
+    for sha, message in commits:
+        for line in message.splitlines():
+            if line.startswith(TARGET_TRAILER):
+                newest.setdefault(line[len(TARGET_TRAILER) :].strip(), sha)
+    return newest
 
 
 def committer_key(url: str, branch: str) -> str:

@@ -282,6 +282,18 @@ class BranchRepository:
             return 0
         return self._count_above(local, self._target(BASE_REF))
 
+    def pending_commits(self) -> list[tuple[str, str]]:
+        """(SHA, message) of every pending commit, newest first."""
+        repo = self._open_repo()
+        local = self._target(self._local_ref)
+        if local is None:
+            return []
+        walker = repo.walk(local, SortMode.TOPOLOGICAL)
+        base = self._target(BASE_REF)
+        if base is not None:
+            walker.hide(base)
+        return [(str(commit.id), commit.message) for commit in walker]
+
     def push(self) -> str:
         """Push the local branch without force; return the SHA the remote branch now has.
 

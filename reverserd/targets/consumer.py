@@ -19,6 +19,7 @@ replay changes nothing that is already in the clone.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ SOPS_CONFIG_NAME = ".sops.yaml"
 
 # Events read from the journal per round trip.
 READ_BATCH = 500
+# How long the first sync waits for every selected type's seed before it goes ahead without
+# the slow ones (they then come in a backfill commit of their own).
+FIRST_SYNC_PATIENCE_S = 60.0
 # Longest wait for new journal events before re-checking rules, discovery and seeds.
 IDLE_WAIT_S = 1.0
 
@@ -111,6 +115,7 @@ class TargetConsumer:
 
     async def _run(self) -> None:
         self.initial_snapshot_sent = False
+        self.started = time.monotonic()
         progress = self.progress
         progress.waiting_reason = "WaitingForRepository"
         progress.waiting_message = f"connecting to {self.committer.key.split('#')[0]}"
@@ -170,7 +175,17 @@ class TargetConsumer:
         for key in stale:
             del self.covered[key]
         newly = {key for key, (_, ready) in selections.items() if ready and key not in self.covered}
-        first = not self.initial_snapshot_sent and all(r for _, r in selections.values())
+        all_seeded = all(ready for _, ready in selections.values())
+        if not self.initial_snapshot_sent and not all_seeded:
+            # The first sync is one commit: wait for every type's seed, unless one takes so
+            # long (a failing watch) that the others should not wait for it any more.
+            if time.monotonic() - self.started < FIRST_SYNC_PATIENCE_S:
+                return
+            waiting = sorted(key for key, (_, ready) in selections.items() if not ready)
+            log.warning(
+                "first sync without unseeded types", extra={"target": self.key, "unseeded": waiting}
+            )
+        first = not self.initial_snapshot_sent
         if newly or first:
             await self._snapshot(newly, discovery, first)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from reverserd.committer.committer import TARGET_TRAILER
 from reverserd.config.rules import CompiledRule
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
@@ -145,7 +146,7 @@ def commit_message(event: JournalEvent, rtype: ResourceType, target: str) -> str
     ]
     if event.username:
         lines.append(f"user: {event.username}")
-    lines += [f"journal-seq: {event.seq}", f"target: {target}"]
+    lines += [f"journal-seq: {event.seq}", f"{TARGET_TRAILER}{target}"]
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +154,7 @@ def reconcile_message(plan: FilePlan, objects: int, target: str) -> str:
     return (
         f"reconcile: sync {objects} resources\n\n"
         f"created: {plan.created}\nupdated: {plan.updated}\ndeleted: {plan.deleted}\n"
-        f"target: {target}\n"
+        f"{TARGET_TRAILER}{target}\n"
     )
 
 
