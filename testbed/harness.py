@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import ssl
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 import aiohttp
 
-from testbed.controlplane import ControlPlane, free_port
+from testbed.controlplane import REPO_ROOT, ControlPlane, free_port
 
 T = TypeVar("T")
 
@@ -73,9 +74,21 @@ class Reverserd:
             "json",
             *self.extra_args,
         ]
+        # The daemon runs the code of this tree, whatever else is installed or the caller's cwd.
+        environment = dict(os.environ)
+        search_path = [
+            str(REPO_ROOT),
+            *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep)),
+        ]
+        environment["PYTHONPATH"] = os.pathsep.join(search_path)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT,
+                env=environment,
             )
         wait_until(lambda: self.get("/healthz") is not None, 30, self.log_tail)
         return self
@@ -251,14 +264,18 @@ def mirror_setup(
     secret: str | None = None,
     rules: list[dict[str, Any]] | None = None,
     interval: str = "1s",
+    max_commits: int | None = None,
     name: str = "mirror",
 ) -> list[dict[str, Any]]:
     """A GitProvider, a GitTarget and a WatchRule, all named ``name``, in ``namespace``."""
     group = "configbutler.ai/v1alpha1"
+    push: dict[str, Any] = {"interval": interval}
+    if max_commits is not None:
+        push["maxCommits"] = max_commits
     provider_spec: dict[str, Any] = {
         "url": url,
         "allowedBranches": [branch, "main"],
-        "push": {"interval": interval},
+        "push": push,
     }
     if secret:
         provider_spec["secretRef"] = {"name": secret}
@@ -281,3 +298,21 @@ def mirror_setup(
             },
         },
     ]
+
+
+def delete_mirror_resources(plane: ControlPlane, namespace: str) -> None:
+    """Remove every GitProvider, GitTarget and WatchRule of ``namespace``.
+
+    The test bed has no namespace controller, so deleting a namespace would leave its objects in
+    place; a later daemon of the same session would then pick up the stale targets and push to
+    their repositories. Tests that create mirror resources remove them with this.
+    """
+    plane.kubectl(
+        "delete",
+        "watchrules,gittargets,gitproviders",
+        "--all",
+        "-n",
+        namespace,
+        "--ignore-not-found",
+        "--wait=false",
+    )
