@@ -23,7 +23,8 @@ from typing import Any, TypeVar, cast
 
 import aiohttp
 
-from testbed.controlplane import REPO_ROOT, ControlPlane, free_port
+from testbed.controlplane import ControlPlane, free_port
+from testbed.tools import REPO_ROOT
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import pytest
 
 from testbed.controlplane import ControlPlane, running_control_plane
 from testbed.gitservers import GitHttpServer
-from testbed.harness import Reverserd
+from testbed.harness import Reverserd, delete_mirror_resources
 
 pytest_plugins = ["testbed.pytest_git"]
 
@@ -37,9 +37,7 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     control_plane.kubectl("create", "namespace", name)
     yield name
-    control_plane.kubectl(
-        "delete", "gitproviders,gittargets,watchrules", "--all", "-n", name, "--wait=false"
-    )
+    delete_mirror_resources(control_plane, name)
 
 
 @dataclass

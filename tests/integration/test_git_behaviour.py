@@ -61,14 +61,6 @@ QUIET_PERIOD_S = 2.0
 
 
 @pytest.fixture
-def namespace(namespace: str, control_plane: ControlPlane) -> Iterator[str]:
-    """The shared namespace fixture, with this test's mirror resources removed afterwards, so a
-    later daemon of the session does not pick up a stale target."""
-    yield namespace
-    delete_mirror_resources(control_plane, namespace)
-
-
-@pytest.fixture
 def new_namespace(control_plane: ControlPlane) -> Iterator[Callable[[], str]]:
     """Make extra namespaces on demand; their mirror resources are removed afterwards."""
     made: list[str] = []

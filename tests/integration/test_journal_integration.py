@@ -29,6 +29,7 @@ from testbed.harness import (
     apply,
     configmap,
     create_many,
+    delete_mirror_resources,
     mirror_setup,
     patch_many,
     wait_until,
@@ -372,9 +373,8 @@ def leftovers(control_plane: ControlPlane, namespace: str) -> Iterator[Leftovers
     """
     found = Leftovers(namespaces=[namespace])
     yield found
-    kinds = "watchrules.configbutler.ai,gittargets.configbutler.ai,gitproviders.configbutler.ai"
     for name in found.namespaces:
-        control_plane.kubectl("delete", kinds, "--all", "-n", name, "--wait=false", check=False)
+        delete_mirror_resources(control_plane, name)
     for crd in found.crds:
         control_plane.kubectl("delete", "crd", crd, "--wait=false", check=False)
 
