@@ -18,12 +18,17 @@ path is reported to the user, an impossible object name raises.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
 from reverserd.kube.resources import ResourceType
 
 MANIFEST_SUFFIX: Final = ".yaml"
+# The usual per-file-name limit of file systems (ext4, xfs, APFS, NTFS) and so of checkouts.
+MAX_FILE_NAME_BYTES: Final = 255
+# Hex characters of the name's hash kept in a shortened file name.
+NAME_HASH_CHARS: Final = 12
 # The suffix the sops creation rules match, so `sops -d` and editors find the encrypted files.
 SENSITIVE_MANIFEST_SUFFIX: Final = ".sops.yaml"
 
@@ -81,10 +86,26 @@ def object_path(
         raise ValueError(error)
     suffix = SENSITIVE_MANIFEST_SUFFIX if sensitive else MANIFEST_SUFFIX
     segments = _object_segments(rtype, namespace, name)
-    segments[-1] += suffix
+    segments[-1] = file_name(segments[-1], suffix)
     if target_path:
         segments.insert(0, target_path)
     return "/".join(segments)
+
+
+def file_name(name: str, suffix: str) -> str:
+    """``<name><suffix>``, shortened stably when it would exceed a file system's name limit.
+
+    Kubernetes allows 253-character names; most file systems and Git checkouts allow 255 bytes
+    per file name. A longer one keeps its first bytes and gains a hash of the full name, so it
+    stays unique and the same on every run. Identity never comes from the file name anyway.
+    """
+    whole = name + suffix
+    if len(whole.encode()) <= MAX_FILE_NAME_BYTES:
+        return whole
+    digest = hashlib.sha256(name.encode()).hexdigest()[:NAME_HASH_CHARS]
+    room = MAX_FILE_NAME_BYTES - len(suffix.encode()) - len(digest) - 1
+    head = name.encode()[:room].decode(errors="ignore")
+    return f"{head}-{digest}{suffix}"
 
 
 def commit_subject_path(rtype: ResourceType, namespace: str | None, name: str) -> str:

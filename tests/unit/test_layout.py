@@ -235,3 +235,20 @@ def test_exclusions_apply_only_to_core_types() -> None:
     assert not is_excluded_object(custom_secrets, token)
     custom_configmaps = ResourceType("example.com", "v1", "configmaps", "ConfigMap", True)
     assert not is_excluded_object(custom_configmaps, {"metadata": {"name": "kube-root-ca.crt"}})
+
+
+def test_longest_kubernetes_name_gets_a_stable_file_name_within_255_bytes() -> None:
+    name = ("a" * 62 + ".") * 4 + "b"  # 253 characters, a valid DNS subdomain
+    assert len(name) == 253
+    path = object_path("live", CONFIGMAPS, "ns", name, sensitive=True)
+    file_name = path.rsplit("/", 1)[1]
+    assert len(file_name.encode()) == 255
+    assert file_name.endswith(".sops.yaml") and file_name.startswith("a" * 62 + ".")
+    assert path == object_path("live", CONFIGMAPS, "ns", name, sensitive=True)
+    other = object_path("live", CONFIGMAPS, "ns", name[:-1] + "c", sensitive=True)
+    assert other != path
+
+
+def test_names_that_fit_are_never_shortened() -> None:
+    name = "x" * (255 - len(".yaml"))
+    assert object_path("", CONFIGMAPS, "ns", name, sensitive=False).endswith(f"/{name}.yaml")
