@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.controlplane import ControlPlane, free_port
 from testbed.tools import REPO_ROOT
@@ -111,6 +112,18 @@ class Reverserd:
             raise RuntimeError("no /status answer")
         result: dict[str, Any] = json.loads(body)
         return result
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples on ``/metrics`` whose labels include ``labels``."""
+        body = self.get("/metrics")
+        if body is None:
+            raise RuntimeError("no /metrics answer")
+        total = 0.0
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
     def stop(self, timeout: float = 20.0) -> float:
         """SIGTERM; returns how long the process took to exit."""
