@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -73,3 +73,27 @@ def daemon(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Reverserd]:
     process = Reverserd(control_plane, tmp_path / "state")
     yield process
     process.ensure_stopped()
+
+
+@dataclass
+class Cleanup:
+    """What a test leaves in the shared cluster besides its namespace, removed at teardown."""
+
+    namespaces: list[str]
+    cluster_objects: list[tuple[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture
+def cleanup(control_plane: ControlPlane, namespace: str) -> Iterator[Cleanup]:
+    """A daemon serves every GitTarget in the cluster: each test using this starts without the
+    custom resources earlier tests left, so its daemon works for its own targets only."""
+    control_plane.kubectl(
+        "delete", "watchrules,gittargets,gitproviders", "--all", "--all-namespaces", "--wait=false"
+    )
+    control_plane.kubectl("delete", "clusterwatchrules", "--all", "--wait=false")
+    record = Cleanup([namespace])
+    yield record
+    for kind, name in reversed(record.cluster_objects):
+        control_plane.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
+    for other in record.namespaces:
+        delete_mirror_resources(control_plane, other)

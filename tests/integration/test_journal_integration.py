@@ -13,8 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -29,12 +27,11 @@ from testbed.harness import (
     apply,
     configmap,
     create_many,
-    delete_mirror_resources,
     mirror_setup,
     patch_many,
     wait_until,
 )
-from tests.conftest import Remote
+from tests.conftest import Cleanup, Remote
 
 CONFIGBUTLER = "configbutler.ai/v1alpha1"
 # A GitProvider URL for tests that only look at the journal: the target never gets that far.
@@ -356,33 +353,13 @@ def cm_path(namespace: str, name: str, folder: str = "live-cluster") -> str:
 # -- isolation --------------------------------------------------------------------------------
 
 
-@dataclass
-class Leftovers:
-    """Namespaces and CRDs a test creates besides its own namespace; cleaned up after it."""
-
-    namespaces: list[str] = field(default_factory=list)
-    crds: list[str] = field(default_factory=list)
+pytestmark = pytest.mark.usefixtures("cleanup")
 
 
-@pytest.fixture(autouse=True)
-def leftovers(control_plane: ControlPlane, namespace: str) -> Iterator[Leftovers]:
-    """Remove each test's rules, targets and providers afterwards.
-
-    The control plane is shared: a later daemon would otherwise watch this test's namespaces
-    and push to its repository. Torn down after the ``daemon`` fixture has stopped the process.
-    """
-    found = Leftovers(namespaces=[namespace])
-    yield found
-    for name in found.namespaces:
-        delete_mirror_resources(control_plane, name)
-    for crd in found.crds:
-        control_plane.kubectl("delete", "crd", crd, "--wait=false", check=False)
-
-
-def other_namespace(plane: ControlPlane, leftovers: Leftovers) -> str:
+def other_namespace(plane: ControlPlane, cleanup: Cleanup) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     plane.kubectl("create", "namespace", name)
-    leftovers.namespaces.append(name)
+    cleanup.namespaces.append(name)
     return name
 
 
@@ -838,7 +815,7 @@ def test_crd_installed_after_start_is_journaled_without_restart(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    leftovers: Leftovers,
+    cleanup: Cleanup,
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
@@ -847,7 +824,7 @@ def test_crd_installed_after_start_is_journaled_without_restart(
     wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
 
     group = unique_group()
-    leftovers.crds.append(f"widgets.{group}")
+    cleanup.cluster_objects.append(("crd", f"widgets.{group}"))
     install_crd(control_plane, group)
     apply(
         control_plane,
@@ -958,9 +935,9 @@ def test_watchrule_never_takes_objects_from_another_namespace(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    leftovers: Leftovers,
+    cleanup: Cleanup,
 ) -> None:
-    other = other_namespace(control_plane, leftovers)
+    other = other_namespace(control_plane, cleanup)
     create_many(
         control_plane,
         [configmap(namespace, "shared"), configmap(other, "shared"), configmap(other, "early")],
@@ -1247,10 +1224,10 @@ def test_type_missing_from_discovery_for_a_while_deletes_nothing(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    leftovers: Leftovers,
+    cleanup: Cleanup,
 ) -> None:
     group = unique_group()
-    leftovers.crds.append(f"widgets.{group}")
+    cleanup.cluster_objects.append(("crd", f"widgets.{group}"))
     install_crd(control_plane, group)
     created = create_many(
         control_plane,

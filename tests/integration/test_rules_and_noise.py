@@ -17,13 +17,11 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pygit2
-import pytest
 import yaml
 
 from testbed.controlplane import ControlPlane
@@ -38,7 +36,7 @@ from testbed.harness import (
     patch_many,
     wait_until,
 )
-from tests.conftest import Remote
+from tests.conftest import Cleanup, Remote
 
 API = "configbutler.ai/v1alpha1"
 README = "README.md"
@@ -168,32 +166,6 @@ def add_git_secret(plane: ControlPlane, namespace: str, git: GitHttpServer, name
         f"--from-literal=username={git.username}",
         f"--from-literal=password={git.password}",
     )
-
-
-@dataclass
-class Cleanup:
-    """What a test leaves in the shared cluster, removed at teardown."""
-
-    namespaces: list[str]
-    cluster_objects: list[tuple[str, str]] = field(default_factory=list)
-
-
-@pytest.fixture
-def cleanup(control_plane: ControlPlane, namespace: str) -> Iterator[Cleanup]:
-    """A daemon serves every GitTarget in the cluster: each test starts without the custom
-    resources earlier tests left, so its daemon works for its own targets only."""
-    control_plane.kubectl(
-        "delete", "watchrules,gittargets,gitproviders", "--all", "--all-namespaces", "--wait=false"
-    )
-    control_plane.kubectl("delete", "clusterwatchrules", "--all", "--wait=false")
-    record = Cleanup([namespace])
-    yield record
-    for kind, name in reversed(record.cluster_objects):
-        control_plane.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
-    for ns in record.namespaces:
-        control_plane.kubectl(
-            "delete", "watchrules,gittargets,gitproviders", "--all", "-n", ns, "--wait=false"
-        )
 
 
 # --------------------------------------------------------------------------------------------
