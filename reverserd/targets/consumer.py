@@ -216,6 +216,8 @@ class TargetConsumer:
             )
             if secret_plan is not None:
                 plan.merge(secret_plan)
+            if self.secrets.writable:
+                count += 1
         for key in newly:
             self.covered[key] = seq
         self._remember(plan)

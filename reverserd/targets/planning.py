@@ -243,12 +243,12 @@ def plan_snapshot(
         if is_excluded_object(rtype, stored.body):
             continue
         present.add(stored.key)
-        count += 1
         if is_sensitive(rtype):
-            # Written by the target's SecretWriter (encrypted); present, so never removed here.
+            # Written (and counted) by the target's SecretWriter; present, so never removed here.
             if stored.key in files:
                 wanted_paths.add(files[stored.key][0])
             continue
+        count += 1
         path, content = manifest_of(rtype, stored.body, target_path)
         wanted_paths.add(path)
         known = files.get(stored.key)

@@ -64,6 +64,10 @@ class SecretWriter:
         self.progress.encryption = self.keys
         return self.keys.usable and not (before is not None and before.usable)
 
+    @property
+    def writable(self) -> bool:
+        return self.keys is not None and self.keys.usable
+
     def skip(self, why: str) -> None:
         SECRETS_SKIPPED.labels(target=self.target).inc()
         self.progress.secrets_skipped += 1
