@@ -1,6 +1,6 @@
 """Run every benchmark once, in order, with its defaults, printing each table as it finishes.
 
-``python -m bench.all`` takes about six minutes on two cores (each benchmark starts its own
+``python -m bench.all`` took 3 minutes on two cores (each benchmark starts its own
 control plane). ``--only`` picks a subset. Exit status: 0 when every target is met, 1 otherwise.
 """
 

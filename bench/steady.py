@@ -353,8 +353,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     failures = [line for line in lines if str(line.get("message", "")).startswith("push to ")]
     result.add(
         "daemon: failed pushes (retried)",
-        str(len(failures))
-        + (f"; first: {str(failures[0].get('message'))[-80:]}" if failures else ""),
+        str(len(failures)) + (f"; first: {_reason(failures[0])}" if failures else ""),
     )
     result.add(
         "GitProvider push.interval / maxCommits; ConfigMaps patched",
@@ -367,6 +366,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     if args.profile:
         result.note(f"cProfile of the daemon written to {args.profile}")
     return result.finish()
+
+
+def _reason(line: dict[str, Any]) -> str:
+    """The error of a 'push to ... failed, retrying in N s: <error>' log line, without URLs."""
+    return str(line.get("message", "")).rpartition(": ")[2][:80]
 
 
 def build_parser() -> argparse.ArgumentParser:
