@@ -1,0 +1,137 @@
+"""The test bed as the benchmarks use it: a daemon that knows when it started, and loaders.
+
+Everything here wraps :mod:`testbed`; nothing talks to a mock.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.common import configmap_manifest, configmap_names, say
+from testbed.controlplane import ControlPlane
+from testbed.gitservers import GitHttpServer
+from testbed.harness import Reverserd, create_many, mirror_setup, wait_until
+
+# The daemon answers /healthz within a couple of seconds; a profiled one is slower to start.
+HEALTHZ_TIMEOUT_S = 60.0
+# Objects per create_many call: progress output without slowing the load down.
+LOAD_CHUNK = 2500
+
+
+class BenchDaemon(Reverserd):
+    """A ``reverserd run`` process that records when it was started.
+
+    With ``profile`` set, the daemon runs under ``python -m cProfile -o <profile>``; the profile
+    is written when it exits on SIGTERM. cProfile sees the event loop's thread only, not the Git
+    worker thread or SQLite's connection threads.
+    """
+
+    def __init__(self, plane: ControlPlane, state_dir: Path, profile: Path | None = None) -> None:
+        super().__init__(plane, state_dir)
+        self.profile = profile
+        self.started_wall = 0.0
+        self.started_mono = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> BenchDaemon:
+        self.started_wall, self.started_mono = time.time(), time.monotonic()
+        if self.profile is None:
+            super().start()
+            return self
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(self.profile),
+            "-m",
+            "reverserd",
+            "run",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--state-dir",
+            str(self.state_dir),
+            "--http-listen",
+            f"127.0.0.1:{self.port}",
+            "--log-format",
+            "json",
+            *self.extra_args,
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        wait_until(lambda: self.get("/healthz") is not None, HEALTHZ_TIMEOUT_S, self.log_tail)
+        return self
+
+    def since_start(self, wall: float | None) -> float | None:
+        return None if wall is None else wall - self.started_wall
+
+
+@contextmanager
+def stopped_afterwards(daemon: BenchDaemon) -> Iterator[BenchDaemon]:
+    """SIGTERM the daemon when the block ends (SIGKILL if it does not exit in time)."""
+    try:
+        yield daemon
+    finally:
+        if daemon.alive():
+            try:
+                daemon.stop(30)
+            except subprocess.TimeoutExpired:
+                say("daemon did not exit within 30 s of SIGTERM; killing it")
+        daemon.ensure_stopped()
+
+
+def create_namespace(plane: ControlPlane, name: str) -> None:
+    plane.kubectl("create", "namespace", name)
+
+
+def load_configmaps(plane: ControlPlane, namespace: str, count: int) -> float:
+    """Create ``count`` realistic ConfigMaps in ``namespace``; returns the seconds it took."""
+    started = time.monotonic()
+    manifests = [
+        configmap_manifest(namespace, name, index)
+        for index, name in enumerate(configmap_names(count))
+    ]
+    for first in range(0, count, LOAD_CHUNK):
+        create_many(plane, manifests[first : first + LOAD_CHUNK], "configmaps")
+        say(f"created {min(first + LOAD_CHUNK, count)}/{count} ConfigMaps in {namespace}")
+    return time.monotonic() - started
+
+
+def git_secret(plane: ControlPlane, namespace: str, server: GitHttpServer) -> str:
+    plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "git-credentials",
+        "-n",
+        namespace,
+        f"--from-literal=username={server.username}",
+        f"--from-literal=password={server.password}",
+    )
+    return "git-credentials"
+
+
+def mirror(
+    namespace: str, url: str, secret: str, interval: str, max_commits: int | None = None
+) -> list[dict[str, Any]]:
+    """GitProvider, GitTarget and WatchRule for the namespace's ConfigMaps."""
+    manifests = mirror_setup(namespace, url, secret=secret, interval=interval)
+    if max_commits is not None:
+        manifests[0]["spec"]["push"]["maxCommits"] = max_commits
+    return manifests
