@@ -351,7 +351,9 @@ class GitHttpServer(_GitServer):
         uploads.mkdir(exist_ok=True)
         # The error log is left at its default, stderr, which start() sends to server.log.
         # http.receivepack is switched on explicitly rather than relying on http-backend's
-        # rule of enabling it for authenticated users only.
+        # rule of enabling it for authenticated users only. Idle keep-alive connections live
+        # 75 s, as behind common production front ends (lighttpd's own 5 s would cut a client
+        # that spends several seconds packing a large push between two requests).
         self._config_path.write_text(
             f"""\
 server.modules = ("mod_alias", "mod_setenv", "mod_auth", "mod_authn_file", "mod_cgi")
@@ -359,6 +361,7 @@ server.bind = "{LOOPBACK}"
 server.port = {self.port}
 server.document-root = "{_config_path(document_root)}"
 server.upload-dirs = ("{_config_path(uploads)}")
+server.max-keep-alive-idle = 75
 alias.url = ("/git/" => "{_config_path(Path(backend))}/")
 auth.backend = "plain"
 auth.backend.plain.userfile = "{_config_path(users)}"
