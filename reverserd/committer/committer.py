@@ -60,6 +60,9 @@ RETRY_INITIAL_S = 1.0
 RETRY_CEILING_S = 60.0
 # Someone else pushing between our fetch and push is retried at once, this many times in a row.
 MAX_IMMEDIATE_REBASES = 5
+# Submissions waiting for the Git thread; a full inbox slows the consumers (they re-read the
+# journal, which holds everything anyway) instead of growing memory without bound.
+INBOX_DEPTH = 1000
 # The line of every commit message that names the target it was made for.
 TARGET_TRAILER = "target: "
 # How long a stopping committer waits for its Git operation in flight (a push is bounded by
@@ -128,7 +131,7 @@ class Committer:
         self.last_push_time: float | None = None
         self.pushed_sha: str | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="git")
-        self._inbox: asyncio.Queue[Submission] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Submission] = asyncio.Queue(INBOX_DEPTH)
         self._unpushed: list[Submission] = []
         self._first_unpushed_at: float | None = None
         self._commits_since_maintain = 0
@@ -205,7 +208,11 @@ class Committer:
         return commits >= self.policy.max_commits or waited >= self.policy.interval_s
 
     async def _take_submissions(self) -> None:
-        """Wait for work or for the push deadline; apply everything that has arrived."""
+        """Wait for work or for the push deadline; commit what has arrived.
+
+        At most enough submissions to fill one push are taken per round, so a backlog never
+        postpones a push that ``push.interval`` or ``push.maxCommits`` asks for.
+        """
         timeout = None
         if self._first_unpushed_at is not None:
             timeout = max(0.0, self._first_unpushed_at + self.policy.interval_s - time.monotonic())
@@ -214,33 +221,34 @@ class Committer:
         except TimeoutError:
             return
         batch = [first]
-        while not self._inbox.empty():
+        room = max(1, self.policy.max_commits - sum(1 for i in self._unpushed if i.commit))
+        while len(batch) < room and not self._inbox.empty():
             batch.append(self._inbox.get_nowait())
-        author_default = pygit2.Signature(*self.identity)
+        default_author = pygit2.Signature(*self.identity)
         committer = pygit2.Signature(*self.identity)
-        for item in batch:
-            if item.changes:
-                item.commit = await self.on_git_thread(
-                    functools.partial(
-                        self.repository.apply,
-                        item.changes,
-                        item.message,
-                        item.author or author_default,
-                        committer,
-                    )
+        writes = [item for item in batch if item.changes]
+        shas = await self.on_git_thread(
+            functools.partial(
+                self.repository.apply_many,
+                [(item.changes, item.message, item.author or default_author) for item in writes],
+                committer,
+            )
+        )
+        for item, sha in zip(writes, shas, strict=True):
+            item.commit = sha
+            if sha:
+                COMMITS.labels(target=item.target).inc()
+                self._commits_since_maintain += 1
+                log.info(
+                    "Created commit",
+                    extra={
+                        "target": item.target,
+                        "commit": sha,
+                        "seq": item.seq,
+                        "subject": item.message.splitlines()[0],
+                    },
                 )
-                if item.commit:
-                    COMMITS.labels(target=item.target).inc()
-                    self._commits_since_maintain += 1
-                    log.info(
-                        "Created commit",
-                        extra={
-                            "target": item.target,
-                            "commit": item.commit,
-                            "seq": item.seq,
-                            "subject": item.message.splitlines()[0],
-                        },
-                    )
+        for item in batch:
             self._unpushed.append(item)
             COMMIT_QUEUE.labels(target=item.target).inc()
         pending = await self.on_git_thread(self.repository.pending)

@@ -238,13 +238,34 @@ class BranchRepository:
         Raises ValueError for an invalid path, or for a write where a directory or symlink
         stands (deleting such a path, or a path that does not exist, changes nothing).
         """
+        return self.apply_many([(changes, message, author)], committer)[0]
+
+    def apply_many(
+        self,
+        commits: Sequence[tuple[Sequence[FileChange], str, pygit2.Signature]],
+        committer: pygit2.Signature,
+    ) -> list[str | None]:
+        """Commit each ``(changes, message, author)`` in order; one SHA (or None) per entry.
+
+        The branch ref moves once, after the last commit: a crash part way leaves the branch
+        where it was, and the commits are redone from the journal.
+        """
         repo = self._open_repo()
         parent = _commit_or_none(repo, self._target(self._local_ref))
-        oid = self._commit_on(parent, changes, message, author, committer)
-        if oid is None:
-            return None
-        repo.references.create(self._local_ref, oid, force=True)
-        return str(oid)
+        made: list[str | None] = []
+        for changes, message, author in commits:
+            oid = self._commit_on(parent, changes, message, author, committer)
+            if oid is None:
+                made.append(None)
+                continue
+            commit = repo[oid]
+            assert isinstance(commit, pygit2.Commit)
+            parent = commit
+            made.append(str(oid))
+        if any(made):
+            assert parent is not None
+            repo.references.create(self._local_ref, parent.id, force=True)
+        return made
 
     def read(self, path: str) -> bytes | None:
         """Content of the file at ``path`` on the local tip, or None if there is none."""

@@ -18,6 +18,7 @@ replay changes nothing that is already in the clone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -196,7 +197,10 @@ class TargetConsumer:
         branch_files = await self.committer.on_git_thread(
             lambda: {path: self.committer.repository.read(path) or b"" for path in folder_files}
         )
-        plan, count = plan_snapshot(
+        # Rendering thousands of objects takes seconds: off the event loop, so watches, the
+        # journal writer and the health endpoints keep answering meanwhile.
+        plan, count = await asyncio.to_thread(
+            plan_snapshot,
             objects,
             self.resolved.rules,
             discovery.types,
