@@ -19,6 +19,7 @@ it retries with backoff, keeping everything; nothing is ever dropped because a p
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import hashlib
@@ -63,8 +64,13 @@ MAX_IMMEDIATE_REBASES = 5
 # Submissions waiting for the Git thread; a full inbox slows the consumers (they re-read the
 # journal, which holds everything anyway) instead of growing memory without bound.
 INBOX_DEPTH = 1000
-# The line of every commit message that names the target it was made for.
+# The lines of every commit message that name the target it was made for, and the journal seq
+# up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
+SEQ_TRAILER = "journal-seq"
+# How far back a restarting consumer looks for its own commits above its cursor: more than any
+# number of commits one push interval can leave unpushed or unacknowledged.
+RESUME_SCAN_COMMITS = 20_000
 # How long a stopping committer waits for its Git operation in flight (a push is bounded by
 # the Git layer's I/O timeout; shutdown must not wait that long).
 THREAD_DRAIN_S = 5.0
@@ -131,7 +137,11 @@ class Committer:
         self.last_push_time: float | None = None
         self.pushed_sha: str | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="git")
-        self._inbox: asyncio.Queue[Submission] = asyncio.Queue(INBOX_DEPTH)
+        self._inbox: collections.deque[Submission] = collections.deque()
+        self._inbox_changed = asyncio.Condition()
+        # Held while submissions are taken and committed, so that what a restarting consumer
+        # reads from the branch is never missing a batch that is half way to it.
+        self._applying = asyncio.Lock()
         self._unpushed: list[Submission] = []
         self._first_unpushed_at: float | None = None
         self._commits_since_maintain = 0
@@ -146,7 +156,29 @@ class Committer:
         return await self.on_git_thread(lambda: self.repository.list_files(prefix))
 
     async def submit(self, submission: Submission) -> None:
-        await self._inbox.put(submission)
+        async with self._inbox_changed:
+            await self._inbox_changed.wait_for(lambda: len(self._inbox) < INBOX_DEPTH)
+            self._inbox.append(submission)
+            self._inbox_changed.notify_all()
+
+    async def resume_point(self, target: str, cursor: int) -> int:
+        """The newest journal seq of ``target`` already committed on the local branch.
+
+        A consumer (re)starting from its cursor must not commit again what is already in the
+        clone, pushed or not: replaying an older change on top of a newer state is not a no-op
+        (an UPDATE replayed after its DELETE would bring the file back). Submissions of the
+        target still waiting here are dropped first; the consumer replays them from the journal.
+        """
+        async with self._applying:
+            async with self._inbox_changed:
+                kept = [item for item in self._inbox if item.target != target]
+                self._inbox.clear()
+                self._inbox.extend(kept)
+                self._inbox_changed.notify_all()
+            messages = await self.on_git_thread(
+                functools.partial(self.repository.recent_commits, RESUME_SCAN_COMMITS)
+            )
+        return committed_seq(messages, target, cursor)
 
     def _report(self, ok: bool, reason: str, message: str) -> None:
         self.last_error = None if ok else message
@@ -216,14 +248,23 @@ class Committer:
         timeout = None
         if self._first_unpushed_at is not None:
             timeout = max(0.0, self._first_unpushed_at + self.policy.interval_s - time.monotonic())
-        try:
-            first = await asyncio.wait_for(self._inbox.get(), timeout)
-        except TimeoutError:
-            return
-        batch = [first]
+        async with self._inbox_changed:
+            try:
+                await asyncio.wait_for(
+                    self._inbox_changed.wait_for(lambda: bool(self._inbox)), timeout
+                )
+            except TimeoutError:
+                return
+        async with self._applying:
+            await self._apply_batch()
+
+    async def _apply_batch(self) -> None:
         room = max(1, self.policy.max_commits - sum(1 for i in self._unpushed if i.commit))
-        while len(batch) < room and not self._inbox.empty():
-            batch.append(self._inbox.get_nowait())
+        async with self._inbox_changed:
+            batch = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
+            self._inbox_changed.notify_all()
+        if not batch:
+            return
         default_author = pygit2.Signature(*self.identity)
         committer = pygit2.Signature(*self.identity)
         writes = [item for item in batch if item.changes]
@@ -303,7 +344,7 @@ class Committer:
 
     async def _take_submissions_nowait(self) -> None:
         """While a push is being retried, keep committing what arrives (nothing waits in RAM)."""
-        if not self._inbox.empty():
+        if self._inbox:
             await self._take_submissions()
 
     async def _settle(
@@ -349,6 +390,24 @@ class Committer:
             "last_push": self.last_push_time,
             "last_error": self.last_error,
         }
+
+
+def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:
+    """The newest journal seq of ``target`` in ``commits`` (newest first), not below ``cursor``.
+
+    Stops at the first commit of the target at or below the cursor: everything older is
+    already covered by the cursor.
+    """
+    newest = cursor
+    for _, message in commits:
+        fields = dict(line.split(": ", 1) for line in message.splitlines() if ": " in line)
+        if fields.get(TARGET_TRAILER.rstrip(": ")) != target or SEQ_TRAILER not in fields:
+            continue
+        seq = int(fields[SEQ_TRAILER])
+        if seq <= cursor:
+            break
+        newest = max(newest, seq)
+    return newest
 
 
 def newest_per_target(commits: Sequence[tuple[str, str]]) -> dict[str, str]:

@@ -303,6 +303,19 @@ class BranchRepository:
             return 0
         return self._count_above(local, self._target(BASE_REF))
 
+    def recent_commits(self, limit: int) -> list[tuple[str, str]]:
+        """(SHA, message) of up to ``limit`` commits of the local branch, newest first."""
+        repo = self._open_repo()
+        local = self._target(self._local_ref)
+        if local is None:
+            return []
+        found: list[tuple[str, str]] = []
+        for commit in repo.walk(local, SortMode.TOPOLOGICAL):
+            if len(found) >= limit:
+                break
+            found.append((str(commit.id), commit.message))
+        return found
+
     def pending_commits(self) -> list[tuple[str, str]]:
         """(SHA, message) of every pending commit, newest first."""
         repo = self._open_repo()

@@ -133,6 +133,7 @@ class TargetConsumer:
         else:
             self.seq, self.covered = cursor.seq, dict(cursor.covered)
         self.files = dict(await self.reader.target_files(self.key))
+        self.committed_seq = await self.committer.resume_point(self.key, self.seq)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
@@ -274,7 +275,13 @@ class TargetConsumer:
             if plan is None:
                 continue
             self._remember(plan)
-            await self._submit(plan, commit_message(event, rtype, self.key), self._pushed)
+            if event.seq <= self.committed_seq:
+                # Committed before this consumer (re)started: keep its record, commit nothing.
+                await self.committer.submit(
+                    Submission(self.key, event.seq, dict(self.covered), records=plan.records)
+                )
+            else:
+                await self._submit(plan, commit_message(event, rtype, self.key), self._pushed)
             submitted_to = event.seq
         if submitted_to < self.seq:
             await self.committer.submit(Submission(self.key, self.seq, dict(self.covered)))

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reverserd.committer.committer import TARGET_TRAILER
+from reverserd.committer.committer import SEQ_TRAILER, TARGET_TRAILER
 from reverserd.config.rules import CompiledRule
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
@@ -146,7 +146,7 @@ def commit_message(event: JournalEvent, rtype: ResourceType, target: str) -> str
     ]
     if event.username:
         lines.append(f"user: {event.username}")
-    lines += [f"journal-seq: {event.seq}", f"{TARGET_TRAILER}{target}"]
+    lines += [f"{SEQ_TRAILER}: {event.seq}", f"{TARGET_TRAILER}{target}"]
     return "\n".join(lines) + "\n"
 
 
