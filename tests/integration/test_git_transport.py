@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pygit2
@@ -132,8 +133,10 @@ def own_git_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[G
         yield server
 
 
-@pytest.fixture
+@contextmanager
 def short_network_timeouts() -> Iterator[None]:
+    """Short socket timeouts, only while a test waits on a server that never answers: a loaded
+    machine must not make the surrounding normal operations time out."""
     configure_network_timeouts(connect_ms=1_000, io_ms=500)
     try:
         yield
@@ -403,7 +406,7 @@ def test_push_during_an_outage_is_unavailable_and_lands_once_the_server_is_back(
 
 
 def test_server_that_accepts_but_never_answers_times_out_and_serves_again_afterwards(
-    own_git_server: GitServer, tmp_path: Path, short_network_timeouts: None
+    own_git_server: GitServer, tmp_path: Path
 ) -> None:
     server = own_git_server
     server.seed_repo("hung", "main", {"f.yaml": b"0\n"}, "Seed")
@@ -411,7 +414,7 @@ def test_server_that_accepts_but_never_answers_times_out_and_serves_again_afterw
     repository.open()
     sha = write(repository, "f.yaml", b"1\n", "While the server hangs")
 
-    with server.suspended():
+    with server.suspended(), short_network_timeouts():
         started = time.monotonic()
         with pytest.raises(RemoteUnavailable, match=r"(?i)timed out"):
             repository.push()
