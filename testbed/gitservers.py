@@ -30,7 +30,9 @@ Guarantees:
 The repository helpers work on the bare repositories directly, bypassing the servers, to
 arrange a starting state (``seed_repo``), to play someone else pushing in between
 (``push_foreign_commit``), to make the server refuse pushes as a protected branch does
-(``install_hook``), and to read what actually arrived (``branch_tip``, ``read_tree``, ``log``).
+(``install_hook``), and to read what actually arrived (``branch_tip``, ``read_tree``,
+``read_tree_at``, ``changed_paths``, ``log``). ``commit_files`` commits without a work tree into
+any repository, a client's clone included.
 """
 
 from __future__ import annotations
@@ -481,14 +483,18 @@ def libgit2_known_hosts(known_hosts: str, home: Path) -> Iterator[None]:
         pygit2.settings.homedir = previous or ""
 
 
-def _commit_files(
-    repo_path: Path,
+def commit_files(
+    repo: pygit2.Repository,
     branch: str,
     files: Mapping[str, bytes],
     message: str,
     author: pygit2.Signature,
-) -> str:
-    repo = pygit2.Repository(str(repo_path))
+) -> pygit2.Oid:
+    """Commit ``files`` on top of ``branch`` of ``repo`` (bare or not), without a work tree.
+
+    Files the commit does not mention stay as they are; a missing branch is created with this
+    as its first commit. ``author`` also commits. Returns the new commit's id.
+    """
     ref_name = f"refs/heads/{branch}"
     index = pygit2.Index()
     parents: list[pygit2.Oid] = []
@@ -502,7 +508,18 @@ def _commit_files(
     # create_commit moves the branch only if its tip is still the parent read above, so a push
     # arriving meanwhile makes this fail instead of being overwritten.
     tree_id = index.write_tree(repo)
-    return str(repo.create_commit(ref_name, author, author, message, tree_id, parents))
+    oid: pygit2.Oid = repo.create_commit(ref_name, author, author, message, tree_id, parents)
+    return oid
+
+
+def _commit_files(
+    repo_path: Path,
+    branch: str,
+    files: Mapping[str, bytes],
+    message: str,
+    author: pygit2.Signature,
+) -> str:
+    return str(commit_files(pygit2.Repository(str(repo_path)), branch, files, message, author))
 
 
 def push_foreign_commit(
@@ -550,9 +567,7 @@ def _branch_commit(repo: pygit2.Repository, branch: str) -> pygit2.Commit:
     return repo[ref.target].peel(pygit2.Commit)
 
 
-def read_tree(repo_path: Path, branch: str) -> dict[str, bytes]:
-    """Every file on ``branch``, by slash-separated path. Raises LookupError if it is missing."""
-    repo = pygit2.Repository(str(repo_path))
+def _files(repo: pygit2.Repository, commit: pygit2.Commit) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
 
     def collect(tree: pygit2.Tree, prefix: str) -> None:
@@ -563,8 +578,32 @@ def read_tree(repo_path: Path, branch: str) -> dict[str, bytes]:
             elif isinstance(obj, pygit2.Blob):
                 files[f"{prefix}{entry.name}"] = obj.data
 
-    collect(_branch_commit(repo, branch).tree, "")
+    collect(commit.tree, "")
     return files
+
+
+def read_tree(repo_path: Path, branch: str) -> dict[str, bytes]:
+    """Every file on ``branch``, by slash-separated path. Raises LookupError if it is missing."""
+    repo = pygit2.Repository(str(repo_path))
+    return _files(repo, _branch_commit(repo, branch))
+
+
+def read_tree_at(repo_path: Path, sha: str) -> dict[str, bytes]:
+    """Every file of the commit ``sha``, by slash-separated path."""
+    repo = pygit2.Repository(str(repo_path))
+    return _files(repo, repo[sha].peel(pygit2.Commit))
+
+
+def changed_paths(repo_path: Path, sha: str) -> set[str]:
+    """Paths the commit ``sha`` added, changed or removed compared with its first parent."""
+    commit = pygit2.Repository(str(repo_path))[sha].peel(pygit2.Commit)
+    if commit.parents:
+        diff = commit.parents[0].tree.diff_to_tree(commit.tree)
+    else:
+        diff = commit.tree.diff_to_tree(swap=True)
+    return {delta.new_file.path for delta in diff.deltas} | {
+        delta.old_file.path for delta in diff.deltas
+    }
 
 
 def log(repo_path: Path, branch: str) -> list[LogEntry]:

@@ -2,7 +2,9 @@
 process against the test bed's control plane, started, stopped with SIGTERM, killed with SIGKILL.
 
 Also the helpers tests use to load the cluster quickly: kubectl is far too slow for thousands of
-objects, so :func:`create_many` talks to the API server concurrently with the admin identity.
+objects, so :func:`create_many` talks to the API server concurrently with the admin identity;
+and what tests read back: objects and their conditions, the pushed branch, the journal.
+Manifests to apply are built by :mod:`testbed.manifests`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -25,6 +30,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.controlplane import ControlPlane, free_port
+from testbed.gitservers import GitHttpServer, LogEntry, branch_tip, log, read_tree
 from testbed.tools import REPO_ROOT
 
 T = TypeVar("T")
@@ -242,76 +248,54 @@ def delete_many(
     return asyncio.run(_send_all(plane, requests))
 
 
-def condition(plane: ControlPlane, kind: str, namespace: str, name: str, type_: str) -> str | None:
-    """The status of one condition of a custom resource, or None while it has none."""
-    body = json.loads(plane.kubectl("get", kind, name, "-n", namespace, "-o", "json"))
-    for item in (body.get("status") or {}).get("conditions") or []:
-        if item.get("type") == type_:
-            return str(item.get("status"))
-    return None
-
-
-def wait_synced(plane: ControlPlane, namespace: str, name: str = "mirror") -> None:
-    """Wait until the GitTarget's initial snapshot is pushed (condition SnapshotSynced)."""
-    wait_until(lambda: condition(plane, "gittarget", namespace, name, "SnapshotSynced") == "True")
-
-
-def configmap(namespace: str, name: str, data: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": data if data is not None else {"key": name},
-    }
-
-
 def apply(plane: ControlPlane, *manifests: dict[str, Any]) -> None:
+    """Create or update ``manifests`` with ``kubectl apply``."""
     plane.kubectl("apply", "-f", "-", stdin="\n".join(json.dumps(m) for m in manifests))
 
 
-def mirror_setup(
+def install_crd(plane: ControlPlane, definition: dict[str, Any]) -> None:
+    """Apply a CustomResourceDefinition and wait until the API server serves its type."""
+    apply(plane, definition)
+    name = definition["metadata"]["name"]
+    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+
+
+def create_namespace(plane: ControlPlane, prefix: str = "t") -> str:
+    """A new namespace with a unique name starting with ``prefix``."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    plane.kubectl("create", "namespace", name)
+    return name
+
+
+def create_git_credentials(
+    plane: ControlPlane,
     namespace: str,
-    url: str,
-    *,
-    branch: str = "main",
-    path: str = "live-cluster",
-    secret: str | None = None,
-    rules: list[dict[str, Any]] | None = None,
-    interval: str = "1s",
-    max_commits: int | None = None,
-    name: str = "mirror",
-) -> list[dict[str, Any]]:
-    """A GitProvider, a GitTarget and a WatchRule, all named ``name``, in ``namespace``."""
-    group = "configbutler.ai/v1alpha1"
-    push: dict[str, Any] = {"interval": interval}
-    if max_commits is not None:
-        push["maxCommits"] = max_commits
-    provider_spec: dict[str, Any] = {
-        "url": url,
-        "allowedBranches": [branch, "main"],
-        "push": push,
-    }
-    if secret:
-        provider_spec["secretRef"] = {"name": secret}
-    meta = {"name": name, "namespace": namespace}
-    return [
-        {"apiVersion": group, "kind": "GitProvider", "metadata": meta, "spec": provider_spec},
-        {
-            "apiVersion": group,
-            "kind": "GitTarget",
-            "metadata": meta,
-            "spec": {"providerRef": {"name": name}, "branch": branch, "path": path},
-        },
-        {
-            "apiVersion": group,
-            "kind": "WatchRule",
-            "metadata": meta,
-            "spec": {
-                "targetRef": {"name": name},
-                "rules": rules or [{"resources": ["configmaps"]}],
-            },
-        },
-    ]
+    server: GitHttpServer,
+    password: str | None = None,
+    name: str = "git-credentials",
+) -> str:
+    """A Secret ``name`` with the HTTP server's user and ``password`` (by default the right
+    one), as a GitProvider's ``secretRef`` names it; returns ``name``."""
+    plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        name,
+        "-n",
+        namespace,
+        f"--from-literal=username={server.username}",
+        f"--from-literal=password={server.password if password is None else password}",
+    )
+    return name
+
+
+def merge_patch(
+    plane: ControlPlane, kind: str, namespace: str, name: str, patch: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch one object with kubectl; returns the patched object."""
+    return kubectl_json(
+        plane, "patch", kind, name, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
+    )
 
 
 def delete_mirror_resources(plane: ControlPlane, namespace: str) -> None:
@@ -330,3 +314,177 @@ def delete_mirror_resources(plane: ControlPlane, namespace: str) -> None:
         "--ignore-not-found",
         "--wait=false",
     )
+
+
+# -- reading the cluster ----------------------------------------------------------------------
+
+
+def kubectl_json(plane: ControlPlane, *args: str, stdin: str | None = None) -> dict[str, Any]:
+    """What ``kubectl <args> -o json`` prints, parsed."""
+    result: dict[str, Any] = json.loads(plane.kubectl(*args, "-o", "json", stdin=stdin))
+    return result
+
+
+def get_object(plane: ControlPlane, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+    """One object as the API server has it; ``namespace`` is None for a cluster-scoped one."""
+    scope = ["-n", namespace] if namespace else []
+    return kubectl_json(plane, "get", kind, name, *scope)
+
+
+def resource_status(
+    plane: ControlPlane, kind: str, namespace: str | None, name: str
+) -> dict[str, Any]:
+    """The object's ``status``; empty while it has none."""
+    status: dict[str, Any] = get_object(plane, kind, namespace, name).get("status") or {}
+    return status
+
+
+def conditions(
+    plane: ControlPlane, kind: str, namespace: str | None, name: str
+) -> dict[str, dict[str, Any]]:
+    """The object's status conditions by type."""
+    found = resource_status(plane, kind, namespace, name).get("conditions") or []
+    return {item["type"]: item for item in found}
+
+
+def wait_condition(
+    plane: ControlPlane,
+    kind: str,
+    namespace: str | None,
+    name: str,
+    type_: str,
+    status: str,
+    reason: str | None = None,
+    timeout: float = CONVERGE_TIMEOUT_S,
+    daemon: Reverserd | None = None,
+) -> dict[str, Any]:
+    """Wait until condition ``type_`` has ``status`` (and ``reason``, if given); returns it.
+
+    A failure shows the object's conditions, and the log of ``daemon`` if given.
+    """
+
+    def matching() -> dict[str, Any] | None:
+        found = conditions(plane, kind, namespace, name).get(type_)
+        if found and found["status"] == status and (reason is None or found["reason"] == reason):
+            return found
+        return None
+
+    def describe() -> str:
+        seen = f"{kind} {namespace}/{name} conditions: {conditions(plane, kind, namespace, name)}"
+        return f"{seen}; log: {daemon.log_tail()}" if daemon else seen
+
+    return wait_until(matching, timeout, describe)
+
+
+def wait_synced(
+    plane: ControlPlane, namespace: str, name: str = "mirror", daemon: Reverserd | None = None
+) -> None:
+    """Wait until the GitTarget's initial snapshot is pushed (condition SnapshotSynced)."""
+    wait_condition(plane, "gittarget", namespace, name, "SnapshotSynced", "True", daemon=daemon)
+
+
+def wait_target_refused(
+    plane: ControlPlane, namespace: str, name: str, reason: str
+) -> dict[str, Any]:
+    """Wait until the GitTarget is refused for ``reason`` (Validated False), check that Ready
+    says the same, and return the Validated condition."""
+    validated = wait_condition(plane, "gittarget", namespace, name, "Validated", "False", reason)
+    ready = conditions(plane, "gittarget", namespace, name)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", reason), ready
+    return validated
+
+
+def wait_last_commit_is_tip(
+    plane: ControlPlane,
+    namespace: str,
+    repo: Path,
+    name: str = "mirror",
+    branch: str = "main",
+    timeout: float = CONVERGE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Wait until the GitTarget's ``status.lastCommit`` is the tip of ``branch``; returns the
+    status."""
+
+    def probe() -> dict[str, Any] | None:
+        status = resource_status(plane, "gittarget", namespace, name)
+        tip = branch_tip(repo, branch)
+        return status if tip is not None and status.get("lastCommit") == tip else None
+
+    return wait_until(
+        probe,
+        timeout,
+        lambda: (
+            f"tip {branch_tip(repo, branch)};"
+            f" status {resource_status(plane, 'gittarget', namespace, name)}"
+        ),
+    )
+
+
+# -- reading the pushed branch ----------------------------------------------------------------
+
+
+def history(repo: Path, branch: str = "main") -> list[LogEntry]:
+    """The branch's commits, oldest first; empty while the branch does not exist."""
+    try:
+        return list(reversed(log(repo, branch)))
+    except LookupError:
+        return []
+
+
+def subjects(repo: Path, branch: str = "main") -> list[str]:
+    """Commit subjects of ``branch``, oldest first; empty while the branch does not exist."""
+    return [entry.subject for entry in history(repo, branch)]
+
+
+def tree(repo: Path, branch: str = "main") -> dict[str, bytes]:
+    """Every file on ``branch`` by path; empty while the branch does not exist."""
+    try:
+        return read_tree(repo, branch)
+    except LookupError:
+        return {}
+
+
+def wait_for_subjects(
+    repo: Path,
+    daemon: Reverserd,
+    *wanted: str,
+    branch: str = "main",
+    timeout: float = CONVERGE_TIMEOUT_S,
+) -> list[str]:
+    """Wait until the branch holds at least as many commits with each subject as ``wanted``;
+    returns all its subjects, oldest first."""
+    need = Counter(wanted)
+
+    def probe() -> list[str] | None:
+        found = subjects(repo, branch)
+        have = Counter(found)
+        return found if all(have[s] >= n for s, n in need.items()) else None
+
+    return wait_until(
+        probe,
+        timeout,
+        lambda: (
+            f"wanted {list(wanted)}; subjects {subjects(repo, branch)}; log: {daemon.log_tail()}"
+        ),
+    )
+
+
+# -- reading the journal, as an operator would with sqlite3 -----------------------------------
+
+
+def query_journal(
+    daemon: Reverserd, sql: str, params: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """One read-only query against the daemon's journal (the daemon may be running)."""
+    path = daemon.state_dir / "journal.db"
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return connection.execute(sql, params).fetchall()
+    finally:
+        connection.close()
+
+
+def cursor_seq(daemon: Reverserd, target: str) -> int | None:
+    """The journal seq up to which ``target`` has pushed; None before its first push."""
+    rows = query_journal(daemon, "SELECT seq FROM cursors WHERE target = ?", (target,))
+    return int(rows[0][0]) if rows else None

@@ -1,22 +1,42 @@
-"""Shared fixtures: the real control plane and the real Git servers of the test bed.
+"""Shared fixtures: the real control plane and the real Git servers of the test bed; and how
+the tests of reverserd.git commit as the committer does.
 
 A component that cannot start fails the test that needs it; nothing is skipped.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pygit2
 import pytest
 
+from reverserd.git import BranchRepository, FileChange
 from testbed.controlplane import ControlPlane, running_control_plane
 from testbed.gitservers import GitHttpServer
-from testbed.harness import Reverserd, delete_mirror_resources
+from testbed.harness import (
+    Reverserd,
+    create_git_credentials,
+    create_namespace,
+    delete_mirror_resources,
+    install_crd,
+)
 
 pytest_plugins = ["testbed.pytest_git"]
+
+# Who the commits are by when a test of reverserd.git commits as the committer does.
+AUTHOR = pygit2.Signature("Jane Operator", "jane@example.com", 1_700_000_000, 0)
+COMMITTER = pygit2.Signature("reverserd", "reverserd@example.com", 1_700_000_000, 0)
+
+
+def write(repository: BranchRepository, path: str, content: bytes | None, message: str) -> str:
+    """Commit one file change (``None`` deletes the file) as the committer does; returns the SHA."""
+    sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
+    assert sha is not None
+    return sha
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +54,7 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     whole cluster) do not keep mirroring for targets of finished tests. The namespace itself
     stays: the test bed runs no namespace controller to empty it.
     """
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("create", "namespace", name)
+    name = create_namespace(control_plane)
     yield name
     delete_mirror_resources(control_plane, name)
 
@@ -54,17 +73,8 @@ def remote(
     control_plane: ControlPlane, git_http: GitHttpServer, git_repo_name: str, namespace: str
 ) -> Remote:
     path = git_http.create_bare_repo(git_repo_name)
-    control_plane.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "git-credentials",
-        "-n",
-        namespace,
-        f"--from-literal=username={git_http.username}",
-        f"--from-literal=password={git_http.password}",
-    )
-    return Remote(git_http.url(git_repo_name), path, "git-credentials")
+    secret = create_git_credentials(control_plane, namespace, git_http)
+    return Remote(git_http.url(git_repo_name), path, secret)
 
 
 @pytest.fixture
@@ -79,8 +89,20 @@ def daemon(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Reverserd]:
 class Cleanup:
     """What a test leaves in the shared cluster besides its namespace, removed at teardown."""
 
+    plane: ControlPlane
     namespaces: list[str]
     cluster_objects: list[tuple[str, str]] = field(default_factory=list)
+
+    def new_namespace(self) -> str:
+        """Another fresh namespace, whose reverserd resources are removed at teardown."""
+        name = create_namespace(self.plane)
+        self.namespaces.append(name)
+        return name
+
+    def install_crd(self, definition: dict[str, Any]) -> None:
+        """Install a CustomResourceDefinition that is deleted at teardown."""
+        self.cluster_objects.append(("crd", definition["metadata"]["name"]))
+        install_crd(self.plane, definition)
 
 
 @pytest.fixture
@@ -91,7 +113,7 @@ def cleanup(control_plane: ControlPlane, namespace: str) -> Iterator[Cleanup]:
         "delete", "watchrules,gittargets,gitproviders", "--all", "--all-namespaces", "--wait=false"
     )
     control_plane.kubectl("delete", "clusterwatchrules", "--all", "--wait=false")
-    record = Cleanup([namespace])
+    record = Cleanup(control_plane, [namespace])
     yield record
     for kind, name in reversed(record.cluster_objects):
         control_plane.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")

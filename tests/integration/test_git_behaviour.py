@@ -9,11 +9,9 @@ servers and asserts on what actually arrived: the pushed branch's tree and histo
 from __future__ import annotations
 
 import calendar
-import contextlib
 import hashlib
 import json
 import re
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -30,21 +28,34 @@ from testbed.gitservers import (
     GitHttpServer,
     GitSshServer,
     branch_tip,
+    changed_paths,
     log,
     push_foreign_commit,
-    read_tree,
 )
 from testbed.harness import (
     Reverserd,
     apply,
-    configmap,
+    conditions,
+    create_git_credentials,
     create_many,
+    create_namespace,
+    cursor_seq,
     delete_many,
     delete_mirror_resources,
-    mirror_setup,
+    install_crd,
+    kubectl_json,
     patch_many,
+    query_journal,
+    resource_status,
+    subjects,
+    tree,
+    wait_condition,
+    wait_for_subjects,
+    wait_last_commit_is_tip,
+    wait_synced,
     wait_until,
 )
+from testbed.manifests import configmap, crd, custom_object, mirror_setup
 from tests.conftest import Remote
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -66,8 +77,7 @@ def new_namespace(control_plane: ControlPlane) -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def make() -> str:
-        name = f"t-{uuid.uuid4().hex[:10]}"
-        control_plane.kubectl("create", "namespace", name)
+        name = create_namespace(control_plane)
         made.append(name)
         return name
 
@@ -77,21 +87,6 @@ def new_namespace(control_plane: ControlPlane) -> Iterator[Callable[[], str]]:
 
 
 # -- reading what arrived ---------------------------------------------------------------------
-
-
-def subjects(repo: Path, branch: str = "main") -> list[str]:
-    """Commit subjects of ``branch``, oldest first; empty when the branch does not exist."""
-    try:
-        return [entry.subject for entry in reversed(log(repo, branch))]
-    except LookupError:
-        return []
-
-
-def tree(repo: Path, branch: str = "main") -> dict[str, bytes]:
-    try:
-        return read_tree(repo, branch)
-    except LookupError:
-        return {}
 
 
 def under(files: dict[str, bytes], folder: str) -> dict[str, bytes]:
@@ -118,17 +113,6 @@ def commits(repo: Path, branch: str = "main") -> list[pygit2.Commit]:
     return [git.get(entry.sha) for entry in reversed(log(repo, branch))]
 
 
-def changed_paths(commit: pygit2.Commit) -> set[str]:
-    """Paths a commit added, changed or removed relative to its first parent."""
-    if commit.parents:
-        diff = commit.parents[0].tree.diff_to_tree(commit.tree)
-    else:
-        diff = commit.tree.diff_to_tree(swap=True)
-    return {delta.new_file.path for delta in diff.deltas} | {
-        delta.old_file.path for delta in diff.deltas
-    }
-
-
 def empty_commits(repo: Path, branch: str = "main") -> list[str]:
     """Subjects of commits whose tree equals their parent's."""
     return [
@@ -140,7 +124,7 @@ def empty_commits(repo: Path, branch: str = "main") -> list[str]:
 
 def live_manifests(plane: ControlPlane, namespace: str) -> dict[str, dict[str, Any]]:
     """Every ConfigMap of ``namespace`` as reverserd must write it: the sanitized object."""
-    items = json.loads(plane.kubectl("get", "configmaps", "-n", namespace, "-o", "json"))["items"]
+    items = kubectl_json(plane, "get", "configmaps", "-n", namespace)["items"]
     result = {}
     for item in items:
         metadata = item["metadata"]
@@ -161,59 +145,16 @@ def live_manifests(plane: ControlPlane, namespace: str) -> dict[str, dict[str, A
     return result
 
 
-@contextlib.contextmanager
-def journal(daemon: Reverserd) -> Iterator[sqlite3.Connection]:
-    """The daemon's journal, opened read-only as an operator would."""
-    db = sqlite3.connect(f"file:{daemon.state_dir / 'journal.db'}?mode=ro", uri=True, timeout=10)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
 def recorded_files(daemon: Reverserd, target: str) -> dict[str, str]:
     """path -> content hash of every file the journal records ``target`` as having written."""
-    with journal(daemon) as db:
-        rows = db.execute(
-            "SELECT path, content_sha FROM target_files WHERE target = ?", (target,)
-        ).fetchall()
+    rows = query_journal(
+        daemon, "SELECT path, content_sha FROM target_files WHERE target = ?", (target,)
+    )
     return dict(rows)
-
-
-def cursor_seq(daemon: Reverserd, target: str) -> int | None:
-    with journal(daemon) as db:
-        row = db.execute("SELECT seq FROM cursors WHERE target = ?", (target,)).fetchone()
-    return None if row is None else int(row[0])
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def resource_status(plane: ControlPlane, kind: str, namespace: str, name: str) -> dict[str, Any]:
-    out = plane.kubectl("get", kind, name, "-n", namespace, "-o", "json")
-    status: dict[str, Any] = json.loads(out).get("status") or {}
-    return status
-
-
-def condition(
-    plane: ControlPlane, kind: str, namespace: str, name: str, kind_of_condition: str = "Ready"
-) -> dict[str, Any]:
-    for item in resource_status(plane, kind, namespace, name).get("conditions", []):
-        if item["type"] == kind_of_condition:
-            return dict(item)
-    return {}
-
-
-def wait_snapshot_synced(plane: ControlPlane, namespace: str, daemon: Reverserd, name: str) -> None:
-    wait_until(
-        lambda: (
-            condition(plane, "gittarget", namespace, name, "SnapshotSynced").get("status") == "True"
-        ),
-        describe=lambda: (
-            f"{resource_status(plane, 'gittarget', namespace, name)}; log: {daemon.log_tail()}"
-        ),
-    )
 
 
 def target_report(daemon: Reverserd, target: str) -> dict[str, Any] | None:
@@ -232,15 +173,6 @@ def caught_up(daemon: Reverserd, *targets: str) -> bool:
     return True
 
 
-def metric_total(text: str, name: str) -> float:
-    """Sum of every sample of metric ``name`` in Prometheus text format."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def messages(daemon: Reverserd, since: int = 0) -> list[dict[str, Any]]:
     return daemon.log_lines()[since:]
 
@@ -256,23 +188,22 @@ def unpushed_commit(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
     return newest
 
 
-def http_secret(plane: ControlPlane, namespace: str, server: GitHttpServer, password: str) -> str:
-    name = "git-credentials"
-    plane.kubectl(
-        "create",
-        "secret",
-        "generic",
-        name,
-        "-n",
-        namespace,
-        f"--from-literal=username={server.username}",
-        f"--from-literal=password={password}",
-    )
-    return name
-
-
 def subject(operation: str, namespace: str, name: str) -> str:
     return f"[{operation}] v1/configmaps/{namespace}/{name}"
+
+
+def slow_push_setup(
+    namespace: str, remote: Remote, path: str = "live-cluster"
+) -> list[dict[str, Any]]:
+    """:func:`mirror_setup` for ``remote`` whose commits wait locally for the push interval."""
+    return mirror_setup(
+        namespace,
+        remote.url,
+        secret=remote.secret,
+        path=path,
+        interval=SLOW_PUSH_INTERVAL,
+        max_commits=NO_EARLY_PUSH,
+    )
 
 
 # -- D27 ---------------------------------------------------------------------------------------
@@ -326,8 +257,7 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
     # The journal records every file it wrote, with the hash of what is in Git.
     recorded = recorded_files(daemon, target)
     assert recorded == {path: sha256(files[path]) for path in expected_paths}
-    with journal(daemon) as db:
-        last_seq = db.execute("SELECT max(seq) FROM events").fetchone()[0]
+    last_seq = query_journal(daemon, "SELECT max(seq) FROM events")[0][0]
     assert cursor_seq(daemon, target) == last_seq
 
     status = resource_status(control_plane, "gittarget", namespace, "mirror")
@@ -340,51 +270,12 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
 # -- D28, A14 ----------------------------------------------------------------------------------
 
 
-def widget_crd(group: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {
-                "plural": "widgets",
-                "singular": "widget",
-                "kind": "Widget",
-                "listKind": "WidgetList",
-            },
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {
-                                "spec": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                }
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
 def test_restarts_keep_every_file_and_commit_nothing_when_all_is_mirrored(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
     # A group starting with "v" looks like a version segment to anyone parsing paths.
     group = f"vtest{uuid.uuid4().hex[:6]}.example.com"
-    apply(control_plane, widget_crd(group))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", f"crd/widgets.{group}"
-    )
+    install_crd(control_plane, crd(group))
     rules = [{"resources": ["configmaps"]}, {"apiGroups": [group], "resources": ["widgets"]}]
     folders = {"live": ("main", "live-cluster"), "prod": ("prod", "clusters/prod/live")}
     for name, (branch, folder) in folders.items():
@@ -400,26 +291,16 @@ def test_restarts_keep_every_file_and_commit_nothing_when_all_is_mirrored(
                 name=name,
             ),
         )
-    widget = {
-        "apiVersion": f"{group}/v1",
-        "kind": "Widget",
-        "metadata": {"name": "gadget", "namespace": namespace},
-        "spec": {"size": 3, "colour": "blue"},
-    }
+    widget = custom_object(group, "Widget", namespace, "gadget", {"size": 3, "colour": "blue"})
     apply(control_plane, configmap(namespace, "app", {"color": "blue"}), widget)
     targets = [f"{namespace}/{name}" for name in folders]
 
     daemon.start()
     for name in folders:
-        wait_snapshot_synced(control_plane, namespace, daemon, name)
+        wait_synced(control_plane, namespace, name, daemon=daemon)
     apply(control_plane, configmap(namespace, "later", {"color": "green"}))
     for branch, _ in folders.values():
-        wait_until(
-            lambda branch=branch: (
-                subject("CREATE", namespace, "later") in subjects(remote.path, branch)
-            ),
-            describe=lambda: f"{subjects(remote.path, 'main')}; log: {daemon.log_tail()}",
-        )
+        wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "later"), branch=branch)
     wait_until(lambda: caught_up(daemon, *targets), describe=daemon.log_tail)
 
     expected_subjects = ["reconcile: sync 2 resources", subject("CREATE", namespace, "later")]
@@ -473,16 +354,7 @@ def test_restarts_keep_every_file_and_commit_nothing_when_all_is_mirrored(
 def test_sigkill_during_a_burst_commits_every_change_exactly_once(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
-    apply(
-        control_plane,
-        *mirror_setup(
-            namespace,
-            remote.url,
-            secret=remote.secret,
-            interval=SLOW_PUSH_INTERVAL,
-            max_commits=NO_EARLY_PUSH,
-        ),
-    )
+    apply(control_plane, *slow_push_setup(namespace, remote))
     target = f"{namespace}/mirror"
     objects = [configmap(namespace, f"burst-{index:03d}", {"v": "1"}) for index in range(250)]
 
@@ -496,7 +368,7 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
         delete_many(control_plane, objects[first:last], "configmaps")
 
     daemon.start()
-    wait_snapshot_synced(control_plane, namespace, daemon, "mirror")
+    wait_synced(control_plane, namespace, daemon=daemon)
 
     # Kill 1: after local commits, before their push (the push interval keeps that window open).
     mark = len(daemon.log_lines())
@@ -578,8 +450,7 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
         | {subject("UPDATE", namespace, m["metadata"]["name"]) for m in objects[:150]}
         | {subject("DELETE", namespace, m["metadata"]["name"]) for m in objects[100:200]}
     )
-    with journal(daemon) as db:
-        relists = db.execute("SELECT coalesce(sum(relists), 0) FROM streams").fetchone()[0]
+    relists = query_journal(daemon, "SELECT coalesce(sum(relists), 0) FROM streams")[0][0]
     if relists == 0:
         # Watches resumed from their stored resourceVersion: every event was delivered.
         assert set(counts) == expected, (
@@ -614,21 +485,12 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
 def test_foreign_commits_are_kept_and_ours_are_rebuilt_on_top(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
-    apply(
-        control_plane,
-        *mirror_setup(
-            namespace,
-            remote.url,
-            secret=remote.secret,
-            interval=SLOW_PUSH_INTERVAL,
-            max_commits=NO_EARLY_PUSH,
-        ),
-    )
+    apply(control_plane, *slow_push_setup(namespace, remote))
     daemon.start()
-    wait_snapshot_synced(control_plane, namespace, daemon, "mirror")
+    wait_synced(control_plane, namespace, daemon=daemon)
 
     apply(control_plane, configmap(namespace, "a", {"n": "1"}))
-    wait_until(lambda: subject("CREATE", namespace, "a") in subjects(remote.path))
+    wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "a"))
     # Someone pushes between two of our pushes...
     first = push_foreign_commit(
         remote.path, "main", "docs/notes.md", b"# Notes\nby a human\n", "docs: add notes"
@@ -641,15 +503,9 @@ def test_foreign_commits_are_kept_and_ours_are_rebuilt_on_top(
     second = push_foreign_commit(
         remote.path, "main", "ops/runbook.md", b"restart it\n", "ops: add runbook"
     )
-    wait_until(
-        lambda: subject("CREATE", namespace, "b") in subjects(remote.path),
-        describe=daemon.log_tail,
-    )
+    wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "b"))
     apply(control_plane, configmap(namespace, "a", {"n": "2"}))
-    wait_until(
-        lambda: subject("UPDATE", namespace, "a") in subjects(remote.path),
-        describe=daemon.log_tail,
-    )
+    wait_for_subjects(remote.path, daemon, subject("UPDATE", namespace, "a"))
 
     assert subjects(remote.path) == [
         subject("CREATE", namespace, "a"),
@@ -667,14 +523,7 @@ def test_foreign_commits_are_kept_and_ours_are_rebuilt_on_top(
     assert configmap_files(remote.path, "live-cluster", namespace) == live_manifests(
         control_plane, namespace
     )
-    tip = branch_tip(remote.path, "main")
-    wait_until(
-        lambda: (
-            resource_status(control_plane, "gittarget", namespace, "mirror").get("lastCommit")
-            == tip
-        ),
-        describe=lambda: str(resource_status(control_plane, "gittarget", namespace, "mirror")),
-    )
+    wait_last_commit_is_tip(control_plane, namespace, remote.path)
 
 
 # -- F47 ---------------------------------------------------------------------------------------
@@ -687,12 +536,13 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
     server.start()
     try:
         repo = server.create_bare_repo("outage")
-        secret = http_secret(control_plane, namespace, server, server.password)
+        secret = create_git_credentials(control_plane, namespace, server)
         apply(control_plane, *mirror_setup(namespace, server.url("outage"), secret=secret))
         daemon.start()
         apply(control_plane, configmap(namespace, "before"))
-        wait_until(lambda: subject("CREATE", namespace, "before") in subjects(repo))
-        assert condition(control_plane, "gitprovider", namespace, "mirror")["status"] == "True"
+        wait_for_subjects(repo, daemon, subject("CREATE", namespace, "before"))
+        ready = conditions(control_plane, "gitprovider", namespace, "mirror")["Ready"]
+        assert ready["status"] == "True"
 
         server.stop()
         outage_started = time.monotonic()
@@ -704,23 +554,13 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
             apply(control_plane, configmap(namespace, f"o{index:02d}", {"v": "2"}))
             made.append(subject("UPDATE", namespace, f"o{index:02d}"))
 
-        ready = wait_until(
-            lambda: (
-                (c := condition(control_plane, "gitprovider", namespace, "mirror"))
-                and c.get("status") == "False"
-                and c
-            ),
-            timeout=45,
-            describe=lambda: str(condition(control_plane, "gitprovider", namespace, "mirror")),
+        ready = wait_condition(
+            control_plane, "gitprovider", namespace, "mirror", "Ready", "False", timeout=45
         )
         assert ready["reason"] == "ConnectionFailed"
         assert server.url("outage").split("//", 1)[1] in ready["message"]
 
-        def push_failures() -> float:
-            body = daemon.get("/metrics") or b""
-            return metric_total(body.decode(), "reverserd_push_failures_total")
-
-        wait_until(lambda: push_failures() > 0, timeout=30)
+        wait_until(lambda: daemon.metric("reverserd_push_failures_total") > 0, timeout=30)
         assert subjects(repo) == [subject("CREATE", namespace, "before")]
 
         time.sleep(max(0.0, 60 - (time.monotonic() - outage_started)))
@@ -735,12 +575,7 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
         assert configmap_files(repo, "live-cluster", namespace) == live_manifests(
             control_plane, namespace
         )
-        wait_until(
-            lambda: (
-                condition(control_plane, "gitprovider", namespace, "mirror").get("status") == "True"
-            ),
-            describe=lambda: str(condition(control_plane, "gitprovider", namespace, "mirror")),
-        )
+        wait_condition(control_plane, "gitprovider", namespace, "mirror", "Ready", "True")
     finally:
         daemon.ensure_stopped()
         server.stop()
@@ -898,7 +733,7 @@ def test_missing_branch_is_created_from_the_default_branch(
     seeded = git_http.seed_repo(
         git_repo_name, "trunk", {"TRUNK.md": b"# trunk\n"}, "trunk: initial content"
     )
-    secret = http_secret(control_plane, namespace, git_http, git_http.password)
+    secret = create_git_credentials(control_plane, namespace, git_http)
     apply(
         control_plane,
         *mirror_setup(namespace, git_http.url(git_repo_name), secret=secret, branch="mirror"),
@@ -968,22 +803,15 @@ def test_ssh_pushes_with_deploy_key_and_refuses_a_wrong_host_key(
     wait_until(
         lambda: branch_tip(good_repo, "main"),
         describe=lambda: (
-            f"{condition(control_plane, 'gitprovider', namespace, 'good')};"
+            f"{conditions(control_plane, 'gitprovider', namespace, 'good')};"
             f" log: {daemon.log_tail()}"
         ),
     )
     assert subjects(good_repo) == ["reconcile: sync 1 resources"]
     assert f"live-cluster/v1/configmaps/{namespace}/app.yaml" in tree(good_repo)
-    assert condition(control_plane, "gitprovider", namespace, "good")["status"] == "True"
+    assert conditions(control_plane, "gitprovider", namespace, "good")["Ready"]["status"] == "True"
 
-    refused = wait_until(
-        lambda: (
-            (c := condition(control_plane, "gitprovider", namespace, "bad"))
-            and c.get("status") == "False"
-            and c
-        ),
-        describe=lambda: str(condition(control_plane, "gitprovider", namespace, "bad")),
-    )
+    refused = wait_condition(control_plane, "gitprovider", namespace, "bad", "Ready", "False")
     assert refused["reason"] == "ConnectionFailed"
     assert re.search(r"host key", refused["message"], re.IGNORECASE), refused["message"]
     assert branch_tip(bad_repo, "main") is None
@@ -1002,21 +830,13 @@ def test_wrong_http_password_is_reported_without_revealing_it(
 ) -> None:
     repo = git_http.create_bare_repo(git_repo_name)
     wrong = f"wrong-{uuid.uuid4().hex}"
-    secret = http_secret(control_plane, namespace, git_http, wrong)
+    secret = create_git_credentials(control_plane, namespace, git_http, wrong)
     apply(control_plane, *mirror_setup(namespace, git_http.url(git_repo_name), secret=secret))
     apply(control_plane, configmap(namespace, "app"))
     daemon.start()
 
-    refused = wait_until(
-        lambda: (
-            (c := condition(control_plane, "gitprovider", namespace, "mirror"))
-            and c.get("status") == "False"
-            and c
-        ),
-        describe=lambda: (
-            f"{condition(control_plane, 'gitprovider', namespace, 'mirror')};"
-            f" log: {daemon.log_tail()}"
-        ),
+    refused = wait_condition(
+        control_plane, "gitprovider", namespace, "mirror", "Ready", "False", daemon=daemon
     )
     assert refused["reason"] == "ConnectionFailed"
     message = refused["message"]
@@ -1071,18 +891,15 @@ def test_files_written_by_humans_are_never_touched(
     apply(control_plane, configmap(namespace, "existing", {"k": "1"}))
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
-    wait_until(
-        lambda: "reconcile: sync 1 resources" in subjects(remote.path), describe=daemon.log_tail
-    )
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
     apply(control_plane, configmap(namespace, "new", {"k": "1"}))
     apply(control_plane, configmap(namespace, "existing", {"k": "2"}))
     control_plane.kubectl("delete", "configmap", "existing", "new", "-n", namespace)
-    wait_until(
-        lambda: (
-            subject("DELETE", namespace, "new") in subjects(remote.path)
-            and subject("DELETE", namespace, "existing") in subjects(remote.path)
-        ),
-        describe=lambda: f"{subjects(remote.path)}; log: {daemon.log_tail()}",
+    wait_for_subjects(
+        remote.path,
+        daemon,
+        subject("DELETE", namespace, "new"),
+        subject("DELETE", namespace, "existing"),
     )
     wait_until(lambda: caught_up(daemon, f"{namespace}/mirror"), describe=daemon.log_tail)
 
@@ -1090,7 +907,7 @@ def test_files_written_by_humans_are_never_touched(
     history = commits(remote.path)
     assert str(history[0].id) == seeded
     for commit in history[1:]:
-        touched = changed_paths(commit) & set(human)
+        touched = changed_paths(remote.path, str(commit.id)) & set(human)
         assert touched == set(), f"{commit.message.splitlines()[0]} touched {touched}"
     assert [c.message.splitlines()[0] for c in history[1:]] == [
         "reconcile: sync 1 resources",
@@ -1111,22 +928,10 @@ def test_target_status_shows_the_pushed_tip_and_kubectl_columns(
     daemon.start()
     apply(control_plane, configmap(namespace, "app", {"v": "1"}))
     apply(control_plane, configmap(namespace, "app", {"v": "2"}))
-    wait_until(
-        lambda: subject("UPDATE", namespace, "app") in subjects(remote.path),
-        describe=daemon.log_tail,
-    )
+    wait_for_subjects(remote.path, daemon, subject("UPDATE", namespace, "app"))
     tip = branch_tip(remote.path, "main")
     assert tip is not None
-    status = wait_until(
-        lambda: (
-            (s := resource_status(control_plane, "gittarget", namespace, "mirror")).get(
-                "lastCommit"
-            )
-            == tip
-            and s
-        ),
-        describe=lambda: str(resource_status(control_plane, "gittarget", namespace, "mirror")),
-    )
+    status = wait_last_commit_is_tip(control_plane, namespace, remote.path)
     pushed_at = calendar.timegm(time.strptime(status["lastPushTime"], "%Y-%m-%dT%H:%M:%SZ"))
     assert abs(pushed_at - time.time()) < 120, status["lastPushTime"]
     report = target_report(daemon, f"{namespace}/mirror")
@@ -1151,22 +956,12 @@ def test_last_commit_names_each_targets_own_commit_on_a_shared_branch(
     daemon: Reverserd,
 ) -> None:
     other = new_namespace()
-    http_secret(control_plane, other, git_http, git_http.password)
+    create_git_credentials(control_plane, other, git_http)
     for ns, folder in ((namespace, "team-a"), (other, "team-b")):
-        apply(
-            control_plane,
-            *mirror_setup(
-                ns,
-                remote.url,
-                secret=remote.secret,
-                path=folder,
-                interval=SLOW_PUSH_INTERVAL,
-                max_commits=NO_EARLY_PUSH,
-            ),
-        )
+        apply(control_plane, *slow_push_setup(ns, remote, path=folder))
     daemon.start()
     for ns in (namespace, other):
-        wait_snapshot_synced(control_plane, ns, daemon, "mirror")
+        wait_synced(control_plane, ns, daemon=daemon)
     # Both changes wait for the same push.
     apply(control_plane, configmap(namespace, "a"))
     wait_until(
@@ -1177,10 +972,7 @@ def test_last_commit_names_each_targets_own_commit_on_a_shared_branch(
         describe=daemon.log_tail,
     )
     apply(control_plane, configmap(other, "b"))
-    wait_until(
-        lambda: subject("CREATE", other, "b") in subjects(remote.path),
-        describe=daemon.log_tail,
-    )
+    wait_for_subjects(remote.path, daemon, subject("CREATE", other, "b"))
     history = {entry.subject: entry.sha for entry in log(remote.path, "main")}
     assert list(history) == [subject("CREATE", other, "b"), subject("CREATE", namespace, "a")]
 

@@ -15,13 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pygit2
 import pytest
 
 from reverserd.git import (
     BranchRepository,
     CredentialsError,
-    FileChange,
     GitCredentials,
     PushDeclined,
     PushRejected,
@@ -41,9 +39,7 @@ from testbed.gitservers import (
     push_foreign_commit,
     read_tree,
 )
-
-AUTHOR = pygit2.Signature("Jane Operator", "jane@example.com", 1_700_000_000, 0)
-COMMITTER = pygit2.Signature("reverserd", "reverserd@example.com", 1_700_000_000, 0)
+from tests.conftest import AUTHOR, write
 
 GitServer = GitHttpServer | GitSshServer
 
@@ -91,12 +87,6 @@ def repository_for(
         branch,
         credentials if credentials is not None else credentials_for(server),
     )
-
-
-def write(repository: BranchRepository, path: str, content: bytes, message: str) -> str:
-    sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
-    assert sha is not None
-    return sha
 
 
 def history(server_repo: Path, branch: str) -> list[tuple[str, str, str]]:

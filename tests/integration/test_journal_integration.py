@@ -8,7 +8,6 @@ the daemon runs) with the cluster, the custom resources' status and the pushed b
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -20,20 +19,39 @@ import pytest
 import yaml
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import branch_tip, read_tree
+from testbed.gitservers import branch_tip
 from testbed.gitservers import log as git_log
 from testbed.harness import (
     Reverserd,
     apply,
-    configmap,
+    conditions,
     create_many,
-    mirror_setup,
+    cursor_seq,
+    get_object,
+    history,
+    kubectl_json,
+    merge_patch,
     patch_many,
+    query_journal,
+    subjects,
+    tree,
+    wait_condition,
+    wait_for_subjects,
+    wait_synced,
+    wait_target_refused,
     wait_until,
+)
+from testbed.manifests import (
+    configbutler_resource,
+    configmap,
+    crd,
+    custom_object,
+    git_target,
+    mirror_setup,
+    watch_rule,
 )
 from tests.conftest import Cleanup, Remote
 
-CONFIGBUTLER = "configbutler.ai/v1alpha1"
 # A GitProvider URL for tests that only look at the journal: the target never gets that far.
 UNUSED_URL = "http://127.0.0.1:9/unused.git"
 
@@ -56,18 +74,8 @@ class Stream(NamedTuple):
     relists: int
 
 
-def query(daemon: Reverserd, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """One read-only query against the daemon's journal (the daemon may be running)."""
-    path = daemon.state_dir / "journal.db"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return connection.execute(sql, params).fetchall()
-    finally:
-        connection.close()
-
-
 def stream_events(daemon: Reverserd, stream: str) -> list[Event]:
-    rows = query(
+    rows = query_journal(
         daemon,
         "SELECT seq, kind, namespace, name, uid, resource_version FROM events"
         " WHERE stream = ? ORDER BY seq",
@@ -78,7 +86,7 @@ def stream_events(daemon: Reverserd, stream: str) -> list[Event]:
 
 def object_events(daemon: Reverserd, group: str, resource: str, namespace: str) -> list[Event]:
     """Every event about objects of one type in one namespace, in journal order."""
-    rows = query(
+    rows = query_journal(
         daemon,
         "SELECT seq, kind, namespace, name, uid, resource_version FROM events"
         " WHERE api_group = ? AND resource = ? AND namespace = ? ORDER BY seq",
@@ -89,7 +97,7 @@ def object_events(daemon: Reverserd, group: str, resource: str, namespace: str) 
 
 def journal_objects(daemon: Reverserd, group: str, resource: str, namespace: str) -> dict[str, str]:
     """The journal's ``objects`` table for one type and namespace: name -> resourceVersion."""
-    rows = query(
+    rows = query_journal(
         daemon,
         "SELECT name, resource_version FROM objects"
         " WHERE api_group = ? AND resource = ? AND namespace = ?",
@@ -99,7 +107,7 @@ def journal_objects(daemon: Reverserd, group: str, resource: str, namespace: str
 
 
 def stream_row(daemon: Reverserd, stream: str) -> Stream | None:
-    rows = query(
+    rows = query_journal(
         daemon,
         "SELECT resource_version, seed_state, relists FROM streams WHERE stream = ?",
         (stream,),
@@ -107,14 +115,9 @@ def stream_row(daemon: Reverserd, stream: str) -> Stream | None:
     return Stream(*rows[0]) if rows else None
 
 
-def cursor_seq(daemon: Reverserd, target: str) -> int | None:
-    rows = query(daemon, "SELECT seq FROM cursors WHERE target = ?", (target,))
-    return int(rows[0][0]) if rows else None
-
-
 def covered(daemon: Reverserd, target: str) -> dict[str, int]:
     """What the target's pushed snapshots cover (selection -> seq); empty before the first."""
-    rows = query(daemon, "SELECT covered FROM cursors WHERE target = ?", (target,))
+    rows = query_journal(daemon, "SELECT covered FROM cursors WHERE target = ?", (target,))
     found: dict[str, int] = json.loads(rows[0][0]) if rows else {}
     return found
 
@@ -172,11 +175,6 @@ def dropping_lines(daemon: Reverserd) -> list[dict[str, Any]]:
 # -- the cluster ------------------------------------------------------------------------------
 
 
-def kubectl_json(plane: ControlPlane, *args: str, stdin: str | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(plane.kubectl(*args, "-o", "json", stdin=stdin))
-    return result
-
-
 def create(plane: ControlPlane, manifest: dict[str, Any]) -> dict[str, Any]:
     return kubectl_json(plane, "create", "-f", "-", stdin=json.dumps(manifest))
 
@@ -198,57 +196,6 @@ def exists(plane: ControlPlane, resource: str, namespace: str, name: str) -> boo
     return bool(out)
 
 
-def conditions(
-    plane: ControlPlane, plural: str, namespace: str, name: str
-) -> dict[str, dict[str, Any]]:
-    body = kubectl_json(plane, "get", f"{plural}.configbutler.ai", name, "-n", namespace)
-    found = (body.get("status") or {}).get("conditions") or []
-    return {item["type"]: item for item in found}
-
-
-def wait_condition(
-    plane: ControlPlane,
-    plural: str,
-    namespace: str,
-    name: str,
-    kind: str,
-    status: str,
-    reason: str | None = None,
-    timeout: float = 60,
-) -> dict[str, Any]:
-    def matching() -> dict[str, Any] | None:
-        found = conditions(plane, plural, namespace, name).get(kind)
-        if found and found["status"] == status and (reason is None or found["reason"] == reason):
-            return found
-        return None
-
-    return wait_until(
-        matching,
-        timeout,
-        lambda: f"{plural}/{name} conditions: {conditions(plane, plural, namespace, name)}",
-    )
-
-
-def watch_rule(
-    namespace: str, name: str, target: str, rules: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "apiVersion": CONFIGBUTLER,
-        "kind": "WatchRule",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"targetRef": {"name": target}, "rules": rules},
-    }
-
-
-def git_target(namespace: str, name: str, provider: str, path: str) -> dict[str, Any]:
-    return {
-        "apiVersion": CONFIGBUTLER,
-        "kind": "GitTarget",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"providerRef": {"name": provider}, "branch": "main", "path": path},
-    }
-
-
 def podtemplate(namespace: str, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -261,50 +208,28 @@ def podtemplate(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
-def widget_crd(group: str) -> dict[str, Any]:
-    """A namespaced CRD that keeps any field (x-kubernetes-preserve-unknown-fields)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {
-                "plural": "widgets",
-                "singular": "widget",
-                "kind": "Widget",
-                "listKind": "WidgetList",
-            },
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
 def widget(group: str, namespace: str, name: str, size: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{group}/v1",
-        "kind": "Widget",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"size": size},
-    }
+    return custom_object(group, "Widget", namespace, name, {"size": size})
 
 
-def install_crd(plane: ControlPlane, group: str) -> None:
-    apply(plane, widget_crd(group))
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/widgets.{group}")
+def install_widgets(cleanup: Cleanup) -> str:
+    """A ``widgets`` type of a group of its own, deleted at teardown; returns the group."""
+    group = f"jt{uuid.uuid4().hex[:8]}.example.com"
+    cleanup.install_crd(crd(group))
+    return group
+
+
+def create_widgets(plane: ControlPlane, group: str, namespace: str) -> dict[str, str]:
+    """Widgets alpha, beta and gamma of sizes 0, 1 and 2: name -> resourceVersion."""
+    created = create_many(
+        plane,
+        [
+            widget(group, namespace, name, size)
+            for size, name in enumerate(("alpha", "beta", "gamma"))
+        ],
+        "widgets",
+    )
+    return {item["metadata"]["name"]: version(item) for item in created}
 
 
 def set_served(plane: ControlPlane, group: str, served: bool) -> None:
@@ -315,35 +240,9 @@ def set_served(plane: ControlPlane, group: str, served: bool) -> None:
 # -- the pushed branch ------------------------------------------------------------------------
 
 
-def subjects(remote: Remote) -> list[str]:
-    try:
-        return [entry.subject for entry in reversed(git_log(remote.path, "main"))]
-    except LookupError:
-        return []
-
-
 def target_subjects(remote: Remote, target: str) -> list[str]:
     """Subjects of the commits made for one target (their body names it), oldest first."""
-    try:
-        entries = list(reversed(git_log(remote.path, "main")))
-    except LookupError:
-        return []
-    return [entry.subject for entry in entries if f"target: {target}" in entry.body]
-
-
-def tree(remote: Remote) -> dict[str, bytes]:
-    try:
-        return read_tree(remote.path, "main")
-    except LookupError:
-        return {}
-
-
-def wait_for_subject(remote: Remote, subject: str, daemon: Reverserd) -> list[str]:
-    return wait_until(
-        lambda: subjects(remote) if subject in subjects(remote) else None,
-        60,
-        lambda: f"no {subject!r} in {subjects(remote)}; log: {daemon.log_tail()}",
-    )
+    return [entry.subject for entry in history(remote.path) if f"target: {target}" in entry.body]
 
 
 def cm_path(namespace: str, name: str, folder: str = "live-cluster") -> str:
@@ -354,17 +253,6 @@ def cm_path(namespace: str, name: str, folder: str = "live-cluster") -> str:
 
 
 pytestmark = pytest.mark.usefixtures("cleanup")
-
-
-def other_namespace(plane: ControlPlane, cleanup: Cleanup) -> str:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    plane.kubectl("create", "namespace", name)
-    cleanup.namespaces.append(name)
-    return name
-
-
-def unique_group() -> str:
-    return f"jt{uuid.uuid4().hex[:8]}.example.com"
 
 
 # -- 1. start-up: events wait in the journal for a target that is not ready -------------------
@@ -404,18 +292,8 @@ def test_objects_wait_in_journal_until_late_git_provider_then_one_reconcile_comm
     )
 
     # The target and its rule say why nothing is written.
-    validated = wait_condition(
-        control_plane,
-        "gittargets",
-        namespace,
-        "mirror",
-        "Validated",
-        "False",
-        "GitProviderNotFound",
-    )
+    validated = wait_target_refused(control_plane, namespace, "mirror", "GitProviderNotFound")
     assert "'mirror'" in validated["message"], validated
-    ready = conditions(control_plane, "gittargets", namespace, "mirror")["Ready"]
-    assert (ready["status"], ready["reason"]) == ("False", "GitProviderNotFound"), ready
     rule_ready = wait_condition(
         control_plane, "watchrules", namespace, "mirror", "Ready", "False", "GitProviderNotFound"
     )
@@ -447,11 +325,11 @@ def test_objects_wait_in_journal_until_late_git_provider_then_one_reconcile_comm
     wait_condition(
         control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True", timeout=120
     )
-    assert subjects(remote) == [f"reconcile: sync {count} resources"]
+    assert subjects(remote.path) == [f"reconcile: sync {count} resources"]
     seq = cursor_seq(daemon, key)
     assert seq is not None and seq >= last_seq, (seq, last_seq)
 
-    files = tree(remote)
+    files = tree(remote.path)
     expected_paths = {cm_path(namespace, name) for name in cluster} | {"live-cluster/README.md"}
     assert set(files) == expected_paths
     for name in cluster:
@@ -479,16 +357,8 @@ def test_event_kinds_follow_create_update_delete_and_deletion_timestamp(
     wait_seeded(daemon, stream)
 
     plain = create(control_plane, configmap(namespace, "plain", {"v": "1"}))
-    plain_updated = kubectl_json(
-        control_plane,
-        "patch",
-        "configmap",
-        "plain",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"data":{"v":"2"}}',
+    plain_updated = merge_patch(
+        control_plane, "configmap", namespace, "plain", {"data": {"v": "2"}}
     )
     control_plane.kubectl("delete", "configmap", "plain", "-n", namespace)
     plain_deleted = wait_for_event(daemon, stream, "DELETE", "plain")
@@ -496,17 +366,7 @@ def test_event_kinds_follow_create_update_delete_and_deletion_timestamp(
     held_manifest = configmap(namespace, "held", {"v": "1"})
     held_manifest["metadata"]["finalizers"] = ["example.com/hold"]
     held = create(control_plane, held_manifest)
-    held_updated = kubectl_json(
-        control_plane,
-        "patch",
-        "configmap",
-        "held",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"data":{"v":"2"}}',
-    )
+    held_updated = merge_patch(control_plane, "configmap", namespace, "held", {"data": {"v": "2"}})
     control_plane.kubectl("delete", "configmap", "held", "-n", namespace, "--wait=false")
     terminating = kubectl_json(control_plane, "get", "configmap", "held", "-n", namespace)
     assert terminating["metadata"].get("deletionTimestamp")
@@ -516,25 +376,16 @@ def test_event_kinds_follow_create_update_delete_and_deletion_timestamp(
     assert held_deleted.resource_version == version(terminating)
     assert exists(control_plane, "configmap", namespace, "held")
     assert "held" not in journal_objects(daemon, "", "configmaps", namespace)
-    wait_for_subject(remote, f"[DELETE] v1/configmaps/{namespace}/held", daemon)
-    assert cm_path(namespace, "held") not in tree(remote)
+    wait_for_subjects(remote.path, daemon, f"[DELETE] v1/configmaps/{namespace}/held")
+    assert cm_path(namespace, "held") not in tree(remote.path)
     assert exists(control_plane, "configmap", namespace, "held")
 
     # Its final removal is no further event.
-    control_plane.kubectl(
-        "patch",
-        "configmap",
-        "held",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"finalizers":null}}',
-    )
+    merge_patch(control_plane, "configmap", namespace, "held", {"metadata": {"finalizers": None}})
     wait_until(lambda: not exists(control_plane, "configmap", namespace, "held"), 30)
     after = create(control_plane, configmap(namespace, "after"))
     wait_for_event(daemon, stream, "CREATE", "after")
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/after", daemon)
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/after")
 
     events = stream_events(daemon, stream)
     changes = [(e.kind, e.name) for e in events if not e.kind.startswith("SEED")]
@@ -563,7 +414,7 @@ def test_event_kinds_follow_create_update_delete_and_deletion_timestamp(
     assert journal_objects(daemon, "", "configmaps", namespace) == {"after": version(after)}
 
     prefix = f"v1/configmaps/{namespace}"
-    assert subjects(remote) == [
+    assert subjects(remote.path) == [
         f"[CREATE] {prefix}/plain",
         f"[UPDATE] {prefix}/plain",
         f"[DELETE] {prefix}/plain",
@@ -701,22 +552,40 @@ def test_sigkill_during_burst_loses_nothing_and_resumes_from_stored_resource_ver
 # -- 4. 410 Gone: re-list, and deletions made meanwhile become DELETE events -------------------
 
 
-def test_expired_resource_version_after_downtime_relists_and_journals_deletions(
-    control_plane: ControlPlane, namespace: str, daemon: Reverserd
-) -> None:
-    originals = {
-        item["metadata"]["name"]: item
-        for item in create_many(
-            control_plane,
-            [podtemplate(namespace, name) for name in ("keep-a", "keep-b", "doomed")],
-            "podtemplates",
-        )
-    }
+def journal_podtemplates(
+    plane: ControlPlane, daemon: Reverserd, namespace: str, names: tuple[str, ...]
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Create PodTemplates ``names``, start the daemon journaling them for a target that never
+    pushes, and wait for the seed; returns the created objects by name, and the stream."""
+    created = create_many(plane, [podtemplate(namespace, name) for name in names], "podtemplates")
     _, target, rule = mirror_setup(namespace, UNUSED_URL, rules=[{"resources": ["podtemplates"]}])
-    apply(control_plane, target, rule)
+    apply(plane, target, rule)
     daemon.start()
     stream = f"v1/podtemplates@{namespace}"
     wait_seeded(daemon, stream)
+    return {item["metadata"]["name"]: item for item in created}, stream
+
+
+def wait_reseeded(daemon: Reverserd, stream: str, timeout: float) -> Stream:
+    """Wait until the stream has been re-listed and its new seed is complete."""
+    return wait_until(
+        lambda: (
+            (r := stream_row(daemon, stream)) is not None
+            and r.relists >= 1
+            and r.seed_state == "complete"
+            and r
+        ),
+        timeout,
+        lambda: f"stream {stream_row(daemon, stream)}; log: {daemon.log_tail()}",
+    )
+
+
+def test_expired_resource_version_after_downtime_relists_and_journals_deletions(
+    control_plane: ControlPlane, namespace: str, daemon: Reverserd
+) -> None:
+    originals, stream = journal_podtemplates(
+        control_plane, daemon, namespace, ("keep-a", "keep-b", "doomed")
+    )
     assert journal_objects(daemon, "", "podtemplates", namespace) == {
         name: version(body) for name, body in originals.items()
     }
@@ -727,16 +596,7 @@ def test_expired_resource_version_after_downtime_relists_and_journals_deletions(
     control_plane.compact_etcd()
     daemon.start()
 
-    row = wait_until(
-        lambda: (
-            (r := stream_row(daemon, stream)) is not None
-            and r.relists >= 1
-            and r.seed_state == "complete"
-            and r
-        ),
-        60,
-        lambda: f"stream {stream_row(daemon, stream)}; log: {daemon.log_tail()}",
-    )
+    row = wait_reseeded(daemon, stream, 60)
     assert row.relists == 1, row
     cluster = cluster_objects(control_plane, "podtemplates", namespace)
     assert set(cluster) == {"keep-a", "keep-b", "newcomer"}
@@ -758,19 +618,9 @@ def test_expired_resource_version_after_downtime_relists_and_journals_deletions(
 def test_expired_watch_while_running_reseeds_without_losing_or_repeating_deletes(
     control_plane: ControlPlane, namespace: str, daemon: Reverserd
 ) -> None:
-    originals = {
-        item["metadata"]["name"]: item
-        for item in create_many(
-            control_plane,
-            [podtemplate(namespace, name) for name in ("keep", "gone-a", "gone-b")],
-            "podtemplates",
-        )
-    }
-    _, target, rule = mirror_setup(namespace, UNUSED_URL, rules=[{"resources": ["podtemplates"]}])
-    apply(control_plane, target, rule)
-    daemon.start()
-    stream = f"v1/podtemplates@{namespace}"
-    wait_seeded(daemon, stream)
+    originals, stream = journal_podtemplates(
+        control_plane, daemon, namespace, ("keep", "gone-a", "gone-b")
+    )
 
     control_plane.kubectl("delete", "podtemplate", "gone-a", "gone-b", "-n", namespace)
     # An unrelated write, so the stream's resume point is strictly older than the compaction.
@@ -778,16 +628,7 @@ def test_expired_watch_while_running_reseeds_without_losing_or_repeating_deletes
     control_plane.compact_etcd()
     control_plane.restart_apiserver()
 
-    row = wait_until(
-        lambda: (
-            (r := stream_row(daemon, stream)) is not None
-            and r.relists >= 1
-            and r.seed_state == "complete"
-            and r
-        ),
-        90,
-        lambda: f"stream {stream_row(daemon, stream)}; log: {daemon.log_tail()}",
-    )
+    row = wait_reseeded(daemon, stream, 90)
     assert row.relists == 1, row
     after = create(control_plane, podtemplate(namespace, "after"))
     wait_for_event(daemon, stream, "CREATE", "after")
@@ -821,26 +662,16 @@ def test_crd_installed_after_start_is_journaled_without_restart(
     daemon.start()
     assert daemon.process is not None
     pid = daemon.process.pid
-    wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
+    wait_synced(control_plane, namespace)
 
-    group = unique_group()
-    cleanup.cluster_objects.append(("crd", f"widgets.{group}"))
-    install_crd(control_plane, group)
+    group = install_widgets(cleanup)
     apply(
         control_plane,
         watch_rule(
             namespace, "widgets", "mirror", [{"apiGroups": [group], "resources": ["widgets"]}]
         ),
     )
-    created = create_many(
-        control_plane,
-        [
-            widget(group, namespace, name, size)
-            for size, name in enumerate(("alpha", "beta", "gamma"))
-        ],
-        "widgets",
-    )
-    wanted = {item["metadata"]["name"]: version(item) for item in created}
+    wanted = create_widgets(control_plane, group, namespace)
     stream = f"{group}/v1/widgets@{namespace}"
     wait_until(
         lambda: journal_objects(daemon, group, "widgets", namespace) == wanted,
@@ -863,11 +694,11 @@ def test_crd_installed_after_start_is_journaled_without_restart(
     assert update.resource_version == version(changed)
 
     def beta_in_git() -> dict[str, bytes] | None:
-        files = tree(remote)
+        files = tree(remote.path)
         beta = files.get(f"live-cluster/{group}/v1/widgets/{namespace}/beta.yaml")
         return files if beta is not None and yaml.safe_load(beta)["spec"] == {"size": 42} else None
 
-    files = wait_until(beta_in_git, 60, lambda: f"{sorted(tree(remote))}; {daemon.log_tail()}")
+    files = wait_until(beta_in_git, 60, lambda: f"{sorted(tree(remote.path))}; {daemon.log_tail()}")
     for name, size in (("alpha", 0), ("gamma", 2)):
         content = yaml.safe_load(files[f"live-cluster/{group}/v1/widgets/{namespace}/{name}.yaml"])
         assert content["spec"] == {"size": size}
@@ -894,21 +725,13 @@ def test_create_only_rule_journals_everything_but_keeps_file_as_created(
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
     daemon.start()
     stream = f"v1/configmaps@{namespace}"
-    wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
+    wait_synced(control_plane, namespace)
 
     created = create(control_plane, configmap(namespace, "app", {"color": "blue"}))
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/app", daemon)
-    as_created = tree(remote)[cm_path(namespace, "app")]
-    updated = kubectl_json(
-        control_plane,
-        "patch",
-        "configmap",
-        "app",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"data":{"color":"green"}}',
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
+    as_created = tree(remote.path)[cm_path(namespace, "app")]
+    updated = merge_patch(
+        control_plane, "configmap", namespace, "app", {"data": {"color": "green"}}
     )
     control_plane.kubectl("delete", "configmap", "app", "-n", namespace)
     deleted = wait_for_event(daemon, stream, "DELETE", "app")
@@ -925,8 +748,8 @@ def test_create_only_rule_journals_everything_but_keeps_file_as_created(
         30,
         lambda: f"cursor {cursor_seq(daemon, f'{namespace}/mirror')} < {deleted.seq}",
     )
-    assert subjects(remote) == [f"[CREATE] v1/configmaps/{namespace}/app"]
-    assert tree(remote)[cm_path(namespace, "app")] == as_created
+    assert subjects(remote.path) == [f"[CREATE] v1/configmaps/{namespace}/app"]
+    assert tree(remote.path)[cm_path(namespace, "app")] == as_created
     assert yaml.safe_load(as_created)["data"] == {"color": "blue"}
 
 
@@ -937,7 +760,7 @@ def test_watchrule_never_takes_objects_from_another_namespace(
     daemon: Reverserd,
     cleanup: Cleanup,
 ) -> None:
-    other = other_namespace(control_plane, cleanup)
+    other = cleanup.new_namespace()
     create_many(
         control_plane,
         [configmap(namespace, "shared"), configmap(other, "shared"), configmap(other, "early")],
@@ -946,27 +769,27 @@ def test_watchrule_never_takes_objects_from_another_namespace(
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
     stream = f"v1/configmaps@{namespace}"
-    wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
+    wait_synced(control_plane, namespace)
 
     create(control_plane, configmap(other, "theirs"))
     patch_many(control_plane, [configmap(other, "shared")], "configmaps", {"data": {"x": "y"}})
     create(control_plane, configmap(namespace, "mine"))
     wait_for_event(daemon, stream, "CREATE", "mine")
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/mine", daemon)
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/mine")
 
     assert object_events(daemon, "", "configmaps", other) == []
     assert journal_objects(daemon, "", "configmaps", other) == {}
     assert set(journal_objects(daemon, "", "configmaps", namespace)) == {"shared", "mine"}
-    scopes = query(daemon, "SELECT namespace FROM streams WHERE resource = 'configmaps'")
+    scopes = query_journal(daemon, "SELECT namespace FROM streams WHERE resource = 'configmaps'")
     assert ("*",) not in scopes and (other,) not in scopes, scopes
     assert (namespace,) in scopes
-    paths = set(tree(remote))
+    paths = set(tree(remote.path))
     assert paths == {
         "live-cluster/README.md",
         cm_path(namespace, "shared"),
         cm_path(namespace, "mine"),
     }
-    assert all(f"/{other}/" not in line for line in subjects(remote))
+    assert all(f"/{other}/" not in line for line in subjects(remote.path))
 
 
 def test_deleting_watchrule_stops_mirroring_and_keeps_files(
@@ -975,18 +798,18 @@ def test_deleting_watchrule_stops_mirroring_and_keeps_files(
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
     stream = f"v1/configmaps@{namespace}"
-    wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
+    wait_synced(control_plane, namespace)
     create_many(
         control_plane,
         [configmap(namespace, "kept", {"v": "1"}), configmap(namespace, "doomed")],
         "configmaps",
     )
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/doomed", daemon)
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/kept", daemon)
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/doomed")
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/kept")
     wait_until(
         lambda: cursor_seq(daemon, f"{namespace}/mirror") == stream_events(daemon, stream)[-1].seq
     )
-    before_subjects, before_tree = subjects(remote), tree(remote)
+    before_subjects, before_tree = subjects(remote.path), tree(remote.path)
     journal_before = stream_events(daemon, stream)
 
     control_plane.kubectl("delete", "watchrule.configbutler.ai", "mirror", "-n", namespace)
@@ -995,24 +818,14 @@ def test_deleting_watchrule_stops_mirroring_and_keeps_files(
         30,
         lambda: f"{watch_status(daemon, stream)}; log: {daemon.log_tail()}",
     )
-    kubectl_json(
-        control_plane,
-        "patch",
-        "configmap",
-        "kept",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"data":{"v":"2"}}',
-    )
+    merge_patch(control_plane, "configmap", namespace, "kept", {"data": {"v": "2"}})
     control_plane.kubectl("delete", "configmap", "doomed", "-n", namespace)
     create(control_plane, configmap(namespace, "unwatched"))
     time.sleep(5)  # several push intervals and discovery refreshes
 
     assert stream_events(daemon, stream) == journal_before
-    assert subjects(remote) == before_subjects
-    assert tree(remote) == before_tree
+    assert subjects(remote.path) == before_subjects
+    assert tree(remote.path) == before_tree
     assert cm_path(namespace, "kept") in before_tree and cm_path(namespace, "doomed") in before_tree
     assert yaml.safe_load(before_tree[cm_path(namespace, "kept")])["data"] == {"v": "1"}
     ready = wait_condition(control_plane, "gittargets", namespace, "mirror", "Ready", "True")
@@ -1044,7 +857,10 @@ def test_changing_one_targets_rules_leaves_other_targets_commits_alone(
         wait_until(
             partial(covered, daemon, f"{namespace}/{name}"),
             60,
-            lambda: f"cursors {query(daemon, 'SELECT * FROM cursors')}; log: {daemon.log_tail()}",
+            lambda: (
+                f"cursors {query_journal(daemon, 'SELECT * FROM cursors')};"
+                f" log: {daemon.log_tail()}"
+            ),
         )
     reconcile = f"reconcile: sync {existing} resources"
     prefix = f"v1/configmaps/{namespace}/x"
@@ -1055,7 +871,7 @@ def test_changing_one_targets_rules_leaves_other_targets_commits_alone(
             and target_subjects(remote, f"{namespace}/two") == [reconcile, f"[CREATE] {prefix}"]
         ),
         60,
-        lambda: f"{subjects(remote)}; log: {daemon.log_tail()}",
+        lambda: f"{subjects(remote.path)}; log: {daemon.log_tail()}",
     )
 
     apply(
@@ -1064,7 +880,7 @@ def test_changing_one_targets_rules_leaves_other_targets_commits_alone(
             namespace, "one", "one", [{"operations": ["CREATE"], "resources": ["configmaps"]}]
         ),
     )
-    rule = kubectl_json(control_plane, "get", "watchrules.configbutler.ai", "one", "-n", namespace)
+    rule = get_object(control_plane, "watchrules.configbutler.ai", namespace, "one")
     generation = rule["metadata"]["generation"]
     wait_until(
         lambda: (
@@ -1075,17 +891,7 @@ def test_changing_one_targets_rules_leaves_other_targets_commits_alone(
         ),
         30,
     )
-    kubectl_json(
-        control_plane,
-        "patch",
-        "configmap",
-        "x",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"data":{"v":"2"}}',
-    )
+    merge_patch(control_plane, "configmap", namespace, "x", {"data": {"v": "2"}})
     control_plane.kubectl("delete", "configmap", "x", "-n", namespace)
     two = f"{namespace}/two"
     wait_until(
@@ -1110,7 +916,7 @@ def test_changing_one_targets_rules_leaves_other_targets_commits_alone(
     one = target_subjects(remote, f"{namespace}/one")
     assert one[:2] == [reconcile, f"[CREATE] {prefix}"], one
     assert not [s for s in one if s.startswith(("[UPDATE]", "[DELETE]"))], one
-    files = tree(remote)
+    files = tree(remote.path)
     for index in range(existing):
         for folder in ("one", "two"):
             assert cm_path(namespace, f"pre-{index:03d}", folder) in files
@@ -1129,62 +935,58 @@ def test_malformed_resources_are_rejected_while_valid_target_keeps_working(
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
-    wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
+    wait_synced(control_plane, namespace)
 
-    meta = {"namespace": namespace}
     malformed: list[tuple[str, dict[str, Any], str]] = [
         (
             "gittargets",
-            {
-                "apiVersion": CONFIGBUTLER,
-                "kind": "GitTarget",
-                "metadata": {"name": "no-branch", **meta},
-                "spec": {"providerRef": {"name": "mirror"}, "path": "elsewhere"},
-            },
+            configbutler_resource(
+                "GitTarget",
+                "no-branch",
+                namespace,
+                {"providerRef": {"name": "mirror"}, "path": "elsewhere"},
+            ),
             "spec.branch",
         ),
         (
             "gittargets",
-            {
-                "apiVersion": CONFIGBUTLER,
-                "kind": "GitTarget",
-                "metadata": {"name": "wrong-kind", **meta},
-                "spec": {
+            configbutler_resource(
+                "GitTarget",
+                "wrong-kind",
+                namespace,
+                {
                     "providerRef": {"name": "mirror", "kind": "Secret"},
                     "branch": "main",
                     "path": "elsewhere",
                 },
-            },
+            ),
             "spec.providerRef.kind",
         ),
         (
             "watchrules",
-            {
-                "apiVersion": CONFIGBUTLER,
-                "kind": "WatchRule",
-                "metadata": {"name": "rules-not-a-list", **meta},
-                "spec": {"targetRef": {"name": "mirror"}, "rules": "configmaps"},
-            },
+            configbutler_resource(
+                "WatchRule",
+                "rules-not-a-list",
+                namespace,
+                {"targetRef": {"name": "mirror"}, "rules": "configmaps"},
+            ),
             "spec.rules",
         ),
         (
             "watchrules",
-            {
-                "apiVersion": CONFIGBUTLER,
-                "kind": "WatchRule",
-                "metadata": {"name": "no-resources", **meta},
-                "spec": {"targetRef": {"name": "mirror"}, "rules": [{"operations": ["CREATE"]}]},
-            },
+            configbutler_resource(
+                "WatchRule",
+                "no-resources",
+                namespace,
+                {"targetRef": {"name": "mirror"}, "rules": [{"operations": ["CREATE"]}]},
+            ),
             "resources",
         ),
         (
             "gitproviders",
-            {
-                "apiVersion": CONFIGBUTLER,
-                "kind": "GitProvider",
-                "metadata": {"name": "no-url", **meta},
-                "spec": {"allowedBranches": ["main"]},
-            },
+            configbutler_resource(
+                "GitProvider", "no-url", namespace, {"allowedBranches": ["main"]}
+            ),
             "spec.url",
         ),
     ]
@@ -1206,8 +1008,8 @@ def test_malformed_resources_are_rejected_while_valid_target_keeps_working(
 
     created = create(control_plane, configmap(namespace, "still-works", {"v": "1"}))
     wait_for_event(daemon, f"v1/configmaps@{namespace}", "CREATE", "still-works")
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/still-works", daemon)
-    files = tree(remote)
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/still-works")
+    files = tree(remote.path)
     assert set(files) == {"live-cluster/README.md", cm_path(namespace, "still-works")}
     assert yaml.safe_load(files[cm_path(namespace, "still-works")])["data"] == {"v": "1"}
     assert cursor_seq(daemon, f"{namespace}/escape") is None
@@ -1226,28 +1028,18 @@ def test_type_missing_from_discovery_for_a_while_deletes_nothing(
     daemon: Reverserd,
     cleanup: Cleanup,
 ) -> None:
-    group = unique_group()
-    cleanup.cluster_objects.append(("crd", f"widgets.{group}"))
-    install_crd(control_plane, group)
-    created = create_many(
-        control_plane,
-        [
-            widget(group, namespace, name, size)
-            for size, name in enumerate(("alpha", "beta", "gamma"))
-        ],
-        "widgets",
-    )
-    wanted = {item["metadata"]["name"]: version(item) for item in created}
+    group = install_widgets(cleanup)
+    wanted = create_widgets(control_plane, group, namespace)
     rules = [{"apiGroups": [group], "resources": ["widgets"]}]
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
     daemon.start()
     stream = f"{group}/v1/widgets@{namespace}"
-    wait_condition(control_plane, "gittargets", namespace, "mirror", "SnapshotSynced", "True")
+    wait_synced(control_plane, namespace)
     paths = {f"live-cluster/{group}/v1/widgets/{namespace}/{name}.yaml" for name in wanted}
-    files = tree(remote)
+    files = tree(remote.path)
     assert paths <= set(files)
     assert journal_objects(daemon, group, "widgets", namespace) == wanted
-    history = subjects(remote)
+    history = subjects(remote.path)
     assert history == ["reconcile: sync 3 resources"]
 
     def no_deletes() -> None:
@@ -1267,8 +1059,8 @@ def test_type_missing_from_discovery_for_a_while_deletes_nothing(
     time.sleep(6)  # longer than a discovery refresh, several push intervals
     no_deletes()
     assert journal_objects(daemon, group, "widgets", namespace) == wanted
-    assert subjects(remote) == history
-    assert tree(remote) == files
+    assert subjects(remote.path) == history
+    assert tree(remote.path) == files
 
     set_served(control_plane, group, True)
     wait_until(
@@ -1286,10 +1078,10 @@ def test_type_missing_from_discovery_for_a_while_deletes_nothing(
     )
     update = wait_for_event(daemon, stream, "UPDATE", "beta")
     assert update.resource_version == version(changed)
-    wait_for_subject(remote, f"[UPDATE] {group}/v1/widgets/{namespace}/beta", daemon)
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] {group}/v1/widgets/{namespace}/beta")
 
     no_deletes()
     wanted["beta"] = version(changed)
     assert journal_objects(daemon, group, "widgets", namespace) == wanted
-    assert paths <= set(tree(remote))
-    assert subjects(remote) == [*history, f"[UPDATE] {group}/v1/widgets/{namespace}/beta"]
+    assert paths <= set(tree(remote.path))
+    assert subjects(remote.path) == [*history, f"[UPDATE] {group}/v1/widgets/{namespace}/beta"]

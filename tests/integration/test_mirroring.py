@@ -3,42 +3,20 @@ branch's tree and history, the journal and the custom resources' status."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import yaml
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import branch_tip, log, read_tree
-from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_synced, wait_until
+from testbed.harness import (
+    Reverserd,
+    apply,
+    subjects,
+    tree,
+    wait_for_subjects,
+    wait_last_commit_is_tip,
+    wait_synced,
+)
+from testbed.manifests import configmap, mirror_setup
 from tests.conftest import Remote
-
-
-def subjects(remote: Remote, branch: str = "main") -> list[str]:
-    try:
-        return [entry.subject for entry in reversed(log(remote.path, branch))]
-    except LookupError:
-        return []
-
-
-def tree(remote: Remote, branch: str = "main") -> dict[str, bytes]:
-    try:
-        return read_tree(remote.path, branch)
-    except LookupError:
-        return {}
-
-
-def wait_for_subject(remote: Remote, subject: str, daemon: Reverserd) -> list[str]:
-    return wait_until(
-        lambda: subjects(remote) if subject in subjects(remote) else None,
-        describe=lambda: f"subjects {subjects(remote)}; log: {daemon.log_tail()}",
-    )
-
-
-def target_status(plane: ControlPlane, namespace: str, name: str = "mirror") -> dict[str, Any]:
-    out = plane.kubectl("get", "gittarget", name, "-n", namespace, "-o", "json")
-    status: dict[str, Any] = json.loads(out).get("status") or {}
-    return status
 
 
 def test_create_update_delete_each_make_one_commit(
@@ -48,12 +26,12 @@ def test_create_update_delete_each_make_one_commit(
     daemon.start()
     wait_synced(control_plane, namespace)
     # Nothing to mirror yet: no commit at all, not even a bootstrap-only one.
-    assert subjects(remote) == []
+    assert subjects(remote.path) == []
     path = f"live-cluster/v1/configmaps/{namespace}/app.yaml"
 
     apply(control_plane, configmap(namespace, "app", {"color": "blue"}))
-    wait_for_subject(remote, f"[CREATE] v1/configmaps/{namespace}/app", daemon)
-    created = yaml.safe_load(tree(remote)[path])
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
+    created = yaml.safe_load(tree(remote.path)[path])
     assert created == {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -62,27 +40,21 @@ def test_create_update_delete_each_make_one_commit(
     }
 
     apply(control_plane, configmap(namespace, "app", {"color": "green"}))
-    wait_for_subject(remote, f"[UPDATE] v1/configmaps/{namespace}/app", daemon)
-    assert yaml.safe_load(tree(remote)[path])["data"] == {"color": "green"}
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/app")
+    assert yaml.safe_load(tree(remote.path)[path])["data"] == {"color": "green"}
 
     control_plane.kubectl("delete", "configmap", "app", "-n", namespace)
-    wait_for_subject(remote, f"[DELETE] v1/configmaps/{namespace}/app", daemon)
-    assert path not in tree(remote)
-    assert subjects(remote) == [
+    wait_for_subjects(remote.path, daemon, f"[DELETE] v1/configmaps/{namespace}/app")
+    assert path not in tree(remote.path)
+    assert subjects(remote.path) == [
         f"[CREATE] v1/configmaps/{namespace}/app",
         f"[UPDATE] v1/configmaps/{namespace}/app",
         f"[DELETE] v1/configmaps/{namespace}/app",
     ]
     # The README arrives with the first real write, never in a commit of its own.
-    assert "live-cluster/README.md" in tree(remote)
+    assert "live-cluster/README.md" in tree(remote.path)
 
-    status = wait_until(
-        lambda: (
-            (s := target_status(control_plane, namespace)).get("lastCommit")
-            == branch_tip(remote.path, "main")
-            and s
-        )
-    )
+    status = wait_last_commit_is_tip(control_plane, namespace, remote.path)
     assert status["lastPushTime"]
     ready = {c["type"]: c["status"] for c in status["conditions"]}
     assert ready["Ready"] == "True", status

@@ -3,39 +3,24 @@ outside against real processes."""
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections import Counter
 from pathlib import Path
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import log
-from testbed.harness import Reverserd, apply, configmap, mirror_setup, wait_synced, wait_until
+from testbed.harness import (
+    Reverserd,
+    apply,
+    kubectl_json,
+    subjects,
+    wait_for_subjects,
+    wait_synced,
+    wait_until,
+)
+from testbed.manifests import configmap, mirror_setup
 from tests.conftest import Remote
 
 LEADER_ARGS = ["--leader-elect", "--leader-election-namespace", "default"]
-
-
-def subjects(remote: Remote) -> list[str]:
-    try:
-        return [entry.subject for entry in reversed(log(remote.path, "main"))]
-    except LookupError:
-        return []
-
-
-def metric(daemon: Reverserd, name: str, **labels: str) -> float:
-    """Sum of a metric's samples matching ``labels``."""
-    body = (daemon.get("/metrics") or b"").decode()
-    total = 0.0
-    for line in body.splitlines():
-        match = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            total += float(match.group(3))
-    return total
 
 
 def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
@@ -57,12 +42,12 @@ def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
         wait_until(lambda: first.status()["role"] == "leader", 30, first.log_tail)
         second.start()
         apply(control_plane, configmap(namespace, "before"))
-        wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/before" in subjects(remote))
+        wait_for_subjects(remote.path, first, f"[CREATE] v1/configmaps/{namespace}/before")
         time.sleep(3)
         assert second.status()["role"] == "standby"
         assert second.get("/readyz") is not None
-        assert metric(second, "gitopsreverser_commits_total") == 0
-        assert metric(second, "reverserd_status_writes_total") == 0
+        assert second.metric("gitopsreverser_commits_total") == 0
+        assert second.metric("reverserd_status_writes_total") == 0
 
         first.kill()
         killed_at = time.monotonic()
@@ -72,16 +57,14 @@ def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
         assert time.monotonic() - killed_at < 25
         wait_until(
             lambda: (
-                f"[CREATE] v1/configmaps/{namespace}/after" in subjects(remote)
-                or any("reconcile" in s for s in subjects(remote)[1:])
+                f"[CREATE] v1/configmaps/{namespace}/after" in subjects(remote.path)
+                or any("reconcile" in s for s in subjects(remote.path)[1:])
             ),
             describe=second.log_tail,
         )
-        history = subjects(remote)
+        history = subjects(remote.path)
         assert Counter(history)[f"[CREATE] v1/configmaps/{namespace}/before"] == 1, history
-        files = json.loads(
-            control_plane.kubectl("get", "configmaps", "-n", namespace, "-o", "json")
-        )
+        files = kubectl_json(control_plane, "get", "configmaps", "-n", namespace)
         assert {item["metadata"]["name"] for item in files["items"]} >= {"before", "after"}
     finally:
         first.ensure_stopped()
@@ -105,11 +88,11 @@ def test_sigterm_stops_within_ten_seconds_and_loses_nothing(
     daemon.start()
     expected = {f"[CREATE] v1/configmaps/{namespace}/cm-{index}" for index in range(10)}
     wait_until(
-        lambda: expected <= set(subjects(remote)),
+        lambda: expected <= set(subjects(remote.path)),
         timeout=90,
-        describe=lambda: f"{subjects(remote)} {daemon.log_tail()}",
+        describe=lambda: f"{subjects(remote.path)} {daemon.log_tail()}",
     )
-    assert sorted(subjects(remote)) == sorted(expected)
+    assert sorted(subjects(remote.path)) == sorted(expected)
 
 
 def test_metrics_match_the_pushed_history(
@@ -123,17 +106,17 @@ def test_metrics_match_the_pushed_history(
     for index in range(3):
         apply(control_plane, configmap(namespace, f"m-{index}", {"v": "2"}))
     control_plane.kubectl("delete", "configmap", "m-4", "-n", namespace)
-    wait_until(lambda: len(subjects(remote)) == 9, describe=lambda: str(subjects(remote)))
+    wait_until(lambda: len(subjects(remote.path)) == 9, describe=lambda: str(subjects(remote.path)))
     target = f"{namespace}/mirror"
-    wait_until(lambda: metric(daemon, "gitopsreverser_commit_queue_size", target=target) == 0)
-    assert metric(daemon, "gitopsreverser_commits_total", target=target) == 9
+    wait_until(lambda: daemon.metric("gitopsreverser_commit_queue_size", target=target) == 0)
+    assert daemon.metric("gitopsreverser_commits_total", target=target) == 9
     # Five creates (plus the README with the first), three updates; one delete.
-    assert metric(daemon, "gitopsreverser_objects_written_total", target=target) == 9
-    assert metric(daemon, "gitopsreverser_files_deleted_total", target=target) == 1
-    pushes = metric(daemon, "gitopsreverser_git_operations_total", result="success")
+    assert daemon.metric("gitopsreverser_objects_written_total", target=target) == 9
+    assert daemon.metric("gitopsreverser_files_deleted_total", target=target) == 1
+    pushes = daemon.metric("gitopsreverser_git_operations_total", result="success")
     assert 1 <= pushes <= 9
-    assert metric(daemon, "gitopsreverser_git_push_duration_seconds_count") == pushes
-    assert metric(daemon, "gitopsreverser_events_processed_total", target=target) == 9
+    assert daemon.metric("gitopsreverser_git_push_duration_seconds_count") == pushes
+    assert daemon.metric("gitopsreverser_events_processed_total", target=target) == 9
     status = daemon.status()
     row = next(row for row in status["targets"] if row["target"] == target)
     assert row["lag_events"] == 0 and row["last_commit"]

@@ -22,23 +22,44 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
+import pytest
 import yaml
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import GitHttpServer, LogEntry, branch_tip, log, read_tree
+from testbed.gitservers import GitHttpServer, LogEntry, changed_paths, read_tree_at
 from testbed.harness import (
     Reverserd,
     apply,
-    configmap,
+    conditions,
+    create_git_credentials,
     create_many,
+    create_namespace,
     delete_many,
-    mirror_setup,
+    get_object,
+    history,
+    kubectl_json,
+    merge_patch,
     patch_many,
+    subjects,
+    tree,
+    wait_condition,
+    wait_for_subjects,
+    wait_last_commit_is_tip,
+    wait_target_refused,
     wait_until,
+)
+from testbed.manifests import (
+    cluster_watch_rule,
+    configmap,
+    crd,
+    custom_object,
+    git_provider,
+    git_target,
+    mirror_setup,
+    watch_rule,
 )
 from tests.conftest import Cleanup, Remote
 
-API = "configbutler.ai/v1alpha1"
 README = "README.md"
 # How long a noise-free stretch is watched for status writes.
 QUIET_S = 60.0
@@ -48,196 +69,27 @@ QUIET_S = 60.0
 # Custom resources
 
 
-def provider(
-    namespace: str,
-    name: str,
-    url: str,
-    secret: str,
-    branches: list[str] | None = None,
-    push: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "GitProvider",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "url": url,
-            "allowedBranches": branches or ["main"],
-            "secretRef": {"name": secret},
-            "push": push or {"interval": "1s"},
-        },
-    }
-
-
-def target(
-    namespace: str, name: str, provider_name: str, path: str, branch: str = "main"
-) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "GitTarget",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"providerRef": {"name": provider_name}, "branch": branch, "path": path},
-    }
-
-
-def watch_rule(
-    namespace: str, name: str, target_name: str, rules: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "WatchRule",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"targetRef": {"name": target_name}, "rules": rules},
-    }
-
-
-def cluster_watch_rule(
-    name: str, target_namespace: str, target_name: str, rules: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "ClusterWatchRule",
-        "metadata": {"name": name},
-        "spec": {
-            "targetRef": {"name": target_name, "namespace": target_namespace},
-            "rules": rules,
-        },
-    }
-
-
 def provider_and_target(namespace: str, remote: Remote, path: str = "live-cluster") -> list[Any]:
     """The GitProvider and GitTarget ``mirror`` of :func:`mirror_setup`, without its WatchRule."""
     return mirror_setup(namespace, remote.url, secret=remote.secret, path=path)[:2]
+
+
+def cluster_scoped(api_group: str, resource: str) -> dict[str, Any]:
+    """A ClusterWatchRule rule selecting the cluster-scoped ``resource`` of ``api_group``."""
+    return {"scope": "Cluster", "apiGroups": [api_group], "resources": [resource]}
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def install_crd(
-    plane: ControlPlane,
-    group: str,
-    plural: str,
-    kind: str,
-    scope: str = "Namespaced",
-    status: bool = False,
-) -> None:
-    version: dict[str, Any] = {
-        "name": "v1",
-        "served": True,
-        "storage": True,
-        "schema": {
-            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        },
-    }
-    if status:
-        version["subresources"] = {"status": {}}
-    apply(
-        plane,
-        {
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.{group}"},
-            "spec": {
-                "group": group,
-                "scope": scope,
-                "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
-                "versions": [version],
-            },
-        },
-    )
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.{group}")
-
-
-def create_namespace(plane: ControlPlane) -> str:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    plane.kubectl("create", "namespace", name)
-    return name
-
-
-def add_git_secret(plane: ControlPlane, namespace: str, git: GitHttpServer, name: str) -> None:
-    plane.kubectl(
-        "create",
-        "secret",
-        "generic",
-        name,
-        "-n",
-        namespace,
-        f"--from-literal=username={git.username}",
-        f"--from-literal=password={git.password}",
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Reading the remote
-
-
-def history(remote: Remote, branch: str = "main") -> list[LogEntry]:
-    """The branch's commits, oldest first ([] while the branch does not exist)."""
-    try:
-        return list(reversed(log(remote.path, branch)))
-    except LookupError:
-        return []
-
-
-def subjects(remote: Remote, branch: str = "main") -> list[str]:
-    return [entry.subject for entry in history(remote, branch)]
-
-
-def tree(remote: Remote, branch: str = "main") -> dict[str, bytes]:
-    try:
-        return read_tree(remote.path, branch)
-    except LookupError:
-        return {}
-
-
-def tree_at(remote: Remote, sha: str) -> dict[str, bytes]:
-    repo = pygit2.Repository(str(remote.path))
-    files: dict[str, bytes] = {}
-
-    def collect(node: pygit2.Tree, prefix: str) -> None:
-        for entry in node:
-            obj = repo[entry.id]
-            if isinstance(obj, pygit2.Tree):
-                collect(obj, f"{prefix}{entry.name}/")
-            elif isinstance(obj, pygit2.Blob):
-                files[f"{prefix}{entry.name}"] = obj.data
-
-    collect(repo[sha].peel(pygit2.Commit).tree, "")
-    return files
-
-
-def changed_paths(remote: Remote, sha: str) -> set[str]:
-    """Paths a commit added, changed or removed compared with its first parent."""
-    commit = pygit2.Repository(str(remote.path))[sha].peel(pygit2.Commit)
-    after = tree_at(remote, sha)
-    before = tree_at(remote, str(commit.parent_ids[0])) if commit.parent_ids else {}
-    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
 
 
 def branches(remote: Remote) -> list[str]:
     repo = pygit2.Repository(str(remote.path))
     return sorted(ref.removeprefix("refs/heads/") for ref in repo.references if "heads/" in ref)
-
-
-def wait_for_subjects(
-    remote: Remote, daemon: Reverserd, *wanted: str, branch: str = "main", timeout: float = 60
-) -> list[str]:
-    """Wait until the branch holds at least as many commits with each subject as ``wanted``."""
-    need = Counter(wanted)
-
-    def probe() -> list[str] | None:
-        found = subjects(remote, branch)
-        have = Counter(found)
-        return found if all(have[s] >= n for s, n in need.items()) else None
-
-    return wait_until(
-        probe,
-        timeout,
-        lambda: (
-            f"wanted {list(wanted)}; subjects {subjects(remote, branch)}; log: {daemon.log_tail()}"
-        ),
-    )
 
 
 def manifest(content: bytes) -> dict[str, Any]:
@@ -249,57 +101,17 @@ def manifest(content: bytes) -> dict[str, Any]:
 # Reading the cluster
 
 
-def get_json(plane: ControlPlane, kind: str, name: str, namespace: str | None) -> dict[str, Any]:
-    args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
-    body: dict[str, Any] = json.loads(plane.kubectl(*args))
-    return body
-
-
-def resource_version(plane: ControlPlane, kind: str, name: str, namespace: str) -> str:
-    return str(get_json(plane, kind, name, namespace)["metadata"]["resourceVersion"])
-
-
-def conditions(
-    plane: ControlPlane, kind: str, name: str, namespace: str | None
-) -> dict[str, dict[str, Any]]:
-    status = get_json(plane, kind, name, namespace).get("status") or {}
-    return {item["type"]: item for item in status.get("conditions") or []}
-
-
-def wait_condition(
-    plane: ControlPlane,
-    kind: str,
-    name: str,
-    namespace: str | None,
-    condition: str,
-    status: str,
-    reason: str | None = None,
-    timeout: float = 60,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        found = conditions(plane, kind, name, namespace).get(condition)
-        if found and found["status"] == status and reason in (None, found["reason"]):
-            return found
-        return None
-
-    return wait_until(
-        probe,
-        timeout,
-        lambda: f"{kind} {namespace}/{name}: {conditions(plane, kind, name, namespace)}",
-    )
+def resource_version(plane: ControlPlane, kind: str, namespace: str, name: str) -> str:
+    return str(get_object(plane, kind, namespace, name)["metadata"]["resourceVersion"])
 
 
 def wait_live(plane: ControlPlane, namespace: str, name: str = "mirror") -> None:
     """The target's initial reconcile is pushed and it commits changes as they happen."""
-    wait_condition(plane, "gittarget", name, namespace, "EventStreamLive", "True")
-    wait_condition(plane, "gittarget", name, namespace, "Ready", "True")
+    wait_condition(plane, "gittarget", namespace, name, "EventStreamLive", "True")
+    wait_condition(plane, "gittarget", namespace, name, "Ready", "True")
 
 
-def assert_stays(check: Callable[[], bool], seconds: float, describe: Callable[[], str]) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), describe()
-        time.sleep(0.5)
+pytestmark = pytest.mark.usefixtures("cleanup")
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,11 +136,7 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
             namespace,
             "mirror",
             [
-                {
-                    "scope": "Cluster",
-                    "apiGroups": ["rbac.authorization.k8s.io"],
-                    "resources": ["clusterroles"],
-                },
+                cluster_scoped("rbac.authorization.k8s.io", "clusterroles"),
                 {"scope": "Namespaced", "resources": ["limitranges"]},
             ],
         ),
@@ -337,7 +145,7 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
     )
     daemon.start()
     wait_live(control_plane, namespace)
-    wait_condition(control_plane, "clusterwatchrule", rule, None, "Ready", "True")
+    wait_condition(control_plane, "clusterwatchrule", None, rule, "Ready", "True")
     roles_dir = "live-cluster/rbac.authorization.k8s.io/v1/clusterroles/"
     ranges_dir = "live-cluster/v1/limitranges/"
 
@@ -347,7 +155,7 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
     assert "reverserd" in existing_roles
 
     def initial_files() -> bool:
-        files = tree(remote)
+        files = tree(remote.path)
         return {p.removeprefix(roles_dir) for p in files if p.startswith(roles_dir)} == {
             f"{name}.yaml" for name in existing_roles
         } and {p for p in files if p.startswith(ranges_dir)} == {
@@ -355,16 +163,10 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
             f"{ranges_dir}{other}/limits.yaml",
         }
 
-    wait_until(initial_files, 60, lambda: f"tree {sorted(tree(remote))}; {daemon.log_tail()}")
+    wait_until(initial_files, 60, lambda: f"tree {sorted(tree(remote.path))}; {daemon.log_tail()}")
     # Settle the push before the next change, so that the history below is deterministic.
-    wait_until(
-        lambda: (
-            get_json(control_plane, "gittarget", "mirror", namespace)["status"].get("lastCommit")
-            == branch_tip(remote.path, "main")
-        ),
-        30,
-    )
-    initial = subjects(remote)
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    initial = subjects(remote.path)
 
     role = unique("reverserd-test-role")
     cleanup.cluster_objects.append(("clusterrole", role))
@@ -378,28 +180,29 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
         },
     )
     create_subject = f"[CREATE] rbac.authorization.k8s.io/v1/clusterroles/{role}"
-    wait_for_subjects(remote, daemon, create_subject)
+    wait_for_subjects(remote.path, daemon, create_subject)
     role_path = f"{roles_dir}{role}.yaml"
-    assert manifest(tree(remote)[role_path]) == {
+    assert manifest(tree(remote.path)[role_path]) == {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": role, "labels": {"team": "a"}},
         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
     }
-    assert changed_paths(remote, history(remote)[-1].sha) == {role_path}
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {role_path}
 
     # A namespace created after the start is covered by the Namespaced rule as well.
-    third = create_namespace(control_plane)
-    cleanup.namespaces.append(third)
+    third = cleanup.new_namespace()
     apply(control_plane, limit_range(third, "limits"))
-    wait_for_subjects(remote, daemon, f"[CREATE] v1/limitranges/{third}/limits")
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/limitranges/{third}/limits")
 
     control_plane.kubectl("delete", "clusterrole", role)
-    wait_for_subjects(remote, daemon, f"[DELETE] rbac.authorization.k8s.io/v1/clusterroles/{role}")
+    wait_for_subjects(
+        remote.path, daemon, f"[DELETE] rbac.authorization.k8s.io/v1/clusterroles/{role}"
+    )
     control_plane.kubectl("delete", "limitrange", "limits", "-n", other)
-    wait_for_subjects(remote, daemon, f"[DELETE] v1/limitranges/{other}/limits")
+    wait_for_subjects(remote.path, daemon, f"[DELETE] v1/limitranges/{other}/limits")
 
-    files = tree(remote)
+    files = tree(remote.path)
     assert role_path not in files
     assert {p.removeprefix(roles_dir) for p in files if p.startswith(roles_dir)} == {
         f"{name}.yaml" for name in existing_roles
@@ -408,7 +211,7 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
         f"{ranges_dir}{namespace}/limits.yaml",
         f"{ranges_dir}{third}/limits.yaml",
     }
-    assert subjects(remote) == [
+    assert subjects(remote.path) == [
         *initial,
         create_subject,
         f"[CREATE] v1/limitranges/{third}/limits",
@@ -441,8 +244,7 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
     cleanup: Cleanup,
 ) -> None:
     group = f"{uuid.uuid4().hex[:8]}.wildcard.test"
-    install_crd(control_plane, group, "widgets", "Widget")
-    cleanup.cluster_objects.append(("crd", f"widgets.{group}"))
+    cleanup.install_crd(crd(group, "widgets", "Widget"))
     apply(
         control_plane,
         *mirror_setup(
@@ -466,15 +268,10 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
             "metadata": {"name": "tmpl", "namespace": namespace},
             "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}},
         },
-        {
-            "apiVersion": f"{group}/v1",
-            "kind": "Widget",
-            "metadata": {"name": "w1", "namespace": namespace},
-            "spec": {"size": 3},
-        },
+        custom_object(group, "Widget", namespace, "w1", {"size": 3}),
     )
     wait_for_subjects(
-        remote,
+        remote.path,
         daemon,
         f"[CREATE] v1/configmaps/{namespace}/app",
         f"[CREATE] v1/podtemplates/{namespace}/tmpl",
@@ -488,7 +285,7 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
     # namespaced type of every group is selected), the README; no excluded type, no Secret
     # (the credentials Secret is selected but there is no encryption).
     base = "live-cluster"
-    assert sorted(tree(remote)) == sorted(
+    assert sorted(tree(remote.path)) == sorted(
         [
             f"{base}/{README}",
             f"{base}/v1/configmaps/{namespace}/app.yaml",
@@ -499,14 +296,14 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
             f"{base}/configbutler.ai/v1alpha1/watchrules/{namespace}/mirror.yaml",
         ]
     )
-    assert manifest(tree(remote)[f"{base}/{group}/v1/widgets/{namespace}/w1.yaml"]) == {
+    assert manifest(tree(remote.path)[f"{base}/{group}/v1/widgets/{namespace}/w1.yaml"]) == {
         "apiVersion": f"{group}/v1",
         "kind": "Widget",
         "metadata": {"name": "w1", "namespace": namespace},
         "spec": {"size": 3},
     }
     # One commit per object; the three types are separate streams, so in any order.
-    found = subjects(remote)
+    found = subjects(remote.path)
     assert sorted(s for s in found if not s.startswith("reconcile:")) == sorted(
         [
             f"[CREATE] v1/configmaps/{namespace}/app",
@@ -595,7 +392,6 @@ def test_rule_added_later_backfills_existing_objects_in_one_reconcile_commit(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     apply(
@@ -606,16 +402,19 @@ def test_rule_added_later_backfills_existing_objects_in_one_reconcile_commit(
     )
     daemon.start()
     wait_live(control_plane, namespace)
-    wait_for_subjects(remote, daemon, "reconcile: sync 1 resources")
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
     services = f"live-cluster/v1/services/{namespace}"
-    assert not [path for path in tree(remote) if path.startswith(services)]
+    assert not [path for path in tree(remote.path) if path.startswith(services)]
 
     apply(control_plane, watch_rule(namespace, "services", "mirror", [{"resources": ["services"]}]))
-    wait_for_subjects(remote, daemon, "reconcile: sync 2 resources")
-    backfill = history(remote)[-1]
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    backfill = history(remote.path)[-1]
     assert backfill.subject == "reconcile: sync 2 resources"
-    assert changed_paths(remote, backfill.sha) == {f"{services}/api.yaml", f"{services}/db.yaml"}
-    assert manifest(tree(remote)[f"{services}/api.yaml"])["metadata"] == {
+    assert changed_paths(remote.path, backfill.sha) == {
+        f"{services}/api.yaml",
+        f"{services}/db.yaml",
+    }
+    assert manifest(tree(remote.path)[f"{services}/api.yaml"])["metadata"] == {
         "name": "api",
         "namespace": namespace,
     }
@@ -624,27 +423,27 @@ def test_rule_added_later_backfills_existing_objects_in_one_reconcile_commit(
     # the backfill wrote.
     apply(control_plane, service(namespace, "cache"), configmap(namespace, "more"))
     wait_for_subjects(
-        remote,
+        remote.path,
         daemon,
         f"[CREATE] v1/services/{namespace}/cache",
         f"[CREATE] v1/configmaps/{namespace}/more",
     )
-    assert sorted(subjects(remote)[:2]) == [
+    assert sorted(subjects(remote.path)[:2]) == [
         "reconcile: sync 1 resources",
         "reconcile: sync 2 resources",
     ]
-    assert len(subjects(remote)) == 4
+    assert len(subjects(remote.path)) == 4
     wait_until(
         lambda: (
-            get_json(control_plane, "gittarget", "mirror", namespace)["status"]
+            get_object(control_plane, "gittarget", namespace, "mirror")["status"]
             .get("snapshot", {})
             .get("stats")
             == {"created": 2, "updated": 0, "deleted": 0}
         ),
         10,
-        lambda: str(get_json(control_plane, "gittarget", "mirror", namespace)["status"]),
+        lambda: str(get_object(control_plane, "gittarget", namespace, "mirror")["status"]),
     )
-    wait_condition(control_plane, "watchrule", "services", namespace, "Ready", "True")
+    wait_condition(control_plane, "watchrule", namespace, "services", "Ready", "True")
 
 
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
@@ -667,18 +466,17 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
     git_http: GitHttpServer,
     cleanup: Cleanup,
 ) -> None:
-    other = create_namespace(control_plane)
-    cleanup.namespaces.append(other)
-    add_git_secret(control_plane, other, git_http, remote.secret)
+    other = cleanup.new_namespace()
+    create_git_credentials(control_plane, other, git_http, name=remote.secret)
     cms = [{"resources": ["configmaps"]}]
     # Two GitProviders with the same URL, three targets on one branch.
     apply(
         control_plane,
-        provider(namespace, "p", remote.url, remote.secret),
-        provider(other, "p", remote.url, remote.secret),
-        target(namespace, "a", "p", "team-a"),
-        target(namespace, "c", "p", "copy-a"),
-        target(other, "b", "p", "team-b"),
+        git_provider(namespace, "p", remote.url, secret=remote.secret),
+        git_provider(other, "p", remote.url, secret=remote.secret),
+        git_target(namespace, "a", "p", "team-a"),
+        git_target(namespace, "c", "p", "copy-a"),
+        git_target(other, "b", "p", "team-b"),
         watch_rule(namespace, "a", "a", cms),
         watch_rule(namespace, "c", "c", cms),
         watch_rule(other, "b", "b", cms),
@@ -689,7 +487,7 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
     def reconciled() -> bool:
         """Each target's initial reconcile is done (Ready is checked at the end)."""
         return all(
-            get_json(control_plane, "gittarget", name, ns).get("status", {}).get("snapshot")
+            get_object(control_plane, "gittarget", ns, name).get("status", {}).get("snapshot")
             for ns, name in targets
         )
 
@@ -698,8 +496,10 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
 
     apply(control_plane, configmap(namespace, "app"), configmap(other, "app"))
     mine, theirs = f"v1/configmaps/{namespace}/app", f"v1/configmaps/{other}/app"
-    wait_for_subjects(remote, daemon, f"[CREATE] {mine}", f"[CREATE] {mine}", f"[CREATE] {theirs}")
-    assert sorted(tree(remote)) == sorted(
+    wait_for_subjects(
+        remote.path, daemon, f"[CREATE] {mine}", f"[CREATE] {mine}", f"[CREATE] {theirs}"
+    )
+    assert sorted(tree(remote.path)) == sorted(
         [
             f"team-a/{README}",
             f"team-a/{mine}.yaml",
@@ -709,19 +509,19 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
             f"team-b/{theirs}.yaml",
         ]
     )
-    assert tree(remote)[f"team-a/{mine}.yaml"] == tree(remote)[f"copy-a/{mine}.yaml"]
+    assert tree(remote.path)[f"team-a/{mine}.yaml"] == tree(remote.path)[f"copy-a/{mine}.yaml"]
 
     control_plane.kubectl("delete", "configmap", "app", "-n", namespace)
-    wait_for_subjects(remote, daemon, f"[DELETE] {mine}", f"[DELETE] {mine}")
+    wait_for_subjects(remote.path, daemon, f"[DELETE] {mine}", f"[DELETE] {mine}")
     apply(control_plane, configmap(other, "app", {"key": "changed"}))
-    wait_for_subjects(remote, daemon, f"[UPDATE] {theirs}")
-    assert sorted(tree(remote)) == sorted(
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] {theirs}")
+    assert sorted(tree(remote.path)) == sorted(
         [f"team-a/{README}", f"copy-a/{README}", f"team-b/{README}", f"team-b/{theirs}.yaml"]
     )
-    assert manifest(tree(remote)[f"team-b/{theirs}.yaml"])["data"] == {"key": "changed"}
+    assert manifest(tree(remote.path)[f"team-b/{theirs}.yaml"])["data"] == {"key": "changed"}
 
     # Each commit touches only the folder of the target it names.
-    entries = history(remote)
+    entries = history(remote.path)
     assert Counter(entry.subject for entry in entries) == Counter(
         {
             f"[CREATE] {mine}": 2,
@@ -733,11 +533,11 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
     for entry in entries:
         owner = next(line for line in entry.body.splitlines() if line.startswith("target: "))
         folder = folders[owner.removeprefix("target: ")]
-        assert all(path.startswith(folder) for path in changed_paths(remote, entry.sha)), entry
+        assert all(path.startswith(folder) for path in changed_paths(remote.path, entry.sha)), entry
 
     # Every target has mirrored changes: each must say it is ready and live.
     for ns, name in targets:
-        found = conditions(control_plane, "gittarget", name, ns)
+        found = conditions(control_plane, "gittarget", ns, name)
         assert {kind: found[kind]["status"] for kind in ("Ready", "SnapshotSynced")} == {
             "Ready": "True",
             "SnapshotSynced": "True",
@@ -749,7 +549,6 @@ def test_dotted_long_and_generated_names_map_to_valid_stable_file_names(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
     tmp_path: Path,
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
@@ -780,14 +579,14 @@ def test_dotted_long_and_generated_names_map_to_valid_stable_file_names(
     generated = created.strip().removeprefix("configmap/")
     assert generated.startswith("gen-") and len(generated) > len("gen-")
     wait_for_subjects(
-        remote,
+        remote.path,
         daemon,
         f"[CREATE] v1/configmaps/{namespace}/{dotted}",
         f"[CREATE] v1/configmaps/{namespace}/{longest}",
         f"[CREATE] v1/configmaps/{namespace}/{generated}",
     )
 
-    files = {p: c for p, c in tree(remote).items() if p.startswith(folder)}
+    files = {p: c for p, c in tree(remote.path).items() if p.startswith(folder)}
     assert manifest(files[f"{folder}{dotted}.yaml"])["metadata"]["name"] == dotted
     # generateName objects are written under their final name, without the generateName field.
     assert manifest(files[f"{folder}{generated}.yaml"]) == {
@@ -802,7 +601,7 @@ def test_dotted_long_and_generated_names_map_to_valid_stable_file_names(
 
     # Stable: updates before and after a restart rewrite the same files, nothing else.
     apply(control_plane, configmap(namespace, longest, {"key": "v2"}))
-    wait_for_subjects(remote, daemon, f"[UPDATE] v1/configmaps/{namespace}/{longest}")
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/{longest}")
     daemon.stop()
     daemon.start()
     apply(
@@ -811,28 +610,30 @@ def test_dotted_long_and_generated_names_map_to_valid_stable_file_names(
         configmap(namespace, dotted, {"key": "v3"}),
     )
     wait_for_subjects(
-        remote,
+        remote.path,
         daemon,
         f"[UPDATE] v1/configmaps/{namespace}/{dotted}",
         f"[UPDATE] v1/configmaps/{namespace}/{longest}",
         f"[UPDATE] v1/configmaps/{namespace}/{longest}",
     )
-    files = {p: c for p, c in tree(remote).items() if p.startswith(folder)}
+    files = {p: c for p, c in tree(remote.path).items() if p.startswith(folder)}
     assert sorted(files) == sorted(paths.values())
     assert manifest(files[paths[longest]])["data"] == {"key": "v3"}
-    assert len(subjects(remote)) == 6
+    assert len(subjects(remote.path)) == 6
 
-    last_with_long_name = history(remote)[-1].sha
+    last_with_long_name = history(remote.path)[-1].sha
     control_plane.kubectl("delete", "configmap", longest, "-n", namespace)
-    wait_for_subjects(remote, daemon, f"[DELETE] v1/configmaps/{namespace}/{longest}")
-    assert sorted(p for p in tree(remote) if p.startswith(folder)) == sorted(
+    wait_for_subjects(remote.path, daemon, f"[DELETE] v1/configmaps/{namespace}/{longest}")
+    assert sorted(p for p in tree(remote.path) if p.startswith(folder)) == sorted(
         [paths[dotted], paths[generated]]
     )
 
     # Valid: every file name fits the 255-byte limit of common file systems, so the branch can
     # be checked out (and applied with kubectl) anywhere.
     too_long = [
-        p for p in tree_at(remote, last_with_long_name) if len(p.rsplit("/", 1)[-1].encode()) > 255
+        p
+        for p in read_tree_at(remote.path, last_with_long_name)
+        if len(p.rsplit("/", 1)[-1].encode()) > 255
     ]
     assert not too_long, f"file names longer than 255 bytes: {too_long}"
     checkout = tmp_path / "checkout"
@@ -858,8 +659,7 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
     cleanup: Cleanup,
 ) -> None:
     group = f"{uuid.uuid4().hex[:8]}.noise.test"
-    install_crd(control_plane, group, "gadgets", "Gadget", status=True)
-    cleanup.cluster_objects.append(("crd", f"gadgets.{group}"))
+    cleanup.install_crd(crd(group, "gadgets", "Gadget", status_subresource=True))
     gadgets = f"gadgets.{group}"
     apply(
         control_plane,
@@ -884,24 +684,24 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
 
     def then_only(real_change: Callable[[], object], subject: str) -> LogEntry:
         """Make a real change and check it is the one commit since ``before``."""
-        before = subjects(remote)
+        before = subjects(remote.path)
         real_change()
-        wait_for_subjects(remote, daemon, *before, subject)
-        assert subjects(remote) == [*before, subject]
-        return history(remote)[-1]
+        wait_for_subjects(remote.path, daemon, *before, subject)
+        assert subjects(remote.path) == [*before, subject]
+        return history(remote.path)[-1]
 
     # B20: the first update after a create changes only the line that changed.
     stable = configmap(namespace, "stable", {"alpha": "one", "beta": "two", "gamma": "three"})
     then_only(lambda: apply(control_plane, stable), f"[CREATE] {cm_subject}/stable")
-    created = tree(remote)[f"{folder}/stable.yaml"]
+    created = tree(remote.path)[f"{folder}/stable.yaml"]
     update = then_only(
-        lambda: kubectl(
-            "patch", "configmap", "stable", "--type=merge", "-p", '{"data":{"beta":"2"}}'
+        lambda: merge_patch(
+            control_plane, "configmap", namespace, "stable", {"data": {"beta": "2"}}
         ),
         f"[UPDATE] {cm_subject}/stable",
     )
-    updated = tree(remote)[f"{folder}/stable.yaml"]
-    assert changed_paths(remote, update.sha) == {f"{folder}/stable.yaml"}
+    updated = tree(remote.path)[f"{folder}/stable.yaml"]
+    assert changed_paths(remote.path, update.sha) == {f"{folder}/stable.yaml"}
     diff = [
         line
         for line in difflib.unified_diff(
@@ -913,18 +713,10 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
 
     # B15: a status-only change of a custom resource with a status subresource.
     then_only(
-        lambda: apply(
-            control_plane,
-            {
-                "apiVersion": f"{group}/v1",
-                "kind": "Gadget",
-                "metadata": {"name": "g1", "namespace": namespace},
-                "spec": {"size": 1},
-            },
-        ),
+        lambda: apply(control_plane, custom_object(group, "Gadget", namespace, "g1", {"size": 1})),
         f"[CREATE] {group}/v1/gadgets/{namespace}/g1",
     )
-    version = resource_version(control_plane, gadgets, "g1", namespace)
+    version = resource_version(control_plane, gadgets, namespace, "g1")
     kubectl(
         "patch",
         gadgets,
@@ -934,12 +726,12 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
         "-p",
         '{"status":{"phase":"Running","observed":7}}',
     )
-    assert resource_version(control_plane, gadgets, "g1", namespace) != version
+    assert resource_version(control_plane, gadgets, namespace, "g1") != version
     then_only(
-        lambda: kubectl("patch", gadgets, "g1", "--type=merge", "-p", '{"spec":{"size":2}}'),
+        lambda: merge_patch(control_plane, gadgets, namespace, "g1", {"spec": {"size": 2}}),
         f"[UPDATE] {group}/v1/gadgets/{namespace}/g1",
     )
-    assert manifest(tree(remote)[f"live-cluster/{group}/v1/gadgets/{namespace}/g1.yaml"]) == {
+    assert manifest(tree(remote.path)[f"live-cluster/{group}/v1/gadgets/{namespace}/g1.yaml"]) == {
         "apiVersion": f"{group}/v1",
         "kind": "Gadget",
         "metadata": {"name": "g1", "namespace": namespace},
@@ -948,31 +740,31 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
 
     # B16: managedFields only (server-side apply of identical content by another manager),
     # stripped annotations only, and the last-applied annotation only.
-    version = resource_version(control_plane, "configmap", "stable", namespace)
+    version = resource_version(control_plane, "configmap", namespace, "stable")
     same = {**stable, "data": {"alpha": "one", "beta": "2", "gamma": "three"}}
     kubectl("apply", "--server-side", "--field-manager=probe", "-f", "-", stdin=json.dumps(same))
-    after_ssa = resource_version(control_plane, "configmap", "stable", namespace)
+    after_ssa = resource_version(control_plane, "configmap", namespace, "stable")
     assert after_ssa != version
     kubectl("annotate", "configmap", "stable", "deployment.kubernetes.io/revision=3")
     kubectl("annotate", "configmap", "stable", "argocd.argoproj.io/tracking-id=app:/ConfigMap")
-    assert resource_version(control_plane, "configmap", "stable", namespace) != after_ssa
+    assert resource_version(control_plane, "configmap", namespace, "stable") != after_ssa
     then_only(
         lambda: kubectl("label", "configmap", "stable", "team=a"),
         f"[UPDATE] {cm_subject}/stable",
     )
     labelled = {**same, "metadata": {**same["metadata"], "labels": {"team": "a"}}}
-    version = resource_version(control_plane, "configmap", "stable", namespace)
+    version = resource_version(control_plane, "configmap", namespace, "stable")
     kubectl("apply", "-f", "-", stdin=json.dumps(labelled))
-    last_applied = get_json(control_plane, "configmap", "stable", namespace)["metadata"]
+    last_applied = get_object(control_plane, "configmap", namespace, "stable")["metadata"]
     assert "kubectl.kubernetes.io/last-applied-configuration" in last_applied["annotations"]
     assert last_applied["resourceVersion"] != version
     then_only(
-        lambda: kubectl(
-            "patch", "configmap", "stable", "--type=merge", "-p", '{"data":{"beta":"3"}}'
+        lambda: merge_patch(
+            control_plane, "configmap", namespace, "stable", {"data": {"beta": "3"}}
         ),
         f"[UPDATE] {cm_subject}/stable",
     )
-    assert manifest(tree(remote)[f"{folder}/stable.yaml"]) == {
+    assert manifest(tree(remote.path)[f"{folder}/stable.yaml"]) == {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "stable", "namespace": namespace, "labels": {"team": "a"}},
@@ -985,29 +777,17 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
         lambda: apply(control_plane, deployment(namespace, "web")),
         f"[CREATE] apps/v1/deployments/{namespace}/web",
     )
-    version = resource_version(control_plane, "deployment", "web", namespace)
+    version = resource_version(control_plane, "deployment", namespace, "web")
     kubectl("annotate", "deployment", "web", "deployment.kubernetes.io/revision=1")
-    kubectl(
-        "patch",
+    restarted = {"kubectl.kubernetes.io/restartedAt": "2024-01-01T00:00:00Z"}
+    merge_patch(
+        control_plane,
         "deployment",
+        namespace,
         "web",
-        "--type=merge",
-        "-p",
-        json.dumps(
-            {
-                "spec": {
-                    "template": {
-                        "metadata": {
-                            "annotations": {
-                                "kubectl.kubernetes.io/restartedAt": "2024-01-01T00:00:00Z"
-                            }
-                        }
-                    }
-                }
-            }
-        ),
+        {"spec": {"template": {"metadata": {"annotations": restarted}}}},
     )
-    assert resource_version(control_plane, "deployment", "web", namespace) != version
+    assert resource_version(control_plane, "deployment", namespace, "web") != version
     then_only(
         lambda: kubectl("scale", "deployment", "web", "--replicas=3"),
         f"[UPDATE] apps/v1/deployments/{namespace}/web",
@@ -1032,7 +812,7 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
         lambda: apply(control_plane, configmap(namespace, "after-dry")),
         f"[CREATE] {cm_subject}/after-dry",
     )
-    files = tree(remote)
+    files = tree(remote.path)
     assert f"{folder}/dry.yaml" not in files
     assert manifest(files[f"{folder}/stable.yaml"])["data"]["alpha"] == "one"
 
@@ -1087,13 +867,7 @@ def test_sanitized_files_keep_intent_and_never_hold_cluster_noise(
             rule,
             namespace,
             "mirror",
-            [
-                {
-                    "scope": "Cluster",
-                    "apiGroups": ["storage.k8s.io"],
-                    "resources": ["storageclasses"],
-                }
-            ],
+            [cluster_scoped("storage.k8s.io", "storageclasses")],
         ),
     )
     daemon.start()
@@ -1124,7 +898,7 @@ def test_sanitized_files_keep_intent_and_never_hold_cluster_noise(
     control_plane.kubectl("apply", "-f", "-", stdin=json.dumps(applied))
     base = "live-cluster"
     wait_for_subjects(
-        remote,
+        remote.path,
         daemon,
         f"[CREATE] v1/configmaps/{namespace}/applied",
         f"[UPDATE] v1/configmaps/{namespace}/applied",
@@ -1134,7 +908,7 @@ def test_sanitized_files_keep_intent_and_never_hold_cluster_noise(
         f"[CREATE] apps/v1/deployments/{namespace}/web",
         f"[CREATE] storage.k8s.io/v1/storageclasses/{storage_class}",
     )
-    files = tree(remote)
+    files = tree(remote.path)
 
     assert manifest(files[f"{base}/v1/configmaps/{namespace}/applied.yaml"]) == {
         "apiVersion": "v1",
@@ -1147,8 +921,8 @@ def test_sanitized_files_keep_intent_and_never_hold_cluster_noise(
         },
         "data": {"password": "hunter3"},
     }
-    for entry in history(remote):
-        for path, content in tree_at(remote, entry.sha).items():
+    for entry in history(remote.path):
+        for path, content in read_tree_at(remote.path, entry.sha).items():
             assert b"last-applied-configuration" not in content, (entry.subject, path)
 
     assert manifest(files[f"{base}/v1/configmaps/{namespace}/frozen.yaml"]) == {
@@ -1162,7 +936,7 @@ def test_sanitized_files_keep_intent_and_never_hold_cluster_noise(
     headless = manifest(files[f"{base}/v1/services/{namespace}/headless.yaml"])["spec"]
     assert headless["clusterIP"] == "None"
     assert headless["clusterIPs"] == ["None"]
-    live_normal = get_json(control_plane, "service", "normal", namespace)["spec"]
+    live_normal = get_object(control_plane, "service", namespace, "normal")["spec"]
     assert live_normal["clusterIP"].startswith("10.0.0.")
     assert manifest(files[f"{base}/v1/services/{namespace}/normal.yaml"])["spec"] == {
         "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}],
@@ -1197,7 +971,6 @@ def test_create_update_delete_in_quick_succession_leave_no_file_and_only_real_st
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
@@ -1213,18 +986,18 @@ def test_create_update_delete_in_quick_succession_leave_no_file_and_only_real_st
         for n in names
         for op in ("CREATE", "UPDATE", "DELETE")
     ]
-    wait_for_subjects(remote, daemon, *expected)
-    entries = history(remote)
+    wait_for_subjects(remote.path, daemon, *expected)
+    entries = history(remote.path)
     assert sorted(entry.subject for entry in entries) == sorted(expected)
     for name in names:
         path = f"live-cluster/v1/configmaps/{namespace}/{name}.yaml"
         mine = [e for e in entries if e.subject.endswith(f"/{name}")]
         assert [e.subject.split("]")[0] + "]" for e in mine] == ["[CREATE]", "[UPDATE]", "[DELETE]"]
-        first, second, gone = (tree_at(remote, e.sha) for e in mine)
+        first, second, gone = (read_tree_at(remote.path, e.sha) for e in mine)
         assert manifest(first[path])["data"] == {"state": "first"}
         assert manifest(second[path])["data"] == {"state": "second"}
         assert path not in gone
-    assert sorted(tree(remote)) == [f"live-cluster/{README}"]
+    assert sorted(tree(remote.path)) == [f"live-cluster/{README}"]
 
 
 def test_burst_of_1000_objects_all_reach_git_exactly_once(
@@ -1232,7 +1005,6 @@ def test_burst_of_1000_objects_all_reach_git_exactly_once(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     count = 1000
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
@@ -1243,18 +1015,18 @@ def test_burst_of_1000_objects_all_reach_git_exactly_once(
 
     folder = f"live-cluster/v1/configmaps/{namespace}/"
     wait_until(
-        lambda: len([p for p in tree(remote) if p.startswith(folder)]) == count,
+        lambda: len([p for p in tree(remote.path) if p.startswith(folder)]) == count,
         240,
         lambda: (
-            f"{len([p for p in tree(remote) if p.startswith(folder)])} of {count} files; "
+            f"{len([p for p in tree(remote.path) if p.startswith(folder)])} of {count} files; "
             f"log: {daemon.log_tail()}"
         ),
     )
     # Let a duplicate or a late extra commit show up if there were to be one.
     time.sleep(3)
-    found = Counter(subjects(remote))
+    found = Counter(subjects(remote.path))
     assert found == Counter({f"[CREATE] v1/configmaps/{namespace}/{name}": 1 for name in names})
-    files = tree(remote)
+    files = tree(remote.path)
     assert sorted(files) == sorted(
         [f"live-cluster/{README}", *(f"{folder}{n}.yaml" for n in names)]
     )
@@ -1267,7 +1039,6 @@ def test_object_recreated_with_identical_content_is_deleted_then_created(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
@@ -1276,19 +1047,19 @@ def test_object_recreated_with_identical_content_is_deleted_then_created(
     subject = f"v1/configmaps/{namespace}/phoenix"
     path = f"live-cluster/{subject}.yaml"
     create_many(control_plane, [phoenix], "configmaps")
-    wait_for_subjects(remote, daemon, f"[CREATE] {subject}")
-    first_uid = get_json(control_plane, "configmap", "phoenix", namespace)["metadata"]["uid"]
-    content = tree(remote)[path]
+    wait_for_subjects(remote.path, daemon, f"[CREATE] {subject}")
+    first_uid = get_object(control_plane, "configmap", namespace, "phoenix")["metadata"]["uid"]
+    content = tree(remote.path)[path]
 
     delete_many(control_plane, [phoenix], "configmaps")
     create_many(control_plane, [phoenix], "configmaps")
-    second_uid = get_json(control_plane, "configmap", "phoenix", namespace)["metadata"]["uid"]
+    second_uid = get_object(control_plane, "configmap", namespace, "phoenix")["metadata"]["uid"]
     assert second_uid != first_uid
     wait_for_subjects(
-        remote, daemon, f"[CREATE] {subject}", f"[DELETE] {subject}", f"[CREATE] {subject}"
+        remote.path, daemon, f"[CREATE] {subject}", f"[DELETE] {subject}", f"[CREATE] {subject}"
     )
 
-    entries = history(remote)
+    entries = history(remote.path)
     assert [e.subject for e in entries] == [
         f"[CREATE] {subject}",
         f"[DELETE] {subject}",
@@ -1297,8 +1068,8 @@ def test_object_recreated_with_identical_content_is_deleted_then_created(
     assert f"uid: {first_uid}" in entries[0].body.splitlines()
     assert f"uid: {first_uid}" in entries[1].body.splitlines()
     assert f"uid: {second_uid}" in entries[2].body.splitlines()
-    assert path not in tree_at(remote, entries[1].sha)
-    assert tree(remote)[path] == content
+    assert path not in read_tree_at(remote.path, entries[1].sha)
+    assert tree(remote.path)[path] == content
 
 
 # --------------------------------------------------------------------------------------------
@@ -1310,19 +1081,14 @@ def test_target_created_before_its_provider_says_why_and_starts_when_it_appears(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     provider_cr, target_cr, rule_cr = mirror_setup(namespace, remote.url, secret=remote.secret)
     apply(control_plane, target_cr, rule_cr, configmap(namespace, "early"))
     daemon.start()
-    validated = wait_condition(
-        control_plane, "gittarget", "mirror", namespace, "Validated", "False", "GitProviderNotFound"
-    )
+    validated = wait_target_refused(control_plane, namespace, "mirror", "GitProviderNotFound")
     assert "mirror" in validated["message"] and namespace in validated["message"]
-    ready = conditions(control_plane, "gittarget", "mirror", namespace)["Ready"]
-    assert (ready["status"], ready["reason"]) == ("False", "GitProviderNotFound")
     wait_condition(
-        control_plane, "watchrule", "mirror", namespace, "Ready", "False", "GitProviderNotFound"
+        control_plane, "watchrule", namespace, "mirror", "Ready", "False", "GitProviderNotFound"
     )
     # Changes while waiting are kept for the target.
     apply(control_plane, configmap(namespace, "waiting"))
@@ -1331,20 +1097,20 @@ def test_target_created_before_its_provider_says_why_and_starts_when_it_appears(
 
     apply(control_plane, provider_cr)
     appeared = time.monotonic()
-    wait_condition(control_plane, "gittarget", "mirror", namespace, "Validated", "True", timeout=10)
+    wait_condition(control_plane, "gittarget", namespace, "mirror", "Validated", "True", timeout=10)
     validated_after = time.monotonic() - appeared
     folder = f"live-cluster/v1/configmaps/{namespace}"
     wait_until(
-        lambda: {f"{folder}/early.yaml", f"{folder}/waiting.yaml"} <= tree(remote).keys(),
+        lambda: {f"{folder}/early.yaml", f"{folder}/waiting.yaml"} <= tree(remote.path).keys(),
         15,
-        lambda: f"tree {sorted(tree(remote))}; log: {daemon.log_tail()}",
+        lambda: f"tree {sorted(tree(remote.path))}; log: {daemon.log_tail()}",
     )
     pushed_after = time.monotonic() - appeared
     assert validated_after < 5, validated_after
     assert pushed_after < 15, pushed_after
-    assert subjects(remote) == ["reconcile: sync 2 resources"]
+    assert subjects(remote.path) == ["reconcile: sync 2 resources"]
     wait_live(control_plane, namespace)
-    wait_condition(control_plane, "watchrule", "mirror", namespace, "Ready", "True")
+    wait_condition(control_plane, "watchrule", namespace, "mirror", "Ready", "True")
 
 
 def test_branch_outside_allowed_branches_is_refused(
@@ -1352,15 +1118,16 @@ def test_branch_outside_allowed_branches_is_refused(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     cms = [{"resources": ["configmaps"]}]
     apply(
         control_plane,
-        provider(namespace, "p", remote.url, remote.secret, branches=["main", "release/*"]),
-        target(namespace, "feature", "p", "feature", branch="feature/x"),
-        target(namespace, "deep", "p", "deep", branch="release/a/b"),
-        target(namespace, "release", "p", "rel", branch="release/1"),
+        git_provider(
+            namespace, "p", remote.url, secret=remote.secret, branches=["main", "release/*"]
+        ),
+        git_target(namespace, "feature", "p", "feature", branch="feature/x"),
+        git_target(namespace, "deep", "p", "deep", branch="release/a/b"),
+        git_target(namespace, "release", "p", "rel", branch="release/1"),
         watch_rule(namespace, "feature", "feature", cms),
         watch_rule(namespace, "deep", "deep", cms),
         watch_rule(namespace, "release", "release", cms),
@@ -1368,17 +1135,13 @@ def test_branch_outside_allowed_branches_is_refused(
     )
     daemon.start()
     for name, branch in (("feature", "feature/x"), ("deep", "release/a/b")):
-        refused = wait_condition(
-            control_plane, "gittarget", name, namespace, "Validated", "False", "BranchNotAllowed"
-        )
+        refused = wait_target_refused(control_plane, namespace, name, "BranchNotAllowed")
         assert branch in refused["message"] and "release/*" in refused["message"]
-        ready = conditions(control_plane, "gittarget", name, namespace)["Ready"]
-        assert (ready["status"], ready["reason"]) == ("False", "BranchNotAllowed")
-        wait_condition(control_plane, "watchrule", name, namespace, "Ready", "False")
+        wait_condition(control_plane, "watchrule", namespace, name, "Ready", "False")
     # The allowed branch works, so the refusals are about the branches only.
     wait_live(control_plane, namespace, "release")
-    wait_until(lambda: subjects(remote, "release/1") == ["reconcile: sync 1 resources"], 15)
-    assert sorted(tree(remote, "release/1")) == [
+    wait_until(lambda: subjects(remote.path, "release/1") == ["reconcile: sync 1 resources"], 15)
+    assert sorted(tree(remote.path, "release/1")) == [
         f"rel/{README}",
         f"rel/v1/configmaps/{namespace}/app.yaml",
     ]
@@ -1390,7 +1153,6 @@ def test_invalid_target_paths_are_refused_and_nothing_is_written(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     cms = [{"resources": ["configmaps"]}]
     invalid = {
@@ -1401,28 +1163,31 @@ def test_invalid_target_paths_are_refused_and_nothing_is_written(
         "git-dir": "a/.git/b",
         "backslash": "a\\b",
     }
-    objects: list[dict[str, Any]] = [provider(namespace, "p", remote.url, remote.secret)]
+    objects: list[dict[str, Any]] = [git_provider(namespace, "p", remote.url, secret=remote.secret)]
     for name, path in invalid.items():
-        objects += [target(namespace, name, "p", path), watch_rule(namespace, name, name, cms)]
+        objects += [git_target(namespace, name, "p", path), watch_rule(namespace, name, name, cms)]
     objects += [
-        target(namespace, "valid", "p", "fine"),
+        git_target(namespace, "valid", "p", "fine"),
         watch_rule(namespace, "valid", "valid", cms),
     ]
     apply(control_plane, *objects, configmap(namespace, "app"))
     daemon.start()
     for name, path in invalid.items():
         refused = wait_condition(
-            control_plane, "gittarget", name, namespace, "Validated", "False", "InvalidPath"
+            control_plane, "gittarget", namespace, name, "Validated", "False", "InvalidPath"
         )
         assert repr(path) in refused["message"] or path in refused["message"], refused
-        stored = get_json(control_plane, "gittarget", name, namespace)["spec"]["path"]
+        stored = get_object(control_plane, "gittarget", namespace, name)["spec"]["path"]
         assert stored == path  # refused, not rewritten
     wait_live(control_plane, namespace, "valid")
-    wait_until(lambda: subjects(remote) == ["reconcile: sync 1 resources"], 15)
+    wait_until(lambda: subjects(remote.path) == ["reconcile: sync 1 resources"], 15)
     time.sleep(2)
     assert branches(remote) == ["main"]
-    assert sorted(tree(remote)) == [f"fine/{README}", f"fine/v1/configmaps/{namespace}/app.yaml"]
-    assert subjects(remote) == ["reconcile: sync 1 resources"]
+    assert sorted(tree(remote.path)) == [
+        f"fine/{README}",
+        f"fine/v1/configmaps/{namespace}/app.yaml",
+    ]
+    assert subjects(remote.path) == ["reconcile: sync 1 resources"]
 
 
 def test_second_target_on_the_same_or_a_nested_folder_is_refused_with_conflict(
@@ -1430,40 +1195,38 @@ def test_second_target_on_the_same_or_a_nested_folder_is_refused_with_conflict(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     cms = [{"resources": ["configmaps"]}]
     apply(
         control_plane,
-        provider(namespace, "p1", remote.url, remote.secret),
-        provider(namespace, "p2", remote.url, remote.secret),
-        target(namespace, "first", "p1", "live"),
+        git_provider(namespace, "p1", remote.url, secret=remote.secret),
+        git_provider(namespace, "p2", remote.url, secret=remote.secret),
+        git_target(namespace, "first", "p1", "live"),
         watch_rule(namespace, "first", "first", cms),
     )
     # creationTimestamp has a resolution of one second: make "first" unambiguously earlier.
     time.sleep(1.2)
     apply(
         control_plane,
-        target(namespace, "same", "p2", "live"),
-        target(namespace, "nested", "p1", "live/team"),
+        git_target(namespace, "same", "p2", "live"),
+        git_target(namespace, "nested", "p1", "live/team"),
         watch_rule(namespace, "same", "same", cms),
         watch_rule(namespace, "nested", "nested", cms),
     )
     daemon.start()
     wait_live(control_plane, namespace, "first")
     for name in ("same", "nested"):
-        refused = wait_condition(
-            control_plane, "gittarget", name, namespace, "Validated", "False", "Conflict"
-        )
+        refused = wait_target_refused(control_plane, namespace, name, "Conflict")
         assert f"{namespace}/first" in refused["message"], refused
-        ready = conditions(control_plane, "gittarget", name, namespace)["Ready"]
-        assert (ready["status"], ready["reason"]) == ("False", "Conflict")
 
     apply(control_plane, configmap(namespace, "app"))
-    wait_for_subjects(remote, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
     time.sleep(2)
-    assert subjects(remote) == [f"[CREATE] v1/configmaps/{namespace}/app"]
-    assert sorted(tree(remote)) == [f"live/{README}", f"live/v1/configmaps/{namespace}/app.yaml"]
+    assert subjects(remote.path) == [f"[CREATE] v1/configmaps/{namespace}/app"]
+    assert sorted(tree(remote.path)) == [
+        f"live/{README}",
+        f"live/v1/configmaps/{namespace}/app.yaml",
+    ]
 
 
 def test_secret_without_encryption_is_not_written_and_is_counted(
@@ -1471,7 +1234,6 @@ def test_secret_without_encryption_is_not_written_and_is_counted(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    cleanup: Cleanup,
 ) -> None:
     apply(
         control_plane,
@@ -1484,7 +1246,7 @@ def test_secret_without_encryption_is_not_written_and_is_counted(
     )
     daemon.start()
     wait_live(control_plane, namespace)
-    encryption = conditions(control_plane, "gittarget", "mirror", namespace)["EncryptionConfigured"]
+    encryption = conditions(control_plane, "gittarget", namespace, "mirror")["EncryptionConfigured"]
     assert "Secrets" in encryption["message"] and "not written" in encryption["message"]
     skipped = "reverserd_secrets_skipped_total"
     label = {"target": f"{namespace}/mirror"}
@@ -1499,14 +1261,14 @@ def test_secret_without_encryption_is_not_written_and_is_counted(
         lambda: f"{skipped} = {daemon.metric(skipped, **label)}; log: {daemon.log_tail()}",
     )
     apply(control_plane, configmap(namespace, "after"))
-    wait_for_subjects(remote, daemon, f"[CREATE] v1/configmaps/{namespace}/after")
-    assert subjects(remote) == [f"[CREATE] v1/configmaps/{namespace}/after"]
-    assert sorted(tree(remote)) == [
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/after")
+    assert subjects(remote.path) == [f"[CREATE] v1/configmaps/{namespace}/after"]
+    assert sorted(tree(remote.path)) == [
         f"live-cluster/{README}",
         f"live-cluster/v1/configmaps/{namespace}/after.yaml",
     ]
-    for entry in history(remote):
-        assert all(b"s3cr3t-value" not in c for c in tree_at(remote, entry.sha).values())
+    for entry in history(remote.path):
+        assert all(b"s3cr3t-value" not in c for c in read_tree_at(remote.path, entry.sha).values())
     assert daemon.metric(skipped, **label) == at_start + 1
     # The credentials Secret was selected by the rule when the target started and was not
     # written either: it counts as well.
@@ -1529,18 +1291,12 @@ def test_quiet_cluster_makes_no_status_writes(
             rule,
             namespace,
             "mirror",
-            [
-                {
-                    "scope": "Cluster",
-                    "apiGroups": ["scheduling.k8s.io"],
-                    "resources": ["priorityclasses"],
-                }
-            ],
+            [cluster_scoped("scheduling.k8s.io", "priorityclasses")],
         ),
         # Objects whose status stays False: they must be just as quiet.
-        target(namespace, "orphan", "missing", "orphan"),
+        git_target(namespace, "orphan", "missing", "orphan"),
         watch_rule(namespace, "orphan", "orphan", [{"resources": ["configmaps"]}]),
-        target(namespace, "wrong-branch", "mirror", "other", branch="not-allowed"),
+        git_target(namespace, "wrong-branch", "mirror", "other", branch="not-allowed"),
         watch_rule(
             namespace,
             "unserved",
@@ -1551,41 +1307,33 @@ def test_quiet_cluster_makes_no_status_writes(
     daemon.start()
     wait_live(control_plane, namespace)
     apply(control_plane, configmap(namespace, "app"))
-    wait_for_subjects(remote, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
-    wait_until(
-        lambda: (
-            get_json(control_plane, "gittarget", "mirror", namespace)["status"].get("lastCommit")
-            == branch_tip(remote.path, "main")
-        ),
-        30,
-    )
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
     wait_condition(
-        control_plane, "gittarget", "orphan", namespace, "Validated", "False", "GitProviderNotFound"
+        control_plane, "gittarget", namespace, "orphan", "Validated", "False", "GitProviderNotFound"
     )
     wait_condition(
         control_plane,
         "gittarget",
-        "wrong-branch",
         namespace,
+        "wrong-branch",
         "Validated",
         "False",
         "BranchNotAllowed",
     )
     wait_condition(
-        control_plane, "watchrule", "unserved", namespace, "Ready", "False", "ResourceNotServed"
+        control_plane, "watchrule", namespace, "unserved", "Ready", "False", "ResourceNotServed"
     )
-    wait_condition(control_plane, "clusterwatchrule", rule, None, "Ready", "True")
-    wait_condition(control_plane, "gitprovider", "mirror", namespace, "Ready", "True")
+    wait_condition(control_plane, "clusterwatchrule", None, rule, "Ready", "True")
+    wait_condition(control_plane, "gitprovider", namespace, "mirror", "Ready", "True")
 
     writes = "reverserd_status_writes_total"
 
     def versions() -> dict[str, str]:
-        items = json.loads(
-            control_plane.kubectl(
-                "get", "gitproviders,gittargets,watchrules", "-n", namespace, "-o", "json"
-            )
+        items = kubectl_json(
+            control_plane, "get", "gitproviders,gittargets,watchrules", "-n", namespace
         )["items"]
-        items.append(get_json(control_plane, "clusterwatchrule", rule, None))
+        items.append(get_object(control_plane, "clusterwatchrule", None, rule))
         return {
             f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in items
         }
@@ -1602,7 +1350,7 @@ def test_quiet_cluster_makes_no_status_writes(
     time.sleep(QUIET_S)
     assert daemon.metric(writes) == before
     assert versions() == versions_before
-    assert subjects(remote) == [
+    assert subjects(remote.path) == [
         "reconcile: sync 2 resources",
         f"[CREATE] v1/configmaps/{namespace}/app",
     ]

@@ -19,12 +19,15 @@ from testbed.gitservers import log, read_tree
 from testbed.harness import (
     Reverserd,
     apply,
-    condition,
-    configmap,
-    mirror_setup,
+    conditions,
+    get_object,
+    subjects,
+    wait_condition,
+    wait_for_subjects,
     wait_synced,
     wait_until,
 )
+from testbed.manifests import configmap, mirror_setup, secret
 from testbed.tools import ensure_encryption_tools
 from tests.conftest import Remote
 
@@ -88,23 +91,6 @@ def decrypt(tools: Path, identity: str, content: bytes) -> dict[str, Any]:
     return decrypted
 
 
-def subjects(remote: Remote) -> list[str]:
-    try:
-        return [entry.subject for entry in reversed(log(remote.path, "main"))]
-    except LookupError:
-        return []
-
-
-def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": "Opaque",
-        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
-    }
-
-
 def test_secret_life_is_mirrored_encrypted_and_decrypts_to_the_sanitized_secret(
     control_plane: ControlPlane,
     namespace: str,
@@ -124,7 +110,7 @@ def test_secret_life_is_mirrored_encrypted_and_decrypts_to_the_sanitized_secret(
     path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
 
     apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
-    wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote) else None)
+    wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote.path) else None)
     files = read_tree(remote.path, "main")
     assert b"first-value" not in files[path]
     assert b"Zmlyc3QtdmFsdWU" not in files[path]  # base64 of the value
@@ -139,7 +125,7 @@ def test_secret_life_is_mirrored_encrypted_and_decrypts_to_the_sanitized_secret(
     assert sops_rules["creation_rules"][0]["age"] == recipient
     # The Git credentials Secret existed first: it came encrypted in the initial reconcile,
     # together with .sops.yaml and README.md.
-    assert subjects(remote) == [
+    assert subjects(remote.path) == [
         "reconcile: sync 1 resources",
         f"[CREATE] v1/secrets/{namespace}/db",
     ]
@@ -157,12 +143,12 @@ def test_secret_life_is_mirrored_encrypted_and_decrypts_to_the_sanitized_secret(
     ]
 
     apply(control_plane, secret(namespace, "db", {"password": "second-value"}))
-    wait_until(lambda: f"[UPDATE] v1/secrets/{namespace}/db" in subjects(remote))
+    wait_for_subjects(remote.path, secret_daemon, f"[UPDATE] v1/secrets/{namespace}/db")
     updated = decrypt(tools, identity, read_tree(remote.path, "main")[path])
     assert updated["data"] == {"password": base64.b64encode(b"second-value").decode()}
 
     control_plane.kubectl("delete", "secret", "db", "-n", namespace)
-    wait_until(lambda: f"[DELETE] v1/secrets/{namespace}/db" in subjects(remote))
+    wait_for_subjects(remote.path, secret_daemon, f"[DELETE] v1/secrets/{namespace}/db")
     assert path not in read_tree(remote.path, "main")
 
 
@@ -190,15 +176,15 @@ def test_no_plaintext_value_in_journal_wal_or_git_history_and_no_commit_after_re
         namespace,
         f"--from-literal=pw=literal-{namespace}",
     )
-    wait_until(lambda: len(subjects(remote)) >= 2, describe=secret_daemon.log_tail)
-    history = subjects(remote)
+    wait_until(lambda: len(subjects(remote.path)) >= 2, describe=secret_daemon.log_tail)
+    history = subjects(remote.path)
 
     secret_daemon.stop()
     secret_daemon.start()
     apply(control_plane, configmap(namespace, "marker"))
-    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/marker" in subjects(remote))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/configmaps/{namespace}/marker")
     # The restart re-read both Secrets; ciphertext would differ, fingerprints do not.
-    assert subjects(remote) == [*history, f"[CREATE] v1/configmaps/{namespace}/marker"]
+    assert subjects(remote.path) == [*history, f"[CREATE] v1/configmaps/{namespace}/marker"]
     secret_daemon.stop()
 
     needles = [*values.values(), f"literal-{namespace}"]
@@ -228,28 +214,15 @@ def test_secrets_fail_closed_without_encryption_while_everything_else_flows(
     wait_synced(control_plane, namespace)
     apply(control_plane, secret(namespace, "hidden", {"v": "nope"}))
     apply(control_plane, configmap(namespace, "visible"))
-    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/visible" in subjects(remote))
-    wait_until(
-        lambda: (
-            condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured")
-            == "False"
-        )
-    )
-    status = json.loads(
-        control_plane.kubectl("get", "gittarget", "mirror", "-n", namespace, "-o", "json")
-    )["status"]
-    encryption = next(c for c in status["conditions"] if c["type"] == "EncryptionConfigured")
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/configmaps/{namespace}/visible")
+    wait_condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured", "False")
+    encryption = conditions(control_plane, "gittarget", namespace, "mirror")["EncryptionConfigured"]
     assert encryption["reason"] == "EncryptionNotConfigured"
     assert "spec.encryption" in encryption["message"]
     assert not any(path.endswith(".sops.yaml") for path in read_tree(remote.path, "main"))
-    assert all("secrets" not in subject for subject in subjects(remote))
-    metrics = (secret_daemon.get("/metrics") or b"").decode()
-    skipped = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith("reverserd_secrets_skipped_total") and namespace in line
-    ]
-    assert skipped and float(skipped[0].split()[-1]) >= 1
+    assert all("secrets" not in subject for subject in subjects(remote.path))
+    skipped = secret_daemon.metric("reverserd_secrets_skipped_total", target=f"{namespace}/mirror")
+    assert skipped >= 1
 
 
 def test_broken_key_fails_closed_and_service_account_tokens_are_never_written(
@@ -264,15 +237,10 @@ def test_broken_key_fails_closed_and_service_account_tokens_are_never_written(
         *setup(namespace, remote, {"age": {"recipients": {"publicKeys": ["age1notakey"]}}}),
     )
     secret_daemon.start()
-    wait_until(
-        lambda: (
-            condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured")
-            == "False"
-        )
-    )
+    wait_condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured", "False")
     apply(control_plane, secret(namespace, "kept-out", {"v": "x"}))
     apply(control_plane, configmap(namespace, "flows"))
-    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/flows" in subjects(remote))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/configmaps/{namespace}/flows")
     assert not any(".sops.yaml" in path for path in read_tree(remote.path, "main"))
 
     # With a valid key, the Secret skipped meanwhile arrives; a token Secret never does.
@@ -312,29 +280,26 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     }
     apply(control_plane, *setup(namespace, remote, encryption))
     secret_daemon.start()
-    wait_until(
-        lambda: (
-            condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured")
-            == "True"
-        ),
-        describe=secret_daemon.log_tail,
+    wait_condition(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        "EncryptionConfigured",
+        "True",
+        daemon=secret_daemon,
     )
-    key_secret = json.loads(
-        control_plane.kubectl("get", "secret", "sops-age", "-n", namespace, "-o", "json")
-    )
+    key_secret = get_object(control_plane, "secret", namespace, "sops-age")
     annotations = key_secret["metadata"]["annotations"]
     assert annotations["configbutler.ai/backup-warning"] == "REMOVE_AFTER_BACKUP"
     assert annotations["configbutler.ai/age-recipient"].startswith("age1")
     (entry,) = [name for name in key_secret["data"] if name.endswith(".agekey")]
     identity = base64.b64decode(key_secret["data"][entry]).decode().strip()
-    status = json.loads(
-        control_plane.kubectl("get", "gittarget", "mirror", "-n", namespace, "-o", "json")
-    )["status"]
-    message = next(c for c in status["conditions"] if c["type"] == "EncryptionConfigured")
+    message = conditions(control_plane, "gittarget", namespace, "mirror")["EncryptionConfigured"]
     assert "WARNING" in message["message"] and "backup-warning" in message["message"]
 
     apply(control_plane, secret(namespace, "app", {"v": "generated-key-works"}))
     path = f"live-cluster/v1/secrets/{namespace}/app.sops.yaml"
-    wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote) else None)
+    wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote.path) else None)
     decrypted = decrypt(tools, identity, read_tree(remote.path, "main")[path])
     assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"

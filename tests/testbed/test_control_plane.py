@@ -13,6 +13,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from testbed.controlplane import KUBERNETES_VERSION, WATCH_CACHE_OFF_RESOURCE, ControlPlane
+from testbed.harness import create_namespace
 
 
 async def api_client(kubeconfig: str) -> client.ApiClient:
@@ -28,12 +29,6 @@ async def admin(control_plane: ControlPlane) -> AsyncIterator[client.ApiClient]:
     await api.close()
 
 
-def make_namespace(control_plane: ControlPlane) -> str:
-    name = f"smoke-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", name)
-    return name
-
-
 async def test_version_is_the_pinned_kubernetes(admin: client.ApiClient) -> None:
     info = await client.VersionApi(admin).get_code()
     assert info.git_version == KUBERNETES_VERSION
@@ -42,7 +37,7 @@ async def test_version_is_the_pinned_kubernetes(admin: client.ApiClient) -> None
 async def test_lists_and_watches_a_configmap_created_through_the_api(
     control_plane: ControlPlane, admin: client.ApiClient
 ) -> None:
-    namespace = make_namespace(control_plane)
+    namespace = create_namespace(control_plane, "smoke")
     core = client.CoreV1Api(admin)
     listed = await core.list_namespaced_config_map(namespace)
     body = {"metadata": {"name": "smoke"}, "data": {"k": "v"}}
@@ -118,7 +113,7 @@ async def test_custom_resource_is_created_and_its_status_patched(
     }
     status = {"status": {"observedGeneration": 1, "conditions": [condition]}}
     if namespaced:
-        namespace = make_namespace(control_plane)
+        namespace = create_namespace(control_plane, "smoke")
         await custom.create_namespaced_custom_object(
             "configbutler.ai", "v1alpha1", namespace, plural, body
         )
@@ -145,7 +140,7 @@ async def test_custom_resource_is_created_and_its_status_patched(
 
 
 def test_crd_schema_rejects_a_provider_without_url(control_plane: ControlPlane) -> None:
-    namespace = make_namespace(control_plane)
+    namespace = create_namespace(control_plane, "smoke")
     manifest = {
         "apiVersion": "configbutler.ai/v1alpha1",
         "kind": "GitProvider",
@@ -159,7 +154,7 @@ def test_crd_schema_rejects_a_provider_without_url(control_plane: ControlPlane) 
 async def test_daemon_identity_reads_but_cannot_write_mirrored_objects(
     control_plane: ControlPlane,
 ) -> None:
-    namespace = make_namespace(control_plane)
+    namespace = create_namespace(control_plane, "smoke")
     api = await api_client(str(control_plane.daemon_kubeconfig))
     try:
         core = client.CoreV1Api(api)
@@ -175,7 +170,7 @@ async def test_watch_resumed_after_compaction_receives_410(
     control_plane: ControlPlane, admin: client.ApiClient
 ) -> None:
     assert WATCH_CACHE_OFF_RESOURCE == "podtemplates"
-    namespace = make_namespace(control_plane)
+    namespace = create_namespace(control_plane, "smoke")
     core = client.CoreV1Api(admin)
     template = {
         "metadata": {"name": "t0"},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from pygit2.enums import CredentialType, FileMode
+from pygit2.enums import CredentialType
 
 from testbed.gitservers import (
     FOREIGN_AUTHOR,
@@ -27,6 +27,7 @@ from testbed.gitservers import (
     LogEntry,
     MissingProgramError,
     branch_tip,
+    commit_files,
     install_hook,
     libgit2_known_hosts,
     log,
@@ -101,18 +102,7 @@ def commit_locally(
     repo: pygit2.Repository, branch: str, files: Mapping[str, bytes], message: str
 ) -> str:
     """Commit ``files`` on top of the local ``branch`` of a bare clone; returns the SHA."""
-    ref_name = f"refs/heads/{branch}"
-    index = pygit2.Index()
-    parents: list[pygit2.Oid] = []
-    tip = repo.references.get(ref_name)
-    if tip is not None:
-        parent = repo[tip.target].peel(pygit2.Commit)
-        index.read_tree(parent.tree)
-        parents.append(parent.id)
-    for path, content in files.items():
-        index.add(pygit2.IndexEntry(path, repo.create_blob(content), FileMode.BLOB))
-    tree_id = index.write_tree(repo)
-    return str(repo.create_commit(ref_name, CLIENT, CLIENT, message, tree_id, parents))
+    return str(commit_files(repo, branch, files, message, CLIENT))
 
 
 def push(
@@ -294,14 +284,25 @@ def test_pygit2_accepts_any_ssh_host_key_unless_certificate_check_is_overridden(
     )
 
 
+def behind_a_foreign_commit(
+    server: GitHttpServer, name: str, tmp_path: Path
+) -> tuple[pygit2.Repository, Path, str]:
+    """A clone with a local commit made after someone else pushed on top of what it cloned.
+
+    Returns the clone, the server's repository and the foreign commit.
+    """
+    server.seed_repo(name, "main", {"f": b"x"}, "Seed")
+    repo = clone(server.url(name), tmp_path / "clone", http_callbacks(server))
+    server_repo = server.repo_path(name)
+    foreign = push_foreign_commit(server_repo, "main", "human.md", b"hi\n", "Human edit")
+    commit_locally(repo, "main", {"f": b"ours"}, "Ours")
+    return repo, server_repo, foreign
+
+
 def test_push_behind_a_foreign_commit_is_refused_by_the_client(
     git_http: GitHttpServer, git_repo_name: str, tmp_path: Path
 ) -> None:
-    git_http.seed_repo(git_repo_name, "main", {"f": b"x"}, "Seed")
-    repo = clone(git_http.url(git_repo_name), tmp_path / "clone", http_callbacks(git_http))
-    server_repo = git_http.repo_path(git_repo_name)
-    foreign = push_foreign_commit(server_repo, "main", "human.md", b"hi\n", "Human edit")
-    commit_locally(repo, "main", {"f": b"ours"}, "Ours")
+    repo, server_repo, foreign = behind_a_foreign_commit(git_http, git_repo_name, tmp_path)
 
     with pytest.raises(pygit2.GitError, match="not present locally"):
         push(repo, "main", http_callbacks(git_http))
@@ -312,11 +313,7 @@ def test_push_behind_a_foreign_commit_is_refused_by_the_client(
 def test_forced_push_behind_a_foreign_commit_is_refused_by_the_server(
     git_http: GitHttpServer, git_repo_name: str, tmp_path: Path
 ) -> None:
-    git_http.seed_repo(git_repo_name, "main", {"f": b"x"}, "Seed")
-    repo = clone(git_http.url(git_repo_name), tmp_path / "clone", http_callbacks(git_http))
-    server_repo = git_http.repo_path(git_repo_name)
-    foreign = push_foreign_commit(server_repo, "main", "human.md", b"hi\n", "Human edit")
-    commit_locally(repo, "main", {"f": b"ours"}, "Ours")
+    repo, server_repo, foreign = behind_a_foreign_commit(git_http, git_repo_name, tmp_path)
 
     callbacks = http_callbacks(git_http)
     push(repo, "main", callbacks, force=True)

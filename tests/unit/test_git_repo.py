@@ -36,9 +36,9 @@ from reverserd.git.known_hosts import (
     parse_known_hosts,
 )
 from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS
+from testbed.gitservers import commit_files
+from tests.conftest import AUTHOR, COMMITTER, write
 
-AUTHOR = pygit2.Signature("Jane Operator", "jane@example.com", 1_700_000_000, 0)
-COMMITTER = pygit2.Signature("reverserd", "reverserd@example.com", 1_700_000_000, 0)
 OTHER = pygit2.Signature("Someone Else", "else@example.com", 1_700_000_100, 0)
 
 # Two ed25519 public keys (ssh-keygen), with the fingerprints ssh-keygen -l prints for them.
@@ -67,29 +67,13 @@ def commit_directly(
     remote: pygit2.Repository, branch: str, files: dict[str, bytes], message: str
 ) -> pygit2.Oid:
     """A commit made on the remote by someone else, on top of the branch tip."""
-    ref = f"refs/heads/{branch}"
-    parents = [remote.references[ref].target] if ref in remote.references else []
-    index = pygit2.Index()
-    if parents:
-        tip = remote.get(parents[0])
-        assert isinstance(tip, pygit2.Commit)
-        index.read_tree(tip.tree)
-    for path, content in files.items():
-        index.add(pygit2.IndexEntry(path, remote.create_blob(content), pygit2.enums.FileMode.BLOB))
-    tree = index.write_tree(remote)
-    return remote.create_commit(ref, OTHER, OTHER, message, tree, parents)
+    return commit_files(remote, branch, files, message, OTHER)
 
 
 def clone(tmp_path: Path, url: str, branch: str = "main", name: str = "clone") -> BranchRepository:
     repository = BranchRepository(tmp_path / name, url, branch)
     repository.open()
     return repository
-
-
-def write(repository: BranchRepository, path: str, content: bytes | None, message: str) -> str:
-    sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
-    assert sha is not None
-    return sha
 
 
 def clone_commit(tmp_path: Path, sha: str) -> pygit2.Commit:
