@@ -16,7 +16,8 @@ from typing import Any
 from bench.common import configmap_manifest, configmap_names, say
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import GitHttpServer
-from testbed.harness import Reverserd, create_many, mirror_setup, wait_until
+from testbed.harness import Reverserd, create_many, wait_until
+from testbed.manifests import mirror_setup
 
 # The daemon answers /healthz within a couple of seconds; a profiled one is slower to start.
 HEALTHZ_TIMEOUT_S = 60.0

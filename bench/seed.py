@@ -47,7 +47,8 @@ NAMESPACE = "bench-seed"
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     from reverserd.journal import JOURNAL_FILE
     from testbed.controlplane import running_control_plane
-    from testbed.harness import apply, mirror_setup
+    from testbed.harness import apply
+    from testbed.manifests import mirror_setup
 
     result = Result("seed", command_line("bench.seed", argv))
     stream = CONFIGMAPS_STREAM.format(namespace=NAMESPACE)
