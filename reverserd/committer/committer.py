@@ -64,6 +64,9 @@ MAX_IMMEDIATE_REBASES = 5
 # Submissions waiting for the Git thread; a full inbox slows the consumers (they re-read the
 # journal, which holds everything anyway) instead of growing memory without bound.
 INBOX_DEPTH = 1000
+# Commits one push may carry under a backlog: about a second of Git work on two cores, so
+# pushes stay frequent while their fixed cost (a round trip, pack negotiation) is shared.
+BATCH_LIMIT = 200
 # The lines of every commit message that name the target it was made for, and the journal seq
 # up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
@@ -242,8 +245,9 @@ class Committer:
     async def _take_submissions(self) -> None:
         """Wait for work or for the push deadline; commit what has arrived.
 
-        At most enough submissions to fill one push are taken per round, so a backlog never
-        postpones a push that ``push.interval`` or ``push.maxCommits`` asks for.
+        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) wait for one push,
+        so a backlog never postpones a due push by more than about a second of Git work, while
+        a burst is not pushed in needlessly small pieces.
         """
         timeout = None
         if self._first_unpushed_at is not None:
@@ -259,7 +263,8 @@ class Committer:
             await self._apply_batch()
 
     async def _apply_batch(self) -> None:
-        room = max(1, self.policy.max_commits - sum(1 for i in self._unpushed if i.commit))
+        unpushed = sum(1 for item in self._unpushed if item.commit)
+        room = max(1, max(self.policy.max_commits, BATCH_LIMIT) - unpushed)
         async with self._inbox_changed:
             batch = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
             self._inbox_changed.notify_all()
