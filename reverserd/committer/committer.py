@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pygit2
 
@@ -386,15 +386,6 @@ class Committer:
         for item in settled:
             if item.on_pushed is not None:
                 item.on_pushed((newest or {}).get(item.target), pushed_at)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "remote": self.key,
-            "ready": self.ready.is_set(),
-            "unpushed": len(self._unpushed),
-            "last_push": self.last_push_time,
-            "last_error": self.last_error,
-        }
 
 
 def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:

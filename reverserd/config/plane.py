@@ -364,7 +364,6 @@ class ConfigPlane:
         self.discovery: Discovery | None = None
         self.state = ConfigState()
         self.version = 0
-        self.status_writes = 0
         # Only the leader writes status; a standby computes state for its own journal only.
         self.writes_enabled = True
         # The resourceVersion each status write went over: until the informer has seen the
@@ -436,7 +435,6 @@ class ConfigPlane:
             if error.status != 404:
                 log.warning("status write for %s %s failed: %s", item.rtype.kind, item.name, error)
             return False
-        self.status_writes += 1
         STATUS_WRITES.labels(kind=item.rtype.kind).inc()
         return True
 

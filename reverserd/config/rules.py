@@ -53,11 +53,6 @@ class CompiledRule:
             return (rtype.group, rtype.resource) not in DEFAULT_EXCLUDED_RESOURCES
         return rtype.resource.lower() in self.resources
 
-    def names_resource(self, group: str, resource: str) -> bool:
-        """Whether the rule names this resource explicitly (for ResourceNotServed reports)."""
-        in_group = self.groups is None or group in self.groups
-        return in_group and self.resources is not None and resource.lower() in self.resources
-
     def selects_event(self, rtype: ResourceType, namespace: str, operation: str) -> bool:
         if operation not in self.operations:
             return False

@@ -30,9 +30,6 @@ class Discovery:
     versions: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     stale_groups: frozenset[str] = frozenset()
 
-    def groups(self) -> set[str]:
-        return {group for group, _ in self.types}
-
 
 async def discover(client: KubeClient) -> Discovery:
     types: dict[tuple[str, str], ResourceType] = {}
