@@ -6,7 +6,6 @@ Everything here wraps :mod:`testbed`; nothing talks to a mock.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from typing import Any
 from bench.common import configmap_manifest, configmap_names, say
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import GitHttpServer
-from testbed.harness import Reverserd, create_many, wait_until
+from testbed.harness import Reverserd, create_many
 from testbed.manifests import mirror_setup
 
 # The daemon answers /healthz within a couple of seconds; a profiled one is slower to start.
@@ -34,7 +33,8 @@ class BenchDaemon(Reverserd):
     """
 
     def __init__(self, plane: ControlPlane, state_dir: Path, profile: Path | None = None) -> None:
-        super().__init__(plane, state_dir)
+        profiling = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+        super().__init__(plane, state_dir, interpreter_args=profiling)
         self.profile = profile
         self.started_wall = 0.0
         self.started_mono = 0.0
@@ -49,34 +49,7 @@ class BenchDaemon(Reverserd):
 
     def start(self) -> BenchDaemon:
         self.started_wall, self.started_mono = time.time(), time.monotonic()
-        if self.profile is None:
-            super().start()
-            return self
-        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(self.profile),
-            "-m",
-            "reverserd",
-            "run",
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--state-dir",
-            str(self.state_dir),
-            "--http-listen",
-            f"127.0.0.1:{self.port}",
-            "--log-format",
-            "json",
-            *self.extra_args,
-        ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        wait_until(lambda: self.get("/healthz") is not None, HEALTHZ_TIMEOUT_S, self.log_tail)
+        super().start()
         return self
 
     def since_start(self, wall: float | None) -> float | None:

@@ -28,6 +28,7 @@ from bench.common import (
     FirstTrue,
     Result,
     add_common_arguments,
+    benchmark_main,
     command_line,
     first_log,
     fmt_mb,
@@ -35,7 +36,6 @@ from bench.common import (
     message_starts,
     peak_rss_mb,
     say,
-    use_this_checkout,
     workdir,
 )
 
@@ -156,11 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    use_this_checkout()
-    args = build_parser().parse_args(argv)
-    result = run(args, argv)
-    print(result.render(), flush=True)
-    return 1 if result.missed else 0
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

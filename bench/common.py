@@ -431,3 +431,16 @@ def say(message: str) -> None:
 
 def dump_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def benchmark_main(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace, Sequence[str] | None], Result],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse arguments, run one benchmark, print its table; exit 1 when a target is missed."""
+    use_this_checkout()
+    args = build_parser().parse_args(argv)
+    result = run(args, argv)
+    print(result.render(), flush=True)
+    return 1 if result.missed else 0

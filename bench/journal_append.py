@@ -31,10 +31,10 @@ from bench.common import (
     Result,
     add_common_arguments,
     as_served,
+    benchmark_main,
     command_line,
     configmap_manifest,
     say,
-    use_this_checkout,
     workdir,
 )
 
@@ -275,11 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    use_this_checkout()
-    args = build_parser().parse_args(argv)
-    result = run(args, argv)
-    print(result.render(), flush=True)
-    return 1 if result.missed else 0
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

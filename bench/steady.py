@@ -41,6 +41,7 @@ from bench.common import (
     FirstTrue,
     Result,
     add_common_arguments,
+    benchmark_main,
     command_line,
     configmap_names,
     cpu_seconds,
@@ -51,7 +52,6 @@ from bench.common import (
     peak_rss_mb,
     percentile,
     say,
-    use_this_checkout,
     workdir,
 )
 from testbed.controlplane import ControlPlane
@@ -405,11 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    use_this_checkout()
-    args = build_parser().parse_args(argv)
-    result = run(args, argv)
-    print(result.render(), flush=True)
-    return 1 if result.missed else 0
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -52,10 +52,13 @@ class Reverserd:
         state_dir: Path,
         extra_args: Sequence[str] = (),
         kubeconfig: Path | None = None,
+        interpreter_args: Sequence[str] = (),
     ) -> None:
+        """``interpreter_args`` go to Python before ``-m reverserd`` (e.g. ``-m cProfile``)."""
         self.plane = plane
         self.state_dir = state_dir
         self.extra_args = list(extra_args)
+        self.interpreter_args = list(interpreter_args)
         self.kubeconfig = kubeconfig or plane.daemon_kubeconfig
         self.port = free_port()
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
@@ -69,6 +72,7 @@ class Reverserd:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
+            *self.interpreter_args,
             "-m",
             "reverserd",
             "run",
