@@ -36,7 +36,7 @@ CREATE TABLE objects (
     seq              INTEGER NOT NULL,  -- the event holding this state; compaction keeps it
     PRIMARY KEY (api_group, resource, namespace, name)
 ) WITHOUT ROWID;
-CREATE INDEX objects_by_stream ON objects (stream);
+-- Compaction keeps every event an objects row points at.
 CREATE INDEX objects_by_seq ON objects (seq);
 
 CREATE TABLE streams (

@@ -56,6 +56,8 @@ QUEUE_DEPTH = 1024
 BUSY_TIMEOUT_MS = 10_000
 
 WatchType = Literal["ADDED", "MODIFIED", "DELETED"]
+# Bodies are plain JSON from the API server: no cycles to check for, and UTF-8 is stored as is.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, ensure_ascii=False)
 T = TypeVar("T")
 
 # Fields of a Secret that may hold secret values, and the annotation kubectl copies them into.
@@ -146,7 +148,7 @@ class _Batch:
                 resource_version,
                 None,
                 self.now,
-                None if body is None else json.dumps(body, separators=(",", ":")),
+                None if body is None else _ENCODER.encode(body),
             )
         )
         return seq
@@ -160,9 +162,9 @@ class _Batch:
         version = str(metadata.get("resourceVersion", ""))
         index = self.writer.index
         known = index.get(key)
-        stored = journal_body(stream.api_group, stream.resource, body)
         if watch_type == "DELETED" or metadata.get("deletionTimestamp"):
             if known is not None:
+                stored = journal_body(stream.api_group, stream.resource, body)
                 self.event(stream, EventKind.DELETE, key, uid, version, stored)
                 self._forget(key)
             return
@@ -176,6 +178,7 @@ class _Batch:
             kind = EventKind.UPDATE
         else:
             return
+        stored = journal_body(stream.api_group, stream.resource, body)
         seq = self.event(stream, kind, key, uid, version, stored)
         index[key] = IndexEntry(uid, version, seq, stream.key, stream.api_version)
         self.objects[key] = (
