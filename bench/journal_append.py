@@ -48,7 +48,7 @@ class Phase:
     seconds: float
     transactions: int
     write_seconds: float
-    commit_seconds: float
+    build_seconds: float
 
     @property
     def rate(self) -> float:
@@ -68,16 +68,17 @@ async def _drive(
     from reverserd.kube.resources import ResourceType
 
     class MeasuredWriter(JournalWriter):
-        """Counts transactions and splits time between SQL and computing the batch."""
+        """Counts transactions and measures SQL and computing the batch (they overlap)."""
 
         transactions = 0
         write_seconds = 0.0
-        commit_seconds = 0.0
+        build_seconds = 0.0
 
-        async def _commit(self, operations: Any) -> None:
+        def _prepare(self, operations: Any) -> Any:
             started = time.perf_counter()
-            await super()._commit(operations)
-            self.commit_seconds += time.perf_counter() - started
+            prepared = super()._prepare(operations)
+            self.build_seconds += time.perf_counter() - started
+            return prepared
 
         async def _write(self, batch: Any) -> None:
             started = time.perf_counter()
@@ -129,10 +130,10 @@ async def _drive(
 
         for phase in phases:
             kind = "ADDED" if phase == "create" else "MODIFIED"
-            transactions, write_s, commit_s = (
+            transactions, write_s, build_s = (
                 writer.transactions,
                 writer.write_seconds,
-                writer.commit_seconds,
+                writer.build_seconds,
             )
             if profiler is not None:
                 profiler.enable()
@@ -150,7 +151,7 @@ async def _drive(
                     elapsed,
                     writer.transactions - transactions,
                     writer.write_seconds - write_s,
-                    writer.commit_seconds - commit_s,
+                    writer.build_seconds - build_s,
                 )
             )
         events = await (await writer.connection.execute("SELECT COUNT(*) FROM events")).fetchone()
@@ -213,9 +214,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
             f"{phase.transactions}, {per_txn:,.0f}",
         )
         result.add(
-            f"{phase.name}: time in SQL / building batches / elsewhere",
-            f"{phase.write_seconds:.2f} s / {phase.commit_seconds - phase.write_seconds:.2f} s"
-            f" / {phase.seconds - phase.commit_seconds:.2f} s",
+            f"{phase.name}: time in SQL / building batches (overlapping) / wall",
+            f"{phase.write_seconds:.2f} s / {phase.build_seconds:.2f} s / {phase.seconds:.2f} s",
         )
     for phase in small:
         result.add(
@@ -237,7 +237,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     result.note(
         "'building batches' is the writer's own Python work per transaction (index lookups,"
         " managedFields stripping, json.dumps); 'SQL' is the aiosqlite round trips and SQLite"
-        " itself; 'elsewhere' is queueing and the streams' own awaits."
+        " itself; the writer builds the next batch while SQLite writes the previous one, so"
+        " the two overlap and can add up to more than the wall time."
     )
     if profiler is not None:
         out = io.StringIO()

@@ -116,6 +116,7 @@ class _Batch:
         self.objects: dict[ObjectKey, tuple[Any, ...] | None] = {}
         self.statements: list[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]] = []
         self.now = time.time()
+        self.last_seq = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.statements.append((sql, params, False))
@@ -226,6 +227,13 @@ class _Operation:
     done: asyncio.Future[Any]
 
 
+_Result = tuple[_Operation, Any, BaseException | None]
+
+
+class JournalWriteFailed(Exception):
+    """The transaction holding an operation was not written; its caller must retry."""
+
+
 class JournalWriter:
     """Owns the single writer connection of ``<state-dir>/journal.db``.
 
@@ -241,6 +249,8 @@ class JournalWriter:
         self._queue: asyncio.Queue[_Operation] = asyncio.Queue(QUEUE_DEPTH)
         self.committed_seq = 0
         self._appended = asyncio.Condition()
+        # Bumped whenever the in-memory index is reloaded from the database.
+        self._generation = 0
 
     @classmethod
     async def open(cls, state_dir: Path) -> JournalWriter:
@@ -254,17 +264,21 @@ class JournalWriter:
         return writer
 
     async def _load_index(self) -> None:
-        self.index.clear()
+        """Rebuild the index from the database; swapped in at once, with no await in between."""
         rows = await self.connection.execute_fetchall(
             "SELECT api_group, resource, namespace, name, uid, resource_version, seq, stream,"
             " api_version FROM objects"
         )
-        for group, resource, namespace, name, uid, version, seq, stream, api_version in rows:
-            key = ObjectKey(group, resource, namespace, name)
-            self.index[key] = IndexEntry(uid, version, seq, stream, api_version)
         last = await self.connection.execute_fetchall(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
         )
+        index = {
+            ObjectKey(group, resource, namespace, name): IndexEntry(
+                uid, version, seq, stream, api_version
+            )
+            for group, resource, namespace, name, uid, version, seq, stream, api_version in rows
+        }
+        self.index = index
         self.committed_seq = int(next(iter(last))[0])
         self.next_seq = self.committed_seq + 1
 
@@ -272,34 +286,54 @@ class JournalWriter:
         await self.connection.close()
 
     async def run(self) -> None:
-        """Apply queued operations in group commits until cancelled."""
-        while True:
-            operations = [await self._queue.get()]
-            while len(operations) < MAX_OPS_PER_COMMIT and not self._queue.empty():
-                operations.append(self._queue.get_nowait())
-            await self._commit(operations)
+        """Apply queued operations in group commits until cancelled.
 
-    async def _commit(self, operations: list[_Operation]) -> None:
+        Pipelined: while SQLite writes one transaction on aiosqlite's thread, the next batch is
+        computed on the event loop. A batch computed while its predecessor failed was built on
+        an index that no longer holds, so it is failed too (its callers retry from their
+        stored resume points), never written.
+        """
+        writing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                operations = [await self._queue.get()]
+                while len(operations) < MAX_OPS_PER_COMMIT and not self._queue.empty():
+                    operations.append(self._queue.get_nowait())
+                generation = self._generation
+                batch, results = self._prepare(operations)
+                if writing is not None:
+                    await writing
+                    writing = None
+                    if generation != self._generation:
+                        await self._abandon(results, batch)
+                        continue
+                writing = asyncio.ensure_future(self._finish(batch, results))
+        finally:
+            if writing is not None:
+                writing.cancel()
+
+    def _prepare(self, operations: list[_Operation]) -> tuple[_Batch, list[_Result]]:
         batch = _Batch(self)
-        results: list[tuple[_Operation, Any, BaseException | None]] = []
+        results: list[_Result] = []
         for operation in operations:
             try:
                 results.append((operation, operation.apply(batch), None))
             except Exception as error:  # a bad operation must not take the others down
                 results.append((operation, None, error))
+        batch.last_seq = self.next_seq - 1
+        return batch, results
+
+    async def _finish(self, batch: _Batch, results: list[_Result]) -> None:
         try:
             await self._write(batch)
         except (sqlite3.Error, OSError) as error:
             log.error("journal transaction failed, reloading index", exc_info=error)
             if self.connection.in_transaction:
                 await self.connection.rollback()
-            await self._load_index()
-            for operation, _, _ in results:
-                if not operation.done.done():
-                    operation.done.set_exception(error)
+            await self._reload(results, error)
             return
-        if self.committed_seq != self.next_seq - 1:
-            self.committed_seq = self.next_seq - 1
+        if batch.last_seq > self.committed_seq:
+            self.committed_seq = batch.last_seq
             async with self._appended:
                 self._appended.notify_all()
         for operation, result, failure in results:
@@ -309,6 +343,18 @@ class JournalWriter:
                 operation.done.set_result(result)
             else:
                 operation.done.set_exception(failure)
+
+    async def _abandon(self, results: list[_Result], batch: _Batch) -> None:
+        del batch  # computed on a stale index: its rows are never written
+        await self._reload(results, JournalWriteFailed("an earlier journal transaction failed"))
+
+    async def _reload(self, results: list[_Result], error: BaseException) -> None:
+        await self._load_index()
+        # After the swap: a batch computed before it (on the old index) sees a new generation.
+        self._generation += 1
+        for operation, _, _ in results:
+            if not operation.done.done():
+                operation.done.set_exception(error)
 
     async def _write(self, batch: _Batch) -> None:
         connection = self.connection

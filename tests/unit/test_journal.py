@@ -189,3 +189,30 @@ async def test_reopened_journal_continues_sequence_and_index(tmp_path: Path) -> 
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert rows == [(1, EventKind.CREATE.value), (2, EventKind.UPDATE.value)]
     assert mode == "wal"
+
+
+async def test_failed_transaction_loses_nothing_committed_and_the_journal_recovers(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    await writer.register_stream(CONFIGMAPS)
+    await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("a", 1))], "1")
+
+    def broken(batch: Any) -> None:
+        batch.execute("INSERT INTO no_such_table VALUES (1)")
+
+    failing = asyncio.ensure_future(writer.submit(broken))
+    # Queued behind the broken one: it may be computed on the index the failure invalidates.
+    follower = asyncio.ensure_future(
+        writer.record_changes(CONFIGMAPS, [("ADDED", configmap("b", 1, uid="u-b"))], "2")
+    )
+    outcomes = await asyncio.gather(failing, follower, return_exceptions=True)
+    assert isinstance(outcomes[0], Exception)
+    # Whatever the follower's fate, a retry (as a watcher does) journals it exactly once.
+    await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("b", 1, uid="u-b"))], "2")
+    await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("a", 2))], "3")
+    assert await kinds(reader) == [("CREATE", "a"), ("CREATE", "b"), ("UPDATE", "a")]
+    seqs = [event.seq for event in await reader.events_after(0, 10)]
+    assert seqs == sorted(set(seqs))
+    (stream,) = await reader.streams()
+    assert stream.resource_version == "3"
