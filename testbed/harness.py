@@ -306,7 +306,7 @@ def delete_mirror_resources(plane: ControlPlane, namespace: str) -> None:
     """Remove every GitProvider, GitTarget and WatchRule of ``namespace``.
 
     The test bed has no namespace controller, so deleting a namespace would leave its objects in
-    place; a later daemon of the same session would then pick up the stale targets and push to
+    place; a later daemon of the same test run would then pick up the stale targets and push to
     their repositories. Tests that create mirror resources remove them with this.
     """
     plane.kubectl(
