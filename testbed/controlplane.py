@@ -309,8 +309,17 @@ class ControlPlane:
         Every open watch breaks and clients must resume, which is how a test makes a daemon
         reconnect after :meth:`compact_etcd`.
         """
+        with self.apiserver_down():
+            pass
+
+    @contextmanager
+    def apiserver_down(self) -> Iterator[None]:
+        """kube-apiserver is stopped inside the block and started again (same port) after it."""
         self._stop_process("kube-apiserver")
-        self._start_apiserver()
+        try:
+            yield
+        finally:
+            self._start_apiserver()
 
     def _apiserver_ready(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from reverserd.config.model import (
     GROUP,
     VERSION,
@@ -434,6 +436,11 @@ class ConfigPlane:
         except KubeError as error:
             if error.status != 404:
                 log.warning("status write for %s %s failed: %s", item.rtype.kind, item.name, error)
+            return False
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # The API server is unreachable: the next pass (at most STATUS_RETRY_S away)
+            # writes it again.
+            log.warning("status write for %s %s failed: %s", item.rtype.kind, item.name, error)
             return False
         STATUS_WRITES.labels(kind=item.rtype.kind).inc()
         return True

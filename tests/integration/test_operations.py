@@ -4,6 +4,8 @@ outside against real processes."""
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -123,3 +125,29 @@ def test_metrics_match_the_pushed_history(
     assert all(w["seed_state"] == "complete" and w["resource_version"] for w in status["watches"])
     page = (daemon.get("/") or b"").decode()
     assert target in page and "Watches" in page
+
+
+def test_readyz_fails_while_the_api_server_is_unreachable(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_until(lambda: readiness(daemon) == 200, describe=daemon.log_tail)
+    with control_plane.apiserver_down():
+        # Readiness re-probes the API server once its last answer is older than 10 s.
+        wait_until(lambda: readiness(daemon) == 503, timeout=30, describe=daemon.log_tail)
+        assert daemon.get("/healthz") == b"ok\n"
+    wait_until(lambda: readiness(daemon) == 200, timeout=30, describe=daemon.log_tail)
+    apply(control_plane, configmap(namespace, "after-outage"))
+    wait_until(lambda: f"[CREATE] v1/configmaps/{namespace}/after-outage" in subjects(remote.path))
+
+
+def readiness(daemon: Reverserd) -> int:
+    """HTTP status of /readyz (0 when the daemon does not answer)."""
+    try:
+        with urllib.request.urlopen(daemon.url + "/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
