@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from bench.bed import (
     BenchDaemon,
@@ -145,13 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="GitProvider spec.push.interval (default 1s, as the test harness uses)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="FILE",
-        help="run the daemon under cProfile and write its profile here (a separate run)",
-    )
-    add_common_arguments(parser)
+    add_common_arguments(parser, daemon_profile=True)
     return parser
 
 

@@ -399,7 +399,16 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, daemon_profile: bool = False) -> None:
+    """--workdir and --keep; with ``daemon_profile``, --profile for a cProfiled daemon too."""
+    if daemon_profile:
+        parser.add_argument(
+            "--profile",
+            type=Path,
+            metavar="FILE",
+            help="run the daemon under cProfile and write its profile here (a separate run:"
+            " profiling slows the daemon down)",
+        )
     parser.add_argument(
         "--workdir", type=Path, help="keep state, logs and journals here (default: a temp dir)"
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from bench.bed import BenchDaemon, create_namespace, load_configmaps, stopped_afterwards
 from bench.common import (
@@ -146,14 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="give up waiting for the seed (s)"
     )
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="FILE",
-        help="run the daemon under cProfile and write its profile here (a separate run:"
-        " profiling slows the daemon down)",
-    )
-    add_common_arguments(parser)
+    add_common_arguments(parser, daemon_profile=True)
     return parser
 
 

@@ -394,13 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after the last write by which every change must be on the server"
         " (default: twice the push interval)",
     )
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="FILE",
-        help="run the daemon under cProfile and write its profile here (a separate run)",
-    )
-    add_common_arguments(parser)
+    add_common_arguments(parser, daemon_profile=True)
     return parser
 
 
