@@ -296,6 +296,41 @@ class BranchRepository:
             tree = found
         return sorted(_walk_files(tree, folder))
 
+    def unwritable(self, changes: Sequence[FileChange]) -> dict[str, str]:
+        """Path -> why a write of ``changes`` cannot be applied on the local tip.
+
+        A path is unwritable when it is invalid, when a folder (or symlink) stands where the
+        file goes, or when a file stands where one of its folders must be. Deletions never are.
+        """
+        tree = self._tip_tree()
+        blocked: dict[str, str] = {}
+        for change in changes:
+            if change.content is None:
+                continue
+            try:
+                parts = _split_path(change.path)
+            except ValueError as error:
+                blocked[change.path] = str(error)
+                continue
+            node: pygit2.Object | None = tree
+            for depth, part in enumerate(parts):
+                node = _entry(node, part) if isinstance(node, pygit2.Tree) else None
+                if node is None:
+                    break
+                here = "/".join(parts[: depth + 1])
+                last = depth == len(parts) - 1
+                if last and node.filemode not in _FILE_MODES:
+                    blocked[change.path] = (
+                        f"cannot write {here}: something other than a file is there"
+                    )
+                elif not last and not isinstance(node, pygit2.Tree):
+                    blocked[change.path] = f"cannot write under {here}: it is not a folder"
+        return blocked
+
+    def remote_base(self) -> str | None:
+        """SHA of the remote commit local work is built on (``refs/reverserd/base``)."""
+        return _sha(self._target(BASE_REF))
+
     def pending(self) -> int:
         """Number of local commits the remote does not have (above the base)."""
         local = self._target(self._local_ref)
