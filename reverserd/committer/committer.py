@@ -413,23 +413,41 @@ class Committer:
 
     async def _commit_writable(self, item: Submission) -> str | None:
         """Commit ``item`` without the files the branch cannot hold; quarantine their objects."""
-        blocked = await self.on_git_thread(
-            functools.partial(self.repository.unwritable, item.changes)
-        )
+        unwritable = functools.partial(self.repository.unwritable, item.changes)
+        blocked = await self.on_git_thread(unwritable)
         if blocked:
-            held = {key: blocked[path] for key, path, _ in item.records if path in blocked}
-            item.changes = [change for change in item.changes if change.path not in blocked]
-            item.records = [record for record in item.records if record[1] not in blocked]
-            item.quarantine.update(held)
-            log.warning(
-                "objects quarantined: their files cannot be written on the branch",
-                extra={"target": item.target, "paths": sorted(blocked)},
-            )
-            if item.on_quarantined is not None:
-                item.on_quarantined(held)
+            # The local tip may be behind a person who already freed the path: look first.
+            try:
+                await self.on_git_thread(self.repository.rebase_onto_remote)
+            except RemoteUnavailable:
+                pass
+            else:
+                self._quarantine_paths(self.repository.dropped_in_rebuild)
+                blocked = await self.on_git_thread(unwritable)
+        item.changes = [change for change in item.changes if change.path not in blocked]
+        self._quarantine_paths(blocked, [item])
         if not item.changes:
             return None
         return (await self._commit([item]))[0]
+
+    def _quarantine_paths(
+        self, blocked: Mapping[str, str], items: Sequence[Submission] | None = None
+    ) -> None:
+        """The objects whose files are ``blocked`` are not written: no record, quarantined."""
+        if not blocked:
+            return
+        log.warning(
+            "objects quarantined: their files cannot be written on the branch",
+            extra={"remote": self.key, "paths": sorted(blocked)},
+        )
+        for item in self._unpushed if items is None else items:
+            held = {k: blocked[p] for k, p, _ in item.records if p is not None and p in blocked}
+            if not held:
+                continue
+            item.records = [record for record in item.records if record[1] not in blocked]
+            item.quarantine.update(held)
+            if item.on_quarantined is not None:
+                item.on_quarantined(held)
 
     async def _push_once(self) -> None:
         """One push attempt; its outcome decides when the next one may run."""
@@ -472,6 +490,7 @@ class Committer:
         except RemoteUnavailable as error:
             self._push_failed("ConnectionFailed", str(error))
             return
+        self._quarantine_paths(self.repository.dropped_in_rebuild)
         if before == after:
             self._push_failed(
                 "PushRefused",
