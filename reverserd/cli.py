@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -18,6 +18,14 @@ from reverserd.journal import JournalEvent, JournalReader
 
 DEFAULT_STATE_DIR = Path("/var/lib/reverserd")
 DEFAULT_HTTP_LISTEN = ":8080"
+# Every long flag --some-flag of every command can be set by REVERSERD_SOME_FLAG instead, the
+# way a Deployment or a systemd unit sets its configuration; a flag on the command line wins.
+ENV_PREFIX = "REVERSERD_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Spellings of other log libraries (zap's "warn", as gitops-reverser took it) for our levels.
+LOG_LEVEL_ALIASES = {"WARN": "WARNING"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 # `journal tail -f` polls the journal at this pace; SQLite has no change notification.
 TAIL_POLL_S = 0.5
 
@@ -29,34 +37,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reverserd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the daemon")
-    run.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster)")
-    run.add_argument("--context", help="kubeconfig context")
-    run.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
-    run.add_argument(
-        "--http-listen", default=os.environ.get("REVERSERD_HTTP_LISTEN", DEFAULT_HTTP_LISTEN)
+    run = commands.add_parser(
+        "run",
+        help="run the daemon",
+        description=f"Run the daemon. Every flag can also be set by {ENV_PREFIX}<FLAG>.",
     )
-    run.add_argument("--log-format", choices=("json", "text"), default="json")
-    run.add_argument("--log-level", default="INFO")
-    run.add_argument("--git-author-name", default="reverserd")
-    run.add_argument("--git-author-email", default="reverserd@localhost")
-    run.add_argument(
+    cluster = run.add_argument_group("cluster")
+    cluster.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig file (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)",
+    )
+    cluster.add_argument("--context", help="kubeconfig context")
+    storage = run.add_argument_group("state and HTTP")
+    storage.add_argument(
+        "--state-dir",
+        type=Path,
+        default=_env_path("REVERSERD_STATE_DIR"),
+        help="journal and Git clones",
+    )
+    storage.add_argument(
+        "--http-listen",
+        default=os.environ.get("REVERSERD_HTTP_LISTEN", DEFAULT_HTTP_LISTEN),
+        help="address of /healthz, /readyz, /metrics and /status",
+    )
+    logging_group = run.add_argument_group("logging")
+    logging_group.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="json lines or text"
+    )
+    logging_group.add_argument(
+        "--log-level",
+        type=_log_level,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="any case; warn means WARNING",
+    )
+    git = run.add_argument_group("git")
+    git.add_argument("--git-author-name", default="reverserd", help="author and committer name")
+    git.add_argument(
+        "--git-author-email", default="reverserd@localhost", help="author and committer e-mail"
+    )
+    secrets = run.add_argument_group("secrets")
+    secrets.add_argument(
         "--sops-path", default=os.environ.get("REVERSERD_SOPS", "sops"), help="sops binary"
     )
-    run.add_argument(
+    secrets.add_argument(
         "--age-keygen-path",
         default=os.environ.get("REVERSERD_AGE_KEYGEN", "age-keygen"),
         help="age-keygen binary (derives recipients, generates keys)",
     )
-    run.add_argument(
+    election = run.add_argument_group("leader election")
+    election.add_argument(
         "--leader-elect", action="store_true", help="hold a Lease; only the holder writes"
     )
-    run.add_argument(
+    election.add_argument(
         "--leader-election-namespace",
         default=os.environ.get("POD_NAMESPACE", "default"),
         help="namespace of the Lease (default: $POD_NAMESPACE or default)",
     )
-    run.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
+    election.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
 
     journal = commands.add_parser("journal", help="read the journal (safe while running)")
     journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
@@ -73,7 +112,48 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="print a manifest as reverserd writes it")
     render.add_argument("-f", "--filename", type=Path, required=True)
     render.add_argument("--path", default="", help="target folder (spec.path)")
+    environment_defaults(parser, os.environ)
     return parser
+
+
+def environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Take each long flag's default from ``REVERSERD_<FLAG>`` when that variable is set.
+
+    Applied once, after every flag of every command is added, so a flag added later is covered
+    without further code. A value is checked as if it came from the command line.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                environment_defaults(command, environ)
+            continue
+        flags = [flag for flag in action.option_strings if flag.startswith("--")]
+        if not flags or action.dest in ("help", "version"):
+            continue
+        name = ENV_PREFIX + flags[0][2:].upper().replace("-", "_")
+        if action.help is not None:
+            action.help += f" [{name}]"
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if isinstance(action, argparse._StoreTrueAction):
+            word = raw.strip().lower()
+            if word not in TRUE_WORDS | FALSE_WORDS:
+                parser.error(f"{name}={raw!r}: expected true or false")
+            action.default = word in TRUE_WORDS
+            continue
+        try:
+            value = action.type(raw) if callable(action.type) else raw
+        except ValueError:
+            parser.error(f"{name}={raw!r}: not a valid value for {flags[0]}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"{name}={raw!r}: expected one of {', '.join(map(str, action.choices))}")
+        action.default = value
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    return LOG_LEVEL_ALIASES.get(level, level)
 
 
 def _env_path(name: str) -> Path:

@@ -9,6 +9,7 @@ must never hang the daemon.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,34 @@ REQUEST_TIMEOUT_S = 60.0
 # A watch is a long-lived response: only connecting is bounded here; the watcher bounds silence.
 WATCH_CONNECT_TIMEOUT_S = 15.0
 MERGE_PATCH = "application/merge-patch+json"
+# Where a pod finds its service account; present means in-cluster configuration applies.
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+# Relative to the home directory, as kubectl reads it.
+DEFAULT_KUBECONFIG = Path(".kube/config")
+
+
+def kubeconfig_path(
+    flag: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    in_cluster_token: Path = IN_CLUSTER_TOKEN,
+) -> Path | None:
+    """The kubeconfig to load, or ``None`` for the in-cluster service account.
+
+    The order kubectl and controller-runtime users expect: the flag, then ``$KUBECONFIG`` (its
+    first entry, the file kubectl writes to), then the in-cluster service account, then
+    ``~/.kube/config``. With none of them ``None`` is returned and the in-cluster loader says
+    what is missing.
+    """
+    if flag is not None:
+        return flag
+    entries = [entry for entry in environ.get("KUBECONFIG", "").split(os.pathsep) if entry]
+    if entries:
+        return Path(entries[0]).expanduser()
+    if environ.get("KUBERNETES_SERVICE_HOST") and in_cluster_token.exists():
+        return None
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    default = home / DEFAULT_KUBECONFIG
+    return default if default.exists() else None
 
 
 @dataclass
@@ -42,7 +71,8 @@ class KubeClient:
 
     @classmethod
     async def connect(cls, kubeconfig: Path | None, context: str | None = None) -> KubeClient:
-        """From a kubeconfig file when given, else the in-cluster service account."""
+        """From the kubeconfig :func:`kubeconfig_path` picks, else the in-cluster account."""
+        kubeconfig = kubeconfig_path(kubeconfig)
         configuration = client.Configuration()
         if kubeconfig is not None:
             await config.load_kube_config(

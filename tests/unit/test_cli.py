@@ -1,0 +1,126 @@
+"""The ``reverserd`` command line as an operator switching from gitops-reverser types it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from reverserd.cli import ENV_PREFIX, build_parser
+from reverserd.kube.client import kubeconfig_path
+
+
+def run_parser() -> argparse.ArgumentParser:
+    commands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    parser: argparse.ArgumentParser = commands.choices["run"]
+    return parser
+
+
+def long_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        action
+        for action in parser._actions
+        if any(flag.startswith("--") for flag in action.option_strings)
+        and action.dest not in ("help", "version")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [("debug", "DEBUG"), ("Info", "INFO"), ("warn", "WARNING"), ("ERROR", "ERROR")],
+)
+def test_log_level_is_case_insensitive(given: str, level: str) -> None:
+    assert build_parser().parse_args(["run", "--log-level", given]).log_level == level
+
+
+def test_unknown_log_level_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--log-level", "verbose"])
+
+
+def sample_value(action: argparse.Action) -> tuple[str, object]:
+    """A value for the flag's variable that differs from its default, and what it parses to."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return "true", True
+    if action.choices is not None:
+        choice = next(choice for choice in action.choices if choice != action.default)
+        return str(choice).lower(), choice
+    if action.type is Path:
+        return "/srv/from-env", Path("/srv/from-env")
+    if action.type is int:
+        return "7", 7
+    return "from-env", "from-env"
+
+
+def test_every_flag_of_every_command_is_settable_by_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flags = long_flags(run_parser())
+    assert len(flags) >= 10
+    for action in flags:
+        name = ENV_PREFIX + action.option_strings[0][2:].upper().replace("-", "_")
+        raw, expected = sample_value(action)
+        monkeypatch.setenv(name, raw)
+        parsed = vars(build_parser().parse_args(["run"]))
+        assert parsed[action.dest] == expected, name
+        # The command line still wins over the variable.
+        if not isinstance(action, argparse._StoreTrueAction) and action.choices is None:
+            parsed = vars(build_parser().parse_args(["run", action.option_strings[0], "cli"]))
+            assert str(parsed[action.dest]) == "cli", name
+        monkeypatch.delenv(name)
+
+
+def test_state_dir_variable_reaches_the_journal_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVERSERD_STATE_DIR", "/srv/state")
+    arguments = build_parser().parse_args(["journal", "stats"])
+    assert arguments.state_dir == Path("/srv/state")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("REVERSERD_LOG_FORMAT", "yaml"), ("REVERSERD_LEADER_ELECT", "maybe")],
+)
+def test_invalid_environment_value_is_refused_with_its_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        build_parser()
+    assert name in capsys.readouterr().err
+
+
+def test_run_help_groups_the_flags_and_names_their_variables() -> None:
+    parser = run_parser()
+    titles = [group.title for group in parser._action_groups]
+    for title in ("cluster", "state and HTTP", "logging", "git", "secrets", "leader election"):
+        assert title in titles
+    text = parser.format_help()
+    for action in long_flags(parser):
+        name = ENV_PREFIX + action.option_strings[0][2:].upper().replace("-", "_")
+        assert name in text, name
+
+
+def test_kubeconfig_precedence_flag_then_env_then_in_cluster_then_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text("{}")
+    token = tmp_path / "token"
+    token.write_text("t")
+    flag = tmp_path / "flag.kubeconfig"
+    from_env = tmp_path / "env.kubeconfig"
+    in_cluster = {"HOME": str(home), "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    everything = {**in_cluster, "KUBECONFIG": f"{from_env}:{tmp_path / 'second'}"}
+
+    assert kubeconfig_path(flag, everything, token) == flag
+    assert kubeconfig_path(None, everything, token) == from_env
+    assert kubeconfig_path(None, in_cluster, token) is None
+    assert kubeconfig_path(None, in_cluster, tmp_path / "no-token") == home / ".kube" / "config"
+    assert kubeconfig_path(None, {"HOME": str(home), "KUBECONFIG": ""}, token) == (
+        home / ".kube" / "config"
+    )
+    assert kubeconfig_path(None, {"HOME": str(tmp_path / "nobody")}, token) is None
