@@ -35,7 +35,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "reverserd.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: reverserd
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ (include "reverserd.oldOr" (list .Values.AsMap "labels.managedBy" .Release.Service) | fromJson).value }}
 {{- end -}}
 
 {{/* The ServiceAccount the pod runs as. */}}
@@ -54,6 +54,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Combinations the daemon cannot run with; fail the render with what to change. */}}
 {{- define "reverserd.validate" -}}
+{{- include "reverserd.refuseOld" . -}}
 {{- if not (has .Values.logFormat (list "json" "text")) -}}
 {{- fail (printf "logFormat must be json or text, not %q" .Values.logFormat) -}}
 {{- end -}}
@@ -65,4 +66,134 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "replicaCount > 1 needs persistence.enabled=false: each replica keeps its own journal, and one ReadWriteOnce claim cannot hold two" -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Values of the gitops-reverser v0.17 chart. Those with a meaning here are read as aliases of
+reverserd's own keys (the old key wins when both are given); the others stop the render with
+the reverserd key or the reason to use instead, so that no old values file is silently ignored.
+docs/migrating-from-gitops-reverser.md lists each of them.
+*/}}
+{{- define "reverserd.old" -}}
+{{- $values := index . 0 -}}
+{{- $path := index . 1 -}}
+{{- $found := $values -}}
+{{- range splitList "." $path -}}
+{{- if and (kindIs "map" $found) (hasKey $found .) -}}
+{{- $found = index $found . -}}
+{{- else -}}
+{{- $found = "<absent>" -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (dict "value" $found) -}}
+{{- end -}}
+
+{{/* Whether the v0.17 value at a dotted path is present: "true" or "". */}}
+{{- define "reverserd.hasOld" -}}
+{{- $got := (include "reverserd.old" .) | fromJson -}}
+{{- if not (eq (toString $got.value) "<absent>") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The v0.17 value at a dotted path, or the default given as third element. */}}
+{{- define "reverserd.oldOr" -}}
+{{- $got := (include "reverserd.old" (list (index . 0) (index . 1))) | fromJson -}}
+{{- if eq (toString $got.value) "<absent>" -}}
+{{- toJson (dict "value" (index . 2)) -}}
+{{- else -}}
+{{- toJson $got -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "reverserd.refuseOld" -}}
+{{- $values := .Values.AsMap -}}
+{{- $refused := dict
+  "controllerManager" "reverserd serves health, readiness, metrics and status on one HTTP port: set service.port (probes are livenessProbe and readinessProbe)"
+  "servers" "reverserd serves one plain HTTP port and no admission or audit server: set service.port"
+  "webhook" "reverserd runs no admission webhook; it reads changes by watching the API server"
+  "certificates" "reverserd serves no TLS endpoint and needs no cert-manager Certificate"
+  "service.ports.admission" "reverserd runs no admission webhook: remove it (the HTTP port is service.port)"
+  "service.ports.audit" "reverserd serves no audit endpoint: remove it (the HTTP port is service.port)"
+-}}
+{{- range $path := keys $refused | sortAlpha -}}
+{{- if include "reverserd.hasOld" (list $values $path) -}}
+{{- fail (printf "%s is a gitops-reverser value reverserd does not take: %s; see docs/migrating-from-gitops-reverser.md" $path (index $refused $path)) -}}
+{{- end -}}
+{{- end -}}
+{{- if regexMatch "(^|/)gitops-reverser$" .Values.image.repository -}}
+{{- fail (printf "image.repository %s is the gitops-reverser image, which does not understand reverserd's arguments: set image.repository to the reverserd image (docs/migrating-from-gitops-reverser.md)" .Values.image.repository) -}}
+{{- end -}}
+{{- $development := (include "reverserd.oldOr" (list $values "logging.development" false)) | fromJson -}}
+{{- if $development.value -}}
+{{- fail "logging.development is a gitops-reverser value: set logFormat=text and logLevel=DEBUG instead" -}}
+{{- end -}}
+{{- $stacktrace := (include "reverserd.oldOr" (list $values "logging.stacktraceLevel" "error")) | fromJson -}}
+{{- if ne (lower (toString $stacktrace.value)) "error" -}}
+{{- fail (printf "logging.stacktraceLevel %s: reverserd logs a traceback with every ERROR line and nothing else; remove logging.stacktraceLevel" (toString $stacktrace.value)) -}}
+{{- end -}}
+{{- $scheme := (include "reverserd.oldOr" (list $values "monitoring.serviceMonitor.scheme" "http")) | fromJson -}}
+{{- if ne (toString $scheme.value) "http" -}}
+{{- fail "monitoring.serviceMonitor.scheme: reverserd serves /metrics over plain HTTP only; remove it (and put TLS in front of the Service if you need it)" -}}
+{{- end -}}
+{{- $path := (include "reverserd.oldOr" (list $values "monitoring.serviceMonitor.path" "/metrics")) | fromJson -}}
+{{- if ne (toString $path.value) "/metrics" -}}
+{{- fail (printf "monitoring.serviceMonitor.path %s: reverserd serves metrics on /metrics only; remove it" (toString $path.value)) -}}
+{{- end -}}
+{{- $port := (include "reverserd.oldOr" (list $values "monitoring.serviceMonitor.port" "http")) | fromJson -}}
+{{- if not (has (toString $port.value) (list "http" "metrics")) -}}
+{{- fail (printf "monitoring.serviceMonitor.port %s: reverserd's Service has one port, named http; remove it" (toString $port.value)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* --log-level: logLevel, or the v0.17 logging.level. */}}
+{{- define "reverserd.logLevel" -}}
+{{- (include "reverserd.oldOr" (list .Values.AsMap "logging.level" .Values.logLevel) | fromJson).value | upper -}}
+{{- end -}}
+
+{{/* --log-format: logFormat, or the v0.17 logging.encoder (json, or console for text). */}}
+{{- define "reverserd.logFormat" -}}
+{{- $encoder := (include "reverserd.oldOr" (list .Values.AsMap "logging.encoder" "") | fromJson).value -}}
+{{- if eq $encoder "" -}}
+{{- .Values.logFormat -}}
+{{- else if eq $encoder "json" -}}
+json
+{{- else if eq $encoder "console" -}}
+text
+{{- else -}}
+{{- fail (printf "logging.encoder must be json or console, not %q (reverserd's key is logFormat: json or text)" $encoder) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Service port: service.port, or the v0.17 service.ports.metrics. */}}
+{{- define "reverserd.servicePort" -}}
+{{- (include "reverserd.oldOr" (list .Values.AsMap "service.ports.metrics" .Values.service.port) | fromJson).value | int -}}
+{{- end -}}
+
+{{/* metrics.serviceMonitor with the v0.17 monitoring.serviceMonitor keys laid over it, as JSON. */}}
+{{- define "reverserd.serviceMonitor" -}}
+{{- $old := (include "reverserd.oldOr" (list .Values.AsMap "monitoring.serviceMonitor" dict) | fromJson).value -}}
+{{- toJson (mergeOverwrite (deepCopy .Values.metrics.serviceMonitor) (omit $old "path" "port" "scheme")) -}}
+{{- end -}}
+
+{{/* Environment variables: extraEnv, then the v0.17 env. */}}
+{{- define "reverserd.env" -}}
+{{- $old := (include "reverserd.oldOr" (list .Values.AsMap "env" list) | fromJson).value -}}
+{{- toJson (dict "value" (concat .Values.extraEnv $old)) -}}
+{{- end -}}
+
+{{/* The Deployment strategy: deploymentStrategy, else Recreate with a claim, else RollingUpdate. */}}
+{{- define "reverserd.strategy" -}}
+{{- $strategy := .Values.deploymentStrategy -}}
+{{- if not $strategy -}}
+{{- if .Values.persistence.enabled -}}
+{{- $strategy = dict "type" "Recreate" -}}
+{{- else -}}
+{{- $strategy = dict "type" "RollingUpdate" -}}
+{{- end -}}
+{{- else if and .Values.persistence.enabled (eq (toString $strategy.type) "RollingUpdate") -}}
+{{- $surge := (include "reverserd.oldOr" (list $strategy "rollingUpdate.maxSurge" "25%") | fromJson).value -}}
+{{- if not (eq (toString $surge) "0") -}}
+{{- fail "deploymentStrategy RollingUpdate with persistence.enabled needs rollingUpdate.maxSurge: 0: a surge pod would open the same journal (or use type Recreate)" -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $strategy -}}
 {{- end -}}
