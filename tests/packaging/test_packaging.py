@@ -16,7 +16,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -34,6 +34,8 @@ ENV_EXAMPLE = PACKAGING / "systemd" / "reverserd.env.example"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 SERVICEMONITOR_CRD = Path(__file__).parent / "servicemonitor-crd.yaml"
+OLD_VALUES = Path(__file__).parent / "gitops-reverser-v0.17-values.yaml"
+MIGRATION_GUIDE = "docs/migrating-from-gitops-reverser.md"
 
 STATE_DIR = "/var/lib/reverserd"
 NON_ROOT_UID = 65532
@@ -415,6 +417,277 @@ def test_api_server_checks_are_live(
     result = server_dry_run(control_plane, misspelled)
     assert result.returncode != 0
     assert "scrapeTimout" in result.stderr
+
+
+# --- values of the gitops-reverser v0.17 chart --------------------------------------------
+
+# Every value the v0.17 chart reads (tests/packaging/gitops-reverser-v0.17-values.yaml sets them
+# all) is either read here, checked by test_v017_values_file_takes_effect, or refused with a
+# message naming what to set instead.
+V017_READ = (
+    "replicaCount",
+    "deploymentStrategy",
+    "image.repository",
+    "image.pullPolicy",
+    "image.tag",
+    "imagePullSecrets",
+    "nameOverride",
+    "fullnameOverride",
+    "createNamespace",
+    "serviceAccount.create",
+    "serviceAccount.annotations",
+    "serviceAccount.name",
+    "podAnnotations",
+    "podSecurityContext",
+    "securityContext",
+    "rbac.create",
+    "resources",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "podDisruptionBudget.enabled",
+    "podDisruptionBudget.minAvailable",
+    "podDisruptionBudget.maxUnavailable",
+    "monitoring.serviceMonitor.enabled",
+    "monitoring.serviceMonitor.namespace",
+    "monitoring.serviceMonitor.labels",
+    "monitoring.serviceMonitor.interval",
+    "monitoring.serviceMonitor.scrapeTimeout",
+    "monitoring.serviceMonitor.path",
+    "monitoring.serviceMonitor.port",
+    "monitoring.serviceMonitor.scheme",
+    "service.clusterIP",
+    "service.ports.metrics",
+    "logging.level",
+    "logging.development",
+    "logging.encoder",
+    "logging.stacktraceLevel",
+    "labels.managedBy",
+    "env",
+    "volumes",
+    "volumeMounts",
+)
+V017_REFUSED = {
+    "controllerManager": "set service.port",
+    "servers": "set service.port",
+    "webhook": "no admission webhook",
+    "certificates": "no cert-manager Certificate",
+    "service.ports.admission": "the HTTP port is service.port",
+    "service.ports.audit": "the HTTP port is service.port",
+}
+
+
+def value_paths(tree: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Dotted paths of a values tree, down to the first path ``V017_READ`` or refusals name."""
+    for key, value in tree.items():
+        path = prefix + key
+        if path in V017_READ or path in V017_REFUSED or not isinstance(value, dict):
+            yield path
+        else:
+            yield from value_paths(value, path + ".")
+
+
+def without(tree: dict[str, Any], paths: Iterator[str] | list[str]) -> dict[str, Any]:
+    result = yaml.safe_load(yaml.safe_dump(tree))
+    for path in paths:
+        *parents, last = path.split(".")
+        node = result
+        for parent in parents:
+            node = node[parent]
+        del node[last]
+    return cast(dict[str, Any], result)
+
+
+def values_file(tmp_path: Path, values: dict[str, Any], name: str = "values.yaml") -> str:
+    target = tmp_path / name
+    target.write_text(yaml.safe_dump(values))
+    return str(target)
+
+
+def old_values_read_here() -> dict[str, Any]:
+    """The v0.17 values file without the keys reverserd refuses."""
+    return without(yaml.safe_load(OLD_VALUES.read_text()), list(V017_REFUSED))
+
+
+def test_v017_values_file_sets_every_key_and_each_is_read_or_refused() -> None:
+    old = yaml.safe_load(OLD_VALUES.read_text())
+    found = set(value_paths(old))
+    assert found == set(V017_READ) | set(V017_REFUSED)
+
+
+def test_v017_values_file_takes_effect(helm: Path, tmp_path: Path) -> None:
+    docs = objects(render(helm, "mirror", "-f", values_file(tmp_path, old_values_read_here())))
+    assert set(kinds(docs)) >= {"Namespace", "PodDisruptionBudget", "ServiceMonitor"}
+    namespace = one(docs, "Namespace")
+    assert namespace["metadata"]["name"] == "mirror"
+    deployment = one(docs, "Deployment")
+    assert deployment["metadata"]["name"] == "cluster-mirror"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    main = container(docs)
+    assert main["image"] == "registry.example.com/platform/reverserd:0.1.0"
+    assert main["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "registry-login"}]
+    assert pod["serviceAccountName"] == "mirror-sa"
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {"example.com/role": "mirror"}
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "example.com/team": "platform"
+    }
+    assert pod["securityContext"]["fsGroup"] == NON_ROOT_UID
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "ClusterRole" in kinds(docs)
+    assert main["resources"]["limits"] == {"cpu": "1", "memory": "384Mi"}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert "podAntiAffinity" in pod["affinity"]
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in budget["spec"]
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["mirror"]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+    ]
+    service = one(docs, "Service")
+    assert service["spec"]["clusterIP"] == "10.96.0.77"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 9090, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert "--log-level=DEBUG" in main["args"]
+    assert "--log-format=text" in main["args"]
+    assert accepted_by_the_daemon(main["args"])
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"} in main["env"]
+    assert {"name": "HOME", "value": "/tmp"} in main["env"]
+    assert {"name": "ca-bundle", "configMap": {"name": "corporate-ca"}} in pod["volumes"]
+    assert {
+        "name": "ca-bundle",
+        "mountPath": "/etc/ssl/corporate",
+        "readOnly": True,
+    } in main["volumeMounts"]
+    mounts = {mount["mountPath"] for mount in main["volumeMounts"]}
+    assert {STATE_DIR, "/tmp"} <= mounts
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("podDisruptionBudget.maxUnavailable=1", {"maxUnavailable": 1}),
+        ("podDisruptionBudget.minAvailable=0", {"minAvailable": 0}),
+    ],
+)
+def test_pod_disruption_budget_takes_one_bound(
+    helm: Path, setting: str, expected: dict[str, int]
+) -> None:
+    docs = objects(
+        render(helm, "ops", "--set", "podDisruptionBudget.enabled=true", "--set", setting)
+    )
+    spec = one(docs, "PodDisruptionBudget")["spec"]
+    assert {key: spec[key] for key in ("minAvailable", "maxUnavailable") if key in spec} == expected
+
+
+def test_default_render_has_no_budget_and_no_namespace(helm: Path) -> None:
+    assert not {"Namespace", "PodDisruptionBudget"} & set(kinds(objects(render(helm, "ops"))))
+
+
+@pytest.mark.parametrize("refused", sorted(V017_REFUSED))
+def test_v017_key_without_a_meaning_here_is_refused_naming_what_to_set(
+    helm: Path, tmp_path: Path, refused: str
+) -> None:
+    values = old_values_read_here()
+    original = yaml.safe_load(OLD_VALUES.read_text())
+    node, target = original, values
+    *parents, last = refused.split(".")
+    for parent in parents:
+        node, target = node[parent], target.setdefault(parent, {})
+    target[last] = node[last]
+    result = run_helm(helm, "template", "r", str(CHART), "-f", values_file(tmp_path, values))
+    assert result.returncode != 0
+    assert f"{refused} is a gitops-reverser value" in result.stderr
+    assert V017_REFUSED[refused] in result.stderr
+    assert MIGRATION_GUIDE in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        (
+            ["image.repository=ghcr.io/configbutler/gitops-reverser"],
+            "is the gitops-reverser image",
+        ),
+        (["logging.development=true"], "set logFormat=text and logLevel=DEBUG"),
+        (["logging.stacktraceLevel=info"], "remove logging.stacktraceLevel"),
+        (["logging.encoder=yaml"], "reverserd's key is logFormat"),
+        (["monitoring.serviceMonitor.scheme=https"], "plain HTTP only"),
+        (["monitoring.serviceMonitor.path=/other"], "on /metrics only"),
+        (["monitoring.serviceMonitor.port=admission"], "one port, named http"),
+        (
+            [
+                "deploymentStrategy.type=RollingUpdate",
+                "deploymentStrategy.rollingUpdate.maxSurge=1",
+            ],
+            "needs rollingUpdate.maxSurge: 0",
+        ),
+    ],
+    ids=[
+        "old-image",
+        "development",
+        "stacktrace",
+        "encoder",
+        "https",
+        "path",
+        "port",
+        "surge",
+    ],
+)
+def test_v017_value_reverserd_cannot_honour_is_refused(
+    helm: Path, settings: list[str], complaint: str
+) -> None:
+    arguments = [argument for setting in settings for argument in ("--set", setting)]
+    result = run_helm(helm, "template", "r", str(CHART), *arguments)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [
+        ("logLevl=DEBUG", "at '': additional properties 'logLevl' not allowed"),
+        (
+            "monitoring.serviceMonitor.intervall=1m",
+            "at '/monitoring/serviceMonitor': additional properties 'intervall' not allowed",
+        ),
+        ("persistence.sise=1Gi", "at '/persistence': additional properties 'sise' not allowed"),
+    ],
+)
+def test_schema_refuses_an_unknown_key_by_name(helm: Path, setting: str, where: str) -> None:
+    result = run_helm(helm, "template", "r", str(CHART), "--set", setting)
+    assert result.returncode != 0
+    assert where in result.stderr
+
+
+def test_v017_values_render_is_accepted_by_the_api_server(
+    helm: Path,
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    restricted_namespace: str,
+    servicemonitor_crd: None,
+) -> None:
+    values = old_values_read_here()
+    values["monitoring"]["serviceMonitor"]["namespace"] = restricted_namespace
+    values["service"]["clusterIP"] = ""
+    manifest = render(helm, restricted_namespace, "-f", values_file(tmp_path, values))
+    docs = objects(manifest)
+    assert {"Namespace", "PodDisruptionBudget", "ServiceMonitor"} <= set(kinds(docs))
+    assert_accepted(control_plane, manifest, len(docs))
 
 
 # --- plain manifests -------------------------------------------------------------------------
