@@ -159,7 +159,7 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         provider_name=str(provider_ref.get("name") or ""),
         branch=branch,
         path=path,
-        encryption=spec.get("encryption") or {},
+        encryption=_enabled_encryption(spec.get("encryption") or {}),
     )
     if not target.provider_name:
         raise ConfigError("InvalidSpec", "spec.providerRef.name is required")
@@ -169,6 +169,16 @@ def parse_target(body: Mapping[str, Any]) -> Target:
     if problem is not None:
         raise ConfigError("InvalidPath", f"spec.path {path!r}: {problem}")
     return target
+
+
+def _enabled_encryption(encryption: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``spec.encryption`` when it asks for age, else ``{}`` (no encryption, Secrets not written).
+
+    gitops-reverser's CRD defaults ``age.enabled`` to false and wrote no Secret without it; a
+    GitTarget carried over unchanged must not start publishing its Secrets.
+    """
+    age = encryption.get("age")
+    return encryption if isinstance(age, Mapping) and age.get("enabled") is True else {}
 
 
 @dataclass(frozen=True)

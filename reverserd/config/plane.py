@@ -102,7 +102,8 @@ def _encryption_condition(target: Target, progress: TargetProgress) -> Condition
                 False,
                 "EncryptionNotConfigured",
                 f"{progress.secrets_skipped} Secret change(s) selected by the rules were not"
-                " written: configure spec.encryption (SOPS with age) to mirror Secrets",
+                " written: configure spec.encryption (SOPS with age.enabled: true) to mirror"
+                " Secrets",
             )
         return Condition(
             kind,

@@ -52,10 +52,6 @@ async def resolve_keys(
     if encryption.get("provider", "sops") != "sops":
         return _failed("UnsupportedProvider", "spec.encryption.provider must be sops")
     age = encryption.get("age") or {}
-    if age.get("enabled") is False:
-        return _failed(
-            "AgeDisabled", "spec.encryption.age.enabled is false: nothing to encrypt with"
-        )
     recipients_spec = age.get("recipients") or {}
     recipients: list[str] = []
     for key in recipients_spec.get("publicKeys") or []:

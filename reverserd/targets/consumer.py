@@ -48,7 +48,7 @@ from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
-from reverserd.encryption.sops import sops_config
+from reverserd.encryption.sops import sops_config_for
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWriter, ObjectKey
 from reverserd.kube.client import KubeError
@@ -181,7 +181,9 @@ class TargetConsumer:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
-        self.sops_config = await self.committer.read(self.sops_config_path)
+        self.sops_config = self.secrets.folder_config = await self.committer.read(
+            self.sops_config_path
+        )
         while True:
             if await self.secrets.refresh():
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
@@ -487,7 +489,7 @@ class TargetConsumer:
             self.readme_present = True
         keys = self.secrets.keys
         if changes and keys is not None and keys.usable:
-            wanted = sops_config(keys.recipients)
+            wanted = sops_config_for(self.sops_config, keys.recipients)
             if wanted != self.sops_config:
                 changes.append(FileChange(self.sops_config_path, wanted))
                 self.sops_config = wanted

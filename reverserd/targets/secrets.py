@@ -21,7 +21,7 @@ from typing import Any
 from reverserd.config.status import TargetProgress
 from reverserd.encryption.fingerprint import fingerprint
 from reverserd.encryption.keys import KeyState, resolve_keys
-from reverserd.encryption.sops import EncryptionError, Sops
+from reverserd.encryption.sops import EncryptionError, Sops, sops_config_for
 from reverserd.journal import ObjectKey
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.resources import ResourceType
@@ -52,6 +52,9 @@ class SecretWriter:
         self.encryption = encryption
         self.progress = progress
         self.keys: KeyState | None = None
+        # The folder's .sops.yaml as the target found it (None: there was none); files are
+        # encrypted with what sops_config_for makes of it, the same file the folder gets.
+        self.folder_config: bytes | None = None
         self._checked_at = float("-inf")
 
     async def refresh(self) -> bool:
@@ -94,8 +97,10 @@ class SecretWriter:
         stamp = fingerprint(self.fingerprint_key, plaintext)
         if known == (path, stamp):
             return None
+        config = sops_config_for(self.folder_config, self.keys.recipients)
+        in_folder = path[len(folder) + 1 :] if folder else path
         try:
-            encrypted = await self.sops.encrypt(plaintext, self.keys.recipients, path)
+            encrypted = await self.sops.encrypt(plaintext, config, in_folder)
         except EncryptionError as error:
             self.skip(str(error))
             return None

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import log, read_tree
+from testbed.gitservers import log, push_foreign_commit, read_tree
 from testbed.harness import (
     Reverserd,
     apply,
@@ -160,7 +160,7 @@ def test_no_plaintext_value_in_journal_wal_or_git_history_and_no_commit_after_re
     age_key: tuple[str, str],
 ) -> None:
     _, recipient = age_key
-    encryption = {"age": {"recipients": {"publicKeys": [recipient]}}}
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
     apply(control_plane, *setup(namespace, remote, encryption))
     secret_daemon.start()
     wait_synced(control_plane, namespace)
@@ -206,10 +206,20 @@ def test_no_plaintext_value_in_journal_wal_or_git_history_and_no_commit_after_re
         assert needle.encode() not in everything, needle
 
 
+@pytest.mark.parametrize(
+    "recipients_only", [False, True], ids=["no-encryption", "recipients-without-age-enabled"]
+)
 def test_secrets_fail_closed_without_encryption_while_everything_else_flows(
-    control_plane: ControlPlane, namespace: str, remote: Remote, secret_daemon: Reverserd
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    age_key: tuple[str, str],
+    recipients_only: bool,
 ) -> None:
-    apply(control_plane, *setup(namespace, remote, None))
+    # gitops-reverser's CRD defaults age.enabled to false: recipients alone encrypt nothing.
+    encryption = {"age": {"recipients": {"publicKeys": [age_key[1]]}}} if recipients_only else None
+    apply(control_plane, *setup(namespace, remote, encryption))
     secret_daemon.start()
     wait_synced(control_plane, namespace)
     apply(control_plane, secret(namespace, "hidden", {"v": "nope"}))
@@ -234,7 +244,11 @@ def test_broken_key_fails_closed_and_service_account_tokens_are_never_written(
 ) -> None:
     apply(
         control_plane,
-        *setup(namespace, remote, {"age": {"recipients": {"publicKeys": ["age1notakey"]}}}),
+        *setup(
+            namespace,
+            remote,
+            {"age": {"enabled": True, "recipients": {"publicKeys": ["age1notakey"]}}},
+        ),
     )
     secret_daemon.start()
     wait_condition(control_plane, "gittarget", namespace, "mirror", "EncryptionConfigured", "False")
@@ -250,6 +264,7 @@ def test_broken_key_fails_closed_and_service_account_tokens_are_never_written(
     token["metadata"]["annotations"] = {"kubernetes.io/service-account.name": "default"}
     apply(control_plane, token)
     patch = {"spec": {"encryption": {"age": {"recipients": {"publicKeys": [recipient]}}}}}
+    # A merge patch keeps age.enabled: true from the broken spec.
     control_plane.kubectl(
         "patch", "gittarget", "mirror", "-n", namespace, "--type=merge", "-p", json.dumps(patch)
     )
@@ -303,3 +318,116 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote.path) else None)
     decrypted = decrypt(tools, identity, read_tree(remote.path, "main")[path])
     assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"
+
+
+def second_age_key(tools: Path, folder: Path) -> tuple[Path, str]:
+    """A key file of another person and its recipient."""
+    path = folder / "colleague.txt"
+    subprocess.run([str(tools / "age-keygen"), "-o", str(path)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        [str(tools / "age-keygen"), "-y", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return path, recipient
+
+
+def sops_d(
+    tools: Path, checkout: Path, path: str, key_files: list[Path]
+) -> subprocess.CompletedProcess[str]:
+    """``sops -d PATH`` in a clone of the repository, as a person holding ``key_files`` runs it."""
+    keys = checkout.parent / f"keys-{len(key_files)}.txt"
+    keys.write_text("".join(key.read_text() for key in key_files))
+    return subprocess.run(
+        [str(tools / "sops"), "-d", path],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SOPS_AGE_KEY_FILE": str(keys), "SOPS_DISABLE_VERSION_CHECK": "1"},
+    )
+
+
+def clone(remote: Remote, into: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(remote.path), str(into)], check=True)
+    return into
+
+
+def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+    age_key: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    identity, recipient = age_key
+    mine = tmp_path / "mine.txt"
+    mine.write_text(identity + "\n")
+    colleague, colleague_recipient = second_age_key(tools, tmp_path)
+    # Two key groups: decrypting needs a key of each, so reverserd's own rule (one recipient)
+    # could not have produced a file that demands both.
+    hand_made = (
+        "# both teams must agree to read a Secret\n"
+        "creation_rules:\n"
+        "  - path_regex: .*\\.sops\\.yaml$\n"
+        "    encrypted_regex: ^(data|stringData)$\n"
+        "    key_groups:\n"
+        f"      - age: [{recipient}]\n"
+        f"      - age: [{colleague_recipient}]\n"
+    ).encode()
+    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", hand_made, "sops rules")
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    apply(control_plane, secret(namespace, "db", {"password": "two-groups"}))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/secrets/{namespace}/db")
+
+    files = read_tree(remote.path, "main")
+    assert files["live-cluster/.sops.yaml"] == hand_made
+    checkout = clone(remote, tmp_path / "checkout")
+    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+    assert sops_d(tools, checkout, path, [mine]).returncode != 0
+    assert sops_d(tools, checkout, path, [colleague]).returncode != 0
+    both = sops_d(tools, checkout, path, [mine, colleague])
+    assert both.returncode == 0, both.stderr
+    decrypted = yaml.safe_load(both.stdout)
+    assert decrypted["data"] == {"password": base64.b64encode(b"two-groups").decode()}
+    assert decrypted["metadata"] == {"name": "db", "namespace": namespace}
+
+
+def test_sops_config_for_other_files_keeps_its_rules_and_gains_reverserds_last(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+    age_key: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    identity, recipient = age_key
+    mine = tmp_path / "mine.txt"
+    mine.write_text(identity + "\n")
+    colleague, colleague_recipient = second_age_key(tools, tmp_path)
+    their_rule = {"path_regex": "^by-hand/.*\\.yaml$", "age": colleague_recipient}
+    hand_made = yaml.safe_dump({"creation_rules": [their_rule]}).encode()
+    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", hand_made, "sops rules")
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    apply(control_plane, secret(namespace, "api", {"token": "appended-rule"}))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/secrets/{namespace}/api")
+
+    rules = yaml.safe_load(read_tree(remote.path, "main")["live-cluster/.sops.yaml"])
+    assert rules["creation_rules"][0] == their_rule
+    assert rules["creation_rules"][-1]["age"] == recipient
+    assert len(rules["creation_rules"]) == 2
+    checkout = clone(remote, tmp_path / "checkout")
+    path = f"live-cluster/v1/secrets/{namespace}/api.sops.yaml"
+    assert sops_d(tools, checkout, path, [colleague]).returncode != 0
+    result = sops_d(tools, checkout, path, [mine])
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["data"] == {
+        "token": base64.b64encode(b"appended-rule").decode()
+    }
