@@ -53,12 +53,19 @@ class Reverserd:
         extra_args: Sequence[str] = (),
         kubeconfig: Path | None = None,
         interpreter_args: Sequence[str] = (),
+        settings_from_environment: bool = False,
     ) -> None:
-        """``interpreter_args`` go to Python before ``-m reverserd`` (e.g. ``-m cProfile``)."""
+        """``interpreter_args`` go to Python before ``-m reverserd`` (e.g. ``-m cProfile``).
+
+        With ``settings_from_environment`` the kubeconfig comes from ``$KUBECONFIG`` and the
+        state dir, HTTP address and log format from ``REVERSERD_*`` variables, not flags, as a
+        Deployment or systemd unit configures the daemon.
+        """
         self.plane = plane
         self.state_dir = state_dir
         self.extra_args = list(extra_args)
         self.interpreter_args = list(interpreter_args)
+        self.settings_from_environment = settings_from_environment
         self.kubeconfig = kubeconfig or plane.daemon_kubeconfig
         self.port = free_port()
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
@@ -70,24 +77,35 @@ class Reverserd:
 
     def start(self) -> Reverserd:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "REVERSERD_STATE_DIR": str(self.state_dir),
+            "REVERSERD_HTTP_LISTEN": f"127.0.0.1:{self.port}",
+            "REVERSERD_LOG_FORMAT": "json",
+        }
+        flags = [
+            "--kubeconfig",
+            settings["KUBECONFIG"],
+            "--state-dir",
+            settings["REVERSERD_STATE_DIR"],
+            "--http-listen",
+            settings["REVERSERD_HTTP_LISTEN"],
+            "--log-format",
+            settings["REVERSERD_LOG_FORMAT"],
+        ]
         command = [
             sys.executable,
             *self.interpreter_args,
             "-m",
             "reverserd",
             "run",
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--state-dir",
-            str(self.state_dir),
-            "--http-listen",
-            f"127.0.0.1:{self.port}",
-            "--log-format",
-            "json",
+            *([] if self.settings_from_environment else flags),
             *self.extra_args,
         ]
         # The daemon runs the code of this tree, whatever else is installed or the caller's cwd.
         environment = dict(os.environ)
+        if self.settings_from_environment:
+            environment.update(settings)
         search_path = [
             str(REPO_ROOT),
             *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep)),

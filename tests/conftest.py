@@ -6,6 +6,7 @@ A component that cannot start fails the test that needs it; nothing is skipped.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from testbed.harness import (
     delete_mirror_resources,
     install_crd,
 )
+from testbed.tools import ensure_encryption_tools
 
 pytest_plugins = ["testbed.pytest_git"]
 
@@ -37,6 +39,24 @@ def write(repository: BranchRepository, path: str, content: bytes | None, messag
     sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
     assert sha is not None
     return sha
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    """The folder holding the test bed's ``sops`` and ``age-keygen``."""
+    return ensure_encryption_tools()
+
+
+@pytest.fixture(scope="session")
+def age_key(tools: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(identity, recipient) of a test age key."""
+    path = tmp_path_factory.mktemp("age") / "key.txt"
+    subprocess.run([str(tools / "age-keygen"), "-o", str(path)], check=True, capture_output=True)
+    identity = next(line for line in path.read_text().splitlines() if line.startswith("AGE-"))
+    recipient = subprocess.run(
+        [str(tools / "age-keygen"), "-y", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return identity, recipient
 
 
 @pytest.fixture(scope="session")

@@ -92,10 +92,11 @@ async def resolve_keys(
             for entry, identity in sorted(identities):
                 try:
                     recipients.append(await sops.recipient_of(identity))
-                except EncryptionError:
+                except EncryptionError as error:
+                    # The error names the tool's complaint (or that it cannot run), never the key.
                     return _failed(
                         "InvalidKey",
-                        f"Secret {secret_name!r} entry {entry!r} is not an age identity",
+                        f"Secret {secret_name!r} entry {entry!r} is not an age identity: {error}",
                     )
         annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
         if annotations.get(BACKUP_WARNING_ANNOTATION) == BACKUP_WARNING_VALUE:

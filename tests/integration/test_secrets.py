@@ -28,25 +28,7 @@ from testbed.harness import (
     wait_until,
 )
 from testbed.manifests import configmap, mirror_setup, secret
-from testbed.tools import ensure_encryption_tools
 from tests.conftest import Remote
-
-
-@pytest.fixture(scope="session")
-def tools() -> Path:
-    return ensure_encryption_tools()
-
-
-@pytest.fixture(scope="session")
-def age_key(tools: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(identity, recipient) of a test age key."""
-    path = tmp_path_factory.mktemp("age") / "key.txt"
-    subprocess.run([str(tools / "age-keygen"), "-o", str(path)], check=True, capture_output=True)
-    identity = next(line for line in path.read_text().splitlines() if line.startswith("AGE-"))
-    recipient = subprocess.run(
-        [str(tools / "age-keygen"), "-y", str(path)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return identity, recipient
 
 
 @pytest.fixture
