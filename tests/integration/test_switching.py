@@ -346,10 +346,10 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
             "password": base64.b64encode(b"carried-over").decode()
         }
 
-        print(
-            "first reconcile commit:",
-            reconcile.body,
-            sorted(changed_paths(remote.path, reconcile.sha)),
+        # The first reconcile commit: one commit, the gone object's file its only deletion.
+        assert "deleted: 1" in reconcile.body
+        assert f"{FOLDER}/v1/configmaps/{namespace}/gone.yaml" in changed_paths(
+            remote.path, reconcile.sha
         )
 
         # Mirroring continues, in reverserd's commit format.
