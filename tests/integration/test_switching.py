@@ -33,11 +33,12 @@ from testbed.harness import (
     history,
     subjects,
     tree,
+    wait_condition,
     wait_for_subjects,
     wait_last_commit_is_tip,
     wait_until,
 )
-from testbed.manifests import configbutler_resource, configmap, secret
+from testbed.manifests import configbutler_resource, configmap, mirror_setup, secret
 from tests.conftest import Remote
 from tests.integration.test_secrets import clone, sops_d
 
@@ -64,7 +65,21 @@ NOT_SERVED = (
     "gitopsreverser_objects_scanned_total",
     "gitopsreverser_commit_bytes_total",
     "gitopsreverser_rebase_retries_total",
+    "gitopsreverser_ownership_conflicts_total",
+    "gitopsreverser_lease_acquire_failures_total",
+    "gitopsreverser_marker_conflicts_total",
+    "gitopsreverser_webhook_correlations_total",
+    "gitopsreverser_enrich_hits_total",
+    "gitopsreverser_enrich_misses_total",
+    "gitopsreverser_kv_evictions_total",
+    "gitopsreverser_watch_duplicates_skipped_total",
+    "gitopsreverser_audit_events_received_total",
+    "gitopsreverser_secret_encryption_attempts_total",
+    "gitopsreverser_secret_encryption_success_total",
     "gitopsreverser_secret_encryption_failures_total",
+    "gitopsreverser_secret_encryption_cache_hits_total",
+    "gitopsreverser_secret_encryption_marker_skips_total",
+    "gitopsreverser_repo_branch_active_workers",
     "gitopsreverser_repo_branch_queue_depth",
 )
 
@@ -399,3 +414,18 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
         assert daemon.metric("gitopsreverser_git_operations_total", result="success") >= 1
     finally:
         daemon.ensure_stopped()
+
+
+def test_provider_secret_reasons_keep_their_gitops_reverser_names(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret="not-there"))
+    daemon.start()
+    wait_condition(
+        control_plane, "gitprovider", namespace, "mirror", "Ready", "False", "SecretNotFound"
+    )
+    only_user = secret(namespace, "not-there", {"username": "someone"})
+    apply(control_plane, only_user)
+    wait_condition(
+        control_plane, "gitprovider", namespace, "mirror", "Ready", "False", "SecretMalformed"
+    )

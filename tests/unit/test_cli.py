@@ -124,3 +124,26 @@ def test_kubeconfig_precedence_flag_then_env_then_in_cluster_then_home(tmp_path:
         home / ".kube" / "config"
     )
     assert kubeconfig_path(None, {"HOME": str(tmp_path / "nobody")}, token) is None
+
+
+# Flags of gitops-reverser v0.17's manager binary; reverserd has its own (the migration guide's
+# flags table), and refuses these rather than ignoring them.
+GITOPS_REVERSER_FLAGS = (
+    "--metrics-bind-address=:8080",
+    "--health-probe-bind-address=:8081",
+    "--metrics-insecure",
+    "--webhook-insecure",
+    "--audit-insecure",
+    "--audit-port=9444",
+    "--enable-http2",
+    "--zap-log-level=debug",
+    "--zap-encoder=console",
+    "--zap-devel",
+    "--zap-stacktrace-level=error",
+)
+
+
+@pytest.mark.parametrize("flag", GITOPS_REVERSER_FLAGS)
+def test_gitops_reverser_flags_are_refused_not_ignored(flag: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", flag])
