@@ -30,6 +30,7 @@ from testbed.harness import (
     Reverserd,
     apply,
     conditions,
+    get_object,
     history,
     subjects,
     tree,
@@ -59,6 +60,17 @@ DASHBOARD_METRICS = {
     "gitopsreverser_git_operations_total": {"operation", "result"},
     "gitopsreverser_git_commit_queue_size": {"target"},
     "gitopsreverser_git_push_duration_seconds_count": set(),
+}
+# A healthy GitTarget's conditions after the switch, by type (the guide's reasons table).
+TARGET_REASONS = {
+    "Ready": "Ready",
+    "Validated": "Validated",
+    "EncryptionConfigured": "Configured",
+    "Bootstrapped": "Bootstrapped",
+    "SnapshotSynced": "SnapshotSynced",
+    "EventStreamLive": "EventStreamLive",
+    "Pushing": "Pushing",
+    "Quarantined": "NoneQuarantined",
 }
 # Served by gitops-reverser v0.17, not by reverserd (the guide names what to use instead).
 NOT_SERVED = (
@@ -379,6 +391,22 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
             f"[CREATE] v1/secrets/{namespace}/fresh-secret",
             timeout=90,
         )
+        # reverserd's commit format: namespace in the subject, identity lines in the body, the
+        # configured author (the default identity here) instead of the Kubernetes user.
+        update = next(
+            entry
+            for entry in history(remote.path)
+            if entry.subject == f"[UPDATE] v1/configmaps/{namespace}/settings"
+        )
+        live = get_object(control_plane, "configmap", namespace, "settings")["metadata"]
+        assert f"uid: {live['uid']}" in update.body
+        assert "resourceVersion: " in update.body
+        assert "journal-seq: " in update.body
+        assert f"target: {namespace}/example-target" in update.body
+        assert update.author_name == "reverserd"
+        assert {entry.author_name for entry in history(remote.path)[: len(old_shas)]} == {
+            OLD_AUTHOR.name
+        }
         checkout = clone(remote, tmp_path / "checkout-after")
         fresh_path = f"{FOLDER}/v1/secrets/{namespace}/fresh-secret.sops.yaml"
         decrypted = sops_d(tools, checkout, fresh_path, [key_file])
@@ -393,12 +421,15 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
         assert settings["data"] == {"mode": "slow", "port": "8080"}
         status = wait_last_commit_is_tip(control_plane, namespace, remote.path, "example-target")
         assert status["lastPushTime"]
+        # Condition types and reasons as the guide's table gives them.
         target = conditions(control_plane, "gittarget", namespace, "example-target")
         assert target["Ready"]["status"] == "True", target["Ready"]["message"]
+        assert {kind: found["reason"] for kind, found in target.items()} == TARGET_REASONS
         for kind, name in (("watchrule", "example-watchrule"), ("gitprovider", "example-provider")):
-            assert conditions(control_plane, kind, namespace, name)["Ready"]["status"] == "True"
-        rule = conditions(control_plane, "clusterwatchrule", None, cluster_rule)
-        assert rule["Ready"]["status"] == "True", rule
+            ready = conditions(control_plane, kind, namespace, name)["Ready"]
+            assert (ready["status"], ready["reason"]) == ("True", "Ready"), (kind, ready)
+        rule = conditions(control_plane, "clusterwatchrule", None, cluster_rule)["Ready"]
+        assert (rule["status"], rule["reason"]) == ("True", "Ready"), rule
 
         # The dashboards' metric names answer, with reverserd's labels.
         samples = metric_samples(daemon)
