@@ -9,7 +9,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -302,14 +302,31 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"
 
 
-def second_age_key(tools: Path, folder: Path) -> tuple[Path, str]:
-    """A key file of another person and its recipient."""
-    path = folder / "colleague.txt"
-    subprocess.run([str(tools / "age-keygen"), "-o", str(path)], check=True, capture_output=True)
-    recipient = subprocess.run(
-        [str(tools / "age-keygen"), "-y", str(path)], check=True, capture_output=True, text=True
+class TwoPeople(NamedTuple):
+    """Key files and recipients of two people: the test's age key, and a colleague's."""
+
+    mine: Path
+    my_recipient: str
+    colleague: Path
+    colleague_recipient: str
+
+
+@pytest.fixture
+def two_people(tools: Path, age_key: tuple[str, str], tmp_path: Path) -> TwoPeople:
+    identity, recipient = age_key
+    colleague = tmp_path / "colleague.txt"
+    subprocess.run(
+        [str(tools / "age-keygen"), "-o", str(colleague)], check=True, capture_output=True
+    )
+    colleague_recipient = subprocess.run(
+        [str(tools / "age-keygen"), "-y", str(colleague)],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
-    return path, recipient
+    return TwoPeople(
+        key_file(identity, tmp_path / "mine.txt"), recipient, colleague, colleague_recipient
+    )
 
 
 def sops_d(
@@ -333,19 +350,41 @@ def clone(remote: Remote, into: Path) -> Path:
     return into
 
 
+def key_file(identity: str, path: Path) -> Path:
+    path.write_text(identity + "\n")
+    return path
+
+
+def mirror_a_secret_under(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    sops_config: bytes,
+    recipient: str,
+    secret_data: tuple[str, dict[str, str]],
+) -> None:
+    """Push ``sops_config`` as the folder's .sops.yaml by hand, start mirroring with
+    ``recipient`` as the target's only recipient, and wait until the Secret is committed."""
+    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", sops_config, "sops rules")
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
+    apply(control_plane, *setup(namespace, remote, encryption))
+    daemon.start()
+    wait_synced(control_plane, namespace)
+    name, data = secret_data
+    apply(control_plane, secret(namespace, name, data))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/secrets/{namespace}/{name}")
+
+
 def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
     secret_daemon: Reverserd,
     tools: Path,
-    age_key: tuple[str, str],
-    tmp_path: Path,
+    two_people: TwoPeople,
 ) -> None:
-    identity, recipient = age_key
-    mine = tmp_path / "mine.txt"
-    mine.write_text(identity + "\n")
-    colleague, colleague_recipient = second_age_key(tools, tmp_path)
+    mine, recipient, colleague, colleague_recipient = two_people
     # Two key groups: decrypting needs a key of each, so reverserd's own rule (one recipient)
     # could not have produced a file that demands both.
     hand_made = (
@@ -357,17 +396,19 @@ def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
         f"      - age: [{recipient}]\n"
         f"      - age: [{colleague_recipient}]\n"
     ).encode()
-    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", hand_made, "sops rules")
-    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
-    apply(control_plane, *setup(namespace, remote, encryption))
-    secret_daemon.start()
-    wait_synced(control_plane, namespace)
-    apply(control_plane, secret(namespace, "db", {"password": "two-groups"}))
-    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/secrets/{namespace}/db")
+    mirror_a_secret_under(
+        control_plane,
+        namespace,
+        remote,
+        secret_daemon,
+        hand_made,
+        recipient,
+        ("db", {"password": "two-groups"}),
+    )
 
     files = read_tree(remote.path, "main")
     assert files["live-cluster/.sops.yaml"] == hand_made
-    checkout = clone(remote, tmp_path / "checkout")
+    checkout = clone(remote, mine.parent / "checkout")
     path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
     assert sops_d(tools, checkout, path, [mine]).returncode != 0
     assert sops_d(tools, checkout, path, [colleague]).returncode != 0
@@ -384,28 +425,26 @@ def test_sops_config_for_other_files_keeps_its_rules_and_gains_reverserds_last(
     remote: Remote,
     secret_daemon: Reverserd,
     tools: Path,
-    age_key: tuple[str, str],
-    tmp_path: Path,
+    two_people: TwoPeople,
 ) -> None:
-    identity, recipient = age_key
-    mine = tmp_path / "mine.txt"
-    mine.write_text(identity + "\n")
-    colleague, colleague_recipient = second_age_key(tools, tmp_path)
+    mine, recipient, colleague, colleague_recipient = two_people
     their_rule = {"path_regex": "^by-hand/.*\\.yaml$", "age": colleague_recipient}
     hand_made = yaml.safe_dump({"creation_rules": [their_rule]}).encode()
-    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", hand_made, "sops rules")
-    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
-    apply(control_plane, *setup(namespace, remote, encryption))
-    secret_daemon.start()
-    wait_synced(control_plane, namespace)
-    apply(control_plane, secret(namespace, "api", {"token": "appended-rule"}))
-    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/secrets/{namespace}/api")
+    mirror_a_secret_under(
+        control_plane,
+        namespace,
+        remote,
+        secret_daemon,
+        hand_made,
+        recipient,
+        ("api", {"token": "appended-rule"}),
+    )
 
     rules = yaml.safe_load(read_tree(remote.path, "main")["live-cluster/.sops.yaml"])
     assert rules["creation_rules"][0] == their_rule
     assert rules["creation_rules"][-1]["age"] == recipient
     assert len(rules["creation_rules"]) == 2
-    checkout = clone(remote, tmp_path / "checkout")
+    checkout = clone(remote, mine.parent / "checkout")
     path = f"live-cluster/v1/secrets/{namespace}/api.sops.yaml"
     assert sops_d(tools, checkout, path, [colleague]).returncode != 0
     result = sops_d(tools, checkout, path, [mine])

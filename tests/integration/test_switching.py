@@ -41,7 +41,7 @@ from testbed.harness import (
 )
 from testbed.manifests import configbutler_resource, configmap, mirror_setup, secret
 from tests.conftest import Remote
-from tests.integration.test_secrets import clone, sops_d
+from tests.integration.test_secrets import clone, key_file, sops_d
 
 FOLDER = "live-cluster"
 OLD_COMMITTER = pygit2.Signature("GitOps Reverser", "noreply@configbutler.ai", 1_760_000_000, 0)
@@ -363,10 +363,9 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
         assert yaml.safe_load(after[pc_path])["value"] == PRIORITY_VALUE
         # Secrets: encrypted with the folder's own .sops.yaml, `sops -d` with the old key works.
         checkout = clone(remote, tmp_path / "checkout")
-        key_file = tmp_path / "old-key.txt"
-        key_file.write_text(identity + "\n")
+        old_key = key_file(identity, tmp_path / "old-key.txt")
         decrypted = sops_d(
-            tools, checkout, f"{FOLDER}/v1/secrets/{namespace}/db.sops.yaml", [key_file]
+            tools, checkout, f"{FOLDER}/v1/secrets/{namespace}/db.sops.yaml", [old_key]
         )
         assert decrypted.returncode == 0, decrypted.stderr
         assert yaml.safe_load(decrypted.stdout)["data"] == {
@@ -409,7 +408,7 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
         }
         checkout = clone(remote, tmp_path / "checkout-after")
         fresh_path = f"{FOLDER}/v1/secrets/{namespace}/fresh-secret.sops.yaml"
-        decrypted = sops_d(tools, checkout, fresh_path, [key_file])
+        decrypted = sops_d(tools, checkout, fresh_path, [old_key])
         assert decrypted.returncode == 0, decrypted.stderr
         assert yaml.safe_load(decrypted.stdout)["data"] == {
             "token": base64.b64encode(b"after-the-switch").decode()

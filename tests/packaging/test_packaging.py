@@ -68,6 +68,13 @@ def render(helm: Path, namespace: str, *args: str) -> str:
     return result.stdout
 
 
+def refusal(helm: Path, *args: str) -> str:
+    """What ``helm template`` says when it refuses to render the chart with ``args``."""
+    result = run_helm(helm, "template", "reverserd", str(CHART), *args)
+    assert result.returncode != 0, result.stdout
+    return result.stderr
+
+
 def objects(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
@@ -352,9 +359,7 @@ def test_render_refuses_settings_the_daemon_cannot_run_with(
     helm: Path, settings: list[str], complaint: str
 ) -> None:
     arguments = [argument for setting in settings for argument in ("--set", setting)]
-    result = run_helm(helm, "template", "reverserd", str(CHART), *arguments)
-    assert result.returncode != 0
-    assert complaint in result.stderr
+    assert complaint in refusal(helm, *arguments)
 
 
 def test_two_replicas_with_leader_election_and_own_journals_render(helm: Path) -> None:
@@ -609,11 +614,10 @@ def test_v017_key_without_a_meaning_here_is_refused_naming_what_to_set(
     for parent in parents:
         node, target = node[parent], target.setdefault(parent, {})
     target[last] = node[last]
-    result = run_helm(helm, "template", "r", str(CHART), "-f", values_file(tmp_path, values))
-    assert result.returncode != 0
-    assert f"{refused} is a gitops-reverser value" in result.stderr
-    assert V017_REFUSED[refused] in result.stderr
-    assert MIGRATION_GUIDE in result.stderr
+    complaint = refusal(helm, "-f", values_file(tmp_path, values))
+    assert f"{refused} is a gitops-reverser value" in complaint
+    assert V017_REFUSED[refused] in complaint
+    assert MIGRATION_GUIDE in complaint
 
 
 @pytest.mark.parametrize(
@@ -652,9 +656,7 @@ def test_v017_value_reverserd_cannot_honour_is_refused(
     helm: Path, settings: list[str], complaint: str
 ) -> None:
     arguments = [argument for setting in settings for argument in ("--set", setting)]
-    result = run_helm(helm, "template", "r", str(CHART), *arguments)
-    assert result.returncode != 0
-    assert complaint in result.stderr
+    assert complaint in refusal(helm, *arguments)
 
 
 @pytest.mark.parametrize(
@@ -669,9 +671,7 @@ def test_v017_value_reverserd_cannot_honour_is_refused(
     ],
 )
 def test_schema_refuses_an_unknown_key_by_name(helm: Path, setting: str, where: str) -> None:
-    result = run_helm(helm, "template", "r", str(CHART), "--set", setting)
-    assert result.returncode != 0
-    assert where in result.stderr
+    assert where in refusal(helm, "--set", setting)
 
 
 def test_v017_values_render_is_accepted_by_the_api_server(

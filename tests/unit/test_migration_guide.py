@@ -5,15 +5,14 @@ to it; this module keeps the names honest."""
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import pytest
 
-from reverserd.cli import build_parser
 from tests.integration.test_switching import DASHBOARD_METRICS, NOT_SERVED
 from tests.packaging.test_packaging import V017_READ, V017_REFUSED
+from tests.unit.test_cli import run_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "migrating-from-gitops-reverser.md"
@@ -55,16 +54,6 @@ def test_every_test_the_guide_names_exists() -> None:
 def test_chart_table_lists_exactly_the_v017_keys_the_chart_tests_render() -> None:
     keys = {code_in(row[0])[0] for row in rows("Chart values")}
     assert keys == set(V017_READ) | set(V017_REFUSED)
-
-
-def run_parser() -> argparse.ArgumentParser:
-    commands = next(
-        action
-        for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
-    parser: argparse.ArgumentParser = commands.choices["run"]
-    return parser
 
 
 def test_flags_table_names_reverserd_flags_that_exist() -> None:
