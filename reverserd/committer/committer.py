@@ -86,9 +86,6 @@ BATCH_LIMIT = 200
 # up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
 SEQ_TRAILER = "journal-seq"
-# How far back a restarting consumer looks for its own commits above its cursor: more than any
-# number of commits one push interval can leave unpushed or unacknowledged.
-RESUME_SCAN_COMMITS = 20_000
 # Pack the clone after this many commits so it never grows into millions of loose objects.
 MAINTAIN_EVERY_COMMITS = 2000
 
@@ -226,12 +223,14 @@ class Committer:
         clone, pushed or not: replaying an older change on top of a newer state is not a no-op
         (an UPDATE replayed after its DELETE would bring the file back). Submissions of the
         target still waiting here are dropped first; the consumer replays them from the journal.
+
+        Only commits this clone made count (pending, or carried by the last push): anyone with
+        push access can write a commit whose trailers name a target and a seq, and trusting it
+        would make the target skip real changes (DESIGN invariant 9).
         """
         async with self._applying:
             await self._drop_waiting(target)
-            messages = await self.on_git_thread(
-                functools.partial(self.repository.recent_commits, RESUME_SCAN_COMMITS)
-            )
+            messages = await self.on_git_thread(self.repository.own_commits)
         return committed_seq(messages, target, cursor)
 
     async def forget(self, target: str) -> None:
