@@ -14,7 +14,7 @@ from pathlib import Path
 import pygit2
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import push_foreign_commit
+from testbed.gitservers import install_hook, push_foreign_commit
 from testbed.harness import (
     Reverserd,
     apply,
@@ -236,3 +236,57 @@ def test_event_loop_lag_is_exposed_as_a_histogram(
     wait_synced(control_plane, namespace, daemon=daemon)
     wait_until(lambda: daemon.metric("reverserd_event_loop_lag_seconds_count") >= 4)
     assert daemon.metric("reverserd_event_loop_lag_seconds_sum") < 5
+
+
+def test_sigkill_after_the_server_took_a_push_commits_every_change_once(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    # The server updates the branch, then runs post-receive, which waits for the test: the
+    # push is accepted, but reverserd has not heard so when it is killed.
+    release = tmp_path / "release"
+    install_hook(
+        remote.path,
+        "post-receive",
+        f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.1; done\n",
+    )
+    apply(control_plane, configmap(namespace, "taken", {"v": "1"}))
+    wait_until(
+        lambda: cm_subject("CREATE", namespace, "taken") in subjects(remote.path),
+        describe=daemon.log_tail,
+    )
+    daemon.kill()
+    release.touch()
+    apply(control_plane, configmap(namespace, "taken", {"v": "2"}))
+    daemon.start()
+    apply(control_plane, configmap(namespace, "after"))
+    wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after"))
+    time.sleep(SETTLE_S)
+    ours = [s for s in subjects(remote.path) if not s.startswith("reconcile")]
+    assert ours == [
+        cm_subject("CREATE", namespace, "taken"),
+        cm_subject("UPDATE", namespace, "taken"),
+        cm_subject("CREATE", namespace, "after"),
+    ]
+
+
+def test_foreign_commit_with_forged_trailers_does_not_move_the_resume_point(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    forged = f"notes\n\njournal-seq: 999999999\ntarget: {namespace}/mirror\n"
+    push_foreign_commit(remote.path, "main", "notes.txt", b"hello\n", forged)
+    # A restart computes the resume point again; a change while it is down must still come.
+    daemon.stop()
+    apply(control_plane, configmap(namespace, "after-forgery"))
+    daemon.start()
+    wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after-forgery"))
+    assert f"live-cluster/v1/configmaps/{namespace}/after-forgery.yaml" in tree(remote.path)
