@@ -41,7 +41,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -76,9 +76,11 @@ RETRY_INITIAL_S = 1.0
 RETRY_CEILING_S = 60.0
 # Someone else pushing between our fetch and push is retried at once, this many times in a row.
 MAX_IMMEDIATE_REBASES = 5
-# Submissions waiting for the Git thread; a full inbox slows the consumers (they re-read the
-# journal, which holds everything anyway) instead of growing memory without bound.
+# Submissions (and bytes of file content) waiting for the Git thread; a full inbox slows the
+# consumers (they re-read the journal, which holds everything anyway) instead of growing memory
+# without bound: a burst of large objects waits in the journal, not in RAM.
 INBOX_DEPTH = 1000
+INBOX_BYTES = 32 * 2**20
 # Commits one push may carry under a backlog: about a second of Git work on two cores, so
 # pushes stay frequent while their fixed cost (a round trip, pack negotiation) is shared.
 BATCH_LIMIT = 200
@@ -186,6 +188,7 @@ class Committer:
         self.pushed_sha: str | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="git")
         self._inbox: collections.deque[Submission] = collections.deque()
+        self._inbox_bytes = 0
         self._inbox_changed = asyncio.Condition()
         # Held while submissions are taken and committed, so that what a restarting consumer
         # reads from the branch is never missing a batch that is half way to it.
@@ -207,13 +210,19 @@ class Committer:
         return await self.on_git_thread(lambda: self.repository.list_files(prefix))
 
     async def submit(self, submission: Submission) -> None:
+        size = content_bytes([submission])
+
+        def room() -> bool:
+            if self.stopped or not self._inbox:
+                return True
+            return len(self._inbox) < INBOX_DEPTH and self._inbox_bytes + size <= INBOX_BYTES
+
         async with self._inbox_changed:
-            await self._inbox_changed.wait_for(
-                lambda: self.stopped or len(self._inbox) < INBOX_DEPTH
-            )
+            await self._inbox_changed.wait_for(room)
             if self.stopped:
                 raise CommitterStopped(self.key)
             self._inbox.append(submission)
+            self._inbox_bytes += size
             self._inbox_changed.notify_all()
 
     async def resume_point(self, target: str, cursor: int) -> int:
@@ -248,6 +257,7 @@ class Committer:
             kept = [item for item in self._inbox if item.target != target]
             self._inbox.clear()
             self._inbox.extend(kept)
+            self._inbox_bytes = content_bytes(kept)
             self._inbox_changed.notify_all()
 
     def _report(self, ok: bool, reason: str, message: str) -> None:
@@ -275,6 +285,7 @@ class Committer:
         self.ready.clear()
         async with self._inbox_changed:
             self._inbox.clear()
+            self._inbox_bytes = 0
             self._inbox_changed.notify_all()
         self._thread.shutdown(wait=False, cancel_futures=True)
         loop = asyncio.get_running_loop()
@@ -363,6 +374,7 @@ class Committer:
         async with self._inbox_changed:
             room = min(self._batch_room(), len(self._inbox))
             batch = [self._inbox.popleft() for _ in range(room)]
+            self._inbox_bytes -= content_bytes(batch)
             self._inbox_changed.notify_all()
         if not batch:
             return
@@ -546,6 +558,11 @@ class Committer:
         for item in settled:
             if item.on_pushed is not None:
                 item.on_pushed((newest or {}).get(item.target), pushed_at)
+
+
+def content_bytes(items: Iterable[Submission]) -> int:
+    """File content the submissions carry: what they hold in memory until committed."""
+    return sum(len(change.content or b"") for item in items for change in item.changes)
 
 
 def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:
