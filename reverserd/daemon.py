@@ -99,6 +99,7 @@ class Daemon:
         reader = await JournalReader.open(options.state_dir)
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
+        journal.on_failure_changed = board.report_journal
         plane = ConfigPlane(client, board)
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
@@ -184,6 +185,8 @@ class Daemon:
 
     def surface(self) -> Surface:
         async def journal_ok() -> bool:
+            if self.journal.failure is not None:
+                return False
             try:
                 await self.reader.last_seq()
                 return True

@@ -8,6 +8,7 @@ custom resources' status.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -290,3 +291,55 @@ def test_foreign_commit_with_forged_trailers_does_not_move_the_resume_point(
     daemon.start()
     wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after-forgery"))
     assert f"live-cluster/v1/configmaps/{namespace}/after-forgery.yaml" in tree(remote.path)
+
+
+def test_full_state_dir_says_so_loses_nothing_and_resumes_when_space_returns(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    # The state dir is a small volume of its own; the daemon's log stays outside it.
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(volume)], check=True)
+    daemon = Reverserd(control_plane, volume)
+    try:
+        apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "before"))
+
+        filler = volume / "filler"
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True, check=False
+        )
+        made = [f"full-{index}" for index in range(5)]
+        for name in made:
+            apply(control_plane, configmap(namespace, name, {"v": "x" * 2000}))
+
+        failed = wait_condition(
+            control_plane,
+            "gittarget",
+            namespace,
+            "mirror",
+            "Journal",
+            "False",
+            "JournalWriteFailed",
+            daemon=daemon,
+        )
+        assert "full" in failed["message"], failed
+        ready = conditions(control_plane, "gittarget", namespace, "mirror")["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "JournalWriteFailed")
+        assert daemon.get("/readyz") is None
+        assert any("journal transaction failed" in line["message"] for line in daemon.log_lines())
+        assert daemon.process is not None and daemon.process.poll() is None
+
+        filler.unlink()
+        wait_for_subjects(
+            remote.path, daemon, *(cm_subject("CREATE", namespace, n) for n in made), timeout=150
+        )
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Journal", "True")
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True")
+        history = subjects(remote.path)
+        assert all(history.count(cm_subject("CREATE", namespace, n)) == 1 for n in made), history
+    finally:
+        daemon.ensure_stopped()
+        subprocess.run(["umount", "-l", str(volume)], check=False)
