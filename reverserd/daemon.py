@@ -33,6 +33,8 @@ from reverserd import __version__
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
+from reverserd.git import configure_network_timeouts
+from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
@@ -81,6 +83,7 @@ class RunOptions:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
+    git_timeout_s: float = 60.0
 
 
 class _Shutdown(Exception):
@@ -95,6 +98,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit code 0) or lost leadership (exit code 1)."""
         options = self.options
+        timeout_ms = max(1, int(options.git_timeout_s * 1000))
+        configure_network_timeouts(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms)
         journal = await JournalWriter.open(options.state_dir)
         reader = await JournalReader.open(options.state_dir)
         client = await KubeClient.connect(options.kubeconfig, options.context)

@@ -15,11 +15,12 @@ from pathlib import Path
 import pygit2
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import install_hook, push_foreign_commit
+from testbed.gitservers import GitHttpServer, install_hook, push_foreign_commit
 from testbed.harness import (
     Reverserd,
     apply,
     conditions,
+    create_git_credentials,
     query_journal,
     subjects,
     tree,
@@ -343,3 +344,38 @@ def test_full_state_dir_says_so_loses_nothing_and_resumes_when_space_returns(
     finally:
         daemon.ensure_stopped()
         subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def test_git_server_that_never_answers_shows_in_status_and_recovers(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-hung")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "3"])
+    try:
+        repo = server.create_bare_repo("hung")
+        secret = create_git_credentials(control_plane, namespace, server)
+        apply(control_plane, *mirror_setup(namespace, server.url("hung"), secret=secret))
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+        with server.suspended():
+            apply(control_plane, configmap(namespace, "while-hung"))
+            hung = wait_condition(
+                control_plane,
+                "gittarget",
+                namespace,
+                "mirror",
+                "Pushing",
+                "False",
+                "ConnectionFailed",
+                daemon=daemon,
+            )
+            assert server.url("hung").split("//", 1)[1] in hung["message"]
+            assert daemon.get("/healthz") is not None
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "while-hung"), timeout=90)
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Pushing", "True")
+        assert subjects(repo).count(cm_subject("CREATE", namespace, "while-hung")) == 1
+    finally:
+        daemon.ensure_stopped()
+        server.stop()
