@@ -8,6 +8,7 @@ custom resources' status.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from testbed.harness import (
     apply,
     conditions,
     create_git_credentials,
+    create_many,
     query_journal,
     subjects,
     tree,
@@ -29,7 +31,7 @@ from testbed.harness import (
     wait_synced,
     wait_until,
 )
-from testbed.manifests import configmap, git_target, mirror_setup
+from testbed.manifests import configmap, git_target, mirror_setup, podtemplate
 from tests.conftest import Remote
 
 # Long enough for a push interval of 1 s to pass several times: proof that nothing more comes.
@@ -376,6 +378,82 @@ def test_git_server_that_never_answers_shows_in_status_and_recovers(
         wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "while-hung"), timeout=90)
         wait_condition(control_plane, "gittarget", namespace, "mirror", "Pushing", "True")
         assert subjects(repo).count(cm_subject("CREATE", namespace, "while-hung")) == 1
+    finally:
+        daemon.ensure_stopped()
+        server.stop()
+
+
+def test_watch_expired_while_running_deletes_only_the_files_of_objects_gone_in_the_gap(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    names = ("keep", "gone-a", "gone-b")
+    create_many(control_plane, [podtemplate(namespace, n) for n in names], "podtemplates")
+    rules = [{"resources": ["podtemplates"]}]
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    folder = f"live-cluster/v1/podtemplates/{namespace}"
+    assert {f"{folder}/{n}.yaml" for n in names} <= set(tree(remote.path))
+
+    # The daemon is frozen while objects go and history is compacted: its watch resumes from
+    # a resourceVersion the server no longer has (410), and only a fresh LIST tells what is gone.
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        control_plane.kubectl("delete", "podtemplate", "gone-a", "gone-b", "-n", namespace)
+        apply(control_plane, configmap(namespace, "unrelated"))
+        control_plane.compact_etcd()
+        control_plane.restart_apiserver()
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+
+    deletes = [f"[DELETE] v1/podtemplates/{namespace}/{n}" for n in ("gone-a", "gone-b")]
+    wait_for_subjects(remote.path, daemon, *deletes, timeout=120)
+    time.sleep(SETTLE_S)
+    files = tree(remote.path)
+    assert f"{folder}/keep.yaml" in files
+    assert not {f"{folder}/gone-a.yaml", f"{folder}/gone-b.yaml"} & set(files)
+    relists = query_journal(
+        daemon, "SELECT relists FROM streams WHERE stream LIKE ?", ("%podtemplates%",)
+    )
+    assert relists and relists[0][0] >= 1
+    history = subjects(remote.path)
+    assert all(history.count(d) == 1 for d in deletes), history
+    assert not any(
+        "podtemplates" in s and "/keep" in s for s in history if s.startswith("[DELETE]")
+    )
+
+
+def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_lands_once(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-down")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state")
+    try:
+        repo = server.create_bare_repo("down")
+        secret = create_git_credentials(control_plane, namespace, server)
+        apply(control_plane, *mirror_setup(namespace, server.url("down"), secret=secret))
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+        server.stop()
+        made = [f"down-{index}" for index in range(4)]
+        for name in made:
+            apply(control_plane, configmap(namespace, name))
+        # Someone else's commit lands on the server's disk while nobody can reach it.
+        theirs = push_foreign_commit(repo, "main", "docs/notes.md", b"theirs\n", "their notes")
+        wait_until(lambda: daemon.metric("reverserd_push_failures_total") > 0, timeout=60)
+        server.start()
+        wait_for_subjects(repo, daemon, *(cm_subject("CREATE", namespace, n) for n in made))
+        time.sleep(SETTLE_S)
+        history = subjects(repo)
+        assert "their notes" in history
+        assert all(history.count(cm_subject("CREATE", namespace, n)) == 1 for n in made)
+        assert tree(repo)["docs/notes.md"] == b"theirs\n"
+        git = pygit2.Repository(str(repo))
+        tip = git.references["refs/heads/main"].target
+        assert git.descendant_of(tip, pygit2.Oid(hex=theirs))
     finally:
         daemon.ensure_stopped()
         server.stop()
