@@ -84,6 +84,9 @@ INBOX_BYTES = 32 * 2**20
 # Commits one push may carry under a backlog: about a second of Git work on two cores, so
 # pushes stay frequent while their fixed cost (a round trip, pack negotiation) is shared.
 BATCH_LIMIT = 200
+# File content one push may carry under a backlog of large objects: a pack the server starts
+# receiving within seconds (front ends drop a request body that stays idle for a minute).
+PUSH_BYTES = 32 * 2**20
 # The lines of every commit message that name the target it was made for, and the journal seq
 # up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
@@ -194,6 +197,7 @@ class Committer:
         # reads from the branch is never missing a batch that is half way to it.
         self._applying = asyncio.Lock()
         self._unpushed: list[Submission] = []
+        self._unpushed_bytes = 0
         self._first_unpushed_at: float | None = None
         self._push = _PushState()
         self._commits_since_maintain = 0
@@ -327,20 +331,25 @@ class Committer:
     def _unpushed_commits(self) -> int:
         return sum(1 for item in self._unpushed if item.commit)
 
+    def _push_full(self) -> bool:
+        """Enough waits for the remote that a push should not wait for the interval."""
+        return (
+            self._unpushed_commits() >= self.policy.max_commits
+            or self._unpushed_bytes >= PUSH_BYTES
+        )
+
     def _push_due(self) -> bool:
         if self._first_unpushed_at is None or self._push.waiting:
             return False
         waited = time.monotonic() - self._first_unpushed_at
-        return self._unpushed_commits() >= self.policy.max_commits or (
-            waited >= self.policy.interval_s
-        )
+        return self._push_full() or waited >= self.policy.interval_s
 
     def _seconds_until_push_due(self) -> float | None:
         """None while nothing waits for the remote."""
         if self._first_unpushed_at is None:
             return None
         due = max(self._first_unpushed_at + self.policy.interval_s, self._push.retry_at)
-        if self._unpushed_commits() >= self.policy.max_commits:
+        if self._push_full():
             due = max(time.monotonic(), self._push.retry_at)
         return max(0.0, due - time.monotonic())
 
@@ -358,27 +367,35 @@ class Committer:
             async with self._applying:
                 await self._apply_batch()
 
-    def _batch_room(self) -> int:
-        """How many submissions the next batch takes.
+    def _batch_room(self) -> tuple[int, int]:
+        """How many submissions, and bytes of their content, the next batch may take.
 
-        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) wait for one
-        due push, so a backlog never postpones it by more than about a second of Git work. While
-        a push waits for its retry, nothing is postponed: batches are full.
+        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) and
+        :data:`PUSH_BYTES` wait for one due push, so a backlog never postpones it by more than
+        about a second of Git work, and its pack stays small. While a push waits for its retry,
+        nothing is postponed: batches are full.
         """
         limit = max(self.policy.max_commits, BATCH_LIMIT)
         if self._push.waiting:
-            return limit
-        return max(1, limit - self._unpushed_commits())
+            return limit, PUSH_BYTES
+        return max(1, limit - self._unpushed_commits()), PUSH_BYTES - self._unpushed_bytes
 
     async def _apply_batch(self) -> None:
         async with self._inbox_changed:
-            room = min(self._batch_room(), len(self._inbox))
-            batch = [self._inbox.popleft() for _ in range(room)]
+            count, budget = self._batch_room()
+            batch: list[Submission] = []
+            while self._inbox and len(batch) < count:
+                size = content_bytes([self._inbox[0]])
+                if batch and size > budget:
+                    break
+                batch.append(self._inbox.popleft())
+                budget -= size
             self._inbox_bytes -= content_bytes(batch)
             self._inbox_changed.notify_all()
         if not batch:
             return
         writes = [item for item in batch if item.changes]
+        committed_bytes = content_bytes(writes)
         try:
             shas = await self._commit(writes)
         except ValueError:
@@ -405,6 +422,7 @@ class Committer:
         for item in batch:
             self._unpushed.append(item)
             COMMIT_QUEUE.labels(target=item.target).inc()
+        self._unpushed_bytes += committed_bytes
         pending = await self.on_git_thread(self.repository.pending)
         if pending and self._first_unpushed_at is None:
             self._first_unpushed_at = time.monotonic()
@@ -548,7 +566,7 @@ class Committer:
             )
         # Only once every cursor is written: a failing write leaves everything unsettled, to be
         # replayed by a fresh committer's consumers.
-        self._unpushed = []
+        self._unpushed, self._unpushed_bytes = [], 0
         self._first_unpushed_at = None
         self.pushed_sha = sha
         for target, items in by_target.items():
