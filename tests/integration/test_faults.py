@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pygit2
+import yaml
 
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import GitHttpServer, install_hook, push_foreign_commit
@@ -457,3 +458,34 @@ def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_land
     finally:
         daemon.ensure_stopped()
         server.stop()
+
+
+def test_large_and_unicode_objects_reach_git_intact(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    text = "Grüße, 世界, مرحبا, emoji 🎉, combining é, zero-width \u200b, tab\tend\n"
+    # About 900 KB as UTF-8: close to the 1 MiB a ConfigMap may hold.
+    chars = int(900_000 * len(text) / len(text.encode()))
+    large = {"payload": (text * (chars // len(text) + 1))[:chars], "small": "ok"}
+    unicode_only = {"greeting": text, "quote": "\"it's\" 'quoted' \\ backslash", "yes": "yes"}
+    # Created directly: kubectl apply would also store the whole object in an annotation.
+    create_many(
+        control_plane,
+        [configmap(namespace, "large", large), configmap(namespace, "unicode", unicode_only)],
+        "configmaps",
+    )
+    wait_for_subjects(
+        remote.path,
+        daemon,
+        cm_subject("CREATE", namespace, "large"),
+        cm_subject("CREATE", namespace, "unicode"),
+    )
+    files = tree(remote.path)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    assert len(files[f"{folder}/large.yaml"]) > 800_000
+    for name, data in (("large", large), ("unicode", unicode_only)):
+        written = yaml.safe_load(files[f"{folder}/{name}.yaml"].decode("utf-8"))
+        assert written["data"] == data, name
