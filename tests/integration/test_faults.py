@@ -603,3 +603,54 @@ def test_custom_resource_nested_too_deep_is_quarantined_and_its_type_keeps_flowi
     stream = f"{group}/v1/widgets@{namespace}"
     row = query_journal(daemon, "SELECT seed_state FROM streams WHERE stream = ?", (stream,))
     assert row == [("complete",)]
+
+
+def test_replaced_committer_waits_for_the_old_ones_git_operation_to_end(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-slow")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "30"])
+    try:
+        repo = server.create_bare_repo("slow")
+        secret = create_git_credentials(control_plane, namespace, server)
+        provider, *rest = mirror_setup(namespace, server.url("slow"), secret=secret)
+        apply(control_plane, provider, *rest)
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+
+        def opened() -> int:
+            """How often a committer took the clone (before it reaches the server)."""
+            return sum(1 for line in daemon.log_lines() if line["message"].startswith("opening "))
+
+        assert opened() == 1
+        with server.suspended():
+            apply(control_plane, configmap(namespace, "during"))
+            wait_until(
+                lambda: any(
+                    line.get("subject") == cm_subject("CREATE", namespace, "during")
+                    for line in daemon.log_lines()
+                ),
+                describe=daemon.log_tail,
+            )
+            time.sleep(2)  # the push of that commit now hangs on the frozen server
+            # New push settings replace the committer while its push is still running.
+            provider["spec"]["push"] = {"interval": "2s"}
+            apply(control_plane, provider)
+            wait_until(
+                lambda: any(
+                    "provider settings changed" in line["message"] for line in daemon.log_lines()
+                ),
+                describe=daemon.log_tail,
+            )
+            time.sleep(8)
+            assert opened() == 1, "the new committer took the clone during the old push"
+            assert any("waiting for the clone" in line["message"] for line in daemon.log_lines())
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "during"), timeout=90)
+        wait_until(lambda: opened() == 2, describe=daemon.log_tail)
+        time.sleep(SETTLE_S)
+        assert subjects(repo).count(cm_subject("CREATE", namespace, "during")) == 1
+    finally:
+        daemon.ensure_stopped()
+        server.stop()
