@@ -26,6 +26,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_ALIASES = {"WARN": "WARNING"}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+# A server that accepts and never answers is given up after this long; long enough for a large
+# push over a slow link, since it bounds each read or write, not the whole transfer.
+GIT_IO_TIMEOUT_S = 60.0
 # `journal tail -f` polls the journal at this pace; SQLite has no change notification.
 TAIL_POLL_S = 0.5
 
@@ -76,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     git.add_argument("--git-author-name", default="reverserd", help="author and committer name")
     git.add_argument(
         "--git-author-email", default="reverserd@localhost", help="author and committer e-mail"
+    )
+    git.add_argument(
+        "--git-timeout",
+        type=float,
+        default=GIT_IO_TIMEOUT_S,
+        help="seconds a Git connection may wait for the server before it is given up"
+        f" (connect, and each read or write; default {GIT_IO_TIMEOUT_S:.0f})",
     )
     secrets = run.add_argument_group("secrets")
     secrets.add_argument(
@@ -189,6 +199,7 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_elect=arguments.leader_elect,
         leader_election_namespace=arguments.leader_election_namespace,
         leader_election_id=arguments.leader_election_id,
+        git_timeout_s=arguments.git_timeout,
     )
     return asyncio.run(Daemon(options).run())
 

@@ -71,6 +71,7 @@ TARGET_REASONS = {
     "EventStreamLive": "EventStreamLive",
     "Pushing": "Pushing",
     "Quarantined": "NoneQuarantined",
+    "Journal": "Writable",
 }
 # Served by gitops-reverser v0.17, not by reverserd (the guide names what to use instead).
 NOT_SERVED = (

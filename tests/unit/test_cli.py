@@ -54,6 +54,8 @@ def sample_value(action: argparse.Action) -> tuple[str, object]:
         return "/srv/from-env", Path("/srv/from-env")
     if action.type is int:
         return "7", 7
+    if action.type is float:
+        return "7.5", 7.5
     return "from-env", "from-env"
 
 
@@ -70,8 +72,10 @@ def test_every_flag_of_every_command_is_settable_by_an_environment_variable(
         assert parsed[action.dest] == expected, name
         # The command line still wins over the variable.
         if not isinstance(action, argparse._StoreTrueAction) and action.choices is None:
-            parsed = vars(build_parser().parse_args(["run", action.option_strings[0], "cli"]))
-            assert str(parsed[action.dest]) == "cli", name
+            given = "9.25" if action.type in (int, float) else "cli"
+            given = "9" if action.type is int else given
+            parsed = vars(build_parser().parse_args(["run", action.option_strings[0], given]))
+            assert str(parsed[action.dest]) == given, name
         monkeypatch.delenv(name)
 
 
