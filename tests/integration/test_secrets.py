@@ -329,6 +329,29 @@ def two_people(tools: Path, age_key: tuple[str, str], tmp_path: Path) -> TwoPeop
     )
 
 
+class SopsScene(NamedTuple):
+    """What a test of a folder's own .sops.yaml works with."""
+
+    control_plane: ControlPlane
+    namespace: str
+    remote: Remote
+    daemon: Reverserd
+    tools: Path
+    people: TwoPeople
+
+
+@pytest.fixture
+def scene(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+    two_people: TwoPeople,
+) -> SopsScene:
+    return SopsScene(control_plane, namespace, remote, secret_daemon, tools, two_people)
+
+
 def sops_d(
     tools: Path, checkout: Path, path: str, key_files: list[Path]
 ) -> subprocess.CompletedProcess[str]:
@@ -356,17 +379,18 @@ def key_file(identity: str, path: Path) -> Path:
 
 
 def mirror_a_secret_under(
-    control_plane: ControlPlane,
-    namespace: str,
-    remote: Remote,
-    daemon: Reverserd,
-    sops_config: bytes,
-    recipient: str,
-    secret_data: tuple[str, dict[str, str]],
+    scene: SopsScene, sops_config: bytes, secret_data: tuple[str, dict[str, str]]
 ) -> None:
-    """Push ``sops_config`` as the folder's .sops.yaml by hand, start mirroring with
-    ``recipient`` as the target's only recipient, and wait until the Secret is committed."""
+    """Push ``sops_config`` as the folder's .sops.yaml by hand, start mirroring with the test's
+    recipient as the target's only one, and wait until the Secret is committed."""
+    control_plane, namespace, remote, daemon = (
+        scene.control_plane,
+        scene.namespace,
+        scene.remote,
+        scene.daemon,
+    )
     push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", sops_config, "sops rules")
+    recipient = scene.people.my_recipient
     encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
     apply(control_plane, *setup(namespace, remote, encryption))
     daemon.start()
@@ -377,14 +401,10 @@ def mirror_a_secret_under(
 
 
 def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
-    control_plane: ControlPlane,
-    namespace: str,
-    remote: Remote,
-    secret_daemon: Reverserd,
-    tools: Path,
-    two_people: TwoPeople,
+    scene: SopsScene,
 ) -> None:
-    mine, recipient, colleague, colleague_recipient = two_people
+    namespace, remote, tools = scene.namespace, scene.remote, scene.tools
+    mine, recipient, colleague, colleague_recipient = scene.people
     # Two key groups: decrypting needs a key of each, so reverserd's own rule (one recipient)
     # could not have produced a file that demands both.
     hand_made = (
@@ -396,15 +416,7 @@ def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
         f"      - age: [{recipient}]\n"
         f"      - age: [{colleague_recipient}]\n"
     ).encode()
-    mirror_a_secret_under(
-        control_plane,
-        namespace,
-        remote,
-        secret_daemon,
-        hand_made,
-        recipient,
-        ("db", {"password": "two-groups"}),
-    )
+    mirror_a_secret_under(scene, hand_made, ("db", {"password": "two-groups"}))
 
     files = read_tree(remote.path, "main")
     assert files["live-cluster/.sops.yaml"] == hand_made
@@ -420,25 +432,13 @@ def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
 
 
 def test_sops_config_for_other_files_keeps_its_rules_and_gains_reverserds_last(
-    control_plane: ControlPlane,
-    namespace: str,
-    remote: Remote,
-    secret_daemon: Reverserd,
-    tools: Path,
-    two_people: TwoPeople,
+    scene: SopsScene,
 ) -> None:
-    mine, recipient, colleague, colleague_recipient = two_people
+    namespace, remote, tools = scene.namespace, scene.remote, scene.tools
+    mine, recipient, colleague, colleague_recipient = scene.people
     their_rule = {"path_regex": "^by-hand/.*\\.yaml$", "age": colleague_recipient}
     hand_made = yaml.safe_dump({"creation_rules": [their_rule]}).encode()
-    mirror_a_secret_under(
-        control_plane,
-        namespace,
-        remote,
-        secret_daemon,
-        hand_made,
-        recipient,
-        ("api", {"token": "appended-rule"}),
-    )
+    mirror_a_secret_under(scene, hand_made, ("api", {"token": "appended-rule"}))
 
     rules = yaml.safe_load(read_tree(remote.path, "main")["live-cluster/.sops.yaml"])
     assert rules["creation_rules"][0] == their_rule
