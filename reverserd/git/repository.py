@@ -78,6 +78,7 @@ from reverserd.git.credentials import (
     redact,
 )
 from reverserd.git.known_hosts import HostKeyError
+from reverserd.git.objects import EMPTY_TREE, ObjectStore
 
 CONNECT_TIMEOUT_MS = 10_000
 """TCP connect timeout. A reachable Git host accepts within a second; ten seconds tolerate a slow
@@ -95,6 +96,7 @@ BASE_REF = "refs/reverserd/base"
 
 _HEADS = "refs/heads/"
 _FILE_MODES = frozenset({FileMode.BLOB, FileMode.BLOB_EXECUTABLE})
+_EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
 _STALE_PUSH_MARKERS = (
     # libgit2's own check against the tip the server advertised
     "non-fastforwardable",
@@ -152,6 +154,12 @@ class FileChange:
 
 
 @dataclass(frozen=True)
+class _Tip:
+    oid: pygit2.Oid | None
+    """Where the local branch points; None when it has no commit."""
+
+
+@dataclass(frozen=True)
 class _RemoteState:
     branch_tip: pygit2.Oid | None
     """Tip of the branch on the remote; None if it does not exist there."""
@@ -204,6 +212,8 @@ class BranchRepository:
         build_callbacks(url, self._credentials)
         self._local_ref = _HEADS + branch
         self._repo: pygit2.Repository | None = None
+        self._store: ObjectStore | None = None
+        self._unflushed_tip: _Tip | None = None
         self.display_url = mask_url(url)
         """The URL with any password masked, for logs and status."""
 
@@ -216,7 +226,7 @@ class BranchRepository:
         """
         _ensure_off_event_loop()
         _ensure_network_timeouts()
-        self._repo = self._open_or_init()
+        self._attach(self._open_or_init())
         self._point_origin()
         state = self._fetch()
         self._follow_remote(state)
@@ -224,7 +234,7 @@ class BranchRepository:
 
     def head(self) -> str | None:
         """SHA of the local tip, or None before the first commit."""
-        return _sha(self._target(self._local_ref))
+        return _sha(self._local_tip())
 
     def apply(
         self,
@@ -247,25 +257,29 @@ class BranchRepository:
     ) -> list[str | None]:
         """Commit each ``(changes, message, author)`` in order; one SHA (or None) per entry.
 
-        The branch ref moves once, after the last commit: a crash part way leaves the branch
-        where it was, and the commits are redone from the journal.
+        The commits are kept in memory (see :mod:`reverserd.git.objects`) and written to the
+        clone, with the branch ref, by the next :meth:`flush` or :meth:`push`: a crash before
+        that leaves the branch where it was on disk, and the commits are redone from the journal.
         """
-        repo = self._open_repo()
-        parent = _commit_or_none(repo, self._target(self._local_ref))
+        self._open_repo()
+        parent = self._local_tip()
         made: list[str | None] = []
         for changes, message, author in commits:
             oid = self._commit_on(parent, changes, message, author, committer)
-            if oid is None:
-                made.append(None)
-                continue
-            commit = repo[oid]
-            assert isinstance(commit, pygit2.Commit)
-            parent = commit
-            made.append(str(oid))
+            made.append(str(oid) if oid is not None else None)
+            if oid is not None:
+                parent = oid
         if any(made):
-            assert parent is not None
-            repo.references.create(self._local_ref, parent.id, force=True)
+            self._move_local(parent)
         return made
+
+    def flush(self) -> None:
+        """Make every commit so far durable in the clone: one pack, then the branch ref."""
+        store = self._object_store()
+        store.flush()
+        if self._unflushed_tip is not None:
+            tip, self._unflushed_tip = self._unflushed_tip, None
+            self._set_ref(self._local_ref, tip.oid)
 
     def read(self, path: str) -> bytes | None:
         """Content of the file at ``path`` on the local tip, or None if there is none."""
@@ -298,7 +312,7 @@ class BranchRepository:
 
     def pending(self) -> int:
         """Number of local commits the remote does not have (above the base)."""
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             return 0
         return self._count_above(local, self._target(BASE_REF))
@@ -306,7 +320,7 @@ class BranchRepository:
     def recent_commits(self, limit: int) -> list[tuple[str, str]]:
         """(SHA, message) of up to ``limit`` commits of the local branch, newest first."""
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             return []
         found: list[tuple[str, str]] = []
@@ -319,7 +333,7 @@ class BranchRepository:
     def pending_commits(self) -> list[tuple[str, str]]:
         """(SHA, message) of every pending commit, newest first."""
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             return []
         walker = repo.walk(local, SortMode.TOPOLOGICAL)
@@ -337,11 +351,12 @@ class BranchRepository:
         authentication or timeout errors, and :class:`RepositoryError` if there is no commit.
         """
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
         if local == self._target(BASE_REF):
             return str(local)
+        self.flush()
         callbacks = _PushCallbacks(self._url, self._credentials)
         refspec = f"{self._local_ref}:{self._local_ref}"
         try:
@@ -372,7 +387,7 @@ class BranchRepository:
         repo = self._open_repo()
         old_base = self._target(BASE_REF)
         state = self._fetch()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         ours: list[pygit2.Commit] = []
         if local is not None:
             walker = repo.walk(local, SortMode.TOPOLOGICAL | SortMode.REVERSE)
@@ -380,22 +395,23 @@ class BranchRepository:
                 if known is not None:
                     walker.hide(known)
             ours = list(walker)
-        parent = _commit_or_none(repo, state.start)
+        parent = state.start
         rebuilt = []
         for commit in ours:
             oid = self._commit_on(
                 parent, self._changes_of(commit), commit.message, commit.author, commit.committer
             )
             if oid is not None:
-                parent = _commit_or_none(repo, oid)
+                parent = oid
                 rebuilt.append(str(oid))
-        self._set_ref(self._local_ref, parent.id if parent is not None else None)
+        self._move_local(parent)
         self._set_ref(BASE_REF, state.start)
         return rebuilt
 
     def maintain(self) -> None:
         """Pack the clone and drop loose and unreachable objects (``git gc --prune=now``)."""
         self._open_repo()
+        self.flush()
         git = shutil.which("git")
         if git is None:
             raise RepositoryError("maintenance needs the git command line tool on PATH")
@@ -425,7 +441,7 @@ class BranchRepository:
         except subprocess.CalledProcessError as error:
             detail = error.stderr.decode(errors="replace").strip()[-500:]
             raise RepositoryError(f"git gc failed: {redact(detail, self._credentials)}") from None
-        self._repo = self._open_existing()
+        self._attach(self._open_existing())
 
     def loose_object_count(self) -> int:
         """Number of loose objects in the clone (what :meth:`maintain` packs away)."""
@@ -444,6 +460,26 @@ class BranchRepository:
         if self._repo is None:
             raise RepositoryError("BranchRepository.open() has not been called")
         return self._repo
+
+    def _attach(self, repo: pygit2.Repository) -> None:
+        """Use ``repo``, with a fresh store of pending objects (there are none when called)."""
+        self._repo = repo
+        self._store = ObjectStore(repo, self._path / "objects")
+
+    def _object_store(self) -> ObjectStore:
+        self._open_repo()
+        assert self._store is not None
+        return self._store
+
+    def _local_tip(self) -> pygit2.Oid | None:
+        """The local branch: the newest commit made, flushed or not."""
+        if self._unflushed_tip is not None:
+            return self._unflushed_tip.oid
+        return self._target(self._local_ref)
+
+    def _move_local(self, tip: pygit2.Oid | None) -> None:
+        """Move the local branch in memory; :meth:`flush` writes the ref after the objects."""
+        self._unflushed_tip = _Tip(tip)
 
     def _open_or_init(self) -> pygit2.Repository:
         if (self._path / "HEAD").is_file():
@@ -479,7 +515,7 @@ class BranchRepository:
             references.delete(name)
 
     def _tip_tree(self) -> pygit2.Tree | None:
-        commit = _commit_or_none(self._open_repo(), self._target(self._local_ref))
+        commit = _commit_or_none(self._open_repo(), self._local_tip())
         return commit.tree if commit is not None else None
 
     def _count_above(self, tip: pygit2.Oid, base: pygit2.Oid | None) -> int:
@@ -491,7 +527,7 @@ class BranchRepository:
 
     def _commit_on(
         self,
-        parent: pygit2.Commit | None,
+        parent: pygit2.Oid | None,
         changes: Sequence[FileChange],
         message: str,
         author: pygit2.Signature,
@@ -499,23 +535,31 @@ class BranchRepository:
     ) -> pygit2.Oid | None:
         """Write a commit of ``changes`` on ``parent`` (no ref moves); None if nothing changed."""
         repo = self._open_repo()
+        store = self._object_store()
         planned = {_split_path(change.path): change.content for change in changes}
-        old_tree = parent.tree if parent is not None else None
-        empty_tree = repo.TreeBuilder().write()
-        new_tree = self._write_tree(old_tree, planned, ()) or empty_tree
-        if new_tree == (old_tree.id if old_tree is not None else empty_tree):
+        old_tree: bytes | None = None
+        if parent is not None:
+            commit = repo[parent]
+            assert isinstance(commit, pygit2.Commit)
+            old_tree = commit.tree_id.raw
+        new_tree = self._write_tree(old_tree, planned, ())
+        if new_tree is None:
+            new_tree = store.add_tree(EMPTY_TREE, None, (0, 0))
+        if new_tree == (old_tree if old_tree is not None else _EMPTY_TREE_ID):
             return None
-        parents = [parent.id] if parent is not None else []
-        return repo.create_commit(None, author, committer, message, new_tree, parents)
+        parents: list[bytes] = [parent.raw] if parent is not None else []
+        return pygit2.Oid(raw=store.add_commit(new_tree, parents, author, committer, message))
 
     def _write_tree(
         self,
-        tree: pygit2.Tree | None,
+        tree_id: bytes | None,
         changes: Mapping[tuple[str, ...], bytes | None],
         where: tuple[str, ...],
-    ) -> pygit2.Oid | None:
-        """Write ``tree`` with ``changes`` (paths relative to it); None if it ends up empty."""
-        repo = self._open_repo()
+    ) -> bytes | None:
+        """Write tree ``tree_id`` with ``changes`` (paths relative to it); None if it ends up
+        empty. Unchanged, it returns ``tree_id`` itself and writes nothing."""
+        store = self._object_store()
+        tree = store.tree(tree_id) if tree_id is not None else EMPTY_TREE
         files: dict[str, bytes | None] = {}
         folders: dict[str, dict[tuple[str, ...], bytes | None]] = {}
         for parts, content in changes.items():
@@ -523,34 +567,46 @@ class BranchRepository:
                 files[parts[0]] = content
             else:
                 folders.setdefault(parts[0], {})[parts[1:]] = content
-        builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+        edits: dict[bytes, tuple[int, bytes] | None] = {}
         for name, content in files.items():
             path = "/".join((*where, name))
             if name in folders:
                 raise ValueError(f"{path} is changed both as a file and as a folder")
-            existing = _entry(tree, name)
-            is_file = existing is not None and existing.filemode in _FILE_MODES
+            key = name.encode()
+            existing = tree.lookup(key)
+            is_file = existing is not None and existing[0] in _FILE_MODES
             if content is None:
                 if is_file:
-                    builder.remove(name)
+                    edits[key] = None
                 continue
             if existing is not None and not is_file:
                 raise ValueError(f"cannot write {path}: something other than a file is there")
-            mode = existing.filemode if existing is not None else FileMode.BLOB
-            builder.insert(name, repo.create_blob(content), mode)
+            blob = store.add_blob(content)
+            if existing is None:
+                edits[key] = (FileMode.BLOB, blob)
+            elif existing[1] != blob:
+                edits[key] = (existing[0], blob)
         for name, nested in folders.items():
-            existing = _entry(tree, name)
-            if existing is not None and not isinstance(existing, pygit2.Tree):
+            key = name.encode()
+            existing = tree.lookup(key)
+            if existing is not None and existing[0] != FileMode.TREE:
                 if all(content is None for content in nested.values()):
                     continue
                 path = "/".join((*where, name))
                 raise ValueError(f"cannot write under {path}: it is not a folder")
-            subtree = self._write_tree(existing, nested, (*where, name))
+            old = existing[1] if existing is not None else None
+            subtree = self._write_tree(old, nested, (*where, name))
             if subtree is not None:
-                builder.insert(name, subtree, FileMode.TREE)
+                if subtree != old:
+                    edits[key] = (FileMode.TREE, subtree)
             elif existing is not None:
-                builder.remove(name)
-        return builder.write() if len(builder) else None
+                edits[key] = None
+        if not edits:
+            return tree_id if len(tree) else None
+        new, first, end = tree.edited(edits)
+        if not len(new):
+            return None
+        return store.add_tree(new, tree_id, (first, end))
 
     def _changes_of(self, commit: pygit2.Commit) -> list[FileChange]:
         """The files ``commit`` wrote or deleted relative to its first parent."""
@@ -590,7 +646,7 @@ class BranchRepository:
     def _follow_remote(self, state: _RemoteState) -> None:
         """Move the local branch to the remote start point unless it holds unpushed work."""
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is not None and self._count_above(local, self._target(BASE_REF)) > 0:
             contained = state.start is not None and (
                 state.start == local or repo.descendant_of(state.start, local)
@@ -632,12 +688,6 @@ def _split_path(path: str) -> tuple[str, ...]:
     ):
         raise ValueError(f"invalid repository path {path!r}")
     return parts
-
-
-def _entry(tree: pygit2.Tree | None, name: str) -> pygit2.Object | None:
-    if tree is None or name not in tree:
-        return None
-    return tree[name]
 
 
 def _walk_files(tree: pygit2.Tree, folder: str) -> Iterator[str]:
