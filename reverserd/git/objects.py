@@ -157,17 +157,21 @@ class Tree:
 EMPTY_TREE = Tree([], [], 0)
 
 
-class ObjectStore(pygit2.OdbBackend):
+class ObjectStore:
     """Pending objects of one clone; see the module docstring."""
 
     def __init__(self, repo: pygit2.Repository, objects_dir: Path) -> None:
-        super().__init__()
-        self._repo = repo
         self._pack_dir = objects_dir / "pack"
         self._pending: dict[bytes, _Pending] = {}
         self._trees: collections.OrderedDict[bytes, Tree] = collections.OrderedDict()
         self._cached_entries = 0
-        repo.odb.add_backend(self, _BACKEND_PRIORITY)
+        self.attach(repo)
+
+    def attach(self, repo: pygit2.Repository) -> None:
+        """Serve ``repo`` (again): after ``Repository.free()`` its object database is new,
+        and libgit2 lets a backend belong to one object database only."""
+        self._repo = repo
+        repo.odb.add_backend(_Backend(self), _BACKEND_PRIORITY)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -241,43 +245,27 @@ class ObjectStore(pygit2.OdbBackend):
         _fsync_directory(self._pack_dir)
         self._pending.clear()
 
-    # -- libgit2 backend callbacks (pending objects only; a miss lets libgit2 look on disk) --
-
-    def read_cb(self, oid: pygit2.Oid) -> tuple[int, bytes]:
-        key = oid.raw
-        return self._pending_kind(key), self._content(key)
-
-    def read_prefix_cb(self, prefix: str) -> tuple[int, bytes, pygit2.Oid]:
-        key = self._match_prefix(prefix)
-        return self._pending_kind(key), self._content(key), pygit2.Oid(raw=key)
-
-    def read_header_cb(self, oid: pygit2.Oid) -> tuple[int, int]:
-        found = self._pending.get(oid.raw)
-        if found is None:
-            raise KeyError(oid)
-        return found.kind, found.size
-
-    def exists_cb(self, oid: pygit2.Oid) -> bool:
-        return oid.raw in self._pending
-
-    def exists_prefix_cb(self, prefix: str) -> pygit2.Oid:
-        return pygit2.Oid(raw=self._match_prefix(prefix))
-
-    def refresh_cb(self) -> None:
-        return None
-
-    def __iter__(self) -> Iterator[pygit2.Oid]:
-        return iter([pygit2.Oid(raw=key) for key in self._pending])
-
     # -- internals --------------------------------------------------------------------------
 
-    def _pending_kind(self, key: bytes) -> int:
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._pending
+
+    def pending_ids(self) -> list[bytes]:
+        return list(self._pending)
+
+    def header(self, key: bytes) -> tuple[int, int]:
+        found = self._pending.get(key)
+        if found is None:
+            raise KeyError(key.hex())
+        return found.kind, found.size
+
+    def kind(self, key: bytes) -> int:
         found = self._pending.get(key)
         if found is None:
             raise KeyError(key.hex())
         return found.kind
 
-    def _match_prefix(self, prefix: str) -> bytes:
+    def match_prefix(self, prefix: str) -> bytes:
         text = prefix.lower()
         if len(text) == 40:
             key = bytes.fromhex(text)
@@ -289,7 +277,7 @@ class ObjectStore(pygit2.OdbBackend):
             raise KeyError(prefix)
         return matches[0]
 
-    def _content(self, key: bytes) -> bytes:
+    def content(self, key: bytes) -> bytes:
         found = self._pending[key]
         if found.data is not None:
             return found.data
@@ -297,11 +285,11 @@ class ObjectStore(pygit2.OdbBackend):
         if cached is not None:
             return cached.raw()
         assert found.base is not None
-        return _apply_delta(self._content(found.base), found.delta)
+        return _apply_delta(self.content(found.base), found.delta)
 
     def _raw_object(self, oid: bytes, kind: int) -> bytes:
         if oid in self._pending:
-            return self._content(oid)
+            return self.content(oid)
         found_kind, data = self._repo.odb.read(pygit2.Oid(raw=oid))
         if found_kind != kind:
             raise ValueError(f"object {oid.hex()} is not a tree")
@@ -330,7 +318,7 @@ class ObjectStore(pygit2.OdbBackend):
                 header += _negative_offset(start - offsets[found.base])
                 payload = found.delta
             else:
-                payload = self._content(oid)
+                payload = self.content(oid)
                 header = _entry_header(found.kind, len(payload))
             piece = header + zlib.compress(payload, PACK_COMPRESSION)
             out += piece
@@ -338,6 +326,38 @@ class ObjectStore(pygit2.OdbBackend):
             entries.append((oid, zlib.crc32(piece), start))
         out += hashlib.sha1(out).digest()
         return bytes(out), entries
+
+
+class _Backend(pygit2.OdbBackend):
+    """The store as a libgit2 object database backend: pending objects only; a miss
+    (``KeyError``) lets libgit2 look on disk."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        super().__init__()
+        self._store = store
+
+    def read_cb(self, oid: pygit2.Oid) -> tuple[int, bytes]:
+        key = oid.raw
+        return self._store.kind(key), self._store.content(key)
+
+    def read_prefix_cb(self, prefix: str) -> tuple[int, bytes, pygit2.Oid]:
+        key = self._store.match_prefix(prefix)
+        return self._store.kind(key), self._store.content(key), pygit2.Oid(raw=key)
+
+    def read_header_cb(self, oid: pygit2.Oid) -> tuple[int, int]:
+        return self._store.header(oid.raw)
+
+    def exists_cb(self, oid: pygit2.Oid) -> bool:
+        return oid.raw in self._store
+
+    def exists_prefix_cb(self, prefix: str) -> pygit2.Oid:
+        return pygit2.Oid(raw=self._store.match_prefix(prefix))
+
+    def refresh_cb(self) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[pygit2.Oid]:
+        return iter([pygit2.Oid(raw=key) for key in self._store.pending_ids()])
 
 
 def _hash(kind: int, content: bytes) -> bytes:

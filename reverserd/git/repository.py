@@ -367,6 +367,8 @@ class BranchRepository:
             if _is_stale(str(error)):
                 raise PushRejected(self.display_url, self._reason(error)) from None
             raise self._unavailable("push", error) from None
+        finally:
+            self._release_packs()
         refusal = callbacks.rejections.get(self._local_ref)
         if refusal is not None:
             reason = redact(refusal, self._credentials)
@@ -462,9 +464,25 @@ class BranchRepository:
         return self._repo
 
     def _attach(self, repo: pygit2.Repository) -> None:
-        """Use ``repo``, with a fresh store of pending objects (there are none when called)."""
+        """Use ``repo``; nothing is pending when called (at open, and after ``git gc``)."""
+        if self._repo is not None:
+            self._repo.free()
         self._repo = repo
-        self._store = ObjectStore(repo, self._path / "objects")
+        if self._store is None:
+            self._store = ObjectStore(repo, self._path / "objects")
+        else:
+            self._store.attach(repo)
+
+    def _release_packs(self) -> None:
+        """Close the clone's pack files, dropping what libgit2 caches for each one.
+
+        libgit2 keeps every pack it has read open, each with its own cache of delta bases (up
+        to 16 MB). With one new pack per push that memory would grow with every push; after a
+        push (everything is flushed then) the packs are closed and reopened on next use.
+        """
+        repo = self._open_repo()
+        repo.free()
+        self._object_store().attach(repo)
 
     def _object_store(self) -> ObjectStore:
         self._open_repo()
