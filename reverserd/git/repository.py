@@ -47,7 +47,17 @@ network call runs without them. Neither bounds name
 resolution (left to the system resolver) nor the total length of a transfer that keeps making
 progress; ``file://`` remotes are local disk access with no timeout.
 
-**Maintenance.** Each commit writes loose objects and each fetch a small pack. :meth:`maintain`
+**Writes and durability.** New commits, trees and blobs are kept in memory
+(:mod:`reverserd.git.objects`), readable at once, and so is the new local tip. :meth:`flush`
+writes them as one pack, fsynced, and only then moves ``refs/heads/<branch>`` on disk;
+:meth:`push` and :meth:`maintain` flush first. A process killed before a flush loses those
+commits and nothing else: the branch on disk still names a complete commit, and since a cursor
+moves only after a push (which flushed), the journal still holds every lost change and the
+consumer commits it again. Reopening a clone therefore shows what was flushed, not what was
+merely applied.
+
+**Maintenance.** Each flush and each fetch adds a pack; :meth:`flush` merges the small ones
+once there are more than :data:`PACK_LIMIT`. :meth:`maintain`
 runs ``git gc --prune=now`` on the clone (the ``git`` command line tool must be installed): it
 packs everything reachable from the refs above into one pack and deletes loose objects and
 unreachable leftovers of rebases. pygit2 can write a pack but cannot delete what it replaces;
@@ -90,6 +100,15 @@ packs, so a minute of total silence means the peer or the network is gone."""
 
 GC_TIMEOUT_S = 600
 """Upper bound for one ``git gc`` of a clone; repacking a large mirror takes seconds to minutes."""
+
+PACK_LIMIT = 16
+"""Packs a clone may hold before :meth:`BranchRepository.flush` merges the small ones. libgit2
+looks an object up in every pack in turn, so lookups slow down with each one; merging sixteen
+small packs takes about a tenth of a second."""
+
+GEOMETRIC_FACTOR = 2
+"""``git repack --geometric`` factor: each pack kept holds at least twice the objects of the
+next smaller one, so a merge rewrites only recent, small packs (Git's own suggested value)."""
 
 REMOTE_NAME = "origin"
 BASE_REF = "refs/reverserd/base"
@@ -274,12 +293,21 @@ class BranchRepository:
         return made
 
     def flush(self) -> None:
-        """Make every commit so far durable in the clone: one pack, then the branch ref."""
+        """Make every commit so far durable in the clone: one pack, then the branch ref.
+
+        Once more than :data:`PACK_LIMIT` packs exist, the small ones are merged
+        (``git repack --geometric``, which leaves the large ones alone), so a clone that pushes
+        one commit at a time does not collect thousands of packs between two :meth:`maintain`.
+        """
         store = self._object_store()
         store.flush()
         if self._unflushed_tip is not None:
             tip, self._unflushed_tip = self._unflushed_tip, None
             self._set_ref(self._local_ref, tip.oid)
+        git = shutil.which("git")
+        if git is not None and self.pack_count() > PACK_LIMIT:
+            self._run_git(git, ["repack", "-d", "-q", f"--geometric={GEOMETRIC_FACTOR}"])
+            self._release_packs()
 
     def read(self, path: str) -> bytes | None:
         """Content of the file at ``path`` on the local tip, or None if there is none."""
@@ -417,33 +445,13 @@ class BranchRepository:
         git = shutil.which("git")
         if git is None:
             raise RepositoryError("maintenance needs the git command line tool on PATH")
-        directory = str(self._path.resolve())
-        command = [
-            git,
-            "-c",
-            f"safe.directory={directory}",
-            f"--git-dir={directory}",
-            "gc",
-            "--quiet",
-            "--prune=now",
-        ]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        environment.update(_GIT_ENVIRONMENT_ISOLATION)
-        try:
-            subprocess.run(
-                command,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=GC_TIMEOUT_S,
-                check=True,
-            )
-        except subprocess.TimeoutExpired:
-            raise RepositoryError(f"git gc took longer than {GC_TIMEOUT_S}s") from None
-        except subprocess.CalledProcessError as error:
-            detail = error.stderr.decode(errors="replace").strip()[-500:]
-            raise RepositoryError(f"git gc failed: {redact(detail, self._credentials)}") from None
+        self._run_git(git, ["gc", "--quiet", "--prune=now"])
         self._attach(self._open_existing())
+
+    def pack_count(self) -> int:
+        """Number of packs in the clone: one per flush, merged by :meth:`flush` and
+        :meth:`maintain`."""
+        return sum(1 for _ in (self._path / "objects" / "pack").glob("*.pack"))
 
     def loose_object_count(self) -> int:
         """Number of loose objects in the clone (what :meth:`maintain` packs away)."""
@@ -673,6 +681,28 @@ class BranchRepository:
                 return
         self._set_ref(self._local_ref, state.start)
         self._set_ref(BASE_REF, state.start)
+
+    def _run_git(self, git: str, arguments: list[str]) -> None:
+        """Run ``git <arguments>`` on the clone, isolated from user and system configuration."""
+        directory = str(self._path.resolve())
+        command = [git, "-c", f"safe.directory={directory}", f"--git-dir={directory}", *arguments]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        environment.update(_GIT_ENVIRONMENT_ISOLATION)
+        what = f"git {arguments[0]}"
+        try:
+            subprocess.run(
+                command,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GC_TIMEOUT_S,
+                check=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise RepositoryError(f"{what} took longer than {GC_TIMEOUT_S}s") from None
+        except subprocess.CalledProcessError as error:
+            detail = error.stderr.decode(errors="replace").strip()[-500:]
+            raise RepositoryError(f"{what} failed: {redact(detail, self._credentials)}") from None
 
     def _network(self, action: str, operation: Callable[[AuthCallbacks], T]) -> T:
         try:

@@ -35,7 +35,7 @@ from reverserd.git.known_hosts import (
     check_host_key,
     parse_known_hosts,
 )
-from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS
+from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS, PACK_LIMIT
 from testbed.gitservers import commit_files
 from tests.conftest import AUTHOR, COMMITTER, write
 
@@ -406,20 +406,21 @@ def test_methods_refuse_to_run_on_the_event_loop(tmp_path: Path) -> None:
 # -- maintenance -----------------------------------------------------------------------------
 
 
-def test_maintain_packs_200_flushed_commits_into_one_pack(tmp_path: Path) -> None:
+def test_flushes_keep_the_pack_count_bounded_and_maintain_leaves_one_pack(
+    tmp_path: Path,
+) -> None:
     remote, url = make_remote(tmp_path)
     repository = clone(tmp_path, url)
-    packs = tmp_path / "clone" / "objects" / "pack"
     for number in range(200):
         write(repository, f"live/{number % 7}/object.yaml", f"n: {number}\n".encode(), "change")
         repository.flush()
-    assert len(list(packs.glob("*.pack"))) == 200
+        assert repository.pack_count() <= PACK_LIMIT
     assert repository.loose_object_count() == 0
     head = repository.head()
 
     repository.maintain()
 
-    assert len(list(packs.glob("*.pack"))) == 1
+    assert repository.pack_count() == 1
     assert repository.loose_object_count() == 0
     assert repository.head() == head
     assert repository.pending() == 200
