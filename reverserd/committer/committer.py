@@ -77,8 +77,9 @@ RESUME_SCAN_COMMITS = 20_000
 # How long a stopping committer waits for its Git operation in flight (a push is bounded by
 # the Git layer's I/O timeout; shutdown must not wait that long).
 THREAD_DRAIN_S = 5.0
-# Pack the clone after this many commits so it never grows into millions of loose objects.
-MAINTAIN_EVERY_COMMITS = 2000
+# Full repack (git gc, seconds on a large clone) after this many commits: commits write packs
+# and flushes merge the small ones, so it only drops rebase leftovers and leaves one pack.
+MAINTAIN_EVERY_COMMITS = 50_000
 
 
 @dataclass
