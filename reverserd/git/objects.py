@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pygit2
 from pygit2.enums import ObjectType
@@ -234,14 +235,19 @@ class ObjectStore:
         if not self._pending:
             return
         self._pack_dir.mkdir(parents=True, exist_ok=True)
-        pack, entries = self._pack()
-        checksum = pack[-20:]
-        index = _index(entries, checksum)
-        name = f"pack-{checksum.hex()}"
-        pack_path = self._pack_dir / f"{name}.pack"
-        index_path = self._pack_dir / f"{name}.idx"
-        _write_durably(pack_path, pack)
-        _write_durably(index_path, index)
+        descriptor, temporary = tempfile.mkstemp(dir=self._pack_dir, prefix="tmp_pack_")
+        try:
+            with os.fdopen(descriptor, "wb") as stream:
+                entries, checksum = self._write_pack(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            name = f"pack-{checksum.hex()}"
+            os.chmod(temporary, 0o444)
+            os.replace(temporary, self._pack_dir / f"{name}.pack")
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _write_durably(self._pack_dir / f"{name}.idx", _index(entries, checksum))
         _fsync_directory(self._pack_dir)
         self._pending.clear()
 
@@ -305,13 +311,18 @@ class ObjectStore:
             _, dropped = self._trees.popitem(last=False)
             self._cached_entries -= len(dropped)
 
-    def _pack(self) -> tuple[bytes, list[tuple[bytes, int, int]]]:
-        """The pack bytes and (ID, CRC-32, offset) of each entry."""
-        out = bytearray(b"PACK" + struct.pack(">II", 2, len(self._pending)))
+    def _write_pack(self, stream: BinaryIO) -> tuple[list[tuple[bytes, int, int]], bytes]:
+        """Write the pack to ``stream`` entry by entry (a 100,000-object pack is never held
+        in memory whole); return (ID, CRC-32, offset) of each entry and the pack checksum."""
+        digest = hashlib.sha1()
+        header = b"PACK" + struct.pack(">II", 2, len(self._pending))
+        stream.write(header)
+        digest.update(header)
+        position = len(header)
         offsets: dict[bytes, int] = {}
         entries: list[tuple[bytes, int, int]] = []
         for oid, found in self._pending.items():
-            start = len(out)
+            start = position
             if found.data is None and found.base in offsets:
                 assert found.base is not None
                 header = _entry_header(_OFS_DELTA, len(found.delta))
@@ -321,11 +332,14 @@ class ObjectStore:
                 payload = self.content(oid)
                 header = _entry_header(found.kind, len(payload))
             piece = header + zlib.compress(payload, PACK_COMPRESSION)
-            out += piece
+            stream.write(piece)
+            digest.update(piece)
+            position += len(piece)
             offsets[oid] = start
             entries.append((oid, zlib.crc32(piece), start))
-        out += hashlib.sha1(out).digest()
-        return bytes(out), entries
+        checksum = digest.digest()
+        stream.write(checksum)
+        return entries, checksum
 
 
 class _Backend(pygit2.OdbBackend):
