@@ -173,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--push-interval",
-        default="1s",
-        help="GitProvider spec.push.interval (default 1s, as the test harness uses)",
+        default="5s",
+        help="GitProvider spec.push.interval (default 5s, the GitProvider's own default, which"
+        " the targets are stated for; the test harness uses 1s)",
     )
     parser.add_argument(
         "--namespaces",
