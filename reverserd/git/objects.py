@@ -17,8 +17,8 @@ Guarantees:
   disk point at a pending object before that; a process killed earlier loses the pending
   objects and nothing else (the refs on disk still name objects on disk).
 - :meth:`ObjectStore.flush` writes the pack and its index to temporary files, fsyncs both,
-  renames them into ``objects/pack`` (pack first, index last: readers find packs by their
-  index) and fsyncs the directory, so a pack is either complete or absent.
+  then renames them into ``objects/pack`` (pack first, index last: readers find packs by their
+  index) and fsyncs the directory, so a pack is either complete or not seen by readers.
 - Delta chains are at most :data:`DELTA_DEPTH` long, and every base is in the same pack.
 
 Trees are serialised exactly as Git does (entries sorted by name, a folder's name compared as
@@ -235,19 +235,27 @@ class ObjectStore:
         if not self._pending:
             return
         self._pack_dir.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=self._pack_dir, prefix="tmp_pack_")
+        temporaries: list[Path] = []
         try:
-            with os.fdopen(descriptor, "wb") as stream:
+            pack_file = _temporary(self._pack_dir, temporaries)
+            with pack_file.open("wb") as stream:
                 entries, checksum = self._write_pack(stream)
                 stream.flush()
                 os.fsync(stream.fileno())
+            index_file = _temporary(self._pack_dir, temporaries)
+            with index_file.open("wb") as stream:
+                stream.write(_index(entries, checksum))
+                stream.flush()
+                os.fsync(stream.fileno())
+            # Both files are complete before either gets its name, so only a crash between
+            # the two renames can leave a pack without its index (readers skip such a pack).
             name = f"pack-{checksum.hex()}"
-            os.chmod(temporary, 0o444)
-            os.replace(temporary, self._pack_dir / f"{name}.pack")
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _write_durably(self._pack_dir / f"{name}.idx", _index(entries, checksum))
+            for temporary, suffix in ((pack_file, ".pack"), (index_file, ".idx")):
+                temporary.chmod(0o444)
+                os.replace(temporary, self._pack_dir / f"{name}{suffix}")
+        finally:
+            for temporary in temporaries:
+                temporary.unlink(missing_ok=True)
         _fsync_directory(self._pack_dir)
         self._pending.clear()
 
@@ -515,18 +523,13 @@ def _index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes
     return bytes(out)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix="tmp_")
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o444)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _temporary(directory: Path, created: list[Path]) -> Path:
+    """A new empty file in ``directory``, recorded in ``created`` for clean-up."""
+    descriptor, name = tempfile.mkstemp(dir=directory, prefix="tmp_pack_")
+    os.close(descriptor)
+    path = Path(name)
+    created.append(path)
+    return path
 
 
 def _fsync_directory(directory: Path) -> None:
