@@ -408,9 +408,9 @@ class BranchRepository:
         local = self._local_tip()
         if local is None:
             raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
+        self.flush()
         if local == self._target(BASE_REF):
             return str(local)
-        self.flush()
         # Which commits this push carries, kept before it starts (and after the flush made
         # them durable): if the server takes them and the process dies before it learns so,
         # own_commits() still knows they are ours.

@@ -328,6 +328,26 @@ def test_rebase_with_nothing_pending_follows_the_remote(tmp_path: Path) -> None:
     assert repository.pending() == 0
 
 
+def test_a_rebuild_that_keeps_nothing_is_on_disk_after_the_push_that_follows(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "a.yaml", b"1\n", "one")
+    repository.push()
+    write(repository, "b.yaml", b"2\n", "ours")
+    repository.flush()  # as a push that then failed would have
+    theirs = commit_directly(remote, "main", {"b.yaml": b"2\n"}, "theirs, with the same change")
+
+    assert repository.rebase_onto_remote() == []
+    assert repository.push() == str(theirs)
+
+    again = BranchRepository(tmp_path / "clone", url, "main")
+    assert again.open() == str(theirs)
+    assert again.head() == str(theirs)
+    assert again.pending() == 0
+
+
 def test_unpushed_commits_survive_reopening_the_clone(tmp_path: Path) -> None:
     remote, url = make_remote(tmp_path)
     first = clone(tmp_path, url)
