@@ -10,11 +10,12 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 
-from bench import cold_start, journal_append, seed, steady
+from bench import cold_start, git_write, journal_append, seed, steady
 from bench.common import REPO_ROOT, Result, say, use_this_checkout
 
 BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., Result]]] = {
     "journal_append": (journal_append.build_parser, journal_append.run),
+    "git_write": (git_write.build_parser, git_write.run),
     "seed": (seed.build_parser, seed.run),
     "cold_start": (cold_start.build_parser, cold_start.run),
     "steady": (steady.build_parser, steady.run),

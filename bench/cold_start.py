@@ -2,11 +2,15 @@
 
 The ConfigMaps exist before the daemon starts (created first, not timed), together with a
 GitProvider, GitTarget and WatchRule pointing at an empty bare repository on the test bed's
-smart-HTTP Git server. The clock runs from process start until the branch exists on the server
-(polled every 20 ms), which is when the one reconcile commit holding every file is pushed. Peak
-RSS is the daemon's VmHWM read just before it is stopped. The daemon's log gives the breakdown.
+smart-HTTP Git server. With ``--namespaces N`` the ConfigMaps are spread evenly over N
+namespaces and a ClusterWatchRule (scope ``Namespaced``) selects them; it also selects the few
+ConfigMaps the API server keeps in every namespace, which are counted apart. The clock runs
+from process start until the branch exists on the server (polled every 20 ms), which is when
+the one reconcile commit holding every file is pushed. Peak RSS is the daemon's VmHWM read just
+before it is stopped. The daemon's log gives the breakdown.
 
-Targets: <= 12 s, peak RSS <= 200 MB.
+Targets: 10,000 ConfigMaps in one namespace <= 8 s with peak RSS <= 200 MB; 100,000 over 100
+namespaces <= 90 s with peak RSS <= 400 MB (other sizes are held to the nearer of the two).
 """
 
 from __future__ import annotations
@@ -38,18 +42,30 @@ from bench.common import (
     workdir,
 )
 
-TARGET_S = 12.0
+TARGET_S = 8.0
 TARGET_RSS_MB = 200.0
+# 100,000 objects over 100 namespaces: the size one replica is meant to carry.
+LARGE_OBJECTS = 100_000
+LARGE_TARGET_S = 90.0
+LARGE_TARGET_RSS_MB = 400.0
 # Time for whatever follows the push (status writes, cursor) to show in the peak RSS.
 SETTLE_S = 2.0
 NAMESPACE = "bench-cold"
 REPO = "cold"
 
 
+def bench_namespaces(count: int) -> list[str]:
+    """The namespaces holding the ConfigMaps: the benchmark's own, or ``count`` numbered ones."""
+    if count <= 1:
+        return [NAMESPACE]
+    return [f"{NAMESPACE}-{index:03d}" for index in range(count)]
+
+
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     from testbed.controlplane import running_control_plane
     from testbed.gitservers import GitHttpServer, branch_tip, log, read_tree
     from testbed.harness import apply
+    from testbed.manifests import cluster_watch_rule
 
     result = Result("cold_start", command_line("bench.cold_start", argv))
     with (
@@ -58,10 +74,20 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         GitHttpServer(work / "git") as server,
     ):
         create_namespace(plane, NAMESPACE)
-        load_s = load_configmaps(plane, NAMESPACE, args.objects)
+        load_s = 0.0
+        spread = bench_namespaces(args.namespaces)
+        for index, namespace in enumerate(spread):
+            if namespace != NAMESPACE:
+                create_namespace(plane, namespace)
+            share = args.objects // len(spread) + (index < args.objects % len(spread))
+            load_s += load_configmaps(plane, namespace, share)
         repo_path = server.create_bare_repo(REPO)
         secret = git_secret(plane, NAMESPACE, server)
-        apply(plane, *mirror(NAMESPACE, server.url(REPO), secret, args.push_interval))
+        manifests = mirror(NAMESPACE, server.url(REPO), secret, args.push_interval)
+        if args.namespaces > 1:
+            rules = [{"resources": ["configmaps"], "scope": "Namespaced"}]
+            manifests[2] = cluster_watch_rule(NAMESPACE, NAMESPACE, "mirror", rules)
+        apply(plane, *manifests)
 
         daemon = BenchDaemon(plane, work / "state", profile=args.profile)
         probe = FirstTrue(lambda: branch_tip(repo_path, "main") is not None)
@@ -81,11 +107,15 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         files = read_tree(repo_path, "main") if pushed is not None else {}
 
     total = None if pushed is None else pushed - daemon.started_mono
+    large = args.objects >= LARGE_OBJECTS
+    target_s = LARGE_TARGET_S if large else TARGET_S
+    target_rss_mb = LARGE_TARGET_RSS_MB if large else TARGET_RSS_MB
     result.add(
-        f"cold start, {args.objects:,} ConfigMaps: process start -> branch on server",
+        f"cold start, {args.objects:,} ConfigMaps in {args.namespaces} namespace(s):"
+        " process start -> branch on server",
         fmt_s(total),
-        f"<= {TARGET_S:.0f} s",
-        total is not None and total <= TARGET_S,
+        f"<= {target_s:.0f} s",
+        total is not None and total <= target_s,
     )
     steps = (
         ("'reverserd ... started'", message_starts("reverserd ")),
@@ -109,13 +139,16 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     result.add(
         "daemon peak RSS (VmHWM)",
         fmt_mb(peak),
-        f"<= {TARGET_RSS_MB:.0f} MB",
-        peak is not None and peak <= TARGET_RSS_MB,
+        f"<= {target_rss_mb:.0f} MB",
+        peak is not None and peak <= target_rss_mb,
     )
-    yaml_files = sum(1 for path in files if path.endswith(".yaml"))
+    ours = {f"/{namespace}/" for namespace in spread}
+    yaml_files = sum(
+        1 for path in files if path.endswith(".yaml") and any(part in path for part in ours)
+    )
     result.add(
         "files on the branch",
-        f"{yaml_files:,} manifests + {len(files) - yaml_files} other",
+        f"{yaml_files:,} of the benchmark's manifests + {len(files) - yaml_files} other",
         f"{args.objects:,} manifests",
         yaml_files == args.objects,
     )
@@ -140,8 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--push-interval",
-        default="1s",
-        help="GitProvider spec.push.interval (default 1s, as the test harness uses)",
+        default="5s",
+        help="GitProvider spec.push.interval (default 5s, the GitProvider's own default, which"
+        " the targets are stated for; the test harness uses 1s)",
+    )
+    parser.add_argument(
+        "--namespaces",
+        type=int,
+        default=1,
+        help="spread the ConfigMaps over this many namespaces (default 1; more than one uses"
+        " a ClusterWatchRule)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
     add_common_arguments(parser, daemon_profile=True)

@@ -8,7 +8,7 @@ journal drops). Two phases per run: CREATE (objects new to the journal) and UPDA
 resourceVersion of each). An informational run with one event per call shows what group commit
 buys when watchers deliver events one by one.
 
-Target: >= 20,000 events/s with batches of 500.
+Target: >= 50,000 events/s with batches of 500.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from bench.common import (
     workdir,
 )
 
-TARGET_EVENTS_PER_S = 20_000
+TARGET_EVENTS_PER_S = 50_000
 
 
 @dataclass

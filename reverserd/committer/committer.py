@@ -91,8 +91,9 @@ PUSH_BYTES = 32 * 2**20
 # up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
 SEQ_TRAILER = "journal-seq"
-# Pack the clone after this many commits so it never grows into millions of loose objects.
-MAINTAIN_EVERY_COMMITS = 2000
+# Full repack (git gc, seconds on a large clone) after this many commits: commits write packs
+# and flushes merge the small ones, so it only drops rebase leftovers and leaves one pack.
+MAINTAIN_EVERY_COMMITS = 50_000
 
 
 class CommitterStopped(Exception):

@@ -47,7 +47,17 @@ network call runs without them. Neither bounds name
 resolution (left to the system resolver) nor the total length of a transfer that keeps making
 progress; ``file://`` remotes are local disk access with no timeout.
 
-**Maintenance.** Each commit writes loose objects and each fetch a small pack. :meth:`maintain`
+**Writes and durability.** New commits, trees and blobs are kept in memory
+(:mod:`reverserd.git.objects`), readable at once, and so is the new local tip. :meth:`flush`
+writes them as one pack, fsynced, and only then moves ``refs/heads/<branch>`` on disk;
+:meth:`push` and :meth:`maintain` flush first. A process killed before a flush loses those
+commits and nothing else: the branch on disk still names a complete commit, and since a cursor
+moves only after a push (which flushed), the journal still holds every lost change and the
+consumer commits it again. Reopening a clone therefore shows what was flushed, not what was
+merely applied.
+
+**Maintenance.** Each flush and each fetch adds a pack; :meth:`flush` merges the small ones
+once there are more than :data:`PACK_LIMIT`. :meth:`maintain`
 runs ``git gc --prune=now`` on the clone (the ``git`` command line tool must be installed): it
 packs everything reachable from the refs above into one pack and deletes loose objects and
 unreachable leftovers of rebases. pygit2 can write a pack but cannot delete what it replaces;
@@ -78,6 +88,7 @@ from reverserd.git.credentials import (
     redact,
 )
 from reverserd.git.known_hosts import HostKeyError
+from reverserd.git.objects import EMPTY_TREE, ObjectStore
 
 CONNECT_TIMEOUT_MS = 10_000
 """TCP connect timeout. A reachable Git host accepts within a second; ten seconds tolerate a slow
@@ -90,6 +101,15 @@ packs, so a minute of total silence means the peer or the network is gone."""
 GC_TIMEOUT_S = 600
 """Upper bound for one ``git gc`` of a clone; repacking a large mirror takes seconds to minutes."""
 
+PACK_LIMIT = 16
+"""Packs a clone may hold before :meth:`BranchRepository.flush` merges the small ones. libgit2
+looks an object up in every pack in turn, so lookups slow down with each one; merging sixteen
+small packs takes about a tenth of a second."""
+
+GEOMETRIC_FACTOR = 2
+"""``git repack --geometric`` factor: each pack kept holds at least twice the objects of the
+next smaller one, so a merge rewrites only recent, small packs (Git's own suggested value)."""
+
 REMOTE_NAME = "origin"
 BASE_REF = "refs/reverserd/base"
 # The tip the last push carried, and the base it was built on.
@@ -98,6 +118,7 @@ PUSHED_FROM_REF = "refs/reverserd/pushed-from"
 
 _HEADS = "refs/heads/"
 _FILE_MODES = frozenset({FileMode.BLOB, FileMode.BLOB_EXECUTABLE})
+_EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
 _STALE_PUSH_MARKERS = (
     # libgit2's own check against the tip the server advertised
     "non-fastforwardable",
@@ -155,6 +176,12 @@ class FileChange:
 
 
 @dataclass(frozen=True)
+class _Tip:
+    oid: pygit2.Oid | None
+    """Where the local branch points; None when it has no commit."""
+
+
+@dataclass(frozen=True)
 class _RemoteState:
     branch_tip: pygit2.Oid | None
     """Tip of the branch on the remote; None if it does not exist there."""
@@ -207,6 +234,8 @@ class BranchRepository:
         build_callbacks(url, self._credentials)
         self._local_ref = _HEADS + branch
         self._repo: pygit2.Repository | None = None
+        self._store: ObjectStore | None = None
+        self._unflushed_tip: _Tip | None = None
         self.dropped_in_rebuild: dict[str, str] = {}
         """Path -> why: writes the last :meth:`rebase_onto_remote` could not replay."""
         self.display_url = mask_url(url)
@@ -221,7 +250,7 @@ class BranchRepository:
         """
         _ensure_off_event_loop()
         _ensure_network_timeouts()
-        self._repo = self._open_or_init()
+        self._attach(self._open_or_init())
         self._point_origin()
         state = self._fetch()
         self._follow_remote(state)
@@ -229,7 +258,7 @@ class BranchRepository:
 
     def head(self) -> str | None:
         """SHA of the local tip, or None before the first commit."""
-        return _sha(self._target(self._local_ref))
+        return _sha(self._local_tip())
 
     def apply(
         self,
@@ -252,25 +281,38 @@ class BranchRepository:
     ) -> list[str | None]:
         """Commit each ``(changes, message, author)`` in order; one SHA (or None) per entry.
 
-        The branch ref moves once, after the last commit: a crash part way leaves the branch
-        where it was, and the commits are redone from the journal.
+        The commits are kept in memory (see :mod:`reverserd.git.objects`) and written to the
+        clone, with the branch ref, by the next :meth:`flush` or :meth:`push`: a crash before
+        that leaves the branch where it was on disk, and the commits are redone from the journal.
         """
-        repo = self._open_repo()
-        parent = _commit_or_none(repo, self._target(self._local_ref))
+        self._open_repo()
+        parent = self._local_tip()
         made: list[str | None] = []
         for changes, message, author in commits:
             oid = self._commit_on(parent, changes, message, author, committer)
-            if oid is None:
-                made.append(None)
-                continue
-            commit = repo[oid]
-            assert isinstance(commit, pygit2.Commit)
-            parent = commit
-            made.append(str(oid))
+            made.append(str(oid) if oid is not None else None)
+            if oid is not None:
+                parent = oid
         if any(made):
-            assert parent is not None
-            repo.references.create(self._local_ref, parent.id, force=True)
+            self._move_local(parent)
         return made
+
+    def flush(self) -> None:
+        """Make every commit so far durable in the clone: one pack, then the branch ref.
+
+        Once more than :data:`PACK_LIMIT` packs exist, the small ones are merged
+        (``git repack --geometric``, which leaves the large ones alone), so a clone that pushes
+        one commit at a time does not collect thousands of packs between two :meth:`maintain`.
+        """
+        store = self._object_store()
+        store.flush()
+        if self._unflushed_tip is not None:
+            tip, self._unflushed_tip = self._unflushed_tip, None
+            self._set_ref(self._local_ref, tip.oid)
+        git = shutil.which("git")
+        if git is not None and self.pack_count() > PACK_LIMIT:
+            self._run_git(git, ["repack", "-d", "-q", f"--geometric={GEOMETRIC_FACTOR}"])
+            self._release_packs()
 
     def read(self, path: str) -> bytes | None:
         """Content of the file at ``path`` on the local tip, or None if there is none."""
@@ -315,7 +357,7 @@ class BranchRepository:
 
     def pending(self) -> int:
         """Number of local commits the remote does not have (above the base)."""
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             return 0
         return self._count_above(local, self._target(BASE_REF))
@@ -328,7 +370,7 @@ class BranchRepository:
         Commits anyone else pushed are never among them, whatever their messages say.
         """
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             return []
         found = self.pending_commits()
@@ -345,7 +387,7 @@ class BranchRepository:
     def pending_commits(self) -> list[tuple[str, str]]:
         """(SHA, message) of every pending commit, newest first."""
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             return []
         walker = repo.walk(local, SortMode.TOPOLOGICAL)
@@ -363,13 +405,15 @@ class BranchRepository:
         authentication or timeout errors, and :class:`RepositoryError` if there is no commit.
         """
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is None:
             raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
+        self.flush()
         if local == self._target(BASE_REF):
             return str(local)
-        # Which commits this push carries, kept before it starts: if the server takes them
-        # and the process dies before it learns so, own_commits() still knows they are ours.
+        # Which commits this push carries, kept before it starts (and after the flush made
+        # them durable): if the server takes them and the process dies before it learns so,
+        # own_commits() still knows they are ours.
         self._set_ref(PUSHED_FROM_REF, self._target(BASE_REF))
         self._set_ref(PUSHING_REF, local)
         callbacks = _PushCallbacks(self._url, self._credentials)
@@ -382,6 +426,8 @@ class BranchRepository:
             if _is_stale(str(error)):
                 raise PushRejected(self.display_url, self._reason(error)) from None
             raise self._unavailable("push", error) from None
+        finally:
+            self._release_packs()
         refusal = callbacks.rejections.get(self._local_ref)
         if refusal is not None:
             reason = redact(refusal, self._credentials)
@@ -402,7 +448,7 @@ class BranchRepository:
         repo = self._open_repo()
         old_base = self._target(BASE_REF)
         state = self._fetch()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         ours: list[pygit2.Commit] = []
         if local is not None:
             walker = repo.walk(local, SortMode.TOPOLOGICAL | SortMode.REVERSE)
@@ -410,57 +456,41 @@ class BranchRepository:
                 if known is not None:
                     walker.hide(known)
             ours = list(walker)
-        parent = _commit_or_none(repo, state.start)
+        parent = state.start
         rebuilt = []
         self.dropped_in_rebuild = {}
         for commit in ours:
             changes = self._changes_of(commit)
             # A person may have put a file where one of ours needs a folder: that write is
             # dropped (and reported), the rest of the commit is kept.
-            blocked = _unwritable_on(parent.tree if parent is not None else None, changes)
+            parent_commit = _commit_or_none(repo, parent)
+            blocked = _unwritable_on(
+                parent_commit.tree if parent_commit is not None else None, changes
+            )
             self.dropped_in_rebuild.update(blocked)
             changes = [change for change in changes if change.path not in blocked]
             oid = self._commit_on(parent, changes, commit.message, commit.author, commit.committer)
             if oid is not None:
-                parent = _commit_or_none(repo, oid)
+                parent = oid
                 rebuilt.append(str(oid))
-        self._set_ref(self._local_ref, parent.id if parent is not None else None)
+        self._move_local(parent)
         self._set_ref(BASE_REF, state.start)
         return rebuilt
 
     def maintain(self) -> None:
         """Pack the clone and drop loose and unreachable objects (``git gc --prune=now``)."""
         self._open_repo()
+        self.flush()
         git = shutil.which("git")
         if git is None:
             raise RepositoryError("maintenance needs the git command line tool on PATH")
-        directory = str(self._path.resolve())
-        command = [
-            git,
-            "-c",
-            f"safe.directory={directory}",
-            f"--git-dir={directory}",
-            "gc",
-            "--quiet",
-            "--prune=now",
-        ]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        environment.update(_GIT_ENVIRONMENT_ISOLATION)
-        try:
-            subprocess.run(
-                command,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=GC_TIMEOUT_S,
-                check=True,
-            )
-        except subprocess.TimeoutExpired:
-            raise RepositoryError(f"git gc took longer than {GC_TIMEOUT_S}s") from None
-        except subprocess.CalledProcessError as error:
-            detail = error.stderr.decode(errors="replace").strip()[-500:]
-            raise RepositoryError(f"git gc failed: {redact(detail, self._credentials)}") from None
-        self._repo = self._open_existing()
+        self._run_git(git, ["gc", "--quiet", "--prune=now"])
+        self._attach(self._open_existing())
+
+    def pack_count(self) -> int:
+        """Number of packs in the clone: one per flush, merged by :meth:`flush` and
+        :meth:`maintain`."""
+        return sum(1 for _ in (self._path / "objects" / "pack").glob("*.pack"))
 
     def loose_object_count(self) -> int:
         """Number of loose objects in the clone (what :meth:`maintain` packs away)."""
@@ -479,6 +509,42 @@ class BranchRepository:
         if self._repo is None:
             raise RepositoryError("BranchRepository.open() has not been called")
         return self._repo
+
+    def _attach(self, repo: pygit2.Repository) -> None:
+        """Use ``repo``; nothing is pending when called (at open, and after ``git gc``)."""
+        if self._repo is not None:
+            self._repo.free()
+        self._repo = repo
+        if self._store is None:
+            self._store = ObjectStore(repo, self._path / "objects")
+        else:
+            self._store.attach(repo)
+
+    def _release_packs(self) -> None:
+        """Close the clone's pack files, dropping what libgit2 caches for each one.
+
+        libgit2 keeps every pack it has read open, each with its own cache of delta bases (up
+        to 16 MB). With one new pack per push that memory would grow with every push; after a
+        push (everything is flushed then) the packs are closed and reopened on next use.
+        """
+        repo = self._open_repo()
+        repo.free()
+        self._object_store().attach(repo)
+
+    def _object_store(self) -> ObjectStore:
+        self._open_repo()
+        assert self._store is not None
+        return self._store
+
+    def _local_tip(self) -> pygit2.Oid | None:
+        """The local branch: the newest commit made, flushed or not."""
+        if self._unflushed_tip is not None:
+            return self._unflushed_tip.oid
+        return self._target(self._local_ref)
+
+    def _move_local(self, tip: pygit2.Oid | None) -> None:
+        """Move the local branch in memory; :meth:`flush` writes the ref after the objects."""
+        self._unflushed_tip = _Tip(tip)
 
     def _open_or_init(self) -> pygit2.Repository:
         if (self._path / "HEAD").is_file():
@@ -514,7 +580,7 @@ class BranchRepository:
             references.delete(name)
 
     def _tip_tree(self) -> pygit2.Tree | None:
-        commit = _commit_or_none(self._open_repo(), self._target(self._local_ref))
+        commit = _commit_or_none(self._open_repo(), self._local_tip())
         return commit.tree if commit is not None else None
 
     def _count_above(self, tip: pygit2.Oid, base: pygit2.Oid | None) -> int:
@@ -526,7 +592,7 @@ class BranchRepository:
 
     def _commit_on(
         self,
-        parent: pygit2.Commit | None,
+        parent: pygit2.Oid | None,
         changes: Sequence[FileChange],
         message: str,
         author: pygit2.Signature,
@@ -534,23 +600,31 @@ class BranchRepository:
     ) -> pygit2.Oid | None:
         """Write a commit of ``changes`` on ``parent`` (no ref moves); None if nothing changed."""
         repo = self._open_repo()
+        store = self._object_store()
         planned = {_split_path(change.path): change.content for change in changes}
-        old_tree = parent.tree if parent is not None else None
-        empty_tree = repo.TreeBuilder().write()
-        new_tree = self._write_tree(old_tree, planned, ()) or empty_tree
-        if new_tree == (old_tree.id if old_tree is not None else empty_tree):
+        old_tree: bytes | None = None
+        if parent is not None:
+            commit = repo[parent]
+            assert isinstance(commit, pygit2.Commit)
+            old_tree = commit.tree_id.raw
+        new_tree = self._write_tree(old_tree, planned, ())
+        if new_tree is None:
+            new_tree = store.add_tree(EMPTY_TREE, None, (0, 0))
+        if new_tree == (old_tree if old_tree is not None else _EMPTY_TREE_ID):
             return None
-        parents = [parent.id] if parent is not None else []
-        return repo.create_commit(None, author, committer, message, new_tree, parents)
+        parents: list[bytes] = [parent.raw] if parent is not None else []
+        return pygit2.Oid(raw=store.add_commit(new_tree, parents, author, committer, message))
 
     def _write_tree(
         self,
-        tree: pygit2.Tree | None,
+        tree_id: bytes | None,
         changes: Mapping[tuple[str, ...], bytes | None],
         where: tuple[str, ...],
-    ) -> pygit2.Oid | None:
-        """Write ``tree`` with ``changes`` (paths relative to it); None if it ends up empty."""
-        repo = self._open_repo()
+    ) -> bytes | None:
+        """Write tree ``tree_id`` with ``changes`` (paths relative to it); None if it ends up
+        empty. Unchanged, it returns ``tree_id`` itself and writes nothing."""
+        store = self._object_store()
+        tree = store.tree(tree_id) if tree_id is not None else EMPTY_TREE
         files: dict[str, bytes | None] = {}
         folders: dict[str, dict[tuple[str, ...], bytes | None]] = {}
         for parts, content in changes.items():
@@ -558,34 +632,46 @@ class BranchRepository:
                 files[parts[0]] = content
             else:
                 folders.setdefault(parts[0], {})[parts[1:]] = content
-        builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+        edits: dict[bytes, tuple[int, bytes] | None] = {}
         for name, content in files.items():
             path = "/".join((*where, name))
             if name in folders:
                 raise ValueError(f"{path} is changed both as a file and as a folder")
-            existing = _entry(tree, name)
-            is_file = existing is not None and existing.filemode in _FILE_MODES
+            key = name.encode()
+            existing = tree.lookup(key)
+            is_file = existing is not None and existing[0] in _FILE_MODES
             if content is None:
                 if is_file:
-                    builder.remove(name)
+                    edits[key] = None
                 continue
             if existing is not None and not is_file:
                 raise ValueError(f"cannot write {path}: something other than a file is there")
-            mode = existing.filemode if existing is not None else FileMode.BLOB
-            builder.insert(name, repo.create_blob(content), mode)
+            blob = store.add_blob(content)
+            if existing is None:
+                edits[key] = (FileMode.BLOB, blob)
+            elif existing[1] != blob:
+                edits[key] = (existing[0], blob)
         for name, nested in folders.items():
-            existing = _entry(tree, name)
-            if existing is not None and not isinstance(existing, pygit2.Tree):
+            key = name.encode()
+            existing = tree.lookup(key)
+            if existing is not None and existing[0] != FileMode.TREE:
                 if all(content is None for content in nested.values()):
                     continue
                 path = "/".join((*where, name))
                 raise ValueError(f"cannot write under {path}: it is not a folder")
-            subtree = self._write_tree(existing, nested, (*where, name))
+            old = existing[1] if existing is not None else None
+            subtree = self._write_tree(old, nested, (*where, name))
             if subtree is not None:
-                builder.insert(name, subtree, FileMode.TREE)
+                if subtree != old:
+                    edits[key] = (FileMode.TREE, subtree)
             elif existing is not None:
-                builder.remove(name)
-        return builder.write() if len(builder) else None
+                edits[key] = None
+        if not edits:
+            return tree_id if len(tree) else None
+        new, first, end = tree.edited(edits)
+        if not len(new):
+            return None
+        return store.add_tree(new, tree_id, (first, end))
 
     def _changes_of(self, commit: pygit2.Commit) -> list[FileChange]:
         """The files ``commit`` wrote or deleted relative to its first parent."""
@@ -625,7 +711,7 @@ class BranchRepository:
     def _follow_remote(self, state: _RemoteState) -> None:
         """Move the local branch to the remote start point unless it holds unpushed work."""
         repo = self._open_repo()
-        local = self._target(self._local_ref)
+        local = self._local_tip()
         if local is not None and self._count_above(local, self._target(BASE_REF)) > 0:
             contained = state.start is not None and (
                 state.start == local or repo.descendant_of(state.start, local)
@@ -634,6 +720,28 @@ class BranchRepository:
                 return
         self._set_ref(self._local_ref, state.start)
         self._set_ref(BASE_REF, state.start)
+
+    def _run_git(self, git: str, arguments: list[str]) -> None:
+        """Run ``git <arguments>`` on the clone, isolated from user and system configuration."""
+        directory = str(self._path.resolve())
+        command = [git, "-c", f"safe.directory={directory}", f"--git-dir={directory}", *arguments]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        environment.update(_GIT_ENVIRONMENT_ISOLATION)
+        what = f"git {arguments[0]}"
+        try:
+            subprocess.run(
+                command,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GC_TIMEOUT_S,
+                check=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise RepositoryError(f"{what} took longer than {GC_TIMEOUT_S}s") from None
+        except subprocess.CalledProcessError as error:
+            detail = error.stderr.decode(errors="replace").strip()[-500:]
+            raise RepositoryError(f"{what} failed: {redact(detail, self._credentials)}") from None
 
     def _network(self, action: str, operation: Callable[[AuthCallbacks], T]) -> T:
         try:

@@ -35,7 +35,7 @@ from reverserd.git.known_hosts import (
     check_host_key,
     parse_known_hosts,
 )
-from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS
+from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS, PACK_LIMIT
 from testbed.gitservers import commit_files
 from tests.conftest import AUTHOR, COMMITTER, write
 
@@ -76,7 +76,9 @@ def clone(tmp_path: Path, url: str, branch: str = "main", name: str = "clone") -
     return repository
 
 
-def clone_commit(tmp_path: Path, sha: str) -> pygit2.Commit:
+def clone_commit(repository: BranchRepository, tmp_path: Path, sha: str) -> pygit2.Commit:
+    """Commit ``sha`` as another reader of the clone finds it once ``repository`` flushed."""
+    repository.flush()
     commit = pygit2.Repository(str(tmp_path / "clone")).get(sha)
     assert isinstance(commit, pygit2.Commit)
     return commit
@@ -105,7 +107,7 @@ def test_first_commit_on_empty_remote_has_no_parent_and_push_creates_the_branch(
 
     sha = write(repository, "live/README.md", b"hello\n", "first")
 
-    first = clone_commit(tmp_path, sha)
+    first = clone_commit(repository, tmp_path, sha)
     assert first.parents == []
     assert repository.pending() == 1
     assert repository.push() == sha
@@ -126,7 +128,7 @@ def test_missing_branch_starts_from_the_remote_default_branch_whatever_its_name(
     assert repository.pending() == 0
 
     sha = write(repository, "live/a.yaml", b"a: 1\n", "mirror work")
-    assert clone_commit(tmp_path, sha).parent_ids == [trunk_tip]
+    assert clone_commit(repository, tmp_path, sha).parent_ids == [trunk_tip]
     assert repository.pending() == 1
     repository.push()
 
@@ -203,7 +205,7 @@ def test_nested_folders_are_created_and_pruned_when_their_last_file_goes(
     repository.apply(
         [FileChange("live/v1/configmaps/team-a/two.yaml", None)], "delete two", AUTHOR, COMMITTER
     )
-    head = clone_commit(tmp_path, str(repository.head()))
+    head = clone_commit(repository, tmp_path, str(repository.head()))
     assert "live/v1" not in head.tree
     live = head.tree["live"]
     assert isinstance(live, pygit2.Tree)
@@ -219,7 +221,7 @@ def test_deleting_the_last_file_leaves_an_empty_tree_commit(tmp_path: Path) -> N
 
     sha = write(repository, "a/b/c.yaml", None, "delete")
 
-    assert len(clone_commit(tmp_path, sha).tree) == 0
+    assert len(clone_commit(repository, tmp_path, sha).tree) == 0
     assert repository.list_files() == []
 
 
@@ -326,12 +328,33 @@ def test_rebase_with_nothing_pending_follows_the_remote(tmp_path: Path) -> None:
     assert repository.pending() == 0
 
 
+def test_a_rebuild_that_keeps_nothing_is_on_disk_after_the_push_that_follows(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "a.yaml", b"1\n", "one")
+    repository.push()
+    write(repository, "b.yaml", b"2\n", "ours")
+    repository.flush()  # as a push that then failed would have
+    theirs = commit_directly(remote, "main", {"b.yaml": b"2\n"}, "theirs, with the same change")
+
+    assert repository.rebase_onto_remote() == []
+    assert repository.push() == str(theirs)
+
+    again = BranchRepository(tmp_path / "clone", url, "main")
+    assert again.open() == str(theirs)
+    assert again.head() == str(theirs)
+    assert again.pending() == 0
+
+
 def test_unpushed_commits_survive_reopening_the_clone(tmp_path: Path) -> None:
     remote, url = make_remote(tmp_path)
     first = clone(tmp_path, url)
     write(first, "a.yaml", b"1\n", "one")
     first.push()
     tip = write(first, "b.yaml", b"2\n", "two")
+    first.flush()
 
     again = BranchRepository(tmp_path / "clone", url, "main")
     again.open()
@@ -345,6 +368,7 @@ def test_reopening_after_an_unacknowledged_push_counts_nothing_pending(tmp_path:
     remote, url = make_remote(tmp_path)
     repository = clone(tmp_path, url)
     tip = write(repository, "a.yaml", b"1\n", "one")
+    repository.flush()
     # The server took the commit but its answer was lost: the commit reaches it by other means.
     behind_its_back = pygit2.Repository(str(tmp_path / "clone"))
     behind_its_back.remotes["origin"].push(["refs/heads/main:refs/heads/main"])
@@ -402,16 +426,21 @@ def test_methods_refuse_to_run_on_the_event_loop(tmp_path: Path) -> None:
 # -- maintenance -----------------------------------------------------------------------------
 
 
-def test_maintain_packs_away_loose_objects_after_200_commits(tmp_path: Path) -> None:
+def test_flushes_keep_the_pack_count_bounded_and_maintain_leaves_one_pack(
+    tmp_path: Path,
+) -> None:
     remote, url = make_remote(tmp_path)
     repository = clone(tmp_path, url)
     for number in range(200):
         write(repository, f"live/{number % 7}/object.yaml", f"n: {number}\n".encode(), "change")
-    assert repository.loose_object_count() >= 200
+        repository.flush()
+        assert repository.pack_count() <= PACK_LIMIT
+    assert repository.loose_object_count() == 0
     head = repository.head()
 
     repository.maintain()
 
+    assert repository.pack_count() == 1
     assert repository.loose_object_count() == 0
     assert repository.head() == head
     assert repository.pending() == 200
