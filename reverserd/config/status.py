@@ -85,6 +85,8 @@ class TargetProgress:
     encryption: KeyState | None = None
     secrets_skipped: int = 0
     secret_problem: str | None = None
+    # Keys of objects that cannot be written safely and wait until they change.
+    quarantined: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

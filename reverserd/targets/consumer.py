@@ -35,6 +35,7 @@ from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
 from reverserd.metrics import EVENTS_PROCESSED
+from reverserd.targets.history import restore_last_push
 from reverserd.targets.planning import (
     README,
     README_NAME,
@@ -134,6 +135,7 @@ class TargetConsumer:
             self.seq, self.covered = cursor.seq, dict(cursor.covered)
         self.files = dict(await self.reader.target_files(self.key))
         self.committed_seq = await self.committer.resume_point(self.key, self.seq)
+        await restore_last_push(self.committer, cursor, self.key, progress)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
