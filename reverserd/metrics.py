@@ -73,6 +73,11 @@ SECRETS_SKIPPED = Counter(
 TARGET_READY = Gauge(
     "reverserd_target_ready", "1 when the GitTarget's Ready condition is True, else 0", ["target"]
 )
+PROVIDER_READY = Gauge(
+    "reverserd_provider_ready",
+    "1 when the GitProvider's Ready condition is True, else 0",
+    ["provider"],
+)
 API_SERVER_REACHABLE = Gauge(
     "reverserd_api_server_reachable", "1 when the API server answered the last probe, else 0"
 )

@@ -157,8 +157,7 @@ def _card(target: Mapping[str, Any], now: float) -> str:
     rows = [
         ("Why", esc(why)),
         ("Writes to", f"{esc(where)} branch <code>{esc(branch)}</code> <code>{esc(path)}</code>"),
-        ("Lag", f"{esc(fmt.events(target.get('lag_events')))}, "
-         f"oldest waiting {esc(fmt.duration(target.get('lag_seconds')))}"),
+        ("Lag", _lag(target)),
         ("Last commit", commit_html),
         ("Pushed", push_html),
         ("Secrets skipped", skipped_html),
@@ -171,6 +170,14 @@ def _card(target: Mapping[str, Any], now: float) -> str:
         f"<h3>{esc(name)} {badge}</h3><dl>{body}</dl>"
         f"{_chart(target.get('lag_history') or [], now)}"
         f"{_conditions(target.get('conditions') or [], now)}</section>"
+    )
+
+
+def _lag(target: Mapping[str, Any]) -> str:
+    if target.get("lag_events") is None:
+        return "not started: no cursor in the journal yet"
+    return esc(
+        f"{fmt.events(target['lag_events'])}, oldest waiting {fmt.duration(target['lag_seconds'])}"
     )
 
 

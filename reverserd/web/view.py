@@ -34,6 +34,7 @@ from reverserd.git import mask_url
 from reverserd.journal import JournalReader
 from reverserd.metrics import (
     API_SERVER_REACHABLE,
+    PROVIDER_READY,
     TARGET_LAG_EVENTS,
     TARGET_LAG_SECONDS,
     TARGET_READY,
@@ -88,6 +89,9 @@ ADVICE = {
     "GitTargetNotFound": "Create the GitTarget, or fix the rule's spec.targetRef.",
     "BranchNotAllowed": "Use a branch the GitProvider's allowedBranches match, or widen them.",
     "Conflict": "Give each GitTarget its own folder on a branch (spec.path).",
+    "InvalidBranch": "Fix the GitTarget's spec.branch: it must be a valid Git branch name.",
+    "InvalidPath": "Fix the GitTarget's spec.path as the message says.",
+    "InvalidSpec": "Fix the resource's spec as the message says.",
     "ResourceNotServed": "Install the CRD that serves the resource, or fix the rule's resources.",
     "WaitingForRepository": "Wait for the connection; if it stays, see the GitProvider's status.",
     "Pending": "Wait: reverserd has not got that far yet.",
@@ -185,6 +189,7 @@ class StatusView:
         self._history: dict[str, collections.deque[tuple[float, int, float]]] = {}
         self._subjects: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._gauged: set[str] = set()
+        self._gauged_providers: set[str] = set()
 
     async def api_reachable(self) -> bool:
         """The API server answered within :data:`API_FRESHNESS_S` (probed when older)."""
@@ -239,8 +244,12 @@ class StatusView:
         rules = _resources(statuses, "watchrules", "WatchRule")
         rules += _resources(statuses, "clusterwatchrules", "ClusterWatchRule")
         for item in providers:
+            PROVIDER_READY.labels(provider=item["name"]).set(1 if item["ready"] else 0)
             if not item["ready"]:
                 problems.append(_resource_problem(ERROR, item))
+        for gone in self._gauged_providers - {item["name"] for item in providers}:
+            PROVIDER_READY.remove(gone)
+        self._gauged_providers = {str(item["name"]) for item in providers}
         for item in rules:
             if not item["ready"]:
                 problems.append(_resource_problem(WARNING, item))
