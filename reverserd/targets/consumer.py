@@ -141,12 +141,16 @@ class TargetConsumer:
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
         self.sops_config = await self.committer.read(self.sops_config_path)
+        starting = True
         while True:
-            if await self.secrets.refresh():
+            if await self.secrets.refresh() or (starting and not self.secrets.writable):
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
+                # Keys unusable at start: the same snapshot counts and logs each Secret that is
+                # still not written, so a restart does not make them look written.
                 self.covered = {
                     key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
                 }
+            starting = False
             self.board.notify()
             await self._catch_up_selections()
             events = await self.reader.events_after(self.seq, READ_BATCH)

@@ -433,3 +433,56 @@ def test_last_commit_and_push_survive_a_restart(
         control_plane.kubectl("get", "gittarget", "mirror", "-n", namespace, "-o", "json")
     )["status"]
     assert written["lastCommit"] == tip and written["lastPushTime"] == entry["last_push"]
+
+
+def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
+    control_plane: ControlPlane,
+    cleanup: Cleanup,
+    namespace: str,
+    remote: Remote,
+    tmp_path: Path,
+) -> None:
+    tools = ensure_encryption_tools()
+    daemon = Reverserd(
+        control_plane,
+        tmp_path / "state",
+        ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(tmp_path / "no-age-keygen")],
+    )
+    manifests = mirror_setup(
+        namespace, remote.url, secret=remote.secret, rules=[{"resources": ["secrets"]}]
+    )
+    manifests[1]["spec"]["encryption"] = {
+        "secretRef": {"name": "sops-age"},
+        "age": {"recipients": {"generateWhenMissing": True}},
+    }
+    apply(control_plane, *manifests, secret(namespace, "db", {"password": "hidden"}))
+    target = f"{namespace}/mirror"
+    try:
+        daemon.start()
+        wait_until(
+            lambda: _entry(daemon, target)["secrets_skipped"] >= 2,
+            describe=lambda: str(daemon.status()),
+        )
+        daemon.stop()
+        since = len(daemon.log_lines())
+        daemon.start()
+        wait_condition(
+            control_plane, "gittarget", namespace, "mirror", "Ready", "False",
+            "KeyGenerationFailed",
+        )  # fmt: skip
+        # Both Secrets (the Git credentials and db) are still not written: counted and logged.
+        entry = wait_until(
+            lambda: (e := _entry(daemon, target))["secrets_skipped"] >= 2 and e,
+            describe=lambda: str(daemon.status()),
+        )
+        assert entry["ready"] is False and entry["reason"] == "KeyGenerationFailed"
+        skipped = metric_value(daemon, "reverserd_secrets_skipped_total", target=target)
+        assert skipped is not None and skipped >= 2
+        warned = {
+            line.get("secret")
+            for line in daemon.log_lines()[since:]
+            if line.get("level") == "warning" and "not written" in line.get("message", "")
+        }
+        assert warned == {f"{namespace}/db", f"{namespace}/{remote.secret}"}
+    finally:
+        daemon.ensure_stopped()
