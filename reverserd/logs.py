@@ -1,7 +1,8 @@
 """Logging set-up: JSON lines with stable keys by default, plain text for humans.
 
 JSON keys: ``time`` (RFC 3339, UTC), ``level``, ``logger``, ``message``, plus any ``extra``
-fields a call site adds, and ``error`` with the exception text when there is one.
+fields a call site adds, and ``error`` with the exception text when there is one. A warning
+that repeats goes through a :class:`Throttle`, so a failure loop never floods the log.
 """
 
 from __future__ import annotations

@@ -94,6 +94,29 @@ def table_rows(output: str, header: str) -> dict[str, list[str]]:
     return rows
 
 
+def start_mirror(plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd) -> str:
+    """A target mirroring one ConfigMap, synced; returns its key."""
+    apply(plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    apply(plane, configmap(namespace, "settings"))
+    daemon.start()
+    wait_synced(plane, namespace, daemon=daemon)
+    return f"{namespace}/mirror"
+
+
+@pytest.fixture
+def keyless_daemon(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Reverserd]:
+    """A daemon (not started) whose age-keygen cannot run: encryption keys cannot be made."""
+    tools = ensure_encryption_tools()
+    missing = tmp_path / "no-age-keygen"
+    process = Reverserd(
+        control_plane,
+        tmp_path / "state",
+        ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(missing)],
+    )
+    yield process
+    process.ensure_stopped()
+
+
 def test_page_in_a_browser_leads_with_the_banner_then_one_card_per_target(
     control_plane: ControlPlane,
     cleanup: Cleanup,
@@ -102,11 +125,7 @@ def test_page_in_a_browser_leads_with_the_banner_then_one_card_per_target(
     daemon: Reverserd,
     tmp_path: Path,
 ) -> None:
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
-    apply(control_plane, configmap(namespace, "settings"))
-    daemon.start()
-    wait_synced(control_plane, namespace, daemon=daemon)
-    target = f"{namespace}/mirror"
+    target = start_mirror(control_plane, namespace, remote, daemon)
     wait_until(lambda: daemon.status()["healthy"], describe=lambda: json.dumps(daemon.status()))
 
     dom = dump_dom(daemon.url + "/")
@@ -152,11 +171,7 @@ def test_cli_prints_the_picture_as_a_table_and_exits_with_the_health(
     remote: Remote,
     daemon: Reverserd,
 ) -> None:
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
-    apply(control_plane, configmap(namespace, "settings"))
-    daemon.start()
-    wait_synced(control_plane, namespace, daemon=daemon)
-    target = f"{namespace}/mirror"
+    target = start_mirror(control_plane, namespace, remote, daemon)
     wait_until(lambda: cli(daemon).returncode == 0, describe=lambda: cli(daemon).stdout)
     healthy = cli(daemon)
     assert "healthy" in healthy.stdout.splitlines()[0]
@@ -295,104 +310,94 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
     namespace: str,
     git_http: GitHttpServer,
     private_git: GitHttpServer,
-    tmp_path: Path,
+    keyless_daemon: Reverserd,
 ) -> None:
-    tools = ensure_encryption_tools()
-    daemon = Reverserd(
-        control_plane,
-        tmp_path / "state",
-        ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(tmp_path / "no-age-keygen")],
+    daemon = keyless_daemon
+    # A healthy target on a Git server this test may stop.
+    repo = private_git.create_bare_repo("agree")
+    creds = create_git_credentials(control_plane, namespace, private_git)
+    apply(control_plane, *mirror_setup(namespace, private_git.url("agree"), secret=creds))
+    daemon.start()
+    wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", True, "Ready")
+    wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", True, "Ready")
+
+    # Encryption failing: age-keygen cannot run, so the key cannot be generated.
+    secret_ns = cleanup.new_namespace()
+    git_http.create_bare_repo(f"enc-{secret_ns}")
+    enc_creds = create_git_credentials(control_plane, secret_ns, git_http)
+    manifests = mirror_setup(
+        secret_ns,
+        git_http.url(f"enc-{secret_ns}"),
+        secret=enc_creds,
+        rules=[{"resources": ["secrets", "configmaps"]}],
     )
-    try:
-        # A healthy target on a Git server this test may stop.
-        repo = private_git.create_bare_repo("agree")
-        creds = create_git_credentials(control_plane, namespace, private_git)
-        apply(control_plane, *mirror_setup(namespace, private_git.url("agree"), secret=creds))
-        daemon.start()
-        wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", True, "Ready")
-        wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", True, "Ready")
+    manifests[1]["spec"]["encryption"] = {
+        "provider": "sops",
+        "secretRef": {"name": "sops-age"},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+    }
+    apply(control_plane, *manifests)
+    wait_agreed(
+        control_plane, daemon, "GitTarget", secret_ns, "mirror", False, "KeyGenerationFailed"
+    )
+    # The Secret that was not written is counted, in /status and the metric, and logged.
+    enc_key = f"{secret_ns}/mirror"
+    wait_until(lambda: _entry(daemon, enc_key)["secrets_skipped"] >= 1, timeout=60)
+    skipped = metric_value(daemon, "reverserd_secrets_skipped_total", target=enc_key)
+    assert skipped is not None and skipped >= 1
+    apply(control_plane, secret(secret_ns, "db", {"password": "v1"}))
+    apply(control_plane, secret(secret_ns, "db", {"password": "v2"}))
+    apply(control_plane, configmap(secret_ns, "flows"))
+    wait_until(lambda: _entry(daemon, enc_key)["lag_events"] == 0, timeout=60)
+    warnings = [
+        line
+        for line in daemon.log_lines()
+        if line.get("level") == "warning" and line.get("secret") == f"{secret_ns}/db"
+    ]
+    assert len(warnings) == 1, warnings  # two changes, one warning: rate-limited
+    assert warnings[0]["message"].startswith(f"Secret {secret_ns}/db not written: ")
+    assert "v1" not in json.dumps(warnings) and "v2" not in json.dumps(warnings)
+    assert "cannot run" in warnings[0]["reason"]
 
-        # Encryption failing: age-keygen cannot run, so the key cannot be generated.
-        secret_ns = cleanup.new_namespace()
-        git_http.create_bare_repo(f"enc-{secret_ns}")
-        enc_creds = create_git_credentials(control_plane, secret_ns, git_http)
-        manifests = mirror_setup(
-            secret_ns,
-            git_http.url(f"enc-{secret_ns}"),
-            secret=enc_creds,
-            rules=[{"resources": ["secrets", "configmaps"]}],
-        )
-        manifests[1]["spec"]["encryption"] = {
-            "provider": "sops",
-            "secretRef": {"name": "sops-age"},
-            "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
-        }
-        apply(control_plane, *manifests)
-        wait_agreed(
-            control_plane, daemon, "GitTarget", secret_ns, "mirror", False, "KeyGenerationFailed"
-        )
-        # The Secret that was not written is counted, in /status and the metric, and logged.
-        enc_key = f"{secret_ns}/mirror"
-        wait_until(lambda: _entry(daemon, enc_key)["secrets_skipped"] >= 1, timeout=60)
-        skipped = metric_value(daemon, "reverserd_secrets_skipped_total", target=enc_key)
-        assert skipped is not None and skipped >= 1
-        apply(control_plane, secret(secret_ns, "db", {"password": "v1"}))
-        apply(control_plane, secret(secret_ns, "db", {"password": "v2"}))
-        apply(control_plane, configmap(secret_ns, "flows"))
-        wait_until(lambda: _entry(daemon, enc_key)["lag_events"] == 0, timeout=60)
-        warnings = [
-            line
-            for line in daemon.log_lines()
-            if line.get("level") == "warning" and line.get("secret") == f"{secret_ns}/db"
-        ]
-        assert len(warnings) == 1, warnings  # two changes, one warning: rate-limited
-        assert warnings[0]["message"].startswith(f"Secret {secret_ns}/db not written: ")
-        assert "v1" not in json.dumps(warnings) and "v2" not in json.dumps(warnings)
-        assert "cannot run" in warnings[0]["reason"]
+    # Credentials wrong: the provider says so, and the target cannot start.
+    wrong_ns = cleanup.new_namespace()
+    git_http.create_bare_repo(f"wrong-{wrong_ns}")
+    wrong = create_git_credentials(control_plane, wrong_ns, git_http, password="not-it")
+    apply(control_plane, *mirror_setup(wrong_ns, git_http.url(f"wrong-{wrong_ns}"), secret=wrong))
+    wait_agreed(control_plane, daemon, "GitProvider", wrong_ns, "mirror", False,
+                "ConnectionFailed")  # fmt: skip
+    wait_agreed(control_plane, daemon, "GitTarget", wrong_ns, "mirror", False,
+                "WaitingForRepository")  # fmt: skip
 
-        # Credentials wrong: the provider says so, and the target cannot start.
-        wrong_ns = cleanup.new_namespace()
-        git_http.create_bare_repo(f"wrong-{wrong_ns}")
-        wrong = create_git_credentials(control_plane, wrong_ns, git_http, password="not-it")
-        apply(
-            control_plane, *mirror_setup(wrong_ns, git_http.url(f"wrong-{wrong_ns}"), secret=wrong)
-        )
-        wait_agreed(control_plane, daemon, "GitProvider", wrong_ns, "mirror", False,
-                    "ConnectionFailed")  # fmt: skip
-        wait_agreed(control_plane, daemon, "GitTarget", wrong_ns, "mirror", False,
-                    "WaitingForRepository")  # fmt: skip
+    # Provider unreachable: the Git server stops while a change waits to be pushed.
+    private_git.stop()
+    apply(control_plane, configmap(namespace, "during-outage"))
+    wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", False,
+                "ConnectionFailed")  # fmt: skip
+    assert f"[CREATE] v1/configmaps/{namespace}/during-outage" not in subjects(repo)
+    private_git.start()
+    wait_for_subjects(repo, daemon, f"[CREATE] v1/configmaps/{namespace}/during-outage")
+    wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", True, "Ready")
 
-        # Provider unreachable: the Git server stops while a change waits to be pushed.
-        private_git.stop()
-        apply(control_plane, configmap(namespace, "during-outage"))
-        wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", False,
-                    "ConnectionFailed")  # fmt: skip
-        assert f"[CREATE] v1/configmaps/{namespace}/during-outage" not in subjects(repo)
-        private_git.start()
-        wait_for_subjects(repo, daemon, f"[CREATE] v1/configmaps/{namespace}/during-outage")
-        wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", True, "Ready")
+    # API server down: conditions cannot be read then; every view of the daemon says so.
+    with control_plane.apiserver_down():
 
-        # API server down: conditions cannot be read then; every view of the daemon says so.
-        with control_plane.apiserver_down():
+        def api_down_everywhere() -> bool:
+            status, dom, table = views(daemon)
+            reasons = {p["reason"] for p in status["problems"] if p["severity"] == "error"}
+            return (
+                "ApiServerUnreachable" in reasons
+                and status["api_server"]["reachable"] is False
+                and "APIServer kube-apiserver" in banner(dom)[1]
+                and "ApiServerUnreachable" in table.stdout
+                and table.returncode == 1
+                and metric_value(daemon, "reverserd_api_server_reachable") == 0.0
+                and readiness(daemon) == 503
+            )
 
-            def api_down_everywhere() -> bool:
-                status, dom, table = views(daemon)
-                reasons = {p["reason"] for p in status["problems"] if p["severity"] == "error"}
-                return (
-                    "ApiServerUnreachable" in reasons
-                    and status["api_server"]["reachable"] is False
-                    and "APIServer kube-apiserver" in banner(dom)[1]
-                    and "ApiServerUnreachable" in table.stdout
-                    and table.returncode == 1
-                    and metric_value(daemon, "reverserd_api_server_reachable") == 0.0
-                    and readiness(daemon) == 503
-                )
-
-            wait_until(api_down_everywhere, timeout=60, describe=lambda: str(daemon.status()))
-        wait_until(lambda: daemon.status()["api_server"]["reachable"], timeout=60)
-        wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", True, "Ready")
-    finally:
-        daemon.ensure_stopped()
+        wait_until(api_down_everywhere, timeout=60, describe=lambda: str(daemon.status()))
+    wait_until(lambda: daemon.status()["api_server"]["reachable"], timeout=60)
+    wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", True, "Ready")
 
 
 def _entry(daemon: Reverserd, target: str) -> dict[str, Any]:
@@ -406,12 +411,9 @@ def test_last_commit_and_push_survive_a_restart(
     remote: Remote,
     daemon: Reverserd,
 ) -> None:
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
-    daemon.start()
-    wait_synced(control_plane, namespace, daemon=daemon)
+    target = start_mirror(control_plane, namespace, remote, daemon)
     apply(control_plane, configmap(namespace, "before-restart"))
     wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/before-restart")
-    target = f"{namespace}/mirror"
     wait_until(lambda: _entry(daemon, target)["last_commit"] == branch_tip(remote.path, "main"))
     pushed = log(remote.path, "main")
     daemon.stop()
@@ -440,14 +442,9 @@ def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
     cleanup: Cleanup,
     namespace: str,
     remote: Remote,
-    tmp_path: Path,
+    keyless_daemon: Reverserd,
 ) -> None:
-    tools = ensure_encryption_tools()
-    daemon = Reverserd(
-        control_plane,
-        tmp_path / "state",
-        ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(tmp_path / "no-age-keygen")],
-    )
+    daemon = keyless_daemon
     manifests = mirror_setup(
         namespace, remote.url, secret=remote.secret, rules=[{"resources": ["secrets"]}]
     )
@@ -457,32 +454,29 @@ def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
     }
     apply(control_plane, *manifests, secret(namespace, "db", {"password": "hidden"}))
     target = f"{namespace}/mirror"
-    try:
-        daemon.start()
-        wait_until(
-            lambda: _entry(daemon, target)["secrets_skipped"] >= 2,
-            describe=lambda: str(daemon.status()),
-        )
-        daemon.stop()
-        since = len(daemon.log_lines())
-        daemon.start()
-        wait_condition(
-            control_plane, "gittarget", namespace, "mirror", "Ready", "False",
-            "KeyGenerationFailed",
-        )  # fmt: skip
-        # Both Secrets (the Git credentials and db) are still not written: counted and logged.
-        entry = wait_until(
-            lambda: (e := _entry(daemon, target))["secrets_skipped"] >= 2 and e,
-            describe=lambda: str(daemon.status()),
-        )
-        assert entry["ready"] is False and entry["reason"] == "KeyGenerationFailed"
-        skipped = metric_value(daemon, "reverserd_secrets_skipped_total", target=target)
-        assert skipped is not None and skipped >= 2
-        warned = {
-            line.get("secret")
-            for line in daemon.log_lines()[since:]
-            if line.get("level") == "warning" and "not written" in line.get("message", "")
-        }
-        assert warned == {f"{namespace}/db", f"{namespace}/{remote.secret}"}
-    finally:
-        daemon.ensure_stopped()
+    daemon.start()
+    wait_until(
+        lambda: _entry(daemon, target)["secrets_skipped"] >= 2,
+        describe=lambda: str(daemon.status()),
+    )
+    daemon.stop()
+    since = len(daemon.log_lines())
+    daemon.start()
+    wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Ready", "False",
+        "KeyGenerationFailed",
+    )  # fmt: skip
+    # Both Secrets (the Git credentials and db) are still not written: counted and logged.
+    entry = wait_until(
+        lambda: (e := _entry(daemon, target))["secrets_skipped"] >= 2 and e,
+        describe=lambda: str(daemon.status()),
+    )
+    assert entry["ready"] is False and entry["reason"] == "KeyGenerationFailed"
+    skipped = metric_value(daemon, "reverserd_secrets_skipped_total", target=target)
+    assert skipped is not None and skipped >= 2
+    warned = {
+        line.get("secret")
+        for line in daemon.log_lines()[since:]
+        if line.get("level") == "warning" and "not written" in line.get("message", "")
+    }
+    assert warned == {f"{namespace}/db", f"{namespace}/{remote.secret}"}
