@@ -209,7 +209,9 @@ def _chart(history: Sequence[Sequence[float]], now: float) -> str:
         f"<figure style='margin:8px 0'><svg width='{CHART_WIDTH}' height='{CHART_HEIGHT}'"
         f" viewBox='0 0 {CHART_WIDTH} {CHART_HEIGHT}' role='img' aria-label='{esc(label)}'>"
         f"<title>{esc(label)}</title>"
-        f"<text x='4' y='10' font-size='9' fill='#555'>{esc(f'{peak:,}')}</text>{shape}</svg>"
+        f"<text x='4' y='10' font-size='9' fill='#555'>{esc(f'{peak:,}')}</text>"
+        f"<text x='{CHART_WIDTH - 4}' y='10' font-size='9' fill='#555' text-anchor='end'>"
+        f"{esc(f'last {fmt.duration(span)}')}</text>{shape}</svg>"
         f"<figcaption class='meta'>{esc(label)}</figcaption></figure>"
     )
 

@@ -442,7 +442,8 @@ def _target_problems(entry: Mapping[str, Any], progress: TargetProgress) -> list
         found.append(
             problem(WARNING, "GitTarget", name, "EncryptionConfigured", "BackupKey", keys.warning)
         )
-    if entry["quarantined"] and not any("uarantin" in reason for reason in reasons):
+    # Listed once: unless a condition already names the quarantine, it gets its own warning.
+    if entry["quarantined"] and not any(reason.startswith("Quarantin") for reason in reasons):
         count = len(entry["quarantined"])
         found.append(
             problem(

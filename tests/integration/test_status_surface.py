@@ -123,7 +123,6 @@ def test_page_in_a_browser_leads_with_the_banner_then_one_card_per_target(
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
-    tmp_path: Path,
 ) -> None:
     target = start_mirror(control_plane, namespace, remote, daemon)
     wait_until(lambda: daemon.status()["healthy"], describe=lambda: json.dumps(daemon.status()))
@@ -161,7 +160,6 @@ def test_page_in_a_browser_leads_with_the_banner_then_one_card_per_target(
     ARTIFACTS.mkdir(exist_ok=True)
     shot = screenshot(daemon.url + "/", ARTIFACTS / "status-page.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-    (tmp_path / "status-page.png").write_bytes(shot.read_bytes())
 
 
 def test_cli_prints_the_picture_as_a_table_and_exits_with_the_health(
