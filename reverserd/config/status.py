@@ -85,8 +85,10 @@ class TargetProgress:
     encryption: KeyState | None = None
     secrets_skipped: int = 0
     secret_problem: str | None = None
-    # Keys of objects that cannot be written safely and wait until they change.
-    quarantined: list[str] = field(default_factory=list)
+    branch: str | None = None
+    """The committer key (repository + branch) the target writes through."""
+    quarantined: dict[str, str] = field(default_factory=dict)
+    """Object key -> why it cannot be written; retried when the object changes."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class StatusBoard:
     def __init__(self) -> None:
         self.targets: dict[str, TargetProgress] = {}
         self.providers: dict[str, ProviderHealth] = {}
+        self.branches: dict[str, ProviderHealth] = {}
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -118,3 +121,17 @@ class StatusBoard:
         if self.providers.get(key) != health:
             self.providers[key] = health
             self.notify()
+
+    def report_branch(self, key: str, health: ProviderHealth) -> None:
+        """How the committer of one repository + branch fares; every target on it shows this."""
+        if self.branches.get(key) != health:
+            self.branches[key] = health
+            self.notify()
+
+    def branch_of(self, target: str) -> ProviderHealth | None:
+        progress = self.targets.get(target)
+        return (
+            None
+            if progress is None or progress.branch is None
+            else (self.branches.get(progress.branch))
+        )

@@ -204,6 +204,8 @@ class BranchRepository:
         build_callbacks(url, self._credentials)
         self._local_ref = _HEADS + branch
         self._repo: pygit2.Repository | None = None
+        self.dropped_in_rebuild: dict[str, str] = {}
+        """Path -> why: writes the last :meth:`rebase_onto_remote` could not replay."""
         self.display_url = mask_url(url)
         """The URL with any password masked, for logs and status."""
 
@@ -296,6 +298,18 @@ class BranchRepository:
             tree = found
         return sorted(_walk_files(tree, folder))
 
+    def unwritable(self, changes: Sequence[FileChange]) -> dict[str, str]:
+        """Path -> why a write of ``changes`` cannot be applied on the local tip.
+
+        A path is unwritable when it is invalid, when a folder (or symlink) stands where the
+        file goes, or when a file stands where one of its folders must be. Deletions never are.
+        """
+        return _unwritable_on(self._tip_tree(), changes)
+
+    def remote_base(self) -> str | None:
+        """SHA of the remote commit local work is built on (``refs/reverserd/base``)."""
+        return _sha(self._target(BASE_REF))
+
     def pending(self) -> int:
         """Number of local commits the remote does not have (above the base)."""
         local = self._target(self._local_ref)
@@ -382,10 +396,15 @@ class BranchRepository:
             ours = list(walker)
         parent = _commit_or_none(repo, state.start)
         rebuilt = []
+        self.dropped_in_rebuild = {}
         for commit in ours:
-            oid = self._commit_on(
-                parent, self._changes_of(commit), commit.message, commit.author, commit.committer
-            )
+            changes = self._changes_of(commit)
+            # A person may have put a file where one of ours needs a folder: that write is
+            # dropped (and reported), the rest of the commit is kept.
+            blocked = _unwritable_on(parent.tree if parent is not None else None, changes)
+            self.dropped_in_rebuild.update(blocked)
+            changes = [change for change in changes if change.path not in blocked]
+            oid = self._commit_on(parent, changes, commit.message, commit.author, commit.committer)
             if oid is not None:
                 parent = _commit_or_none(repo, oid)
                 rebuilt.append(str(oid))
@@ -632,6 +651,34 @@ def _split_path(path: str) -> tuple[str, ...]:
     ):
         raise ValueError(f"invalid repository path {path!r}")
     return parts
+
+
+def _unwritable_on(tree: pygit2.Tree | None, changes: Sequence[FileChange]) -> dict[str, str]:
+    """Path -> why writing it on ``tree`` is impossible; see :meth:`BranchRepository.unwritable`."""
+    blocked: dict[str, str] = {}
+    for change in changes:
+        if change.content is None:
+            continue
+        try:
+            parts = _split_path(change.path)
+        except ValueError as error:
+            blocked[change.path] = str(error)
+            continue
+        node: pygit2.Object | None = tree
+        for depth, part in enumerate(parts):
+            node = _entry(node, part) if isinstance(node, pygit2.Tree) else None
+            if node is None:
+                break
+            here = "/".join(parts[: depth + 1])
+            if depth == len(parts) - 1:
+                if node.filemode not in _FILE_MODES:
+                    blocked[change.path] = (
+                        f"cannot write {here}: something other than a file is there"
+                    )
+            elif not isinstance(node, pygit2.Tree):
+                blocked[change.path] = f"cannot write under {here}: it is not a folder"
+                break
+    return blocked
 
 
 def _entry(tree: pygit2.Tree | None, name: str) -> pygit2.Object | None:

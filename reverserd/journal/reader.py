@@ -186,6 +186,14 @@ class JournalReader:
         )
         return {ObjectKey(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in rows}
 
+    async def quarantined(self, target: str) -> dict[ObjectKey, str]:
+        """Objects a target cannot write, and why."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT api_group, resource, namespace, name, reason FROM quarantine WHERE target = ?",
+            (target,),
+        )
+        return {ObjectKey(r[0], r[1], r[2], r[3]): r[4] for r in rows}
+
     async def stats(self) -> dict[str, int]:
         """Row counts, sequence range and file size: what ``journal stats`` and metrics show."""
         counts: dict[str, int] = {}

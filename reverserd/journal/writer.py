@@ -505,10 +505,13 @@ class JournalWriter:
         seq: int,
         covered: Mapping[str, int],
         files: Sequence[tuple[ObjectKey, str | None, str]] = (),
+        quarantine: Mapping[ObjectKey, str | None] | None = None,
     ) -> None:
         """Move a target's cursor and its record of written files in one transaction.
 
         ``files`` holds (object, path or None when the file was removed, content hash).
+        ``quarantine`` maps objects to why they cannot be written, or None when they no longer
+        are quarantined.
         """
 
         def apply(batch: _Batch) -> None:
@@ -532,6 +535,22 @@ class JournalWriter:
                     " name, path, content_sha) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     written,
                 )
+            entries = (quarantine or {}).items()
+            released = [(target, *_key_tuple(k)) for k, why in entries if why is None]
+            held = [(target, *_key_tuple(k), why, batch.now) for k, why in entries if why]
+            if released:
+                batch.execute_many(
+                    "DELETE FROM quarantine WHERE target = ? AND api_group = ? AND resource = ?"
+                    " AND namespace = ? AND name = ?",
+                    released,
+                )
+            if held:
+                batch.execute_many(
+                    "INSERT INTO quarantine (target, api_group, resource, namespace, name,"
+                    " reason, since) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                    " reason = excluded.reason",
+                    held,
+                )
 
         await self.submit(apply)
 
@@ -541,6 +560,7 @@ class JournalWriter:
         def apply(batch: _Batch) -> None:
             batch.execute("DELETE FROM cursors WHERE target = ?", (target,))
             batch.execute("DELETE FROM target_files WHERE target = ?", (target,))
+            batch.execute("DELETE FROM quarantine WHERE target = ?", (target,))
 
         await self.submit(apply)
 

@@ -150,7 +150,12 @@ def _card(target: Mapping[str, Any], now: float) -> str:
         skipped_html += f" <span class='meta'>({esc(target['secret_problem'])})</span>"
     quarantined = list(target.get("quarantined") or [])
     quarantined_html = (
-        "<ul>" + "".join(f"<li><code>{esc(key)}</code></li>" for key in quarantined) + "</ul>"
+        "<ul>"
+        + "".join(
+            f"<li><code>{esc(item.get('key'))}</code> {esc(item.get('reason') or '')}</li>"
+            for item in quarantined
+        )
+        + "</ul>"
         if quarantined
         else fmt.NONE
     )

@@ -56,6 +56,9 @@ CHART_WINDOW_S = 15 * 60.0
 SUBJECT_CACHE = 1024
 
 ERROR, WARNING = "error", "warning"
+# Conditions whose True means trouble (the Kubernetes "abnormal-true" kind); every other
+# condition is trouble when False.
+ABNORMAL_TRUE = {"Quarantined"}
 
 # What to do, by condition reason: the condition's message says what is wrong, this says where
 # to look. Reasons not listed get GENERIC_ADVICE.
@@ -96,7 +99,7 @@ ADVICE = {
     "WaitingForRepository": "Wait for the connection; if it stays, see the GitProvider's status.",
     "Pending": "Wait: reverserd has not got that far yet.",
     "Syncing": "Wait: the first snapshot of the target is being written and pushed.",
-    "Quarantined": (
+    "ObjectsQuarantined": (
         "Rename or fix the listed objects; each is retried when it changes; the rest flows."
     ),
     "SecretsSkipped": "See the Secret's reason; fix the encryption keys or the Secret.",
@@ -315,7 +318,9 @@ class StatusView:
                 "last_error": progress.last_error or self.targets.remote_error(key),
                 "secrets_skipped": progress.secrets_skipped,
                 "secret_problem": progress.secret_problem,
-                "quarantined": list(progress.quarantined),
+                "quarantined": [
+                    {"key": key, "reason": why} for key, why in sorted(progress.quarantined.items())
+                ],
                 "conditions": conditions,
                 "lag_history": self._sample(key, now, lag_events, lag_seconds),
             }
@@ -422,11 +427,11 @@ def _target_problems(entry: Mapping[str, Any], progress: TargetProgress) -> list
                 entry["message"] or "",
             )
         )
-    reasons = set()
     for item in entry["conditions"]:
-        reasons.add(str(item.get("reason")))
-        if entry["ready"] and item.get("status") == "False":
-            # A gate that does not decide readiness (e.g. encryption nobody asked for).
+        abnormal = "True" if item.get("type") in ABNORMAL_TRUE else "False"
+        if entry["ready"] and item.get("status") == abnormal:
+            # A condition that does not decide readiness (quarantined objects, encryption
+            # nobody asked for) but still says something is wrong.
             found.append(
                 problem(
                     WARNING,
@@ -441,19 +446,6 @@ def _target_problems(entry: Mapping[str, Any], progress: TargetProgress) -> list
     if keys is not None and keys.warning:
         found.append(
             problem(WARNING, "GitTarget", name, "EncryptionConfigured", "BackupKey", keys.warning)
-        )
-    # Listed once: unless a condition already names the quarantine, it gets its own warning.
-    if entry["quarantined"] and not any(reason.startswith("Quarantin") for reason in reasons):
-        count = len(entry["quarantined"])
-        found.append(
-            problem(
-                WARNING,
-                "GitTarget",
-                name,
-                "Quarantined",
-                "Quarantined",
-                f"{count} object(s) cannot be written safely: {', '.join(entry['quarantined'])}",
-            )
         )
     encryption_ok = any(
         item.get("type") == "EncryptionConfigured" and item.get("status") == "True"

@@ -426,8 +426,6 @@ def test_last_commit_and_push_survive_a_restart(
     assert entry["last_commit_subject"] == f"[CREATE] v1/configmaps/{namespace}/before-restart"
     assert entry["last_push"] is not None
     assert log(remote.path, "main") == pushed, "the restart pushed nothing new"
-    status = conditions(control_plane, "gittarget", namespace, "mirror")
-    assert status["Ready"]["status"] == "True"
     wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True")
     written = json.loads(
         control_plane.kubectl("get", "gittarget", "mirror", "-n", namespace, "-o", "json")

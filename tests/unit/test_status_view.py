@@ -107,7 +107,7 @@ def test_page_escapes_everything_it_shows() -> None:
         reason=hostile,
         message=f"message {hostile}",
         last_error=hostile,
-        quarantined=[f"v1/configmaps/team-a/{hostile}"],
+        quarantined=[{"key": f"v1/configmaps/team-a/{hostile}", "reason": hostile}],
         last_commit_subject=hostile,
         branch="' onmouseover='alert(1)",
     )
@@ -123,7 +123,9 @@ def test_page_escapes_everything_it_shows() -> None:
 
 
 def test_table_reads_like_kubectl_get() -> None:
-    text = render_table(picture(quarantined=["v1/configmaps/team-a/a"], secrets_skipped=2))
+    text = render_table(
+        picture(quarantined=[{"key": "v1/configmaps/team-a/a", "reason": "r"}], secrets_skipped=2)
+    )
     lines = text.splitlines()
     assert lines[0] == "reverserd 1.2.3  role leader  up 2 h 3 min  healthy"
     header = next(line for line in lines if line.startswith("TARGET"))
