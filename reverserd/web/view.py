@@ -74,6 +74,10 @@ ADVICE = {
         "Check that the Git server answers from reverserd's host and that the GitProvider's"
         " Secret holds valid credentials. Pushes are retried with backoff; nothing is dropped."
     ),
+    "PushRefused": (
+        "The server refuses the push for a reason a fetch cannot fix (the message says which):"
+        " fix the branch or the refs on the server. Changes wait in the journal meanwhile."
+    ),
     "SecretNotFound": "Create the Secret named by the GitProvider's spec.secretRef.name.",
     "SecretMalformed": (
         "Give the provider's Secret the keys username + password, or ssh-privatekey"

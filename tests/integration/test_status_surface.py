@@ -18,7 +18,7 @@ import pytest
 
 from testbed.browser import dump_dom, screenshot, visible_text
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import GitHttpServer, branch_tip, log
+from testbed.gitservers import GitHttpServer, branch_tip, log, push_foreign_commit
 from testbed.harness import (
     Reverserd,
     apply,
@@ -366,6 +366,56 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
                 "ConnectionFailed")  # fmt: skip
     wait_agreed(control_plane, daemon, "GitTarget", wrong_ns, "mirror", False,
                 "WaitingForRepository")  # fmt: skip
+
+    # Push refused for good: the server cannot create env/prod while a branch env exists.
+    refused_ns = cleanup.new_namespace()
+    refused_repo = git_http.create_bare_repo(f"refused-{refused_ns}")
+    push_foreign_commit(refused_repo, "env", "README.md", b"environments\n", "start env")
+    refused = create_git_credentials(control_plane, refused_ns, git_http)
+    apply(
+        control_plane,
+        *mirror_setup(
+            refused_ns, git_http.url(f"refused-{refused_ns}"), secret=refused, branch="env/prod"
+        ),
+        configmap(refused_ns, "refused"),
+    )
+    wait_agreed(control_plane, daemon, "GitProvider", refused_ns, "mirror", False, "PushRefused")
+    # Its first snapshot never reaches the remote, so that is the gate that keeps it not ready.
+    wait_agreed(control_plane, daemon, "GitTarget", refused_ns, "mirror", False, "Syncing")
+
+    # A poison object: a person's file sits where its folder must be. It is quarantined, the
+    # target stays ready, and every view names the object.
+    held_ns = cleanup.new_namespace()
+    held_repo = git_http.create_bare_repo(f"held-{held_ns}")
+    held_creds = create_git_credentials(control_plane, held_ns, git_http)
+    apply(control_plane, *mirror_setup(held_ns, git_http.url(f"held-{held_ns}"), secret=held_creds))
+    wait_synced(control_plane, held_ns, daemon=daemon)
+    folder = f"live-cluster/v1/configmaps/{held_ns}"
+    push_foreign_commit(held_repo, "main", folder, b"a person's notes\n", "notes")
+    apply(control_plane, configmap(held_ns, "blocked"))
+    wait_condition(control_plane, "gittarget", held_ns, "mirror", "Quarantined", "True")
+    held_key = f"{held_ns}/mirror"
+
+    def quarantine_everywhere() -> bool:
+        status, dom, table = views(daemon)
+        entry = next(t for t in status["targets"] if t["target"] == held_key)
+        keys = [item["key"] for item in entry["quarantined"]]
+        warned = [p for p in status["problems"] if p["name"] == held_key]
+        card = cards(dom).get(held_key, ("", ""))
+        row = table_rows(table.stdout, "TARGET").get(held_key, [])
+        return (
+            len(keys) == 1
+            and keys[0].endswith(f"configmaps/{held_ns}/blocked")
+            and entry["ready"] is True
+            and [(p["severity"], p["reason"]) for p in warned]
+            == [("warning", "ObjectsQuarantined")]
+            and card[0] == "ok"
+            and f"Quarantined {keys[0]}" in card[1]
+            and row[-1:] == ["1"]
+            and metric_value(daemon, "reverserd_objects_quarantined", target=held_key) == 1.0
+        )
+
+    wait_until(quarantine_everywhere, timeout=60, describe=lambda: str(daemon.status()))
 
     # Provider unreachable: the Git server stops while a change waits to be pushed.
     private_git.stop()
