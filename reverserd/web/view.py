@@ -194,7 +194,7 @@ class StatusView:
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._computing = asyncio.Lock()
         self._history: dict[str, collections.deque[tuple[float, int, float]]] = {}
-        self._subjects: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+        self._subjects: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._gauged: set[str] = set()
         self._gauged_providers: set[str] = set()
 
@@ -246,13 +246,15 @@ class StatusView:
                     "standby replica: it keeps its journal warm and writes nothing",
                 )
             )
-        targets = await self._targets(statuses, now, problems, counted=role != "standby")
+        # A standby connects to nothing and writes nothing: its targets and providers wait.
+        counted = role != "standby"
+        targets = await self._targets(statuses, now, problems, counted)
         providers = _resources(statuses, "gitproviders", "GitProvider")
         rules = _resources(statuses, "watchrules", "WatchRule")
         rules += _resources(statuses, "clusterwatchrules", "ClusterWatchRule")
         for item in providers:
             PROVIDER_READY.labels(provider=item["name"]).set(1 if item["ready"] else 0)
-            if not item["ready"]:
+            if counted and not item["ready"]:
                 problems.append(_resource_problem(ERROR, item))
         for gone in self._gauged_providers - {item["name"] for item in providers}:
             PROVIDER_READY.remove(gone)

@@ -526,3 +526,29 @@ def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
         if line.get("level") == "warning" and "not written" in line.get("message", "")
     }
     assert warned == {f"{namespace}/db", f"{namespace}/{remote.secret}"}
+
+
+def test_a_standby_replica_is_healthy_and_says_it_is_standby(
+    control_plane: ControlPlane, cleanup: Cleanup, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    args = ["--leader-elect", "--leader-election-namespace", "default",
+            "--leader-election-id", f"reverserd-{namespace}"]  # fmt: skip
+    leader = Reverserd(control_plane, tmp_path / "leader", args)
+    standby = Reverserd(control_plane, tmp_path / "standby", args)
+    try:
+        target = start_mirror(control_plane, namespace, remote, leader)
+        wait_until(lambda: leader.status()["healthy"], describe=lambda: str(leader.status()))
+        standby.start()
+        wait_until(lambda: standby.status()["role"] == "standby", 30, standby.log_tail)
+        status = standby.status()
+        assert status["healthy"] is True, status["problems"]
+        assert [(p["severity"], p["reason"]) for p in status["problems"]] == [
+            ("warning", "Standby")
+        ]
+        assert [t["target"] for t in status["targets"]] == [target]
+        answer = cli(standby)
+        assert answer.returncode == 0 and "role standby" in answer.stdout
+        assert "WARNING  Replica this replica: Leader Standby" in answer.stdout
+    finally:
+        standby.ensure_stopped()
+        leader.ensure_stopped()
