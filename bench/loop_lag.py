@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     from testbed.controlplane import running_control_plane
     from testbed.gitservers import GitHttpServer, branch_tip, log
     from testbed.harness import apply, create_many, wait_until
+    from testbed.manifests import configmap
 
     result = Result("loop_lag", command_line("bench.loop_lag", argv))
     with (
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         repo_path = server.create_bare_repo(REPO)
         secret = git_secret(plane, NAMESPACE, server)
         apply(plane, *mirror(NAMESPACE, server.url(REPO), secret, "1s"))
+        # One small object, so the first sync is a commit that shows the daemon is up.
+        apply(plane, configmap(NAMESPACE, "first"))
         leader = [
             "--leader-elect",
             "--leader-election-namespace",

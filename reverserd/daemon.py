@@ -33,6 +33,8 @@ from reverserd import __version__
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
+from reverserd.git import configure_network_timeouts
+from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
@@ -76,6 +78,7 @@ class RunOptions:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
+    git_timeout_s: float = 60.0
 
 
 class _Shutdown(Exception):
@@ -90,10 +93,13 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit code 0) or lost leadership (exit code 1)."""
         options = self.options
+        timeout_ms = max(1, int(options.git_timeout_s * 1000))
+        configure_network_timeouts(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms)
         journal = await JournalWriter.open(options.state_dir)
         reader = await JournalReader.open(options.state_dir)
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
+        journal.on_failure_changed = board.report_journal
         plane = ConfigPlane(client, board)
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
@@ -179,6 +185,8 @@ class Daemon:
 
     def surface(self) -> Surface:
         async def journal_ok() -> bool:
+            if self.journal.failure is not None:
+                return False
             try:
                 await self.reader.last_seq()
                 return True

@@ -366,7 +366,8 @@ class TargetConsumer:
         existing = None
         if event.kind is EventKind.DELETE and known is None and event.body is not None:
             existing = await self._identified_file(event, rtype)
-        return plan_event(event, rtype, self.folder, known, existing)
+        # Sanitizing and rendering a large object takes long: off the event loop.
+        return await asyncio.to_thread(plan_event, event, rtype, self.folder, known, existing)
 
     def _replayed_secret(
         self, event: JournalEvent, rtype: ResourceType, known: FileRecord | None
