@@ -1,10 +1,12 @@
 """What a target had pushed before this process started, read back from the branch and journal.
 
 After a restart the GitTarget's ``lastCommit`` and ``lastPushTime``, ``/status`` and the page must
-not go blank while the branch holds the target's commits. The target's newest commit that is on
-the remote (in the clone's branch below what is still pending) is its last commit; the journal's
-cursor row records when the target's pushed position last moved, which is the latest moment that
-commit was known to be pushed. The first push of this process replaces both with exact values.
+not go blank while the branch holds the target's commits. The target's newest commit among those
+this clone made and pushed last time is its last commit (commits anyone else pushed are never
+taken for ours, whatever their trailers say); the journal's cursor row records when the target's
+pushed position last moved, which is the latest moment that commit was known to be pushed. A
+target whose newest commit went out in an earlier push shows none until its next push, which
+replaces both with exact values anyway.
 """
 
 from __future__ import annotations
@@ -12,11 +14,6 @@ from __future__ import annotations
 from reverserd.committer.committer import Committer, newest_per_target
 from reverserd.config.status import TargetProgress
 from reverserd.journal.reader import CursorRow
-
-# How far back on the branch the target's newest pushed commit is looked for: far more than a
-# busy shared branch gains between two commits of one target. Beyond it, status shows no commit
-# until the target's next push.
-SCAN_COMMITS = 5_000
 
 
 async def restore_last_push(
@@ -27,12 +24,9 @@ async def restore_last_push(
         return
 
     def newest_pushed() -> str | None:
-        pending = {sha for sha, _ in committer.repository.pending_commits()}
-        pushed = [
-            (sha, message)
-            for sha, message in committer.repository.recent_commits(SCAN_COMMITS)
-            if sha not in pending
-        ]
+        repository = committer.repository
+        pending = {sha for sha, _ in repository.pending_commits()}
+        pushed = [(sha, text) for sha, text in repository.own_commits() if sha not in pending]
         return newest_per_target(pushed).get(target)
 
     sha = await committer.on_git_thread(newest_pushed)
