@@ -99,13 +99,17 @@ def _banner(picture: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]) ->
             " waiting to be pushed.</div>"
         )
     style = "bad" if errors else "warn"
-    headline = (
-        f"{len(errors)} problem{'' if len(errors) == 1 else 's'}"
-        if errors
-        else "Healthy, with warnings"
-    )
+    warnings = len(problems) - len(errors)
+    counted = [
+        f"{len(errors)} problem{'' if len(errors) == 1 else 's'}" if errors else "",
+        f"{warnings} warning{'' if warnings == 1 else 's'}" if warnings else "",
+    ]
+    headline = ", ".join(part for part in counted if part)
+    if not errors:
+        headline = f"Healthy, with {headline}"
     items = "".join(
         "<li>"
+        f"{'' if p.get('severity') == 'error' else 'Warning: '}"
         f"<strong>{esc(p.get('kind'))} {esc(p.get('name'))}</strong>: "
         f"{esc(p.get('condition'))} {esc(p.get('reason'))}: {esc(p.get('message'))}"
         f"<br><span class='advice'>What to do: {esc(p.get('advice'))}</span></li>"

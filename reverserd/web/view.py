@@ -78,6 +78,11 @@ ADVICE = {
         "The server refuses the push for a reason a fetch cannot fix (the message says which):"
         " fix the branch or the refs on the server. Changes wait in the journal meanwhile."
     ),
+    "CommitterFailed": (
+        "Nothing to do unless it repeats: a fresh committer resumes from the journal after a"
+        " backoff. If it repeats, the message and the log say why."
+    ),
+    "RemoteBusy": "Others keep pushing to the branch; reverserd waits and retries.",
     "SecretNotFound": "Create the Secret named by the GitProvider's spec.secretRef.name.",
     "SecretMalformed": (
         "Give the provider's Secret the keys username + password, or ssh-privatekey"

@@ -168,3 +168,17 @@ def test_throttle_lets_one_warning_through_per_interval_and_counts_the_rest(
     clock[0] += 61
     assert throttle.allow("a") == 2, "the next line says how many were held back"
     assert throttle.allow("c") == 0 and len(throttle._last) == 2
+
+
+def test_banner_counts_problems_and_warnings_apart() -> None:
+    warned = picture()
+    warned["problems"] = [
+        {"severity": "warning", "kind": "WatchRule", "name": "team-a/r", "condition": "Ready",
+         "reason": "ResourceNotServed", "message": "m", "advice": "a"}
+    ]  # fmt: skip
+    page = render_page(warned)
+    assert "class='banner warn'" in page and "Healthy, with 1 warning<ul>" in page
+    warned["problems"].insert(0, {**warned["problems"][0], "severity": "error"})
+    page = render_page(warned)
+    assert "class='banner bad'" in page and "1 problem, 1 warning<ul>" in page
+    assert page.count("Warning: <strong>") == 1
