@@ -82,6 +82,14 @@ ADVICE = {
         "Nothing to do unless it repeats: a fresh committer resumes from the journal after a"
         " backoff. If it repeats, the message and the log say why."
     ),
+    "ConsumerFailed": (
+        "Nothing to do unless it repeats: the target's consumer restarts from its cursor after"
+        " a backoff. If it repeats, the last error and the log say why."
+    ),
+    "JournalWriteFailed": (
+        "Free space on the state dir's disk (or fix its permissions); watches resume from their"
+        " stored resourceVersions once writes succeed."
+    ),
     "RemoteBusy": "Others keep pushing to the branch; reverserd waits and retries.",
     "SecretNotFound": "Create the Secret named by the GitProvider's spec.secretRef.name.",
     "SecretMalformed": (
