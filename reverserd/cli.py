@@ -1,4 +1,4 @@
-"""The ``reverserd`` command line: ``run``, ``journal`` and ``render``."""
+"""The ``reverserd`` command line: ``run``, ``status``, ``journal`` and ``render``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,6 +29,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_ALIASES = {"WARN": "WARNING"}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+DEFAULT_STATUS_URL = "http://127.0.0.1:8080"
+# `status` gives up on a daemon that does not answer within this long and reads the journal.
+STATUS_TIMEOUT_S = 5.0
+# Exit statuses of `status`: scripts and probes tell healthy, unhealthy and unknown apart.
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 3
 # A server that accepts and never answers is given up after this long; long enough for a large
 # push over a slow link, since it bounds each read or write, not the whole transfer.
 GIT_IO_TIMEOUT_S = 60.0
@@ -107,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     election.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
 
+    status = commands.add_parser(
+        "status",
+        help="what / shows, as a table; exit 0 healthy, 1 not healthy, 3 daemon not answering",
+    )
+    status.add_argument(
+        "--url",
+        default=os.environ.get("REVERSERD_URL", DEFAULT_STATUS_URL),
+        help=f"the daemon's HTTP address (default {DEFAULT_STATUS_URL}, $REVERSERD_URL)",
+    )
+    status.add_argument(
+        "--state-dir",
+        type=Path,
+        default=_env_path("REVERSERD_STATE_DIR"),
+        help="journal read (read-only) when the daemon does not answer",
+    )
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, help="seconds")
+
     journal = commands.add_parser("journal", help="read the journal (safe while running)")
     journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
     views = journal.add_subparsers(dest="view", required=True)
@@ -174,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "run":
         return _run(arguments)
+    if arguments.command == "status":
+        return _status(arguments)
     if arguments.command == "journal":
         try:
             return asyncio.run(_journal(arguments))
@@ -202,6 +230,48 @@ def _run(arguments: argparse.Namespace) -> int:
         git_timeout_s=arguments.git_timeout,
     )
     return asyncio.run(Daemon(options).run())
+
+
+def _status(arguments: argparse.Namespace) -> int:
+    from reverserd.web.table import render_table
+
+    picture = _fetch_status(arguments.url, arguments.timeout)
+    answered = isinstance(picture, dict)
+    if not isinstance(picture, dict):
+        try:
+            picture = asyncio.run(_journal_status(arguments.state_dir, picture))
+        except FileNotFoundError as error:
+            print(f"reverserd status: {picture}; {error}", file=sys.stderr)
+            return EXIT_UNKNOWN
+    if arguments.output == "json":
+        print(json.dumps(picture, indent=2))
+    else:
+        sys.stdout.write(render_table(picture))
+    if not answered:
+        return EXIT_UNKNOWN
+    return EXIT_HEALTHY if picture.get("healthy") else EXIT_UNHEALTHY
+
+
+def _fetch_status(url: str, timeout: float) -> dict[str, Any] | str:
+    """The daemon's /status, or why it could not be read."""
+    address = url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(address, timeout=timeout) as response:
+            picture: dict[str, Any] = json.loads(response.read())
+            return picture
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return f"no answer from {address}: {reason}"
+
+
+async def _journal_status(state_dir: Path, why: str) -> dict[str, Any]:
+    from reverserd.web.view import journal_picture
+
+    reader = await JournalReader.open(state_dir, read_only=True)
+    try:
+        return await journal_picture(reader, why)
+    finally:
+        await reader.close()
 
 
 def _event_line(event: JournalEvent) -> str:

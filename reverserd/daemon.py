@@ -38,17 +38,12 @@ from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
-from reverserd.metrics import (
-    EVENT_LOOP_LAG,
-    JOURNAL_BYTES,
-    JOURNAL_EVENTS,
-    TARGET_LAG_EVENTS,
-    TARGET_LAG_SECONDS,
-)
+from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
 from reverserd.targets.manager import TargetManager
 from reverserd.watch.manager import WatchManager
 from reverserd.web.server import Surface, build_app, serve
+from reverserd.web.view import StatusView
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +122,10 @@ class Daemon:
             plane.writes_enabled = False
         self.journal, self.reader, self.client = journal, reader, client
         self.board, self.plane, self.watches = board, plane, watches
+        self.view = StatusView(
+            reader, plane, board, targets, watches, self._probe_api, options.state_dir,
+            self.role, self.started,
+        )  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -181,12 +180,8 @@ class Daemon:
             stats = await self.reader.stats()
             JOURNAL_EVENTS.set(stats["events"])
             JOURNAL_BYTES.set(stats["database_bytes"])
-            for cursor in await self.reader.cursors():
-                count, oldest = await self.reader.lag(cursor.seq)
-                TARGET_LAG_EVENTS.labels(target=cursor.target).set(count)
-                TARGET_LAG_SECONDS.labels(target=cursor.target).set(
-                    0 if oldest is None else max(0.0, time.time() - oldest)
-                )
+            # Sets the readiness and lag gauges and samples the lag chart.
+            await self.view.picture()
 
     def surface(self) -> Surface:
         async def journal_ok() -> bool:
@@ -198,59 +193,24 @@ class Daemon:
             except Exception:
                 return False
 
-        async def api_ok() -> bool:
-            try:
-                await asyncio.wait_for(self.client.get("/version"), 3)
-                return True
-            except (KubeError, OSError, TimeoutError):
-                return False
-            except Exception:
-                return False
+        return Surface(
+            status=self.status,
+            journal_ok=journal_ok,
+            api_ok=self.view.api_reachable,
+            role=self.role,
+        )
 
-        return Surface(status=self.status, journal_ok=journal_ok, api_ok=api_ok, role=self.role)
+    async def _probe_api(self) -> bool:
+        try:
+            await self.client.get("/version")
+            return True
+        except (KubeError, OSError, TimeoutError):
+            return False
+        except Exception:
+            return False
 
     def role(self) -> str:
         return self.elector.role if self.elector is not None else "leader"
 
     async def status(self) -> dict[str, Any]:
-        stats = await self.reader.stats()
-        watchers = {spec.key: watcher for spec, (watcher, _) in self.watches.watchers.items()}
-        streams = []
-        for row in await self.reader.streams():
-            watcher = watchers.get(row.stream)
-            streams.append(
-                {
-                    "stream": row.stream,
-                    "active": watcher is not None,
-                    "seed_state": row.seed_state.value,
-                    "resource_version": row.resource_version,
-                    "relists": row.relists,
-                    "last_error": watcher.last_error if watcher else None,
-                }
-            )
-        cursors = {row.target: row for row in await self.reader.cursors()}
-        targets = []
-        for key, progress in sorted(self.board.targets.items()):
-            cursor = cursors.get(key)
-            lag_events, oldest = await self.reader.lag(cursor.seq) if cursor else (None, None)
-            targets.append(
-                {
-                    "target": key,
-                    "ready": key in self.plane.state.targets and progress.stream_live,
-                    "cursor": cursor.seq if cursor else None,
-                    "lag_events": lag_events,
-                    "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
-                    "last_commit": progress.last_commit,
-                    "last_push": progress.last_push_time,
-                    "last_error": progress.last_error or self.targets.remote_error(key),
-                    "secrets_skipped": progress.secrets_skipped,
-                }
-            )
-        return {
-            "version": __version__,
-            "role": self.role(),
-            "uptime_seconds": round(time.time() - self.started, 1),
-            "journal": stats,
-            "targets": targets,
-            "watches": streams,
-        }
+        return await self.view.picture()

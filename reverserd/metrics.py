@@ -70,6 +70,17 @@ SECRETS_SKIPPED = Counter(
     "Secrets not written because they cannot be encrypted",
     ["target"],
 )
+TARGET_READY = Gauge(
+    "reverserd_target_ready", "1 when the GitTarget's Ready condition is True, else 0", ["target"]
+)
+PROVIDER_READY = Gauge(
+    "reverserd_provider_ready",
+    "1 when the GitProvider's Ready condition is True, else 0",
+    ["provider"],
+)
+API_SERVER_REACHABLE = Gauge(
+    "reverserd_api_server_reachable", "1 when the API server answered the last probe, else 0"
+)
 STATUS_WRITES = Counter(
     "reverserd_status_writes_total", "Status writes to reverserd's own resources", ["kind"]
 )

@@ -474,6 +474,13 @@ class ConfigPlane:
             if _differs(item.status, item.current) and await self._write_status(item):
                 self._written_over[key] = item.resource_version
 
+    def computed_statuses(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """Every custom resource's status as :func:`resolve` computes it now, by (resource,
+        namespace, name): the status page shows exactly what is written to the resources."""
+        caches = {name: informer.cache for name, informer in self.informers.items()}
+        _, desired = resolve(caches, self.discovery, self.board)
+        return {(item.rtype.resource, item.namespace, item.name): item.status for item in desired}
+
     async def wait_for_change(self, seen_version: int) -> ConfigState:
         async with self._published:
             await self._published.wait_for(lambda: self.version != seen_version)

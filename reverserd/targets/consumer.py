@@ -56,6 +56,7 @@ from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
 from reverserd.metrics import EVENTS_PROCESSED, OBJECTS_QUARANTINED
+from reverserd.targets.history import restore_last_push
 from reverserd.targets.planning import (
     README,
     README_NAME,
@@ -175,6 +176,7 @@ class TargetConsumer:
         self.files = dict(await self.reader.target_files(self.key))
         self._set_quarantined(await self.reader.quarantined(self.key))
         self.committed_seq = await self.committer.resume_point(self.key, self.seq)
+        await restore_last_push(self.committer, cursor, self.key, progress)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
@@ -182,12 +184,16 @@ class TargetConsumer:
         self.sops_config = self.secrets.folder_config = await self.committer.read(
             self.sops_config_path
         )
+        starting = True
         while True:
-            if await self.secrets.refresh():
+            if await self.secrets.refresh() or (starting and not self.secrets.writable):
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
+                # Keys unusable at start: the same snapshot counts and logs each Secret that is
+                # still not written, so a restart does not make them look written.
                 self.covered = {
                     key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
                 }
+            starting = False
             self.board.notify()
             if self.committer.stopped:
                 raise CommitterStopped(self.committer.key)

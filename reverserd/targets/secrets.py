@@ -7,13 +7,16 @@ that can hold values in plain text), fingerprinted with the state dir's key, and
 produces a commit for a Secret that did not change, although SOPS ciphertext is randomised.
 
 When encryption is not configured or its keys are broken, the Secret is skipped, counted in
-``reverserd_secrets_skipped_total`` and reported in the GitTarget's ``EncryptionConfigured``
-condition; every other object keeps flowing. Once keys become usable, the target takes a fresh
-snapshot of its Secrets, so nothing skipped meanwhile stays missing.
+``reverserd_secrets_skipped_total``, logged as a warning naming the Secret and the reason (never
+a value; at most once per :data:`SKIP_WARNING_INTERVAL_S` for each Secret) and reported in the
+GitTarget's ``EncryptionConfigured`` condition; every other object keeps flowing. Once keys
+become usable, the target takes a fresh snapshot of its Secrets, so nothing skipped meanwhile
+stays missing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,12 +28,17 @@ from reverserd.encryption.sops import EncryptionError, Sops, sops_config_for
 from reverserd.journal import ObjectKey
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.resources import ResourceType
+from reverserd.logs import Throttle
 from reverserd.manifest.layout import is_excluded_object
 from reverserd.metrics import SECRETS_SKIPPED
 from reverserd.targets.planning import FilePlan, FileRecord, manifest_of
 
+log = logging.getLogger(__name__)
+
 # Keys are re-read at this pace, so a fixed key Secret or a removed backup warning is noticed.
 KEY_REFRESH_S = 30.0
+# A Secret that keeps changing while it cannot be encrypted is warned about this often at most.
+SKIP_WARNING_INTERVAL_S = 300.0
 
 
 class SecretWriter:
@@ -56,6 +64,7 @@ class SecretWriter:
         # encrypted with what sops_config_for makes of it, the same file the folder gets.
         self.folder_config: bytes | None = None
         self._checked_at = float("-inf")
+        self._warnings = Throttle(SKIP_WARNING_INTERVAL_S)
 
     async def refresh(self) -> bool:
         """Re-read the keys when due; True when they just became usable."""
@@ -71,17 +80,31 @@ class SecretWriter:
     def writable(self) -> bool:
         return self.keys is not None and self.keys.usable
 
-    def skip(self, why: str) -> None:
+    def skip(self, key: ObjectKey, why: str) -> None:
         SECRETS_SKIPPED.labels(target=self.target).inc()
         self.progress.secrets_skipped += 1
         self.progress.secret_problem = why
+        held_back = self._warnings.allow((key.namespace, key.name))
+        if held_back is not None:
+            log.warning(
+                "Secret %s/%s not written: %s",
+                key.namespace,
+                key.name,
+                why,
+                extra={
+                    "target": self.target,
+                    "secret": f"{key.namespace}/{key.name}",
+                    "reason": why,
+                    "held_back": held_back,
+                },
+            )
 
     async def plan(
         self, key: ObjectKey, rtype: ResourceType, folder: str, known: FileRecord | None
     ) -> FilePlan | None:
         """The encrypted file of the Secret as it is now, or None (unchanged, gone, skipped)."""
         if self.keys is None or not self.keys.usable:
-            self.skip(self.keys.message if self.keys else "no encryption configured")
+            self.skip(key, self.keys.message if self.keys else "no encryption configured")
             return None
         try:
             live = await self.client.get(rtype.object_path(key.namespace, key.name))
@@ -102,7 +125,7 @@ class SecretWriter:
         try:
             encrypted = await self.sops.encrypt(plaintext, config, in_folder)
         except EncryptionError as error:
-            self.skip(str(error))
+            self.skip(key, str(error))
             return None
         plan = FilePlan()
         plan.write(key, path, encrypted, known, exists=known is not None, record_hash=stamp)

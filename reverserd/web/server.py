@@ -3,16 +3,17 @@
 - ``/healthz``: the process and its event loop answer.
 - ``/readyz``: the journal is open and the API server answered recently (probed when stale).
 - ``/metrics``: Prometheus text format.
-- ``/status``: JSON an operator reads during an incident: per target its cursor, lag, last push
-  and last error; journal size; each watch with its resourceVersion and seed state.
-- ``/``: the same as a small page readable at a glance.
+- ``/status``: JSON an operator reads during an incident (:mod:`reverserd.web.view`).
+- ``/``: the same picture as a page readable at a glance (:mod:`reverserd.web.page`).
+
+``/metrics`` recomputes the picture first, so the readiness and lag gauges it serves are the
+ones ``/status`` shows.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import time
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-# A readiness answer may rely on an API server contact this recent; older ones are re-probed.
-API_FRESHNESS_S = 10.0
+from reverserd.logs import Throttle
+from reverserd.web.page import render_page
+
+log = logging.getLogger(__name__)
+
+# A failing status computation is warned about this often at most, however often /metrics is read.
+METRICS_WARNING_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -30,12 +36,12 @@ class Surface:
 
     status: Callable[[], Awaitable[dict[str, Any]]]
     journal_ok: Callable[[], Awaitable[bool]]
-    api_ok: Callable[[], Awaitable[bool]]
+    api_ok: Callable[[], Awaitable[bool]]  # answered recently; probed when that is stale
     role: Callable[[], str]
 
 
 def build_app(surface: Surface) -> web.Application:
-    api_checked = {"at": 0.0, "ok": False}
+    warnings = Throttle(METRICS_WARNING_INTERVAL_S)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -44,16 +50,19 @@ def build_app(surface: Surface) -> web.Application:
         problems = []
         if not await surface.journal_ok():
             problems.append("journal is not open")
-        if time.monotonic() - api_checked["at"] > API_FRESHNESS_S or not api_checked["ok"]:
-            api_checked["ok"] = await surface.api_ok()
-            api_checked["at"] = time.monotonic()
-        if not api_checked["ok"]:
+        if not await surface.api_ok():
             problems.append("API server unreachable")
         if problems:
             return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
         return web.Response(text=f"ready ({surface.role()})\n")
 
     async def metrics(_: web.Request) -> web.Response:
+        try:
+            await surface.status()
+        except Exception as error:
+            # The other metrics are still worth scraping while the picture cannot be made.
+            if warnings.allow("metrics") is not None:
+                log.warning("status for /metrics failed: %s", error)
         response = web.Response(body=generate_latest())
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response
@@ -75,55 +84,6 @@ def build_app(surface: Surface) -> web.Application:
         ]
     )
     return app
-
-
-def render_page(status: dict[str, Any]) -> str:
-    def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join(
-            "<tr>"
-            + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns)
-            + "</tr>"
-            for r in rows
-        )
-        return f"<table><tr>{head}</tr>{body}</table>"
-
-    journal = status.get("journal", {})
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>reverserd</title>"
-        "<style>body{font-family:sans-serif;margin:1.5em}td,th{padding:2px 10px;"
-        "text-align:left;border-bottom:1px solid #ddd}.bad{color:#b00}</style></head><body>"
-        f"<h1>reverserd {html.escape(str(status.get('version', '')))}"
-        f" &mdash; {html.escape(str(status.get('role', '')))}</h1>"
-        "<h2>Targets</h2>"
-        + table(
-            status.get("targets", []),
-            [
-                "target",
-                "ready",
-                "cursor",
-                "lag_events",
-                "lag_seconds",
-                "last_commit",
-                "last_push",
-                "last_error",
-            ],
-        )
-        + "<h2>Journal</h2>"
-        + table([journal], ["events", "objects", "first_seq", "last_seq", "database_bytes"])
-        + "<h2>Watches</h2>"
-        + table(
-            status.get("watches", []),
-            [
-                "stream",
-                "seed_state",
-                "resource_version",
-                "relists",
-                "last_error",
-            ],
-        )
-        + "</body></html>"
-    )
 
 
 async def serve(app: web.Application, listen: str) -> web.AppRunner:
