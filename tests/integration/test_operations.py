@@ -134,6 +134,9 @@ def test_readyz_fails_while_the_api_server_is_unreachable(
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
     wait_until(lambda: readiness(daemon) == 200, describe=daemon.log_tail)
+    # Synced first: a change made after the outage must come as its own commit, not in the
+    # first reconcile.
+    wait_synced(control_plane, namespace, daemon=daemon)
     with control_plane.apiserver_down():
         # Readiness re-probes the API server once its last answer is older than 10 s.
         wait_until(lambda: readiness(daemon) == 503, timeout=30, describe=daemon.log_tail)

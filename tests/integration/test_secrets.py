@@ -158,7 +158,12 @@ def test_no_plaintext_value_in_journal_wal_or_git_history_and_no_commit_after_re
         namespace,
         f"--from-literal=pw=literal-{namespace}",
     )
-    wait_until(lambda: len(subjects(remote.path)) >= 2, describe=secret_daemon.log_tail)
+    wait_for_subjects(
+        remote.path,
+        secret_daemon,
+        f"[CREATE] v1/secrets/{namespace}/api",
+        f"[CREATE] v1/secrets/{namespace}/literal",
+    )
     history = subjects(remote.path)
 
     secret_daemon.stop()
