@@ -11,7 +11,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pygit2
 import yaml
@@ -48,6 +51,30 @@ SETTLE_S = 3.0
 
 def cm_subject(operation: str, namespace: str, name: str) -> str:
     return f"[{operation}] v1/configmaps/{namespace}/{name}"
+
+
+@contextmanager
+def own_server(
+    plane: ControlPlane, namespace: str, tmp_path: Path, repo_name: str, *daemon_args: str
+) -> Iterator[tuple[GitHttpServer, Path, Reverserd, dict[str, Any]]]:
+    """A Git server of the test's own (to stop or freeze), a mirror onto it, and a daemon that
+    has pushed one commit there; yields the server, its repository, the daemon and the
+    GitProvider manifest."""
+    server = GitHttpServer(tmp_path / f"git-{repo_name}")
+    server.start()
+    daemon = Reverserd(plane, tmp_path / "state", daemon_args)
+    try:
+        repo = server.create_bare_repo(repo_name)
+        secret = create_git_credentials(plane, namespace, server)
+        provider, *rest = mirror_setup(namespace, server.url(repo_name), secret=secret)
+        apply(plane, provider, *rest)
+        daemon.start()
+        apply(plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+        yield server, repo, daemon, provider
+    finally:
+        daemon.ensure_stopped()
+        server.stop()
 
 
 def the_clone(daemon: Reverserd) -> Path:
@@ -359,16 +386,12 @@ def test_full_state_dir_says_so_loses_nothing_and_resumes_when_space_returns(
 def test_git_server_that_never_answers_shows_in_status_and_recovers(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    server = GitHttpServer(tmp_path / "git-hung")
-    server.start()
-    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "3"])
-    try:
-        repo = server.create_bare_repo("hung")
-        secret = create_git_credentials(control_plane, namespace, server)
-        apply(control_plane, *mirror_setup(namespace, server.url("hung"), secret=secret))
-        daemon.start()
-        apply(control_plane, configmap(namespace, "before"))
-        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+    with own_server(control_plane, namespace, tmp_path, "hung", "--git-timeout", "3") as (
+        server,
+        repo,
+        daemon,
+        _provider,
+    ):
         with server.suspended():
             apply(control_plane, configmap(namespace, "while-hung"))
             hung = wait_condition(
@@ -386,9 +409,6 @@ def test_git_server_that_never_answers_shows_in_status_and_recovers(
         wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "while-hung"), timeout=90)
         wait_condition(control_plane, "gittarget", namespace, "mirror", "Pushing", "True")
         assert subjects(repo).count(cm_subject("CREATE", namespace, "while-hung")) == 1
-    finally:
-        daemon.ensure_stopped()
-        server.stop()
 
 
 def test_watch_expired_while_running_deletes_only_the_files_of_objects_gone_in_the_gap(
@@ -435,16 +455,12 @@ def test_watch_expired_while_running_deletes_only_the_files_of_objects_gone_in_t
 def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_lands_once(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    server = GitHttpServer(tmp_path / "git-down")
-    server.start()
-    daemon = Reverserd(control_plane, tmp_path / "state")
-    try:
-        repo = server.create_bare_repo("down")
-        secret = create_git_credentials(control_plane, namespace, server)
-        apply(control_plane, *mirror_setup(namespace, server.url("down"), secret=secret))
-        daemon.start()
-        apply(control_plane, configmap(namespace, "before"))
-        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+    with own_server(control_plane, namespace, tmp_path, "down") as (
+        server,
+        repo,
+        daemon,
+        _provider,
+    ):
         server.stop()
         made = [f"down-{index}" for index in range(4)]
         for name in made:
@@ -473,9 +489,6 @@ def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_land
         git = pygit2.Repository(str(repo))
         tip = git.references["refs/heads/main"].target
         assert git.descendant_of(tip, pygit2.Oid(hex=theirs))
-    finally:
-        daemon.ensure_stopped()
-        server.stop()
 
 
 def test_large_and_unicode_objects_reach_git_intact(
@@ -608,17 +621,12 @@ def test_custom_resource_nested_too_deep_is_quarantined_and_its_type_keeps_flowi
 def test_replaced_committer_waits_for_the_old_ones_git_operation_to_end(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    server = GitHttpServer(tmp_path / "git-slow")
-    server.start()
-    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "30"])
-    try:
-        repo = server.create_bare_repo("slow")
-        secret = create_git_credentials(control_plane, namespace, server)
-        provider, *rest = mirror_setup(namespace, server.url("slow"), secret=secret)
-        apply(control_plane, provider, *rest)
-        daemon.start()
-        apply(control_plane, configmap(namespace, "before"))
-        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+    with own_server(control_plane, namespace, tmp_path, "slow", "--git-timeout", "30") as (
+        server,
+        repo,
+        daemon,
+        provider,
+    ):
 
         def opened() -> int:
             """How often a committer took the clone (before it reaches the server)."""
@@ -651,6 +659,3 @@ def test_replaced_committer_waits_for_the_old_ones_git_operation_to_end(
         wait_until(lambda: opened() == 2, describe=daemon.log_tail)
         time.sleep(SETTLE_S)
         assert subjects(repo).count(cm_subject("CREATE", namespace, "during")) == 1
-    finally:
-        daemon.ensure_stopped()
-        server.stop()
