@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Lease (default: $POD_NAMESPACE or default)",
     )
     run.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
+    run.add_argument(
+        "--allow-local-remotes",
+        action="store_true",
+        help="accept file:// URLs and local paths as GitProvider URLs (tests, demos); off"
+        " because a custom resource could otherwise point at any repository on this machine",
+    )
 
     journal = commands.add_parser("journal", help="read the journal (safe while running)")
     journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
@@ -109,6 +115,7 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_elect=arguments.leader_elect,
         leader_election_namespace=arguments.leader_election_namespace,
         leader_election_id=arguments.leader_election_id,
+        allow_local_remotes=arguments.allow_local_remotes,
     )
     return asyncio.run(Daemon(options).run())
 

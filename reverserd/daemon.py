@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from reverserd import __version__
+from reverserd.config.model import UrlPolicy
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
@@ -63,6 +64,7 @@ class RunOptions:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
+    allow_local_remotes: bool = False
 
 
 class _Shutdown(Exception):
@@ -81,7 +83,9 @@ class Daemon:
         reader = await JournalReader.open(options.state_dir)
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
-        plane = ConfigPlane(client, board)
+        plane = ConfigPlane(
+            client, board, UrlPolicy(options.allow_local_remotes, options.state_dir)
+        )
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
             client,
