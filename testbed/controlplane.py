@@ -192,6 +192,8 @@ class ControlPlane:
     workdir: Path
     audit_policy: Path | None = None
     audit_webhook_url: str | None = None
+    audit_log: Path | None = None
+    """With ``audit_policy``: also write the audit events as JSON lines to this file."""
     bin_dir: Path = field(default_factory=cache_dir)
     etcd_port: int = 0
     api_port: int = 0
@@ -291,15 +293,18 @@ class ControlPlane:
             f"--cert-dir={self.workdir / 'certs'}",
             f"--watch-cache-sizes={WATCH_CACHE_OFF_RESOURCE}#0",
         ]
+        if self.audit_policy is not None:
+            command.append(f"--audit-policy-file={self.audit_policy}")
         if self.audit_policy is not None and self.audit_webhook_url is not None:
             hook = self.workdir / "audit-webhook.kubeconfig"
             hook.write_text(_kubeconfig(self.audit_webhook_url, pki / "ca.crt", {}))
             command += [
-                f"--audit-policy-file={self.audit_policy}",
                 f"--audit-webhook-config-file={hook}",
                 "--audit-webhook-mode=batch",
                 "--audit-webhook-batch-max-wait=1s",
             ]
+        if self.audit_policy is not None and self.audit_log is not None:
+            command.append(f"--audit-log-path={self.audit_log}")
         self._spawn("kube-apiserver", command)
         self._wait_until("kube-apiserver", self._apiserver_ready)
 

@@ -1,0 +1,363 @@
+"""Tenants stay apart (DESIGN invariant 9, SPEC 9): each test is one attack, tried as a tenant
+would try it on the real test bed, from one namespace on another.
+
+Each asserts what the victim cares about: its Secret was never read (the API server's audit
+log holds every access the daemon made to Secrets), no credential reached the attacker's Git
+server (a server that asks every client for a password and records what it gets), the
+victim's folder and history are untouched, its mirror keeps working, and the daemon stays
+healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.controlplane import DAEMON_USER, ControlPlane, ensure_binaries
+from testbed.credential_trap import CredentialTrap
+from testbed.gitservers import GitHttpServer
+from testbed.harness import (
+    Reverserd,
+    apply,
+    create_namespace,
+    delete_mirror_resources,
+    history,
+    tree,
+    wait_condition,
+    wait_for_subjects,
+    wait_synced,
+    wait_target_refused,
+)
+from testbed.manifests import (
+    configbutler_resource,
+    configmap,
+    git_provider,
+    git_target,
+    mirror_setup,
+    secret,
+    watch_rule,
+)
+from tests.conftest import Remote
+
+# Every access to a Secret, by anyone, with who and which; nothing else is audited.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  resources:
+  - group: ""
+    resources: ["secrets"]
+- level: None
+"""
+# The victim's Secret no provider of the victim uses: any access to it is the attack working.
+VICTIM_TOKEN = "deploy-token"
+VICTIM_PASSWORD = "victim-password-8d1f"
+# /healthz must answer within this even while a hostile object is being validated.
+HEALTHZ_BUDGET_S = 1.0
+# How long an attack is given to do harm before the test checks that it did none.
+ATTACK_WINDOW_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """This module's own control plane, auditing every Secret access to a file."""
+    ensure_binaries()
+    workdir = tmp_path_factory.mktemp("audited-controlplane")
+    policy = workdir / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    plane = ControlPlane(workdir, audit_policy=policy, audit_log=workdir / "audit.log")
+    try:
+        yield plane.start()
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def trap() -> Iterator[CredentialTrap]:
+    with CredentialTrap() as server:
+        yield server
+
+
+@pytest.fixture
+def attacker(control_plane: ControlPlane) -> Iterator[str]:
+    name = create_namespace(control_plane, "attacker")
+    yield name
+    delete_mirror_resources(control_plane, name)
+
+
+@pytest.fixture
+def victim(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> Remote:
+    """A working mirror of ``namespace`` into ``remote``, synced, plus a Secret it never uses."""
+    apply(
+        control_plane,
+        secret(namespace, VICTIM_TOKEN, {"username": "ci", "password": VICTIM_PASSWORD}),
+    )
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    return remote
+
+
+def daemon_secret_accesses(plane: ControlPlane, namespace: str, name: str) -> list[str]:
+    """The verbs of every request the daemon made for Secret ``namespace/name``."""
+    assert plane.audit_log is not None
+    verbs = []
+    for line in plane.audit_log.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (
+            event.get("user", {}).get("username") == DAEMON_USER
+            and ref.get("resource") == "secrets"
+            and ref.get("namespace") == namespace
+            and ref.get("name") == name
+        ):
+            verbs.append(str(event.get("verb")))
+    return verbs
+
+
+def assert_victim_still_mirrors(
+    plane: ControlPlane, victim: Remote, daemon: Reverserd, namespace: str, name: str
+) -> None:
+    """The victim's mirror keeps working: a new ConfigMap arrives as its own commit."""
+    apply(plane, configmap(namespace, name))
+    wait_for_subjects(victim.path, daemon, f"[CREATE] v1/configmaps/{namespace}/{name}")
+    assert daemon.get("/healthz") is not None
+
+
+def assert_only_victim_files(victim: Remote, namespace: str) -> None:
+    for path in tree(victim.path):
+        assert path.startswith("live-cluster/"), path
+        if path.startswith("live-cluster/v1/configmaps/"):
+            assert path.split("/")[3] == namespace, path
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["provider secretRef", "target providerRef", "encryption secretRef", "rule targetRef"],
+)
+def test_reference_climbing_into_another_namespace_is_refused_and_reads_nothing(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+    field: str,
+) -> None:
+    climb = f"../../{namespace}/secrets/{VICTIM_TOKEN}"
+    hostile = {
+        "provider secretRef": git_provider(attacker, "grab", trap.url("loot"), secret=climb),
+        "target providerRef": git_target(
+            attacker, "grab", f"../../{namespace}/gitproviders/mirror", "x"
+        ),
+        "encryption secretRef": configbutler_resource(
+            "GitTarget",
+            "grab",
+            attacker,
+            {
+                "providerRef": {"name": "grab"},
+                "branch": "main",
+                "path": "x",
+                "encryption": {
+                    "provider": "sops",
+                    "secretRef": {"name": climb},
+                    "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+                },
+            },
+        ),
+        "rule targetRef": watch_rule(
+            attacker,
+            "grab",
+            f"../../{namespace}/gittargets/mirror",
+            [{"resources": ["configmaps"]}],
+        ),
+    }[field]
+    refused = control_plane.kubectl("apply", "-f", "-", stdin=json.dumps(hostile), check=False)
+    assert refused == ""  # nothing was created
+    time.sleep(ATTACK_WINDOW_S)
+    assert daemon_secret_accesses(control_plane, namespace, VICTIM_TOKEN) == []
+    assert trap.credentials_received == []
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "after-attack")
+    assert_only_victim_files(victim, namespace)
+
+
+def test_attacker_server_never_receives_a_credential(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+) -> None:
+    """A provider of the attacker's own, pointing at the attacker's server, gets no password."""
+    apply(control_plane, *mirror_setup(attacker, trap.url("loot"), name="grab"))
+    wait_condition(control_plane, "gitprovider", attacker, "grab", "Ready", "False", daemon=daemon)
+    assert trap.requests, "the daemon never contacted the attacker's server"
+    assert trap.credentials_received == []
+    assert daemon_secret_accesses(control_plane, namespace, VICTIM_TOKEN) == []
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "still-here")
+
+
+def test_same_repository_respelled_from_another_namespace_is_a_conflict(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+) -> None:
+    """A credential-less provider naming the victim's repository with a trailing ``/`` gets
+    ``Conflict``; it neither pushes with the victim's credentials nor stops the victim."""
+    before = [entry.sha for entry in history(victim.path)]
+    apply(control_plane, *mirror_setup(attacker, victim.url + "/", path="attacker", name="grab"))
+    validated = wait_target_refused(control_plane, attacker, "grab", "Conflict")
+    assert f"{namespace}/mirror" in validated["message"]
+    apply(control_plane, configmap(attacker, "planted"))
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "during-attack")
+    delete_mirror_resources(control_plane, attacker)
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "after-attack")
+    after = [entry.sha for entry in history(victim.path)]
+    assert after[-len(before) :] == before  # the victim's history is kept, only extended
+    assert_only_victim_files(victim, namespace)
+
+
+def test_local_repository_urls_are_refused_without_the_flag(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+) -> None:
+    before = [entry.sha for entry in history(victim.path)]
+    for name, url in (("by-url", f"file://{victim.path}"), ("by-path", str(victim.path))):
+        apply(control_plane, *mirror_setup(attacker, url, path="attacker", name=name))
+        ready = wait_condition(
+            control_plane, "gitprovider", attacker, name, "Ready", "False", "LocalRemoteNotAllowed"
+        )
+        assert "--allow-local-remotes" in ready["message"]
+    apply(control_plane, configmap(attacker, "planted"))
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "after-attack")
+    assert set(before) <= {entry.sha for entry in history(victim.path)}
+    assert_only_victim_files(victim, namespace)
+
+
+def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
+    control_plane: ControlPlane,
+    namespace: str,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    attacker: str,
+    tmp_path: Path,
+) -> None:
+    """The demo and tests allow local remotes; even then no URL may point into the state dir
+    (the journal and every target's clone), while a local bare repository elsewhere works."""
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--allow-local-remotes"])
+    local = git_http.create_bare_repo(git_repo_name)
+    apply(control_plane, *mirror_setup(namespace, f"file://{local}"))
+    try:
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        clones = tmp_path / "state" / "repos"
+        clone = next(clones.iterdir())
+        apply(control_plane, *mirror_setup(attacker, str(clone), path="attacker", name="grab"))
+        ready = wait_condition(
+            control_plane,
+            "gitprovider",
+            attacker,
+            "grab",
+            "Ready",
+            "False",
+            "LocalRemoteNotAllowed",
+        )
+        assert "state directory" in ready["message"]
+        apply(control_plane, configmap(namespace, "local-ok"))
+        wait_for_subjects(local, daemon, f"[CREATE] v1/configmaps/{namespace}/local-ok")
+    finally:
+        daemon.ensure_stopped()
+
+
+def test_pathological_branch_glob_does_not_slow_the_daemon(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+) -> None:
+    provider = git_provider(attacker, "slow", trap.url("slow"), branches=["a*" * 100 + "b"])
+    target = git_target(attacker, "slow", "slow", "x", branch="a" * 250)
+    apply(control_plane, provider, target)
+    started = time.monotonic()
+    while time.monotonic() - started < ATTACK_WINDOW_S:
+        asked = time.monotonic()
+        assert daemon.get("/healthz") is not None
+        assert time.monotonic() - asked < HEALTHZ_BUDGET_S
+        time.sleep(0.2)
+    wait_target_refused(control_plane, attacker, "slow", "BranchNotAllowed")
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "not-slowed")
+
+
+def test_password_in_a_url_is_masked_in_status_logs_and_metrics(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+) -> None:
+    secret_word = "hunter2-url-password"
+    url = trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
+    apply(control_plane, *mirror_setup(attacker, url, name="masked"))
+    ready = wait_condition(
+        control_plane, "gitprovider", attacker, "masked", "Ready", "False", daemon=daemon
+    )
+    time.sleep(ATTACK_WINDOW_S)
+    shown = [
+        json.dumps(ready),
+        control_plane.kubectl("get", "gittargets,gitproviders", "-n", attacker, "-o", "json"),
+        json.dumps(daemon.status()),
+        (daemon.get("/") or b"").decode(),
+        (daemon.get("/metrics") or b"").decode(),
+        daemon.log_path.read_text(errors="replace"),
+    ]
+    for text in shown:
+        assert secret_word not in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "spec_change", "condition", "reason"),
+    [
+        ("gitprovider", "ftp", {"url": "ftp://127.0.0.1/repo.git"}, "Ready", "InvalidURL"),
+        ("gitprovider", "glob", {"allowedBranches": ["[main"]}, "Ready", "InvalidSpec"),
+        ("gittarget", "dotdot", {"path": "../victim"}, "Validated", "InvalidPath"),
+        ("gittarget", "dotgit", {"path": "a/.Git/hooks"}, "Validated", "InvalidPath"),
+        ("gittarget", "branch", {"branch": "a..b"}, "Validated", "InvalidBranch"),
+        ("gittarget", "other", {"branch": "release"}, "Validated", "BranchNotAllowed"),
+    ],
+)
+def test_object_the_schema_admits_still_gets_its_condition(
+    control_plane: ControlPlane,
+    namespace: str,
+    victim: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+    kind: str,
+    name: str,
+    spec_change: dict[str, Any],
+    condition: str,
+    reason: str,
+) -> None:
+    provider, target, rule = mirror_setup(attacker, trap.url(name), name=name)
+    (provider if kind == "gitprovider" else target)["spec"].update(spec_change)
+    apply(control_plane, provider, target, rule)
+    wait_condition(control_plane, kind, attacker, name, condition, "False", reason, daemon=daemon)
+    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, f"beside-{name}")
