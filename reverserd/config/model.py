@@ -413,7 +413,10 @@ def parse_target(body: Mapping[str, Any]) -> Target:
     branch = _text(spec.get("branch"), "spec.branch", MAX_BRANCH_CHARS)
     raw_path = spec.get("path")
     if isinstance(raw_path, str) and _CONTROL.search(raw_path):
-        raise ConfigError("InvalidPath", "spec.path contains a control character")
+        raise ConfigError(
+            "InvalidPath",
+            f"spec.path {raw_path[:MAX_TARGET_PATH_CHARS]!r} contains a control character",
+        )
     path = normalize_target_path(_text(raw_path, "spec.path", MAX_TARGET_PATH_CHARS))
     encryption = _mapping(spec.get("encryption"), "spec.encryption")
     _ref_name(

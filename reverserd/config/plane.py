@@ -287,7 +287,8 @@ def resolve(
         # Encryption gates readiness only when it was asked for: without it, Secrets are
         # skipped (and the condition says so) while everything else is mirrored.
         ready_gates = [g for g in gates if g is not encryption or target.encryption]
-        want(TARGETS, body, [ready_from(ready_gates), *gates], _target_fields(progress))
+        fields = {"path": target.path, **_target_fields(progress)}
+        want(TARGETS, body, [ready_from(ready_gates), *gates], fields)
 
     for rtype, body, rule_or_error in rule_bodies:
         if isinstance(rule_or_error, ConfigError):

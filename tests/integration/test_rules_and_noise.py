@@ -40,6 +40,7 @@ from testbed.harness import (
     kubectl_json,
     merge_patch,
     patch_many,
+    resource_status,
     subjects,
     tree,
     wait_condition,
@@ -1157,11 +1158,11 @@ def test_invalid_target_paths_are_refused_and_nothing_is_written(
     cms = [{"resources": ["configmaps"]}]
     invalid = {
         "parent": "../x",
-        "absolute": "/abs",
         "inner-parent": "x/../y",
-        "empty-segment": "a//b",
         "git-dir": "a/.git/b",
+        "git-dir-upper": "a/.GIT",
         "backslash": "a\\b",
+        "control": "a\tb",
     }
     objects: list[dict[str, Any]] = [git_provider(namespace, "p", remote.url, secret=remote.secret)]
     for name, path in invalid.items():
@@ -1188,6 +1189,35 @@ def test_invalid_target_paths_are_refused_and_nothing_is_written(
         f"fine/v1/configmaps/{namespace}/app.yaml",
     ]
     assert subjects(remote.path) == ["reconcile: sync 1 resources"]
+
+
+def test_spellings_of_a_target_path_are_normalized_and_shown_in_status(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    """``/team``, ``./team``, ``team/`` and ``a//b`` name a folder as gitops-reverser read them."""
+    cms = [{"resources": ["configmaps"]}]
+    apply(
+        control_plane,
+        git_provider(namespace, "p", remote.url, secret=remote.secret),
+        git_target(namespace, "spelled", "p", "/./clusters//prod/"),
+        watch_rule(namespace, "spelled", "spelled", cms),
+        configmap(namespace, "app"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace, "spelled")
+    status = resource_status(control_plane, "gittarget", namespace, "spelled")
+    assert status["path"] == "clusters/prod"
+    assert get_object(control_plane, "gittarget", namespace, "spelled")["spec"]["path"] == (
+        "/./clusters//prod/"
+    )
+    wait_until(lambda: subjects(remote.path) == ["reconcile: sync 1 resources"], 15)
+    assert sorted(tree(remote.path)) == [
+        f"clusters/prod/{README}",
+        f"clusters/prod/v1/configmaps/{namespace}/app.yaml",
+    ]
 
 
 def test_second_target_on_the_same_or_a_nested_folder_is_refused_with_conflict(

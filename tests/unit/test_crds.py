@@ -109,6 +109,7 @@ KINDS: dict[str, dict[str, Any]] = {
             ),
             **_status(
                 {
+                    "path": "string",
                     "lastCommit": "string",
                     "lastPushTime": "string",
                     "lastReconcileTime": "string",
