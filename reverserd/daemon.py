@@ -30,6 +30,7 @@ from reverserd.config.model import UrlPolicy
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
+from reverserd.git import redact
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
@@ -201,7 +202,7 @@ class Daemon:
                     "seed_state": row.seed_state.value,
                     "resource_version": row.resource_version,
                     "relists": row.relists,
-                    "last_error": watcher.last_error if watcher else None,
+                    "last_error": _masked(watcher.last_error if watcher else None),
                 }
             )
         cursors = {row.target: row for row in await self.reader.cursors()}
@@ -218,7 +219,7 @@ class Daemon:
                     "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
                     "last_commit": progress.last_commit,
                     "last_push": progress.last_push_time,
-                    "last_error": progress.last_error or self.targets.remote_error(key),
+                    "last_error": _masked(progress.last_error or self.targets.remote_error(key)),
                     "secrets_skipped": progress.secrets_skipped,
                 }
             )
@@ -230,3 +231,8 @@ class Daemon:
             "targets": targets,
             "watches": streams,
         }
+
+
+def _masked(error: str | None) -> str | None:
+    """An error for /status and /: any URL in it with its password masked."""
+    return None if error is None else redact(error)

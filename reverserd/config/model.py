@@ -324,19 +324,21 @@ def check_url(url: str, policy: UrlPolicy) -> None:
     if not policy.allow_local:
         raise ConfigError(
             "LocalRemoteNotAllowed",
-            f"spec.url {url!r} is a local repository; this reverserd accepts only network"
+            f"spec.url {mask_url(url)!r} is a local repository; this reverserd accepts only network"
             " remotes (https, http, ssh), unless its operator starts it with"
             " --allow-local-remotes",
         )
     if not path.is_absolute():
-        raise ConfigError("InvalidURL", f"spec.url {url!r}: a local path must be absolute")
+        raise ConfigError(
+            "InvalidURL", f"spec.url {mask_url(url)!r}: a local path must be absolute"
+        )
     if policy.state_dir is not None:
         resolved = Path(os.path.realpath(path))
         state = Path(os.path.realpath(policy.state_dir))
         if resolved == state or state in resolved.parents or resolved in state.parents:
             raise ConfigError(
                 "LocalRemoteNotAllowed",
-                f"spec.url {url!r} points into reverserd's own state directory",
+                f"spec.url {mask_url(url)!r} points into reverserd's own state directory",
             )
 
 

@@ -9,6 +9,8 @@ keep working.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +32,7 @@ from reverserd.git.urls import normalize_url
 from reverserd.journal import EventKind, JournalEvent
 from reverserd.kube.paths import InvalidName, api_path, secret_path
 from reverserd.kube.resources import ResourceType
+from reverserd.logs import JsonFormatter, TextFormatter
 from reverserd.manifest.layout import UnsafePath, object_path
 from reverserd.targets.planning import commit_message
 
@@ -428,3 +431,20 @@ def test_names_with_control_characters_cannot_add_commit_message_lines() -> None
         "[CREATE] rbac.authorization.k8s.io/v1/clusterroles/"
         "reader\\u000auser: system:admin\\u000d\\u000ajournal-seq: 999999"
     )
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter("%(message)s")])
+def test_log_lines_never_show_a_url_password(formatter: logging.Formatter) -> None:
+    try:
+        raise RuntimeError("clone of https://ci:tok3n@git.example.com/r failed")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "reverserd", logging.WARNING, __file__, 1, "push to %s failed", ("x",), sys.exc_info()
+        )
+    record.msg = "push to https://ci:s3cret@git.example.com/r failed"
+    record.args = None
+    record.remote = "https://ci:extra-s3cret@git.example.com/r"
+    line = formatter.format(record)
+    for secret_text in ("s3cret", "tok3n", "extra-s3cret"):
+        assert secret_text not in line
+    assert "https://ci:***@git.example.com/r" in line
