@@ -362,3 +362,52 @@ def test_object_the_schema_admits_still_gets_its_condition(
     apply(control_plane, provider, target, rule)
     wait_condition(control_plane, kind, attacker, name, condition, "False", reason, daemon=daemon)
     assert_victim_still_mirrors(control_plane, victim, daemon, namespace, f"beside-{name}")
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "namespace"),
+    [
+        ("get", "nodes/proxy", None),
+        ("get", "services/proxy", "default"),
+        ("get", "pods/log", "default"),
+        ("get", "pods/exec", "default"),
+        ("create", "pods/exec", "default"),
+        ("get", "configmaps", "default"),
+        ("update", "secrets", "default"),
+        ("delete", "secrets", "default"),
+        ("update", "gittargets.configbutler.ai", "default"),
+        ("create", "leases.coordination.k8s.io", "kube-system"),
+        ("create", "events", "default"),
+    ],
+)
+def test_daemon_identity_cannot(
+    control_plane: ControlPlane, verb: str, resource: str, namespace: str | None
+) -> None:
+    """What the daemon's own credentials are refused, asked of the API server itself."""
+    scope = ["-n", namespace] if namespace else []
+    assert can_i(control_plane, verb, resource, *scope) == "no"
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource"),
+    [
+        ("list", "configmaps"),
+        ("watch", "nodes"),
+        ("get", "secrets"),
+        ("patch", "gittargets.configbutler.ai/status"),
+    ],
+)
+def test_daemon_identity_can_what_it_uses(
+    control_plane: ControlPlane, verb: str, resource: str
+) -> None:
+    assert can_i(control_plane, verb, resource, "-n", "default") == "yes"
+
+
+def can_i(plane: ControlPlane, verb: str, resource: str, *scope: str) -> str:
+    """The API server's answer whether the daemon may ``verb`` ``resource[/subresource]``."""
+    kind, _, subresource = resource.partition("/")
+    extra = [f"--subresource={subresource}"] if subresource else []
+    answer = plane.kubectl(
+        "auth", "can-i", verb, kind, *extra, f"--as={DAEMON_USER}", *scope, check=False
+    )
+    return answer.strip()
