@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import time
@@ -22,6 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 # A readiness answer may rely on an API server contact this recent; older ones are re-probed.
 API_FRESHNESS_S = 10.0
+# /status and / read the journal (counts, per-target lag): requests within this long of each
+# other share one computation, so no caller can make the daemon do more than one a second.
+STATUS_CACHE_S = 1.0
 
 
 @dataclass
@@ -36,6 +40,15 @@ class Surface:
 
 def build_app(surface: Surface) -> web.Application:
     api_checked = {"at": 0.0, "ok": False}
+    computed: dict[str, Any] = {"at": 0.0, "task": None}
+
+    async def current_status() -> dict[str, Any]:
+        task: asyncio.Task[dict[str, Any]] | None = computed["task"]
+        stale = time.monotonic() - computed["at"] > STATUS_CACHE_S
+        if task is None or (task.done() and stale):
+            computed["at"] = time.monotonic()
+            task = computed["task"] = asyncio.ensure_future(surface.status())
+        return await asyncio.shield(task)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -59,10 +72,10 @@ def build_app(surface: Surface) -> web.Application:
         return response
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(await surface.status(), dumps=lambda v: json.dumps(v, indent=2))
+        return web.json_response(await current_status(), dumps=lambda v: json.dumps(v, indent=2))
 
     async def page(_: web.Request) -> web.Response:
-        return web.Response(text=render_page(await surface.status()), content_type="text/html")
+        return web.Response(text=render_page(await current_status()), content_type="text/html")
 
     app = web.Application()
     app.add_routes(
