@@ -813,3 +813,20 @@ def test_network_policy_admits_only_the_named_scrapers(helm: Path) -> None:
     (rule,) = opened["spec"]["ingress"]
     assert rule["from"] == [{"namespaceSelector": json.loads(selector)}]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_python_dependencies_come_from_the_hashed_lock_file() -> None:
+    lock = (PACKAGING / "requirements.lock").read_text()
+    blocks = re.findall(r"^([A-Za-z0-9_.-]+)==\S+ \\\n((?:    .*\n)+)", lock, re.MULTILINE)
+    assert len(blocks) == len(re.findall(r"^[A-Za-z0-9_.-]+==", lock, re.MULTILINE)) > 0
+    for name, body in blocks:
+        assert "--hash=sha256:" in body, f"{name} has no hash"
+    pinned = {name.lower() for name, _ in blocks}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0].lower()
+        assert name in pinned, f"{name} is not in the lock file"
+    assert "setuptools" in pinned  # reverserd is built without build isolation
+    steps = [" ".join(words) for name, words in dockerfile_instructions() if name == "RUN"]
+    assert any("--require-hashes -r requirements.lock" in step for step in steps)
+    assert any("--no-deps --no-build-isolation ." in step for step in steps)
