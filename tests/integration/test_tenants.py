@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ from testbed.harness import (
     wait_target_refused,
 )
 from testbed.manifests import (
-    configbutler_resource,
     configmap,
     git_provider,
     git_target,
@@ -93,19 +93,59 @@ def attacker(control_plane: ControlPlane) -> Iterator[str]:
     delete_mirror_resources(control_plane, name)
 
 
+@dataclass
+class Scene:
+    """A victim namespace mirroring into its repository, and an attacker's namespace and server."""
+
+    plane: ControlPlane
+    victim: str
+    remote: Remote
+    daemon: Reverserd
+    attacker: str
+    trap: CredentialTrap
+    before: list[str] = field(default_factory=list)
+    """The victim's history before the attack."""
+
+    def assert_unharmed(self, name: str) -> None:
+        """Whatever the attacker tried: the victim's Secret was never touched, no credential
+        reached the attacker's server, the victim's history and folder are intact, and its
+        mirror still works (a new ConfigMap ``name`` arrives as its own commit)."""
+        apply(self.plane, configmap(self.attacker, f"planted-{name}"))
+        apply(self.plane, configmap(self.victim, name))
+        wait_for_subjects(
+            self.remote.path, self.daemon, f"[CREATE] v1/configmaps/{self.victim}/{name}"
+        )
+        assert self.daemon.get("/healthz") is not None
+        assert daemon_secret_accesses(self.plane, self.victim, VICTIM_TOKEN) == []
+        assert self.trap.credentials_received == []
+        assert set(self.before) <= {entry.sha for entry in history(self.remote.path)}
+        for path in tree(self.remote.path):
+            assert path.startswith("live-cluster/"), path
+            if path.startswith("live-cluster/v1/configmaps/"):
+                assert path.split("/")[3] == self.victim, path
+
+
 @pytest.fixture
-def victim(
-    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
-) -> Remote:
-    """A working mirror of ``namespace`` into ``remote``, synced, plus a Secret it never uses."""
+def scene(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+) -> Scene:
+    """The victim's working mirror, synced, with a Secret it never uses, before any attack."""
     apply(
         control_plane,
         secret(namespace, VICTIM_TOKEN, {"username": "ci", "password": VICTIM_PASSWORD}),
+        *mirror_setup(namespace, remote.url, secret=remote.secret),
     )
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
     wait_synced(control_plane, namespace, daemon=daemon)
-    return remote
+    apply(control_plane, configmap(namespace, "before-attack"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/before-attack")
+    before = [entry.sha for entry in history(remote.path)]
+    return Scene(control_plane, namespace, remote, daemon, attacker, trap, before)
 
 
 def daemon_secret_accesses(plane: ControlPlane, namespace: str, name: str) -> list[str]:
@@ -125,20 +165,24 @@ def daemon_secret_accesses(plane: ControlPlane, namespace: str, name: str) -> li
     return verbs
 
 
-def assert_victim_still_mirrors(
-    plane: ControlPlane, victim: Remote, daemon: Reverserd, namespace: str, name: str
-) -> None:
-    """The victim's mirror keeps working: a new ConfigMap arrives as its own commit."""
-    apply(plane, configmap(namespace, name))
-    wait_for_subjects(victim.path, daemon, f"[CREATE] v1/configmaps/{namespace}/{name}")
-    assert daemon.get("/healthz") is not None
-
-
-def assert_only_victim_files(victim: Remote, namespace: str) -> None:
-    for path in tree(victim.path):
-        assert path.startswith("live-cluster/"), path
-        if path.startswith("live-cluster/v1/configmaps/"):
-            assert path.split("/")[3] == namespace, path
+def hostile_reference(field: str, scene: Scene) -> dict[str, Any]:
+    """A custom resource of the attacker whose ``field`` climbs into the victim's namespace."""
+    victim, attacker = scene.victim, scene.attacker
+    climb = f"../../{victim}/secrets/{VICTIM_TOKEN}"
+    if field == "provider secretRef":
+        return git_provider(attacker, "grab", scene.trap.url("loot"), secret=climb)
+    if field == "target providerRef":
+        return git_target(attacker, "grab", f"../../{victim}/gitproviders/mirror", "x")
+    if field == "rule targetRef":
+        rules = [{"resources": ["configmaps"]}]
+        return watch_rule(attacker, "grab", f"../../{victim}/gittargets/mirror", rules)
+    target = git_target(attacker, "grab", "grab", "x")
+    target["spec"]["encryption"] = {
+        "provider": "sops",
+        "secretRef": {"name": climb},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+    }
+    return target
 
 
 @pytest.mark.parametrize(
@@ -146,107 +190,54 @@ def assert_only_victim_files(victim: Remote, namespace: str) -> None:
     ["provider secretRef", "target providerRef", "encryption secretRef", "rule targetRef"],
 )
 def test_reference_climbing_into_another_namespace_is_refused_and_reads_nothing(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-    trap: CredentialTrap,
-    field: str,
+    scene: Scene, field: str
 ) -> None:
-    climb = f"../../{namespace}/secrets/{VICTIM_TOKEN}"
-    hostile = {
-        "provider secretRef": git_provider(attacker, "grab", trap.url("loot"), secret=climb),
-        "target providerRef": git_target(
-            attacker, "grab", f"../../{namespace}/gitproviders/mirror", "x"
-        ),
-        "encryption secretRef": configbutler_resource(
-            "GitTarget",
-            "grab",
-            attacker,
-            {
-                "providerRef": {"name": "grab"},
-                "branch": "main",
-                "path": "x",
-                "encryption": {
-                    "provider": "sops",
-                    "secretRef": {"name": climb},
-                    "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
-                },
-            },
-        ),
-        "rule targetRef": watch_rule(
-            attacker,
-            "grab",
-            f"../../{namespace}/gittargets/mirror",
-            [{"resources": ["configmaps"]}],
-        ),
-    }[field]
-    refused = control_plane.kubectl("apply", "-f", "-", stdin=json.dumps(hostile), check=False)
-    assert refused == ""  # nothing was created
+    hostile = hostile_reference(field, scene)
+    with pytest.raises(RuntimeError, match="should match"):
+        scene.plane.kubectl("apply", "-f", "-", stdin=json.dumps(hostile))
     time.sleep(ATTACK_WINDOW_S)
-    assert daemon_secret_accesses(control_plane, namespace, VICTIM_TOKEN) == []
-    assert trap.credentials_received == []
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "after-attack")
-    assert_only_victim_files(victim, namespace)
+    scene.assert_unharmed("after-climb")
 
 
-def test_attacker_server_never_receives_a_credential(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-    trap: CredentialTrap,
-) -> None:
+def test_attacker_server_never_receives_a_credential(scene: Scene) -> None:
     """A provider of the attacker's own, pointing at the attacker's server, gets no password."""
-    apply(control_plane, *mirror_setup(attacker, trap.url("loot"), name="grab"))
-    wait_condition(control_plane, "gitprovider", attacker, "grab", "Ready", "False", daemon=daemon)
-    assert trap.requests, "the daemon never contacted the attacker's server"
-    assert trap.credentials_received == []
-    assert daemon_secret_accesses(control_plane, namespace, VICTIM_TOKEN) == []
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "still-here")
+    apply(scene.plane, *mirror_setup(scene.attacker, scene.trap.url("loot"), name="grab"))
+    wait_condition(scene.plane, "gitprovider", scene.attacker, "grab", "Ready", "False")
+    assert scene.trap.requests, "the daemon never contacted the attacker's server"
+    scene.assert_unharmed("still-here")
 
 
-def test_same_repository_respelled_from_another_namespace_is_a_conflict(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-) -> None:
+def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: Scene) -> None:
     """A credential-less provider naming the victim's repository with a trailing ``/`` gets
-    ``Conflict``; it neither pushes with the victim's credentials nor stops the victim."""
-    before = [entry.sha for entry in history(victim.path)]
-    apply(control_plane, *mirror_setup(attacker, victim.url + "/", path="attacker", name="grab"))
-    validated = wait_target_refused(control_plane, attacker, "grab", "Conflict")
-    assert f"{namespace}/mirror" in validated["message"]
-    apply(control_plane, configmap(attacker, "planted"))
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "during-attack")
-    delete_mirror_resources(control_plane, attacker)
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "after-attack")
-    assert set(before) <= {entry.sha for entry in history(victim.path)}
-    assert_only_victim_files(victim, namespace)
+    ``Conflict``; it neither pushes with the victim's credentials nor stops the victim, during
+    the attack or after the attacker's resources are gone."""
+    respelled = scene.remote.url + "/"
+    apply(scene.plane, *mirror_setup(scene.attacker, respelled, path="attacker", name="grab"))
+    validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
+    assert f"{scene.victim}/mirror" in validated["message"]
+    scene.assert_unharmed("during-attack")
+    delete_mirror_resources(scene.plane, scene.attacker)
+    scene.assert_unharmed("after-attack")
 
 
-def test_local_repository_urls_are_refused_without_the_flag(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-) -> None:
-    before = [entry.sha for entry in history(victim.path)]
-    for name, url in (("by-url", f"file://{victim.path}"), ("by-path", str(victim.path))):
-        apply(control_plane, *mirror_setup(attacker, url, path="attacker", name=name))
-        ready = wait_condition(
-            control_plane, "gitprovider", attacker, name, "Ready", "False", "LocalRemoteNotAllowed"
-        )
-        assert "--allow-local-remotes" in ready["message"]
-    apply(control_plane, configmap(attacker, "planted"))
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "after-attack")
-    assert set(before) <= {entry.sha for entry in history(victim.path)}
-    assert_only_victim_files(victim, namespace)
+@pytest.mark.parametrize("spelling", ["file URL", "plain path"])
+def test_local_repository_urls_are_refused_without_the_flag(scene: Scene, spelling: str) -> None:
+    """The victim's bare repository is on the daemon's machine: a tenant naming its path would
+    get commits into it without any credential, were local remotes allowed."""
+    path = scene.remote.path
+    url = f"file://{path}" if spelling == "file URL" else str(path)
+    apply(scene.plane, *mirror_setup(scene.attacker, url, path="attacker", name="grab"))
+    ready = wait_condition(
+        scene.plane,
+        "gitprovider",
+        scene.attacker,
+        "grab",
+        "Ready",
+        "False",
+        "LocalRemoteNotAllowed",
+    )
+    assert "--allow-local-remotes" in ready["message"]
+    scene.assert_unharmed("after-local")
 
 
 def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
@@ -257,16 +248,15 @@ def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
     attacker: str,
     tmp_path: Path,
 ) -> None:
-    """The demo and tests allow local remotes; even then no URL may point into the state dir
-    (the journal and every target's clone), while a local bare repository elsewhere works."""
+    """The demo and tests may allow local remotes; even then no URL may point into the state
+    dir (the journal and every target's clone), while a local bare repository elsewhere works."""
     daemon = Reverserd(control_plane, tmp_path / "state", ["--allow-local-remotes"])
     local = git_http.create_bare_repo(git_repo_name)
     apply(control_plane, *mirror_setup(namespace, f"file://{local}"))
     try:
         daemon.start()
         wait_synced(control_plane, namespace, daemon=daemon)
-        clones = tmp_path / "state" / "repos"
-        clone = next(clones.iterdir())
+        clone = next((tmp_path / "state" / "repos").iterdir())
         apply(control_plane, *mirror_setup(attacker, str(clone), path="attacker", name="grab"))
         ready = wait_condition(
             control_plane,
@@ -284,50 +274,34 @@ def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
         daemon.ensure_stopped()
 
 
-def test_pathological_branch_glob_does_not_slow_the_daemon(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-    trap: CredentialTrap,
-) -> None:
-    provider = git_provider(attacker, "slow", trap.url("slow"), branches=["a*" * 100 + "b"])
-    target = git_target(attacker, "slow", "slow", "x", branch="a" * 250)
-    apply(control_plane, provider, target)
+def test_pathological_branch_glob_does_not_slow_the_daemon(scene: Scene) -> None:
+    url = scene.trap.url("slow")
+    provider = git_provider(scene.attacker, "slow", url, branches=["a*" * 100 + "b"])
+    target = git_target(scene.attacker, "slow", "slow", "x", branch="a" * 250)
+    apply(scene.plane, provider, target)
     started = time.monotonic()
     while time.monotonic() - started < ATTACK_WINDOW_S:
         asked = time.monotonic()
-        assert daemon.get("/healthz") is not None
+        assert scene.daemon.get("/healthz") is not None
         assert time.monotonic() - asked < HEALTHZ_BUDGET_S
         time.sleep(0.2)
-    wait_target_refused(control_plane, attacker, "slow", "BranchNotAllowed")
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, "not-slowed")
+    wait_target_refused(scene.plane, scene.attacker, "slow", "BranchNotAllowed")
+    scene.assert_unharmed("not-slowed")
 
 
-def test_password_in_a_url_is_masked_in_status_logs_and_metrics(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-    trap: CredentialTrap,
-) -> None:
+def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) -> None:
     secret_word = "hunter2-url-password"
-    url = trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
-    apply(control_plane, *mirror_setup(attacker, url, name="masked"))
-    ready = wait_condition(
-        control_plane, "gitprovider", attacker, "masked", "Ready", "False", daemon=daemon
-    )
+    url = scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
+    apply(scene.plane, *mirror_setup(scene.attacker, url, name="masked"))
+    wait_condition(scene.plane, "gitprovider", scene.attacker, "masked", "Ready", "False")
     time.sleep(ATTACK_WINDOW_S)
     shown = [
-        json.dumps(ready),
-        json.dumps(resource_status(control_plane, "gitprovider", attacker, "masked")),
-        json.dumps(resource_status(control_plane, "gittarget", attacker, "masked")),
-        json.dumps(daemon.status()),
-        (daemon.get("/") or b"").decode(),
-        (daemon.get("/metrics") or b"").decode(),
-        daemon.log_path.read_text(errors="replace"),
+        json.dumps(resource_status(scene.plane, "gitprovider", scene.attacker, "masked")),
+        json.dumps(resource_status(scene.plane, "gittarget", scene.attacker, "masked")),
+        json.dumps(scene.daemon.status()),
+        (scene.daemon.get("/") or b"").decode(),
+        (scene.daemon.get("/metrics") or b"").decode(),
+        scene.daemon.log_path.read_text(errors="replace"),
     ]
     for text in shown:
         assert secret_word not in text
@@ -345,23 +319,18 @@ def test_password_in_a_url_is_masked_in_status_logs_and_metrics(
     ],
 )
 def test_object_the_schema_admits_still_gets_its_condition(
-    control_plane: ControlPlane,
-    namespace: str,
-    victim: Remote,
-    daemon: Reverserd,
-    attacker: str,
-    trap: CredentialTrap,
+    scene: Scene,
     kind: str,
     name: str,
     spec_change: dict[str, Any],
     condition: str,
     reason: str,
 ) -> None:
-    provider, target, rule = mirror_setup(attacker, trap.url(name), name=name)
+    provider, target, rule = mirror_setup(scene.attacker, scene.trap.url(name), name=name)
     (provider if kind == "gitprovider" else target)["spec"].update(spec_change)
-    apply(control_plane, provider, target, rule)
-    wait_condition(control_plane, kind, attacker, name, condition, "False", reason, daemon=daemon)
-    assert_victim_still_mirrors(control_plane, victim, daemon, namespace, f"beside-{name}")
+    apply(scene.plane, provider, target, rule)
+    wait_condition(scene.plane, kind, scene.attacker, name, condition, "False", reason)
+    scene.assert_unharmed(f"beside-{name}")
 
 
 @pytest.mark.parametrize(
