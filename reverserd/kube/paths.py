@@ -10,6 +10,7 @@ joined: a segment can never add, remove or climb a path level (SPEC 2, DESIGN in
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import quote
 
@@ -38,19 +39,20 @@ def is_dns_subdomain(name: str) -> bool:
 
 
 def check_namespace(name: str, field: str = "namespace") -> str:
-    if not is_dns_label(name):
-        raise InvalidName(
-            f"{field} {_shown(name)} is not a valid namespace name (lower-case letters, digits"
-            f" and '-', at most {DNS_LABEL_MAX} characters)"
-        )
-    return name
+    return _checked(name, field, is_dns_label, "namespace name", "", DNS_LABEL_MAX)
 
 
 def check_name(name: str, field: str = "name") -> str:
-    if not is_dns_subdomain(name):
+    return _checked(name, field, is_dns_subdomain, "Kubernetes name", " '.',", DNS_SUBDOMAIN_MAX)
+
+
+def _checked(
+    name: str, field: str, valid: Callable[[str], bool], what: str, extra: str, limit: int
+) -> str:
+    if not valid(name):
         raise InvalidName(
-            f"{field} {_shown(name)} is not a valid Kubernetes name (lower-case letters, digits,"
-            f" '-' and '.', at most {DNS_SUBDOMAIN_MAX} characters)"
+            f"{field} {_shown(name)} is not a valid {what} (lower-case letters, digits,"
+            f"{extra} '-', at most {limit} characters)"
         )
     return name
 
