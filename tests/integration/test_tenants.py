@@ -10,6 +10,7 @@ healthy.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from testbed.harness import (
     wait_target_refused,
 )
 from testbed.manifests import (
+    CONFIGBUTLER_API,
     configmap,
     git_provider,
     git_target,
@@ -43,7 +45,8 @@ from testbed.manifests import (
     secret,
     watch_rule,
 )
-from tests.conftest import Remote
+from tests.conftest import Cleanup, Remote
+from tests.unit.test_hostile_config import CORPUS
 
 # Every access to a Secret, by anyone, with who and which; nothing else is audited.
 AUDIT_POLICY = """\
@@ -64,6 +67,8 @@ VICTIM_PASSWORD = "victim-password-8d1f"
 HEALTHZ_BUDGET_S = 1.0
 # How long an attack is given to do harm before the test checks that it did none.
 ATTACK_WINDOW_S = 4.0
+# Corpus objects the schema lets through, so that reverserd's own validation is what answers.
+MIN_ADMITTED_CORPUS = 15
 
 
 @pytest.fixture(scope="module")
@@ -380,3 +385,36 @@ def can_i(plane: ControlPlane, verb: str, resource: str, *scope: str) -> str:
         "auth", "can-i", verb, kind, *extra, f"--as={DAEMON_USER}", *scope, check=False
     )
     return answer.strip()
+
+
+def test_malformed_corpus_is_refused_by_the_schema_or_gets_its_condition(
+    control_plane: ControlPlane, namespace: str, daemon: Reverserd, cleanup: Cleanup
+) -> None:
+    """Every object of the malformed corpus, sent to the real API server: either the CRD schema
+    refuses it at admission, or reverserd gives it the condition the corpus names; the daemon
+    stays healthy throughout."""
+    apply(control_plane, git_provider(namespace, "repo", "https://git.example.com/team/repo"))
+    admitted: list[tuple[str, str, str, str, str]] = []
+    for index, (_, body, condition, reason) in enumerate(CORPUS):
+        manifest = copy.deepcopy(body)
+        name = f"corpus-{index}"
+        manifest["apiVersion"] = CONFIGBUTLER_API
+        manifest["metadata"] = {"name": name}
+        if body["kind"] == "ClusterWatchRule":
+            cleanup.cluster_objects.append(("clusterwatchrule", name))
+        else:
+            manifest["metadata"]["namespace"] = namespace
+        try:
+            control_plane.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+        except RuntimeError as refused:
+            assert "Invalid value" in str(refused) or "invalid" in str(refused), refused
+            continue
+        scope = "" if body["kind"] == "ClusterWatchRule" else namespace
+        admitted.append((body["kind"].lower(), scope, name, condition, reason))
+    assert len(admitted) >= MIN_ADMITTED_CORPUS
+    daemon.start()
+    for kind, scope, name, condition, reason in admitted:
+        wait_condition(
+            control_plane, kind, scope or None, name, condition, "False", reason, daemon=daemon
+        )
+    assert daemon.get("/healthz") is not None
