@@ -26,6 +26,7 @@ from testbed.gitservers import GitHttpServer
 from testbed.harness import (
     Reverserd,
     apply,
+    create_git_credentials,
     create_namespace,
     delete_mirror_resources,
     history,
@@ -67,6 +68,7 @@ VICTIM_PASSWORD = "victim-password-8d1f"
 HEALTHZ_BUDGET_S = 1.0
 # How long an attack is given to do harm before the test checks that it did none.
 ATTACK_WINDOW_S = 4.0
+RBAC_GROUP = "rbac.authorization.k8s.io"
 # Corpus objects the schema lets through, so that reverserd's own validation is what answers.
 MIN_ADMITTED_CORPUS = 15
 
@@ -151,6 +153,12 @@ def scene(
     wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/before-attack")
     before = [entry.sha for entry in history(remote.path)]
     return Scene(control_plane, namespace, remote, daemon, attacker, trap, before)
+
+
+def role(namespace: str, name: str) -> dict[str, Any]:
+    """An RBAC Role granting nothing: RBAC names may hold almost any character."""
+    metadata = {"name": name, "namespace": namespace}
+    return {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "Role", "metadata": metadata, "rules": []}
 
 
 def daemon_secret_accesses(plane: ControlPlane, namespace: str, name: str) -> list[str]:
@@ -310,6 +318,31 @@ def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) ->
     ]
     for text in shown:
         assert secret_word not in text
+
+
+def test_names_that_would_inject_commit_lines_or_reach_git_metadata_are_quarantined(
+    scene: Scene, git_http: GitHttpServer, git_repo_name: str
+) -> None:
+    """RBAC names may hold newlines and dots: a Role named ``reader\\nuser: system:admin``
+    would add a forged ``user:`` line to its commit, and ``.GIT`` would write into Git's own
+    metadata on a case-insensitive checkout. Both are quarantined; the Role next to them and
+    the victim's mirror flow on."""
+    own = git_http.create_bare_repo(f"{git_repo_name}-own")
+    secret = create_git_credentials(scene.plane, scene.attacker, git_http)
+    roles = [{"apiGroups": [RBAC_GROUP], "resources": ["roles"]}]
+    url = git_http.url(f"{git_repo_name}-own")
+    apply(scene.plane, *mirror_setup(scene.attacker, url, secret=secret, rules=roles, name="own"))
+    wait_synced(scene.plane, scene.attacker, "own", daemon=scene.daemon)
+    hostile = ["reader\nuser: system:admin", ".GIT", "tab\tname"]
+    apply(scene.plane, *(role(scene.attacker, name) for name in [*hostile, "normal"]))
+    normal = f"[CREATE] {RBAC_GROUP}/v1/roles/{scene.attacker}/normal"
+    wait_for_subjects(own, scene.daemon, normal)
+    held = wait_condition(scene.plane, "gittarget", scene.attacker, "own", "Quarantined", "True")
+    assert held["message"].startswith(f"{len(hostile)} object(s)"), held
+    for entry in history(own):
+        assert "system:admin" not in entry.subject + entry.body, entry
+    assert not any(".git" in path.lower() for path in tree(own)), tree(own)
+    scene.assert_unharmed("beside-injection")
 
 
 @pytest.mark.parametrize(
