@@ -3,9 +3,19 @@
 #
 # Stages: "sops" builds the sops binary from its Go module (pinned by module version; go install
 # verifies the module against the Go checksum database, so there is no checksum to maintain
-# here); "builder" installs reverserd and its dependencies into a virtual environment; the final
-# stage holds that environment, sops and git (reverserd runs `git gc` to maintain its clones)
-# on python:3.11-slim, and runs as the non-root user 65532.
+# here); "builder" installs reverserd's dependencies from packaging/requirements.lock (every
+# version pinned with its hashes, pip refuses anything else) and then reverserd itself into a
+# virtual environment; the final stage holds that environment, sops and git (reverserd runs
+# `git gc` to maintain its clones) on python:3.11-slim, and runs as the non-root user 65532.
+#
+# Base images: a tag can be moved to other content, a digest cannot. Pin both images by digest
+# for a release build, with the digest of the image you reviewed:
+#   docker buildx imagetools inspect python:3.11-slim    # prints "Digest: sha256:..."
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest> \
+#                --build-arg GO_IMAGE=golang:1.26@sha256:<digest> -t REGISTRY/reverserd:TAG .
+# The defaults below are tags only: this repository is built and tested where no registry is
+# reachable, so no digest here could have been looked up and checked, and a digest nobody
+# checked would only look like a pin.
 
 # The builder and the final stage must share one Python image: the venv links to its python.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -24,12 +34,16 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/reverserd
 WORKDIR /src
+COPY packaging/requirements.lock ./
+RUN /opt/reverserd/bin/pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY reverserd ./reverserd
 COPY migrations ./migrations
 # A regular (not editable) install: the package into site-packages, the migrations into
 # /opt/reverserd/share/reverserd/migrations, where an installed reverserd looks for them.
-RUN /opt/reverserd/bin/pip install . \
+# --no-deps and --no-build-isolation: everything it needs, setuptools included, came from the
+# lock file above; nothing unpinned is downloaded.
+RUN /opt/reverserd/bin/pip install --no-deps --no-build-isolation . \
  && test -f /opt/reverserd/share/reverserd/migrations/0001_journal.sql
 
 FROM ${PYTHON_IMAGE}

@@ -4,14 +4,16 @@ Sources (edit these):
 
 - ``packaging/crds/*.yaml``: the CustomResourceDefinitions;
 - ``packaging/rbac/clusterrole.yaml``: the daemon's cluster permissions;
+- ``packaging/rbac/secret-writer.yaml``: the Secret writes of ``generateWhenMissing``;
 - ``packaging/helm/reverserd/`` (templates, values.yaml): every other object.
 
 Generated (never edit by hand):
 
 - ``packaging/helm/reverserd/crds/*.yaml``: copies of ``packaging/crds`` (Helm installs CRDs
   only from a chart's own ``crds/`` folder);
-- ``packaging/helm/reverserd/files/clusterrole.yaml``: a copy of the RBAC source, whose rules
-  ``templates/clusterrole.yaml`` reads (a chart cannot read files outside its folder);
+- ``packaging/helm/reverserd/files/clusterrole.yaml`` and ``files/secret-writer.yaml``: copies of
+  the RBAC sources, whose rules the templates read (a chart cannot read files outside its
+  folder);
 - ``packaging/manifests/reverserd.yaml``: the Namespace, then ``helm template --include-crds``
   of the chart with its default values in that namespace, with the two labels that would
   claim Helm manages the objects removed.
@@ -35,9 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = Path("packaging")
 CRD_SOURCE = PACKAGING / "crds"
 RBAC_SOURCE = PACKAGING / "rbac" / "clusterrole.yaml"
+SECRET_WRITER_SOURCE = PACKAGING / "rbac" / "secret-writer.yaml"
 CHART = PACKAGING / "helm" / "reverserd"
 CHART_CRDS = CHART / "crds"
 CHART_RBAC = CHART / "files" / "clusterrole.yaml"
+CHART_SECRET_WRITER = CHART / "files" / "secret-writer.yaml"
 MANIFESTS = PACKAGING / "manifests" / "reverserd.yaml"
 
 # The plain manifests install into this namespace, under this release name (object names).
@@ -80,8 +84,8 @@ def copies(root: Path) -> dict[Path, str]:
         files[CHART_CRDS / crd.name] = COPY_HEADER.format(source=source) + crd.read_text()
     if not files:
         raise SystemExit(f"no CRDs in {root / CRD_SOURCE}")
-    rbac = root / RBAC_SOURCE
-    files[CHART_RBAC] = COPY_HEADER.format(source=RBAC_SOURCE) + rbac.read_text()
+    for source, copy in ((RBAC_SOURCE, CHART_RBAC), (SECRET_WRITER_SOURCE, CHART_SECRET_WRITER)):
+        files[copy] = COPY_HEADER.format(source=source) + (root / source).read_text()
     return files
 
 

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a Git connection may wait for the server before it is given up"
         f" (connect, and each read or write; default {GIT_IO_TIMEOUT_S:.0f})",
     )
+    git.add_argument(
+        "--allow-local-remotes",
+        action="store_true",
+        help="accept file:// URLs and local paths as GitProvider URLs (tests, demos); off"
+        " because a custom resource could otherwise point at any repository on this machine",
+    )
     secrets = run.add_argument_group("secrets")
     secrets.add_argument(
         "--sops-path", default=os.environ.get("REVERSERD_SOPS", "sops"), help="sops binary"
@@ -228,6 +234,7 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_election_namespace=arguments.leader_election_namespace,
         leader_election_id=arguments.leader_election_id,
         git_timeout_s=arguments.git_timeout,
+        allow_local_remotes=arguments.allow_local_remotes,
     )
     return asyncio.run(Daemon(options).run())
 

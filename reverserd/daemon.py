@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from reverserd import __version__
+from reverserd.config.model import UrlPolicy
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
@@ -79,6 +80,7 @@ class RunOptions:
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
     git_timeout_s: float = 60.0
+    allow_local_remotes: bool = False
 
 
 class _Shutdown(Exception):
@@ -100,7 +102,9 @@ class Daemon:
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
         journal.on_failure_changed = board.report_journal
-        plane = ConfigPlane(client, board)
+        plane = ConfigPlane(
+            client, board, UrlPolicy(options.allow_local_remotes, options.state_dir)
+        )
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
             client,

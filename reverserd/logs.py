@@ -3,6 +3,9 @@
 JSON keys: ``time`` (RFC 3339, UTC), ``level``, ``logger``, ``message``, plus any ``extra``
 fields a call site adds, and ``error`` with the exception text when there is one. A warning
 that repeats goes through a :class:`Throttle`, so a failure loop never floods the log.
+
+Every URL in a line has its password masked (SPEC 2.1), whatever the call site passed in: a
+message, an extra field or an exception raised deep in a library.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
+from reverserd.git.credentials import redact
+
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
@@ -24,14 +29,19 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                line[key] = value
+                line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info and record.exc_info[1] is not None:
-            line["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            line["error"] = redact(f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}")
         return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def configure(log_format: str, level: str = "INFO") -> None:
@@ -39,7 +49,7 @@ def configure(log_format: str, level: str = "INFO") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -47,6 +47,10 @@ from testbed.tools import REPO_ROOT, build_go_binaries, cache_root
 GOMOD_DIR = REPO_ROOT / "testbed" / "gomod"
 CRD_DIR = REPO_ROOT / "packaging" / "crds"
 RBAC_FILE = REPO_ROOT / "packaging" / "rbac" / "clusterrole.yaml"
+SECRET_WRITER_FILE = REPO_ROOT / "packaging" / "rbac" / "secret-writer.yaml"
+# Where the tests run leader election; the daemon may use Leases in this namespace only, as the
+# chart's Role allows in the release namespace.
+LEASE_NAMESPACE = "default"
 
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
@@ -192,6 +196,8 @@ class ControlPlane:
     workdir: Path
     audit_policy: Path | None = None
     audit_webhook_url: str | None = None
+    audit_log: Path | None = None
+    """With ``audit_policy``: also write the audit events as JSON lines to this file."""
     bin_dir: Path = field(default_factory=cache_dir)
     etcd_port: int = 0
     api_port: int = 0
@@ -291,15 +297,18 @@ class ControlPlane:
             f"--cert-dir={self.workdir / 'certs'}",
             f"--watch-cache-sizes={WATCH_CACHE_OFF_RESOURCE}#0",
         ]
+        if self.audit_policy is not None:
+            command.append(f"--audit-policy-file={self.audit_policy}")
         if self.audit_policy is not None and self.audit_webhook_url is not None:
             hook = self.workdir / "audit-webhook.kubeconfig"
             hook.write_text(_kubeconfig(self.audit_webhook_url, pki / "ca.crt", {}))
             command += [
-                f"--audit-policy-file={self.audit_policy}",
                 f"--audit-webhook-config-file={hook}",
                 "--audit-webhook-mode=batch",
                 "--audit-webhook-batch-max-wait=1s",
             ]
+        if self.audit_policy is not None and self.audit_log is not None:
+            command.append(f"--audit-log-path={self.audit_log}")
         self._spawn("kube-apiserver", command)
         self._wait_until("kube-apiserver", self._apiserver_ready)
 
@@ -389,12 +398,33 @@ class ControlPlane:
     def _install_project_resources(self) -> None:
         self.kubectl("apply", "-f", str(CRD_DIR))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-        self.kubectl("apply", "-f", str(RBAC_FILE))
+        # The tests use generateWhenMissing, so the daemon also gets the optional Secret writes.
+        for path in (RBAC_FILE, SECRET_WRITER_FILE):
+            self.kubectl("apply", "-f", str(path))
+        for role in ("reverserd", "reverserd-secret-writer"):
+            self.kubectl(
+                "create",
+                "clusterrolebinding",
+                f"{role}-testbed",
+                f"--clusterrole={role}",
+                f"--user={DAEMON_USER}",
+            )
         self.kubectl(
             "create",
-            "clusterrolebinding",
-            "reverserd-testbed",
-            "--clusterrole=reverserd",
+            "role",
+            "reverserd-leader-election",
+            "-n",
+            LEASE_NAMESPACE,
+            "--verb=get,create,update",
+            "--resource=leases.coordination.k8s.io",
+        )
+        self.kubectl(
+            "create",
+            "rolebinding",
+            "reverserd-leader-election",
+            "-n",
+            LEASE_NAMESPACE,
+            "--role=reverserd-leader-election",
             f"--user={DAEMON_USER}",
         )
 

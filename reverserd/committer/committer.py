@@ -57,6 +57,7 @@ from reverserd.git import (
     PushRejected,
     RemoteUnavailable,
 )
+from reverserd.git.urls import normalize_url
 from reverserd.journal import JournalWriter, ObjectKey
 from reverserd.metrics import (
     COMMIT_QUEUE,
@@ -616,7 +617,8 @@ def newest_per_target(commits: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 
 def committer_key(url: str, branch: str) -> str:
-    return f"{url.rstrip('/')}#{branch}"
+    """The writer's identity: the repository in its normal form (no credentials) and branch."""
+    return f"{normalize_url(url)}#{branch}"
 
 
 def clone_dir(state_dir: Path, key: str) -> Path:

@@ -15,13 +15,14 @@ from reverserd.committer.committer import ProviderProblem
 from reverserd.config.model import Provider
 from reverserd.git import GitCredentials
 from reverserd.kube.client import KubeClient, KubeError
+from reverserd.kube.paths import secret_path
 
 
 async def load_credentials(client: KubeClient, provider: Provider) -> GitCredentials:
     skip = provider.insecure_skip_host_key
     if not provider.secret_name:
         return GitCredentials(insecure_skip_host_key_check=skip)
-    path = f"/api/v1/namespaces/{provider.namespace}/secrets/{provider.secret_name}"
+    path = secret_path(provider.namespace, provider.secret_name)
     try:
         secret = await client.get(path)
     except KubeError as error:

@@ -8,14 +8,19 @@ Nothing is silently rewritten.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import pygit2
 
 from reverserd.config.rules import CompiledRule, RuleError, compile_rules
+from reverserd.git.credentials import mask_url
+from reverserd.git.urls import UnsupportedUrl, local_path, normalize_url
+from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
 from reverserd.manifest.layout import validate_target_path
 
 GROUP = "configbutler.ai"
@@ -25,6 +30,22 @@ DEFAULT_PUSH_INTERVAL_S = 5.0
 DEFAULT_PUSH_MAX_COMMITS = 20
 # The explicit opt-out of SSH host-key verification (SPEC 2.1): never the default.
 INSECURE_HOST_KEY_ANNOTATION = "configbutler.ai/insecure-skip-host-key-verification"
+
+# Bounds on what a custom resource may hold, the same as the CRD schema's (packaging/crds), so
+# an object stored before the schema had them is refused here as well.
+# Longer than any real clone URL, short enough that a status message can quote it.
+MAX_URL_CHARS: Final = 2048
+# Git has no limit on ref names, but a file system holds at most 255 bytes per name segment.
+MAX_BRANCH_CHARS: Final = 255
+MAX_BRANCH_PATTERN_CHARS: Final = 255
+MAX_TARGET_PATH_CHARS: Final = 1024
+MAX_DURATION_CHARS: Final = 32
+# Lists (allowedBranches, rules and each rule's fields): far more than any real configuration.
+MAX_LIST_ITEMS: Final = 100
+# More waiting commits than this are pushed anyway (one push carries at most a few hundred).
+MAX_PUSH_MAX_COMMITS: Final = 10_000
+# Control characters (C0, DEL, C1): never part of a URL, a branch or a folder name.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {
@@ -61,17 +82,139 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def branch_glob(pattern: str) -> re.Pattern[str]:
-    """``*`` matches within one path segment (it does not cross ``/``), ``?`` one character."""
-    parts = []
-    for char in pattern:
+@dataclass(frozen=True)
+class _CharClass:
+    negated: bool
+    ranges: tuple[tuple[str, str], ...]
+
+    def matches(self, char: str) -> bool:
+        return any(low <= char <= high for low, high in self.ranges) != self.negated
+
+
+# One step of a compiled glob: ANY_CHAR (``?``), ANY_RUN (``*``), a literal character (a
+# 1-tuple, so it never equals the two markers) or a class.
+_ANY_CHAR: Final = "?"
+_ANY_RUN: Final = "*"
+_GlobToken = str | tuple[str] | _CharClass
+
+
+@dataclass(frozen=True)
+class BranchGlob:
+    """A compiled ``allowedBranches`` pattern, matched in time linear in the branch name.
+
+    The syntax is Go's ``path.Match``, which gitops-reverser used: ``*`` is any run of
+    characters other than ``/``, ``?`` one character other than ``/``, ``[abc]``, ``[a-z]`` and
+    ``[^a-z]`` a class, ``\\`` escapes the next character. Matching simulates all positions of the
+    pattern at once (a set of states advanced per character), never backtracking, so no pattern
+    can make a match slow: the cost is at most pattern length times branch length.
+    """
+
+    pattern: str
+    tokens: tuple[_GlobToken, ...]
+
+    def matches(self, text: str) -> bool:
+        states = self._closure({0})
+        for char in text:
+            following: set[int] = set()
+            for index in states:
+                if index == len(self.tokens):
+                    continue
+                token = self.tokens[index]
+                if token == _ANY_RUN:
+                    if char != "/":
+                        following.add(index)
+                elif _step(token, char):
+                    following.add(index + 1)
+            if not following:
+                return False
+            states = self._closure(following)
+        return len(self.tokens) in states
+
+    def _closure(self, states: set[int]) -> set[int]:
+        """``states`` plus every state reached by letting a ``*`` match nothing."""
+        result = set(states)
+        pending = list(states)
+        while pending:
+            index = pending.pop()
+            if index < len(self.tokens) and self.tokens[index] == _ANY_RUN:
+                if index + 1 not in result:
+                    result.add(index + 1)
+                    pending.append(index + 1)
+        return result
+
+
+def _step(token: _GlobToken, char: str) -> bool:
+    if isinstance(token, _CharClass):
+        return token.matches(char)
+    if isinstance(token, tuple):  # an escaped or plain literal
+        return token[0] == char
+    return char != "/"  # _ANY_CHAR
+
+
+def branch_glob(pattern: str) -> BranchGlob:
+    """Compile an ``allowedBranches`` pattern; raises :class:`ConfigError` when it is malformed."""
+    if len(pattern) > MAX_BRANCH_PATTERN_CHARS:
+        raise ConfigError(
+            "InvalidSpec",
+            f"allowedBranches pattern is longer than {MAX_BRANCH_PATTERN_CHARS} characters",
+        )
+    tokens: list[_GlobToken] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
         if char == "*":
-            parts.append("[^/]*")
+            if not tokens or tokens[-1] != _ANY_RUN:  # ``**`` is the same as ``*``
+                tokens.append(_ANY_RUN)
+            index += 1
         elif char == "?":
-            parts.append("[^/]")
+            tokens.append(_ANY_CHAR)
+            index += 1
+        elif char == "[":
+            char_class, index = _parse_class(pattern, index + 1)
+            tokens.append(char_class)
+        elif char == "\\":
+            if index + 1 == len(pattern):
+                raise _bad_pattern(pattern, "ends with an escaping backslash")
+            tokens.append((pattern[index + 1],))
+            index += 2
         else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts) + r"\Z")
+            tokens.append((char,))
+            index += 1
+    return BranchGlob(pattern, tuple(tokens))
+
+
+def _parse_class(pattern: str, index: int) -> tuple[_CharClass, int]:
+    """The class starting after ``[`` at ``index``, and the index after its ``]``."""
+    negated = index < len(pattern) and pattern[index] == "^"
+    if negated:
+        index += 1
+    ranges: list[tuple[str, str]] = []
+    while True:
+        if index >= len(pattern):
+            raise _bad_pattern(pattern, "has a '[' without its ']'")
+        if pattern[index] == "]" and ranges:
+            return _CharClass(negated, tuple(ranges)), index + 1
+        low, index = _class_char(pattern, index)
+        high = low
+        if index < len(pattern) and pattern[index] == "-":
+            high, index = _class_char(pattern, index + 1)
+            if high < low:
+                raise _bad_pattern(pattern, f"has the backwards range {low}-{high}")
+        ranges.append((low, high))
+
+
+def _class_char(pattern: str, index: int) -> tuple[str, int]:
+    if index >= len(pattern) or pattern[index] in "-]":
+        raise _bad_pattern(pattern, "has an empty or malformed '[...]' class")
+    if pattern[index] == "\\":
+        if index + 1 >= len(pattern):
+            raise _bad_pattern(pattern, "ends with an escaping backslash")
+        return pattern[index + 1], index + 2
+    return pattern[index], index + 1
+
+
+def _bad_pattern(pattern: str, problem: str) -> ConfigError:
+    return ConfigError("InvalidSpec", f"allowedBranches pattern {pattern[:80]!r} {problem}")
 
 
 def _meta(body: Mapping[str, Any]) -> tuple[str, str, int]:
@@ -81,6 +224,49 @@ def _meta(body: Mapping[str, Any]) -> tuple[str, str, int]:
         str(metadata.get("name", "")),
         int(metadata.get("generation", 0)),
     )
+
+
+def _mapping(value: Any, field_name: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError("InvalidSpec", f"{field_name} must be an object")
+    return value
+
+
+def _text(value: Any, field_name: str, limit: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError("InvalidSpec", f"{field_name} must be a string")
+    if len(value) > limit:
+        raise ConfigError("InvalidSpec", f"{field_name} is longer than {limit} characters")
+    if _CONTROL.search(value):
+        raise ConfigError("InvalidSpec", f"{field_name} contains a control character")
+    return value
+
+
+def _ref_name(value: Any, field_name: str) -> str:
+    """A ``*.name`` reference that goes into an API path: a Kubernetes name or nothing."""
+    name = _text(value, field_name, DNS_SUBDOMAIN_MAX)
+    if name:
+        try:
+            check_name(name, field_name)
+        except InvalidName as error:
+            raise ConfigError("InvalidSpec", str(error)) from None
+    return name
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """What remote URLs this daemon accepts: set by the operator's flags, never by a tenant.
+
+    Local repositories (``file://`` and plain paths) are off unless ``allow_local``; even then
+    nothing inside ``state_dir`` (the journal and every target's clone) can be a remote.
+    """
+
+    allow_local: bool = False
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -99,29 +285,96 @@ class Provider:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def repository(self) -> str:
+        """The repository in its normal form, for every same-repository comparison."""
+        return normalize_url(self.url)
+
+    @property
+    def display_url(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def writer(self) -> tuple[object, ...]:
+        """What a shared writer takes from its provider: only equal ones may share it."""
+        return (
+            self.namespace,
+            self.secret_name,
+            self.push_interval_s,
+            self.push_max_commits,
+            self.insecure_skip_host_key,
+        )
+
     def allows(self, branch: str) -> bool:
-        return any(branch_glob(pattern).match(branch) for pattern in self.allowed_branches)
+        return any(branch_glob(pattern).matches(branch) for pattern in self.allowed_branches)
 
 
-def parse_provider(body: Mapping[str, Any]) -> Provider:
+def check_url(url: str, policy: UrlPolicy) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is a remote this daemon may push to."""
+    try:
+        normalize_url(url)
+        path = local_path(url)
+    except UnsupportedUrl as error:
+        raise ConfigError(
+            "InvalidURL",
+            f"spec.url {mask_url(url)!r}: {error}; use https://, http://, ssh:// or git@host:path",
+        ) from None
+    if path is None:
+        return
+    if not policy.allow_local:
+        raise ConfigError(
+            "LocalRemoteNotAllowed",
+            f"spec.url {mask_url(url)!r} is a local repository; this reverserd accepts only network"
+            " remotes (https, http, ssh), unless its operator starts it with"
+            " --allow-local-remotes",
+        )
+    if not path.is_absolute():
+        raise ConfigError(
+            "InvalidURL", f"spec.url {mask_url(url)!r}: a local path must be absolute"
+        )
+    if policy.state_dir is not None:
+        resolved = Path(os.path.realpath(path))
+        state = Path(os.path.realpath(policy.state_dir))
+        if resolved == state or state in resolved.parents or resolved in state.parents:
+            raise ConfigError(
+                "LocalRemoteNotAllowed",
+                f"spec.url {mask_url(url)!r} points into reverserd's own state directory",
+            )
+
+
+def parse_provider(body: Mapping[str, Any], policy: UrlPolicy | None = None) -> Provider:
     namespace, name, generation = _meta(body)
-    spec = body.get("spec") or {}
-    push = spec.get("push") or {}
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    url = str(spec.get("url") or "")
+    spec = _mapping(body.get("spec"), "spec")
+    push = _mapping(spec.get("push"), "spec.push")
+    annotations = _mapping((body.get("metadata") or {}).get("annotations"), "annotations")
+    url = _text(spec.get("url"), "spec.url", MAX_URL_CHARS)
     if not url:
         raise ConfigError("InvalidSpec", "spec.url is required")
-    max_commits = int(push.get("maxCommits", DEFAULT_PUSH_MAX_COMMITS))
-    if max_commits < 1:
-        raise ConfigError("InvalidSpec", "spec.push.maxCommits must be at least 1")
+    check_url(url, policy or UrlPolicy())
+    patterns = spec.get("allowedBranches") or []
+    if not isinstance(patterns, list) or len(patterns) > MAX_LIST_ITEMS:
+        raise ConfigError(
+            "InvalidSpec", f"spec.allowedBranches must be a list of at most {MAX_LIST_ITEMS}"
+        )
+    for pattern in patterns:
+        branch_glob(_text(pattern, "spec.allowedBranches[]", MAX_BRANCH_PATTERN_CHARS))
+    max_commits = push.get("maxCommits", DEFAULT_PUSH_MAX_COMMITS)
+    if not isinstance(max_commits, int) or not 1 <= max_commits <= MAX_PUSH_MAX_COMMITS:
+        raise ConfigError(
+            "InvalidSpec", f"spec.push.maxCommits must be from 1 to {MAX_PUSH_MAX_COMMITS}"
+        )
+    interval = _text(push.get("interval", "5s"), "spec.push.interval", MAX_DURATION_CHARS)
     return Provider(
         namespace=namespace,
         name=name,
         generation=generation,
         url=url,
-        allowed_branches=tuple(spec.get("allowedBranches") or ()),
-        secret_name=(spec.get("secretRef") or {}).get("name"),
-        push_interval_s=parse_duration(str(push.get("interval", "5s"))),
+        allowed_branches=tuple(patterns),
+        secret_name=_ref_name(
+            _mapping(spec.get("secretRef"), "spec.secretRef").get("name"), "spec.secretRef.name"
+        )
+        or None,
+        push_interval_s=parse_duration(interval),
         push_max_commits=max_commits,
         insecure_skip_host_key=str(annotations.get(INSECURE_HOST_KEY_ANNOTATION, "")).lower()
         == "true",
@@ -144,30 +397,54 @@ class Target:
         return f"{self.namespace}/{self.name}"
 
 
+def normalize_target_path(path: str) -> str:
+    """``path`` as gitops-reverser used it: no leading ``/`` or ``./``, no ``//`` or trailing ``/``.
+
+    Only spellings of the same folder are rewritten (``team/``, ``./team``, ``/team``,
+    ``a//b`` and ``a/./b``); anything that names another place (``..``) is left for
+    :func:`validate_target_path` to refuse.
+    """
+    return "/".join(segment for segment in path.split("/") if segment not in ("", "."))
+
+
 def parse_target(body: Mapping[str, Any]) -> Target:
     """Parse a GitTarget; raises :class:`ConfigError` for what makes it unusable on its own."""
     namespace, name, generation = _meta(body)
-    spec = body.get("spec") or {}
-    provider_ref = spec.get("providerRef") or {}
-    branch = str(spec.get("branch") or "")
-    path = str(spec.get("path") or "")
+    spec = _mapping(body.get("spec"), "spec")
+    provider_ref = _mapping(spec.get("providerRef"), "spec.providerRef")
+    branch = _text(spec.get("branch"), "spec.branch", MAX_BRANCH_CHARS)
+    raw_path = spec.get("path")
+    if isinstance(raw_path, str) and _CONTROL.search(raw_path):
+        raise ConfigError(
+            "InvalidPath",
+            f"spec.path {raw_path[:MAX_TARGET_PATH_CHARS]!r} contains a control character",
+        )
+    path = normalize_target_path(_text(raw_path, "spec.path", MAX_TARGET_PATH_CHARS))
+    encryption = _mapping(spec.get("encryption"), "spec.encryption")
+    _ref_name(
+        _mapping(encryption.get("secretRef"), "spec.encryption.secretRef").get("name"),
+        "spec.encryption.secretRef.name",
+    )
     target = Target(
         namespace=namespace,
         name=name,
         generation=generation,
         created=str((body.get("metadata") or {}).get("creationTimestamp", "")),
-        provider_name=str(provider_ref.get("name") or ""),
+        provider_name=_ref_name(provider_ref.get("name"), "spec.providerRef.name"),
         branch=branch,
         path=path,
-        encryption=_enabled_encryption(spec.get("encryption") or {}),
+        encryption=_enabled_encryption(encryption),
     )
     if not target.provider_name:
         raise ConfigError("InvalidSpec", "spec.providerRef.name is required")
+    kind = provider_ref.get("kind", "GitProvider")
+    if kind != "GitProvider":
+        raise ConfigError("InvalidSpec", "spec.providerRef.kind must be GitProvider")
     if not branch or not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
         raise ConfigError("InvalidBranch", f"spec.branch {branch!r} is not a valid branch name")
     problem = validate_target_path(path)
     if problem is not None:
-        raise ConfigError("InvalidPath", f"spec.path {path!r}: {problem}")
+        raise ConfigError("InvalidPath", f"spec.path {raw_path!r}: {problem}")
     return target
 
 
@@ -204,14 +481,25 @@ class WatchRuleSpec:
 
 def parse_watch_rule(body: Mapping[str, Any], cluster: bool) -> WatchRuleSpec:
     namespace, name, generation = _meta(body)
-    spec = body.get("spec") or {}
-    target_ref = spec.get("targetRef") or {}
-    target_namespace = str(target_ref.get("namespace") or "") if cluster else namespace
-    target_name = str(target_ref.get("name") or "")
+    spec = _mapping(body.get("spec"), "spec")
+    target_ref = _mapping(spec.get("targetRef"), "spec.targetRef")
+    target_name = _ref_name(target_ref.get("name"), "spec.targetRef.name")
+    if cluster:
+        target_namespace = _text(target_ref.get("namespace"), "spec.targetRef.namespace", 63)
+        if target_namespace and not is_dns_label(target_namespace):
+            raise ConfigError(
+                "InvalidSpec",
+                f"spec.targetRef.namespace {target_namespace[:80]!r} is not a namespace name",
+            )
+    else:
+        target_namespace = namespace
     if not target_name or not target_namespace:
         raise ConfigError("InvalidSpec", "spec.targetRef must name a GitTarget")
+    rules = spec.get("rules") or []
+    if not isinstance(rules, list) or len(rules) > MAX_LIST_ITEMS:
+        raise ConfigError("InvalidSpec", f"spec.rules must be a list of at most {MAX_LIST_ITEMS}")
     try:
-        rules = compile_rules(spec.get("rules") or [], None if cluster else namespace, cluster)
+        compiled = compile_rules(rules, None if cluster else namespace, cluster)
     except RuleError as error:
         raise ConfigError("InvalidSpec", str(error)) from error
     return WatchRuleSpec(
@@ -221,7 +509,7 @@ def parse_watch_rule(body: Mapping[str, Any], cluster: bool) -> WatchRuleSpec:
         generation=generation,
         target_namespace=target_namespace,
         target_name=target_name,
-        rules=tuple(rules),
+        rules=tuple(compiled),
     )
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -27,6 +28,7 @@ from reverserd.config.model import (
     ConfigError,
     Provider,
     Target,
+    UrlPolicy,
     WatchRuleSpec,
     parse_provider,
     parse_target,
@@ -50,6 +52,7 @@ from reverserd.kube.resources import ResourceType
 from reverserd.metrics import STATUS_WRITES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROVIDERS = ResourceType(GROUP, VERSION, "gitproviders", "GitProvider", True)
 TARGETS = ResourceType(GROUP, VERSION, "gittargets", "GitTarget", True)
@@ -189,12 +192,33 @@ def _quarantine_condition(progress: TargetProgress) -> Condition:
     )
 
 
+def _parse(parse: Callable[[], T]) -> T | ConfigError:
+    """``parse()``, with every failure turned into a condition: one bad object stops nothing."""
+    try:
+        return parse()
+    except ConfigError as error:
+        return error
+    except Exception as error:  # whatever a malformed object triggers
+        log.warning("custom resource could not be read: %s", type(error).__name__)
+        return ConfigError("InvalidSpec", f"the spec could not be read ({type(error).__name__})")
+
+
 def resolve(
     caches: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]],
     discovery: Discovery | None,
     board: StatusBoard,
+    policy: UrlPolicy | None = None,
 ) -> tuple[ConfigState, list[_Desired]]:
-    """Compute the state and every object's desired status from the informers' caches."""
+    """Compute the state and every object's desired status from the informers' caches.
+
+    Several targets on one repository branch share one writer (one committer, one clone). The
+    writer pushes with one provider's credentials and push settings, so it is shared only by
+    providers for which that makes no difference: in the same namespace, naming the same
+    Secret and the same push settings (:attr:`Provider.writer`). The earliest target claims
+    the branch; a later one whose provider differs is refused with ``Conflict`` naming the
+    provider that writes there, so no target's changes are ever pushed with another
+    provider's credentials (DESIGN invariant 9).
+    """
     now = time.time()
     desired: list[_Desired] = []
 
@@ -227,11 +251,12 @@ def resolve(
 
     providers: dict[str, Provider] = {}
     for body in caches["gitproviders"].values():
-        try:
-            provider = parse_provider(body)
-        except ConfigError as error:
+        provider_or_error = _parse(partial(parse_provider, body, policy))
+        if isinstance(provider_or_error, ConfigError):
+            error = provider_or_error
             want(PROVIDERS, body, [Condition("Ready", False, error.reason, str(error))])
             continue
+        provider = provider_or_error
         providers[provider.key] = provider
         health = board.providers.get(provider.key)
         if health is None:
@@ -244,27 +269,22 @@ def resolve(
     rule_bodies: list[tuple[ResourceType, Mapping[str, Any], WatchRuleSpec | ConfigError]] = []
     for rtype, cluster in ((WATCH_RULES, False), (CLUSTER_WATCH_RULES, True)):
         for body in caches[rtype.resource].values():
-            try:
-                rule = parse_watch_rule(body, cluster)
-            except ConfigError as error:
-                rule_bodies.append((rtype, body, error))
-                continue
-            rules.append(rule)
+            rule = _parse(partial(parse_watch_rule, body, cluster))
+            if isinstance(rule, WatchRuleSpec):
+                rules.append(rule)
             rule_bodies.append((rtype, body, rule))
 
     parsed: list[tuple[Mapping[str, Any], Target | ConfigError]] = []
     for body in caches["gittargets"].values():
-        try:
-            parsed.append((body, parse_target(body)))
-        except ConfigError as error:
-            parsed.append((body, error))
+        parsed.append((body, _parse(partial(parse_target, body))))
     # Earlier targets win conflicts, so a new target can never take over an existing folder.
     parsed.sort(
         key=lambda item: (item[1].created if isinstance(item[1], Target) else "", _name_of(item[0]))
     )
     targets: dict[str, ResolvedTarget] = {}
     target_problems: dict[str, Condition] = {}
-    claimed: list[tuple[str, str, str, str]] = []  # url, branch, path, target key
+    claimed: list[tuple[str, str, str, str]] = []  # repository, branch, path, target key
+    writers: dict[tuple[str, str], Provider] = {}  # (repository, branch): the provider pushing
     for body, parsed_target in parsed:
         if isinstance(parsed_target, ConfigError):
             problem = Condition("Validated", False, parsed_target.reason, str(parsed_target))
@@ -290,22 +310,11 @@ def resolve(
                 f" allowedBranches {list(target_provider.allowed_branches)}",
             )
         else:
-            for url, branch, path, other in claimed:
-                if (
-                    url == target_provider.url
-                    and branch == target.branch
-                    and paths_overlap(path, target.path)
-                ):
-                    validated = Condition(
-                        "Validated",
-                        False,
-                        "Conflict",
-                        f"GitTarget {other} already writes path {path!r} on branch"
-                        f" {branch!r} of {target_provider.url}; choose a separate folder",
-                    )
-                    break
+            validated = _conflict(target, target_provider, claimed, writers) or validated
         if validated.status and target_provider is not None:
-            claimed.append((target_provider.url, target.branch, target.path, target.key))
+            repository = target_provider.repository
+            writers.setdefault((repository, target.branch), target_provider)
+            claimed.append((repository, target.branch, target.path, target.key))
             target_rules = tuple(
                 compiled
                 for rule in rules
@@ -327,8 +336,9 @@ def resolve(
         # Encryption gates readiness only when it was asked for: without it, Secrets are
         # skipped (and the condition says so) while everything else is mirrored.
         ready_gates = [g for g in gates if g is not encryption or target.encryption]
+        fields = {"path": target.path, **_target_fields(progress)}
         conditions = [ready_from(ready_gates), *gates, _quarantine_condition(progress)]
-        want(TARGETS, body, conditions, _target_fields(progress))
+        want(TARGETS, body, conditions, fields)
 
     for rtype, body, rule_or_error in rule_bodies:
         if isinstance(rule_or_error, ConfigError):
@@ -339,6 +349,40 @@ def resolve(
 
     state = ConfigState(rules=tuple(rules), targets=targets, providers=providers)
     return state, desired
+
+
+def _conflict(
+    target: Target,
+    provider: Provider,
+    claimed: Sequence[tuple[str, str, str, str]],
+    writers: Mapping[tuple[str, str], Provider],
+) -> Condition | None:
+    """Why ``target`` may not write where it asks to, given what earlier targets claimed."""
+    repository = provider.repository
+    writer = writers.get((repository, target.branch))
+    if writer is not None and writer.writer != provider.writer:
+        return Condition(
+            "Validated",
+            False,
+            "Conflict",
+            f"branch {target.branch!r} of {provider.display_url} is already written through"
+            f" GitProvider {writer.key}; providers share a branch only when they are in one"
+            " namespace with the same secretRef and push settings",
+        )
+    for other_repository, branch, path, other in claimed:
+        if (
+            other_repository == repository
+            and branch == target.branch
+            and paths_overlap(path, target.path)
+        ):
+            return Condition(
+                "Validated",
+                False,
+                "Conflict",
+                f"GitTarget {other} already writes path {path!r} on branch"
+                f" {branch!r} of {provider.display_url}; choose a separate folder",
+            )
+    return None
 
 
 def _name_of(body: Mapping[str, Any]) -> str:
@@ -410,9 +454,12 @@ def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
 
 
 class ConfigPlane:
-    def __init__(self, client: KubeClient, board: StatusBoard) -> None:
+    def __init__(
+        self, client: KubeClient, board: StatusBoard, policy: UrlPolicy | None = None
+    ) -> None:
         self.client = client
         self.board = board
+        self.policy = policy or UrlPolicy()
         self.discovery: Discovery | None = None
         self.state = ConfigState()
         self.version = 0
@@ -459,7 +506,7 @@ class ConfigPlane:
     async def _recompute(self) -> None:
         self._dirty.clear()
         caches = {name: informer.cache for name, informer in self.informers.items()}
-        state, desired = resolve(caches, self.discovery, self.board)
+        state, desired = resolve(caches, self.discovery, self.board, self.policy)
         if state != self.state:
             async with self._published:
                 self.state = state

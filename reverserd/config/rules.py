@@ -25,6 +25,9 @@ from reverserd.manifest.layout import DEFAULT_EXCLUDED_RESOURCES
 
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE"})
 WILDCARD = "*"
+# The CRD schema's bounds on a rule's lists, checked again for objects stored before them.
+MAX_RULE_ITEMS = 100
+MAX_RULE_STRING_CHARS = 253
 
 
 class RuleError(ValueError):
@@ -75,6 +78,11 @@ def _strings(value: Any, field: str) -> list[str]:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise RuleError(f"{field} must be a list of strings")
+    if len(value) > MAX_RULE_ITEMS or any(len(item) > MAX_RULE_STRING_CHARS for item in value):
+        raise RuleError(
+            f"{field} holds more than {MAX_RULE_ITEMS} entries or one longer than"
+            f" {MAX_RULE_STRING_CHARS} characters"
+        )
     return value
 
 

@@ -18,6 +18,22 @@ from typing import Any
 
 from reverserd.encryption.keys import KeyState
 
+# The most a condition message may hold: the API server refuses a status above its size limit
+# for the whole object, and a message quoting a hostile spec (a huge name, a long URL) must
+# never be the reason a status write fails. Kubernetes' own condition schema allows 32 KiB;
+# a human reads far less.
+MAX_MESSAGE_BYTES = 1024
+_ELLIPSIS = "…"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes, marked with an ellipsis when cut."""
+    encoded = message.encode()
+    if len(encoded) <= limit:
+        return message
+    room = limit - len(_ELLIPSIS.encode())
+    return encoded[:room].decode(errors="ignore") + _ELLIPSIS
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -49,7 +65,7 @@ def render_conditions(
                 "type": condition.type,
                 "status": condition.status_text,
                 "reason": condition.reason,
-                "message": condition.message,
+                "message": bounded(condition.message),
                 "observedGeneration": generation,
                 "lastTransitionTime": rfc3339(now)
                 if moved or before is None

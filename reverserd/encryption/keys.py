@@ -23,6 +23,7 @@ from typing import Any
 
 from reverserd.encryption.sops import AGE_RECIPIENT, EncryptionError, Sops
 from reverserd.kube.client import KubeClient, KubeError
+from reverserd.kube.paths import InvalidName, secret_path
 
 RECIPIENT_ANNOTATION = "configbutler.ai/age-recipient"
 BACKUP_WARNING_ANNOTATION = "configbutler.ai/backup-warning"
@@ -68,7 +69,10 @@ async def resolve_keys(
     if wants_secret:
         if not secret_name:
             return _failed("SecretRefMissing", "spec.encryption.secretRef.name is required")
-        path = f"/api/v1/namespaces/{namespace}/secrets/{secret_name}"
+        try:
+            path = secret_path(namespace, secret_name)
+        except InvalidName as error:
+            return _failed("InvalidSpec", f"spec.encryption.secretRef: {error}")
         try:
             secret: dict[str, Any] | None = await client.get(path)
         except KubeError as error:
@@ -143,12 +147,8 @@ async def _generate(
             "type": "Opaque",
             "data": {entry: encoded},
         }
-        created: dict[str, Any] = await client.send(
-            "POST", f"/api/v1/namespaces/{namespace}/secrets", body
-        )
+        created: dict[str, Any] = await client.send("POST", secret_path(namespace), body)
         return created
     patch = {"metadata": {"annotations": annotations}, "data": {entry: encoded}}
-    patched: dict[str, Any] = await client.merge_patch(
-        f"/api/v1/namespaces/{namespace}/secrets/{name}", patch
-    )
+    patched: dict[str, Any] = await client.merge_patch(secret_path(namespace, name), patch)
     return patched

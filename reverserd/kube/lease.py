@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from reverserd.kube.client import KubeClient, KubeError
+from reverserd.kube.paths import namespaced_path
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ def _micro_time(moment: float) -> str:
 class LeaderElector:
     def __init__(self, client: KubeClient, namespace: str, name: str, identity: str) -> None:
         self.client = client
-        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
-        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self.path = namespaced_path("coordination.k8s.io", "v1", "leases", namespace, name)
+        self.collection = namespaced_path("coordination.k8s.io", "v1", "leases", namespace)
         self.name = name
         self.identity = identity
         self.leading = asyncio.Event()

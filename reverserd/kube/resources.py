@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reverserd.kube.paths import namespaced_path
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class ResourceType:
@@ -21,10 +23,9 @@ class ResourceType:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     def collection_path(self, namespace: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if namespace:
-            return f"{base}/namespaces/{namespace}/{self.resource}"
-        return f"{base}/{self.resource}"
+        return namespaced_path(self.group, self.version, self.resource, namespace)
 
     def object_path(self, namespace: str | None, name: str) -> str:
-        return f"{self.collection_path(namespace if self.namespaced else None)}/{name}"
+        """Raises :class:`reverserd.kube.paths.InvalidName` for a name no object can have."""
+        scope = namespace if self.namespaced else None
+        return namespaced_path(self.group, self.version, self.resource, scope, name)

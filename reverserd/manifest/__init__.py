@@ -17,6 +17,7 @@ byte for byte. Three guarantees hold up the rest of reverserd:
 from reverserd.manifest.layout import (
     DEFAULT_EXCLUDED_RESOURCES,
     SENSITIVE_RESOURCES,
+    UnsafePath,
     commit_subject_path,
     is_excluded_object,
     object_path,
@@ -28,6 +29,7 @@ from reverserd.manifest.sanitize import sanitize
 __all__ = [
     "DEFAULT_EXCLUDED_RESOURCES",
     "SENSITIVE_RESOURCES",
+    "UnsafePath",
     "commit_subject_path",
     "is_excluded_object",
     "object_path",

@@ -12,13 +12,18 @@ identity: ``a/b/c/d.yaml`` could be a namespaced core object or a cluster-scoped
 ``a``, and a group can even be named like a version (``v1alpha1.example.com`` is legal). Callers
 remember which path they wrote for which object, or read identity from a file's content.
 
-Every segment is checked so that a path can never leave the target folder: an invalid target
-path is reported to the user, an impossible object name raises.
+Every segment is checked so that a path can never leave the target folder or hurt a checkout:
+an invalid target path is reported to the user; an object whose name cannot be a file name
+(``..``, ``.git`` in any spelling, a control character, a backslash) raises :class:`UnsafePath`,
+so the caller can quarantine that one object while everything else flows. Names shown in commit
+subjects have their control characters escaped (:func:`printable`), so no object name can add a
+line to a commit message.
 """
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -70,6 +75,44 @@ EXCLUDED_CONFIGMAP_NAMES: Final[Mapping[str, str]] = {
 # Segments that would escape or corrupt the target folder, or the repository itself.
 _FORBIDDEN_SEGMENTS: Final = frozenset({".", ".."})
 _GIT_DIR: Final = ".git"
+# The 8.3 short name Windows gives ``.git``; Git refuses it for the same reason as ``.git``.
+_GIT_SHORT_NAME: Final = "git~1"
+# Unicode categories never printed as themselves: controls, format characters (bidirectional
+# overrides, zero-width joiners), surrogates, private use, unassigned, line and paragraph
+# separators. They are escaped in messages and refused in file names.
+_UNPRINTABLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+class UnsafePath(ValueError):
+    """An object's file path cannot be written safely; the object is to be quarantined."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every unprintable character (and ``\\``) written as a ``\\uXXXX`` escape."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        f"\\u{ord(char):04x}" if char == "\\" or _unprintable(char) else char for char in text
+    )
+
+
+def _unprintable(char: str) -> bool:
+    return unicodedata.category(char) in _UNPRINTABLE_CATEGORIES
+
+
+def unsafe_segment(segment: str) -> str | None:
+    """Why ``segment`` cannot be a file or folder name in a checkout, or None when it can."""
+    if segment in _FORBIDDEN_SEGMENTS or segment == "":
+        return "it is empty, '.' or '..'"
+    if "/" in segment or "\\" in segment:
+        return "it contains '/' or a backslash"
+    if any(_unprintable(char) for char in segment):
+        return "it contains a control or invisible character"
+    # Git refuses .git in any letter case (case-insensitive file systems merge them) and in the
+    # spellings Windows file systems resolve to it (trailing dots and spaces, the short name).
+    if segment.rstrip(". ").lower() in (_GIT_DIR, _GIT_SHORT_NAME):
+        return "Git keeps its own metadata under that name"
+    return None
 
 
 def object_path(
@@ -79,13 +122,21 @@ def object_path(
 
     ``target_path`` is the GitTarget's folder (``""`` for the repository root). ``namespace``
     must be given for a namespaced type and must be empty for a cluster-scoped one. Raises
-    ValueError for an invalid target path or for a segment that would leave the folder.
+    ValueError for an invalid target path, and :class:`UnsafePath` for a segment that would
+    leave the folder or that a checkout cannot hold.
     """
     error = validate_target_path(target_path)
     if error is not None:
         raise ValueError(error)
     suffix = SENSITIVE_MANIFEST_SUFFIX if sensitive else MANIFEST_SUFFIX
     segments = _object_segments(rtype, namespace, name)
+    for segment in segments:
+        problem = unsafe_segment(segment)
+        if problem is not None:
+            raise UnsafePath(
+                f"{printable(segment)!r} cannot be a file or folder name in a target folder:"
+                f" {problem}"
+            )
     segments[-1] = file_name(segments[-1], suffix)
     if target_path:
         segments.insert(0, target_path)
@@ -109,8 +160,11 @@ def file_name(name: str, suffix: str) -> str:
 
 
 def commit_subject_path(rtype: ResourceType, namespace: str | None, name: str) -> str:
-    """Return the object's name as commit subjects show it, e.g. ``apps/v1/deployments/ns/web``."""
-    return "/".join(_object_segments(rtype, namespace, name))
+    """The object's name as commit subjects show it, e.g. ``apps/v1/deployments/ns/web``.
+
+    Unprintable characters are escaped: the result is always one line.
+    """
+    return "/".join(printable(segment) for segment in _object_segments(rtype, namespace, name))
 
 
 def validate_target_path(path: str) -> str | None:
@@ -160,11 +214,4 @@ def _object_segments(rtype: ResourceType, namespace: str | None, name: str) -> l
     if namespace:
         segments.append(namespace)
     segments.append(name)
-    for segment in segments:
-        _check_segment(segment)
     return segments
-
-
-def _check_segment(segment: str) -> None:
-    if segment in _FORBIDDEN_SEGMENTS or segment == "" or any(c in segment for c in "/\\\0"):
-        raise ValueError(f"{segment!r} cannot be a file or folder name in a target folder")

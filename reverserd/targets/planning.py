@@ -26,6 +26,7 @@ from reverserd.manifest.layout import (
     commit_subject_path,
     is_excluded_object,
     object_path,
+    printable,
 )
 from reverserd.manifest.render import render
 from reverserd.manifest.sanitize import sanitize
@@ -153,11 +154,11 @@ def commit_message(event: JournalEvent, rtype: ResourceType, target: str) -> str
     lines = [
         subject,
         "",
-        f"uid: {event.uid or ''}",
-        f"resourceVersion: {event.resource_version or ''}",
+        f"uid: {printable(event.uid or '')}",
+        f"resourceVersion: {printable(event.resource_version or '')}",
     ]
     if event.username:
-        lines.append(f"user: {event.username}")
+        lines.append(f"user: {printable(event.username)}")
     lines += [f"{SEQ_TRAILER}: {event.seq}", f"{TARGET_TRAILER}{target}"]
     return "\n".join(lines) + "\n"
 

@@ -30,7 +30,7 @@ from reverserd import __version__
 from reverserd.committer.committer import clone_dir, committer_key
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard, TargetProgress
-from reverserd.git import mask_url
+from reverserd.git import mask_url, redact
 from reverserd.journal import JournalReader
 from reverserd.metrics import (
     API_SERVER_REACHABLE,
@@ -334,7 +334,7 @@ class StatusView:
                 "last_commit": last_commit,
                 "last_commit_subject": await self._subject(key, last_commit),
                 "last_push": status.get("lastPushTime"),
-                "last_error": progress.last_error or self.targets.remote_error(key),
+                "last_error": masked(progress.last_error or self.targets.remote_error(key)),
                 "secrets_skipped": progress.secrets_skipped,
                 "secret_problem": progress.secret_problem,
                 "quarantined": [
@@ -401,7 +401,7 @@ class StatusView:
         streams = []
         for row in await self.reader.streams():
             watcher = watchers.get(row.stream)
-            error = watcher.last_error if watcher else None
+            error = masked(watcher.last_error if watcher else None)
             streams.append(
                 {
                     "stream": row.stream,
@@ -573,3 +573,8 @@ async def journal_picture(reader: JournalReader, why: str) -> dict[str, Any]:
         "rules": [],
         "watches": watches,
     }
+
+
+def masked(error: str | None) -> str | None:
+    """An error as the page and /status show it: any URL in it with its password masked."""
+    return None if error is None else redact(error)

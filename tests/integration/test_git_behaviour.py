@@ -15,12 +15,10 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pygit2
-import pytest
 import yaml
 
 from testbed.controlplane import ControlPlane
@@ -38,10 +36,8 @@ from testbed.harness import (
     conditions,
     create_git_credentials,
     create_many,
-    create_namespace,
     cursor_seq,
     delete_many,
-    delete_mirror_resources,
     install_crd,
     kubectl_json,
     patch_many,
@@ -66,24 +62,6 @@ NO_EARLY_PUSH = 10_000
 # A restart that changes nothing has pushed whatever it would push within a second (push
 # interval 1 s); twice that proves the quiet.
 QUIET_PERIOD_S = 2.0
-
-
-# -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def new_namespace(control_plane: ControlPlane) -> Iterator[Callable[[], str]]:
-    """Make extra namespaces on demand; their mirror resources are removed afterwards."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = create_namespace(control_plane)
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        delete_mirror_resources(control_plane, name)
 
 
 # -- reading what arrived ---------------------------------------------------------------------
@@ -946,17 +924,28 @@ def test_last_commit_names_each_targets_own_commit_on_a_shared_branch(
     control_plane: ControlPlane,
     remote: Remote,
     namespace: str,
-    new_namespace: Callable[[], str],
-    git_http: GitHttpServer,
     daemon: Reverserd,
 ) -> None:
-    other = new_namespace()
-    create_git_credentials(control_plane, other, git_http)
-    for ns, folder in ((namespace, "team-a"), (other, "team-b")):
-        apply(control_plane, *slow_push_setup(ns, remote, path=folder))
+    # Two targets on one branch (two providers of one namespace and Secret share its writer),
+    # each selecting its own type, so each change is one target's commit.
+    targets = {"mirror": "configmaps", "accounts": "serviceaccounts"}
+    for name, resource in targets.items():
+        apply(
+            control_plane,
+            *mirror_setup(
+                namespace,
+                remote.url,
+                secret=remote.secret,
+                path=f"team-{name}",
+                interval=SLOW_PUSH_INTERVAL,
+                max_commits=NO_EARLY_PUSH,
+                rules=[{"resources": [resource]}],
+                name=name,
+            ),
+        )
     daemon.start()
-    for ns in (namespace, other):
-        wait_synced(control_plane, ns, daemon=daemon)
+    for name in targets:
+        wait_synced(control_plane, namespace, name, daemon=daemon)
     # Both changes wait for the same push.
     apply(control_plane, configmap(namespace, "a"))
     wait_until(
@@ -966,22 +955,23 @@ def test_last_commit_names_each_targets_own_commit_on_a_shared_branch(
         ),
         describe=daemon.log_tail,
     )
-    apply(control_plane, configmap(other, "b"))
-    wait_for_subjects(remote.path, daemon, subject("CREATE", other, "b"))
+    control_plane.kubectl("create", "serviceaccount", "b", "-n", namespace)
+    account = f"[CREATE] v1/serviceaccounts/{namespace}/b"
+    wait_for_subjects(remote.path, daemon, account)
     history = {entry.subject: entry.sha for entry in log(remote.path, "main")}
-    assert list(history) == [subject("CREATE", other, "b"), subject("CREATE", namespace, "a")]
+    assert list(history) == [account, subject("CREATE", namespace, "a")]
 
     def last_commits() -> dict[str, Any]:
         return {
-            ns: resource_status(control_plane, "gittarget", ns, "mirror").get("lastCommit")
-            for ns in (namespace, other)
+            name: resource_status(control_plane, "gittarget", namespace, name).get("lastCommit")
+            for name in targets
         }
 
-    wanted = {
-        namespace: history[subject("CREATE", namespace, "a")],
-        other: history[subject("CREATE", other, "b")],
-    }
-    wait_until(lambda: last_commits()[other] == wanted[other], describe=lambda: str(last_commits()))
+    wanted = {"mirror": history[subject("CREATE", namespace, "a")], "accounts": history[account]}
+    wait_until(
+        lambda: last_commits()["accounts"] == wanted["accounts"],
+        describe=lambda: str(last_commits()),
+    )
     time.sleep(QUIET_PERIOD_S)
     # Each target's newest pushed commit, not the branch tip another target's change made.
     assert last_commits() == wanted, f"history (newest first): {history}"

@@ -8,6 +8,7 @@ never by comparing text with a snapshot. Helm is the test bed's own, built from 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shlex
 import shutil
@@ -756,7 +757,7 @@ def test_generator_finds_and_repairs_every_stale_copy(helm: Path, tmp_path: Path
     crd = tmp_path / "packaging" / "crds" / "configbutler.ai_gittargets.yaml"
     crd.write_text(crd.read_text().replace("shortNames:", "# edited\n  shortNames:", 1))
     rbac = tmp_path / "packaging" / "rbac" / "clusterrole.yaml"
-    rbac.write_text(rbac.read_text().replace('verbs: ["create", "patch"]', 'verbs: ["create"]'))
+    rbac.write_text(rbac.read_text().replace('verbs: ["list", "watch"]', 'verbs: ["list"]'))
     leftover = tmp_path / "packaging" / "helm" / "reverserd" / "crds" / "old.yaml"
     leftover.write_text("# a CRD that no longer has a source\n")
 
@@ -774,7 +775,7 @@ def test_generator_finds_and_repairs_every_stale_copy(helm: Path, tmp_path: Path
     assert generate(script, helm, "--check").returncode == 0
     assert not leftover.exists()
     regenerated = objects((tmp_path / "packaging" / "manifests" / "reverserd.yaml").read_text())
-    assert one(regenerated, "ClusterRole")["rules"][-1]["verbs"] == ["create"]
+    assert one(regenerated, "ClusterRole")["rules"][0]["verbs"] == ["list"]
 
 
 # --- the systemd unit ------------------------------------------------------------------------
@@ -1034,3 +1035,71 @@ def test_every_value_is_documented_in_values_and_readme() -> None:
     readme = (PACKAGING / "README.md").read_text()
     for path in leaves(values):
         assert f"`{path}`" in readme, f"packaging/README.md does not document {path}"
+
+
+def test_secret_writes_are_granted_only_with_generate_when_missing(helm: Path) -> None:
+    default = objects(render(helm, "ops"))
+    for doc in default:
+        if doc["kind"] == "ClusterRole":
+            for rule in doc["rules"]:
+                if "secrets" in rule["resources"]:
+                    assert rule["verbs"] == ["get"], rule
+    enabled = objects(render(helm, "ops", "--set", "rbac.generateWhenMissing=true"))
+    writers = [
+        doc
+        for doc in enabled
+        if doc["kind"] == "ClusterRole" and doc["metadata"]["name"].endswith("secret-writer")
+    ]
+    assert [rule["verbs"] for rule in one(writers, "ClusterRole")["rules"]] == [["create", "patch"]]
+    bindings = [doc["roleRef"]["name"] for doc in enabled if doc["kind"] == "ClusterRoleBinding"]
+    assert writers[0]["metadata"]["name"] in bindings
+
+
+def test_cluster_role_grants_no_wildcard_get_and_no_update() -> None:
+    """A wildcard ``get`` would reach nodes/proxy, services/proxy, pods/log and pods/exec."""
+    rules = yaml.safe_load(RBAC_SOURCE.read_text())["rules"]
+    for rule in rules:
+        if "*" in rule["resources"] or "*" in rule["apiGroups"]:
+            assert set(rule["verbs"]) <= {"list", "watch"}, rule
+        assert "update" not in rule["verbs"] and "*" not in rule["verbs"], rule
+        assert not any(name.startswith("leases") for name in rule["resources"]), rule
+
+
+def test_network_policy_admits_only_the_named_scrapers(helm: Path) -> None:
+    assert "NetworkPolicy" not in kinds(objects(render(helm, "ops")))
+    enabled = ("--set", "networkPolicy.enabled=true")
+    closed = one(objects(render(helm, "ops", *enabled)), "NetworkPolicy")
+    assert closed["spec"]["ingress"] == []
+    selector = '{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}'
+    opened = one(
+        objects(
+            render(
+                helm,
+                "ops",
+                *enabled,
+                "--set-json",
+                f"networkPolicy.ingressNamespaceSelector={selector}",
+            )
+        ),
+        "NetworkPolicy",
+    )
+    (rule,) = opened["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": json.loads(selector)}]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_python_dependencies_come_from_the_hashed_lock_file() -> None:
+    lock = (PACKAGING / "requirements.lock").read_text()
+    blocks = re.findall(r"^([A-Za-z0-9_.-]+)==\S+ \\\n((?:    .*\n)+)", lock, re.MULTILINE)
+    assert len(blocks) == len(re.findall(r"^[A-Za-z0-9_.-]+==", lock, re.MULTILINE)) > 0
+    for name, body in blocks:
+        assert "--hash=sha256:" in body, f"{name} has no hash"
+    pinned = {name.lower() for name, _ in blocks}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0].lower()
+        assert name in pinned, f"{name} is not in the lock file"
+    assert "setuptools" in pinned  # reverserd is built without build isolation
+    steps = [" ".join(words) for name, words in dockerfile_instructions() if name == "RUN"]
+    assert any("--require-hashes -r requirements.lock" in step for step in steps)
+    assert any("--no-deps --no-build-isolation ." in step for step in steps)

@@ -109,6 +109,7 @@ KINDS: dict[str, dict[str, Any]] = {
             ),
             **_status(
                 {
+                    "path": "string",
                     "lastCommit": "string",
                     "lastPushTime": "string",
                     "lastReconcileTime": "string",
@@ -464,3 +465,39 @@ def test_cluster_watch_rule_scope_is_required_and_has_no_default() -> None:
 def test_watch_rule_has_no_scope_or_target_namespace() -> None:
     assert "scope" not in _spec_node("WatchRule", "rules.[]")["properties"]
     assert "namespace" not in _spec_node("WatchRule", "targetRef")["properties"]
+
+
+# Reference names go into API paths: the schema holds them to the Kubernetes name grammar.
+NAME_PATTERNS = {
+    "spec.secretRef.name": 253,
+    "spec.providerRef.name": 253,
+    "spec.targetRef.name": 253,
+    "spec.encryption.secretRef.name": 253,
+    "spec.targetRef.namespace": 63,
+}
+
+
+def test_every_string_and_list_is_bounded(kind: str) -> None:
+    """No custom resource can hold an unbounded string or list (a slow or oversized object)."""
+    root = _root(_load(kind))
+    for top in ("spec", "status"):
+        for path, node in _walk(root["properties"][top], top):
+            if node["type"] == "string":
+                bounded = "maxLength" in node or "enum" in node or "format" in node
+                assert bounded, f"{kind} {path}: string without maxLength"
+            if node["type"] == "array":
+                assert "maxItems" in node, f"{kind} {path}: list without maxItems"
+
+
+def test_reference_names_are_kubernetes_names(kind: str) -> None:
+    root = _root(_load(kind))
+    found = {path: node for path, node in _walk(root["properties"]["spec"], "spec")}
+    for path, limit in NAME_PATTERNS.items():
+        if path not in found:
+            continue
+        node = found[path]
+        assert node["maxLength"] == limit, path
+        pattern = re.compile(node["pattern"])
+        assert pattern.match("team-a")
+        for bad in ("../../other-team/secrets/git-token", "a/b", "Upper", "a%2Fb", "-a", ""):
+            assert not pattern.match(bad), (path, bad)

@@ -1,0 +1,453 @@
+"""Tenants stay apart (DESIGN invariant 9, SPEC 9): each test is one attack, tried as a tenant
+would try it on the real test bed, from one namespace on another.
+
+Each asserts what the victim cares about: its Secret was never read (the API server's audit
+log holds every access the daemon made to Secrets), no credential reached the attacker's Git
+server (a server that asks every client for a password and records what it gets), the
+victim's folder and history are untouched, its mirror keeps working, and the daemon stays
+healthy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.controlplane import DAEMON_USER, ControlPlane, ensure_binaries
+from testbed.credential_trap import CredentialTrap
+from testbed.gitservers import GitHttpServer
+from testbed.harness import (
+    Reverserd,
+    apply,
+    create_git_credentials,
+    create_namespace,
+    delete_mirror_resources,
+    history,
+    resource_status,
+    tree,
+    wait_condition,
+    wait_for_subjects,
+    wait_synced,
+    wait_target_refused,
+)
+from testbed.manifests import (
+    CONFIGBUTLER_API,
+    configmap,
+    git_provider,
+    git_target,
+    mirror_setup,
+    secret,
+    watch_rule,
+)
+from tests.conftest import Cleanup, Remote
+from tests.unit.test_hostile_config import CORPUS
+
+# Every access to a Secret, by anyone, with who and which; nothing else is audited.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  resources:
+  - group: ""
+    resources: ["secrets"]
+- level: None
+"""
+# The victim's Secret no provider of the victim uses: any access to it is the attack working.
+VICTIM_TOKEN = "deploy-token"
+VICTIM_PASSWORD = "victim-password-8d1f"
+# /healthz must answer within this even while a hostile object is being validated.
+HEALTHZ_BUDGET_S = 1.0
+# How long an attack is given to do harm before the test checks that it did none.
+ATTACK_WINDOW_S = 4.0
+RBAC_GROUP = "rbac.authorization.k8s.io"
+# Corpus objects the schema lets through, so that reverserd's own validation is what answers.
+MIN_ADMITTED_CORPUS = 15
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """This module's own control plane, auditing every Secret access to a file."""
+    ensure_binaries()
+    workdir = tmp_path_factory.mktemp("audited-controlplane")
+    policy = workdir / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    plane = ControlPlane(workdir, audit_policy=policy, audit_log=workdir / "audit.log")
+    try:
+        yield plane.start()
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def trap() -> Iterator[CredentialTrap]:
+    with CredentialTrap() as server:
+        yield server
+
+
+@pytest.fixture
+def attacker(control_plane: ControlPlane) -> Iterator[str]:
+    name = create_namespace(control_plane, "attacker")
+    yield name
+    delete_mirror_resources(control_plane, name)
+
+
+@dataclass
+class Scene:
+    """A victim namespace mirroring into its repository, and an attacker's namespace and server."""
+
+    plane: ControlPlane
+    victim: str
+    remote: Remote
+    daemon: Reverserd
+    attacker: str
+    trap: CredentialTrap
+    before: list[str] = field(default_factory=list)
+    """The victim's history before the attack."""
+
+    def assert_unharmed(self, name: str) -> None:
+        """Whatever the attacker tried: the victim's Secret was never touched, no credential
+        reached the attacker's server, the victim's history and folder are intact, and its
+        mirror still works (a new ConfigMap ``name`` arrives as its own commit)."""
+        apply(self.plane, configmap(self.attacker, f"planted-{name}"))
+        apply(self.plane, configmap(self.victim, name))
+        wait_for_subjects(
+            self.remote.path, self.daemon, f"[CREATE] v1/configmaps/{self.victim}/{name}"
+        )
+        assert self.daemon.get("/healthz") is not None
+        assert daemon_secret_accesses(self.plane, self.victim, VICTIM_TOKEN) == []
+        assert self.trap.credentials_received == []
+        assert set(self.before) <= {entry.sha for entry in history(self.remote.path)}
+        for path in tree(self.remote.path):
+            assert path.startswith("live-cluster/"), path
+            if path.startswith("live-cluster/v1/configmaps/"):
+                assert path.split("/")[3] == self.victim, path
+
+
+@pytest.fixture
+def scene(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    trap: CredentialTrap,
+) -> Scene:
+    """The victim's working mirror, synced, with a Secret it never uses, before any attack."""
+    apply(
+        control_plane,
+        secret(namespace, VICTIM_TOKEN, {"username": "ci", "password": VICTIM_PASSWORD}),
+        *mirror_setup(namespace, remote.url, secret=remote.secret),
+    )
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    apply(control_plane, configmap(namespace, "before-attack"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/before-attack")
+    before = [entry.sha for entry in history(remote.path)]
+    return Scene(control_plane, namespace, remote, daemon, attacker, trap, before)
+
+
+def role(namespace: str, name: str) -> dict[str, Any]:
+    """An RBAC Role granting nothing: RBAC names may hold almost any character."""
+    metadata = {"name": name, "namespace": namespace}
+    return {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "Role", "metadata": metadata, "rules": []}
+
+
+def daemon_secret_accesses(plane: ControlPlane, namespace: str, name: str) -> list[str]:
+    """The verbs of every request the daemon made for Secret ``namespace/name``."""
+    assert plane.audit_log is not None
+    verbs = []
+    for line in plane.audit_log.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (
+            event.get("user", {}).get("username") == DAEMON_USER
+            and ref.get("resource") == "secrets"
+            and ref.get("namespace") == namespace
+            and ref.get("name") == name
+        ):
+            verbs.append(str(event.get("verb")))
+    return verbs
+
+
+def hostile_reference(field: str, scene: Scene) -> dict[str, Any]:
+    """A custom resource of the attacker whose ``field`` climbs into the victim's namespace."""
+    victim, attacker = scene.victim, scene.attacker
+    climb = f"../../{victim}/secrets/{VICTIM_TOKEN}"
+    if field == "provider secretRef":
+        return git_provider(attacker, "grab", scene.trap.url("loot"), secret=climb)
+    if field == "target providerRef":
+        return git_target(attacker, "grab", f"../../{victim}/gitproviders/mirror", "x")
+    if field == "rule targetRef":
+        rules = [{"resources": ["configmaps"]}]
+        return watch_rule(attacker, "grab", f"../../{victim}/gittargets/mirror", rules)
+    target = git_target(attacker, "grab", "grab", "x")
+    target["spec"]["encryption"] = {
+        "provider": "sops",
+        "secretRef": {"name": climb},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+    }
+    return target
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["provider secretRef", "target providerRef", "encryption secretRef", "rule targetRef"],
+)
+def test_reference_climbing_into_another_namespace_is_refused_and_reads_nothing(
+    scene: Scene, field: str
+) -> None:
+    hostile = hostile_reference(field, scene)
+    with pytest.raises(RuntimeError, match="should match"):
+        scene.plane.kubectl("apply", "-f", "-", stdin=json.dumps(hostile))
+    time.sleep(ATTACK_WINDOW_S)
+    scene.assert_unharmed("after-climb")
+
+
+def test_attacker_server_never_receives_a_credential(scene: Scene) -> None:
+    """A provider of the attacker's own, pointing at the attacker's server, gets no password."""
+    apply(scene.plane, *mirror_setup(scene.attacker, scene.trap.url("loot"), name="grab"))
+    wait_condition(scene.plane, "gitprovider", scene.attacker, "grab", "Ready", "False")
+    assert scene.trap.requests, "the daemon never contacted the attacker's server"
+    scene.assert_unharmed("still-here")
+
+
+def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: Scene) -> None:
+    """A credential-less provider naming the victim's repository with a trailing ``/`` gets
+    ``Conflict``; it neither pushes with the victim's credentials nor stops the victim, during
+    the attack or after the attacker's resources are gone."""
+    respelled = scene.remote.url + "/"
+    apply(scene.plane, *mirror_setup(scene.attacker, respelled, path="attacker", name="grab"))
+    validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
+    assert f"{scene.victim}/mirror" in validated["message"]
+    scene.assert_unharmed("during-attack")
+    delete_mirror_resources(scene.plane, scene.attacker)
+    scene.assert_unharmed("after-attack")
+
+
+@pytest.mark.parametrize("spelling", ["file URL", "plain path"])
+def test_local_repository_urls_are_refused_without_the_flag(scene: Scene, spelling: str) -> None:
+    """The victim's bare repository is on the daemon's machine: a tenant naming its path would
+    get commits into it without any credential, were local remotes allowed."""
+    path = scene.remote.path
+    url = f"file://{path}" if spelling == "file URL" else str(path)
+    apply(scene.plane, *mirror_setup(scene.attacker, url, path="attacker", name="grab"))
+    ready = wait_condition(
+        scene.plane,
+        "gitprovider",
+        scene.attacker,
+        "grab",
+        "Ready",
+        "False",
+        "LocalRemoteNotAllowed",
+    )
+    assert "--allow-local-remotes" in ready["message"]
+    scene.assert_unharmed("after-local")
+
+
+def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
+    control_plane: ControlPlane,
+    namespace: str,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    attacker: str,
+    tmp_path: Path,
+) -> None:
+    """The demo and tests may allow local remotes; even then no URL may point into the state
+    dir (the journal and every target's clone), while a local bare repository elsewhere works."""
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--allow-local-remotes"])
+    local = git_http.create_bare_repo(git_repo_name)
+    apply(control_plane, *mirror_setup(namespace, f"file://{local}"))
+    try:
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        clone = next((tmp_path / "state" / "repos").iterdir())
+        apply(control_plane, *mirror_setup(attacker, str(clone), path="attacker", name="grab"))
+        ready = wait_condition(
+            control_plane,
+            "gitprovider",
+            attacker,
+            "grab",
+            "Ready",
+            "False",
+            "LocalRemoteNotAllowed",
+        )
+        assert "state directory" in ready["message"]
+        apply(control_plane, configmap(namespace, "local-ok"))
+        wait_for_subjects(local, daemon, f"[CREATE] v1/configmaps/{namespace}/local-ok")
+    finally:
+        daemon.ensure_stopped()
+
+
+def test_pathological_branch_glob_does_not_slow_the_daemon(scene: Scene) -> None:
+    url = scene.trap.url("slow")
+    provider = git_provider(scene.attacker, "slow", url, branches=["a*" * 100 + "b"])
+    target = git_target(scene.attacker, "slow", "slow", "x", branch="a" * 250)
+    apply(scene.plane, provider, target)
+    started = time.monotonic()
+    while time.monotonic() - started < ATTACK_WINDOW_S:
+        asked = time.monotonic()
+        assert scene.daemon.get("/healthz") is not None
+        assert time.monotonic() - asked < HEALTHZ_BUDGET_S
+        time.sleep(0.2)
+    wait_target_refused(scene.plane, scene.attacker, "slow", "BranchNotAllowed")
+    scene.assert_unharmed("not-slowed")
+
+
+def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) -> None:
+    secret_word = "hunter2-url-password"
+    url = scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
+    apply(scene.plane, *mirror_setup(scene.attacker, url, name="masked"))
+    wait_condition(scene.plane, "gitprovider", scene.attacker, "masked", "Ready", "False")
+    time.sleep(ATTACK_WINDOW_S)
+    shown = [
+        json.dumps(resource_status(scene.plane, "gitprovider", scene.attacker, "masked")),
+        json.dumps(resource_status(scene.plane, "gittarget", scene.attacker, "masked")),
+        json.dumps(scene.daemon.status()),
+        (scene.daemon.get("/") or b"").decode(),
+        (scene.daemon.get("/metrics") or b"").decode(),
+        scene.daemon.log_path.read_text(errors="replace"),
+    ]
+    for text in shown:
+        assert secret_word not in text
+
+
+def test_names_that_would_inject_commit_lines_or_reach_git_metadata_are_quarantined(
+    scene: Scene, git_http: GitHttpServer, git_repo_name: str
+) -> None:
+    """RBAC names may hold newlines and dots: a Role named ``reader\\nuser: system:admin``
+    would add a forged ``user:`` line to its commit, and ``.GIT`` would write into Git's own
+    metadata on a case-insensitive checkout. Both are quarantined; the Role next to them and
+    the victim's mirror flow on."""
+    own = git_http.create_bare_repo(f"{git_repo_name}-own")
+    secret = create_git_credentials(scene.plane, scene.attacker, git_http)
+    roles = [{"apiGroups": [RBAC_GROUP], "resources": ["roles"]}]
+    url = git_http.url(f"{git_repo_name}-own")
+    apply(scene.plane, *mirror_setup(scene.attacker, url, secret=secret, rules=roles, name="own"))
+    wait_synced(scene.plane, scene.attacker, "own", daemon=scene.daemon)
+    hostile = ["reader\nuser: system:admin", ".GIT", "tab\tname"]
+    apply(scene.plane, *(role(scene.attacker, name) for name in [*hostile, "normal"]))
+    normal = f"[CREATE] {RBAC_GROUP}/v1/roles/{scene.attacker}/normal"
+    wait_for_subjects(own, scene.daemon, normal)
+    held = wait_condition(scene.plane, "gittarget", scene.attacker, "own", "Quarantined", "True")
+    assert held["message"].startswith(f"{len(hostile)} object(s)"), held
+    for entry in history(own):
+        assert "system:admin" not in entry.subject + entry.body, entry
+    assert not any(".git" in path.lower() for path in tree(own)), tree(own)
+    scene.assert_unharmed("beside-injection")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "spec_change", "condition", "reason"),
+    [
+        ("gitprovider", "ftp", {"url": "ftp://127.0.0.1/repo.git"}, "Ready", "InvalidURL"),
+        ("gitprovider", "glob", {"allowedBranches": ["[main"]}, "Ready", "InvalidSpec"),
+        ("gittarget", "dotdot", {"path": "../victim"}, "Validated", "InvalidPath"),
+        ("gittarget", "dotgit", {"path": "a/.Git/hooks"}, "Validated", "InvalidPath"),
+        ("gittarget", "branch", {"branch": "a..b"}, "Validated", "InvalidBranch"),
+        ("gittarget", "other", {"branch": "release"}, "Validated", "BranchNotAllowed"),
+    ],
+)
+def test_object_the_schema_admits_still_gets_its_condition(
+    scene: Scene,
+    kind: str,
+    name: str,
+    spec_change: dict[str, Any],
+    condition: str,
+    reason: str,
+) -> None:
+    provider, target, rule = mirror_setup(scene.attacker, scene.trap.url(name), name=name)
+    (provider if kind == "gitprovider" else target)["spec"].update(spec_change)
+    apply(scene.plane, provider, target, rule)
+    wait_condition(scene.plane, kind, scene.attacker, name, condition, "False", reason)
+    scene.assert_unharmed(f"beside-{name}")
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "namespace"),
+    [
+        ("get", "nodes/proxy", None),
+        ("get", "services/proxy", "default"),
+        ("get", "pods/log", "default"),
+        ("get", "pods/exec", "default"),
+        ("create", "pods/exec", "default"),
+        ("get", "configmaps", "default"),
+        ("update", "secrets", "default"),
+        ("delete", "secrets", "default"),
+        ("update", "gittargets.configbutler.ai", "default"),
+        ("create", "leases.coordination.k8s.io", "kube-system"),
+        ("create", "events", "default"),
+    ],
+)
+def test_daemon_identity_cannot(
+    control_plane: ControlPlane, verb: str, resource: str, namespace: str | None
+) -> None:
+    """What the daemon's own credentials are refused, asked of the API server itself."""
+    scope = ["-n", namespace] if namespace else []
+    assert can_i(control_plane, verb, resource, *scope) == "no"
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource"),
+    [
+        ("list", "configmaps"),
+        ("watch", "nodes"),
+        ("get", "secrets"),
+        ("patch", "gittargets.configbutler.ai/status"),
+    ],
+)
+def test_daemon_identity_can_what_it_uses(
+    control_plane: ControlPlane, verb: str, resource: str
+) -> None:
+    assert can_i(control_plane, verb, resource, "-n", "default") == "yes"
+
+
+def can_i(plane: ControlPlane, verb: str, resource: str, *scope: str) -> str:
+    """The API server's answer whether the daemon may ``verb`` ``resource[/subresource]``."""
+    kind, _, subresource = resource.partition("/")
+    extra = [f"--subresource={subresource}"] if subresource else []
+    answer = plane.kubectl(
+        "auth", "can-i", verb, kind, *extra, f"--as={DAEMON_USER}", *scope, check=False
+    )
+    return answer.strip()
+
+
+def test_malformed_corpus_is_refused_by_the_schema_or_gets_its_condition(
+    control_plane: ControlPlane, namespace: str, daemon: Reverserd, cleanup: Cleanup
+) -> None:
+    """Every object of the malformed corpus, sent to the real API server: either the CRD schema
+    refuses it at admission, or reverserd gives it the condition the corpus names; the daemon
+    stays healthy throughout."""
+    apply(control_plane, git_provider(namespace, "repo", "https://git.example.com/team/repo"))
+    admitted: list[tuple[str, str, str, str, str]] = []
+    for index, (_, body, condition, reason) in enumerate(CORPUS):
+        manifest = copy.deepcopy(body)
+        name = f"corpus-{index}"
+        manifest["apiVersion"] = CONFIGBUTLER_API
+        manifest["metadata"] = {"name": name}
+        if body["kind"] == "ClusterWatchRule":
+            cleanup.cluster_objects.append(("clusterwatchrule", name))
+        else:
+            manifest["metadata"]["namespace"] = namespace
+        try:
+            control_plane.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+        except RuntimeError as refused:
+            assert "Invalid value" in str(refused) or "invalid" in str(refused), refused
+            continue
+        scope = "" if body["kind"] == "ClusterWatchRule" else namespace
+        admitted.append((body["kind"].lower(), scope, name, condition, reason))
+    assert len(admitted) >= MIN_ADMITTED_CORPUS
+    daemon.start()
+    for kind, scope, name, condition, reason in admitted:
+        wait_condition(
+            control_plane, kind, scope or None, name, condition, "False", reason, daemon=daemon
+        )
+    assert daemon.get("/healthz") is not None
