@@ -5,9 +5,9 @@ reached the repository. Until then the target's events simply wait in the journa
 watch delivered before the target was ready is lost (DESIGN invariant 2).
 
 For each type its rules select, the consumer first takes a snapshot of the journal's ``objects``
-(only once that type's seed is complete) and writes it as **one** reconcile commit, including
-removal of files whose objects are gone, judged by its own record of what it wrote or by file
-content. From then on it tails ``events`` from its cursor, filters them by its rules, and hands
+(only once that type's seed is complete and its watch has caught up in this process) and writes
+it as **one** reconcile commit: files that already say what it would write are adopted as they
+are, and files are removed only for objects provably gone (:func:`plan_snapshot`). From then on it tails ``events`` from its cursor, filters them by its rules, and hands
 one commit per event to the committer. Types that become selected later (rules widened, a CRD
 installed) get their own snapshot the same way: a backfill commit.
 
@@ -233,6 +233,7 @@ class TargetConsumer:
             extra={
                 "target": self.key,
                 "objects": count,
+                "files_adopted": plan.adopted,
                 **{f"files_{k}": v for k, v in stats.items()},
             },
         )
