@@ -7,9 +7,10 @@ watch delivered before the target was ready is lost (DESIGN invariant 2).
 For each type its rules select, the consumer first takes a snapshot of the journal's ``objects``
 (only once that type's seed is complete and its watch has caught up in this process) and writes
 it as **one** reconcile commit: files that already say what it would write are adopted as they
-are, and files are removed only for objects provably gone (:func:`plan_snapshot`). From then on it tails ``events`` from its cursor, filters them by its rules, and hands
-one commit per event to the committer. Types that become selected later (rules widened, a CRD
-installed) get their own snapshot the same way: a backfill commit.
+are, and files are removed only for objects provably gone (:func:`plan_snapshot`). From then on
+it tails ``events`` from its cursor, filters them by its rules, and hands one commit per event to
+the committer. Types that become selected later (rules widened, a CRD installed) get their own
+snapshot the same way: a backfill commit.
 
 The cursor and the record of written files move only when the committer has pushed
 (:mod:`reverserd.committer`); after a crash the consumer replays from the cursor, and the
