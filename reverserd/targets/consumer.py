@@ -174,7 +174,15 @@ class TargetConsumer:
         if discovery is None:
             return
         selections = self._selections(discovery)
-        stale = [key for key in self.covered if key not in selections]
+        # A selection the rules dropped is forgotten: its events are skipped from now on, so a
+        # later re-selection needs a fresh snapshot. A type merely missing from discovery stays
+        # covered: nothing of it is skipped meanwhile, and its watch resumes (or re-lists, with
+        # DELETE events as evidence) when it is served again, without a reconcile commit.
+        stale = [
+            key
+            for key in self.covered
+            if key not in selections and split_selection(key) in discovery.types
+        ]
         for key in stale:
             del self.covered[key]
         newly = {key for key, (_, ready) in selections.items() if ready and key not in self.covered}
