@@ -11,7 +11,6 @@ pushed branch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 import uuid
 from collections.abc import Callable
@@ -45,9 +44,11 @@ from testbed.harness import (
 from testbed.manifests import (
     cluster_watch_rule,
     configmap,
+    deployment,
     git_provider,
     git_target,
     mirror_setup,
+    secret,
     watch_rule,
 )
 from tests.conftest import Cleanup, Remote
@@ -60,6 +61,8 @@ QUIET_PERIOD_S = 2.0
 # bookmark, or two that end quietly when the server sends none, plus reconnect time.
 CATCH_UP_LIMIT_S = 2 * CATCH_UP_WATCH_S + 5
 _STR_TAG = "tag:yaml.org,2002:str"
+
+Seed = Callable[[dict[str, bytes]], str]
 
 
 # -- a folder as gitops-reverser v0.17 writes it ----------------------------------------------
@@ -145,37 +148,14 @@ def live_object(plane: ControlPlane, kind: str, namespace: str, name: str) -> di
     return kubectl_json(plane, "get", kind, name, "-n", namespace)
 
 
-def deployment(namespace: str | None, name: str) -> dict[str, Any]:
-    metadata = {"name": name, "labels": {"app": name}}
-    if namespace is not None:
-        metadata["namespace"] = namespace
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata,
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {"name": name, "image": "nginx:1.27", "ports": [{"containerPort": 80}]}
-                    ]
-                },
-            },
-        },
-    }
+@pytest.fixture
+def seed_folder(git_http: GitHttpServer, git_repo_name: str, remote: Remote) -> Seed:
+    """Commit files onto ``remote``'s main branch as the earlier mirror did; returns the SHA."""
 
+    def seed(files: dict[str, bytes]) -> str:
+        return git_http.seed_repo(git_repo_name, "main", files, "gitops-reverser: mirror")
 
-def secret(namespace: str, name: str, secret_type: str, data: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": secret_type,
-        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
-    }
+    return seed
 
 
 def cm_path(namespace: str, name: str, folder: str = FOLDER) -> str:
@@ -211,8 +191,7 @@ def test_adopting_a_gitops_reverser_folder_keeps_live_files_as_they_are_and_dele
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
-    git_http: GitHttpServer,
-    git_repo_name: str,
+    seed_folder: Seed,
     daemon: Reverserd,
     cleanup: Cleanup,
 ) -> None:
@@ -235,8 +214,8 @@ def test_adopting_a_gitops_reverser_folder_keeps_live_files_as_they_are_and_dele
     create_many(
         control_plane,
         [
-            secret(ns, "db", "Opaque", {"password": "hunter2"}),
-            secret(ns, "sh.helm.release.v1.web.v1", "helm.sh/release.v1", {"release": "H4sI"}),
+            secret(ns, "db", {"password": "hunter2"}),
+            secret(ns, "sh.helm.release.v1.web.v1", {"release": "H4sI"}, "helm.sh/release.v1"),
         ],
         "secrets",
     )
@@ -269,7 +248,7 @@ def test_adopting_a_gitops_reverser_folder_keeps_live_files_as_they_are_and_dele
     }
     assert b'enabled: "yes"' in seeded[cm_path(ns, "settings")]
     assert b"namespace" not in seeded[f"{deployments}/legacy.yaml"]
-    seed_sha = git_http.seed_repo(git_repo_name, "main", seeded, "gitops-reverser: mirror")
+    seed_sha = seed_folder(seeded)
 
     rule = f"adopt-{uuid.uuid4().hex[:8]}"
     cleanup.cluster_objects.append(("clusterwatchrule", rule))
@@ -341,8 +320,7 @@ def test_rules_that_take_only_deletions_keep_files_of_present_objects(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
-    git_http: GitHttpServer,
-    git_repo_name: str,
+    seed_folder: Seed,
     daemon: Reverserd,
 ) -> None:
     ns = namespace
@@ -352,7 +330,7 @@ def test_rules_that_take_only_deletions_keep_files_of_present_objects(
         cm_path(ns, "kept"): kept,
         cm_path(ns, "retired"): old_operator_file(configmap(ns, "retired")),
     }
-    git_http.seed_repo(git_repo_name, "main", seeded, "gitops-reverser: mirror")
+    seed_folder(seeded)
     rules = [{"resources": ["configmaps"], "operations": ["DELETE"]}]
     apply(control_plane, *mirror_setup(ns, remote.url, secret=remote.secret, rules=rules))
     daemon.start()
@@ -379,8 +357,7 @@ def test_a_snapshot_right_after_a_restart_judges_by_the_current_cluster(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
-    git_http: GitHttpServer,
-    git_repo_name: str,
+    seed_folder: Seed,
     daemon: Reverserd,
 ) -> None:
     ns = namespace
@@ -408,7 +385,7 @@ def test_a_snapshot_right_after_a_restart_judges_by_the_current_cluster(
         cm_path(ns, name): old_operator_file(configmap(ns, name))
         for name in ("born", "doomed", "steady")
     }
-    git_http.seed_repo(git_repo_name, "main", seeded, "gitops-reverser: mirror")
+    seed_folder(seeded)
     apply(
         control_plane,
         git_provider(ns, "mirror", remote.url, secret=remote.secret),
