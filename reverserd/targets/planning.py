@@ -35,6 +35,11 @@ from reverserd.manifest.layout import (
 from reverserd.manifest.render import reads_as_string, render
 from reverserd.manifest.sanitize import sanitize
 
+try:
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
 README_NAME = "README.md"
 README = b"""# Mirrored by reverserd
 
@@ -42,11 +47,6 @@ Every file below this folder is written by reverserd from the live cluster: one 
 change, deployable with `kubectl apply -R -f .`. Edits to mirrored files are overwritten by the
 next change of their object; files reverserd did not write (like this README) are left alone.
 """
-
-try:
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # PyYAML built without libyaml
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 
