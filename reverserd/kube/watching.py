@@ -11,9 +11,10 @@ How the protocol works, and what this module relies on:
   routinely (``timeoutSeconds``, API server restarts, load balancers).
 - **BOOKMARK** events carry only a newer resourceVersion. Asking for them
   (``allowWatchBookmarks``) keeps the resume point fresh on quiet collections, so a reconnect
-  rarely falls outside the server's history window. The watch cache sends one about once a
-  minute and one about two seconds before the watch's deadline, after every event before it:
-  a bookmark proves the client has caught up to that point.
+  rarely falls outside the server's history window. The watch cache sends one (about once a
+  minute, and shortly before the watch's deadline) only when its version has moved past what
+  the watch delivered; as it follows every event before it, a bookmark proves the client has
+  caught up to that point.
 - When ``R`` is older than the server still remembers, the watch fails with ``410 Gone``
   (an ``ERROR`` event, or the HTTP status). Events in the gap are lost to this client: the only
   correct recovery is a new LIST, comparing it with what was known (:class:`ResourceExpired`).

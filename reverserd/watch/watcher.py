@@ -20,10 +20,10 @@ does, as far as this process can know. It is set by a complete LIST in this proc
 bookmark on a watch of this process (every event before it has been journaled), or by a watch
 that ran until the server ended it without any change (nothing happened after its start). It is
 cleared when the watch fails, since the changes of the gap arrive only with the next watch.
-Until it is set again the stream's watches are short (``CATCH_UP_WATCH_S``), so the API server
-sends the proving bookmark within seconds. Only a current stream may feed a snapshot that
-deletes: after a restart, a journal that lags the cluster would take an object created meanwhile
-for one that never existed.
+Until it is set again the stream's watches are short (``CATCH_UP_WATCH_S``), so the proof comes
+within seconds even on a type that does not change and gets no bookmark. Only a current stream
+may feed a snapshot that deletes: after a restart, a journal that lags the cluster would take an
+object created meanwhile for one that never existed.
 """
 
 from __future__ import annotations
@@ -48,10 +48,11 @@ MAX_BATCH = 500
 # Reconnect pacing after errors: quick first retry, bounded ceiling, never a tight loop.
 RETRY_INITIAL_S = 0.5
 RETRY_CEILING_S = 30.0
-# Server-side lifetime of a watch that has yet to prove the stream current: the watch cache sends
-# a bookmark two seconds before a watch's deadline, so a quiet type is proven within about three
-# seconds instead of after the minute between routine bookmarks.
-CATCH_UP_WATCH_S = 5
+# Server-side lifetime of a watch that has yet to prove the stream current. The server sends every
+# change after the resume point as soon as the watch starts, so a watch this short that brings
+# none proves the journal current, and one that brings changes is followed by another. Seconds,
+# not the usual minutes: a snapshot after a restart waits for this.
+CATCH_UP_WATCH_S = 3
 
 _END = object()
 

@@ -57,8 +57,8 @@ FOLDER = "live-cluster"
 # A restart that changes nothing has pushed whatever it would push within a second (push
 # interval 1 s); twice that proves the quiet.
 QUIET_PERIOD_S = 2.0
-# Longest a resumed watch may take to prove itself current: one short watch that ends with a
-# bookmark, or two that end quietly when the server sends none, plus reconnect time.
+# Longest a resumed watch may take to prove itself current: a short watch bringing the changes
+# made meanwhile, then a quiet one, plus reconnect time.
 CATCH_UP_LIMIT_S = 2 * CATCH_UP_WATCH_S + 5
 _STR_TAG = "tag:yaml.org,2002:str"
 
@@ -414,7 +414,7 @@ def test_a_snapshot_right_after_a_restart_judges_by_the_current_cluster(
     "rtype",
     [
         ResourceType("", "v1", "configmaps", "ConfigMap", namespaced=True),
-        # Served without the watch cache in the test bed: no bookmarks, a quiet end instead.
+        # Served without the watch cache in the test bed: straight from etcd.
         ResourceType("", "v1", WATCH_CACHE_OFF_RESOURCE, "PodTemplate", namespaced=True),
     ],
     ids=lambda rtype: rtype.resource,
@@ -480,7 +480,7 @@ async def _resume_watch(
 
 
 async def _until(probe: Callable[[], bool], limit_s: float) -> None:
-    """Poll ``probe`` often enough to see a state that lasts only the seconds before a bookmark."""
+    """Poll ``probe`` often enough to see a state that lasts only a few seconds."""
     async with asyncio.timeout(limit_s):
         while True:
             if probe():
