@@ -8,6 +8,10 @@ Start-up order is what makes "no event dropped at start-up" structural rather th
 4. only then open data watches, which write to the journal whether or not any target is ready;
 5. target consumers read the journal from their own cursors when their target is ready.
 
+Every long-running task is supervised (:mod:`reverserd.supervise`): one failure restarts that
+task from the journal, it never ends the process, and it never leaves a dead task that looks
+alive. Only lost leadership ends the process on purpose.
+
 SIGTERM or SIGINT cancels the TaskGroup: watches stop, nothing half-written is committed (an
 open journal transaction rolls back together with its resume point, so the API server delivers
 those events again), and the process exits.
@@ -29,15 +33,19 @@ from reverserd import __version__
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
+from reverserd.git import configure_network_timeouts
+from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
 from reverserd.metrics import (
+    EVENT_LOOP_LAG,
     JOURNAL_BYTES,
     JOURNAL_EVENTS,
     TARGET_LAG_EVENTS,
     TARGET_LAG_SECONDS,
 )
+from reverserd.supervise import supervise
 from reverserd.targets.manager import TargetManager
 from reverserd.watch.manager import WatchManager
 from reverserd.web.server import Surface, build_app, serve
@@ -48,6 +56,18 @@ log = logging.getLogger(__name__)
 COMPACTION_INTERVAL_S = 60.0
 # Journal size gauges are refreshed at this pace.
 JOURNAL_GAUGE_INTERVAL_S = 15.0
+# The event loop's lag is sampled at this pace: often enough to catch a blocked second, rarely
+# enough to cost nothing.
+LOOP_LAG_SAMPLE_S = 0.25
+
+
+async def sample_loop_lag() -> None:
+    """Observe how late a timer fires: the time the event loop was blocked by something."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(LOOP_LAG_SAMPLE_S)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - started - LOOP_LAG_SAMPLE_S))
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,7 @@ class RunOptions:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
+    git_timeout_s: float = 60.0
 
 
 class _Shutdown(Exception):
@@ -77,10 +98,13 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit code 0) or lost leadership (exit code 1)."""
         options = self.options
+        timeout_ms = max(1, int(options.git_timeout_s * 1000))
+        configure_network_timeouts(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms)
         journal = await JournalWriter.open(options.state_dir)
         reader = await JournalReader.open(options.state_dir)
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
+        journal.on_failure_changed = board.report_journal
         plane = ConfigPlane(client, board)
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
@@ -113,14 +137,16 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(journal.run())
-                group.create_task(plane.run())
-                group.create_task(self._housekeeping())
+                group.create_task(supervise("config plane", plane.run))
+                group.create_task(supervise("housekeeping", self._housekeeping))
+                group.create_task(sample_loop_lag())
                 if self.elector is not None:
+                    # Not supervised: lost leadership must end the process (exit code 1).
                     group.create_task(self.elector.run())
                 await plane.wait_synced()
                 await watches.refresh_discovery()
-                group.create_task(watches.run())
-                group.create_task(self._lead())
+                group.create_task(supervise("watches", watches.run))
+                group.create_task(supervise("targets", self._lead))
                 await stop.wait()
                 log.info("shutting down")
                 raise _Shutdown
@@ -164,6 +190,8 @@ class Daemon:
 
     def surface(self) -> Surface:
         async def journal_ok() -> bool:
+            if self.journal.failure is not None:
+                return False
             try:
                 await self.reader.last_seq()
                 return True

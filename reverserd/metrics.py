@@ -73,3 +73,23 @@ SECRETS_SKIPPED = Counter(
 STATUS_WRITES = Counter(
     "reverserd_status_writes_total", "Status writes to reverserd's own resources", ["kind"]
 )
+COMMITTER_RESTARTS = Counter(
+    "reverserd_committer_restarts_total",
+    "Committers that failed and were replaced by a fresh one",
+    ["remote"],
+)
+TASK_RESTARTS = Counter(
+    "reverserd_task_restarts_total",
+    "Supervised tasks (consumers, watches, housekeeping) restarted after a failure",
+    ["task"],
+)
+OBJECTS_QUARANTINED = Gauge(
+    "reverserd_objects_quarantined",
+    "Objects a target cannot write (see its Quarantined condition); retried when they change",
+    ["target"],
+)
+EVENT_LOOP_LAG = Histogram(
+    "reverserd_event_loop_lag_seconds",
+    "How late a timer on the event loop fires: time the loop was blocked",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

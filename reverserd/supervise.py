@@ -1,8 +1,10 @@
 """Keep a long-running task alive: one target's or one watch's bug must not stop the others.
 
-A supervised task that fails unexpectedly is logged with its traceback, counted, and restarted
-after a growing delay. Its state lives in the journal, so a restart resumes where it stood.
-Cancellation (shutdown, reconfiguration) passes through untouched.
+A supervised task that fails unexpectedly is logged with its traceback, counted in
+``reverserd_task_restarts_total``, and restarted after a growing delay (``on_failure`` lets the
+owner show the failure in status meanwhile). Its state lives in the journal, so a restart resumes
+where it stood. A task that returns is done; one that raises is never left dead. Cancellation
+(shutdown, reconfiguration) passes through untouched.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+
+from reverserd.metrics import TASK_RESTARTS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ async def supervise(
             return
         except Exception as error:
             log.error("%s failed, restarting in %.0f s", name, delay, exc_info=error)
+            TASK_RESTARTS.labels(task=name).inc()
             if on_failure is not None:
                 on_failure(error)
             await asyncio.sleep(delay)

@@ -186,3 +186,16 @@ def custom_object(
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }
+
+
+def podtemplate(namespace: str, name: str) -> dict[str, Any]:
+    """A PodTemplate: the test bed serves this type without a watch cache (see controlplane)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": name, "namespace": namespace},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "main", "image": "registry.example/app:1"}]},
+        },
+    }

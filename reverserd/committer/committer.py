@@ -11,9 +11,24 @@ replays it from the journal, and the change is either already pending in the clo
 changes nothing, and the next push carries it) or already pushed (the replay changes nothing).
 Each change is therefore committed once.
 
-Pushes are compare-and-swap. When someone else pushed first, the committer fetches, replays its
-pending commits on the new tip (their commits stay), and pushes again. When the remote is down
-it retries with backoff, keeping everything; nothing is ever dropped because a push failed.
+**A committer is disposable.** It owns its clone (behind a lock), its Git thread and its inbox
+for exactly one run. Anything unexpected ends that run for good: the committer marks itself
+stopped, submitters get :class:`CommitterStopped`, and :class:`~reverserd.committer.branch.Branch`
+builds a fresh one after a backoff. Submissions it had taken but not pushed are not carried
+over in memory: their consumers replay them from the journal (their cursors never passed them),
+and :meth:`Committer.resume_point` keeps a replay from committing twice what is already in the
+clone. The clone stays locked until the stopped committer's Git operation in flight has ended,
+so a successor never works on it concurrently (DESIGN invariant 8).
+
+**Push outcomes** are handled by what a retry can change:
+
+- the branch moved (someone else pushed): fetch, rebuild the pending commits on the new tip
+  (their commits stay) and push again at once, a few times in a row;
+- the remote is unreachable, refuses the credentials, or declines the update (a hook, a
+  protected branch, a ref that cannot be created such as ``env/prod`` beside ``env``): back off
+  (up to a minute), say why in status, and keep turning new submissions into local commits
+  meanwhile, so the first push after recovery carries everything. A rejection after which the
+  fetched tip did not move is such a refusal too: rebuilding would not change the answer.
 """
 
 from __future__ import annotations
@@ -24,8 +39,9 @@ import concurrent.futures
 import functools
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -40,7 +56,6 @@ from reverserd.git import (
     PushDeclined,
     PushRejected,
     RemoteUnavailable,
-    RepositoryError,
 )
 from reverserd.journal import JournalWriter, ObjectKey
 from reverserd.metrics import (
@@ -61,24 +76,30 @@ RETRY_INITIAL_S = 1.0
 RETRY_CEILING_S = 60.0
 # Someone else pushing between our fetch and push is retried at once, this many times in a row.
 MAX_IMMEDIATE_REBASES = 5
-# Submissions waiting for the Git thread; a full inbox slows the consumers (they re-read the
-# journal, which holds everything anyway) instead of growing memory without bound.
+# Submissions (and bytes of file content) waiting for the Git thread; a full inbox slows the
+# consumers (they re-read the journal, which holds everything anyway) instead of growing memory
+# without bound: a burst of large objects waits in the journal, not in RAM.
 INBOX_DEPTH = 1000
+INBOX_BYTES = 32 * 2**20
 # Commits one push may carry under a backlog: about a second of Git work on two cores, so
 # pushes stay frequent while their fixed cost (a round trip, pack negotiation) is shared.
 BATCH_LIMIT = 200
+# File content one push may carry under a backlog of large objects: a pack the server starts
+# receiving within seconds (front ends drop a request body that stays idle for a minute).
+PUSH_BYTES = 32 * 2**20
 # The lines of every commit message that name the target it was made for, and the journal seq
 # up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
 SEQ_TRAILER = "journal-seq"
-# How far back a restarting consumer looks for its own commits above its cursor: more than any
-# number of commits one push interval can leave unpushed or unacknowledged.
-RESUME_SCAN_COMMITS = 20_000
-# How long a stopping committer waits for its Git operation in flight (a push is bounded by
-# the Git layer's I/O timeout; shutdown must not wait that long).
-THREAD_DRAIN_S = 5.0
 # Pack the clone after this many commits so it never grows into millions of loose objects.
 MAINTAIN_EVERY_COMMITS = 2000
+
+
+class CommitterStopped(Exception):
+    """The committer has stopped for good; its branch starts a fresh one.
+
+    A consumer that gets this restarts from its cursor with the branch's new committer.
+    """
 
 
 @dataclass
@@ -87,6 +108,7 @@ class Submission:
 
     ``changes`` empty means a marker: the target has processed the journal up to ``seq`` and
     nothing needed writing; its cursor may move there once everything before it is pushed.
+    Once committed, ``changes`` is released (the clone holds them) and only counted.
     """
 
     target: str
@@ -97,7 +119,11 @@ class Submission:
     author: pygit2.Signature | None = None
     records: list[tuple[ObjectKey, str | None, str]] = field(default_factory=list)
     on_pushed: Callable[[str | None, float], None] | None = None
+    on_quarantined: Callable[[Mapping[ObjectKey, str]], None] | None = None
+    quarantine: dict[ObjectKey, str | None] = field(default_factory=dict)
     commit: str | None = None
+    files_written: int = 0
+    files_deleted: int = 0
 
 
 class ProviderProblem(Exception):
@@ -112,6 +138,29 @@ class ProviderProblem(Exception):
 class PushPolicy:
     interval_s: float
     max_commits: int
+
+
+@dataclass
+class _PushState:
+    """When the next push may be tried, and how long the one after a failure waits."""
+
+    retry_at: float = 0.0
+    delay_s: float = RETRY_INITIAL_S
+    immediate_rebases: int = 0
+
+    def failed(self) -> float:
+        """Schedule the next try after the current delay; returns that delay."""
+        delay = self.delay_s
+        self.retry_at = time.monotonic() + delay
+        self.delay_s = min(delay * 2, RETRY_CEILING_S)
+        return delay
+
+    def succeeded(self) -> None:
+        self.retry_at, self.delay_s, self.immediate_rebases = 0.0, RETRY_INITIAL_S, 0
+
+    @property
+    def waiting(self) -> bool:
+        return time.monotonic() < self.retry_at
 
 
 class Committer:
@@ -136,20 +185,26 @@ class Committer:
         self.policy = policy
         self.provider_keys = provider_keys
         self.ready = asyncio.Event()
+        self.stopped = False
         self.last_error: str | None = None
         self.last_push_time: float | None = None
         self.pushed_sha: str | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="git")
         self._inbox: collections.deque[Submission] = collections.deque()
+        self._inbox_bytes = 0
         self._inbox_changed = asyncio.Condition()
         # Held while submissions are taken and committed, so that what a restarting consumer
         # reads from the branch is never missing a batch that is half way to it.
         self._applying = asyncio.Lock()
         self._unpushed: list[Submission] = []
+        self._unpushed_bytes = 0
         self._first_unpushed_at: float | None = None
+        self._push = _PushState()
         self._commits_since_maintain = 0
 
     async def on_git_thread(self, work: Callable[[], T]) -> T:
+        if self.stopped:
+            raise CommitterStopped(self.key)
         return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
     async def read(self, path: str) -> bytes | None:
@@ -159,9 +214,19 @@ class Committer:
         return await self.on_git_thread(lambda: self.repository.list_files(prefix))
 
     async def submit(self, submission: Submission) -> None:
+        size = content_bytes([submission])
+
+        def room() -> bool:
+            if self.stopped or not self._inbox:
+                return True
+            return len(self._inbox) < INBOX_DEPTH and self._inbox_bytes + size <= INBOX_BYTES
+
         async with self._inbox_changed:
-            await self._inbox_changed.wait_for(lambda: len(self._inbox) < INBOX_DEPTH)
+            await self._inbox_changed.wait_for(room)
+            if self.stopped:
+                raise CommitterStopped(self.key)
             self._inbox.append(submission)
+            self._inbox_bytes += size
             self._inbox_changed.notify_all()
 
     async def resume_point(self, target: str, cursor: int) -> int:
@@ -171,39 +236,75 @@ class Committer:
         clone, pushed or not: replaying an older change on top of a newer state is not a no-op
         (an UPDATE replayed after its DELETE would bring the file back). Submissions of the
         target still waiting here are dropped first; the consumer replays them from the journal.
+
+        Only commits this clone made count (pending, or carried by the last push): anyone with
+        push access can write a commit whose trailers name a target and a seq, and trusting it
+        would make the target skip real changes (DESIGN invariant 9).
         """
         async with self._applying:
-            async with self._inbox_changed:
-                kept = [item for item in self._inbox if item.target != target]
-                self._inbox.clear()
-                self._inbox.extend(kept)
-                self._inbox_changed.notify_all()
-            messages = await self.on_git_thread(
-                functools.partial(self.repository.recent_commits, RESUME_SCAN_COMMITS)
-            )
+            await self._drop_waiting(target)
+            messages = await self.on_git_thread(self.repository.own_commits)
         return committed_seq(messages, target, cursor)
+
+    async def forget(self, target: str) -> None:
+        """Drop everything of a target that went away, so its cursor is never written again.
+
+        Commits already made for it stay in the clone and are pushed with the rest; only the
+        bookkeeping that would re-create its cursor is dropped.
+        """
+        async with self._applying:
+            await self._drop_waiting(target)
+            self._unpushed = [item for item in self._unpushed if item.target != target]
+
+    async def _drop_waiting(self, target: str) -> None:
+        async with self._inbox_changed:
+            kept = [item for item in self._inbox if item.target != target]
+            self._inbox.clear()
+            self._inbox.extend(kept)
+            self._inbox_bytes = content_bytes(kept)
+            self._inbox_changed.notify_all()
 
     def _report(self, ok: bool, reason: str, message: str) -> None:
         self.last_error = None if ok else message
+        health = ProviderHealth(ok, reason, message)
+        self.board.report_branch(self.key, health)
         for key in self.provider_keys():
-            self.board.report_provider(key, ProviderHealth(ok, reason, message))
+            self.board.report_provider(key, health)
 
     async def run(self) -> None:
-        async with self.clone_lock:
+        """Own the clone until cancelled, or until anything raises; a committer runs once."""
+        if self.stopped:
+            raise CommitterStopped(self.key)
+        await self.clone_lock.acquire()
+        try:
+            await self._open()
+            while True:
+                await self._commit_until_push_due()
+                await self._push_once()
+        finally:
+            await self._stop()
+
+    async def _stop(self) -> None:
+        self.stopped = True
+        self.ready.clear()
+        async with self._inbox_changed:
+            self._inbox.clear()
+            self._inbox_bytes = 0
+            self._inbox_changed.notify_all()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        lock, thread = self.clone_lock, self._thread
+
+        def release_when_idle() -> None:
+            # The clone stays locked until the Git operation in flight (a push can take up to
+            # the I/O timeout) has ended; whatever it did not finish is redone from the journal.
+            thread.shutdown(wait=True)
             try:
-                await self._open()
-                while True:
-                    await self._take_submissions()
-                    if self._push_due():
-                        await self._push_with_retries()
-            finally:
-                # Let a Git operation in flight finish (bounded) before another committer may
-                # open this clone; whatever it did not finish is redone from the journal.
-                self._thread.shutdown(wait=False, cancel_futures=True)
-                try:
-                    await asyncio.wait_for(asyncio.to_thread(self._thread.shutdown), THREAD_DRAIN_S)
-                except TimeoutError:
-                    log.warning("Git operation on %s still running at stop", self.key)
+                loop.call_soon_threadsafe(lock.release)
+            except RuntimeError:
+                pass  # the event loop is gone: the process is exiting
+
+        threading.Thread(target=release_when_idle, name="git-drain", daemon=True).start()
 
     async def _open(self) -> None:
         delay = RETRY_INITIAL_S
@@ -211,78 +312,101 @@ class Committer:
             try:
                 self.repository = await self.connect()
                 tip = await self.on_git_thread(self.repository.open)
-                log.info(
-                    "opened %s",
-                    self.key,
-                    extra={
-                        "remote_tip": tip,
-                        "pending": await self.on_git_thread(self.repository.pending),
-                    },
-                )
+                pending = await self.on_git_thread(self.repository.pending)
+                log.info("opened %s", self.key, extra={"remote_tip": tip, "pending": pending})
                 self._report(True, "Ready", f"connected to {self.repository.display_url}")
-                self.ready.set()
-                if await self.on_git_thread(self.repository.pending):
+                if pending:
                     self._first_unpushed_at = time.monotonic()
+                self.ready.set()
                 return
             except ProviderProblem as error:
                 self._report(False, error.reason, str(error))
                 log.warning("cannot use %s, retrying in %.0f s: %s", self.key, delay, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_CEILING_S)
             except (RemoteUnavailable, CredentialsError) as error:
                 self._report(False, "ConnectionFailed", str(error))
                 log.warning("cannot reach %s, retrying in %.0f s: %s", self.key, delay, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_CEILING_S)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_CEILING_S)
+
+    def _unpushed_commits(self) -> int:
+        return sum(1 for item in self._unpushed if item.commit)
+
+    def _push_full(self) -> bool:
+        """Enough waits for the remote that a push should not wait for the interval."""
+        return (
+            self._unpushed_commits() >= self.policy.max_commits
+            or self._unpushed_bytes >= PUSH_BYTES
+        )
 
     def _push_due(self) -> bool:
-        if self._first_unpushed_at is None:
+        if self._first_unpushed_at is None or self._push.waiting:
             return False
-        commits = sum(1 for item in self._unpushed if item.commit)
         waited = time.monotonic() - self._first_unpushed_at
-        return commits >= self.policy.max_commits or waited >= self.policy.interval_s
+        return self._push_full() or waited >= self.policy.interval_s
 
-    async def _take_submissions(self) -> None:
-        """Wait for work or for the push deadline; commit what has arrived.
+    def _seconds_until_push_due(self) -> float | None:
+        """None while nothing waits for the remote."""
+        if self._first_unpushed_at is None:
+            return None
+        due = max(self._first_unpushed_at + self.policy.interval_s, self._push.retry_at)
+        if self._push_full():
+            due = max(time.monotonic(), self._push.retry_at)
+        return max(0.0, due - time.monotonic())
 
-        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) wait for one push,
-        so a backlog never postpones a due push by more than about a second of Git work, while
-        a burst is not pushed in needlessly small pieces.
+    async def _commit_until_push_due(self) -> None:
+        """Commit submissions as they arrive (also while a push waits for its retry)."""
+        while not self._push_due():
+            timeout = self._seconds_until_push_due()
+            async with self._inbox_changed:
+                try:
+                    await asyncio.wait_for(
+                        self._inbox_changed.wait_for(lambda: bool(self._inbox)), timeout
+                    )
+                except TimeoutError:
+                    continue
+            async with self._applying:
+                await self._apply_batch()
+
+    def _batch_room(self) -> tuple[int, int]:
+        """How many submissions, and bytes of their content, the next batch may take.
+
+        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) and
+        :data:`PUSH_BYTES` wait for one due push, so a backlog never postpones it by more than
+        about a second of Git work, and its pack stays small. While a push waits for its retry,
+        nothing is postponed: batches are full.
         """
-        timeout = None
-        if self._first_unpushed_at is not None:
-            timeout = max(0.0, self._first_unpushed_at + self.policy.interval_s - time.monotonic())
-        async with self._inbox_changed:
-            try:
-                await asyncio.wait_for(
-                    self._inbox_changed.wait_for(lambda: bool(self._inbox)), timeout
-                )
-            except TimeoutError:
-                return
-        async with self._applying:
-            await self._apply_batch()
+        limit = max(self.policy.max_commits, BATCH_LIMIT)
+        if self._push.waiting:
+            return limit, PUSH_BYTES
+        return max(1, limit - self._unpushed_commits()), PUSH_BYTES - self._unpushed_bytes
 
     async def _apply_batch(self) -> None:
-        unpushed = sum(1 for item in self._unpushed if item.commit)
-        room = max(1, max(self.policy.max_commits, BATCH_LIMIT) - unpushed)
         async with self._inbox_changed:
-            batch = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
+            count, budget = self._batch_room()
+            batch: list[Submission] = []
+            while self._inbox and len(batch) < count:
+                size = content_bytes([self._inbox[0]])
+                if batch and size > budget:
+                    break
+                batch.append(self._inbox.popleft())
+                budget -= size
+            self._inbox_bytes -= content_bytes(batch)
             self._inbox_changed.notify_all()
         if not batch:
             return
-        default_author = pygit2.Signature(*self.identity)
-        committer = pygit2.Signature(*self.identity)
         writes = [item for item in batch if item.changes]
-        shas = await self.on_git_thread(
-            functools.partial(
-                self.repository.apply_many,
-                [(item.changes, item.message, item.author or default_author) for item in writes],
-                committer,
-            )
-        )
+        committed_bytes = content_bytes(writes)
+        try:
+            shas = await self._commit(writes)
+        except ValueError:
+            # Some submission writes where the branch cannot hold a file (a person pushed a
+            # file where a folder must be): find it, and commit the rest without it.
+            shas = [await self._commit_writable(item) for item in writes]
         for item, sha in zip(writes, shas, strict=True):
             item.commit = sha
             if sha:
+                item.files_written = sum(1 for c in item.changes if c.content is not None)
+                item.files_deleted = len(item.changes) - item.files_written
                 COMMITS.labels(target=item.target).inc()
                 self._commits_since_maintain += 1
                 log.info(
@@ -294,9 +418,11 @@ class Committer:
                         "subject": item.message.splitlines()[0],
                     },
                 )
+            item.changes = []
         for item in batch:
             self._unpushed.append(item)
             COMMIT_QUEUE.labels(target=item.target).inc()
+        self._unpushed_bytes += committed_bytes
         pending = await self.on_git_thread(self.repository.pending)
         if pending and self._first_unpushed_at is None:
             self._first_unpushed_at = time.monotonic()
@@ -304,53 +430,115 @@ class Committer:
             # Nothing for the remote: markers and no-op replays are settled at once.
             await self._settle(self.pushed_sha, time.time())
 
-    async def _push_with_retries(self) -> None:
-        delay = RETRY_INITIAL_S
-        rebases = 0
-        while True:
-            started = time.monotonic()
+    async def _commit(self, writes: Sequence[Submission]) -> list[str | None]:
+        author = pygit2.Signature(*self.identity)
+        return await self.on_git_thread(
+            functools.partial(
+                self.repository.apply_many,
+                [(item.changes, item.message, item.author or author) for item in writes],
+                pygit2.Signature(*self.identity),
+            )
+        )
+
+    async def _commit_writable(self, item: Submission) -> str | None:
+        """Commit ``item`` without the files the branch cannot hold; quarantine their objects."""
+        unwritable = functools.partial(self.repository.unwritable, item.changes)
+        blocked = await self.on_git_thread(unwritable)
+        if blocked:
+            # The local tip may be behind a person who already freed the path: look first.
             try:
-                pushing = await self.on_git_thread(self.repository.pending_commits)
-                sha = await self.on_git_thread(self.repository.push)
-            except PushRejected as error:
-                GIT_OPERATIONS.labels(operation="push", result="rejected").inc()
-                log.info("remote moved, rebuilding on its tip: %s", error)
-                await self._rebase_or_wait(rebases < MAX_IMMEDIATE_REBASES, delay)
-                rebases += 1
-                continue
-            except (RemoteUnavailable, PushDeclined, RepositoryError) as error:
-                GIT_OPERATIONS.labels(operation="push", result="failed").inc()
-                PUSH_FAILURES.labels(reason=type(error).__name__).inc()
-                self._report(False, "ConnectionFailed", str(error))
-                log.warning("push to %s failed, retrying in %.0f s: %s", self.key, delay, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_CEILING_S)
-                await self._take_submissions_nowait()
-                continue
-            PUSH_DURATION.observe(time.monotonic() - started)
-            GIT_OPERATIONS.labels(operation="push", result="success").inc()
-            self._report(True, "Ready", f"pushed to {self.repository.display_url}")
-            self.last_push_time = time.time()
-            await self._settle(sha, self.last_push_time, newest_per_target(pushing))
-            log.info("All events pushed to remote", extra={"remote": self.key, "commit": sha})
-            if self._commits_since_maintain >= MAINTAIN_EVERY_COMMITS:
-                await self.on_git_thread(self.repository.maintain)
-                self._commits_since_maintain = 0
+                await self.on_git_thread(self.repository.rebase_onto_remote)
+            except RemoteUnavailable:
+                pass
+            else:
+                self._quarantine_paths(self.repository.dropped_in_rebuild)
+                blocked = await self.on_git_thread(unwritable)
+        item.changes = [change for change in item.changes if change.path not in blocked]
+        self._quarantine_paths(blocked, [item])
+        if not item.changes:
+            return None
+        return (await self._commit([item]))[0]
+
+    def _quarantine_paths(
+        self, blocked: Mapping[str, str], items: Sequence[Submission] | None = None
+    ) -> None:
+        """The objects whose files are ``blocked`` are not written: no record, quarantined."""
+        if not blocked:
             return
+        log.warning(
+            "objects quarantined: their files cannot be written on the branch",
+            extra={"remote": self.key, "paths": sorted(blocked)},
+        )
+        for item in self._unpushed if items is None else items:
+            held = {k: blocked[p] for k, p, _ in item.records if p is not None and p in blocked}
+            if not held:
+                continue
+            item.records = [record for record in item.records if record[1] not in blocked]
+            item.quarantine.update(held)
+            if item.on_quarantined is not None:
+                item.on_quarantined(held)
 
-    async def _rebase_or_wait(self, immediately: bool, delay: float) -> None:
-        if not immediately:
-            await asyncio.sleep(delay)
+    async def _push_once(self) -> None:
+        """One push attempt; its outcome decides when the next one may run."""
+        started = time.monotonic()
         try:
-            await self.on_git_thread(self.repository.rebase_onto_remote)
+            pushing = await self.on_git_thread(self.repository.pending_commits)
+            sha = await self.on_git_thread(self.repository.push)
+        except PushRejected as error:
+            GIT_OPERATIONS.labels(operation="push", result="rejected").inc()
+            await self._rebuild_after_rejection(error)
+            return
+        except PushDeclined as error:
+            self._push_failed(
+                "PushRefused",
+                f"{error}; the server refuses this update whatever reverserd does: check its"
+                " hooks and branch protection, or choose another branch",
+            )
+            return
         except RemoteUnavailable as error:
-            self._report(False, "ConnectionFailed", str(error))
-            await asyncio.sleep(delay)
+            self._push_failed("ConnectionFailed", str(error))
+            return
+        PUSH_DURATION.observe(time.monotonic() - started)
+        GIT_OPERATIONS.labels(operation="push", result="success").inc()
+        self._push.succeeded()
+        self._report(True, "Ready", f"pushed to {self.repository.display_url}")
+        self.last_push_time = time.time()
+        async with self._applying:
+            await self._settle(sha, self.last_push_time, newest_per_target(pushing))
+        log.info("All events pushed to remote", extra={"remote": self.key, "commit": sha})
+        if self._commits_since_maintain >= MAINTAIN_EVERY_COMMITS:
+            await self.on_git_thread(self.repository.maintain)
+            self._commits_since_maintain = 0
 
-    async def _take_submissions_nowait(self) -> None:
-        """While a push is being retried, keep committing what arrives (nothing waits in RAM)."""
-        if self._inbox:
-            await self._take_submissions()
+    async def _rebuild_after_rejection(self, rejection: PushRejected) -> None:
+        """Rebuild on the remote's tip when it moved; a rejection it does not explain waits."""
+        try:
+            before = await self.on_git_thread(self.repository.remote_base)
+            await self.on_git_thread(self.repository.rebase_onto_remote)
+            after = await self.on_git_thread(self.repository.remote_base)
+        except RemoteUnavailable as error:
+            self._push_failed("ConnectionFailed", str(error))
+            return
+        self._quarantine_paths(self.repository.dropped_in_rebuild)
+        if before == after:
+            self._push_failed(
+                "PushRefused",
+                f"{rejection}, although the branch did not move; a fetch cannot fix this (for"
+                " example a branch named like an existing branch's folder, env/prod beside env):"
+                " rename the branch or the conflicting ref on the server",
+            )
+            return
+        log.info("remote moved, rebuilt on its tip: %s", rejection)
+        self._push.immediate_rebases += 1
+        if self._push.immediate_rebases > MAX_IMMEDIATE_REBASES:
+            self._push_failed("RemoteBusy", f"{rejection}; the branch keeps moving, waiting")
+
+    def _push_failed(self, reason: str, message: str) -> None:
+        GIT_OPERATIONS.labels(operation="push", result="failed").inc()
+        PUSH_FAILURES.labels(reason=reason).inc()
+        delay = self._push.failed()
+        self._report(False, reason, message)
+        log.warning("push to %s failed, retrying in %.0f s: %s", self.key, delay, message)
 
     async def _settle(
         self, sha: str | None, pushed_at: float, newest: Mapping[str, str] | None = None
@@ -361,31 +549,38 @@ class Committer:
         foreign tip, SHAs differ from those made locally, so they are read from the pushed
         commits' ``target:`` lines).
         """
-        settled, self._unpushed = self._unpushed, []
-        self._first_unpushed_at = None
-        self.pushed_sha = sha
+        settled = self._unpushed
         by_target: dict[str, list[Submission]] = {}
         for item in settled:
             by_target.setdefault(item.target, []).append(item)
         for target, items in by_target.items():
             records: dict[ObjectKey, tuple[ObjectKey, str | None, str]] = {}
+            quarantine: dict[ObjectKey, str | None] = {}
             for item in items:
                 for record in item.records:
                     records[record[0]] = record
+                quarantine.update(item.quarantine)
             last = items[-1]
-            await self.journal.write_cursor(target, last.seq, last.covered, list(records.values()))
-            committed = [item for item in items if item.commit]
+            await self.journal.write_cursor(
+                target, last.seq, last.covered, list(records.values()), quarantine
+            )
+        # Only once every cursor is written: a failing write leaves everything unsettled, to be
+        # replayed by a fresh committer's consumers.
+        self._unpushed, self._unpushed_bytes = [], 0
+        self._first_unpushed_at = None
+        self.pushed_sha = sha
+        for target, items in by_target.items():
             COMMIT_QUEUE.labels(target=target).dec(len(items))
-            if committed:
-                written = sum(
-                    1 for item in committed for c in item.changes if c.content is not None
-                )
-                deleted = sum(1 for item in committed for c in item.changes if c.content is None)
-                OBJECTS_WRITTEN.labels(target=target).inc(written)
-                FILES_DELETED.labels(target=target).inc(deleted)
+            OBJECTS_WRITTEN.labels(target=target).inc(sum(item.files_written for item in items))
+            FILES_DELETED.labels(target=target).inc(sum(item.files_deleted for item in items))
         for item in settled:
             if item.on_pushed is not None:
                 item.on_pushed((newest or {}).get(item.target), pushed_at)
+
+
+def content_bytes(items: Iterable[Submission]) -> int:
+    """File content the submissions carry: what they hold in memory until committed."""
+    return sum(len(change.content or b"") for item in items for change in item.changes)
 
 
 def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:

@@ -36,6 +36,7 @@ from reverserd.config.model import (
 from reverserd.config.rules import CompiledRule
 from reverserd.config.status import (
     Condition,
+    ProviderHealth,
     StatusBoard,
     TargetProgress,
     ready_from,
@@ -144,6 +145,47 @@ def _progress_conditions(progress: TargetProgress) -> list[Condition]:
             "changes are committed from the journal as they happen",
         ),
     ]
+
+
+def _pushing_condition(health: ProviderHealth | None) -> Condition:
+    """How the committer of the target's branch fares: down, refused or failing is not Ready."""
+    if health is None:
+        return Condition("Pushing", None, "Pending", "no push attempted yet")
+    if health.ok:
+        return Condition("Pushing", True, "Pushing", health.message)
+    return Condition("Pushing", False, health.reason, health.message)
+
+
+def _journal_condition(failure: str | None) -> Condition:
+    """Every change passes through the journal: a target cannot be Ready while it fails."""
+    if failure is None:
+        return Condition("Journal", True, "Writable", "changes are journaled as they happen")
+    return Condition(
+        "Journal",
+        False,
+        "JournalWriteFailed",
+        f"{failure}; free space on the state dir's volume (or fix the disk): changes wait in"
+        " the API server and are journaled as soon as writes succeed again",
+    )
+
+
+# How many quarantined objects a condition message names.
+QUARANTINE_LISTED = 5
+
+
+def _quarantine_condition(progress: TargetProgress) -> Condition:
+    """Objects the target cannot write; they do not stop the others, so Ready ignores this."""
+    held = progress.quarantined
+    if not held:
+        return Condition("Quarantined", False, "NoneQuarantined", "every object can be written")
+    listed = "; ".join(f"{key} ({why})" for key, why in list(held.items())[:QUARANTINE_LISTED])
+    more = f"; and {len(held) - QUARANTINE_LISTED} more" if len(held) > QUARANTINE_LISTED else ""
+    return Condition(
+        "Quarantined",
+        True,
+        "ObjectsQuarantined",
+        f"{len(held)} object(s) cannot be written and are retried when they change: {listed}{more}",
+    )
 
 
 def resolve(
@@ -274,11 +316,18 @@ def resolve(
             target_problems[target.key] = validated
         progress = board.target(target.key)
         encryption = _encryption_condition(target, progress)
-        gates = [validated, encryption, *_progress_conditions(progress)]
+        gates = [
+            validated,
+            encryption,
+            *_progress_conditions(progress),
+            _pushing_condition(board.branch_of(target.key)),
+            _journal_condition(board.journal_failure),
+        ]
         # Encryption gates readiness only when it was asked for: without it, Secrets are
         # skipped (and the condition says so) while everything else is mirrored.
         ready_gates = [g for g in gates if g is not encryption or target.encryption]
-        want(TARGETS, body, [ready_from(ready_gates), *gates], _target_fields(progress))
+        conditions = [ready_from(ready_gates), *gates, _quarantine_condition(progress)]
+        want(TARGETS, body, conditions, _target_fields(progress))
 
     for rtype, body, rule_or_error in rule_bodies:
         if isinstance(rule_or_error, ConfigError):

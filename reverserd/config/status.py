@@ -85,6 +85,10 @@ class TargetProgress:
     encryption: KeyState | None = None
     secrets_skipped: int = 0
     secret_problem: str | None = None
+    branch: str | None = None
+    """The committer key (repository + branch) the target writes through."""
+    quarantined: dict[str, str] = field(default_factory=dict)
+    """Object key -> why it cannot be written; retried when the object changes."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class StatusBoard:
     def __init__(self) -> None:
         self.targets: dict[str, TargetProgress] = {}
         self.providers: dict[str, ProviderHealth] = {}
+        self.branches: dict[str, ProviderHealth] = {}
+        self.journal_failure: str | None = None
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -115,4 +121,23 @@ class StatusBoard:
     def report_provider(self, key: str, health: ProviderHealth) -> None:
         if self.providers.get(key) != health:
             self.providers[key] = health
+            self.notify()
+
+    def report_branch(self, key: str, health: ProviderHealth) -> None:
+        """How the committer of one repository + branch fares; every target on it shows this."""
+        if self.branches.get(key) != health:
+            self.branches[key] = health
+            self.notify()
+
+    def branch_of(self, target: str) -> ProviderHealth | None:
+        progress = self.targets.get(target)
+        return (
+            None
+            if progress is None or progress.branch is None
+            else (self.branches.get(progress.branch))
+        )
+
+    def report_journal(self, failure: str | None) -> None:
+        if self.journal_failure != failure:
+            self.journal_failure = failure
             self.notify()

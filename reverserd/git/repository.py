@@ -92,6 +92,9 @@ GC_TIMEOUT_S = 600
 
 REMOTE_NAME = "origin"
 BASE_REF = "refs/reverserd/base"
+# The tip the last push carried, and the base it was built on.
+PUSHING_REF = "refs/reverserd/pushing"
+PUSHED_FROM_REF = "refs/reverserd/pushed-from"
 
 _HEADS = "refs/heads/"
 _FILE_MODES = frozenset({FileMode.BLOB, FileMode.BLOB_EXECUTABLE})
@@ -204,6 +207,8 @@ class BranchRepository:
         build_callbacks(url, self._credentials)
         self._local_ref = _HEADS + branch
         self._repo: pygit2.Repository | None = None
+        self.dropped_in_rebuild: dict[str, str] = {}
+        """Path -> why: writes the last :meth:`rebase_onto_remote` could not replay."""
         self.display_url = mask_url(url)
         """The URL with any password masked, for logs and status."""
 
@@ -296,6 +301,18 @@ class BranchRepository:
             tree = found
         return sorted(_walk_files(tree, folder))
 
+    def unwritable(self, changes: Sequence[FileChange]) -> dict[str, str]:
+        """Path -> why a write of ``changes`` cannot be applied on the local tip.
+
+        A path is unwritable when it is invalid, when a folder (or symlink) stands where the
+        file goes, or when a file stands where one of its folders must be. Deletions never are.
+        """
+        return _unwritable_on(self._tip_tree(), changes)
+
+    def remote_base(self) -> str | None:
+        """SHA of the remote commit local work is built on (``refs/reverserd/base``)."""
+        return _sha(self._target(BASE_REF))
+
     def pending(self) -> int:
         """Number of local commits the remote does not have (above the base)."""
         local = self._target(self._local_ref)
@@ -303,17 +320,26 @@ class BranchRepository:
             return 0
         return self._count_above(local, self._target(BASE_REF))
 
-    def recent_commits(self, limit: int) -> list[tuple[str, str]]:
-        """(SHA, message) of up to ``limit`` commits of the local branch, newest first."""
+    def own_commits(self) -> list[tuple[str, str]]:
+        """(SHA, message) of the branch's commits this clone made and the remote may lack a
+        record of, newest first: the pending ones, and those of the last push if they are
+        still on the branch (the server may have taken them just before a crash).
+
+        Commits anyone else pushed are never among them, whatever their messages say.
+        """
         repo = self._open_repo()
         local = self._target(self._local_ref)
         if local is None:
             return []
-        found: list[tuple[str, str]] = []
-        for commit in repo.walk(local, SortMode.TOPOLOGICAL):
-            if len(found) >= limit:
-                break
-            found.append((str(commit.id), commit.message))
+        found = self.pending_commits()
+        pushing, pushed_from = self._target(PUSHING_REF), self._target(PUSHED_FROM_REF)
+        if pushing is not None and (pushing == local or repo.descendant_of(local, pushing)):
+            walker = repo.walk(pushing, SortMode.TOPOLOGICAL)
+            for hidden in (pushed_from, self._target(BASE_REF)):
+                if hidden is not None and hidden != pushing:
+                    walker.hide(hidden)
+            seen = {sha for sha, _ in found}
+            found += [(str(c.id), c.message) for c in walker if str(c.id) not in seen]
         return found
 
     def pending_commits(self) -> list[tuple[str, str]]:
@@ -342,6 +368,10 @@ class BranchRepository:
             raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
         if local == self._target(BASE_REF):
             return str(local)
+        # Which commits this push carries, kept before it starts: if the server takes them
+        # and the process dies before it learns so, own_commits() still knows they are ours.
+        self._set_ref(PUSHED_FROM_REF, self._target(BASE_REF))
+        self._set_ref(PUSHING_REF, local)
         callbacks = _PushCallbacks(self._url, self._credentials)
         refspec = f"{self._local_ref}:{self._local_ref}"
         try:
@@ -382,10 +412,15 @@ class BranchRepository:
             ours = list(walker)
         parent = _commit_or_none(repo, state.start)
         rebuilt = []
+        self.dropped_in_rebuild = {}
         for commit in ours:
-            oid = self._commit_on(
-                parent, self._changes_of(commit), commit.message, commit.author, commit.committer
-            )
+            changes = self._changes_of(commit)
+            # A person may have put a file where one of ours needs a folder: that write is
+            # dropped (and reported), the rest of the commit is kept.
+            blocked = _unwritable_on(parent.tree if parent is not None else None, changes)
+            self.dropped_in_rebuild.update(blocked)
+            changes = [change for change in changes if change.path not in blocked]
+            oid = self._commit_on(parent, changes, commit.message, commit.author, commit.committer)
             if oid is not None:
                 parent = _commit_or_none(repo, oid)
                 rebuilt.append(str(oid))
@@ -632,6 +667,34 @@ def _split_path(path: str) -> tuple[str, ...]:
     ):
         raise ValueError(f"invalid repository path {path!r}")
     return parts
+
+
+def _unwritable_on(tree: pygit2.Tree | None, changes: Sequence[FileChange]) -> dict[str, str]:
+    """Path -> why writing it on ``tree`` is impossible; see :meth:`BranchRepository.unwritable`."""
+    blocked: dict[str, str] = {}
+    for change in changes:
+        if change.content is None:
+            continue
+        try:
+            parts = _split_path(change.path)
+        except ValueError as error:
+            blocked[change.path] = str(error)
+            continue
+        node: pygit2.Object | None = tree
+        for depth, part in enumerate(parts):
+            node = _entry(node, part) if isinstance(node, pygit2.Tree) else None
+            if node is None:
+                break
+            here = "/".join(parts[: depth + 1])
+            if depth == len(parts) - 1:
+                if node.filemode not in _FILE_MODES:
+                    blocked[change.path] = (
+                        f"cannot write {here}: something other than a file is there"
+                    )
+            elif not isinstance(node, pygit2.Tree):
+                blocked[change.path] = f"cannot write under {here}: it is not a folder"
+                break
+    return blocked
 
 
 def _entry(tree: pygit2.Tree | None, name: str) -> pygit2.Object | None:

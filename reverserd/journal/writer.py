@@ -251,6 +251,9 @@ class JournalWriter:
         self._appended = asyncio.Condition()
         # Bumped whenever the in-memory index is reloaded from the database.
         self._generation = 0
+        self.failure: str | None = None
+        """Why the last transaction failed (a full disk, an I/O error); None once one succeeds."""
+        self.on_failure_changed: Callable[[str | None], None] | None = None
 
     @classmethod
     async def open(cls, state_dir: Path) -> JournalWriter:
@@ -327,11 +330,21 @@ class JournalWriter:
         try:
             await self._write(batch)
         except (sqlite3.Error, OSError) as error:
-            log.error("journal transaction failed, reloading index", exc_info=error)
+            first = self.failure is None
+            self._set_failure(f"cannot write the journal {self.path}: {error}")
+            # Callers retry (watches back off), so one failure is logged in full, then briefly.
+            log.error(
+                "journal transaction failed, reloading index: %s",
+                error,
+                exc_info=error if first else None,
+            )
             if self.connection.in_transaction:
                 await self.connection.rollback()
             await self._reload(results, error)
             return
+        if self.failure is not None:
+            log.info("journal writes succeed again")
+            self._set_failure(None)
         if batch.last_seq > self.committed_seq:
             self.committed_seq = batch.last_seq
             async with self._appended:
@@ -343,6 +356,11 @@ class JournalWriter:
                 operation.done.set_result(result)
             else:
                 operation.done.set_exception(failure)
+
+    def _set_failure(self, failure: str | None) -> None:
+        self.failure = failure
+        if self.on_failure_changed is not None:
+            self.on_failure_changed(failure)
 
     async def _abandon(self, results: list[_Result], batch: _Batch) -> None:
         del batch  # computed on a stale index: its rows are never written
@@ -505,10 +523,13 @@ class JournalWriter:
         seq: int,
         covered: Mapping[str, int],
         files: Sequence[tuple[ObjectKey, str | None, str]] = (),
+        quarantine: Mapping[ObjectKey, str | None] | None = None,
     ) -> None:
         """Move a target's cursor and its record of written files in one transaction.
 
         ``files`` holds (object, path or None when the file was removed, content hash).
+        ``quarantine`` maps objects to why they cannot be written, or None when they no longer
+        are quarantined.
         """
 
         def apply(batch: _Batch) -> None:
@@ -532,6 +553,22 @@ class JournalWriter:
                     " name, path, content_sha) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     written,
                 )
+            entries = (quarantine or {}).items()
+            released = [(target, *_key_tuple(k)) for k, why in entries if why is None]
+            held = [(target, *_key_tuple(k), why, batch.now) for k, why in entries if why]
+            if released:
+                batch.execute_many(
+                    "DELETE FROM quarantine WHERE target = ? AND api_group = ? AND resource = ?"
+                    " AND namespace = ? AND name = ?",
+                    released,
+                )
+            if held:
+                batch.execute_many(
+                    "INSERT INTO quarantine (target, api_group, resource, namespace, name,"
+                    " reason, since) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                    " reason = excluded.reason",
+                    held,
+                )
 
         await self.submit(apply)
 
@@ -541,6 +578,7 @@ class JournalWriter:
         def apply(batch: _Batch) -> None:
             batch.execute("DELETE FROM cursors WHERE target = ?", (target,))
             batch.execute("DELETE FROM target_files WHERE target = ?", (target,))
+            batch.execute("DELETE FROM quarantine WHERE target = ?", (target,))
 
         await self.submit(apply)
 

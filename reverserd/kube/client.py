@@ -8,6 +8,7 @@ must never hang the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ REQUEST_TIMEOUT_S = 60.0
 # A watch is a long-lived response: only connecting is bounded here; the watcher bounds silence.
 WATCH_CONNECT_TIMEOUT_S = 15.0
 MERGE_PATCH = "application/merge-patch+json"
+# Watch lines from this size on are decoded on a worker thread: a burst of large objects would
+# otherwise keep the event loop busy for the whole burst (aiohttp hands buffered lines over
+# without yielding).
+LARGE_LINE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -124,7 +129,10 @@ class KubeClient:
         response = await self._call("GET", path, params, limits=timeout)
         try:
             async for line in response.content:
-                if line.strip():
+                if len(line) >= LARGE_LINE_BYTES:
+                    # A large object's event: decoded off the loop, which then serves others.
+                    yield await asyncio.to_thread(json.loads, line)
+                elif line.strip():
                     yield json.loads(line)
         finally:
             response.release()

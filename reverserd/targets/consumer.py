@@ -14,7 +14,26 @@ snapshot the same way: a backfill commit.
 
 The cursor and the record of written files move only when the committer has pushed
 (:mod:`reverserd.committer`); after a crash the consumer replays from the cursor, and the
-replay changes nothing that is already in the clone.
+replay changes nothing that is already in the clone. When the branch's committer is replaced
+after a failure, the consumer starts over from its cursor with the new one, for the same reason.
+
+**State of one run** (all re-read from the journal and the clone at its start):
+
+- ``seq``: the newest journal event processed (submitted, or judged to need nothing);
+- ``covered``: selection -> the seq its snapshot reflects; events of a selection at or below
+  it are already in that snapshot;
+- ``files``: object -> (path, content hash) of what this target wrote, as it will be once
+  everything submitted is pushed;
+- ``committed_seq``: the newest event of this target already committed in the clone; events up
+  to it are replayed for their records only, never committed again.
+
+**Poison objects** (DESIGN invariant 8): an object whose file cannot be planned (a name the
+layout cannot hold, a render error, nesting too deep) or written (a person put a file where its
+folder must be) is quarantined: recorded with its reason in the journal together with the
+cursor, shown in the GitTarget's ``Quarantined`` condition and in
+``reverserd_objects_quarantined``, and skipped; every other object keeps flowing. It is tried
+again when it changes, and every :data:`QUARANTINE_RETRY_S` from its latest journaled state;
+once it is written or deleted, its quarantine ends.
 """
 
 from __future__ import annotations
@@ -26,16 +45,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reverserd.committer.committer import Committer, Submission
+from reverserd.committer.branch import Branch
+from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import sops_config
 from reverserd.git import FileChange
-from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWriter
+from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWriter, ObjectKey
+from reverserd.kube.client import KubeError
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
-from reverserd.metrics import EVENTS_PROCESSED
+from reverserd.metrics import EVENTS_PROCESSED, OBJECTS_QUARANTINED
 from reverserd.targets.planning import (
     README,
     README_NAME,
@@ -66,6 +87,17 @@ READ_BATCH = 500
 FIRST_SYNC_PATIENCE_S = 60.0
 # Longest wait for new journal events before re-checking rules, discovery and seeds.
 IDLE_WAIT_S = 1.0
+# Quarantined objects are retried from their latest state at this pace, so one whose path a
+# person freed (or whose cause was fixed) is written without waiting for it to change.
+QUARANTINE_RETRY_S = 60.0
+# Failures that say nothing about the object (the API server or the disk): the consumer restarts
+# from its cursor instead of quarantining.
+TRANSIENT_ERRORS = (KubeError, OSError, CommitterStopped)
+# The record hash of a Secret whose fingerprint is unknown (committed before a restart, content
+# not re-read): never equal to a real fingerprint, so the Secret's next change is written.
+UNKNOWN_FINGERPRINT = ""
+# Longest reason kept for a quarantined object (status messages are bounded).
+QUARANTINE_REASON_CHARS = 300
 
 SeededCheck = Callable[[tuple[str, str], str | None], bool]
 
@@ -74,7 +106,7 @@ class TargetConsumer:
     def __init__(
         self,
         resolved: ResolvedTarget,
-        committer: Committer,
+        branch: Branch,
         state_dir: Path,
         journal: JournalWriter,
         board: StatusBoard,
@@ -84,7 +116,8 @@ class TargetConsumer:
     ) -> None:
         self.resolved = resolved
         self.key = resolved.key
-        self.committer = committer
+        self.branch = branch
+        self.committer: Committer
         self.state_dir = state_dir
         self.journal = journal
         self.board = board
@@ -101,6 +134,9 @@ class TargetConsumer:
         self.readme_present = False
         self.readme_path = README_NAME
         self.initial_snapshot_sent = False
+        self.committed_seq = 0
+        self.quarantined: dict[ObjectKey, str] = {}
+        self.quarantine_retried_at = 0.0
 
     @property
     def folder(self) -> str:
@@ -111,7 +147,13 @@ class TargetConsumer:
         # another target's reads.
         self.reader = await JournalReader.open(self.state_dir)
         try:
-            await self._run()
+            while True:
+                try:
+                    await self._run()
+                except CommitterStopped:
+                    log.info(
+                        "committer replaced, replaying from the cursor", extra={"target": self.key}
+                    )
         finally:
             await self.reader.close()
 
@@ -120,9 +162,9 @@ class TargetConsumer:
         self.started = time.monotonic()
         progress = self.progress
         progress.waiting_reason = "WaitingForRepository"
-        progress.waiting_message = f"connecting to {self.committer.key.split('#')[0]}"
+        progress.waiting_message = f"connecting to {self.branch.display.split('#')[0]}"
         self.board.notify()
-        await self.committer.ready.wait()
+        self.committer = await self.branch.committer()
         progress.bootstrapped = True
         progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
         self.board.notify()
@@ -134,6 +176,7 @@ class TargetConsumer:
         else:
             self.seq, self.covered = cursor.seq, dict(cursor.covered)
         self.files = dict(await self.reader.target_files(self.key))
+        self._set_quarantined(await self.reader.quarantined(self.key))
         self.committed_seq = await self.committer.resume_point(self.key, self.seq)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
@@ -147,10 +190,14 @@ class TargetConsumer:
                     key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
                 }
             self.board.notify()
+            if self.committer.stopped:
+                raise CommitterStopped(self.committer.key)
             await self._catch_up_selections()
             events = await self.reader.events_after(self.seq, READ_BATCH)
             if events:
                 await self._process(events)
+            elif self.quarantined and self._quarantine_retry_due():
+                await self._retry_quarantined()
             else:
                 await self.journal.wait_beyond(self.seq, IDLE_WAIT_S)
 
@@ -274,27 +321,145 @@ class TargetConsumer:
             EVENTS_PROCESSED.labels(target=self.key).inc()
             if event.body is not None and is_excluded_object(rtype, event.body):
                 continue
-            known = self.files.get(event.key)
-            if is_sensitive(rtype) and event.kind is not EventKind.DELETE:
-                plan = await self.secrets.plan(event.key, rtype, self.folder, known)
-            else:
-                existing = None
-                if event.kind is EventKind.DELETE and known is None and event.body is not None:
-                    existing = await self._identified_file(event, rtype)
-                plan = plan_event(event, rtype, self.folder, known, existing)
+            replayed = event.seq <= self.committed_seq
+            try:
+                plan = await self._plan(event, rtype, replayed)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as error:
+                await self._quarantine(event, error)
+                submitted_to = event.seq
+                continue
             if plan is None:
+                if event.key in self.quarantined and event.kind is EventKind.DELETE:
+                    await self._release(event.key)
+                    submitted_to = event.seq
                 continue
             self._remember(plan)
-            if event.seq <= self.committed_seq:
+            released = {event.key: None} if event.key in self.quarantined else {}
+            self.quarantined.pop(event.key, None)
+            self._show_quarantine()
+            if replayed:
                 # Committed before this consumer (re)started: keep its record, commit nothing.
                 await self.committer.submit(
-                    Submission(self.key, event.seq, dict(self.covered), records=plan.records)
+                    Submission(
+                        self.key,
+                        event.seq,
+                        dict(self.covered),
+                        records=plan.records,
+                        quarantine=dict(released),
+                    )
                 )
             else:
-                await self._submit(plan, commit_message(event, rtype, self.key), self._pushed)
+                await self._submit(
+                    plan, commit_message(event, rtype, self.key), self._pushed, released
+                )
             submitted_to = event.seq
         if submitted_to < self.seq:
             await self.committer.submit(Submission(self.key, self.seq, dict(self.covered)))
+
+    async def _plan(
+        self, event: JournalEvent, rtype: ResourceType, replayed: bool
+    ) -> FilePlan | None:
+        """What one event changes in the folder; raises when the object cannot be written."""
+        known = self.files.get(event.key)
+        if is_sensitive(rtype) and event.kind is not EventKind.DELETE:
+            if replayed:
+                return self._replayed_secret(event, rtype, known)
+            return await self.secrets.plan(event.key, rtype, self.folder, known)
+        existing = None
+        if event.kind is EventKind.DELETE and known is None and event.body is not None:
+            existing = await self._identified_file(event, rtype)
+        # Sanitizing and rendering a large object takes long: off the event loop.
+        return await asyncio.to_thread(plan_event, event, rtype, self.folder, known, existing)
+
+    def _replayed_secret(
+        self, event: JournalEvent, rtype: ResourceType, known: FileRecord | None
+    ) -> FilePlan | None:
+        """The record of a Secret change committed before this run, without its content.
+
+        The value is read from the API server only when a file is written, and what is there
+        now may be newer than what was committed: recording its fingerprint would make the
+        newer change look written. The path is recorded with an unknown fingerprint instead,
+        so the Secret's next change (or the one that happened meanwhile) is written.
+        """
+        assert event.body is not None
+        path, _ = manifest_of(rtype, event.body, self.folder)
+        if known is not None and known[0] == path:
+            return None
+        plan = FilePlan()
+        plan.records.append((event.key, path, UNKNOWN_FINGERPRINT))
+        return plan
+
+    async def _quarantine(self, event: JournalEvent, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"[:QUARANTINE_REASON_CHARS]
+        log.warning(
+            "object quarantined: it cannot be written",
+            extra={"target": self.key, "object": _describe(event.key), "reason": reason},
+        )
+        self._held({event.key: reason})
+        await self.committer.submit(
+            Submission(self.key, event.seq, dict(self.covered), quarantine={event.key: reason})
+        )
+
+    async def _release(self, key: ObjectKey) -> None:
+        self.quarantined.pop(key, None)
+        self._show_quarantine()
+        await self.committer.submit(
+            Submission(self.key, self.seq, dict(self.covered), quarantine={key: None})
+        )
+
+    def _held(self, held: Mapping[ObjectKey, str]) -> None:
+        """Objects the committer or the planner could not write: no record, shown in status."""
+        for key, reason in held.items():
+            self.files.pop(key, None)
+            self.quarantined[key] = reason
+        self._show_quarantine()
+
+    def _set_quarantined(self, found: Mapping[ObjectKey, str]) -> None:
+        self.quarantined = dict(found)
+        self._show_quarantine()
+
+    def _show_quarantine(self) -> None:
+        self.progress.quarantined = {
+            _describe(key): reason for key, reason in sorted(self.quarantined.items())
+        }
+        OBJECTS_QUARANTINED.labels(target=self.key).set(len(self.quarantined))
+
+    def _quarantine_retry_due(self) -> bool:
+        return time.monotonic() - self.quarantine_retried_at >= QUARANTINE_RETRY_S
+
+    async def _retry_quarantined(self) -> None:
+        """Plan quarantined objects again from their latest journaled state."""
+        self.quarantine_retried_at = time.monotonic()
+        discovery = self.discovery()
+        if discovery is None:
+            return
+        pairs = {(key.api_group, key.resource) for key in self.quarantined}
+        _, objects = await self.reader.snapshot(pairs)
+        latest = {stored.key: stored for stored in objects if stored.key in self.quarantined}
+        for key in list(self.quarantined):
+            stored = latest.get(key)
+            rtype = discovery.types.get((key.api_group, key.resource))
+            if stored is None or rtype is None:
+                continue
+            event = await self.reader.event(stored.seq)
+            if event is None:
+                continue
+            try:
+                plan = await self._plan(event, rtype, replayed=False)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception:
+                continue
+            if plan is None:
+                continue
+            self._remember(plan)
+            del self.quarantined[key]
+            self._show_quarantine()
+            await self._submit(
+                plan, commit_message(event, rtype, self.key), self._pushed, {key: None}
+            )
 
     def _covered_since(self, event: JournalEvent) -> int | None:
         prefix = f"{event.api_group}/{event.resource}|"
@@ -321,7 +486,11 @@ class TargetConsumer:
                 self.files[key] = (path, content_sha)
 
     async def _submit(
-        self, plan: FilePlan, message: str, on_pushed: Callable[[str | None, float], None]
+        self,
+        plan: FilePlan,
+        message: str,
+        on_pushed: Callable[[str | None, float], None],
+        quarantine: Mapping[ObjectKey, str | None] | None = None,
     ) -> None:
         changes = list(plan.changes)
         if changes and not self.readme_present:
@@ -342,6 +511,8 @@ class TargetConsumer:
                 message,
                 records=list(plan.records),
                 on_pushed=on_pushed,
+                on_quarantined=self._held,
+                quarantine=dict(quarantine or {}),
             )
         )
 
@@ -352,6 +523,12 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
+
+
+def _describe(key: ObjectKey) -> str:
+    group = f"{key.api_group}/" if key.api_group else ""
+    where = f"{key.namespace}/" if key.namespace else ""
+    return f"{group}{key.resource}/{where}{key.name}"
 
 
 def _is_secret_selection(key: str) -> bool:

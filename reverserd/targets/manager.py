@@ -1,10 +1,16 @@
 """Starts and stops target consumers and their committers as the configuration changes.
 
-One committer per repository URL and branch: targets on the same branch share it, and so do
-GitProviders with the same URL, so they never race each other. A consumer is restarted when
-anything it depends on changes (its rules, path, branch or provider); it resumes from its cursor,
-so a restart costs a replay, never an event. A GitTarget that was deleted releases its cursor, so
-it no longer holds back journal compaction.
+One :class:`~reverserd.committer.branch.Branch` (and so one committer at a time) per repository
+URL and branch: targets on the same branch share it, and so do GitProviders with the same URL,
+so they never race each other. A consumer is restarted when anything it depends on changes (its
+rules, path, branch or provider); it resumes from its cursor, so a restart costs a replay, never
+an event.
+
+A GitTarget whose place changes (``spec.path``, ``spec.branch`` or the provider's URL) is a new
+target: its cursor and its record of written files are dropped, together with whatever its
+committer still held for it, and it starts with a full sync of the new place; nothing is written
+to or deleted from the old folder afterwards. A GitTarget that was deleted is forgotten the same
+way, so it no longer holds back journal compaction and a re-created one starts afresh.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reverserd.committer.branch import Branch
 from reverserd.committer.committer import (
     Committer,
     PushPolicy,
@@ -26,7 +33,7 @@ from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
-from reverserd.git import BranchRepository
+from reverserd.git import BranchRepository, mask_url
 from reverserd.journal import JournalWriter
 from reverserd.kube.client import KubeClient
 from reverserd.supervise import supervise
@@ -65,13 +72,16 @@ class TargetManager:
         self.identity = identity
         self.sops = sops
         self.fingerprint_key = load_or_create_key(state_dir)
-        self.committers: dict[str, tuple[Committer, asyncio.Task[None], tuple[object, ...]]] = {}
+        self.branches: dict[str, tuple[Branch, asyncio.Task[None], tuple[object, ...]]] = {}
         # One clone directory is only ever used by one committer at a time, even while a
         # replaced committer's last Git operation is still finishing.
         self.clone_locks: dict[str, asyncio.Lock] = {}
         self.consumers: dict[str, _Running] = {}
 
     async def run(self) -> None:
+        # A restart after a failure starts from nothing: the previous group's tasks are gone.
+        self.branches.clear()
+        self.consumers.clear()
         async with asyncio.TaskGroup() as group:
             while True:
                 seen = self.plane.version
@@ -80,24 +90,28 @@ class TargetManager:
 
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
         state = self.plane.state
-        self._retire_reconfigured_committers()
+        await self._retire_reconfigured_branches()
+        existing = {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}
         for key in list(self.consumers):
             running = self.consumers[key]
-            if state.targets.get(key) == running.resolved:
+            wanted = state.targets.get(key)
+            if wanted == running.resolved:
                 continue
             running.task.cancel()
             del self.consumers[key]
             log.info("stopped target consumer", extra={"target": key})
-            if key not in {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}:
-                self.board.targets.pop(key, None)
-                await self.journal.forget_target(key)
+            if key not in existing or (
+                wanted is not None and _place(wanted) != _place(running.resolved)
+            ):
+                await self._forget(key, running.resolved)
         for key, resolved in sorted(state.targets.items()):
             if key in self.consumers:
                 continue
-            committer = self._committer(group, resolved)
+            branch = self._branch(group, resolved)
+            self.board.target(key).branch = branch.key
             consumer = TargetConsumer(
                 resolved,
-                committer,
+                branch,
                 self.state_dir,
                 self.journal,
                 self.board,
@@ -118,75 +132,105 @@ class TargetManager:
             )
             self.consumers[key] = _Running(resolved, consumer, task)
             log.info("started target consumer", extra={"target": key})
-        used = {
-            committer_key(r.resolved.provider.url, r.resolved.target.branch)
-            for r in self.consumers.values()
-        }
-        for key in list(self.committers):
+        used = {_branch_key(r.resolved) for r in self.consumers.values()}
+        for key in list(self.branches):
             if key not in used:
-                self.committers.pop(key)[1].cancel()
+                self.branches.pop(key)[1].cancel()
+
+    async def _forget(self, key: str, resolved: ResolvedTarget) -> None:
+        """Drop a target's cursor, records and whatever its branch still holds for it."""
+        if key not in self.plane.state.targets:
+            self.board.targets.pop(key, None)
+        found = self.branches.get(_branch_key(resolved))
+        if found is not None:
+            await found[0].current.forget(key)
+        await self.journal.forget_target(key)
+        log.info("forgot target state", extra={"target": key})
 
     def remote_error(self, target: str) -> str | None:
         """The last push or connection error of the committer a target writes through."""
         running = self.consumers.get(target)
-        return running.consumer.committer.last_error if running else None
+        return running.consumer.branch.current.last_error if running else None
 
-    def _retire_reconfigured_committers(self) -> None:
-        """A provider's Secret or push settings changed: rebuild its committer and consumers."""
+    async def _retire_reconfigured_branches(self) -> None:
+        """A provider's Secret or push settings changed: rebuild its committer and consumers.
+
+        The new committer waits for the clone until the old one's Git operation has ended.
+        """
         wanted: dict[str, tuple[object, ...]] = {}
         for resolved in sorted(self.plane.state.targets.values(), key=lambda r: r.key):
-            key = committer_key(resolved.provider.url, resolved.target.branch)
-            wanted.setdefault(key, _committer_config(resolved))
-        for key, (_, task, config) in list(self.committers.items()):
+            wanted.setdefault(_branch_key(resolved), _committer_config(resolved))
+        for key, (_, task, config) in list(self.branches.items()):
             if key in wanted and wanted[key] != config:
                 task.cancel()
-                del self.committers[key]
+                del self.branches[key]
                 for target, running in list(self.consumers.items()):
-                    resolved = running.resolved
-                    if committer_key(resolved.provider.url, resolved.target.branch) == key:
+                    if _branch_key(running.resolved) == key:
                         running.task.cancel()
                         del self.consumers[target]
                 log.info("provider settings changed, reconnecting", extra={"remote": key})
 
-    def _committer(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Committer:
-        provider, branch = resolved.provider, resolved.target.branch
-        key = committer_key(provider.url, branch)
-        if key in self.committers:
-            return self.committers[key][0]
+    def _branch(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Branch:
+        provider, branch_name = resolved.provider, resolved.target.branch
+        key = _branch_key(resolved)
+        if key in self.branches:
+            return self.branches[key][0]
 
         def providers() -> list[str]:
             return sorted(
                 p.key
                 for p in self.plane.state.providers.values()
-                if committer_key(p.url, branch) == key
+                if committer_key(p.url, branch_name) == key
             )
 
         async def connect() -> BranchRepository:
             credentials = await load_credentials(self.client, provider)
             return BranchRepository(
-                clone_dir(self.state_dir, key), provider.url, branch, credentials
+                clone_dir(self.state_dir, key), provider.url, branch_name, credentials
             )
 
-        committer = Committer(
-            key,
-            self.clone_locks.setdefault(key, asyncio.Lock()),
-            connect,
-            self.journal,
-            self.board,
-            self.identity,
-            PushPolicy(provider.push_interval_s, provider.push_max_commits),
-            providers,
-        )
-        task = group.create_task(supervise(f"committer {key}", committer.run))
-        self.committers[key] = (committer, task, _committer_config(resolved))
-        return committer
+        lock = self.clone_locks.setdefault(key, asyncio.Lock())
+
+        def make() -> Committer:
+            return Committer(
+                key,
+                lock,
+                connect,
+                self.journal,
+                self.board,
+                self.identity,
+                PushPolicy(provider.push_interval_s, provider.push_max_commits),
+                providers,
+            )
+
+        display = f"{mask_url(provider.url)}#{branch_name}"
+        branch = Branch(key, display, make, self.board, providers)
+        task = group.create_task(branch.run())
+        self.branches[key] = (branch, task, _committer_config(resolved))
+        return branch
 
     def _record_failure(self, key: str) -> Callable[[BaseException], None]:
         def record(error: BaseException) -> None:
-            self.board.target(key).last_error = f"{type(error).__name__}: {error}"
+            progress = self.board.target(key)
+            progress.last_error = f"{type(error).__name__}: {error}"
+            # Not live until the restarted consumer's first sync is pushed again.
+            progress.stream_live = False
+            progress.waiting_reason = "ConsumerFailed"
+            progress.waiting_message = (
+                f"{progress.last_error}; restarting from the cursor after a backoff"
+            )
             self.board.notify()
 
         return record
+
+
+def _branch_key(resolved: ResolvedTarget) -> str:
+    return committer_key(resolved.provider.url, resolved.target.branch)
+
+
+def _place(resolved: ResolvedTarget) -> tuple[str, str, str]:
+    """Where a target writes; a target whose place changes starts afresh."""
+    return (_branch_key(resolved), resolved.provider.key, resolved.target.path)
 
 
 def _committer_config(resolved: ResolvedTarget) -> tuple[object, ...]:

@@ -88,8 +88,10 @@ class WatchManager:
 
     async def run(self) -> None:
         """Start only after the config plane has loaded every rule (see daemon start-up)."""
+        # A restart after a failure starts from nothing: the previous group's tasks are gone.
+        self.watchers.clear()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._discovery_loop())
+            group.create_task(supervise("discovery", self._discovery_loop))
             while True:
                 seen = self.plane.version
                 self._reconcile(group)
