@@ -302,7 +302,14 @@ class TargetConsumer:
                 progress.snapshot_synced = progress.stream_live = True
             self._pushed(sha, at)
 
-        await self._submit(plan, message, pushed)
+        held = {key: reason[:QUARANTINE_REASON_CHARS] for key, reason in plan.held.items()}
+        if held:
+            log.warning(
+                "objects quarantined: they cannot be written",
+                extra={"target": self.key, "objects": sorted(map(_describe, held))},
+            )
+            self._held(held)
+        await self._submit(plan, message, pushed, dict(held))
         self.initial_snapshot_sent = self.initial_snapshot_sent or first
 
     async def _process(self, events: list[JournalEvent]) -> None:

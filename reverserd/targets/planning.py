@@ -102,6 +102,8 @@ class FilePlan:
 
     changes: list[FileChange] = field(default_factory=list)
     records: list[tuple[ObjectKey, str | None, str]] = field(default_factory=list)
+    # Objects whose file could not be planned, with the reason: quarantined by the consumer.
+    held: dict[ObjectKey, str] = field(default_factory=dict)
     adopted: int = 0
     created: int = 0
     updated: int = 0
@@ -143,6 +145,7 @@ class FilePlan:
     def merge(self, other: FilePlan) -> None:
         self.changes += other.changes
         self.records += other.records
+        self.held.update(other.held)
         self.adopted += other.adopted
         self.created += other.created
         self.updated += other.updated
@@ -355,8 +358,9 @@ def plan_snapshot(
        own content names exactly that object (:func:`identity_of`).
 
     Every object in ``objects`` is present, whether the target writes it or not (excluded,
-    filtered out by ``operations``, a Secret written elsewhere), and a path where a present
-    object's file is or would be is never deleted.
+    filtered out by ``operations``, a Secret written elsewhere, one whose file cannot be planned,
+    which goes to ``held``), and a path where a present object's file is or would be is never
+    deleted.
 
     Each object the target writes keeps its file byte for byte when the file already says what
     reverserd would write (recorded, and counted as adopted when it was not recorded so);
@@ -376,8 +380,13 @@ def plan_snapshot(
         if not _writes(rules, rtype, stored):
             claimed.update(_paths_of(rtype, stored, target_path))
             continue
+        try:
+            path, content = manifest_of(rtype, stored.body, target_path)
+        except Exception as error:  # a poison object: present and held, its file left alone
+            plan.held[stored.key] = f"{type(error).__name__}: {error}"
+            claimed.update(_paths_of(rtype, stored, target_path))
+            continue
         count += 1
-        path, content = manifest_of(rtype, stored.body, target_path)
         claimed.add(path)
         may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
         _plan_file(plan, stored.key, path, content, known, branch_files.get(path), may_update)

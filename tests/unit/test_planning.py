@@ -399,3 +399,24 @@ def test_a_moved_object_is_written_at_its_new_path_and_its_old_file_removed() ->
     )
     assert FileChange(old, None) in plan.changes
     assert set(written(plan)) == {path}
+
+
+def test_an_object_whose_file_cannot_be_planned_is_held_and_counts_as_present() -> None:
+    # Nested deeper than any renderer recurses: the object cannot get a file, but it exists.
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    poison = {**configmap("poison"), "data": None, "spec": deep}
+    path = cm_path("poison")
+    plan, count = snapshot(
+        [stored(poison, "configmaps"), stored(configmap("fine"), "configmaps", 2)],
+        rules({"resources": ["configmaps"]}),
+        {
+            path: manifest("v1", "ConfigMap", "poison"),
+            cm_path("gone"): manifest("v1", "ConfigMap", "gone"),
+        },
+    )
+    assert list(plan.held) == [ObjectKey("", "configmaps", NS, "poison")]
+    assert count == 1
+    assert set(written(plan)) == {cm_path("fine")}
+    assert deleted_paths(plan) == {cm_path("gone")}
