@@ -18,12 +18,12 @@ Lifecycle of a stream, driven by what the journal remembers about it:
 A complete seed says the journal once held the whole collection; ``current`` says it still
 does, as far as this process can know. It is set by a complete LIST in this process, by a
 bookmark on a watch of this process (every event before it has been journaled), or by a watch
-that ran until the server ended it without any change (nothing happened after its start). It is
-cleared when the watch fails, since the changes of the gap arrive only with the next watch.
-Until it is set again the stream's watches are short (``CATCH_UP_WATCH_S``), so the proof comes
-within seconds even on a type that does not change and gets no bookmark. Only a current stream
-may feed a snapshot that deletes: after a restart, a journal that lags the cluster would take an
-object created meanwhile for one that never existed.
+that ran until the server ended it without any change (nothing happened after its start). It
+stays set through reconnects after an error, which resume where this process' journal ends.
+Until it is set the stream's watches are short (``CATCH_UP_WATCH_S``), so the proof comes within
+seconds even on a type that does not change and gets no bookmark. Only a current stream may feed
+a snapshot that deletes: after a restart, a journal that lags the cluster would take an object
+created meanwhile for one that never existed.
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ class StreamWatcher:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_CEILING_S)
             except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as error:
-                self.current = False
                 self.last_error = str(error)
                 WATCH_RESTARTS.labels(resource=self.stream.resource).inc()
                 log.warning(
