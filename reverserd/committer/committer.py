@@ -275,7 +275,10 @@ class Committer:
         """Own the clone until cancelled, or until anything raises; a committer runs once."""
         if self.stopped:
             raise CommitterStopped(self.key)
+        if self.clone_lock.locked():
+            log.info("waiting for the clone of %s: a Git operation is still running", self.key)
         await self.clone_lock.acquire()
+        log.info("opening the clone of %s", self.key)
         try:
             await self._open()
             while True:

@@ -24,6 +24,7 @@ from reverserd.committer.committer import SEQ_TRAILER, TARGET_TRAILER
 from reverserd.config.rules import CompiledRule
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
+from reverserd.kube.jsontext import UNDECODABLE
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import (
     MANIFEST_SUFFIX,
@@ -55,6 +56,8 @@ _STR_TAG = "tag:yaml.org,2002:str"
 # same object (so a later event changes it only when the object really changes); for a Secret,
 # the keyed fingerprint of its plaintext.
 FileRecord = tuple[str, str]
+# Longest reason kept for a quarantined object (status messages are bounded).
+QUARANTINE_REASON_CHARS = 300
 
 
 def content_hash(content: bytes) -> str:
@@ -102,8 +105,8 @@ class FilePlan:
 
     changes: list[FileChange] = field(default_factory=list)
     records: list[tuple[ObjectKey, str | None, str]] = field(default_factory=list)
-    # Objects whose file could not be planned, with the reason: quarantined by the consumer.
-    held: dict[ObjectKey, str] = field(default_factory=dict)
+    quarantine: dict[ObjectKey, str] = field(default_factory=dict)
+    """Objects that cannot be written, and why: quarantined, never a failed plan."""
     adopted: int = 0
     created: int = 0
     updated: int = 0
@@ -142,10 +145,13 @@ class FilePlan:
         if known != (path, record_hash):
             self.adopted += 1
 
+    def hold(self, key: ObjectKey, error: Exception) -> None:
+        self.quarantine[key] = f"{type(error).__name__}: {error}"[:QUARANTINE_REASON_CHARS]
+
     def merge(self, other: FilePlan) -> None:
         self.changes += other.changes
         self.records += other.records
-        self.held.update(other.held)
+        self.quarantine.update(other.quarantine)
         self.adopted += other.adopted
         self.created += other.created
         self.updated += other.updated
@@ -160,6 +166,9 @@ class FilePlan:
 def manifest_of(
     rtype: ResourceType, body: Mapping[str, Any], target_path: str
 ) -> tuple[str, bytes]:
+    """The object's file path and content; raises for an object that cannot be written."""
+    if UNDECODABLE in body:
+        raise ValueError(str(body[UNDECODABLE]))
     metadata = body.get("metadata") or {}
     namespace = metadata.get("namespace") or None
     path = object_path(target_path, rtype, namespace, str(metadata["name"]), is_sensitive(rtype))
@@ -359,7 +368,7 @@ def plan_snapshot(
 
     Every object in ``objects`` is present, whether the target writes it or not (excluded,
     filtered out by ``operations``, a Secret written elsewhere, one whose file cannot be planned,
-    which goes to ``held``), and a path where a present object's file is or would be is never
+    which goes to ``quarantine``), and a path where a present object's file is or would be is never
     deleted.
 
     Each object the target writes keeps its file byte for byte when the file already says what
@@ -383,7 +392,7 @@ def plan_snapshot(
         try:
             path, content = manifest_of(rtype, stored.body, target_path)
         except Exception as error:  # a poison object: present and held, its file left alone
-            plan.held[stored.key] = f"{type(error).__name__}: {error}"
+            plan.hold(stored.key, error)
             claimed.update(_paths_of(rtype, stored, target_path))
             continue
         count += 1

@@ -32,8 +32,15 @@ from testbed.harness import (
     wait_synced,
     wait_until,
 )
-from testbed.manifests import configmap, git_target, mirror_setup, podtemplate
-from tests.conftest import Remote
+from testbed.manifests import (
+    configmap,
+    crd,
+    custom_object,
+    git_target,
+    mirror_setup,
+    podtemplate,
+)
+from tests.conftest import Cleanup, Remote
 
 # Long enough for a push interval of 1 s to pass several times: proof that nothing more comes.
 SETTLE_S = 3.0
@@ -445,6 +452,17 @@ def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_land
         # Someone else's commit lands on the server's disk while nobody can reach it.
         theirs = push_foreign_commit(repo, "main", "docs/notes.md", b"theirs\n", "their notes")
         wait_until(lambda: daemon.metric("reverserd_push_failures_total") > 0, timeout=60)
+
+        # Commits go on while the push waits for its retry: all of them are made locally.
+        def committed_locally() -> bool:
+            made_here = {
+                line.get("subject")
+                for line in daemon.log_lines()
+                if line.get("message") == "Created commit"
+            }
+            return {cm_subject("CREATE", namespace, n) for n in made} <= made_here
+
+        wait_until(committed_locally, timeout=30, describe=daemon.log_tail)
         server.start()
         wait_for_subjects(repo, daemon, *(cm_subject("CREATE", namespace, n) for n in made))
         time.sleep(SETTLE_S)
@@ -543,3 +561,96 @@ def test_api_server_stopped_in_the_middle_of_a_list_deletes_nothing(
     after = {path for path in tree(remote.path) if path.startswith(folder)}
     assert after == before | {f"{folder}after.yaml"}
     assert not [s for s in subjects(remote.path) if s.startswith("[DELETE]")]
+
+
+def test_custom_resource_nested_too_deep_is_quarantined_and_its_type_keeps_flowing(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    cleanup: Cleanup,
+) -> None:
+    group = f"{namespace}.deep.example.com"
+    cleanup.install_crd(crd(group))
+    depth = 1500  # the API server takes up to 10,000 levels; Python's parser about 1,000
+    deep = (
+        f'{{"apiVersion":"{group}/v1","kind":"Widget",'
+        f'"metadata":{{"name":"deep","namespace":"{namespace}"}},"spec":'
+        + '{"a":' * depth
+        + "1"
+        + "}" * depth
+        + "}"
+    )
+    control_plane.kubectl("create", "-f", "-", stdin=deep)
+    apply(control_plane, custom_object(group, "Widget", namespace, "before", {"size": 1}))
+    rules = [{"apiGroups": [group], "resources": ["widgets"]}]
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    folder = f"live-cluster/{group}/v1/widgets/{namespace}"
+    held = wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Quarantined", "True", daemon=daemon
+    )
+    assert f"widgets/{namespace}/deep" in held["message"], held
+    files = tree(remote.path)
+    assert f"{folder}/before.yaml" in files and f"{folder}/deep.yaml" not in files
+
+    # Its changes come through the watch as well, and never stop the type's other objects.
+    control_plane.kubectl("label", f"widgets.{group}", "deep", "-n", namespace, "changed=yes")
+    apply(control_plane, custom_object(group, "Widget", namespace, "after", {"size": 2}))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] {group}/v1/widgets/{namespace}/after")
+    assert f"{folder}/deep.yaml" not in tree(remote.path)
+    stream = f"{group}/v1/widgets@{namespace}"
+    row = query_journal(daemon, "SELECT seed_state FROM streams WHERE stream = ?", (stream,))
+    assert row == [("complete",)]
+
+
+def test_replaced_committer_waits_for_the_old_ones_git_operation_to_end(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-slow")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "30"])
+    try:
+        repo = server.create_bare_repo("slow")
+        secret = create_git_credentials(control_plane, namespace, server)
+        provider, *rest = mirror_setup(namespace, server.url("slow"), secret=secret)
+        apply(control_plane, provider, *rest)
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+
+        def opened() -> int:
+            """How often a committer took the clone (before it reaches the server)."""
+            return sum(1 for line in daemon.log_lines() if line["message"].startswith("opening "))
+
+        assert opened() == 1
+        with server.suspended():
+            apply(control_plane, configmap(namespace, "during"))
+            wait_until(
+                lambda: any(
+                    line.get("subject") == cm_subject("CREATE", namespace, "during")
+                    for line in daemon.log_lines()
+                ),
+                describe=daemon.log_tail,
+            )
+            time.sleep(2)  # the push of that commit now hangs on the frozen server
+            # New push settings replace the committer while its push is still running.
+            provider["spec"]["push"] = {"interval": "2s"}
+            apply(control_plane, provider)
+            wait_until(
+                lambda: any(
+                    "provider settings changed" in line["message"] for line in daemon.log_lines()
+                ),
+                describe=daemon.log_tail,
+            )
+            time.sleep(8)
+            assert opened() == 1, "the new committer took the clone during the old push"
+            assert any("waiting for the clone" in line["message"] for line in daemon.log_lines())
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "during"), timeout=90)
+        wait_until(lambda: opened() == 2, describe=daemon.log_tail)
+        time.sleep(SETTLE_S)
+        assert subjects(repo).count(cm_subject("CREATE", namespace, "during")) == 1
+    finally:
+        daemon.ensure_stopped()
+        server.stop()

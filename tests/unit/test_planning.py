@@ -416,7 +416,7 @@ def test_an_object_whose_file_cannot_be_planned_is_held_and_counts_as_present() 
             cm_path("gone"): manifest("v1", "ConfigMap", "gone"),
         },
     )
-    assert list(plan.held) == [ObjectKey("", "configmaps", NS, "poison")]
+    assert list(plan.quarantine) == [ObjectKey("", "configmaps", NS, "poison")]
     assert count == 1
     assert set(written(plan)) == {cm_path("fine")}
     assert deleted_paths(plan) == {cm_path("gone")}
