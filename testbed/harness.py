@@ -442,6 +442,23 @@ def wait_last_commit_is_tip(
     )
 
 
+def target_report(daemon: Reverserd, target: str) -> dict[str, Any] | None:
+    """The daemon's ``/status`` entry for ``target``; None while it has none."""
+    for item in daemon.status()["targets"]:
+        if item["target"] == target:
+            return dict(item)
+    return None
+
+
+def caught_up(daemon: Reverserd, *targets: str) -> bool:
+    """Every target is live and its cursor is at the end of the journal (all of it pushed)."""
+    for target in targets:
+        report = target_report(daemon, target)
+        if report is None or not report["ready"] or report["lag_events"] != 0:
+            return False
+    return True
+
+
 # -- reading the pushed branch ----------------------------------------------------------------
 
 

@@ -97,14 +97,45 @@ def configmap(namespace: str, name: str, data: dict[str, str] | None = None) -> 
     }
 
 
-def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
-    """An Opaque Secret holding ``data``, base64-encoded as the API stores it."""
+def secret(
+    namespace: str, name: str, data: dict[str, str], secret_type: str = "Opaque"
+) -> dict[str, Any]:
+    """A Secret (Opaque unless ``secret_type``) holding ``data``, base64-encoded as the API
+    stores it."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace},
-        "type": "Opaque",
+        "type": secret_type,
         "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+    }
+
+
+def deployment(namespace: str | None, name: str) -> dict[str, Any]:
+    """A Deployment of one nginx container with a scratch ``emptyDir`` volume; ``namespace``
+    None leaves ``metadata.namespace`` out, as a hand-edited manifest may."""
+    metadata = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "nginx:1.27",
+                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+                        }
+                    ],
+                    "volumes": [{"name": "cache", "emptyDir": {}}],
+                },
+            },
+        },
     }
 
 

@@ -11,7 +11,10 @@ How the protocol works, and what this module relies on:
   routinely (``timeoutSeconds``, API server restarts, load balancers).
 - **BOOKMARK** events carry only a newer resourceVersion. Asking for them
   (``allowWatchBookmarks``) keeps the resume point fresh on quiet collections, so a reconnect
-  rarely falls outside the server's history window.
+  rarely falls outside the server's history window. The watch cache sends one (about once a
+  minute, and shortly before the watch's deadline) only when its version has moved past what
+  the watch delivered; as it follows every event before it, a bookmark proves the client has
+  caught up to that point.
 - When ``R`` is older than the server still remembers, the watch fails with ``410 Gone``
   (an ``ERROR`` event, or the HTTP status). Events in the gap are lost to this client: the only
   correct recovery is a new LIST, comparing it with what was known (:class:`ResourceExpired`).
@@ -89,17 +92,23 @@ async def list_pages(
 
 
 async def watch_events(
-    client: KubeClient, rtype: ResourceType, namespace: str | None, resource_version: str
+    client: KubeClient,
+    rtype: ResourceType,
+    namespace: str | None,
+    resource_version: str,
+    lifetime_s: int | None = None,
 ) -> AsyncIterator[WatchEvent]:
     """Yield the events after ``resource_version`` until the server ends the watch.
 
-    Raises :class:`ResourceExpired` when the server no longer has that resourceVersion.
+    ``lifetime_s`` is the watch's server-side lifetime (default: randomised in
+    ``WATCH_TIMEOUT_RANGE_S``). Raises :class:`ResourceExpired` when the server no longer has
+    that resourceVersion.
     """
     params: dict[str, str | int] = {
         "watch": "1",
         "resourceVersion": resource_version,
         "allowWatchBookmarks": "true",
-        "timeoutSeconds": random.randint(*WATCH_TIMEOUT_RANGE_S),
+        "timeoutSeconds": lifetime_s or random.randint(*WATCH_TIMEOUT_RANGE_S),
     }
     try:
         async for line in client.stream_lines(

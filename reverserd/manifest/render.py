@@ -107,6 +107,16 @@ def render(obj: dict[str, Any]) -> bytes:
     return _dump(obj, _ManifestDumper)
 
 
+def reads_as_string(text: str) -> bool:
+    """Whether ``text`` written unquoted reads back as this string for every YAML reader.
+
+    False for what YAML 1.1, YAML 1.2 or go-yaml v2 would read as a boolean, null, number or
+    timestamp, and for the empty string. A file whose plain scalars all pass this means the same
+    to Kubernetes as to PyYAML.
+    """
+    return text != "" and not _NON_STRING_PLAIN.fullmatch(text)
+
+
 def _dump(obj: dict[str, Any], dumper: type[yaml.SafeDumper]) -> bytes:
     return yaml.dump(
         _Manifest(obj),

@@ -5,11 +5,12 @@ reached the repository. Until then the target's events simply wait in the journa
 watch delivered before the target was ready is lost (DESIGN invariant 2).
 
 For each type its rules select, the consumer first takes a snapshot of the journal's ``objects``
-(only once that type's seed is complete) and writes it as **one** reconcile commit, including
-removal of files whose objects are gone, judged by its own record of what it wrote or by file
-content. From then on it tails ``events`` from its cursor, filters them by its rules, and hands
-one commit per event to the committer. Types that become selected later (rules widened, a CRD
-installed) get their own snapshot the same way: a backfill commit.
+(only once that type's seed is complete and its watch has caught up in this process) and writes
+it as **one** reconcile commit: files that already say what it would write are adopted as they
+are, and files are removed only for objects provably gone (:func:`plan_snapshot`). From then on
+it tails ``events`` from its cursor, filters them by its rules, and hands one commit per event to
+the committer. Types that become selected later (rules widened, a CRD installed) get their own
+snapshot the same way: a backfill commit.
 
 The cursor and the record of written files move only when the committer has pushed
 (:mod:`reverserd.committer`); after a crash the consumer replays from the cursor, and the
@@ -226,7 +227,15 @@ class TargetConsumer:
         if discovery is None:
             return
         selections = self._selections(discovery)
-        stale = [key for key in self.covered if key not in selections]
+        # A selection the rules dropped is forgotten: its events are skipped from now on, so a
+        # later re-selection needs a fresh snapshot. A type merely missing from discovery stays
+        # covered: nothing of it is skipped meanwhile, and its watch resumes (or re-lists, with
+        # DELETE events as evidence) when it is served again, without a reconcile commit.
+        stale = [
+            key
+            for key in self.covered
+            if key not in selections and split_selection(key) in discovery.types
+        ]
         for key in stale:
             del self.covered[key]
         newly = {key for key, (_, ready) in selections.items() if ready and key not in self.covered}
@@ -287,6 +296,7 @@ class TargetConsumer:
             extra={
                 "target": self.key,
                 "objects": count,
+                "files_adopted": plan.adopted,
                 **{f"files_{k}": v for k, v in stats.items()},
             },
         )

@@ -2,8 +2,13 @@
 
 Identity never comes from a path (DESIGN invariant 3). A target knows the file it wrote for each
 object (its ``files`` record, persisted with its cursor); for a file it did not write, identity
-comes from the file's own ``apiVersion``, ``kind`` and ``metadata``. Everything else in the
-folder (README.md, kustomization.yaml, other YAML) is never touched (invariant 5).
+comes from the file's own ``apiVersion``, ``kind`` and ``metadata``, and only when they name one
+object unambiguously. Everything else in the folder (README.md, kustomization.yaml, other YAML,
+manifests that name no object) is never touched (invariant 5).
+
+A snapshot deletes only with evidence (invariant 4): see :func:`plan_snapshot` for the exact
+rule. It also adopts a folder someone else wrote: a file that already says what reverserd would
+write is kept byte for byte, so switching a folder over rewrites only what really differs.
 """
 
 from __future__ import annotations
@@ -22,14 +27,20 @@ from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
 from reverserd.kube.jsontext import UNDECODABLE
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import (
+    MANIFEST_SUFFIX,
     SENSITIVE_RESOURCES,
     commit_subject_path,
     is_excluded_object,
     object_path,
     printable,
 )
-from reverserd.manifest.render import render
+from reverserd.manifest.render import reads_as_string, render
 from reverserd.manifest.sanitize import sanitize
+
+try:
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 README_NAME = "README.md"
 README = b"""# Mirrored by reverserd
@@ -39,7 +50,13 @@ change, deployable with `kubectl apply -R -f .`. Edits to mirrored files are ove
 next change of their object; files reverserd did not write (like this README) are left alone.
 """
 
-FileRecord = tuple[str, str]  # (path, content hash)
+_STR_TAG = "tag:yaml.org,2002:str"
+
+# (path, hash of what reverserd renders for the object there). For a file it rendered that is
+# the hash of the file's bytes; for an adopted file, the hash of reverserd's own rendering of the
+# same object (so a later event changes it only when the object really changes); for a Secret,
+# the keyed fingerprint of its plaintext.
+FileRecord = tuple[str, str]
 # Longest reason kept for a quarantined object (status messages are bounded).
 QUARANTINE_REASON_CHARS = 300
 
@@ -91,6 +108,7 @@ class FilePlan:
     records: list[tuple[ObjectKey, str | None, str]] = field(default_factory=list)
     quarantine: dict[ObjectKey, str] = field(default_factory=dict)
     """Objects that cannot be written, and why: quarantined, never a failed plan."""
+    adopted: int = 0
     created: int = 0
     updated: int = 0
     deleted: int = 0
@@ -118,6 +136,16 @@ class FilePlan:
         else:
             self.created += 1
 
+    def keep(self, key: ObjectKey, path: str, record_hash: str, known: FileRecord | None) -> None:
+        """Leave the file at ``path`` as it is and record it as the object's file.
+
+        It is adopted when the target had no such record: a file someone else wrote (an
+        earlier mirror, a person) that already says what reverserd would write.
+        """
+        self.records.append((key, path, record_hash))
+        if known != (path, record_hash):
+            self.adopted += 1
+
     def hold(self, key: ObjectKey, error: Exception) -> None:
         self.quarantine[key] = f"{type(error).__name__}: {error}"[:QUARANTINE_REASON_CHARS]
 
@@ -125,6 +153,7 @@ class FilePlan:
         self.changes += other.changes
         self.records += other.records
         self.quarantine.update(other.quarantine)
+        self.adopted += other.adopted
         self.created += other.created
         self.updated += other.updated
         self.deleted += other.deleted
@@ -166,31 +195,123 @@ def commit_message(event: JournalEvent, rtype: ResourceType, target: str) -> str
 def reconcile_message(plan: FilePlan, objects: int, target: str) -> str:
     return (
         f"reconcile: sync {objects} resources\n\n"
+        f"adopted: {plan.adopted}\n"
         f"created: {plan.created}\nupdated: {plan.updated}\ndeleted: {plan.deleted}\n"
         f"{TARGET_TRAILER}{target}\n"
     )
 
 
-def identity_of(content: bytes, kinds: Mapping[tuple[str, str], ResourceType]) -> ObjectKey | None:
-    """The object a file describes, from its own content; None for anything else."""
-    try:
-        document = yaml.safe_load(content)
-    except yaml.YAMLError:
-        return None
-    if not isinstance(document, dict):
+KindIndex = Mapping[tuple[str, str], ResourceType]
+
+
+def kind_index(types: Iterable[ResourceType]) -> dict[tuple[str, str], ResourceType]:
+    """(group, kind) -> type, for reading identity from files; a kind two types share is left
+    out, since a file of that kind could be either."""
+    index: dict[tuple[str, str], ResourceType] = {}
+    shared: set[tuple[str, str]] = set()
+    for rtype in types:
+        key = (rtype.group, rtype.kind)
+        if key in index and index[key].resource != rtype.resource:
+            shared.add(key)
+        index[key] = rtype
+    for key in shared:
+        del index[key]
+    return index
+
+
+def identity_of(content: bytes, kinds: KindIndex) -> ObjectKey | None:
+    """The one object a file's own content names, or None when it names none unambiguously.
+
+    Naming an object takes a parseable single YAML document with ``apiVersion``, ``kind`` and a
+    non-empty ``metadata.name`` of a known kind, and ``metadata.namespace`` exactly when the kind
+    is namespaced: a namespaced manifest without a namespace is applied to whatever namespace
+    the reader is in, so it names no object in particular.
+    """
+    document = read_manifest(content)
+    if document is None:
         return None
     api_version, kind = document.get("apiVersion"), document.get("kind")
     metadata = document.get("metadata")
     if not isinstance(api_version, str) or not isinstance(kind, str):
         return None
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+    if not isinstance(metadata, dict):
         return None
-    group = api_version.rpartition("/")[0]
-    rtype = kinds.get((group, kind))
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    if not isinstance(name, str) or not name:
+        return None
+    rtype = kinds.get((api_version.rpartition("/")[0], kind))
     if rtype is None:
         return None
-    namespace = str(metadata.get("namespace") or "") if rtype.namespaced else ""
-    return ObjectKey(group, rtype.resource, namespace, metadata["name"])
+    if rtype.namespaced:
+        if not isinstance(namespace, str) or not namespace:
+            return None
+        return ObjectKey(rtype.group, rtype.resource, namespace, name)
+    if namespace not in (None, ""):
+        return None
+    return ObjectKey(rtype.group, rtype.resource, "", name)
+
+
+def read_manifest(content: bytes) -> dict[str, Any] | None:
+    """The mapping a file holds, as Kubernetes would read it; None for anything else.
+
+    None also when the file is not one document, or when an unquoted value could read as
+    another type to some YAML reader (``0o17``, ``1e3``): PyYAML reads those as strings, go-yaml
+    v2 as numbers, so no single reading of the file can be trusted.
+    """
+    loader = _Loader(content)
+    try:
+        node = loader.get_single_node()
+        if not isinstance(node, yaml.MappingNode) or _has_ambiguous_plain(node):
+            return None
+        document = loader.construct_document(node)
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+        # ValueError/TypeError: a malformed date or an unhashable key; RecursionError: nesting
+        # deeper than any manifest.
+        return None
+    finally:
+        loader.dispose()
+    return document if isinstance(document, dict) else None
+
+
+def holds_object(existing: bytes, rendered: bytes) -> bool:
+    """Whether the file ``existing`` says what reverserd's ``rendered`` file says.
+
+    Both are read as YAML and compared value by value, with types: ``true`` is not ``1``, and
+    ``"yes"`` (a string) is not ``yes`` (a boolean to Kubernetes). Quoting, key order, indentation
+    and comments may differ.
+    """
+    if existing == rendered:
+        return True
+    found = read_manifest(existing)
+    return found is not None and _same(found, read_manifest(rendered))
+
+
+def _same(left: Any, right: Any) -> bool:
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(_same(left[k], right[k]) for k in left)
+    if isinstance(left, list):
+        return len(left) == len(right) and all(map(_same, left, right))
+    return bool(left == right)
+
+
+def _has_ambiguous_plain(root: yaml.Node) -> bool:
+    pending, seen = [root], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue  # an alias: its node is checked once (and may even contain itself)
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            # Plain style is None from PyYAML's Python parser and "" from libyaml's.
+            if not node.style and node.tag == _STR_TAG and not reads_as_string(node.value):
+                return True
+        elif isinstance(node, yaml.MappingNode):
+            pending += [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            pending += node.value
+    return False
 
 
 def plan_event(
@@ -232,67 +353,130 @@ def plan_snapshot(
     files: Mapping[ObjectKey, FileRecord],
     branch_files: Mapping[str, bytes],
 ) -> tuple[FilePlan, int]:
-    """One reconcile commit that makes the folder equal the journal's objects for ``selections``.
+    """One reconcile commit that makes the folder hold the journal's objects of ``selections``.
 
-    ``branch_files`` is the folder's content on the branch. Returns the plan and how many objects
-    it covers. Files are removed only with evidence: the object is absent from a complete seed of
-    its type, and the file is either one this target recorded writing, or one whose own content
-    names that absent object.
+    ``objects`` must be a complete seed of every type in ``selections`` that is current (its
+    watch caught up in this process); ``files`` is what this target recorded writing;
+    ``branch_files`` is the folder's content on the branch now. Returns the plan and how many
+    objects it writes.
+
+    The invariant: a file is deleted only when both hold
+
+    1. the object it stands for is **gone**: absent from ``objects``, of a type in
+       ``selections``, in a namespace whose deletions the rules take (:func:`_gone`);
+    2. it **stands for** that object: it is the file this target recorded writing for it, or its
+       own content names exactly that object (:func:`identity_of`).
+
+    Every object in ``objects`` is present, whether the target writes it or not (excluded,
+    filtered out by ``operations``, a Secret written elsewhere, one whose file cannot be planned,
+    which goes to ``quarantine``), and a path where a present object's file is or would be is never
+    deleted.
+
+    Each object the target writes keeps its file byte for byte when the file already says what
+    reverserd would write (recorded, and counted as adopted when it was not recorded so);
+    otherwise its file is created, or rewritten when the rules take updates.
     """
+    present = {stored.key for stored in objects}
     plan = FilePlan()
-    present: set[ObjectKey] = set()
-    wanted_paths: set[str] = set()
+    claimed: set[str] = set()
     count = 0
     for stored in objects:
         rtype = types.get((stored.key.api_group, stored.key.resource))
         if rtype is None:
             continue
-        namespace = stored.key.namespace
-        if not (
-            selected(rules, rtype, namespace, "CREATE")
-            or selected(rules, rtype, namespace, "UPDATE")
-        ):
+        known = files.get(stored.key)
+        if known is not None:
+            claimed.add(known[0])
+        if not _writes(rules, rtype, stored):
+            claimed.update(_paths_of(rtype, stored, target_path))
             continue
-        if is_excluded_object(rtype, stored.body):
-            continue
-        present.add(stored.key)
-        if is_sensitive(rtype):
-            # Written (and counted) by the target's SecretWriter; present, so never removed here.
-            if stored.key in files:
-                wanted_paths.add(files[stored.key][0])
-            continue
-        count += 1
         try:
             path, content = manifest_of(rtype, stored.body, target_path)
-        except Exception as error:
+        except Exception as error:  # a poison object: present and held, its file left alone
             plan.hold(stored.key, error)
-            if stored.key in files:
-                wanted_paths.add(files[stored.key][0])
+            claimed.update(_paths_of(rtype, stored, target_path))
             continue
-        wanted_paths.add(path)
-        known = files.get(stored.key)
-        current = branch_files.get(path)
-        if current == content and (known is None or known[0] == path):
-            plan.records.append((stored.key, path, content_hash(content)))
-            continue
-        plan.write(stored.key, path, content, known, exists=current is not None)
-
-    def removable(key: ObjectKey) -> bool:
-        if key in present or (key.api_group, key.resource) not in selections:
-            return False
-        rtype = types.get((key.api_group, key.resource))
-        return rtype is not None and selected(rules, rtype, key.namespace, "DELETE")
-
-    recorded_paths = set()
-    for key, (path, _) in sorted(files.items()):
-        recorded_paths.add(path)
-        if removable(key) and path in branch_files and path not in wanted_paths:
+        count += 1
+        claimed.add(path)
+        may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
+        _plan_file(plan, stored.key, path, content, known, branch_files.get(path), may_update)
+    candidates = _deletion_candidates(files, branch_files, kind_index(types.values()), claimed)
+    for path, key in sorted(candidates.items()):
+        if _gone(key, present, rules, types, selections):
             plan.remove(key, path)
-    kinds = {(rtype.group, rtype.kind): rtype for rtype in types.values()}
-    for path, content in sorted(branch_files.items()):
-        if path in wanted_paths or path in recorded_paths or not path.endswith(".yaml"):
+    return plan, count
+
+
+def _writes(rules: Sequence[CompiledRule], rtype: ResourceType, stored: StoredObject) -> bool:
+    """Whether this snapshot writes the object's file (Secrets are written by the SecretWriter)."""
+    namespace = stored.key.namespace
+    if not (
+        selected(rules, rtype, namespace, "CREATE") or selected(rules, rtype, namespace, "UPDATE")
+    ):
+        return False
+    return not is_excluded_object(rtype, stored.body) and not is_sensitive(rtype)
+
+
+def _paths_of(rtype: ResourceType, stored: StoredObject, target_path: str) -> list[str]:
+    """Where the file of an object the snapshot does not write would live."""
+    key = stored.key
+    try:
+        return [
+            object_path(target_path, rtype, key.namespace or None, key.name, is_sensitive(rtype))
+        ]
+    except ValueError:
+        return []  # a name no file can carry: it has no path to protect
+
+
+def _plan_file(
+    plan: FilePlan,
+    key: ObjectKey,
+    path: str,
+    content: bytes,
+    known: FileRecord | None,
+    current: bytes | None,
+    may_update: bool,
+) -> None:
+    """Keep, create or rewrite the file of one present object."""
+    moved = known is not None and known[0] != path
+    if current is not None and not moved and holds_object(current, content):
+        plan.keep(key, path, content_hash(content), known)
+        return
+    if (current is not None or known is not None) and not may_update:
+        return  # the rules take creations only: a file once there stays as it was
+    plan.write(key, path, content, known, exists=current is not None)
+
+
+def _deletion_candidates(
+    files: Mapping[ObjectKey, FileRecord],
+    branch_files: Mapping[str, bytes],
+    kinds: KindIndex,
+    claimed: set[str],
+) -> dict[str, ObjectKey]:
+    """path -> the object the file stands for: by this target's record, else by its content."""
+    candidates: dict[str, ObjectKey] = {}
+    for key, (path, _) in files.items():
+        if path in branch_files and path not in claimed:
+            candidates[path] = key
+    recorded = {path for path, _ in files.values()}
+    for path, content in branch_files.items():
+        if path in claimed or path in recorded or not path.endswith(MANIFEST_SUFFIX):
             continue
         named = identity_of(content, kinds)
-        if named is not None and removable(named):
-            plan.remove(named, path)
-    return plan, count
+        if named is not None:
+            candidates[path] = named
+    return candidates
+
+
+def _gone(
+    key: ObjectKey,
+    present: set[ObjectKey],
+    rules: Sequence[CompiledRule],
+    types: Mapping[tuple[str, str], ResourceType],
+    selections: set[tuple[str, str]],
+) -> bool:
+    """Whether the snapshot proves the object deleted and the rules take that deletion."""
+    if key in present or (key.api_group, key.resource) not in selections:
+        return False
+    rtype = types.get((key.api_group, key.resource))
+    return rtype is not None and selected(rules, rtype, key.namespace, "DELETE")

@@ -60,13 +60,16 @@ class WatchManager:
         self._wake = asyncio.Event()
 
     def seeded(self, type_key: tuple[str, str], namespace: str | None) -> bool:
-        """Whether a stream of this type covering ``namespace`` (None: all) has a complete seed."""
+        """Whether a stream of this type covering ``namespace`` (None: all) has a complete seed
+        and has caught up in this process (``StreamWatcher.current``): only then may the
+        journal's objects of that scope serve a snapshot that deletes."""
         for stream, (watcher, _) in self.watchers.items():
             if (stream.rtype.group, stream.rtype.resource) != type_key:
                 continue
             if (
                 stream.namespace in (ALL_NAMESPACES, namespace)
                 and watcher.state is SeedState.COMPLETE
+                and watcher.current
             ):
                 return True
         return False

@@ -14,6 +14,16 @@ Lifecycle of a stream, driven by what the journal remembers about it:
    move the resume point without an event.
 4. **410 Gone** sends the stream back to 2. Any other failure backs off and resumes at 3 from the
    last journaled resourceVersion, which is exactly the point up to which nothing can be lost.
+
+A complete seed says the journal once held the whole collection; ``current`` says it still
+does, as far as this process can know. It is set by a complete LIST in this process, by a
+bookmark on a watch of this process (every event before it has been journaled), or by a watch
+that ran until the server ended it without any change (nothing happened after its start). It
+stays set through reconnects after an error, which resume where this process' journal ends.
+Until it is set the stream's watches are short (``CATCH_UP_WATCH_S``), so the proof comes within
+seconds even on a type that does not change and gets no bookmark. Only a current stream may feed
+a snapshot that deletes: after a restart, a journal that lags the cluster would take an object
+created meanwhile for one that never existed.
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ MAX_BATCH = 500
 # Reconnect pacing after errors: quick first retry, bounded ceiling, never a tight loop.
 RETRY_INITIAL_S = 0.5
 RETRY_CEILING_S = 30.0
+# Server-side lifetime of a watch that has yet to prove the stream current. The server sends every
+# change after the resume point as soon as the watch starts, so a watch this short that brings
+# none proves the journal current, and one that brings changes is followed by another. Seconds,
+# not the usual minutes: a snapshot after a restart waits for this.
+CATCH_UP_WATCH_S = 3
 # A stream whose resourceVersion or LIST continue token expires this many times in a row (with no
 # seed completing in between) re-lists with backoff instead of at once, so it never spins.
 IMMEDIATE_RELISTS = 2
@@ -52,6 +67,7 @@ class StreamWatcher:
         self.stream = stream
         self.resource_version: str | None = None
         self.state = SeedState.PENDING
+        self.current = False
         self.last_error: str | None = None
 
     @property
@@ -102,13 +118,16 @@ class StreamWatcher:
             await self.journal.record_seed_page(session, items)
         await self.journal.finish_seed(session, version)
         self.resource_version, self.state = version, SeedState.COMPLETE
+        self.current = True
         log.info("seeded %s at resourceVersion %s", self.stream.key, version)
 
     async def _follow(self) -> None:
         """Journal the watch until the server ends it; raises what ended it otherwise."""
         assert self.resource_version is not None
         queue: asyncio.Queue[Any] = asyncio.Queue(WATCH_BUFFER)
-        reader = asyncio.create_task(self._read(queue, self.resource_version))
+        lifetime_s = None if self.current else CATCH_UP_WATCH_S
+        reader = asyncio.create_task(self._read(queue, self.resource_version, lifetime_s))
+        changed = False
         try:
             while True:
                 batch = [await queue.get()]
@@ -117,8 +136,12 @@ class StreamWatcher:
                 events = [item for item in batch if isinstance(item, WatchEvent)]
                 if events:
                     await self._journal(events)
+                    changed = changed or any(event.type != "BOOKMARK" for event in events)
+                    if any(event.type == "BOOKMARK" for event in events):
+                        self.current = True
                 ending = batch[-1]
                 if ending is _END:
+                    self.current = self.current or not changed
                     return
                 if isinstance(ending, BaseException):
                     raise ending
@@ -126,10 +149,10 @@ class StreamWatcher:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, queue: asyncio.Queue[Any], version: str) -> None:
+    async def _read(self, queue: asyncio.Queue[Any], version: str, lifetime_s: int | None) -> None:
         try:
             async for event in watch_events(
-                self.client, self.stream.rtype, self.namespace, version
+                self.client, self.stream.rtype, self.namespace, version, lifetime_s
             ):
                 await queue.put(event)
             await queue.put(_END)

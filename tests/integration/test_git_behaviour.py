@@ -33,6 +33,7 @@ from testbed.gitservers import (
 from testbed.harness import (
     Reverserd,
     apply,
+    caught_up,
     conditions,
     create_git_credentials,
     create_many,
@@ -44,6 +45,7 @@ from testbed.harness import (
     query_journal,
     resource_status,
     subjects,
+    target_report,
     tree,
     wait_condition,
     wait_for_subjects,
@@ -133,22 +135,6 @@ def recorded_files(daemon: Reverserd, target: str) -> dict[str, str]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def target_report(daemon: Reverserd, target: str) -> dict[str, Any] | None:
-    for item in daemon.status()["targets"]:
-        if item["target"] == target:
-            return dict(item)
-    return None
-
-
-def caught_up(daemon: Reverserd, *targets: str) -> bool:
-    """Every target is live and its cursor is at the end of the journal (all of it pushed)."""
-    for target in targets:
-        report = target_report(daemon, target)
-        if report is None or not report["ready"] or report["lag_events"] != 0:
-            return False
-    return True
 
 
 def messages(daemon: Reverserd, since: int = 0) -> list[dict[str, Any]]:

@@ -54,6 +54,7 @@ from testbed.manifests import (
     configmap,
     crd,
     custom_object,
+    deployment,
     git_provider,
     git_target,
     mirror_setup,
@@ -808,31 +809,6 @@ def test_status_managed_fields_stripped_annotations_and_dry_runs_make_no_commit(
     files = tree(remote.path)
     assert f"{folder}/dry.yaml" not in files
     assert manifest(files[f"{folder}/stable.yaml"])["data"]["alpha"] == "one"
-
-
-def deployment(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "web",
-                            "image": "nginx:1.27",
-                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
-                        }
-                    ],
-                    "volumes": [{"name": "cache", "emptyDir": {}}],
-                },
-            },
-        },
-    }
 
 
 def test_sanitized_files_keep_intent_and_never_hold_cluster_noise(
