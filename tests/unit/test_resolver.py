@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from reverserd.attribution.facts import admission_fact, audit_facts
 from reverserd.attribution.identity import author_of
@@ -198,19 +199,30 @@ async def test_seeded_states_are_never_matched_by_admission(
     assert (await resolver.attribute(seeded[0])).author is None
 
 
+async def created(writer: JournalWriter, reader: JournalReader) -> JournalEvent:
+    """The CREATE event of one ConfigMap, journaled from a watch."""
+    await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("1"))], "1")
+    (event,) = await events(reader)
+    return event
+
+
+async def audit_fact_arrives(writer: JournalWriter, resolver: Resolver) -> None:
+    """Bob's audit fact for that CREATE reaches the journal and the resolver."""
+    facts = list(audit_facts({"items": [audit_event(BOB, "create", configmap("1"))]}))
+    await record_facts(writer, facts)
+    await resolver.recorded(facts)
+
+
 async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
     journal: tuple[JournalWriter, JournalReader],
 ) -> None:
     writer, reader = journal
-    await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("1"))], "1")
+    event = await created(writer, reader)
     resolver = Resolver(reader.connection, ["audit"], grace_s=5)
-    (event,) = await events(reader)
 
     async def later() -> None:
         await asyncio.sleep(0.3)
-        facts = list(audit_facts({"items": [audit_event(BOB, "create", configmap("1"))]}))
-        await record_facts(writer, facts)
-        await resolver.recorded(facts)
+        await audit_fact_arrives(writer, resolver)
 
     started = time.monotonic()
     attribution, _ = await asyncio.gather(resolver.attribute(event), later())
@@ -222,14 +234,18 @@ async def test_without_a_fact_the_wait_ends_with_the_grace_window(
     journal: tuple[JournalWriter, JournalReader],
 ) -> None:
     writer, reader = journal
-    await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("1"))], "1")
+    event = await created(writer, reader)
     resolver = Resolver(reader.connection, ["audit"], grace_s=0.5)
-    (event,) = await events(reader)
     started = time.monotonic()
     attribution = await resolver.attribute(event)
     waited = time.monotonic() - started
     assert attribution.author is None and attribution.lines[0] == "user: unresolved"
     assert 0.2 < waited < 2
+    late = REGISTRY.get_sample_value("reverserd_attributions_total", {"outcome": "late"}) or 0
+    await audit_fact_arrives(writer, resolver)
+    assert (
+        REGISTRY.get_sample_value("reverserd_attributions_total", {"outcome": "late"}) == late + 1
+    )
 
 
 def test_digest_ignores_only_the_resource_version() -> None:
