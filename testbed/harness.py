@@ -166,6 +166,20 @@ class Reverserd:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
+def webhook_arguments(plane: ControlPlane, sources: str, port: int) -> list[str]:
+    """``reverserd run`` arguments for the attribution ``sources`` with the webhook on
+    127.0.0.1:``port``, serving the test bed's webhook certificate and trusting its CA for the
+    audit client certificate."""
+    pki = plane.pki
+    return [
+        f"--attribution={sources}",
+        f"--webhook-listen=127.0.0.1:{port}",
+        f"--webhook-tls-cert={pki / 'webhook.crt'}",
+        f"--webhook-tls-key={pki / 'webhook.key'}",
+        f"--webhook-client-ca={pki / 'ca.crt'}",
+    ]
+
+
 def wait_until(
     probe: Callable[[], T | bool | None],
     timeout: float = CONVERGE_TIMEOUT_S,

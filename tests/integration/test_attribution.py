@@ -26,6 +26,7 @@ from testbed.harness import (
     send_all,
     wait_synced,
     wait_until,
+    webhook_arguments,
 )
 from testbed.manifests import admission_webhook, configmap, mirror_setup
 from testbed.tools import REPO_ROOT
@@ -134,22 +135,6 @@ def admission_registered(control_plane: ControlPlane, namespace: str) -> Iterato
     control_plane.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found")
 
 
-def webhook_args(plane: ControlPlane, sources: str, port: int) -> list[str]:
-    pki = plane.pki
-    return [
-        "--attribution",
-        sources,
-        "--webhook-listen",
-        f"127.0.0.1:{port}",
-        "--webhook-tls-cert",
-        str(pki / "webhook.crt"),
-        "--webhook-tls-key",
-        str(pki / "webhook.key"),
-        "--webhook-client-ca",
-        str(pki / "ca.crt"),
-    ]
-
-
 def test_commit_body_names_the_field_manager(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
@@ -240,7 +225,7 @@ def test_admission_attributes_interleaved_users_across_restarts_and_downtime(
     daemon: Reverserd,
     admission_registered: int,
 ) -> None:
-    daemon.extra_args = webhook_args(control_plane, "admission", admission_registered)
+    daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
     truth = exercise(control_plane, namespace, remote, daemon)
     commits = wait_attributed(remote, daemon, truth)
     right, total = check_authors(commits, truth)
@@ -284,7 +269,7 @@ def test_audit_attributes_interleaved_users_across_restarts_and_downtime(
         git_http.create_bare_repo(git_repo_name),
         create_git_credentials(plane, namespace, git_http),
     )
-    daemon = Reverserd(plane, tmp_path / "state", webhook_args(plane, "audit", port))
+    daemon = Reverserd(plane, tmp_path / "state", webhook_arguments(plane, "audit", port))
     try:
         truth = exercise(plane, namespace, remote, daemon)
         commits = wait_attributed(remote, daemon, truth)
