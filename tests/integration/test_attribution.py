@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,3 +281,36 @@ def test_audit_attributes_interleaved_users_across_restarts_and_downtime(
     right, total = check_authors(commits, truth)
     print(f"audit: {right}/{total} commits attributed correctly")
     assert right >= total - EQUAL_CONTENT - len(truth.made_while_down), (right, total)
+
+
+def test_audit_endpoint_hears_only_the_client_certificate_and_admission_always_allows(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    port = free_port()
+    daemon.extra_args = webhook_arguments(control_plane, "audit,admission", port)
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    pki = control_plane.pki
+    anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    certified = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    certified.load_cert_chain(str(pki / "audit-client.crt"), str(pki / "audit-client.key"))
+    base = f"https://127.0.0.1:{port}"
+
+    def post(path: str, body: bytes, context: ssl.SSLContext) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            f"{base}{path}", body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
+
+    batch = json.dumps({"kind": "EventList", "items": []}).encode()
+    assert post("/audit", batch, anonymous)[0] == 403
+    assert post("/audit", batch, certified)[0] == 200
+    status, answer = post("/admission", b"{not json", anonymous)
+    assert status == 200 and json.loads(answer)["response"]["allowed"] is True
+    review = {"request": {"uid": "r-1", "operation": "CONNECT", "userInfo": {"username": "x"}}}
+    status, answer = post("/admission", json.dumps(review).encode(), anonymous)
+    assert json.loads(answer)["response"] == {"uid": "r-1", "allowed": True}

@@ -15,7 +15,7 @@ from reverserd.attribution.facts import admission_fact, audit_facts
 from reverserd.attribution.identity import author_of
 from reverserd.attribution.origin import digest, field_manager
 from reverserd.attribution.resolver import Resolver
-from reverserd.attribution.store import record_facts
+from reverserd.attribution.store import compact_facts, record_facts
 from reverserd.journal import JournalEvent, JournalReader, JournalWriter, StreamSpec
 from reverserd.kube.resources import ResourceType
 
@@ -253,3 +253,23 @@ def test_digest_ignores_only_the_resource_version() -> None:
         {**configmap("1"), "metadata": {**configmap("1")["metadata"], "resourceVersion": "9"}}
     )
     assert digest(configmap("1")) != digest(configmap("1", color="red"))
+
+
+async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_events(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    event = await created(writer, reader)
+    await writer.write_cursor("ns/mirror", event.seq, {})
+    old = admission_fact(review(ALICE, "CREATE", configmap("1")), now=time.time() - 7200)
+    recent = admission_fact(review(BOB, "CREATE", configmap("1")))
+    assert old is not None and recent is not None
+    await record_facts(writer, [old, recent])
+    await compact_facts(writer)
+    rows = await reader.connection.execute_fetchall("SELECT username FROM attribution_facts")
+    assert [row[0] for row in rows] == [BOB]
+    await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("2"))], "2")
+    await writer.write_cursor("ns/mirror", event.seq + 1, {})
+    await writer.compact()
+    origins = await reader.connection.execute_fetchall("SELECT seq FROM event_origins")
+    assert [row[0] for row in origins] == [event.seq + 1]
