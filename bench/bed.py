@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,15 @@ class BenchDaemon(Reverserd):
     worker thread or SQLite's connection threads.
     """
 
-    def __init__(self, plane: ControlPlane, state_dir: Path, profile: Path | None = None) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        state_dir: Path,
+        profile: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         profiling = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
-        super().__init__(plane, state_dir, interpreter_args=profiling)
+        super().__init__(plane, state_dir, extra_args=extra_args, interpreter_args=profiling)
         self.profile = profile
         self.started_wall = 0.0
         self.started_mono = 0.0

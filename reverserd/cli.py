@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE_DIR = Path("/var/lib/reverserd")
 DEFAULT_HTTP_LISTEN = ":8080"
+# A server that accepts and never answers is given up after this long; long enough for a large
+# push over a slow link, since it bounds each read or write, not the whole transfer.
+GIT_IO_TIMEOUT_S = 60.0
 # `journal tail -f` polls the journal at this pace; SQLite has no change notification.
 TAIL_POLL_S = 0.5
 
@@ -63,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Lease (default: $POD_NAMESPACE or default)",
     )
     run.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
+    run.add_argument(
+        "--git-timeout",
+        type=float,
+        default=GIT_IO_TIMEOUT_S,
+        help="seconds a Git connection may wait for the server before it is given up"
+        f" (connect, and each read or write; default {GIT_IO_TIMEOUT_S:.0f})",
+    )
     attribution = run.add_argument_group(
         "attribution", "who made each change (field managers are always used)"
     )
@@ -142,6 +152,7 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_elect=arguments.leader_elect,
         leader_election_namespace=arguments.leader_election_namespace,
         leader_election_id=arguments.leader_election_id,
+        git_timeout_s=arguments.git_timeout,
         attribution=_attribution_options(arguments),
     )
     return asyncio.run(Daemon(options).run())

@@ -42,6 +42,8 @@ from reverserd.attribution.webhooks import (
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
+from reverserd.git import configure_network_timeouts
+from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
@@ -103,6 +105,7 @@ class RunOptions:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
+    git_timeout_s: float = 60.0
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
 
 
@@ -118,6 +121,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit code 0) or lost leadership (exit code 1)."""
         options = self.options
+        timeout_ms = max(1, int(options.git_timeout_s * 1000))
+        configure_network_timeouts(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms)
         journal = await JournalWriter.open(options.state_dir)
         reader = await JournalReader.open(options.state_dir)
         attribution = options.attribution
@@ -132,6 +137,7 @@ class Daemon:
         )
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
+        journal.on_failure_changed = board.report_journal
         plane = ConfigPlane(client, board)
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
@@ -185,6 +191,11 @@ class Daemon:
                 group.create_task(supervise("targets", self._lead))
                 await stop.wait()
                 log.info("shutting down")
+                if webhooks is not None:
+                    # While the journal writer still runs: a webhook request in flight
+                    # finishes (its fact written) instead of waiting for a writer that is gone.
+                    await webhooks.cleanup()
+                    webhooks = None
                 raise _Shutdown
         except* _Shutdown:
             pass
@@ -230,6 +241,8 @@ class Daemon:
 
     def surface(self) -> Surface:
         async def journal_ok() -> bool:
+            if self.journal.failure is not None:
+                return False
             try:
                 await self.reader.last_seq()
                 return True

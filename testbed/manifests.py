@@ -157,6 +157,19 @@ def custom_object(
     }
 
 
+def podtemplate(namespace: str, name: str) -> dict[str, Any]:
+    """A PodTemplate: the test bed serves this type without a watch cache (see controlplane)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": name, "namespace": namespace},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "main", "image": "registry.example/app:1"}]},
+        },
+    }
+
+
 def admission_webhook(name: str, url: str, ca_bundle: bytes, namespace: str) -> dict[str, Any]:
     """reverserd's attribution webhook for changes in ``namespace``, as packaging ships it
     (never denies, ``failurePolicy: Ignore``, short timeout) but reached by URL on loopback."""

@@ -41,6 +41,10 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # past this the request is allowed while its fact is still written.
 ADMISSION_RECORD_S = 1.0
 
+# On shutdown, requests in flight get this long to finish; the API server resends audit
+# batches and goes on without an admission answer, so nothing depends on a longer wait.
+SHUTDOWN_S = 3.0
+
 Record = Callable[[Sequence[Fact]], Awaitable[None]]
 
 
@@ -67,8 +71,8 @@ def _audit_handler(record: Record) -> Callable[[web.Request], Awaitable[web.Resp
             return web.Response(status=403, text="a client certificate is required\n")
         try:
             payload = await request.json()
-        except ValueError:
-            return web.Response(status=400, text="not JSON\n")
+        except (ValueError, RecursionError):
+            return web.Response(status=400, text="not JSON, or nested too deep\n")
         facts = list(audit_facts(payload))
         try:
             await record(facts)
@@ -83,11 +87,13 @@ def _audit_handler(record: Record) -> Callable[[web.Request], Awaitable[web.Resp
 def _admission_handler(record: Record) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def admission(request: web.Request) -> web.Response:
         review: Any = None
+        fact = None
         try:
             review = await request.json()
-        except ValueError:
-            log.warning("admission review that is not JSON allowed unread")
-        fact = admission_fact(review)
+            fact = admission_fact(review)
+        except (ValueError, RecursionError):
+            # Not JSON, or nested too deep to decode or digest: allowed, and no fact.
+            log.warning("admission review that cannot be read allowed unread")
         if fact is not None:
             writing = asyncio.ensure_future(record([fact]))
             try:
@@ -125,7 +131,7 @@ def server_tls(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
 
 async def serve_webhooks(app: web.Application, listen: str, tls: ssl.SSLContext) -> web.AppRunner:
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
     await web.TCPSite(runner, host or "0.0.0.0", int(port), ssl_context=tls).start()
     return runner

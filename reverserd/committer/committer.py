@@ -41,7 +41,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -76,19 +76,21 @@ RETRY_INITIAL_S = 1.0
 RETRY_CEILING_S = 60.0
 # Someone else pushing between our fetch and push is retried at once, this many times in a row.
 MAX_IMMEDIATE_REBASES = 5
-# Submissions waiting for the Git thread; a full inbox slows the consumers (they re-read the
-# journal, which holds everything anyway) instead of growing memory without bound.
+# Submissions (and bytes of file content) waiting for the Git thread; a full inbox slows the
+# consumers (they re-read the journal, which holds everything anyway) instead of growing memory
+# without bound: a burst of large objects waits in the journal, not in RAM.
 INBOX_DEPTH = 1000
+INBOX_BYTES = 32 * 2**20
 # Commits one push may carry under a backlog: about a second of Git work on two cores, so
 # pushes stay frequent while their fixed cost (a round trip, pack negotiation) is shared.
 BATCH_LIMIT = 200
+# File content one push may carry under a backlog of large objects: a pack the server starts
+# receiving within seconds (front ends drop a request body that stays idle for a minute).
+PUSH_BYTES = 32 * 2**20
 # The lines of every commit message that name the target it was made for, and the journal seq
 # up to which it reflects that target's events.
 TARGET_TRAILER = "target: "
 SEQ_TRAILER = "journal-seq"
-# How far back a restarting consumer looks for its own commits above its cursor: more than any
-# number of commits one push interval can leave unpushed or unacknowledged.
-RESUME_SCAN_COMMITS = 20_000
 # Pack the clone after this many commits so it never grows into millions of loose objects.
 MAINTAIN_EVERY_COMMITS = 2000
 
@@ -189,11 +191,13 @@ class Committer:
         self.pushed_sha: str | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="git")
         self._inbox: collections.deque[Submission] = collections.deque()
+        self._inbox_bytes = 0
         self._inbox_changed = asyncio.Condition()
         # Held while submissions are taken and committed, so that what a restarting consumer
         # reads from the branch is never missing a batch that is half way to it.
         self._applying = asyncio.Lock()
         self._unpushed: list[Submission] = []
+        self._unpushed_bytes = 0
         self._first_unpushed_at: float | None = None
         self._push = _PushState()
         self._commits_since_maintain = 0
@@ -210,13 +214,19 @@ class Committer:
         return await self.on_git_thread(lambda: self.repository.list_files(prefix))
 
     async def submit(self, submission: Submission) -> None:
+        size = content_bytes([submission])
+
+        def room() -> bool:
+            if self.stopped or not self._inbox:
+                return True
+            return len(self._inbox) < INBOX_DEPTH and self._inbox_bytes + size <= INBOX_BYTES
+
         async with self._inbox_changed:
-            await self._inbox_changed.wait_for(
-                lambda: self.stopped or len(self._inbox) < INBOX_DEPTH
-            )
+            await self._inbox_changed.wait_for(room)
             if self.stopped:
                 raise CommitterStopped(self.key)
             self._inbox.append(submission)
+            self._inbox_bytes += size
             self._inbox_changed.notify_all()
 
     async def resume_point(self, target: str, cursor: int) -> int:
@@ -226,12 +236,14 @@ class Committer:
         clone, pushed or not: replaying an older change on top of a newer state is not a no-op
         (an UPDATE replayed after its DELETE would bring the file back). Submissions of the
         target still waiting here are dropped first; the consumer replays them from the journal.
+
+        Only commits this clone made count (pending, or carried by the last push): anyone with
+        push access can write a commit whose trailers name a target and a seq, and trusting it
+        would make the target skip real changes (DESIGN invariant 9).
         """
         async with self._applying:
             await self._drop_waiting(target)
-            messages = await self.on_git_thread(
-                functools.partial(self.repository.recent_commits, RESUME_SCAN_COMMITS)
-            )
+            messages = await self.on_git_thread(self.repository.own_commits)
         return committed_seq(messages, target, cursor)
 
     async def forget(self, target: str) -> None:
@@ -249,6 +261,7 @@ class Committer:
             kept = [item for item in self._inbox if item.target != target]
             self._inbox.clear()
             self._inbox.extend(kept)
+            self._inbox_bytes = content_bytes(kept)
             self._inbox_changed.notify_all()
 
     def _report(self, ok: bool, reason: str, message: str) -> None:
@@ -262,7 +275,10 @@ class Committer:
         """Own the clone until cancelled, or until anything raises; a committer runs once."""
         if self.stopped:
             raise CommitterStopped(self.key)
+        if self.clone_lock.locked():
+            log.info("waiting for the clone of %s: a Git operation is still running", self.key)
         await self.clone_lock.acquire()
+        log.info("opening the clone of %s", self.key)
         try:
             await self._open()
             while True:
@@ -276,6 +292,7 @@ class Committer:
         self.ready.clear()
         async with self._inbox_changed:
             self._inbox.clear()
+            self._inbox_bytes = 0
             self._inbox_changed.notify_all()
         self._thread.shutdown(wait=False, cancel_futures=True)
         loop = asyncio.get_running_loop()
@@ -317,20 +334,25 @@ class Committer:
     def _unpushed_commits(self) -> int:
         return sum(1 for item in self._unpushed if item.commit)
 
+    def _push_full(self) -> bool:
+        """Enough waits for the remote that a push should not wait for the interval."""
+        return (
+            self._unpushed_commits() >= self.policy.max_commits
+            or self._unpushed_bytes >= PUSH_BYTES
+        )
+
     def _push_due(self) -> bool:
         if self._first_unpushed_at is None or self._push.waiting:
             return False
         waited = time.monotonic() - self._first_unpushed_at
-        return self._unpushed_commits() >= self.policy.max_commits or (
-            waited >= self.policy.interval_s
-        )
+        return self._push_full() or waited >= self.policy.interval_s
 
     def _seconds_until_push_due(self) -> float | None:
         """None while nothing waits for the remote."""
         if self._first_unpushed_at is None:
             return None
         due = max(self._first_unpushed_at + self.policy.interval_s, self._push.retry_at)
-        if self._unpushed_commits() >= self.policy.max_commits:
+        if self._push_full():
             due = max(time.monotonic(), self._push.retry_at)
         return max(0.0, due - time.monotonic())
 
@@ -348,26 +370,35 @@ class Committer:
             async with self._applying:
                 await self._apply_batch()
 
-    def _batch_room(self) -> int:
-        """How many submissions the next batch takes.
+    def _batch_room(self) -> tuple[int, int]:
+        """How many submissions, and bytes of their content, the next batch may take.
 
-        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) wait for one
-        due push, so a backlog never postpones it by more than about a second of Git work. While
-        a push waits for its retry, nothing is postponed: batches are full.
+        At most :data:`BATCH_LIMIT` commits (or ``push.maxCommits`` if larger) and
+        :data:`PUSH_BYTES` wait for one due push, so a backlog never postpones it by more than
+        about a second of Git work, and its pack stays small. While a push waits for its retry,
+        nothing is postponed: batches are full.
         """
         limit = max(self.policy.max_commits, BATCH_LIMIT)
         if self._push.waiting:
-            return limit
-        return max(1, limit - self._unpushed_commits())
+            return limit, PUSH_BYTES
+        return max(1, limit - self._unpushed_commits()), PUSH_BYTES - self._unpushed_bytes
 
     async def _apply_batch(self) -> None:
         async with self._inbox_changed:
-            room = min(self._batch_room(), len(self._inbox))
-            batch = [self._inbox.popleft() for _ in range(room)]
+            count, budget = self._batch_room()
+            batch: list[Submission] = []
+            while self._inbox and len(batch) < count:
+                size = content_bytes([self._inbox[0]])
+                if batch and size > budget:
+                    break
+                batch.append(self._inbox.popleft())
+                budget -= size
+            self._inbox_bytes -= content_bytes(batch)
             self._inbox_changed.notify_all()
         if not batch:
             return
         writes = [item for item in batch if item.changes]
+        committed_bytes = content_bytes(writes)
         try:
             shas = await self._commit(writes)
         except ValueError:
@@ -394,6 +425,7 @@ class Committer:
         for item in batch:
             self._unpushed.append(item)
             COMMIT_QUEUE.labels(target=item.target).inc()
+        self._unpushed_bytes += committed_bytes
         pending = await self.on_git_thread(self.repository.pending)
         if pending and self._first_unpushed_at is None:
             self._first_unpushed_at = time.monotonic()
@@ -537,7 +569,7 @@ class Committer:
             )
         # Only once every cursor is written: a failing write leaves everything unsettled, to be
         # replayed by a fresh committer's consumers.
-        self._unpushed = []
+        self._unpushed, self._unpushed_bytes = [], 0
         self._first_unpushed_at = None
         self.pushed_sha = sha
         for target, items in by_target.items():
@@ -547,6 +579,11 @@ class Committer:
         for item in settled:
             if item.on_pushed is not None:
                 item.on_pushed((newest or {}).get(item.target), pushed_at)
+
+
+def content_bytes(items: Iterable[Submission]) -> int:
+    """File content the submissions carry: what they hold in memory until committed."""
+    return sum(len(change.content or b"") for item in items for change in item.changes)
 
 
 def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:

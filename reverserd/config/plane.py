@@ -156,6 +156,19 @@ def _pushing_condition(health: ProviderHealth | None) -> Condition:
     return Condition("Pushing", False, health.reason, health.message)
 
 
+def _journal_condition(failure: str | None) -> Condition:
+    """Every change passes through the journal: a target cannot be Ready while it fails."""
+    if failure is None:
+        return Condition("Journal", True, "Writable", "changes are journaled as they happen")
+    return Condition(
+        "Journal",
+        False,
+        "JournalWriteFailed",
+        f"{failure}; free space on the state dir's volume (or fix the disk): changes wait in"
+        " the API server and are journaled as soon as writes succeed again",
+    )
+
+
 # How many quarantined objects a condition message names.
 QUARANTINE_LISTED = 5
 
@@ -308,6 +321,7 @@ def resolve(
             encryption,
             *_progress_conditions(progress),
             _pushing_condition(board.branch_of(target.key)),
+            _journal_condition(board.journal_failure),
         ]
         # Encryption gates readiness only when it was asked for: without it, Secrets are
         # skipped (and the condition says so) while everything else is mirrored.

@@ -41,24 +41,33 @@ class CompiledRule:
     cluster_scoped: bool
 
     def selects_type(self, rtype: ResourceType, served_versions: Sequence[str] = ()) -> bool:
-        if rtype.namespaced == self.cluster_scoped:
-            return False
-        if self.groups is not None and rtype.group not in self.groups:
-            return False
+        """Whether the rule wants the type: ``apiVersions`` match any version it is served at."""
         if self.versions is not None and not self.versions & set(
             served_versions or [rtype.version]
         ):
             return False
-        if self.resources is None:
-            return (rtype.group, rtype.resource) not in DEFAULT_EXCLUDED_RESOURCES
-        return rtype.resource.lower() in self.resources
+        return self._selects_resource(rtype)
 
     def selects_event(self, rtype: ResourceType, namespace: str, operation: str) -> bool:
+        """Whether the rule wants an event of a type it selects.
+
+        Events carry the preferred version the type is watched at, which need not be one of
+        the rule's ``apiVersions`` (the version was matched when the type was selected).
+        """
         if operation not in self.operations:
             return False
         if self.namespace is not None and namespace != self.namespace:
             return False
-        return self.selects_type(rtype)
+        return self._selects_resource(rtype)
+
+    def _selects_resource(self, rtype: ResourceType) -> bool:
+        if rtype.namespaced == self.cluster_scoped:
+            return False
+        if self.groups is not None and rtype.group not in self.groups:
+            return False
+        if self.resources is None:
+            return (rtype.group, rtype.resource) not in DEFAULT_EXCLUDED_RESOURCES
+        return rtype.resource.lower() in self.resources
 
 
 def _strings(value: Any, field: str) -> list[str]:

@@ -105,6 +105,7 @@ class StatusBoard:
         self.targets: dict[str, TargetProgress] = {}
         self.providers: dict[str, ProviderHealth] = {}
         self.branches: dict[str, ProviderHealth] = {}
+        self.journal_failure: str | None = None
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -135,3 +136,8 @@ class StatusBoard:
             if progress is None or progress.branch is None
             else (self.branches.get(progress.branch))
         )
+
+    def report_journal(self, failure: str | None) -> None:
+        if self.journal_failure != failure:
+            self.journal_failure = failure
+            self.notify()

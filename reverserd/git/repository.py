@@ -92,6 +92,9 @@ GC_TIMEOUT_S = 600
 
 REMOTE_NAME = "origin"
 BASE_REF = "refs/reverserd/base"
+# The tip the last push carried, and the base it was built on.
+PUSHING_REF = "refs/reverserd/pushing"
+PUSHED_FROM_REF = "refs/reverserd/pushed-from"
 
 _HEADS = "refs/heads/"
 _FILE_MODES = frozenset({FileMode.BLOB, FileMode.BLOB_EXECUTABLE})
@@ -317,17 +320,26 @@ class BranchRepository:
             return 0
         return self._count_above(local, self._target(BASE_REF))
 
-    def recent_commits(self, limit: int) -> list[tuple[str, str]]:
-        """(SHA, message) of up to ``limit`` commits of the local branch, newest first."""
+    def own_commits(self) -> list[tuple[str, str]]:
+        """(SHA, message) of the branch's commits this clone made and the remote may lack a
+        record of, newest first: the pending ones, and those of the last push if they are
+        still on the branch (the server may have taken them just before a crash).
+
+        Commits anyone else pushed are never among them, whatever their messages say.
+        """
         repo = self._open_repo()
         local = self._target(self._local_ref)
         if local is None:
             return []
-        found: list[tuple[str, str]] = []
-        for commit in repo.walk(local, SortMode.TOPOLOGICAL):
-            if len(found) >= limit:
-                break
-            found.append((str(commit.id), commit.message))
+        found = self.pending_commits()
+        pushing, pushed_from = self._target(PUSHING_REF), self._target(PUSHED_FROM_REF)
+        if pushing is not None and (pushing == local or repo.descendant_of(local, pushing)):
+            walker = repo.walk(pushing, SortMode.TOPOLOGICAL)
+            for hidden in (pushed_from, self._target(BASE_REF)):
+                if hidden is not None and hidden != pushing:
+                    walker.hide(hidden)
+            seen = {sha for sha, _ in found}
+            found += [(str(c.id), c.message) for c in walker if str(c.id) not in seen]
         return found
 
     def pending_commits(self) -> list[tuple[str, str]]:
@@ -356,6 +368,10 @@ class BranchRepository:
             raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
         if local == self._target(BASE_REF):
             return str(local)
+        # Which commits this push carries, kept before it starts: if the server takes them
+        # and the process dies before it learns so, own_commits() still knows they are ours.
+        self._set_ref(PUSHED_FROM_REF, self._target(BASE_REF))
+        self._set_ref(PUSHING_REF, local)
         callbacks = _PushCallbacks(self._url, self._credentials)
         refspec = f"{self._local_ref}:{self._local_ref}"
         try:

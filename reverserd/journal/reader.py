@@ -7,6 +7,7 @@ commits, so tailing the journal never blocks a watch. A read-only connection is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ import aiosqlite
 
 from reverserd.journal.model import EventKind, JournalEvent, ObjectKey, SeedState, StoredObject
 from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
+
+# Bodies one read of events may bring (beyond its first event): a few large objects, or a full
+# batch of ordinary ones.
+READ_BATCH_BYTES = 8 * 2**20
 
 EVENT_COLUMNS = (
     "seq, stream, kind, api_group, api_version, resource, namespace, name, uid,"
@@ -91,11 +96,20 @@ class JournalReader:
         rows = await self.connection.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
         return int(next(iter(rows))[0])
 
-    async def events_after(self, seq: int, limit: int) -> list[JournalEvent]:
+    async def events_after(
+        self, seq: int, limit: int, max_bytes: int = READ_BATCH_BYTES
+    ) -> list[JournalEvent]:
+        """Up to ``limit`` events after ``seq``, and no more than ``max_bytes`` of bodies
+        (at least one event): a backlog of large objects is read in slices, so neither memory
+        nor the decoding stalls. Bodies are decoded off the event loop."""
         rows = await self.connection.execute_fetchall(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            f"SELECT {EVENT_COLUMNS} FROM (SELECT *, SUM(COALESCE(length(body), 0))"
+            " OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS read_bytes FROM events"
+            " WHERE seq > ? ORDER BY seq LIMIT ?)"
+            " WHERE read_bytes - COALESCE(length(body), 0) < ? ORDER BY seq",
+            (seq, limit, max_bytes),
         )
-        return [event_from_row(row) for row in rows]
+        return await asyncio.to_thread(lambda: [event_from_row(row) for row in rows])
 
     async def event(self, seq: int) -> JournalEvent | None:
         rows = list(
@@ -114,29 +128,33 @@ class JournalReader:
         await self.connection.execute("BEGIN")
         try:
             seq = await self.last_seq()
-            objects: list[StoredObject] = []
+            rows: list[Sequence[Any]] = []
             for api_group, resource in wanted:
-                rows = await self.connection.execute_fetchall(
+                rows += await self.connection.execute_fetchall(
                     "SELECT o.api_group, o.resource, o.namespace, o.name, o.api_version, o.uid,"
                     " o.resource_version, o.seq, e.body FROM objects o JOIN events e"
                     " ON e.seq = o.seq WHERE o.api_group = ? AND o.resource = ?"
                     " ORDER BY o.namespace, o.name",
                     (api_group, resource),
                 )
-                for group, res, namespace, name, version, uid, rv, object_seq, body in rows:
-                    objects.append(
-                        StoredObject(
-                            ObjectKey(group, res, namespace, name),
-                            version,
-                            uid,
-                            rv,
-                            object_seq,
-                            json.loads(body),
-                        )
-                    )
         finally:
             await self.connection.execute("COMMIT")
-        return seq, objects
+
+        def decode() -> list[StoredObject]:
+            return [
+                StoredObject(
+                    ObjectKey(group, res, namespace, name),
+                    version,
+                    uid,
+                    rv,
+                    object_seq,
+                    json.loads(body),
+                )
+                for group, res, namespace, name, version, uid, rv, object_seq, body in rows
+            ]
+
+        # Thousands of bodies: decoded off the event loop.
+        return seq, await asyncio.to_thread(decode)
 
     async def streams(self) -> list[StreamRow]:
         rows = await self.connection.execute_fetchall(

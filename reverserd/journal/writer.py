@@ -284,6 +284,9 @@ class JournalWriter:
         self._appended = asyncio.Condition()
         # Bumped whenever the in-memory index is reloaded from the database.
         self._generation = 0
+        self.failure: str | None = None
+        """Why the last transaction failed (a full disk, an I/O error); None once one succeeds."""
+        self.on_failure_changed: Callable[[str | None], None] | None = None
         # Whether events carry a digest of their full object (only admission facts use it).
         self.digests = False
 
@@ -368,11 +371,21 @@ class JournalWriter:
         try:
             await self._write(batch)
         except (sqlite3.Error, OSError) as error:
-            log.error("journal transaction failed, reloading index", exc_info=error)
+            first = self.failure is None
+            self._set_failure(f"cannot write the journal {self.path}: {error}")
+            # Callers retry (watches back off), so one failure is logged in full, then briefly.
+            log.error(
+                "journal transaction failed, reloading index: %s",
+                error,
+                exc_info=error if first else None,
+            )
             if self.connection.in_transaction:
                 await self.connection.rollback()
             await self._reload(results, error)
             return
+        if self.failure is not None:
+            log.info("journal writes succeed again")
+            self._set_failure(None)
         if batch.last_seq > self.committed_seq:
             self.committed_seq = batch.last_seq
             async with self._appended:
@@ -384,6 +397,11 @@ class JournalWriter:
                 operation.done.set_result(result)
             else:
                 operation.done.set_exception(failure)
+
+    def _set_failure(self, failure: str | None) -> None:
+        self.failure = failure
+        if self.on_failure_changed is not None:
+            self.on_failure_changed(failure)
 
     async def _abandon(self, results: list[_Result], batch: _Batch) -> None:
         del batch  # computed on a stale index: its rows are never written

@@ -8,6 +8,7 @@ must never hang the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -17,11 +18,15 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from reverserd.kube import jsontext
+
 # Lists of large pages and status writes finish well within this on a healthy server.
 REQUEST_TIMEOUT_S = 60.0
 # A watch is a long-lived response: only connecting is bounded here; the watcher bounds silence.
 WATCH_CONNECT_TIMEOUT_S = 15.0
 MERGE_PATCH = "application/merge-patch+json"
+# Responses and watch lines from this size on are decoded on a worker thread.
+LARGE_LINE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -94,7 +99,7 @@ class KubeClient:
     ) -> Any:
         response = await self._call("GET", path, params, accept=accept)
         try:
-            return await response.json(content_type=None)
+            return await decode(await response.read())
         finally:
             response.release()
 
@@ -125,9 +130,18 @@ class KubeClient:
         try:
             async for line in response.content:
                 if line.strip():
-                    yield json.loads(line)
+                    yield await decode(line)
         finally:
             response.release()
+
+
+async def decode(raw: bytes) -> Any:
+    """JSON from the API server; large documents are decoded off the event loop (aiohttp hands
+    over buffered lines without yielding, so a burst of large objects would hold it), and an
+    object nested too deep to decode becomes a stand-in (:mod:`reverserd.kube.jsontext`)."""
+    if len(raw) >= LARGE_LINE_BYTES:
+        return await asyncio.to_thread(jsontext.loads, raw)
+    return jsontext.loads(raw)
 
 
 def error_from_status(status: int, text: str) -> KubeError:

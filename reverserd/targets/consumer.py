@@ -98,8 +98,6 @@ TRANSIENT_ERRORS = (KubeError, OSError, CommitterStopped)
 # The record hash of a Secret whose fingerprint is unknown (committed before a restart, content
 # not re-read): never equal to a real fingerprint, so the Secret's next change is written.
 UNKNOWN_FINGERPRINT = ""
-# Longest reason kept for a quarantined object (status messages are bounded).
-QUARANTINE_REASON_CHARS = 300
 
 SeededCheck = Callable[[tuple[str, str], str | None], bool]
 
@@ -278,6 +276,7 @@ class TargetConsumer:
         for key in newly:
             self.covered[key] = seq
         self._remember(plan)
+        self._held(plan.quarantine)
         message = reconcile_message(plan, count, self.key)
         stats = {"created": plan.created, "updated": plan.updated, "deleted": plan.deleted}
         log.info(
@@ -297,7 +296,7 @@ class TargetConsumer:
                 progress.snapshot_synced = progress.stream_live = True
             self._pushed(sha, at)
 
-        await self._submit(plan, message, pushed)
+        await self._submit(plan, message, pushed, dict(plan.quarantine))
         self.initial_snapshot_sent = self.initial_snapshot_sent or first
 
     async def _process(self, events: list[JournalEvent]) -> None:
@@ -363,7 +362,8 @@ class TargetConsumer:
         existing = None
         if event.kind is EventKind.DELETE and known is None and event.body is not None:
             existing = await self._identified_file(event, rtype)
-        return plan_event(event, rtype, self.folder, known, existing)
+        # Sanitizing and rendering a large object takes long: off the event loop.
+        return await asyncio.to_thread(plan_event, event, rtype, self.folder, known, existing)
 
     def _replayed_secret(
         self, event: JournalEvent, rtype: ResourceType, known: FileRecord | None
@@ -384,14 +384,11 @@ class TargetConsumer:
         return plan
 
     async def _quarantine(self, event: JournalEvent, error: Exception) -> None:
-        reason = f"{type(error).__name__}: {error}"[:QUARANTINE_REASON_CHARS]
-        log.warning(
-            "object quarantined: it cannot be written",
-            extra={"target": self.key, "object": _describe(event.key), "reason": reason},
-        )
-        self._held({event.key: reason})
+        plan = FilePlan()
+        plan.hold(event.key, error)
+        self._held(plan.quarantine)
         await self.committer.submit(
-            Submission(self.key, event.seq, dict(self.covered), quarantine={event.key: reason})
+            Submission(self.key, event.seq, dict(self.covered), quarantine=dict(plan.quarantine))
         )
 
     async def _release(self, key: ObjectKey) -> None:
@@ -404,6 +401,10 @@ class TargetConsumer:
     def _held(self, held: Mapping[ObjectKey, str]) -> None:
         """Objects the committer or the planner could not write: no record, shown in status."""
         for key, reason in held.items():
+            log.warning(
+                "object quarantined: it cannot be written",
+                extra={"target": self.key, "object": _describe(key), "reason": reason},
+            )
             self.files.pop(key, None)
             self.quarantined[key] = reason
         self._show_quarantine()

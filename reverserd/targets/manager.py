@@ -215,7 +215,14 @@ class TargetManager:
 
     def _record_failure(self, key: str) -> Callable[[BaseException], None]:
         def record(error: BaseException) -> None:
-            self.board.target(key).last_error = f"{type(error).__name__}: {error}"
+            progress = self.board.target(key)
+            progress.last_error = f"{type(error).__name__}: {error}"
+            # Not live until the restarted consumer's first sync is pushed again.
+            progress.stream_live = False
+            progress.waiting_reason = "ConsumerFailed"
+            progress.waiting_message = (
+                f"{progress.last_error}; restarting from the cursor after a backoff"
+            )
             self.board.notify()
 
         return record

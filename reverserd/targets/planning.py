@@ -19,6 +19,7 @@ from reverserd.committer.committer import SEQ_TRAILER, TARGET_TRAILER
 from reverserd.config.rules import CompiledRule
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
+from reverserd.kube.jsontext import UNDECODABLE
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import (
     SENSITIVE_RESOURCES,
@@ -38,6 +39,8 @@ next change of their object; files reverserd did not write (like this README) ar
 """
 
 FileRecord = tuple[str, str]  # (path, content hash)
+# Longest reason kept for a quarantined object (status messages are bounded).
+QUARANTINE_REASON_CHARS = 300
 
 
 def content_hash(content: bytes) -> str:
@@ -85,6 +88,8 @@ class FilePlan:
 
     changes: list[FileChange] = field(default_factory=list)
     records: list[tuple[ObjectKey, str | None, str]] = field(default_factory=list)
+    quarantine: dict[ObjectKey, str] = field(default_factory=dict)
+    """Objects that cannot be written, and why: quarantined, never a failed plan."""
     created: int = 0
     updated: int = 0
     deleted: int = 0
@@ -112,9 +117,13 @@ class FilePlan:
         else:
             self.created += 1
 
+    def hold(self, key: ObjectKey, error: Exception) -> None:
+        self.quarantine[key] = f"{type(error).__name__}: {error}"[:QUARANTINE_REASON_CHARS]
+
     def merge(self, other: FilePlan) -> None:
         self.changes += other.changes
         self.records += other.records
+        self.quarantine.update(other.quarantine)
         self.created += other.created
         self.updated += other.updated
         self.deleted += other.deleted
@@ -128,6 +137,9 @@ class FilePlan:
 def manifest_of(
     rtype: ResourceType, body: Mapping[str, Any], target_path: str
 ) -> tuple[str, bytes]:
+    """The object's file path and content; raises for an object that cannot be written."""
+    if UNDECODABLE in body:
+        raise ValueError(str(body[UNDECODABLE]))
     metadata = body.get("metadata") or {}
     namespace = metadata.get("namespace") or None
     path = object_path(target_path, rtype, namespace, str(metadata["name"]), is_sensitive(rtype))
@@ -253,7 +265,13 @@ def plan_snapshot(
                 wanted_paths.add(files[stored.key][0])
             continue
         count += 1
-        path, content = manifest_of(rtype, stored.body, target_path)
+        try:
+            path, content = manifest_of(rtype, stored.body, target_path)
+        except Exception as error:
+            plan.hold(stored.key, error)
+            if stored.key in files:
+                wanted_paths.add(files[stored.key][0])
+            continue
         wanted_paths.add(path)
         known = files.get(stored.key)
         current = branch_files.get(path)

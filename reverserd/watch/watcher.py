@@ -38,6 +38,9 @@ MAX_BATCH = 500
 # Reconnect pacing after errors: quick first retry, bounded ceiling, never a tight loop.
 RETRY_INITIAL_S = 0.5
 RETRY_CEILING_S = 30.0
+# A stream whose resourceVersion or LIST continue token expires this many times in a row (with no
+# seed completing in between) re-lists with backoff instead of at once, so it never spins.
+IMMEDIATE_RELISTS = 2
 
 _END = object()
 
@@ -59,10 +62,12 @@ class StreamWatcher:
         self.resource_version, self.state = await self.journal.register_stream(self.stream)
         relist = self.state is not SeedState.PENDING
         delay = RETRY_INITIAL_S
+        expired_in_a_row = 0
         while True:
             try:
                 if self.state is not SeedState.COMPLETE or not self.resource_version:
                     await self._seed(relist)
+                    expired_in_a_row = 0
                 await self._follow()
                 delay = RETRY_INITIAL_S
                 self.last_error = None
@@ -70,6 +75,12 @@ class StreamWatcher:
                 log.info("resourceVersion of %s expired, re-listing", self.stream.key)
                 WATCH_RELISTS.labels(resource=self.stream.resource).inc()
                 self.state, relist = SeedState.PENDING, True
+                expired_in_a_row += 1
+                if expired_in_a_row > IMMEDIATE_RELISTS:
+                    # A LIST whose continue token keeps expiring (heavy compaction, a huge
+                    # collection): start over, but paced like any other failure.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_CEILING_S)
             except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as error:
                 self.last_error = str(error)
                 WATCH_RESTARTS.labels(resource=self.stream.resource).inc()

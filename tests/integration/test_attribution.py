@@ -26,6 +26,7 @@ from testbed.harness import (
     collection,
     create_git_credentials,
     create_namespace,
+    query_journal,
     send_all,
     wait_synced,
     wait_until,
@@ -46,6 +47,9 @@ MANAGED_FIELDS_RESOLUTION_S = 1.1
 EQUAL_CONTENT = 4
 # A write must not wait for a webhook that is down (its timeout is 2 s).
 WRITE_WHILE_DOWN_S = 10.0
+# Long enough that a commit not held back would have been pushed (push interval 5 s).
+WAITING_S = 7.0
+SHUTDOWN_WHILE_WAITING_S = 10.0
 AUDIT_POLICY = REPO_ROOT / "packaging" / "attribution" / "audit-policy.yaml"
 
 
@@ -317,3 +321,36 @@ def test_audit_endpoint_hears_only_the_client_certificate_and_admission_always_a
     review = {"request": {"uid": "r-1", "operation": "CONNECT", "userInfo": {"username": "x"}}}
     status, answer = post("/admission", json.dumps(review).encode(), anonymous)
     assert json.loads(answer)["response"] == {"uid": "r-1", "allowed": True}
+
+
+def test_change_without_its_audit_fact_waits_the_grace_window_and_shutdown_does_not(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    """This API server sends no audit events: every change waits out the grace window."""
+    port = free_port()
+    waiting = [*webhook_arguments(control_plane, "audit", port), "--attribution-grace=600"]
+    daemon.extra_args = waiting
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace)
+    apply(control_plane, configmap(namespace, "app", {"color": "blue"}))
+    wait_until(
+        lambda: query_journal(daemon, "SELECT seq FROM events WHERE name = 'app'"),
+        ATTRIBUTED_TIMEOUT_S,
+        daemon.log_tail,
+    )
+    time.sleep(WAITING_S)
+    assert [c for c in authorship(remote.path, "main") if c.message.startswith("[")] == []
+    # A consumer waiting for a fact stops at once on SIGTERM.
+    assert daemon.stop() < SHUTDOWN_WHILE_WAITING_S
+    daemon.extra_args = [*webhook_arguments(control_plane, "audit", port), "--attribution-grace=1"]
+    daemon.start()
+
+    def committed() -> Authorship | None:
+        found = [c for c in authorship(remote.path, "main") if c.message.startswith("[")]
+        return found[0] if found else None
+
+    commit = wait_until(committed, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
+    assert body_fields(commit.message)["user"] == "unresolved"
+    assert commit.author_name == COMMITTER
+    assert daemon.metric("reverserd_attributions_total", outcome="unresolved") == 1

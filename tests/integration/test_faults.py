@@ -8,17 +8,22 @@ custom resources' status.
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pygit2
+import yaml
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import push_foreign_commit
+from testbed.gitservers import GitHttpServer, install_hook, push_foreign_commit
 from testbed.harness import (
     Reverserd,
     apply,
     conditions,
+    create_git_credentials,
+    create_many,
     query_journal,
     subjects,
     tree,
@@ -27,8 +32,15 @@ from testbed.harness import (
     wait_synced,
     wait_until,
 )
-from testbed.manifests import configmap, git_target, mirror_setup
-from tests.conftest import Remote
+from testbed.manifests import (
+    configmap,
+    crd,
+    custom_object,
+    git_target,
+    mirror_setup,
+    podtemplate,
+)
+from tests.conftest import Cleanup, Remote
 
 # Long enough for a push interval of 1 s to pass several times: proof that nothing more comes.
 SETTLE_S = 3.0
@@ -236,3 +248,409 @@ def test_event_loop_lag_is_exposed_as_a_histogram(
     wait_synced(control_plane, namespace, daemon=daemon)
     wait_until(lambda: daemon.metric("reverserd_event_loop_lag_seconds_count") >= 4)
     assert daemon.metric("reverserd_event_loop_lag_seconds_sum") < 5
+
+
+def test_sigkill_after_the_server_took_a_push_commits_every_change_once(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    # The server updates the branch, then runs post-receive, which waits for the test: the
+    # push is accepted, but reverserd has not heard so when it is killed.
+    release = tmp_path / "release"
+    install_hook(
+        remote.path,
+        "post-receive",
+        f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.1; done\n",
+    )
+    apply(control_plane, configmap(namespace, "taken", {"v": "1"}))
+    wait_until(
+        lambda: cm_subject("CREATE", namespace, "taken") in subjects(remote.path),
+        describe=daemon.log_tail,
+    )
+    daemon.kill()
+    release.touch()
+    apply(control_plane, configmap(namespace, "taken", {"v": "2"}))
+    daemon.start()
+    apply(control_plane, configmap(namespace, "after"))
+    wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after"))
+    time.sleep(SETTLE_S)
+    ours = [s for s in subjects(remote.path) if not s.startswith("reconcile")]
+    assert ours == [
+        cm_subject("CREATE", namespace, "taken"),
+        cm_subject("UPDATE", namespace, "taken"),
+        cm_subject("CREATE", namespace, "after"),
+    ]
+
+
+def test_foreign_commit_with_forged_trailers_does_not_move_the_resume_point(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    forged = f"notes\n\njournal-seq: 999999999\ntarget: {namespace}/mirror\n"
+    push_foreign_commit(remote.path, "main", "notes.txt", b"hello\n", forged)
+    # A restart computes the resume point again; a change while it is down must still come.
+    daemon.stop()
+    apply(control_plane, configmap(namespace, "after-forgery"))
+    daemon.start()
+    wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after-forgery"))
+    assert f"live-cluster/v1/configmaps/{namespace}/after-forgery.yaml" in tree(remote.path)
+
+
+def test_full_state_dir_says_so_loses_nothing_and_resumes_when_space_returns(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    # The state dir is a small volume of its own; the daemon's log stays outside it.
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(volume)], check=True)
+    daemon = Reverserd(control_plane, volume)
+    try:
+        apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "before"))
+
+        filler = volume / "filler"
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True, check=False
+        )
+        made = [f"full-{index}" for index in range(5)]
+        for name in made:
+            apply(control_plane, configmap(namespace, name, {"v": "x" * 2000}))
+
+        failed = wait_condition(
+            control_plane,
+            "gittarget",
+            namespace,
+            "mirror",
+            "Journal",
+            "False",
+            "JournalWriteFailed",
+            daemon=daemon,
+        )
+        assert "full" in failed["message"], failed
+        ready = conditions(control_plane, "gittarget", namespace, "mirror")["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "JournalWriteFailed")
+        assert daemon.get("/readyz") is None
+        assert any("journal transaction failed" in line["message"] for line in daemon.log_lines())
+        assert daemon.process is not None and daemon.process.poll() is None
+
+        filler.unlink()
+        wait_for_subjects(
+            remote.path, daemon, *(cm_subject("CREATE", namespace, n) for n in made), timeout=150
+        )
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Journal", "True")
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True")
+        history = subjects(remote.path)
+        assert all(history.count(cm_subject("CREATE", namespace, n)) == 1 for n in made), history
+    finally:
+        daemon.ensure_stopped()
+        subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def test_git_server_that_never_answers_shows_in_status_and_recovers(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-hung")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "3"])
+    try:
+        repo = server.create_bare_repo("hung")
+        secret = create_git_credentials(control_plane, namespace, server)
+        apply(control_plane, *mirror_setup(namespace, server.url("hung"), secret=secret))
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+        with server.suspended():
+            apply(control_plane, configmap(namespace, "while-hung"))
+            hung = wait_condition(
+                control_plane,
+                "gittarget",
+                namespace,
+                "mirror",
+                "Pushing",
+                "False",
+                "ConnectionFailed",
+                daemon=daemon,
+            )
+            assert server.url("hung").split("//", 1)[1] in hung["message"]
+            assert daemon.get("/healthz") is not None
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "while-hung"), timeout=90)
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Pushing", "True")
+        assert subjects(repo).count(cm_subject("CREATE", namespace, "while-hung")) == 1
+    finally:
+        daemon.ensure_stopped()
+        server.stop()
+
+
+def test_watch_expired_while_running_deletes_only_the_files_of_objects_gone_in_the_gap(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    names = ("keep", "gone-a", "gone-b")
+    create_many(control_plane, [podtemplate(namespace, n) for n in names], "podtemplates")
+    rules = [{"resources": ["podtemplates"]}]
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    folder = f"live-cluster/v1/podtemplates/{namespace}"
+    assert {f"{folder}/{n}.yaml" for n in names} <= set(tree(remote.path))
+
+    # The daemon is frozen while objects go and history is compacted: its watch resumes from
+    # a resourceVersion the server no longer has (410), and only a fresh LIST tells what is gone.
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        control_plane.kubectl("delete", "podtemplate", "gone-a", "gone-b", "-n", namespace)
+        apply(control_plane, configmap(namespace, "unrelated"))
+        control_plane.compact_etcd()
+        control_plane.restart_apiserver()
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+
+    deletes = [f"[DELETE] v1/podtemplates/{namespace}/{n}" for n in ("gone-a", "gone-b")]
+    wait_for_subjects(remote.path, daemon, *deletes, timeout=120)
+    time.sleep(SETTLE_S)
+    files = tree(remote.path)
+    assert f"{folder}/keep.yaml" in files
+    assert not {f"{folder}/gone-a.yaml", f"{folder}/gone-b.yaml"} & set(files)
+    relists = query_journal(
+        daemon, "SELECT relists FROM streams WHERE stream LIKE ?", ("%podtemplates%",)
+    )
+    assert relists and relists[0][0] >= 1
+    history = subjects(remote.path)
+    assert all(history.count(d) == 1 for d in deletes), history
+    assert not any(
+        "podtemplates" in s and "/keep" in s for s in history if s.startswith("[DELETE]")
+    )
+
+
+def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_lands_once(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-down")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state")
+    try:
+        repo = server.create_bare_repo("down")
+        secret = create_git_credentials(control_plane, namespace, server)
+        apply(control_plane, *mirror_setup(namespace, server.url("down"), secret=secret))
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+        server.stop()
+        made = [f"down-{index}" for index in range(4)]
+        for name in made:
+            apply(control_plane, configmap(namespace, name))
+        # Someone else's commit lands on the server's disk while nobody can reach it.
+        theirs = push_foreign_commit(repo, "main", "docs/notes.md", b"theirs\n", "their notes")
+        wait_until(lambda: daemon.metric("reverserd_push_failures_total") > 0, timeout=60)
+
+        # Commits go on while the push waits for its retry: all of them are made locally.
+        def committed_locally() -> bool:
+            made_here = {
+                line.get("subject")
+                for line in daemon.log_lines()
+                if line.get("message") == "Created commit"
+            }
+            return {cm_subject("CREATE", namespace, n) for n in made} <= made_here
+
+        wait_until(committed_locally, timeout=30, describe=daemon.log_tail)
+        server.start()
+        wait_for_subjects(repo, daemon, *(cm_subject("CREATE", namespace, n) for n in made))
+        time.sleep(SETTLE_S)
+        history = subjects(repo)
+        assert "their notes" in history
+        assert all(history.count(cm_subject("CREATE", namespace, n)) == 1 for n in made)
+        assert tree(repo)["docs/notes.md"] == b"theirs\n"
+        git = pygit2.Repository(str(repo))
+        tip = git.references["refs/heads/main"].target
+        assert git.descendant_of(tip, pygit2.Oid(hex=theirs))
+    finally:
+        daemon.ensure_stopped()
+        server.stop()
+
+
+def test_large_and_unicode_objects_reach_git_intact(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    text = "Grüße, 世界, مرحبا, emoji 🎉, combining é, zero-width \u200b, tab\tend\n"
+    # About 900 KB as UTF-8: close to the 1 MiB a ConfigMap may hold.
+    chars = int(900_000 * len(text) / len(text.encode()))
+    large = {"payload": (text * (chars // len(text) + 1))[:chars], "small": "ok"}
+    unicode_only = {"greeting": text, "quote": "\"it's\" 'quoted' \\ backslash", "yes": "yes"}
+    # Created directly: kubectl apply would also store the whole object in an annotation.
+    create_many(
+        control_plane,
+        [configmap(namespace, "large", large), configmap(namespace, "unicode", unicode_only)],
+        "configmaps",
+    )
+    wait_for_subjects(
+        remote.path,
+        daemon,
+        cm_subject("CREATE", namespace, "large"),
+        cm_subject("CREATE", namespace, "unicode"),
+    )
+    files = tree(remote.path)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    assert len(files[f"{folder}/large.yaml"]) > 800_000
+    for name, data in (("large", large), ("unicode", unicode_only)):
+        written = yaml.safe_load(files[f"{folder}/{name}.yaml"].decode("utf-8"))
+        assert written["data"] == data, name
+
+
+def test_api_server_stopped_in_the_middle_of_a_list_deletes_nothing(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    names = [f"pt-{index:04d}" for index in range(3000)]
+    create_many(control_plane, [podtemplate(namespace, n) for n in names], "podtemplates")
+    rules = [{"resources": ["podtemplates"]}]
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    stream = f"v1/podtemplates@{namespace}"
+    folder = f"live-cluster/v1/podtemplates/{namespace}/"
+    before = {path for path in tree(remote.path) if path.startswith(folder)}
+    assert len(before) == len(names)
+
+    # The stored resourceVersion expires while the daemon is down: it re-lists at start-up, in
+    # pages, and the API server goes away in the middle of that LIST.
+    daemon.stop()
+    control_plane.compact_etcd()
+    daemon.start()
+    wait_until(
+        lambda: (
+            query_journal(daemon, "SELECT seed_state FROM streams WHERE stream = ?", (stream,))
+            == [("seeding",)]
+        ),
+        timeout=30,
+        describe=daemon.log_tail,
+    )
+    # Frozen while the API server stops, so the LIST cannot finish meanwhile.
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGSTOP)
+    with control_plane.apiserver_down():
+        daemon.process.send_signal(signal.SIGCONT)
+        time.sleep(SETTLE_S)
+        markers = dict(
+            query_journal(
+                daemon,
+                "SELECT kind, COUNT(*) FROM events WHERE stream = ? AND kind LIKE 'SEED_%'"
+                " GROUP BY kind",
+                (stream,),
+            )
+        )
+        # The first seed ended; the re-list began (maybe again, as it retries) and did not.
+        assert markers["SEED_END"] == 1 and markers["SEED_BEGIN"] >= 2, markers
+    apply(control_plane, podtemplate(namespace, "after"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/podtemplates/{namespace}/after")
+    deletes = query_journal(
+        daemon, "SELECT COUNT(*) FROM events WHERE stream = ? AND kind = 'DELETE'", (stream,)
+    )
+    assert deletes == [(0,)]
+    after = {path for path in tree(remote.path) if path.startswith(folder)}
+    assert after == before | {f"{folder}after.yaml"}
+    assert not [s for s in subjects(remote.path) if s.startswith("[DELETE]")]
+
+
+def test_custom_resource_nested_too_deep_is_quarantined_and_its_type_keeps_flowing(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    cleanup: Cleanup,
+) -> None:
+    group = f"{namespace}.deep.example.com"
+    cleanup.install_crd(crd(group))
+    depth = 1500  # the API server takes up to 10,000 levels; Python's parser about 1,000
+    deep = (
+        f'{{"apiVersion":"{group}/v1","kind":"Widget",'
+        f'"metadata":{{"name":"deep","namespace":"{namespace}"}},"spec":'
+        + '{"a":' * depth
+        + "1"
+        + "}" * depth
+        + "}"
+    )
+    control_plane.kubectl("create", "-f", "-", stdin=deep)
+    apply(control_plane, custom_object(group, "Widget", namespace, "before", {"size": 1}))
+    rules = [{"apiGroups": [group], "resources": ["widgets"]}]
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    folder = f"live-cluster/{group}/v1/widgets/{namespace}"
+    held = wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Quarantined", "True", daemon=daemon
+    )
+    assert f"widgets/{namespace}/deep" in held["message"], held
+    files = tree(remote.path)
+    assert f"{folder}/before.yaml" in files and f"{folder}/deep.yaml" not in files
+
+    # Its changes come through the watch as well, and never stop the type's other objects.
+    control_plane.kubectl("label", f"widgets.{group}", "deep", "-n", namespace, "changed=yes")
+    apply(control_plane, custom_object(group, "Widget", namespace, "after", {"size": 2}))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] {group}/v1/widgets/{namespace}/after")
+    assert f"{folder}/deep.yaml" not in tree(remote.path)
+    stream = f"{group}/v1/widgets@{namespace}"
+    row = query_journal(daemon, "SELECT seed_state FROM streams WHERE stream = ?", (stream,))
+    assert row == [("complete",)]
+
+
+def test_replaced_committer_waits_for_the_old_ones_git_operation_to_end(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    server = GitHttpServer(tmp_path / "git-slow")
+    server.start()
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--git-timeout", "30"])
+    try:
+        repo = server.create_bare_repo("slow")
+        secret = create_git_credentials(control_plane, namespace, server)
+        provider, *rest = mirror_setup(namespace, server.url("slow"), secret=secret)
+        apply(control_plane, provider, *rest)
+        daemon.start()
+        apply(control_plane, configmap(namespace, "before"))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
+
+        def opened() -> int:
+            """How often a committer took the clone (before it reaches the server)."""
+            return sum(1 for line in daemon.log_lines() if line["message"].startswith("opening "))
+
+        assert opened() == 1
+        with server.suspended():
+            apply(control_plane, configmap(namespace, "during"))
+            wait_until(
+                lambda: any(
+                    line.get("subject") == cm_subject("CREATE", namespace, "during")
+                    for line in daemon.log_lines()
+                ),
+                describe=daemon.log_tail,
+            )
+            time.sleep(2)  # the push of that commit now hangs on the frozen server
+            # New push settings replace the committer while its push is still running.
+            provider["spec"]["push"] = {"interval": "2s"}
+            apply(control_plane, provider)
+            wait_until(
+                lambda: any(
+                    "provider settings changed" in line["message"] for line in daemon.log_lines()
+                ),
+                describe=daemon.log_tail,
+            )
+            time.sleep(8)
+            assert opened() == 1, "the new committer took the clone during the old push"
+            assert any("waiting for the clone" in line["message"] for line in daemon.log_lines())
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "during"), timeout=90)
+        wait_until(lambda: opened() == 2, describe=daemon.log_tail)
+        time.sleep(SETTLE_S)
+        assert subjects(repo).count(cm_subject("CREATE", namespace, "during")) == 1
+    finally:
+        daemon.ensure_stopped()
+        server.stop()

@@ -48,6 +48,7 @@ from testbed.manifests import (
     custom_object,
     git_target,
     mirror_setup,
+    podtemplate,
     watch_rule,
 )
 from tests.conftest import Cleanup, Remote
@@ -194,18 +195,6 @@ def exists(plane: ControlPlane, resource: str, namespace: str, name: str) -> boo
         "get", resource, name, "-n", namespace, "--ignore-not-found", "-o", "name"
     ).strip()
     return bool(out)
-
-
-def podtemplate(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "PodTemplate",
-        "metadata": {"name": name, "namespace": namespace},
-        "template": {
-            "metadata": {"labels": {"app": name}},
-            "spec": {"containers": [{"name": "main", "image": "registry.example/app:1"}]},
-        },
-    }
 
 
 def widget(group: str, namespace: str, name: str, size: int) -> dict[str, Any]:

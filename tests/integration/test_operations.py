@@ -13,16 +13,14 @@ from testbed.controlplane import ControlPlane
 from testbed.harness import (
     Reverserd,
     apply,
-    kubectl_json,
     subjects,
+    tree,
     wait_for_subjects,
     wait_synced,
     wait_until,
 )
 from testbed.manifests import configmap, mirror_setup
 from tests.conftest import Remote
-
-LEADER_ARGS = ["--leader-elect", "--leader-election-namespace", "default"]
 
 
 def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
@@ -57,17 +55,20 @@ def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
         wait_until(lambda: second.status()["role"] == "leader", 40, second.log_tail)
         # Takeover needs the lease to expire (15 s) plus one retry period.
         assert time.monotonic() - killed_at < 25
-        wait_until(
-            lambda: (
-                f"[CREATE] v1/configmaps/{namespace}/after" in subjects(remote.path)
-                or any("reconcile" in s for s in subjects(remote.path)[1:])
-            ),
-            describe=second.log_tail,
-        )
+        folder = f"live-cluster/v1/configmaps/{namespace}"
+        # The change made while nobody led reaches Git, as its own commit or in the new
+        # leader's reconcile commit.
+        wait_until(lambda: f"{folder}/after.yaml" in tree(remote.path), describe=second.log_tail)
+        apply(control_plane, configmap(namespace, "later"))
+        wait_for_subjects(remote.path, second, f"[CREATE] v1/configmaps/{namespace}/later")
+        time.sleep(3)
         history = subjects(remote.path)
-        assert Counter(history)[f"[CREATE] v1/configmaps/{namespace}/before"] == 1, history
-        files = kubectl_json(control_plane, "get", "configmaps", "-n", namespace)
-        assert {item["metadata"]["name"] for item in files["items"]} >= {"before", "after"}
+        repeated = {s: n for s, n in Counter(history).items() if n > 1 and "reconcile" not in s}
+        assert repeated == {}, history
+        assert history.count(f"[CREATE] v1/configmaps/{namespace}/before") == 1, history
+        assert {f"{folder}/{name}.yaml" for name in ("before", "after", "later")} <= set(
+            tree(remote.path)
+        )
     finally:
         first.ensure_stopped()
         second.ensure_stopped()

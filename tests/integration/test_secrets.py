@@ -185,17 +185,17 @@ def test_no_plaintext_value_in_journal_wal_or_git_history_and_no_commit_after_re
     wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/configmaps/{namespace}/marker")
     # The restart re-read both Secrets; ciphertext would differ, fingerprints do not.
     assert subjects(remote.path) == [*history, f"[CREATE] v1/configmaps/{namespace}/marker"]
-    secret_daemon.stop()
 
     needles = [*values.values(), f"literal-{namespace}"]
     needles += [base64.b64encode(value.encode()).decode().rstrip("=") for value in needles]
-    state = secret_daemon.state_dir
-    stored = [path for path in state.iterdir() if path.name.startswith("journal.db")]
-    assert stored
-    for path in stored:
-        content = path.read_bytes()
+    # While the daemon runs: its write-ahead log exists only until a clean stop checkpoints it.
+    stored = {p.name: p.read_bytes() for p in secret_daemon.state_dir.glob("journal.db*")}
+    assert {"journal.db", "journal.db-wal"} <= set(stored), sorted(stored)
+    assert stored["journal.db-wal"], "the WAL of a running daemon holds its recent writes"
+    for name, content in stored.items():
         for needle in needles:
-            assert needle.encode() not in content, (path.name, needle)
+            assert needle.encode() not in content, (name, needle)
+    secret_daemon.stop()
     everything = subprocess.run(
         ["git", f"--git-dir={remote.path}", "log", "-p", "--all", "--format=%B"],
         capture_output=True,
@@ -303,3 +303,46 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote.path) else None)
     decrypted = decrypt(tools, identity, read_tree(remote.path, "main")[path])
     assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"
+
+
+def test_secret_changed_while_down_after_an_unpushed_commit_reaches_git(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+    age_key: tuple[str, str],
+) -> None:
+    identity, recipient = age_key
+    manifests = setup(namespace, remote, {"age": {"recipients": {"publicKeys": [recipient]}}})
+    # Commits wait locally for 3 s: time to kill the daemon between commit and push.
+    manifests[0]["spec"]["push"] = {"interval": "3s", "maxCommits": 10_000}
+    apply(control_plane, *manifests)
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+
+    apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+    wait_until(
+        lambda: any(
+            line.get("message") == "Created commit"
+            and line.get("subject") == f"[CREATE] v1/secrets/{namespace}/db"
+            for line in secret_daemon.log_lines()
+        ),
+        describe=secret_daemon.log_tail,
+    )
+    secret_daemon.kill()
+    assert path not in read_tree(remote.path, "main"), "killed before the push"
+    # Changed while reverserd is down; on restart the replay of the committed CREATE must not
+    # take the new value's fingerprint for what it wrote.
+    apply(control_plane, secret(namespace, "db", {"password": "second-value"}))
+    secret_daemon.start()
+    second = {"password": base64.b64encode(b"second-value").decode()}
+
+    def written() -> bool:
+        files = read_tree(remote.path, "main") if subjects(remote.path) else {}
+        return path in files and decrypt(tools, identity, files[path])["data"] == second
+
+    wait_until(written, describe=secret_daemon.log_tail)
+    # The commit made before the kill is pushed once; the new value follows it.
+    assert subjects(remote.path).count(f"[CREATE] v1/secrets/{namespace}/db") == 1

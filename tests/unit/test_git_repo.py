@@ -586,3 +586,46 @@ def test_key_known_only_by_its_sha256_is_matched() -> None:
 def test_malformed_known_hosts_lines_are_reported_by_number(text: str, problem: str) -> None:
     with pytest.raises(KnownHostsError, match=problem):
         parse_known_hosts(text)
+
+
+# -- which commits are ours ---------------------------------------------------------------------
+
+
+def test_own_commits_are_the_pending_ones_and_the_last_push_never_a_foreign_commit(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path)
+    ours = clone(tmp_path, url, name="ours")
+    write(ours, "live/a.yaml", b"a\n", "ours pushed")
+    pushed = ours.push()
+    forged = "forged\n\njournal-seq: 99999\ntarget: team/mirror\n"
+    commit_directly(remote, "main", {"live/x.yaml": b"x\n"}, forged)
+    ours.rebase_onto_remote()
+    write(ours, "live/b.yaml", b"b\n", "ours pending")
+
+    own = [message for _, message in ours.own_commits()]
+
+    assert own == ["ours pending"]
+    assert pushed not in [sha for sha, _ in ours.own_commits()]
+
+
+def test_commits_of_a_push_the_server_took_just_before_a_crash_are_still_ours(
+    tmp_path: Path,
+) -> None:
+    _, url = make_remote(tmp_path)
+    ours = clone(tmp_path, url, name="ours")
+    write(ours, "live/a.yaml", b"a\n", "first")
+    ours.push()
+    write(ours, "live/b.yaml", b"b\n", "carried")
+    carried = ours.head()
+    # The server took the push, but the process died before recording it: the server has the
+    # commit, the clone still counts it as pending until it reopens and fetches.
+    ours.push()
+    refs = pygit2.Repository(str(tmp_path / "ours")).references
+    assert carried is not None
+    refs.create("refs/reverserd/base", refs["refs/reverserd/pushed-from"].target, force=True)
+    reopened = BranchRepository(tmp_path / "ours", url, "main")
+    reopened.open()
+
+    assert reopened.pending() == 0
+    assert [message for _, message in reopened.own_commits()] == ["carried"]
