@@ -53,6 +53,11 @@ SHUTDOWN_WHILE_WAITING_S = 10.0
 AUDIT_POLICY = REPO_ROOT / "packaging" / "attribution" / "audit-policy.yaml"
 
 
+def change_commits(remote: Remote) -> list[Authorship]:
+    """The commits of single changes (not reconciles) on the remote's branch, oldest first."""
+    return [c for c in reversed(authorship(remote.path, "main")) if c.message.startswith("[")]
+
+
 def body_fields(message: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in message.splitlines()[1:] if ": " in line)
 
@@ -97,7 +102,7 @@ def wait_attributed(remote: Remote, daemon: Reverserd, truth: Truth) -> list[Aut
     """Every change of ``truth`` committed; returns the commits of changes, oldest first."""
 
     def probe() -> list[Authorship] | None:
-        found = [c for c in authorship(remote.path, "main") if c.message.startswith("[")]
+        found = change_commits(remote)
         fields = [body_fields(c.message) for c in found]
         versions = {f.get("resourceVersion") for f in fields}
         deleted = {
@@ -106,7 +111,7 @@ def wait_attributed(remote: Remote, daemon: Reverserd, truth: Truth) -> list[Aut
             if "DELETE" in c.message.split("\n")[0]
         }
         done = set(truth.by_version) <= versions and set(truth.deleted_by) <= deleted
-        return list(reversed(found)) if done else None
+        return found if done else None
 
     return wait_until(probe, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
 
@@ -167,8 +172,8 @@ def test_commit_body_names_the_field_manager(
     control_plane.kubectl("delete", "configmap", "app", "-n", namespace)
 
     def commits() -> list[Authorship] | None:
-        found = [c for c in authorship(remote.path, "main") if c.message.startswith("[")]
-        return list(reversed(found)) if len(found) == 3 else None
+        found = change_commits(remote)
+        return found if len(found) == 3 else None
 
     create, update, delete = wait_until(commits, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
     assert body_fields(create.message)["manager"] == "kubectl-client-side-apply (Update)"
@@ -340,14 +345,14 @@ def test_change_without_its_audit_fact_waits_the_grace_window_and_shutdown_does_
         daemon.log_tail,
     )
     time.sleep(WAITING_S)
-    assert [c for c in authorship(remote.path, "main") if c.message.startswith("[")] == []
+    assert change_commits(remote) == []
     # A consumer waiting for a fact stops at once on SIGTERM.
     assert daemon.stop() < SHUTDOWN_WHILE_WAITING_S
     daemon.extra_args = [*webhook_arguments(control_plane, "audit", port), "--attribution-grace=1"]
     daemon.start()
 
     def committed() -> Authorship | None:
-        found = [c for c in authorship(remote.path, "main") if c.message.startswith("[")]
+        found = change_commits(remote)
         return found[0] if found else None
 
     commit = wait_until(committed, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
