@@ -99,12 +99,21 @@ class Resolver:
             self._generation += 1
             self._facts_arrived.notify_all()
 
-    async def attribute(self, event: JournalEvent) -> Attribution:
-        """Author and body lines for the commit of ``event``."""
+    async def attribute(self, event: JournalEvent, read_live: bool = False) -> Attribution:
+        """Author and body lines for the commit of ``event``.
+
+        ``read_live``: the commit holds the object as read from the API server when it was
+        written (Secrets are never journaled with their values), not as of this event. When the
+        journal already holds a later change of the object, that read may include it, and the
+        change is attributed to no one rather than to this event's user.
+        """
         origin = await self._origin(event.seq)
         lines = [f"manager: {origin.manager}"] if origin.manager else []
         if not self.sources:
             return Attribution(None, tuple(lines))
+        if read_live and await self._changed_since(event):
+            ATTRIBUTIONS.labels(outcome="unresolved").inc()
+            return Attribution(None, (f"user: {UNRESOLVED}", *lines))
         deadline = event.journaled_at + self.grace_s
         while True:
             generation = self._generation
@@ -162,6 +171,14 @@ class Resolver:
         while len(self._origins) > ORIGINS_CACHED:
             self._origins.popitem(last=False)
         return self._origins.get(seq, _NO_ORIGIN)
+
+    async def _changed_since(self, event: JournalEvent) -> bool:
+        rows = await self.connection.execute_fetchall(
+            "SELECT 1 FROM events WHERE api_group = ? AND resource = ? AND namespace = ?"
+            " AND name = ? AND seq > ? LIMIT 1",
+            (event.api_group, event.resource, event.namespace, event.name, event.seq),
+        )
+        return bool(list(rows))
 
     async def _users(self, event: JournalEvent, origin: _Origin) -> set[str]:
         rows = await self.connection.execute_fetchall(

@@ -484,7 +484,10 @@ class TargetConsumer:
         quarantine: Mapping[ObjectKey, str | None],
     ) -> None:
         """One event's commit, authored by whoever made the change when that is known."""
-        attribution = None if self.resolver is None else await self.resolver.attribute(event)
+        attribution = None
+        if self.resolver is not None:
+            live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
+            attribution = await self.resolver.attribute(event, read_live=live)
         lines = attribution.lines if attribution is not None else ()
         message = commit_message(event, rtype, self.key, lines)
         author = attribution.author if attribution is not None else None

@@ -32,7 +32,7 @@ from testbed.harness import (
     wait_until,
     webhook_arguments,
 )
-from testbed.manifests import admission_webhook, configmap, mirror_setup
+from testbed.manifests import configmap, mirror_setup
 from testbed.tools import REPO_ROOT
 from tests.conftest import Remote
 
@@ -135,19 +135,6 @@ def check_authors(commits: list[Authorship], truth: Truth) -> tuple[int, int]:
         assert (commit.author_name, commit.author_email) == author_of(user), commit
         right += 1
     return right, len(commits)
-
-
-@pytest.fixture
-def admission_registered(control_plane: ControlPlane, namespace: str) -> Iterator[int]:
-    """The admission webhook registered for ``namespace``; yields the port it calls."""
-    port = free_port()
-    name = f"reverserd-attribution-{namespace}"
-    ca = (control_plane.pki / "ca.crt").read_bytes()
-    apply(
-        control_plane, admission_webhook(name, f"https://127.0.0.1:{port}/admission", ca, namespace)
-    )
-    yield port
-    control_plane.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found")
 
 
 def test_commit_body_names_the_field_manager(

@@ -273,3 +273,20 @@ async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_
     await writer.compact()
     origins = await reader.connection.execute_fetchall("SELECT seq FROM event_origins")
     assert [row[0] for row in origins] == [event.seq + 1]
+
+
+async def test_content_read_live_after_a_later_change_is_attributed_to_no_one(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    """A Secret's file holds what the API server returned when it was written: with a later
+    change already journaled, that may be the later user's content."""
+    writer, reader = journal
+    created_fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
+    assert created_fact is not None
+    await record_facts(writer, [created_fact])
+    event = await created(writer, reader)
+    resolver = Resolver(reader.connection, ["admission"], grace_s=0)
+    assert (await resolver.attribute(event, read_live=True)).lines[0] == f"user: {ALICE}"
+    await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("2", color="red"))], "2")
+    later = await resolver.attribute(event, read_live=True)
+    assert later.author is None and later.lines[0] == "user: unresolved"
