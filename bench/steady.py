@@ -212,6 +212,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
             *mirror(NAMESPACE, server.url(REPO), secret, args.push_interval, args.max_commits),
         )
         daemon = BenchDaemon(plane, work / "state", profile=args.profile)
+        if args.attribution:
+            daemon.extra_args = _attribution_on(plane)
         branch = BranchWatcher(repo_path)
         with stopped_afterwards(daemon):
             daemon.start()
@@ -252,6 +254,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
                     time.sleep(0.2)
                 branch.poll()
                 peak = peak_rss_mb(daemon.pid)
+                outcomes = {
+                    outcome: daemon.metric("reverserd_attributions_total", outcome=outcome)
+                    for outcome in ("resolved", "unresolved", "ambiguous")
+                }
             finally:
                 branch.stop()
         lines = daemon.log_lines()
@@ -350,6 +356,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         f"{len(created):,} = {len(created) / load_s:.0f}/s",
         f"{args.rate:g}/s to keep up",
     )
+    if args.attribution:
+        result.add(
+            "daemon: change commits resolved / unresolved / ambiguous",
+            " / ".join(f"{count:,.0f}" for count in outcomes.values()),
+        )
     failures = [line for line in lines if str(line.get("message", "")).startswith("push to ")]
     result.add(
         "daemon: failed pushes (retried)",
@@ -394,8 +405,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after the last write by which every change must be on the server"
         " (default: twice the push interval)",
     )
+    parser.add_argument(
+        "--attribution",
+        action="store_true",
+        help="register the admission webhook and run the daemon with --attribution admission",
+    )
     add_common_arguments(parser, daemon_profile=True)
     return parser
+
+
+def _attribution_on(plane: ControlPlane) -> list[str]:
+    """Register reverserd's admission webhook for the namespace; the daemon's arguments."""
+    from testbed.controlplane import free_port
+    from testbed.harness import apply, webhook_arguments
+    from testbed.manifests import admission_webhook
+
+    port = free_port()
+    url = f"https://127.0.0.1:{port}/admission"
+    ca = (plane.pki / "ca.crt").read_bytes()
+    apply(plane, admission_webhook("reverserd-bench", url, ca, NAMESPACE))
+    return webhook_arguments(plane, "admission", port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,12 +12,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from reverserd import __version__, logs
+from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
+from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.journal import JournalEvent, JournalReader
+
+if TYPE_CHECKING:
+    from reverserd.daemon import AttributionOptions
 
 DEFAULT_STATE_DIR = Path("/var/lib/reverserd")
 DEFAULT_HTTP_LISTEN = ":8080"
@@ -120,6 +125,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Lease (default: $POD_NAMESPACE or default)",
     )
     election.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
+
+    attribution = run.add_argument_group(
+        "attribution", "who made each change (field managers are always used)"
+    )
+    attribution.add_argument(
+        "--attribution",
+        default=os.environ.get("REVERSERD_ATTRIBUTION", ""),
+        help="comma-separated sources: audit, admission (default: none)",
+    )
+    attribution.add_argument(
+        "--attribution-grace",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help="seconds a change waits for its audit fact before it is committed unresolved",
+    )
+    attribution.add_argument(
+        "--attribution-email-domain",
+        default=DEFAULT_EMAIL_DOMAIN,
+        help="domain of author e-mails for users whose name is not an address",
+    )
+    attribution.add_argument("--webhook-listen", default=":9443", help="HTTPS host:port")
+    attribution.add_argument("--webhook-tls-cert", type=Path, help="serving certificate (PEM)")
+    attribution.add_argument("--webhook-tls-key", type=Path, help="its private key (PEM)")
+    attribution.add_argument(
+        "--webhook-client-ca",
+        type=Path,
+        help="CA of the API server's audit client certificate (required for audit)",
+    )
 
     status = commands.add_parser(
         "status",
@@ -235,6 +268,7 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_election_id=arguments.leader_election_id,
         git_timeout_s=arguments.git_timeout,
         allow_local_remotes=arguments.allow_local_remotes,
+        attribution=_attribution_options(arguments),
     )
     return asyncio.run(Daemon(options).run())
 
@@ -279,6 +313,30 @@ async def _journal_status(state_dir: Path, why: str) -> dict[str, Any]:
         return await journal_picture(reader, why)
     finally:
         await reader.close()
+
+
+def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
+    from reverserd.daemon import AttributionOptions
+
+    sources = tuple(s.strip() for s in arguments.attribution.split(",") if s.strip())
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise SystemExit(f"reverserd: unknown attribution source {', '.join(unknown)}")
+    if sources and (arguments.webhook_tls_cert is None or arguments.webhook_tls_key is None):
+        raise SystemExit("reverserd: --attribution needs --webhook-tls-cert and --webhook-tls-key")
+    if "audit" in sources and arguments.webhook_client_ca is None:
+        raise SystemExit("reverserd: the audit source needs --webhook-client-ca")
+    if arguments.attribution_grace < 0:
+        raise SystemExit("reverserd: --attribution-grace must not be negative")
+    return AttributionOptions(
+        sources=sources,
+        grace_s=arguments.attribution_grace,
+        email_domain=arguments.attribution_email_domain,
+        listen=arguments.webhook_listen,
+        tls_cert=arguments.webhook_tls_cert,
+        tls_key=arguments.webhook_tls_key,
+        client_ca=arguments.webhook_client_ca,
+    )
 
 
 def _event_line(event: JournalEvent) -> str:

@@ -25,11 +25,20 @@ import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reverserd import __version__
+from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
+from reverserd.attribution.resolver import DEFAULT_GRACE_S, Resolver
+from reverserd.attribution.store import compact_facts
+from reverserd.attribution.webhooks import (
+    build_webhook_app,
+    fact_recorder,
+    serve_webhooks,
+    server_tls,
+)
 from reverserd.config.model import UrlPolicy
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
@@ -67,6 +76,19 @@ async def sample_loop_lag() -> None:
 
 
 @dataclass(frozen=True)
+class AttributionOptions:
+    """Which attribution sources run (``audit``, ``admission``) and where their webhook listens."""
+
+    sources: tuple[str, ...] = ()
+    grace_s: float = DEFAULT_GRACE_S
+    email_domain: str = DEFAULT_EMAIL_DOMAIN
+    listen: str = ":9443"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
 class RunOptions:
     kubeconfig: Path | None
     context: str | None
@@ -81,6 +103,7 @@ class RunOptions:
     leader_election_id: str = "reverserd"
     git_timeout_s: float = 60.0
     allow_local_remotes: bool = False
+    attribution: AttributionOptions = field(default_factory=AttributionOptions)
 
 
 class _Shutdown(Exception):
@@ -99,6 +122,16 @@ class Daemon:
         configure_network_timeouts(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms)
         journal = await JournalWriter.open(options.state_dir)
         reader = await JournalReader.open(options.state_dir)
+        attribution = options.attribution
+        # Event digests are only needed to match admission facts exactly.
+        journal.digests = "admission" in attribution.sources
+        resolver_reader = await JournalReader.open(options.state_dir)
+        resolver = Resolver(
+            resolver_reader.connection,
+            attribution.sources,
+            attribution.grace_s,
+            attribution.email_domain,
+        )
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
         journal.on_failure_changed = board.report_journal
@@ -115,6 +148,7 @@ class Daemon:
             options.state_dir,
             (options.git_author_name, options.git_author_email),
             Sops(options.sops_path, options.age_keygen_path),
+            resolver,
         )
         self.targets = targets
         self.elector: LeaderElector | None = None
@@ -135,6 +169,14 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         runner = await serve(build_app(self.surface()), options.http_listen)
+        webhooks = None
+        if attribution.sources:
+            assert attribution.tls_cert is not None and attribution.tls_key is not None
+            webhooks = await serve_webhooks(
+                build_webhook_app(fact_recorder(journal, resolver), attribution.sources),
+                attribution.listen,
+                server_tls(attribution.tls_cert, attribution.tls_key, attribution.client_ca),
+            )
         log.info("reverserd %s started", __version__, extra={"state_dir": str(options.state_dir)})
         exit_code = 0
         try:
@@ -152,6 +194,11 @@ class Daemon:
                 group.create_task(supervise("targets", self._lead))
                 await stop.wait()
                 log.info("shutting down")
+                if webhooks is not None:
+                    # While the journal writer still runs: a webhook request in flight
+                    # finishes (its fact written) instead of waiting for a writer that is gone.
+                    await webhooks.cleanup()
+                    webhooks = None
                 raise _Shutdown
         except* _Shutdown:
             pass
@@ -160,6 +207,9 @@ class Daemon:
             exit_code = 1
         finally:
             await runner.cleanup()
+            if webhooks is not None:
+                await webhooks.cleanup()
+            await resolver_reader.close()
             await client.close()
             await reader.close()
             await journal.close()
@@ -180,6 +230,7 @@ class Daemon:
             await asyncio.sleep(JOURNAL_GAUGE_INTERVAL_S)
             if time.monotonic() - last_compaction >= COMPACTION_INTERVAL_S:
                 await self.journal.compact()
+                await compact_facts(self.journal)
                 last_compaction = time.monotonic()
             stats = await self.reader.stats()
             JOURNAL_EVENTS.set(stats["events"])

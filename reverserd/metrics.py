@@ -104,3 +104,15 @@ EVENT_LOOP_LAG = Histogram(
     "How late a timer on the event loop fires: time the loop was blocked",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+ATTRIBUTIONS = Counter(
+    "reverserd_attributions_total",
+    "Commits by attribution outcome: resolved (author is the user), unresolved (no fact within"
+    " the grace window), ambiguous (facts of different users matched), and late (a fact that"
+    " arrived after its change was committed unresolved)",
+    ["outcome"],
+)
+ATTRIBUTION_FACTS = Counter(
+    "reverserd_attribution_facts_total",
+    "Attribution facts journaled, by source (audit, admission)",
+    ["source"],
+)

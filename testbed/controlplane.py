@@ -10,7 +10,9 @@ warm start takes seconds. Nothing here is committed as a binary.
 A started control plane has:
 
 - a private PKI (CA, serving certificate for 127.0.0.1, an admin client certificate in
-  ``system:masters``), written with the ``openssl`` command line;
+  ``system:masters``, a serving certificate for reverserd's webhooks on 127.0.0.1 and the client
+  certificate the API server's audit backend presents to them), written with the ``openssl``
+  command line;
 - a static token file with an admin identity and a restricted identity for the daemon
   (user ``reverserd``, bound to the ClusterRole in ``packaging/rbac``);
 - a kubeconfig per identity;
@@ -114,7 +116,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_pki(directory: Path) -> None:
-    """CA, apiserver serving certificate for 127.0.0.1, admin client, service-account key."""
+    """CA, serving and client certificates (apiserver, admin, webhook, audit client), SA key."""
     directory.mkdir(parents=True, exist_ok=True)
     days = "3650"
     _openssl("genrsa", "-out", "ca.key", "2048", cwd=directory)
@@ -140,6 +142,8 @@ def make_pki(directory: Path) -> None:
     for name, subject, ext in (
         ("apiserver", "/CN=kube-apiserver", "serving.ext"),
         ("admin", "/O=system:masters/CN=testbed-admin-cert", "client.ext"),
+        ("webhook", "/CN=reverserd-webhook", "serving.ext"),
+        ("audit-client", "/CN=kube-apiserver-audit", "client.ext"),
     ):
         _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=directory)
         _openssl(
@@ -301,11 +305,18 @@ class ControlPlane:
             command.append(f"--audit-policy-file={self.audit_policy}")
         if self.audit_policy is not None and self.audit_webhook_url is not None:
             hook = self.workdir / "audit-webhook.kubeconfig"
-            hook.write_text(_kubeconfig(self.audit_webhook_url, pki / "ca.crt", {}))
+            client = {
+                "client-certificate": str(pki / "audit-client.crt"),
+                "client-key": str(pki / "audit-client.key"),
+            }
+            hook.write_text(_kubeconfig(self.audit_webhook_url, pki / "ca.crt", client))
             command += [
                 f"--audit-webhook-config-file={hook}",
                 "--audit-webhook-mode=batch",
                 "--audit-webhook-batch-max-wait=1s",
+                # The default (10 s) leaves a batch that met a restarting reverserd far outside
+                # any grace window; reverserd's README recommends the same.
+                "--audit-webhook-initial-backoff=1s",
             ]
         if self.audit_policy is not None and self.audit_log is not None:
             command.append(f"--audit-log-path={self.audit_log}")
@@ -381,6 +392,20 @@ class ControlPlane:
         self.daemon_kubeconfig.write_text(
             _kubeconfig(self.server, ca, {"token": self.daemon_token})
         )
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A token of a new service account allowed to change anything in ``namespace``."""
+        self.kubectl("create", "serviceaccount", name, "-n", namespace)
+        self.kubectl(
+            "create",
+            "rolebinding",
+            f"{name}-admin",
+            "-n",
+            namespace,
+            "--clusterrole=cluster-admin",
+            f"--serviceaccount={namespace}:{name}",
+        )
+        return self.kubectl("create", "token", name, "-n", namespace, "--duration=1h").strip()
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         """Run the test bed's own kubectl as admin and return its stdout."""

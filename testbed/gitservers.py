@@ -614,3 +614,26 @@ def log(repo_path: Path, branch: str) -> list[LogEntry]:
         subject, _, rest = commit.message.partition("\n")
         entries.append(LogEntry(str(commit.id), subject, rest.strip("\n"), commit.author.name))
     return entries
+
+
+class Authorship(NamedTuple):
+    """Who a commit is by, and its message."""
+
+    message: str
+    author_name: str
+    author_email: str
+    committer_name: str
+
+
+def authorship(repo_path: Path, branch: str) -> list[Authorship]:
+    """Author, committer and message of each commit of ``branch``, newest first; empty while
+    the branch does not exist."""
+    repo = pygit2.Repository(str(repo_path))
+    if repo.references.get(f"refs/heads/{branch}") is None:
+        return []
+    return [
+        Authorship(commit.message, commit.author.name, commit.author.email, commit.committer.name)
+        for commit in repo.walk(
+            _branch_commit(repo, branch).id, SortMode.TOPOLOGICAL | SortMode.TIME
+        )
+    ]

@@ -184,6 +184,20 @@ class Reverserd:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
+def webhook_arguments(plane: ControlPlane, sources: str, port: int) -> list[str]:
+    """``reverserd run`` arguments for the attribution ``sources`` with the webhook on
+    127.0.0.1:``port``, serving the test bed's webhook certificate and trusting its CA for the
+    audit client certificate."""
+    pki = plane.pki
+    return [
+        f"--attribution={sources}",
+        f"--webhook-listen=127.0.0.1:{port}",
+        f"--webhook-tls-cert={pki / 'webhook.crt'}",
+        f"--webhook-tls-key={pki / 'webhook.key'}",
+        f"--webhook-client-ca={pki / 'ca.crt'}",
+    ]
+
+
 def wait_until(
     probe: Callable[[], T | bool | None],
     timeout: float = CONVERGE_TIMEOUT_S,
@@ -209,19 +223,30 @@ def _ssl_context(plane: ControlPlane) -> ssl.SSLContext:
     return context
 
 
-def _collection(manifest: dict[str, Any], plural: str) -> str:
+def _token_ssl_context(plane: ControlPlane) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(plane.pki / "ca.crt"))
+
+
+def collection(manifest: dict[str, Any], plural: str) -> str:
+    """The API path of the collection ``manifest`` belongs to."""
     api_version = manifest["apiVersion"]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     namespace = (manifest.get("metadata") or {}).get("namespace")
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 
 
-async def _send_all(
-    plane: ControlPlane, requests: Iterable[tuple[str, str, dict[str, Any] | None]]
+async def send_all(
+    plane: ControlPlane,
+    requests: Iterable[tuple[str, str, dict[str, Any] | None]],
+    token: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Send (method, path, body) requests concurrently, as admin or as the holder of ``token``;
+    a PATCH is a merge patch. Returns the answers in order."""
     semaphore = asyncio.Semaphore(LOAD_CONCURRENCY)
-    connector = aiohttp.TCPConnector(ssl=_ssl_context(plane), limit=LOAD_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    context = _ssl_context(plane) if token is None else _token_ssl_context(plane)
+    connector = aiohttp.TCPConnector(ssl=context, limit=LOAD_CONCURRENCY)
+    auth = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(connector=connector, headers=auth) as session:
 
         async def one(method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
             async with semaphore:
@@ -247,7 +272,7 @@ def create_many(
 
     Returns the API server's answers (the created objects, in the order of ``manifests``).
     """
-    return asyncio.run(_send_all(plane, [("POST", _collection(m, plural), m) for m in manifests]))
+    return asyncio.run(send_all(plane, [("POST", collection(m, plural), m) for m in manifests]))
 
 
 def patch_many(
@@ -255,9 +280,9 @@ def patch_many(
 ) -> list[dict[str, Any]]:
     """Merge-patch each object; returns the patched objects in the order of ``manifests``."""
     requests = [
-        ("PATCH", f"{_collection(m, plural)}/{m['metadata']['name']}", patch) for m in manifests
+        ("PATCH", f"{collection(m, plural)}/{m['metadata']['name']}", patch) for m in manifests
     ]
-    return asyncio.run(_send_all(plane, requests))
+    return asyncio.run(send_all(plane, requests))
 
 
 def delete_many(
@@ -265,9 +290,9 @@ def delete_many(
 ) -> list[dict[str, Any]]:
     """Delete each object; returns the API server's answers in the order of ``manifests``."""
     requests = [
-        ("DELETE", f"{_collection(m, plural)}/{m['metadata']['name']}", None) for m in manifests
+        ("DELETE", f"{collection(m, plural)}/{m['metadata']['name']}", None) for m in manifests
     ]
-    return asyncio.run(_send_all(plane, requests))
+    return asyncio.run(send_all(plane, requests))
 
 
 def apply(plane: ControlPlane, *manifests: dict[str, Any]) -> None:

@@ -199,3 +199,37 @@ def podtemplate(namespace: str, name: str) -> dict[str, Any]:
             "spec": {"containers": [{"name": "main", "image": "registry.example/app:1"}]},
         },
     }
+
+
+def admission_webhook(name: str, url: str, ca_bundle: bytes, namespace: str) -> dict[str, Any]:
+    """reverserd's attribution webhook for changes in ``namespace``, as packaging ships it
+    (never denies, ``failurePolicy: Ignore``, short timeout) but reached by URL on loopback."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "attribution.reverserd.configbutler.ai",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": 2,
+                "matchPolicy": "Equivalent",
+                "clientConfig": {
+                    "url": url,
+                    "caBundle": base64.b64encode(ca_bundle).decode(),
+                },
+                "rules": [
+                    {
+                        "apiGroups": ["*"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE", "DELETE"],
+                        "resources": ["*"],
+                        "scope": "*",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            }
+        ],
+    }

@@ -16,15 +16,17 @@ import pygit2
 import pytest
 
 from reverserd.git import BranchRepository, FileChange
-from testbed.controlplane import ControlPlane, running_control_plane
+from testbed.controlplane import ControlPlane, free_port, running_control_plane
 from testbed.gitservers import GitHttpServer
 from testbed.harness import (
     Reverserd,
+    apply,
     create_git_credentials,
     create_namespace,
     delete_mirror_resources,
     install_crd,
 )
+from testbed.manifests import admission_webhook
 from testbed.tools import ensure_encryption_tools
 
 pytest_plugins = ["testbed.pytest_git"]
@@ -139,3 +141,16 @@ def cleanup(control_plane: ControlPlane, namespace: str) -> Iterator[Cleanup]:
         control_plane.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
     for other in record.namespaces:
         delete_mirror_resources(control_plane, other)
+
+
+@pytest.fixture
+def admission_registered(control_plane: ControlPlane, namespace: str) -> Iterator[int]:
+    """The admission webhook registered for ``namespace``; yields the port it calls."""
+    port = free_port()
+    name = f"reverserd-attribution-{namespace}"
+    ca = (control_plane.pki / "ca.crt").read_bytes()
+    apply(
+        control_plane, admission_webhook(name, f"https://127.0.0.1:{port}/admission", ca, namespace)
+    )
+    yield port
+    control_plane.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found")

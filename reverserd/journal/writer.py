@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 import orjson
 
+from reverserd.attribution.origin import digest, field_manager
 from reverserd.journal.migrations import migrate
 from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec
 
@@ -131,6 +132,8 @@ class _Batch:
         self.statements: list[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]] = []
         self.now = time.time()
         self.last_seq = 0
+        # event_origins rows: (seq, manager, prior resourceVersion, digest)
+        self.origins: list[tuple[int, str | None, str | None, str | None]] = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.statements.append((sql, params, False))
@@ -168,7 +171,14 @@ class _Batch:
         )
         return seq
 
-    def observe(self, stream: StreamSpec, watch_type: WatchType, body: dict[str, Any]) -> None:
+    def observe(
+        self,
+        stream: StreamSpec,
+        watch_type: WatchType,
+        body: dict[str, Any],
+        continuous: bool = True,
+    ) -> None:
+        """Journal one state of an object; ``continuous`` when the watch saw every change of it."""
         metadata = body.get("metadata") or {}
         key = ObjectKey(
             stream.api_group, stream.resource, metadata.get("namespace", ""), metadata["name"]
@@ -180,13 +190,17 @@ class _Batch:
         if watch_type == "DELETED" or metadata.get("deletionTimestamp"):
             if known is not None:
                 stored = journal_body(stream.api_group, stream.resource, body)
-                self.event(stream, EventKind.DELETE, key, uid, version, stored)
+                seq = self.event(stream, EventKind.DELETE, key, uid, version, stored)
+                before = known.resource_version if continuous else None
+                self.origin(stream, seq, None, before, body)
                 self._forget(key)
             return
         if known is not None and known.uid != uid:
             self.event(stream, EventKind.DELETE, key, known.uid, version)
             self._forget(key)
             known = None
+            # Changes between the old object and this one were missed: nothing is exact here.
+            continuous = False
         if known is None:
             kind = EventKind.CREATE
         elif known.resource_version != version or known.api_version != stream.api_version:
@@ -195,6 +209,11 @@ class _Batch:
             return
         stored = journal_body(stream.api_group, stream.resource, body)
         seq = self.event(stream, kind, key, uid, version, stored)
+        if continuous:
+            prior: str | None = "" if known is None else known.resource_version
+        else:
+            prior = None
+        self.origin(stream, seq, field_manager(body), prior, body)
         index[key] = IndexEntry(uid, version, seq, stream.key, stream.api_version)
         self.objects[key] = (
             key.api_group,
@@ -207,6 +226,20 @@ class _Batch:
             stream.key,
             seq,
         )
+
+    def origin(
+        self,
+        stream: StreamSpec,
+        seq: int,
+        manager: str | None,
+        prior: str | None,
+        body: dict[str, Any],
+    ) -> None:
+        if manager is None and prior is None:
+            return
+        # Never a digest of a Secret: a hash of its values would be an oracle for guessing them.
+        hashed = self.writer.digests and not is_secret(stream.api_group, stream.resource)
+        self.origins.append((seq, manager, prior, digest(body) if hashed else None))
 
     def delete_unseen(self, session: SeedSession) -> None:
         """DELETE events for objects in the stream's scope that a complete LIST did not return."""
@@ -268,6 +301,8 @@ class JournalWriter:
         self.failure: str | None = None
         """Why the last transaction failed (a full disk, an I/O error); None once one succeeds."""
         self.on_failure_changed: Callable[[str | None], None] | None = None
+        # Whether events carry a digest of their full object (only admission facts use it).
+        self.digests = False
 
     @classmethod
     async def open(cls, state_dir: Path) -> JournalWriter:
@@ -338,6 +373,12 @@ class JournalWriter:
             except Exception as error:  # a bad operation must not take the others down
                 results.append((operation, None, error))
         batch.last_seq = self.next_seq - 1
+        if batch.origins:
+            batch.execute_many(
+                "INSERT INTO event_origins (seq, manager, prior_resource_version, digest)"
+                " VALUES (?, ?, ?, ?)",
+                batch.origins,
+            )
         return batch, results
 
     async def _finish(self, batch: _Batch, results: list[_Result]) -> None:
@@ -505,7 +546,7 @@ class JournalWriter:
                             metadata["name"],
                         )
                     )
-                batch.observe(session.stream, "ADDED", body)
+                batch.observe(session.stream, "ADDED", body, continuous=False)
 
         await self.submit(apply)
 

@@ -45,6 +45,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pygit2
+
+from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
@@ -112,6 +115,7 @@ class TargetConsumer:
         discovery: Callable[[], Discovery | None],
         seeded: SeededCheck,
         secrets: SecretWriter,
+        resolver: Resolver | None = None,
     ) -> None:
         self.resolved = resolved
         self.key = resolved.key
@@ -123,6 +127,7 @@ class TargetConsumer:
         self.discovery = discovery
         self.seeded = seeded
         self.secrets = secrets
+        self.resolver = resolver
         self.sops_config_path = SOPS_CONFIG_NAME
         self.sops_config: bytes | None = None
         self.progress = board.target(self.key)
@@ -358,9 +363,7 @@ class TargetConsumer:
                     )
                 )
             else:
-                await self._submit(
-                    plan, commit_message(event, rtype, self.key), self._pushed, released
-                )
+                await self._submit_event(event, rtype, plan, released)
             submitted_to = event.seq
         if submitted_to < self.seq:
             await self.committer.submit(Submission(self.key, self.seq, dict(self.covered)))
@@ -465,9 +468,7 @@ class TargetConsumer:
             self._remember(plan)
             del self.quarantined[key]
             self._show_quarantine()
-            await self._submit(
-                plan, commit_message(event, rtype, self.key), self._pushed, {key: None}
-            )
+            await self._submit_event(event, rtype, plan, {key: None})
 
     def _covered_since(self, event: JournalEvent) -> int | None:
         prefix = f"{event.api_group}/{event.resource}|"
@@ -493,12 +494,30 @@ class TargetConsumer:
             else:
                 self.files[key] = (path, content_sha)
 
+    async def _submit_event(
+        self,
+        event: JournalEvent,
+        rtype: ResourceType,
+        plan: FilePlan,
+        quarantine: Mapping[ObjectKey, str | None],
+    ) -> None:
+        """One event's commit, authored by whoever made the change when that is known."""
+        attribution = None
+        if self.resolver is not None:
+            live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
+            attribution = await self.resolver.attribute(event, read_live=live)
+        lines = attribution.lines if attribution is not None else ()
+        message = commit_message(event, rtype, self.key, lines)
+        author = attribution.author if attribution is not None else None
+        await self._submit(plan, message, self._pushed, quarantine, author)
+
     async def _submit(
         self,
         plan: FilePlan,
         message: str,
         on_pushed: Callable[[str | None, float], None],
         quarantine: Mapping[ObjectKey, str | None] | None = None,
+        author: pygit2.Signature | None = None,
     ) -> None:
         changes = list(plan.changes)
         if changes and not self.readme_present:
@@ -517,6 +536,7 @@ class TargetConsumer:
                 dict(self.covered),
                 changes,
                 message,
+                author,
                 records=list(plan.records),
                 on_pushed=on_pushed,
                 on_quarantined=self._held,

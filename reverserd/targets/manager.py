@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
 from reverserd.committer.committer import (
     Committer,
@@ -62,6 +63,7 @@ class TargetManager:
         state_dir: Path,
         identity: tuple[str, str],
         sops: Sops,
+        resolver: Resolver | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -71,6 +73,7 @@ class TargetManager:
         self.state_dir = state_dir
         self.identity = identity
         self.sops = sops
+        self.resolver = resolver
         self.fingerprint_key = load_or_create_key(state_dir)
         self.branches: dict[str, tuple[Branch, asyncio.Task[None], tuple[object, ...]]] = {}
         # One clone directory is only ever used by one committer at a time, even while a
@@ -126,6 +129,7 @@ class TargetManager:
                     resolved.target.encryption,
                     self.board.target(key),
                 ),
+                self.resolver,
             )
             task = group.create_task(
                 supervise(f"target {key}", consumer.run, self._record_failure(key))

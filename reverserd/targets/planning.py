@@ -176,7 +176,10 @@ def manifest_of(
     return path, render(sanitize(dict(body)))
 
 
-def commit_message(event: JournalEvent, rtype: ResourceType, target: str) -> str:
+def commit_message(
+    event: JournalEvent, rtype: ResourceType, target: str, attribution: Sequence[str] = ()
+) -> str:
+    """Subject and body of one event's commit; ``attribution`` holds its user/manager lines."""
     subject = (
         f"[{event.kind.value}] {commit_subject_path(rtype, event.namespace or None, event.name)}"
     )
@@ -188,6 +191,7 @@ def commit_message(event: JournalEvent, rtype: ResourceType, target: str) -> str
     ]
     if event.username:
         lines.append(f"user: {printable(event.username)}")
+    lines += attribution
     lines += [f"{SEQ_TRAILER}: {event.seq}", f"{TARGET_TRAILER}{target}"]
     return "\n".join(lines) + "\n"
 

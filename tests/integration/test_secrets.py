@@ -3,6 +3,7 @@ never a plaintext value in the journal, stable across restarts, and fail closed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,13 +20,17 @@ from testbed.gitservers import log, push_foreign_commit, read_tree
 from testbed.harness import (
     Reverserd,
     apply,
+    collection,
     conditions,
     get_object,
+    query_journal,
+    send_all,
     subjects,
     wait_condition,
     wait_for_subjects,
     wait_synced,
     wait_until,
+    webhook_arguments,
 )
 from testbed.manifests import configmap, mirror_setup, secret
 from tests.conftest import Remote
@@ -501,3 +506,50 @@ def test_secret_changed_while_down_after_an_unpushed_commit_reaches_git(
     wait_until(written, describe=secret_daemon.log_tail)
     # The commit made before the kill is pushed once; the new value follows it.
     assert subjects(remote.path).count(f"[CREATE] v1/secrets/{namespace}/db") == 1
+
+
+def test_secret_changes_are_attributed_through_admission_without_a_digest_of_values(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    age_key: tuple[str, str],
+    admission_registered: int,
+) -> None:
+    _, recipient = age_key
+    encryption = {
+        "provider": "sops",
+        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}},
+    }
+    tokens = {who: control_plane.service_account_token(namespace, who) for who in ("alice", "bob")}
+    secret_daemon.extra_args += webhook_arguments(control_plane, "admission", admission_registered)
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    path = collection(secret(namespace, "db", {}), "secrets")
+    asyncio.run(
+        send_all(
+            control_plane, [("POST", path, secret(namespace, "db", {"pw": "one"}))], tokens["alice"]
+        )
+    )
+    subject = f"v1/secrets/{namespace}/db"
+    # Its file holds the Secret as read when the commit is made: Bob's change waits for it.
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] {subject}")
+    patch = {"data": {"pw": base64.b64encode(b"two").decode()}}
+    asyncio.run(send_all(control_plane, [("PATCH", f"{path}/db", patch)], tokens["bob"]))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] {subject}", f"[UPDATE] {subject}")
+    users = {
+        entry.subject.split(" ")[0]: entry.body.split("user: ", 1)[1].split("\n")[0]
+        for entry in log(remote.path, "main")
+        if entry.subject.endswith(subject)
+    }
+    account = f"system:serviceaccount:{namespace}"
+    assert users == {"[CREATE]": f"{account}:alice", "[UPDATE]": f"{account}:bob"}
+    # Matched by uid and predecessor only: no hash of a Secret's values is ever stored.
+    digests = query_journal(
+        secret_daemon,
+        "SELECT o.digest FROM event_origins o JOIN events e ON e.seq = o.seq"
+        " WHERE e.resource = 'secrets' UNION ALL"
+        " SELECT digest FROM attribution_facts WHERE resource = 'secrets'",
+    )
+    assert digests and all(row == (None,) for row in digests)

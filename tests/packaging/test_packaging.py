@@ -7,8 +7,10 @@ never by comparing text with a snapshot. Helm is the test bed's own, built from 
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -1103,3 +1105,152 @@ def test_python_dependencies_come_from_the_hashed_lock_file() -> None:
     steps = [" ".join(words) for name, words in dockerfile_instructions() if name == "RUN"]
     assert any("--require-hashes -r requirements.lock" in step for step in steps)
     assert any("--no-deps --no-build-isolation ." in step for step in steps)
+
+
+# --- attribution webhooks --------------------------------------------------------------------
+
+BOTH_SOURCES = (
+    "--set",
+    "attribution.sources={audit,admission}",
+    "--set",
+    "attribution.audit.clientCASecret=apiserver-audit-client-ca",
+)
+
+
+def webhook_configuration(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    webhooks: list[dict[str, Any]] = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert len(webhooks) == 1
+    return webhooks[0]
+
+
+def test_default_render_has_no_webhook(helm: Path) -> None:
+    docs = objects(render(helm, "ops"))
+    assert "ValidatingWebhookConfiguration" not in kinds(docs)
+    assert not [a for a in container(docs)["args"] if a.startswith("--attribution")]
+
+
+def test_attribution_render_serves_webhooks_with_a_generated_certificate(
+    helm: Path, control_plane: ControlPlane, restricted_namespace: str, tmp_path: Path
+) -> None:
+    manifest = render(helm, restricted_namespace, *BOTH_SOURCES)
+    docs = objects(manifest)
+    webhook = webhook_configuration(docs)
+    # Never blocks or denies a request, and says it changes nothing.
+    assert webhook["failurePolicy"] == "Ignore"
+    assert webhook["sideEffects"] == "None"
+    assert webhook["timeoutSeconds"] <= 5
+    service = webhook["clientConfig"]["service"]
+    assert service["path"] == "/admission"
+    assert service["name"] in [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
+    secret = one(docs, "Secret")
+    assert secret["type"] == "kubernetes.io/tls"
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    for key in ("ca.crt", "tls.crt"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
+    host = f"{service['name']}.{restricted_namespace}.svc"
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.crt", "-verify_hostname", host, "tls.crt"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    main = container(docs)
+    assert accepted_by_the_daemon(main["args"])
+    assert "--attribution=audit,admission" in main["args"]
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in main["ports"]
+    assert_accepted(control_plane, manifest, len(docs))
+
+
+def test_attribution_certificates_by_cert_manager(helm: Path) -> None:
+    docs = objects(
+        render(helm, "ops", *BOTH_SOURCES, "--set", "attribution.webhook.certificates=cert-manager")
+    )
+    assert {"Certificate", "Issuer"} <= set(kinds(docs))
+    assert "Secret" not in kinds(docs)
+    annotations = one(docs, "ValidatingWebhookConfiguration")["metadata"]["annotations"]
+    certificate = one(docs, "Certificate")
+    name = certificate["metadata"]["name"]
+    assert annotations == {"cert-manager.io/inject-ca-from": f"ops/{name}"}
+    assert "caBundle" not in webhook_configuration(docs)["clientConfig"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ("attribution.sources={audit}",),
+        ("attribution.sources={kafka}",),
+        ("attribution.sources={admission}", "attribution.webhook.certificates=vault"),
+    ],
+    ids=["audit-without-client-ca", "unknown-source", "unknown-certificates"],
+)
+def test_render_refuses_attribution_settings_the_daemon_cannot_run_with(
+    helm: Path, settings: tuple[str, ...]
+) -> None:
+    arguments = [argument for setting in settings for argument in ("--set", setting)]
+    result = run_helm(helm, "template", "reverserd", str(CHART), *arguments)
+    assert result.returncode != 0
+
+
+def test_plain_admission_webhook_gets_its_certificates_from_the_script(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    manifest = (PACKAGING / "attribution" / "admission-webhook.yaml").read_text()
+    manifest = manifest.replace("namespace: reverserd", f"namespace: {namespace}")
+    name = f"reverserd-webhook-{namespace}"
+    manifest = manifest.replace("name: reverserd-webhook\n  labels", f"name: {name}\n  labels")
+    script = (PACKAGING / "attribution" / "make-certs.sh").read_text()
+    script = script.replace(
+        "validatingwebhookconfiguration reverserd-webhook", f"validatingwebhookconfiguration {name}"
+    )
+    (tmp_path / "make-certs.sh").write_text(script)
+    control_plane.kubectl("apply", "-f", "-", stdin=manifest)
+    try:
+        environment = {
+            **os.environ,
+            "PATH": f"{control_plane.kubectl_path.parent}{os.pathsep}{os.environ['PATH']}",
+            "KUBECONFIG": str(control_plane.admin_kubeconfig),
+            "OUT_DIR": str(tmp_path / "certs"),
+        }
+        result = subprocess.run(
+            ["sh", str(tmp_path / "make-certs.sh"), "--audit-client", namespace],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        configuration = yaml.safe_load(
+            control_plane.kubectl("get", "validatingwebhookconfiguration", name, "-o", "yaml")
+        )
+        bundle = configuration["webhooks"][0]["clientConfig"]["caBundle"]
+        assert base64.b64decode(bundle) == (tmp_path / "certs" / "ca.crt").read_bytes()
+        secret = yaml.safe_load(
+            control_plane.kubectl(
+                "get", "secret", "reverserd-webhook-tls", "-n", namespace, "-o", "yaml"
+            )
+        )
+        assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+        control_plane.kubectl("get", "secret", "reverserd-audit-client-ca", "-n", namespace)
+        verified = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                "ca.crt",
+                "-verify_hostname",
+                f"reverserd-webhook.{namespace}.svc",
+                "tls.crt",
+            ],
+            cwd=tmp_path / "certs",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        control_plane.kubectl(
+            "delete", "validatingwebhookconfiguration", name, "--ignore-not-found"
+        )

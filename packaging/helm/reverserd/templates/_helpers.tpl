@@ -52,9 +52,29 @@ app.kubernetes.io/managed-by: {{ (include "reverserd.oldOr" (list .Values.AsMap 
 {{- default (printf "%s-state" (include "reverserd.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
 
+{{/* The Secret holding the webhook's serving certificate. */}}
+{{- define "reverserd.webhookSecret" -}}
+{{- if eq .Values.attribution.webhook.certificates "secret" -}}
+{{- required "attribution.webhook.existingSecret is required with certificates: secret" .Values.attribution.webhook.existingSecret -}}
+{{- else -}}
+{{- printf "%s-webhook-tls" (include "reverserd.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Combinations the daemon cannot run with; fail the render with what to change. */}}
 {{- define "reverserd.validate" -}}
 {{- include "reverserd.refuseOld" . -}}
+{{- range .Values.attribution.sources -}}
+{{- if not (has . (list "audit" "admission")) -}}
+{{- fail (printf "attribution.sources may hold audit and admission, not %q" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (has .Values.attribution.webhook.certificates (list "generated" "cert-manager" "secret")) -}}
+{{- fail "attribution.webhook.certificates must be generated, cert-manager or secret" -}}
+{{- end -}}
+{{- if and (has "audit" .Values.attribution.sources) (not .Values.attribution.audit.clientCASecret) -}}
+{{- fail "the audit source needs attribution.audit.clientCASecret: only the API server's client certificate may post audit events" -}}
+{{- end -}}
 {{- if not (has .Values.logFormat (list "json" "text")) -}}
 {{- fail (printf "logFormat must be json or text, not %q" .Values.logFormat) -}}
 {{- end -}}

@@ -1,0 +1,292 @@
+"""Attribution on a real journal: field managers, facts from webhook payloads, the resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from reverserd.attribution.facts import admission_fact, audit_facts
+from reverserd.attribution.identity import author_of
+from reverserd.attribution.origin import digest, field_manager
+from reverserd.attribution.resolver import Resolver
+from reverserd.attribution.store import compact_facts, record_facts
+from reverserd.journal import JournalEvent, JournalReader, JournalWriter, StreamSpec
+from reverserd.kube.resources import ResourceType
+
+CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
+ALICE = "system:serviceaccount:team:alice"
+BOB = "system:serviceaccount:team:bob"
+
+
+def entry(manager: str, operation: str, when: str, subresource: str = "") -> dict[str, Any]:
+    found = {"manager": manager, "operation": operation, "time": when, "fieldsV1": {}}
+    return {**found, "subresource": subresource} if subresource else found
+
+
+def configmap(version: str, uid: str = "u-1", color: str = "blue", **meta: Any) -> dict[str, Any]:
+    metadata = {"name": "app", "namespace": "ns", "uid": uid, "resourceVersion": version}
+    managed = [entry("kubectl", "Update", f"2026-01-01T00:00:0{version[-1]}Z")]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**metadata, "managedFields": managed, **meta},
+        "data": {"color": color},
+    }
+
+
+def review(
+    user: str,
+    operation: str,
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": f"req-{user}-{operation}",
+            "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+            "name": "app",
+            "namespace": "ns",
+            "operation": operation,
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "object": new,
+            "oldObject": old,
+            "dryRun": dry_run,
+        },
+    }
+
+
+def audit_event(user: str, verb: str, response: dict[str, Any], code: int = 200) -> dict[str, Any]:
+    return {
+        "stage": "ResponseComplete",
+        "verb": verb,
+        "auditID": f"a-{user}-{verb}",
+        "user": {"username": user},
+        "objectRef": {"resource": "configmaps", "namespace": "ns", "name": "app"},
+        "responseStatus": {"code": code},
+        "responseObject": response,
+    }
+
+
+def test_newest_field_manager_names_the_write() -> None:
+    body = {
+        "metadata": {
+            "managedFields": [
+                entry("kubectl-client-side-apply", "Update", "2026-01-01T00:00:01Z"),
+                entry("helm", "Apply", "2026-01-01T00:00:05Z"),
+                entry("kube-controller-manager", "Update", "2026-01-01T00:00:09Z", "status"),
+            ]
+        }
+    }
+    assert field_manager(body) == "helm (Apply)"
+    assert field_manager({"metadata": {}}) is None
+
+
+def test_managers_at_the_same_second_are_all_named() -> None:
+    when = "2026-01-01T00:00:01Z"
+    body = {"metadata": {"managedFields": [entry("b", "Update", when), entry("a", "Apply", when)]}}
+    assert field_manager(body) == "a (Apply), b (Update)"
+
+
+def test_manager_line_holds_no_control_character() -> None:
+    body = {"metadata": {"managedFields": [entry("evil\nreverserd-seq: 9", "Update", "t")]}}
+    manager = field_manager(body)
+    assert manager is not None and "\n" not in manager
+
+
+def test_service_accounts_and_users_get_stable_signatures() -> None:
+    assert author_of(ALICE) == (
+        "team/alice (service account)",
+        "alice.team.serviceaccount@kubernetes.invalid",
+    )
+    assert author_of("jane@example.com") == ("jane@example.com", "jane@example.com")
+    assert author_of("Kube Admin") == ("Kube Admin", "kube-admin@kubernetes.invalid")
+
+
+def test_rejected_and_dry_run_requests_are_no_facts() -> None:
+    new = configmap("5")
+    assert admission_fact(review(ALICE, "UPDATE", new, configmap("4"), dry_run=True)) is None
+    rejected = audit_event(ALICE, "patch", {"kind": "Status", "code": 409}, code=409)
+    served = audit_event(BOB, "patch", configmap("6"))
+    assert [f.username for f in audit_facts({"items": [rejected, served]})] == [BOB]
+
+
+def test_metadata_level_audit_events_are_no_facts() -> None:
+    """Without the response object the produced resourceVersion is unknown: nothing to match."""
+    event = audit_event(ALICE, "patch", {})
+    del event["responseObject"]
+    assert list(audit_facts({"items": [event]})) == []
+
+
+def test_secret_admission_facts_carry_no_digest() -> None:
+    secret = {"metadata": {"name": "app", "uid": "u-9"}, "data": {"password": "aHVudGVyMg=="}}
+    request = review(ALICE, "CREATE", secret)
+    request["request"]["resource"]["resource"] = "secrets"
+    fact = admission_fact(request)
+    assert fact is not None and fact.digest is None
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[tuple[JournalWriter, JournalReader]]:
+    writer = await JournalWriter.open(tmp_path)
+    writer.digests = True
+    task = asyncio.create_task(writer.run())
+    reader = await JournalReader.open(tmp_path)
+    await writer.register_stream(CONFIGMAPS)
+    yield writer, reader
+    task.cancel()
+    await reader.close()
+    await writer.close()
+
+
+async def events(reader: JournalReader) -> list[JournalEvent]:
+    return await reader.events_after(0, 100)
+
+
+async def test_admission_fact_matches_only_its_own_change(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    """Alice's update was rejected after admission; Bob's, from the same state, was stored."""
+    writer, reader = journal
+    created, alices, bobs = configmap("1"), configmap("2", color="red"), configmap("2")
+    facts = [
+        admission_fact(review(ALICE, "CREATE", created)),
+        admission_fact(review(ALICE, "UPDATE", alices, created)),
+        admission_fact(review(BOB, "UPDATE", bobs, created)),
+    ]
+    await record_facts(writer, [f for f in facts if f is not None])
+    await writer.record_changes(CONFIGMAPS, [("ADDED", created), ("MODIFIED", bobs)], "2")
+    resolver = Resolver(reader.connection, ["admission"], grace_s=0)
+    create, update = [await resolver.attribute(e) for e in await events(reader)]
+    assert create.lines == (f"user: {ALICE}", "manager: kubectl (Update)")
+    assert create.author is not None and create.author.name == "team/alice (service account)"
+    assert update.lines[0] == f"user: {BOB}"
+
+
+async def test_facts_of_two_users_for_one_change_attribute_it_to_no_one(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    created, changed = configmap("1"), configmap("2", color="red")
+    facts = [admission_fact(review(user, "UPDATE", changed, created)) for user in (ALICE, BOB)]
+    await record_facts(writer, [f for f in facts if f is not None])
+    await writer.record_changes(CONFIGMAPS, [("ADDED", created), ("MODIFIED", changed)], "2")
+    resolver = Resolver(reader.connection, ["admission"], grace_s=0)
+    update = await resolver.attribute((await events(reader))[1])
+    assert update.author is None and update.lines[0] == "user: unresolved"
+
+
+async def test_seeded_states_are_never_matched_by_admission(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    """A LIST may skip versions: a fact about the version before is no proof for this one."""
+    writer, reader = journal
+    fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
+    assert fact is not None
+    await record_facts(writer, [fact])
+    session = await writer.begin_seed(CONFIGMAPS, relist=False)
+    await writer.record_seed_page(session, [configmap("1")])
+    resolver = Resolver(reader.connection, ["admission"], grace_s=0)
+    seeded = [e for e in await events(reader) if e.kind.value == "CREATE"]
+    assert (await resolver.attribute(seeded[0])).author is None
+
+
+async def created(writer: JournalWriter, reader: JournalReader) -> JournalEvent:
+    """The CREATE event of one ConfigMap, journaled from a watch."""
+    await writer.record_changes(CONFIGMAPS, [("ADDED", configmap("1"))], "1")
+    (event,) = await events(reader)
+    return event
+
+
+async def audit_fact_arrives(writer: JournalWriter, resolver: Resolver) -> None:
+    """Bob's audit fact for that CREATE reaches the journal and the resolver."""
+    facts = list(audit_facts({"items": [audit_event(BOB, "create", configmap("1"))]}))
+    await record_facts(writer, facts)
+    await resolver.recorded(facts)
+
+
+async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    event = await created(writer, reader)
+    resolver = Resolver(reader.connection, ["audit"], grace_s=5)
+
+    async def later() -> None:
+        await asyncio.sleep(0.3)
+        await audit_fact_arrives(writer, resolver)
+
+    started = time.monotonic()
+    attribution, _ = await asyncio.gather(resolver.attribute(event), later())
+    assert attribution.lines[0] == f"user: {BOB}"
+    assert time.monotonic() - started < 2
+
+
+async def test_without_a_fact_the_wait_ends_with_the_grace_window(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    event = await created(writer, reader)
+    resolver = Resolver(reader.connection, ["audit"], grace_s=0.5)
+    started = time.monotonic()
+    attribution = await resolver.attribute(event)
+    waited = time.monotonic() - started
+    assert attribution.author is None and attribution.lines[0] == "user: unresolved"
+    assert 0.2 < waited < 2
+    late = REGISTRY.get_sample_value("reverserd_attributions_total", {"outcome": "late"}) or 0
+    await audit_fact_arrives(writer, resolver)
+    assert (
+        REGISTRY.get_sample_value("reverserd_attributions_total", {"outcome": "late"}) == late + 1
+    )
+
+
+def test_digest_ignores_only_the_resource_version() -> None:
+    assert digest(configmap("1")) == digest(
+        {**configmap("1"), "metadata": {**configmap("1")["metadata"], "resourceVersion": "9"}}
+    )
+    assert digest(configmap("1")) != digest(configmap("1", color="red"))
+
+
+async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_events(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    event = await created(writer, reader)
+    await writer.write_cursor("ns/mirror", event.seq, {})
+    old = admission_fact(review(ALICE, "CREATE", configmap("1")), now=time.time() - 7200)
+    recent = admission_fact(review(BOB, "CREATE", configmap("1")))
+    assert old is not None and recent is not None
+    await record_facts(writer, [old, recent])
+    await compact_facts(writer)
+    rows = await reader.connection.execute_fetchall("SELECT username FROM attribution_facts")
+    assert [row[0] for row in rows] == [BOB]
+    await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("2"))], "2")
+    await writer.write_cursor("ns/mirror", event.seq + 1, {})
+    await writer.compact()
+    origins = await reader.connection.execute_fetchall("SELECT seq FROM event_origins")
+    assert [row[0] for row in origins] == [event.seq + 1]
+
+
+async def test_content_read_live_after_a_later_change_is_attributed_to_no_one(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    """A Secret's file holds what the API server returned when it was written: with a later
+    change already journaled, that may be the later user's content."""
+    writer, reader = journal
+    created_fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
+    assert created_fact is not None
+    await record_facts(writer, [created_fact])
+    event = await created(writer, reader)
+    resolver = Resolver(reader.connection, ["admission"], grace_s=0)
+    assert (await resolver.attribute(event, read_live=True)).lines[0] == f"user: {ALICE}"
+    await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("2", color="red"))], "2")
+    later = await resolver.attribute(event, read_live=True)
+    assert later.author is None and later.lines[0] == "user: unresolved"
