@@ -496,7 +496,7 @@ def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
     )
     manifests[1]["spec"]["encryption"] = {
         "secretRef": {"name": "sops-age"},
-        "age": {"recipients": {"generateWhenMissing": True}},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
     }
     apply(control_plane, *manifests, secret(namespace, "db", {"password": "hidden"}))
     target = f"{namespace}/mirror"
