@@ -39,6 +39,8 @@ TARGET_WORST_LAG_S = 0.1
 NAMESPACE = "bench-large"
 REPO = "large"
 LEASE = "reverserd-bench"
+# The test bed grants the daemon's identity Leases in this namespace only (least privilege).
+LEASE_NAMESPACE = "default"
 # A ConfigMap holds at most 1 MiB of data; this leaves room for its metadata.
 VALUE_BYTES = 1_000_000
 LAG_METRIC = "reverserd_event_loop_lag_seconds"
@@ -80,7 +82,7 @@ def bound(buckets: list[tuple[float, float]], share: float) -> float:
 
 
 def lease_holder(plane: Any) -> str | None:
-    path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{LEASE}"
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{LEASE}"
     found = json.loads(plane.kubectl("get", "--raw", path))
     holder: str | None = found.get("spec", {}).get("holderIdentity")
     return holder
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         leader = [
             "--leader-elect",
             "--leader-election-namespace",
-            NAMESPACE,
+            LEASE_NAMESPACE,
             "--leader-election-id",
             LEASE,
         ]
