@@ -111,6 +111,7 @@ class Submission:
     ``changes`` empty means a marker: the target has processed the journal up to ``seq`` and
     nothing needed writing; its cursor may move there once everything before it is pushed.
     Once committed, ``changes`` is released (the clone holds them) and only counted.
+    ``push_now`` makes its commit due for a push at once instead of after ``push.interval``.
     """
 
     target: str
@@ -123,6 +124,7 @@ class Submission:
     on_pushed: Callable[[str | None, float], None] | None = None
     on_quarantined: Callable[[Mapping[ObjectKey, str]], None] | None = None
     quarantine: dict[ObjectKey, str | None] = field(default_factory=dict)
+    push_now: bool = False
     commit: str | None = None
     files_written: int = 0
     files_deleted: int = 0
@@ -337,10 +339,12 @@ class Committer:
         return sum(1 for item in self._unpushed if item.commit)
 
     def _push_full(self) -> bool:
-        """Enough waits for the remote that a push should not wait for the interval."""
+        """Enough waits for the remote, or a commit asked for it, that a push should not wait
+        for the interval."""
         return (
             self._unpushed_commits() >= self.policy.max_commits
             or self._unpushed_bytes >= PUSH_BYTES
+            or any(item.push_now and item.commit for item in self._unpushed)
         )
 
     def _push_due(self) -> bool:

@@ -314,7 +314,9 @@ class TargetConsumer:
                 progress.snapshot_synced = progress.stream_live = True
             self._pushed(sha, at)
 
-        await self._submit(plan, message, pushed, dict(plan.quarantine))
+        # A reconcile commit already holds everything the snapshot found; the interval exists
+        # to share a push among many small commits, and would only delay the mirror here.
+        await self._submit(plan, message, pushed, dict(plan.quarantine), push_now=True)
         self.initial_snapshot_sent = self.initial_snapshot_sent or first
 
     async def _process(self, events: list[JournalEvent]) -> None:
@@ -518,6 +520,7 @@ class TargetConsumer:
         on_pushed: Callable[[str | None, float], None],
         quarantine: Mapping[ObjectKey, str | None] | None = None,
         author: pygit2.Signature | None = None,
+        push_now: bool = False,
     ) -> None:
         changes = list(plan.changes)
         if changes and not self.readme_present:
@@ -541,6 +544,7 @@ class TargetConsumer:
                 on_pushed=on_pushed,
                 on_quarantined=self._held,
                 quarantine=dict(quarantine or {}),
+                push_now=push_now,
             )
         )
 

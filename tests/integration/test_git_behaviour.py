@@ -231,6 +231,38 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
     assert problems == []
 
 
+def test_reconcile_commit_is_pushed_at_once_while_live_changes_wait_for_the_interval(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    early = {f"early-{index}" for index in range(3)}
+    create_many(
+        control_plane, [configmap(namespace, name, {"v": "1"}) for name in early], "configmaps"
+    )
+    apply(
+        control_plane,
+        *mirror_setup(
+            namespace, remote.url, secret=remote.secret, interval="10m", max_commits=NO_EARLY_PUSH
+        ),
+    )
+    daemon.start()
+    # Ten minutes of interval: only a push that does not wait for it shows the snapshot now.
+    wait_until(
+        lambda: set(configmap_files(remote.path, "live-cluster", namespace)) == early,
+        timeout=60,
+        describe=daemon.log_tail,
+    )
+    assert [entry.subject for entry in log(remote.path, "main")] == ["reconcile: sync 3 resources"]
+
+    mark = len(daemon.log_lines())
+    apply(control_plane, configmap(namespace, "late", {"v": "1"}))
+    wait_until(
+        lambda: unpushed_commit(messages(daemon, mark)), timeout=30, describe=daemon.log_tail
+    )
+    time.sleep(QUIET_PERIOD_S)
+    assert subject("CREATE", namespace, "late") not in subjects(remote.path)
+    assert unpushed_commit(messages(daemon, mark)) is not None
+
+
 # -- D28, A14 ----------------------------------------------------------------------------------
 
 

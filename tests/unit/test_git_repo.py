@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import os
 from pathlib import Path
 
 import pygit2
@@ -401,6 +402,27 @@ def test_missing_remote_raises_remote_unavailable_and_push_works_once_it_is_back
 
     moved.rename(tmp_path / "remote.git")
     assert repository.push() == sha == remote_tip(remote)
+
+
+def test_a_damaged_object_in_the_clone_is_never_pushed(tmp_path: Path) -> None:
+    # libgit2 no longer re-hashes what it reads (it would cost a third of every push); zlib's
+    # checksum of each stored object must still stop damaged content from leaving the clone.
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    first = write(repository, "a.yaml", b"1\n", "one")
+    repository.push()
+    write(repository, "big.yaml", os.urandom(64 * 1024).hex().encode(), "big")
+    repository.flush()
+    packs = sorted((tmp_path / "clone" / "objects" / "pack").glob("*.pack"), key=os.path.getmtime)
+    damaged = bytearray(packs[-1].read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    packs[-1].chmod(0o644)
+    packs[-1].write_bytes(bytes(damaged))
+
+    reopened = clone(tmp_path, url)
+    with pytest.raises(RemoteUnavailable):
+        reopened.push()
+    assert remote_tip(remote) == first
 
 
 def test_network_timeouts_are_configured() -> None:
