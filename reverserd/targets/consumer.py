@@ -182,6 +182,7 @@ class TargetConsumer:
         self.files = dict(await self.reader.target_files(self.key))
         self._set_quarantined(await self.reader.quarantined(self.key))
         self.committed_seq = await self.committer.resume_point(self.key, self.seq)
+        await self._forget_fingerprints_the_clone_passed()
         await restore_last_push(self.committer, cursor, self.key, progress)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
@@ -211,6 +212,24 @@ class TargetConsumer:
                 await self._retry_quarantined()
             else:
                 await self.journal.wait_beyond(self.seq, IDLE_WAIT_S)
+
+    async def _forget_fingerprints_the_clone_passed(self) -> None:
+        """Secrets committed after the cursor get an unknown fingerprint before anything runs.
+
+        Their records are those of the cursor, older than what the clone (and maybe the remote)
+        holds; a snapshot taken before the replay would compare the live value with the older
+        fingerprint and skip a change back to that value. Unknown, the next plan writes it.
+        """
+        after = self.seq
+        while after < self.committed_seq:
+            events = await self.reader.events_after(after, READ_BATCH)
+            if not events:
+                return
+            for event in events:
+                known = self.files.get(event.key)
+                if event.seq <= self.committed_seq and known and is_sensitive(event_type(event)):
+                    self.files[event.key] = (known[0], UNKNOWN_FINGERPRINT)
+            after = events[-1].seq
 
     def _selections(self, discovery: Discovery) -> dict[str, tuple[ResourceType, bool]]:
         """Selection key -> (type, whether every stream it needs has a complete seed)."""
@@ -392,12 +411,14 @@ class TargetConsumer:
 
         The value is read from the API server only when a file is written, and what is there
         now may be newer than what was committed: recording its fingerprint would make the
-        newer change look written. The path is recorded with an unknown fingerprint instead,
-        so the Secret's next change (or the one that happened meanwhile) is written.
+        newer change look written. Keeping the fingerprint recorded before this commit is as
+        wrong: a change back to that older value would look written. The path is recorded with
+        an unknown fingerprint instead, so the Secret's next change, whatever its value, is
+        written.
         """
         assert event.body is not None
         path, _ = manifest_of(rtype, event.body, self.folder)
-        if known is not None and known[0] == path:
+        if known == (path, UNKNOWN_FINGERPRINT):
             return None
         plan = FilePlan()
         plan.records.append((event.key, path, UNKNOWN_FINGERPRINT))

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import log, push_foreign_commit, read_tree
+from testbed.gitservers import install_hook, log, push_foreign_commit, read_tree
 from testbed.harness import (
     Reverserd,
     apply,
@@ -507,6 +507,45 @@ def test_secret_changed_while_down_after_an_unpushed_commit_reaches_git(
     # The commit the kill interrupted lived only in memory (commits reach the clone's disk when
     # they are pushed): it is redone from the journal, never twice.
     assert subjects(remote.path).count(f"[CREATE] v1/secrets/{namespace}/db") <= 1
+
+
+def test_secret_changed_back_after_a_push_the_kill_hid_reaches_git(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    tools: Path,
+    age_key: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    identity, recipient = age_key
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+
+    def on_server(value: bytes) -> bool:
+        files = read_tree(remote.path, "main") if subjects(remote.path) else {}
+        encoded = {"password": base64.b64encode(value).decode()}
+        return path in files and decrypt(tools, identity, files[path])["data"] == encoded
+
+    apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+    wait_until(lambda: on_server(b"first-value"), describe=secret_daemon.log_tail)
+    # The server takes the next push, then holds its answer until the daemon is killed: the
+    # cursor, and the record of the first value's fingerprint, never move past it.
+    release = tmp_path / "release"
+    install_hook(
+        remote.path, "post-receive", f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.1; done\n"
+    )
+    apply(control_plane, secret(namespace, "db", {"password": "second-value"}))
+    wait_until(lambda: on_server(b"second-value"), describe=secret_daemon.log_tail)
+    secret_daemon.kill()
+    release.touch()
+    secret_daemon.start()
+    # Back to the first value: the replayed commit wrote the second, so this must be written.
+    apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+    wait_until(lambda: on_server(b"first-value"), describe=secret_daemon.log_tail)
 
 
 def test_secret_changes_are_attributed_through_admission_without_a_digest_of_values(
