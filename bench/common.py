@@ -173,6 +173,17 @@ def peak_rss_mb(pid: int) -> float | None:
     return None if kb is None else kb / 1024
 
 
+def children_peak_rss_mb(pid: int) -> float | None:
+    """Summed peak RSS of the processes ``pid`` started (the daemon's webhook process)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    peaks = [peak_rss_mb(int(child)) for child in children]
+    found = [peak for peak in peaks if peak is not None]
+    return sum(found) if found else None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far."""
     try:

@@ -42,6 +42,7 @@ from bench.common import (
     Result,
     add_common_arguments,
     benchmark_main,
+    children_peak_rss_mb,
     command_line,
     configmap_names,
     cpu_seconds,
@@ -254,6 +255,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
                     time.sleep(0.2)
                 branch.poll()
                 peak = peak_rss_mb(daemon.pid)
+                webhook_peak = children_peak_rss_mb(daemon.pid)
                 outcomes = {
                     outcome: daemon.metric("reverserd_attributions_total", outcome=outcome)
                     for outcome in ("resolved", "unresolved", "ambiguous")
@@ -339,6 +341,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         f"<= {TARGET_RSS_MB:.0f} MB",
         peak is not None and peak <= TARGET_RSS_MB,
     )
+    if args.attribution:
+        result.add("  webhook process peak RSS (VmHWM), not in the daemon's", fmt_mb(webhook_peak))
     result.add(
         "CPU during the load: " + " / ".join(cpu_after),
         " / ".join(f"{(cpu_after[k] - cpu_before[k]) / load_s * 100:.0f}%" for k in cpu_after),

@@ -269,6 +269,8 @@ def _run(arguments: argparse.Namespace) -> int:
         git_timeout_s=arguments.git_timeout,
         allow_local_remotes=arguments.allow_local_remotes,
         attribution=_attribution_options(arguments),
+        log_format=arguments.log_format,
+        log_level=arguments.log_level,
     )
     return asyncio.run(Daemon(options).run())
 

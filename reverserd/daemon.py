@@ -33,12 +33,7 @@ from reverserd import __version__
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, Resolver
 from reverserd.attribution.store import compact_facts
-from reverserd.attribution.webhooks import (
-    build_webhook_app,
-    fact_recorder,
-    serve_webhooks,
-    server_tls,
-)
+from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings
 from reverserd.config.model import UrlPolicy
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
@@ -104,6 +99,8 @@ class RunOptions:
     git_timeout_s: float = 60.0
     allow_local_remotes: bool = False
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
+    log_format: str = "json"
+    log_level: str = "INFO"
 
 
 class _Shutdown(Exception):
@@ -168,15 +165,25 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        runner = await serve(build_app(self.surface()), options.http_listen)
         webhooks = None
         if attribution.sources:
             assert attribution.tls_cert is not None and attribution.tls_key is not None
-            webhooks = await serve_webhooks(
-                build_webhook_app(fact_recorder(journal, resolver), attribution.sources),
-                attribution.listen,
-                server_tls(attribution.tls_cert, attribution.tls_key, attribution.client_ca),
+            webhooks = WebhookProcess(
+                WebhookSettings(
+                    str(options.state_dir),
+                    attribution.listen,
+                    attribution.sources,
+                    str(attribution.tls_cert),
+                    str(attribution.tls_key),
+                    str(attribution.client_ca) if attribution.client_ca else None,
+                    options.log_format,
+                    options.log_level,
+                ),
+                resolver,
             )
+            await webhooks.start()
+        # Healthy only once the webhooks listen: a change admitted before would have no fact.
+        runner = await serve(build_app(self.surface()), options.http_listen)
         log.info("reverserd %s started", __version__, extra={"state_dir": str(options.state_dir)})
         exit_code = 0
         try:
@@ -185,6 +192,8 @@ class Daemon:
                 group.create_task(supervise("config plane", plane.run))
                 group.create_task(supervise("housekeeping", self._housekeeping))
                 group.create_task(sample_loop_lag())
+                if webhooks is not None:
+                    group.create_task(supervise("webhooks", webhooks.run))
                 if self.elector is not None:
                     # Not supervised: lost leadership must end the process (exit code 1).
                     group.create_task(self.elector.run())
@@ -195,10 +204,9 @@ class Daemon:
                 await stop.wait()
                 log.info("shutting down")
                 if webhooks is not None:
-                    # While the journal writer still runs: a webhook request in flight
-                    # finishes (its fact written) instead of waiting for a writer that is gone.
-                    await webhooks.cleanup()
-                    webhooks = None
+                    # Requests in flight finish (their facts written) before the relay of
+                    # their facts is cancelled with every other task.
+                    await webhooks.stop()
                 raise _Shutdown
         except* _Shutdown:
             pass
@@ -208,7 +216,7 @@ class Daemon:
         finally:
             await runner.cleanup()
             if webhooks is not None:
-                await webhooks.cleanup()
+                await webhooks.stop()
             await resolver_reader.close()
             await client.close()
             await reader.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,13 @@ class Fact:
             self.request_uid,
             self.received_at,
         )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Fact:
+        """The fact :meth:`row` was made from."""
+        values = list(row)
+        values[11] = tuple(json.loads(values[11]))
+        return cls(*values)
 
 
 def _user(info: Any) -> tuple[str, tuple[str, ...]] | None:

@@ -1,19 +1,30 @@
-"""Attribution facts in the journal: written before a webhook answers, kept while needed.
+"""Attribution facts in the journal database: durable before a webhook answers, kept while needed.
 
-Facts go through the journal's single writer like every other row, so a fact a webhook
-acknowledged is durable, and a restart between the fact and its watch event loses nothing.
+Facts are written by the webhook process (:mod:`reverserd.attribution.webhook_process`) on a
+connection of its own, in group commits: a fact a webhook acknowledged is committed, and a
+restart between the fact and its watch event loses nothing. The daemon's journal writer stays
+the only writer of everything else, and removes facts no event can need any more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import aiosqlite
 
 from reverserd.attribution.facts import Fact
 from reverserd.journal import JournalWriter
+from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
 
 FACT_COLUMNS = (
     "source, operation, api_group, resource, namespace, name, uid, resource_version,"
     " prior_resource_version, digest, username, groups, request_uid, received_at"
+)
+_INSERT = (
+    f"INSERT INTO attribution_facts ({FACT_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # How much earlier than its event a fact may have been received and still be needed: an
 # admission fact precedes its event by the request's duration, which the API server bounds
@@ -21,17 +32,64 @@ FACT_COLUMNS = (
 FACT_LEAD_S = 600.0
 
 
-async def record_facts(journal: JournalWriter, facts: Sequence[Fact]) -> None:
-    rows = [fact.row() for fact in facts]
-    if not rows:
-        return
-    await journal.submit(
-        lambda batch: batch.execute_many(
-            f"INSERT INTO attribution_facts ({FACT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-    )
+async def open_fact_connection(state_dir: Path) -> aiosqlite.Connection:
+    """A connection to the journal database of ``state_dir`` for :class:`FactWriter`; the
+    daemon has opened (and migrated) that database before."""
+    connection = await aiosqlite.connect(state_dir / JOURNAL_FILE, isolation_level=None)
+    await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await connection.execute("PRAGMA synchronous = NORMAL")
+    return connection
+
+
+class FactWriter:
+    """Commits facts on ``connection``; requests that arrive during a commit share the next one.
+
+    :meth:`record` returns once its facts are committed (or raises what the commit raised);
+    ``announce`` is then called with every fact of that commit.
+    """
+
+    def __init__(
+        self, connection: aiosqlite.Connection, announce: Callable[[Sequence[Fact]], None]
+    ) -> None:
+        self.connection = connection
+        self.announce = announce
+        self._waiting: list[tuple[Sequence[Fact], asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def record(self, facts: Sequence[Fact]) -> None:
+        if not facts:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((facts, done))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_waiting())
+        await done
+
+    async def _write_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                facts = [fact for group, _ in batch for fact in group]
+                try:
+                    await self._insert(facts)
+                except Exception as error:
+                    for _, done in batch:
+                        done.set_exception(error)
+                    continue
+                for _, done in batch:
+                    done.set_result(None)
+                self.announce(facts)
+        finally:
+            self._writing = None
+
+    async def _insert(self, facts: Sequence[Fact]) -> None:
+        await self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            await self.connection.executemany(_INSERT, [fact.row() for fact in facts])
+            await self.connection.execute("COMMIT")
+        except BaseException:
+            await self.connection.execute("ROLLBACK")
+            raise
 
 
 async def compact_facts(journal: JournalWriter) -> None:

@@ -1,5 +1,8 @@
 """The HTTPS endpoint the API server sends attribution facts to.
 
+It runs in the webhook process (:mod:`reverserd.attribution.webhook_process`), which gives
+``record``: facts are committed to the journal database when it returns.
+
 ``POST /audit``
     The audit webhook backend (``--audit-webhook-config-file``) posts ``EventList`` batches.
     Only a caller with a client certificate signed by ``--webhook-client-ca`` is heard: the
@@ -28,9 +31,6 @@ from typing import Any
 from aiohttp import web
 
 from reverserd.attribution.facts import Fact, admission_fact, audit_facts
-from reverserd.attribution.resolver import Resolver
-from reverserd.attribution.store import record_facts
-from reverserd.journal import JournalWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ ADMISSION_RECORD_S = 1.0
 SHUTDOWN_S = 3.0
 
 Record = Callable[[Sequence[Fact]], Awaitable[None]]
-
-
-def fact_recorder(journal: JournalWriter, resolver: Resolver) -> Record:
-    async def record(facts: Sequence[Fact]) -> None:
-        await record_facts(journal, facts)
-        await resolver.recorded(facts)
-
-    return record
 
 
 def build_webhook_app(record: Record, sources: Sequence[str]) -> web.Application:

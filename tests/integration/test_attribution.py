@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import ssl
 import time
 import urllib.error
@@ -239,6 +241,69 @@ def test_admission_attributes_interleaved_users_across_restarts_and_downtime(
     ]
     assert [body_fields(c.message)["user"] for c in missed] == ["unresolved", "unresolved"]
     assert daemon.metric("reverserd_attributions_total", outcome="resolved") > 0
+
+
+def webhook_process(daemon: Reverserd) -> int | None:
+    """The PID of the daemon's webhook process, if it runs."""
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in map(int, children):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"reverserd.attribution.webhook_process" in command:
+            return child
+    return None
+
+
+def test_webhook_process_that_dies_is_started_again_and_attribution_goes_on(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    admission_registered: int,
+) -> None:
+    daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace)
+    first = webhook_process(daemon)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    def listening_again() -> bool:
+        lines = [line for line in daemon.log_lines() if line.get("message") == "webhooks listening"]
+        return len(lines) == 2 and webhook_process(daemon) not in (None, first)
+
+    wait_until(listening_again, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
+    assert daemon.metric("reverserd_task_restarts_total", task="webhooks") == 1
+    token = control_plane.service_account_token(namespace, "alice")
+    path = collection(configmap(namespace, "x"), "configmaps")
+    asyncio.run(send_all(control_plane, [("POST", path, configmap(namespace, "after"))], token))
+    (commit,) = wait_until(
+        lambda: change_commits(remote) or None, ATTRIBUTED_TIMEOUT_S, daemon.log_tail
+    )
+    alice = f"system:serviceaccount:{namespace}:alice"
+    assert body_fields(commit.message)["user"] == alice
+    assert commit.author_name == author_of(alice)[0]
+    # The daemon itself never stopped.
+    assert daemon.process is not None and daemon.process.poll() is None
+
+    # Killed, the daemon takes its webhook process along: nothing keeps holding the port.
+    second = webhook_process(daemon)
+    assert second is not None
+    daemon.kill()
+    wait_until(lambda: not running(second), 10, daemon.log_tail)
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 @pytest.fixture(scope="module")

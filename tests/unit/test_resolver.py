@@ -15,7 +15,7 @@ from reverserd.attribution.facts import admission_fact, audit_facts
 from reverserd.attribution.identity import author_of
 from reverserd.attribution.origin import digest, field_manager
 from reverserd.attribution.resolver import Resolver
-from reverserd.attribution.store import compact_facts, record_facts
+from reverserd.attribution.store import FactWriter, compact_facts, open_fact_connection
 from reverserd.journal import JournalEvent, JournalReader, JournalWriter, StreamSpec
 from reverserd.kube.resources import ResourceType
 
@@ -147,22 +147,33 @@ async def journal(tmp_path: Path) -> AsyncIterator[tuple[JournalWriter, JournalR
     await writer.close()
 
 
+@pytest.fixture
+async def facts(
+    tmp_path: Path, journal: tuple[JournalWriter, JournalReader]
+) -> AsyncIterator[FactWriter]:
+    """Facts written as the webhook process writes them: on a connection of their own."""
+    connection = await open_fact_connection(tmp_path)
+    yield FactWriter(connection, lambda _: None)
+    await connection.close()
+
+
 async def events(reader: JournalReader) -> list[JournalEvent]:
     return await reader.events_after(0, 100)
 
 
 async def test_admission_fact_matches_only_its_own_change(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     """Alice's update was rejected after admission; Bob's, from the same state, was stored."""
     writer, reader = journal
     created, alices, bobs = configmap("1"), configmap("2", color="red"), configmap("2")
-    facts = [
+    found = [
         admission_fact(review(ALICE, "CREATE", created)),
         admission_fact(review(ALICE, "UPDATE", alices, created)),
         admission_fact(review(BOB, "UPDATE", bobs, created)),
     ]
-    await record_facts(writer, [f for f in facts if f is not None])
+    await facts.record([f for f in found if f is not None])
     await writer.record_changes(CONFIGMAPS, [("ADDED", created), ("MODIFIED", bobs)], "2")
     resolver = Resolver(reader.connection, ["admission"], grace_s=0)
     create, update = [await resolver.attribute(e) for e in await events(reader)]
@@ -173,11 +184,12 @@ async def test_admission_fact_matches_only_its_own_change(
 
 async def test_facts_of_two_users_for_one_change_attribute_it_to_no_one(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     writer, reader = journal
     created, changed = configmap("1"), configmap("2", color="red")
-    facts = [admission_fact(review(user, "UPDATE", changed, created)) for user in (ALICE, BOB)]
-    await record_facts(writer, [f for f in facts if f is not None])
+    found = [admission_fact(review(user, "UPDATE", changed, created)) for user in (ALICE, BOB)]
+    await facts.record([f for f in found if f is not None])
     await writer.record_changes(CONFIGMAPS, [("ADDED", created), ("MODIFIED", changed)], "2")
     resolver = Resolver(reader.connection, ["admission"], grace_s=0)
     update = await resolver.attribute((await events(reader))[1])
@@ -186,12 +198,13 @@ async def test_facts_of_two_users_for_one_change_attribute_it_to_no_one(
 
 async def test_seeded_states_are_never_matched_by_admission(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     """A LIST may skip versions: a fact about the version before is no proof for this one."""
     writer, reader = journal
     fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
     assert fact is not None
-    await record_facts(writer, [fact])
+    await facts.record([fact])
     session = await writer.begin_seed(CONFIGMAPS, relist=False)
     await writer.record_seed_page(session, [configmap("1")])
     resolver = Resolver(reader.connection, ["admission"], grace_s=0)
@@ -206,15 +219,16 @@ async def created(writer: JournalWriter, reader: JournalReader) -> JournalEvent:
     return event
 
 
-async def audit_fact_arrives(writer: JournalWriter, resolver: Resolver) -> None:
+async def audit_fact_arrives(facts: FactWriter, resolver: Resolver) -> None:
     """Bob's audit fact for that CREATE reaches the journal and the resolver."""
-    facts = list(audit_facts({"items": [audit_event(BOB, "create", configmap("1"))]}))
-    await record_facts(writer, facts)
-    await resolver.recorded(facts)
+    found = list(audit_facts({"items": [audit_event(BOB, "create", configmap("1"))]}))
+    await facts.record(found)
+    await resolver.recorded(found)
 
 
 async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     writer, reader = journal
     event = await created(writer, reader)
@@ -222,7 +236,7 @@ async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
 
     async def later() -> None:
         await asyncio.sleep(0.3)
-        await audit_fact_arrives(writer, resolver)
+        await audit_fact_arrives(facts, resolver)
 
     started = time.monotonic()
     attribution, _ = await asyncio.gather(resolver.attribute(event), later())
@@ -232,6 +246,7 @@ async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
 
 async def test_without_a_fact_the_wait_ends_with_the_grace_window(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     writer, reader = journal
     event = await created(writer, reader)
@@ -242,7 +257,7 @@ async def test_without_a_fact_the_wait_ends_with_the_grace_window(
     assert attribution.author is None and attribution.lines[0] == "user: unresolved"
     assert 0.2 < waited < 2
     late = REGISTRY.get_sample_value("reverserd_attributions_total", {"outcome": "late"}) or 0
-    await audit_fact_arrives(writer, resolver)
+    await audit_fact_arrives(facts, resolver)
     assert (
         REGISTRY.get_sample_value("reverserd_attributions_total", {"outcome": "late"}) == late + 1
     )
@@ -257,6 +272,7 @@ def test_digest_ignores_only_the_resource_version() -> None:
 
 async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_events(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     writer, reader = journal
     event = await created(writer, reader)
@@ -264,7 +280,7 @@ async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_
     old = admission_fact(review(ALICE, "CREATE", configmap("1")), now=time.time() - 7200)
     recent = admission_fact(review(BOB, "CREATE", configmap("1")))
     assert old is not None and recent is not None
-    await record_facts(writer, [old, recent])
+    await facts.record([old, recent])
     await compact_facts(writer)
     rows = await reader.connection.execute_fetchall("SELECT username FROM attribution_facts")
     assert [row[0] for row in rows] == [BOB]
@@ -277,13 +293,14 @@ async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_
 
 async def test_content_read_live_after_a_later_change_is_attributed_to_no_one(
     journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
 ) -> None:
     """A Secret's file holds what the API server returned when it was written: with a later
     change already journaled, that may be the later user's content."""
     writer, reader = journal
     created_fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
     assert created_fact is not None
-    await record_facts(writer, [created_fact])
+    await facts.record([created_fact])
     event = await created(writer, reader)
     resolver = Resolver(reader.connection, ["admission"], grace_s=0)
     assert (await resolver.attribute(event, read_live=True)).lines[0] == f"user: {ALICE}"

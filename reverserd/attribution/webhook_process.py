@@ -1,0 +1,199 @@
+"""The attribution webhooks in a process of their own, started and supervised by the daemon.
+
+Why: the API server stores an admitted change only after reverserd answered its admission
+review. Served from the daemon's event loop, that answer queued behind journal batches,
+rendering and the Git thread (which share one interpreter lock): at 500 writes/s the API
+server's write latency rose from a few milliseconds to about half a second, and it accepted
+fewer writes. The webhook process has its own event loop, interpreter and SQLite connection,
+so an answer costs parsing the review, a digest and a group commit.
+
+Guarantees:
+
+- A fact is committed to the journal database (:class:`~reverserd.attribution.store.FactWriter`)
+  before the webhook that brought it answers, exactly as before: restarts lose nothing.
+- The daemon hears of every committed batch on the process's stdout (one JSON line), so a
+  consumer waiting for a fact wakes at once. A line lost with a daemon that died costs
+  nothing: the resolver reads facts from the database, not from these lines.
+- The process ends with the daemon, even a SIGKILLed one: it reads its stdin, and end of file
+  makes it finish the requests in flight and exit.
+- It is listening before the daemon says it started, and a process that dies later is started
+  again with the backoff of every supervised task; while it is down, admission requests are
+  allowed without a fact (``failurePolicy: Ignore``) and audit batches are resent by the API
+  server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from reverserd import logs
+from reverserd.attribution.facts import Fact
+from reverserd.attribution.resolver import Resolver
+from reverserd.attribution.store import FactWriter, open_fact_connection
+from reverserd.attribution.webhooks import SHUTDOWN_S, build_webhook_app, serve_webhooks, server_tls
+
+# By name: run as ``python -m``, this module is ``__main__``.
+log = logging.getLogger("reverserd.attribution.webhook_process")
+
+# A line on stdout is one commit's facts; bounded by what one audit batch can bring.
+LINE_LIMIT = 64 * 2**20
+# Binding the port and loading certificates take milliseconds; a slow machine gets far more.
+START_TIMEOUT_S = 30.0
+READY = "listening"
+
+
+class WebhookProcessError(RuntimeError):
+    """The webhook process could not start, or exited while the daemon still runs."""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    state_dir: str
+    listen: str
+    sources: tuple[str, ...]
+    tls_cert: str
+    tls_key: str
+    client_ca: str | None
+    log_format: str
+    log_level: str
+
+
+class WebhookProcess:
+    """The daemon's side: starts the process, relays its facts to the resolver, stops it."""
+
+    def __init__(self, settings: WebhookSettings, resolver: Resolver) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self._process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the process and return once it listens; raises :class:`WebhookProcessError`."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            json.dumps(asdict(self.settings)),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT,
+        )
+        self._process = process
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                first = await process.stdout.readline()
+        except TimeoutError:
+            first = b""
+        if first.strip() != json.dumps(READY).encode():
+            await self._end(process)
+            raise WebhookProcessError(
+                f"the webhook process did not start listening on {self.settings.listen}"
+                f" (exit code {process.returncode}); its log says why"
+            )
+
+    async def run(self) -> None:
+        """Relay facts until the process ends; restarts it first if it is not running."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            await self.start()
+            process = self._process
+        assert process is not None and process.stdout is not None
+        try:
+            while line := await process.stdout.readline():
+                rows = json.loads(line)
+                await self.resolver.recorded([Fact.from_row(row) for row in rows])
+            code = await process.wait()
+        finally:
+            if not self._stopping:
+                await self._end(process)
+        if not self._stopping:
+            raise WebhookProcessError(f"the webhook process exited with code {code}")
+
+    async def stop(self) -> None:
+        """Close its stdin, give requests in flight time to finish, then make sure it is gone."""
+        self._stopping = True
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            async with asyncio.timeout(SHUTDOWN_S + 2):
+                await process.wait()
+        except TimeoutError:
+            await self._end(process)
+
+    @staticmethod
+    async def _end(process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _announce(facts: Sequence[Fact]) -> None:
+    _say([fact.row() for fact in facts])
+
+
+def _say(message: Any) -> None:
+    try:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the daemon is gone; end of file on stdin follows
+
+
+async def _until_stdin_closes() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
+
+
+async def _serve(settings: WebhookSettings) -> None:
+    connection = await open_fact_connection(Path(settings.state_dir))
+    try:
+        writer = FactWriter(connection, _announce)
+        tls = server_tls(
+            Path(settings.tls_cert),
+            Path(settings.tls_key),
+            Path(settings.client_ca) if settings.client_ca else None,
+        )
+        runner = await serve_webhooks(
+            build_webhook_app(writer.record, settings.sources), settings.listen, tls
+        )
+        try:
+            log.info(
+                "webhooks listening",
+                extra={"listen": settings.listen, "sources": list(settings.sources)},
+            )
+            _say(READY)
+            await _until_stdin_closes()
+        finally:
+            await runner.cleanup()
+    finally:
+        await connection.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    fields = json.loads(argv[1])
+    settings = WebhookSettings(**{**fields, "sources": tuple(fields["sources"])})
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(_serve(settings))
+    except Exception:
+        log.exception("webhook process failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
