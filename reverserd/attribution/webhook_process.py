@@ -7,6 +7,13 @@ server's write latency rose from a few milliseconds to about half a second, and 
 fewer writes. The webhook process has its own event loop, interpreter and SQLite connection,
 so an answer costs parsing the review, a digest and a group commit.
 
+The journal database thereby has a second writer, against the daemon's rule of one writer
+connection, for one table: the process only appends rows to ``attribution_facts``, in
+transactions of a few milliseconds, and the daemon's journal writer (which keeps no index of
+that table) only deletes old ones. Measured with ``bench.steady --rate 500 --attribution``:
+facts handed to the daemon's writer instead (a pipe round trip through its busy event loop)
+made the API server's write latency p50 about 470-520 ms; written here, 83 ms.
+
 Guarantees:
 
 - A fact is committed to the journal database (:class:`~reverserd.attribution.store.FactWriter`)
@@ -14,8 +21,9 @@ Guarantees:
 - The daemon hears of every committed batch on the process's stdout (one JSON line), so a
   consumer waiting for a fact wakes at once. A line lost with a daemon that died costs
   nothing: the resolver reads facts from the database, not from these lines.
-- The process ends with the daemon, even a SIGKILLed one: it reads its stdin, and end of file
-  makes it finish the requests in flight and exit.
+- On SIGTERM from a daemon shutting down it stops listening, finishes the requests in flight
+  and exits. It ends with a daemon that died too, even by SIGKILL: it reads its stdin, and end
+  of file does the same.
 - It is listening before the daemon says it started, and a process that dies later is started
   again with the backoff of every supervised task; while it is down, admission requests are
   allowed without a fact (``failurePolicy: Ignore``) and audit batches are resent by the API
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -118,13 +127,12 @@ class WebhookProcess:
             raise WebhookProcessError(f"the webhook process exited with code {code}")
 
     async def stop(self) -> None:
-        """Close its stdin, give requests in flight time to finish, then make sure it is gone."""
+        """SIGTERM, time for the requests in flight to finish, then make sure it is gone."""
         self._stopping = True
         process = self._process
         if process is None or process.returncode is not None:
             return
-        assert process.stdin is not None
-        process.stdin.close()
+        process.terminate()
         try:
             async with asyncio.timeout(SHUTDOWN_S + 2):
                 await process.wait()
@@ -150,12 +158,25 @@ def _say(message: Any) -> None:
         pass  # the daemon is gone; end of file on stdin follows
 
 
-async def _until_stdin_closes() -> None:
+async def _until_told_to_stop() -> None:
+    """Until SIGTERM or SIGINT, or end of file on stdin (the daemon is gone)."""
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while await reader.read(4096):
-        pass
+
+    async def until_end_of_file() -> None:
+        while await reader.read(4096):
+            pass
+
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(until_end_of_file())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _serve(settings: WebhookSettings) -> None:
@@ -176,7 +197,7 @@ async def _serve(settings: WebhookSettings) -> None:
                 extra={"listen": settings.listen, "sources": list(settings.sources)},
             )
             _say(READY)
-            await _until_stdin_closes()
+            await _until_told_to_stop()
         finally:
             await runner.cleanup()
     finally:

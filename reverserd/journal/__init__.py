@@ -2,8 +2,9 @@
 
 Every watch event is appended here before anything else happens (DESIGN invariant 1); a target
 reads it from its own cursor once it is ready (invariant 2), and its cursor moves only after Git
-has the change. :mod:`.writer` is the only writer, :mod:`.reader` serves everyone else, and the
-schema lives in the numbered files of ``migrations/``.
+has the change. :mod:`.writer` writes it (only the webhook process appends attribution facts
+on its own connection), :mod:`.reader` serves everyone else, and the schema lives in the
+numbered files of ``migrations/``.
 """
 
 from reverserd.journal.model import (

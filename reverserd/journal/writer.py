@@ -1,4 +1,8 @@
-"""The journal's only writer: every watch event is appended here before anything else happens.
+"""The journal's writer: every watch event is appended here before anything else happens.
+
+It writes every table but one: rows of ``attribution_facts`` are appended by the webhook
+process (:mod:`reverserd.attribution.webhook_process`) on its own connection; this writer only
+deletes old ones and keeps no index of them.
 
 Group commits
     Watchers, consumers and the compactor hand operations to one writer task. It takes whatever

@@ -307,3 +307,25 @@ async def test_content_read_live_after_a_later_change_is_attributed_to_no_one(
     await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("2", color="red"))], "2")
     later = await resolver.attribute(event, read_live=True)
     assert later.author is None and later.lines[0] == "user: unresolved"
+
+
+async def test_concurrent_facts_share_commits_and_a_failed_commit_fails_each_request(
+    tmp_path: Path, journal: tuple[JournalWriter, JournalReader]
+) -> None:
+    _, reader = journal
+    announced: list[int] = []
+    connection = await open_fact_connection(tmp_path)
+    writer = FactWriter(connection, lambda found: announced.append(len(found)))
+    fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
+    assert fact is not None
+    await asyncio.gather(*(writer.record([fact]) for _ in range(20)))
+    rows = await reader.connection.execute_fetchall("SELECT count(*) FROM attribution_facts")
+    assert next(iter(rows))[0] == 20 and sum(announced) == 20
+    assert len(announced) < 20, "every request made its own commit"
+
+    await connection.close()
+    results = await asyncio.gather(
+        *(writer.record([fact]) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(result, Exception) for result in results)
+    assert sum(announced) == 20
