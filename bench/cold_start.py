@@ -156,8 +156,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     result.add("push.interval of the GitProvider", args.push_interval)
     result.add("creating the ConfigMaps (not timed)", f"{load_s:.1f} s")
     result.note(
-        "the reconcile commit waits for the push interval (or maxCommits) before its push;"
-        " the last two breakdown rows differ by about that much"
+        "the reconcile commit is pushed at once, without waiting for the push interval: the"
+        " last two breakdown rows differ by the push itself"
     )
     if args.profile:
         result.note(f"cProfile of the daemon written to {args.profile}")
