@@ -7,6 +7,7 @@ those are several times slower to build and the journal stores JSON anyway.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,11 +92,21 @@ class JournalEvent:
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """One row of the ``objects`` table joined with the body of the event it points at."""
+    """One row of the ``objects`` table joined with the body of the event it points at.
+
+    The body stays the journal's JSON text until :attr:`body` decodes it (again on every use):
+    a snapshot holds every object of its types while it is planned, and decoded, a body takes
+    several times the memory of its text.
+    """
 
     key: ObjectKey
     api_version: str
     uid: str
     resource_version: str
     seq: int
-    body: dict[str, Any]
+    body_json: str
+
+    @property
+    def body(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = json.loads(self.body_json)
+        return decoded

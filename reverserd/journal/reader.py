@@ -140,21 +140,16 @@ class JournalReader:
         finally:
             await self.connection.execute("COMMIT")
 
-        def decode() -> list[StoredObject]:
+        def build() -> list[StoredObject]:
             return [
                 StoredObject(
-                    ObjectKey(group, res, namespace, name),
-                    version,
-                    uid,
-                    rv,
-                    object_seq,
-                    json.loads(body),
+                    ObjectKey(group, res, namespace, name), version, uid, rv, object_seq, body
                 )
                 for group, res, namespace, name, version, uid, rv, object_seq, body in rows
             ]
 
-        # Thousands of bodies: decoded off the event loop.
-        return seq, await asyncio.to_thread(decode)
+        # Thousands of rows: off the event loop.
+        return seq, await asyncio.to_thread(build)
 
     async def streams(self) -> list[StreamRow]:
         rows = await self.connection.execute_fetchall(

@@ -391,13 +391,16 @@ def plan_snapshot(
         known = files.get(stored.key)
         if known is not None:
             claimed.add(known[0])
-        if not _writes(rules, rtype, stored):
-            claimed.update(_paths_of(rtype, stored, target_path))
-            continue
         try:
-            path, content = manifest_of(rtype, stored.body, target_path)
+            body = stored.body
+            writes = _writes(rules, rtype, stored.key.namespace, body)
+            if writes:
+                path, content = manifest_of(rtype, body, target_path)
         except Exception as error:  # a poison object: present and held, its file left alone
             plan.hold(stored.key, error)
+            claimed.update(_paths_of(rtype, stored, target_path))
+            continue
+        if not writes:
             claimed.update(_paths_of(rtype, stored, target_path))
             continue
         count += 1
@@ -411,14 +414,15 @@ def plan_snapshot(
     return plan, count
 
 
-def _writes(rules: Sequence[CompiledRule], rtype: ResourceType, stored: StoredObject) -> bool:
+def _writes(
+    rules: Sequence[CompiledRule], rtype: ResourceType, namespace: str, body: dict[str, Any]
+) -> bool:
     """Whether this snapshot writes the object's file (Secrets are written by the SecretWriter)."""
-    namespace = stored.key.namespace
     if not (
         selected(rules, rtype, namespace, "CREATE") or selected(rules, rtype, namespace, "UPDATE")
     ):
         return False
-    return not is_excluded_object(rtype, stored.body) and not is_sensitive(rtype)
+    return not is_excluded_object(rtype, body) and not is_sensitive(rtype)
 
 
 def _paths_of(rtype: ResourceType, stored: StoredObject, target_path: str) -> list[str]:

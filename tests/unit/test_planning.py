@@ -8,6 +8,7 @@ write is kept byte for byte.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from reverserd.config.rules import CompiledRule, compile_rule
@@ -68,11 +69,15 @@ def rules(raw: dict[str, Any], namespace: str | None = NS) -> list[CompiledRule]
     return [compile_rule(raw, namespace, None)]
 
 
-def stored(body: dict[str, Any], resource: str, seq: int = 1) -> StoredObject:
+def stored(
+    body: dict[str, Any], resource: str, seq: int = 1, body_json: str | None = None
+) -> StoredObject:
+    """``body`` as journaled, or ``body_json`` as the journal's text when given."""
     rtype = next(t for t in TYPES.values() if t.resource == resource)
     metadata = body["metadata"]
     key = ObjectKey(rtype.group, resource, metadata.get("namespace", ""), metadata["name"])
-    return StoredObject(key, rtype.version, f"uid-{seq}", str(seq), seq, body)
+    text = json.dumps(body) if body_json is None else body_json
+    return StoredObject(key, rtype.version, f"uid-{seq}", str(seq), seq, text)
 
 
 def configmap(name: str, data: dict[str, str] | None = None) -> dict[str, Any]:
@@ -402,14 +407,17 @@ def test_a_moved_object_is_written_at_its_new_path_and_its_old_file_removed() ->
 
 
 def test_an_object_whose_file_cannot_be_planned_is_held_and_counts_as_present() -> None:
-    # Nested deeper than any renderer recurses: the object cannot get a file, but it exists.
-    deep: dict[str, Any] = {}
-    for _ in range(5000):
-        deep = {"d": deep}
-    poison = {**configmap("poison"), "data": None, "spec": deep}
+    # Nested deeper than any decoder or renderer recurses: the object cannot get a file, but
+    # it exists.
+    poison = configmap("poison")
+    deep = '{"d": ' * 5000 + "{}" + "}" * 5000
+    poison_json = json.dumps({**poison, "spec": None}).replace('"spec": null', f'"spec": {deep}')
     path = cm_path("poison")
     plan, count = snapshot(
-        [stored(poison, "configmaps"), stored(configmap("fine"), "configmaps", 2)],
+        [
+            stored(poison, "configmaps", body_json=poison_json),
+            stored(configmap("fine"), "configmaps", 2),
+        ],
         rules({"resources": ["configmaps"]}),
         {
             path: manifest("v1", "ConfigMap", "poison"),
