@@ -48,7 +48,7 @@ def field_manager(body: dict[str, Any]) -> str | None:
     if not newest:
         return None
     named = ", ".join(f"{manager} ({operation})" for manager, operation in sorted(set(newest)))
-    return printable(named)[:MANAGER_CHARS]
+    return printable(named[:MANAGER_CHARS])
 
 
 def digest(body: dict[str, Any]) -> str:
@@ -61,4 +61,6 @@ def digest(body: dict[str, Any]) -> str:
 
 def printable(text: str) -> str:
     """``text`` without control characters: it goes into a commit message line."""
+    if text.isprintable():
+        return text  # nearly always, and checked in C: this runs for every journaled event
     return "".join(ch if ch.isprintable() else "?" for ch in text)
