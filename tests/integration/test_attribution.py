@@ -51,6 +51,10 @@ EQUAL_CONTENT = 4
 WRITE_WHILE_DOWN_S = 10.0
 # Long enough that a commit not held back would have been pushed (push interval 5 s).
 WAITING_S = 7.0
+# Writes made while the daemon is frozen (SIGSTOP), and the time they may take: with the
+# webhook answering at once, a few seconds; waiting for its timeout, minutes.
+FROZEN_WRITES = 1000
+FROZEN_WRITES_S = 30.0
 SHUTDOWN_WHILE_WAITING_S = 10.0
 AUDIT_POLICY = REPO_ROOT / "packaging" / "attribution" / "audit-policy.yaml"
 
@@ -296,6 +300,48 @@ def test_webhook_process_that_dies_is_started_again_and_attribution_goes_on(
     assert second is not None
     daemon.kill()
     wait_until(lambda: not running(second), 10, daemon.log_tail)
+
+
+def test_webhook_answers_at_once_while_the_daemon_is_frozen(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    admission_registered: int,
+) -> None:
+    daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace)
+    token = control_plane.service_account_token(namespace, "alice")
+    path = collection(configmap(namespace, "x"), "configmaps")
+    # Far more wake-up lines than a pipe holds (64 KiB): a webhook process that waited for the
+    # frozen daemon to read them would stop answering, and every write would wait for the
+    # webhook's 2 s timeout.
+    creates = [
+        ("POST", path, configmap(namespace, f"frozen-{i:04d}")) for i in range(FROZEN_WRITES)
+    ]
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        asyncio.run(send_all(control_plane, creates, token))
+        elapsed = time.monotonic() - started
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+    assert elapsed < FROZEN_WRITES_S, f"{FROZEN_WRITES} writes took {elapsed:.1f} s"
+    facts = query_journal(
+        daemon, "SELECT count(*) FROM attribution_facts WHERE name LIKE 'frozen-%'"
+    )[0][0]
+    assert facts == FROZEN_WRITES
+    alice = f"system:serviceaccount:{namespace}:alice"
+
+    def all_committed() -> list[Authorship] | None:
+        found = change_commits(remote)
+        return found if len(found) == FROZEN_WRITES else None
+
+    commits = wait_until(all_committed, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
+    assert {body_fields(c.message)["user"] for c in commits} == {alice}
 
 
 def running(pid: int) -> bool:
