@@ -340,13 +340,13 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
     )
     # The Secret that was not written is counted, in /status and the metric, and logged.
     enc_key = f"{secret_ns}/mirror"
-    wait_until(lambda: _entry(daemon, enc_key)["secrets_skipped"] >= 1, timeout=60)
+    wait_until(lambda: _entry(daemon, enc_key).get("secrets_skipped", 0) >= 1, timeout=60)
     skipped = metric_value(daemon, "reverserd_secrets_skipped_total", target=enc_key)
     assert skipped is not None and skipped >= 1
     apply(control_plane, secret(secret_ns, "db", {"password": "v1"}))
     apply(control_plane, secret(secret_ns, "db", {"password": "v2"}))
     apply(control_plane, configmap(secret_ns, "flows"))
-    wait_until(lambda: _entry(daemon, enc_key)["lag_events"] == 0, timeout=60)
+    wait_until(lambda: _entry(daemon, enc_key).get("lag_events") == 0, timeout=60)
     warnings = [
         line
         for line in daemon.log_lines()
@@ -449,7 +449,8 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
 
 
 def _entry(daemon: Reverserd, target: str) -> dict[str, Any]:
-    return next(t for t in daemon.status()["targets"] if t["target"] == target)
+    """The target's row of /status; empty while a starting daemon does not list it yet."""
+    return next((t for t in daemon.status()["targets"] if t["target"] == target), {})
 
 
 def test_last_commit_and_push_survive_a_restart(
@@ -462,14 +463,14 @@ def test_last_commit_and_push_survive_a_restart(
     target = start_mirror(control_plane, namespace, remote, daemon)
     apply(control_plane, configmap(namespace, "before-restart"))
     wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/before-restart")
-    wait_until(lambda: _entry(daemon, target)["last_commit"] == branch_tip(remote.path, "main"))
+    wait_until(lambda: _entry(daemon, target).get("last_commit") == branch_tip(remote.path, "main"))
     pushed = log(remote.path, "main")
     daemon.stop()
 
     daemon.start()
     tip = branch_tip(remote.path, "main")
     entry = wait_until(
-        lambda: (e := _entry(daemon, target))["last_commit"] and e,
+        lambda: (e := _entry(daemon, target)).get("last_commit") and e,
         describe=lambda: str(daemon.status()),
     )
     assert entry["last_commit"] == tip
@@ -502,7 +503,7 @@ def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
     target = f"{namespace}/mirror"
     daemon.start()
     wait_until(
-        lambda: _entry(daemon, target)["secrets_skipped"] >= 2,
+        lambda: _entry(daemon, target).get("secrets_skipped", 0) >= 2,
         describe=lambda: str(daemon.status()),
     )
     daemon.stop()
@@ -514,7 +515,7 @@ def test_secrets_not_written_stay_counted_and_logged_across_a_restart(
     )  # fmt: skip
     # Both Secrets (the Git credentials and db) are still not written: counted and logged.
     entry = wait_until(
-        lambda: (e := _entry(daemon, target))["secrets_skipped"] >= 2 and e,
+        lambda: (e := _entry(daemon, target)).get("secrets_skipped", 0) >= 2 and e,
         describe=lambda: str(daemon.status()),
     )
     assert entry["ready"] is False and entry["reason"] == "KeyGenerationFailed"
