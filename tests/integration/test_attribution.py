@@ -262,6 +262,16 @@ def webhook_process(daemon: Reverserd) -> int | None:
     return None
 
 
+def mirror_with_admission(
+    plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, port: int
+) -> None:
+    """The daemon mirrors ``namespace`` with the admission webhook on ``port``, synced."""
+    daemon.extra_args = webhook_arguments(plane, "admission", port)
+    apply(plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(plane, namespace)
+
+
 def test_webhook_process_that_dies_is_started_again_and_attribution_goes_on(
     control_plane: ControlPlane,
     namespace: str,
@@ -269,10 +279,7 @@ def test_webhook_process_that_dies_is_started_again_and_attribution_goes_on(
     daemon: Reverserd,
     admission_registered: int,
 ) -> None:
-    daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
-    daemon.start()
-    wait_synced(control_plane, namespace)
+    mirror_with_admission(control_plane, namespace, remote, daemon, admission_registered)
     first = webhook_process(daemon)
     assert first is not None
     os.kill(first, signal.SIGKILL)
@@ -309,10 +316,7 @@ def test_webhook_answers_at_once_while_the_daemon_is_frozen(
     daemon: Reverserd,
     admission_registered: int,
 ) -> None:
-    daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
-    daemon.start()
-    wait_synced(control_plane, namespace)
+    mirror_with_admission(control_plane, namespace, remote, daemon, admission_registered)
     token = control_plane.service_account_token(namespace, "alice")
     path = collection(configmap(namespace, "x"), "configmaps")
     # Far more wake-up lines than a pipe holds (64 KiB): a webhook process that waited for the
