@@ -56,6 +56,7 @@ from reverserd.git import (
     PushDeclined,
     PushRejected,
     RemoteUnavailable,
+    StoredBlob,
 )
 from reverserd.git.urls import normalize_url
 from reverserd.journal import JournalWriter, ObjectKey
@@ -216,6 +217,11 @@ class Committer:
 
     async def list_files(self, prefix: str) -> list[str]:
         return await self.on_git_thread(lambda: self.repository.list_files(prefix))
+
+    async def store_blobs(self, contents: Sequence[bytes]) -> list[StoredBlob]:
+        """Hand file contents to the clone now, for a submission that follows (a reconcile of
+        many files, which then holds none of them in memory)."""
+        return await self.on_git_thread(lambda: self.repository.add_blobs(contents))
 
     async def submit(self, submission: Submission) -> None:
         size = content_bytes([submission])
@@ -589,7 +595,7 @@ class Committer:
 
 def content_bytes(items: Iterable[Submission]) -> int:
     """File content the submissions carry: what they hold in memory until committed."""
-    return sum(len(change.content or b"") for item in items for change in item.changes)
+    return sum(change.held_bytes for item in items for change in item.changes)
 
 
 def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:

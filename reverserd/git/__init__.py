@@ -31,6 +31,7 @@ from reverserd.git.repository import (
     RemoteError,
     RemoteUnavailable,
     RepositoryError,
+    StoredBlob,
     configure_network_timeouts,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "RemoteError",
     "RemoteUnavailable",
     "RepositoryError",
+    "StoredBlob",
     "build_callbacks",
     "configure_network_timeouts",
     "mask_url",

@@ -3,10 +3,11 @@
 Why: one commit per change rewrites the changed file's folder tree, about 42 bytes per entry.
 Written as a zlib-compressed loose object, a 10,000-entry folder costs several milliseconds per
 commit in compression and file creation alone, which caps a clone at about a hundred commits per
-second. Here a commit costs hashing its objects; a tree that already has a version in memory is
-kept as a Git delta against that version (a few dozen bytes for a one-file change), so memory
-stays small however large the folder, and :meth:`ObjectStore.flush` writes everything as one
-pack in which those trees are ``OFS_DELTA`` entries.
+second. Here a commit costs hashing its objects and compressing its blob (kept compressed, as
+the pack will hold it); a tree that already has a version in memory is kept as a Git delta
+against that version (a few dozen bytes for a one-file change), so memory stays small however
+large the folder, and :meth:`ObjectStore.flush` writes everything as one pack in which those
+trees are ``OFS_DELTA`` entries.
 
 Guarantees:
 
@@ -73,10 +74,12 @@ class _Pending:
     kind: int
     size: int
     data: bytes | None
-    """Whole content, or None when the object is kept as a delta against ``base``."""
+    """Whole content, or None when the object is kept compressed or as a delta."""
     base: bytes | None = None
     delta: bytes = b""
     depth: int = 0
+    packed: bytes | None = None
+    """A blob's content as its pack entry holds it (zlib at :data:`PACK_COMPRESSION`)."""
 
 
 class Tree:
@@ -180,9 +183,15 @@ class ObjectStore:
         return len(self._pending)
 
     def add_blob(self, content: bytes) -> bytes:
+        """Add a file's content; it is kept compressed, as the pack will hold it.
+
+        Compressing here instead of in :meth:`flush` costs the same once, and a reconcile
+        commit of 100,000 files then waits for its push in about a third of the memory.
+        """
         oid = _hash(ObjectType.BLOB, content)
         if oid not in self._pending:
-            self._pending[oid] = _Pending(ObjectType.BLOB, len(content), content)
+            packed = zlib.compress(content, PACK_COMPRESSION)
+            self._pending[oid] = _Pending(ObjectType.BLOB, len(content), None, packed=packed)
         return oid
 
     def add_tree(self, tree: Tree, previous: bytes | None, span: tuple[int, int]) -> bytes:
@@ -295,6 +304,8 @@ class ObjectStore:
         found = self._pending[key]
         if found.data is not None:
             return found.data
+        if found.packed is not None:
+            return zlib.decompress(found.packed)
         cached = self._trees.get(key)
         if cached is not None:
             return cached.raw()
@@ -331,15 +342,18 @@ class ObjectStore:
         entries: list[tuple[bytes, int, int]] = []
         for oid, found in self._pending.items():
             start = position
-            if found.data is None and found.base in offsets:
+            if found.packed is not None:
+                piece = _entry_header(found.kind, found.size) + found.packed
+            elif found.data is None and found.base in offsets:
                 assert found.base is not None
                 header = _entry_header(_OFS_DELTA, len(found.delta))
                 header += _negative_offset(start - offsets[found.base])
-                payload = found.delta
+                piece = header + zlib.compress(found.delta, PACK_COMPRESSION)
             else:
                 payload = self.content(oid)
-                header = _entry_header(found.kind, len(payload))
-            piece = header + zlib.compress(payload, PACK_COMPRESSION)
+                piece = _entry_header(found.kind, len(payload)) + zlib.compress(
+                    payload, PACK_COMPRESSION
+                )
             stream.write(piece)
             digest.update(piece)
             position += len(piece)

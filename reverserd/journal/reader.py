@@ -8,8 +8,9 @@ commits, so tailing the journal never blocks a watch. A read-only connection is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
 # Bodies one read of events may bring (beyond its first event): a few large objects, or a full
 # batch of ordinary ones.
 READ_BATCH_BYTES = 8 * 2**20
+# Objects one page of a snapshot brings: memory stays that of a page however many objects a
+# snapshot has.
+SNAPSHOT_PAGE_OBJECTS = 1000
 
 EVENT_COLUMNS = (
     "seq, stream, kind, api_group, api_version, resource, namespace, name, uid,"
@@ -46,6 +50,15 @@ def event_from_row(row: Sequence[Any]) -> JournalEvent:
         journaled_at=row[11],
         body=None if body is None else json.loads(body),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A snapshot being read (:meth:`JournalReader.snapshot_pages`): its objects are the
+    journal's state after ``seq``; ``pages()`` yields them, ordered by type, namespace, name."""
+
+    seq: int
+    pages: Callable[[], AsyncIterator[list[StoredObject]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,37 +132,74 @@ class JournalReader:
         )
         return event_from_row(rows[0]) if rows else None
 
-    async def snapshot(self, kinds: Iterable[tuple[str, str]]) -> tuple[int, list[StoredObject]]:
-        """The current objects of the given (api_group, resource) pairs and the seq they reflect.
+    async def latest_event(self, key: ObjectKey) -> JournalEvent | None:
+        """The event holding the object's current state, or None when it does not exist."""
+        rows = list(
+            await self.connection.execute_fetchall(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = (SELECT seq FROM objects"
+                " WHERE api_group = ? AND resource = ? AND namespace = ? AND name = ?)",
+                (key.api_group, key.resource, key.namespace, key.name),
+            )
+        )
+        return event_from_row(rows[0]) if rows else None
 
-        Read in one transaction, so the objects are exactly the state after the returned seq.
+    async def snapshot(self, kinds: Iterable[tuple[str, str]]) -> tuple[int, list[StoredObject]]:
+        """The current objects of the given (api_group, resource) pairs and the seq they reflect,
+        all at once; :meth:`snapshot_pages` reads the same state a page at a time."""
+        async with self.snapshot_pages(kinds) as snapshot:
+            objects = [stored async for page in snapshot.pages() for stored in page]
+        return snapshot.seq, objects
+
+    @contextlib.asynccontextmanager
+    async def snapshot_pages(
+        self,
+        kinds: Iterable[tuple[str, str]],
+        page_objects: int = SNAPSHOT_PAGE_OBJECTS,
+        page_bytes: int = READ_BATCH_BYTES,
+    ) -> AsyncIterator[Snapshot]:
+        """The current objects of the given (api_group, resource) pairs, in pages.
+
+        Everything read inside the ``async with`` is one read transaction: the pages together
+        are exactly the state after :attr:`Snapshot.seq`, however long reading them takes
+        (the writer goes on meanwhile; WAL keeps the older state for this reader). A page holds
+        at most ``page_objects`` objects, and ends with the object whose body takes it past
+        ``page_bytes``.
         """
         wanted = sorted(set(kinds))
         await self.connection.execute("BEGIN")
         try:
             seq = await self.last_seq()
-            rows: list[Sequence[Any]] = []
-            for api_group, resource in wanted:
-                rows += await self.connection.execute_fetchall(
-                    "SELECT o.api_group, o.resource, o.namespace, o.name, o.api_version, o.uid,"
-                    " o.resource_version, o.seq, e.body FROM objects o JOIN events e"
-                    " ON e.seq = o.seq WHERE o.api_group = ? AND o.resource = ?"
-                    " ORDER BY o.namespace, o.name",
-                    (api_group, resource),
-                )
+            yield Snapshot(seq, lambda: self._object_pages(wanted, page_objects, page_bytes))
         finally:
             await self.connection.execute("COMMIT")
 
-        def build() -> list[StoredObject]:
-            return [
-                StoredObject(
-                    ObjectKey(group, res, namespace, name), version, uid, rv, object_seq, body
+    async def _object_pages(
+        self, wanted: Sequence[tuple[str, str]], page_objects: int, page_bytes: int
+    ) -> AsyncIterator[list[StoredObject]]:
+        for api_group, resource in wanted:
+            after = ("", "")
+            while True:
+                rows = await self.connection.execute_fetchall(
+                    "SELECT namespace, name, api_version, uid, resource_version, seq, body FROM"
+                    " (SELECT o.namespace, o.name, o.api_version, o.uid, o.resource_version,"
+                    " o.seq, e.body, SUM(length(e.body)) OVER (ORDER BY o.namespace, o.name"
+                    " ROWS UNBOUNDED PRECEDING) AS read_bytes FROM objects o JOIN events e"
+                    " ON e.seq = o.seq WHERE o.api_group = ? AND o.resource = ?"
+                    " AND (o.namespace, o.name) > (?, ?) ORDER BY o.namespace, o.name LIMIT ?)"
+                    " WHERE read_bytes - length(body) < ? ORDER BY namespace, name",
+                    (api_group, resource, *after, page_objects, page_bytes),
                 )
-                for group, res, namespace, name, version, uid, rv, object_seq, body in rows
-            ]
-
-        # Thousands of rows: off the event loop.
-        return seq, await asyncio.to_thread(build)
+                if not rows:
+                    break
+                page = [
+                    StoredObject(
+                        ObjectKey(api_group, resource, namespace, name), version, uid, rv, seq, body
+                    )
+                    for namespace, name, version, uid, rv, seq, body in rows
+                ]
+                yield page
+                last = page[-1].key
+                after = (last.namespace, last.name)
 
     async def streams(self) -> list[StreamRow]:
         rows = await self.connection.execute_fetchall(

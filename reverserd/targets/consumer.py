@@ -7,7 +7,7 @@ watch delivered before the target was ready is lost (DESIGN invariant 2).
 For each type its rules select, the consumer first takes a snapshot of the journal's ``objects``
 (only once that type's seed is complete and its watch has caught up in this process) and writes
 it as **one** reconcile commit: files that already say what it would write are adopted as they
-are, and files are removed only for objects provably gone (:func:`plan_snapshot`). From then on
+are, and files are removed only for objects provably gone (:class:`SnapshotPlanner`). From then on
 it tails ``events`` from its cursor, filters them by its rules, and hands one commit per event to
 the committer. Types that become selected later (rules widened, a CRD installed) get their own
 snapshot the same way: a backfill commit.
@@ -54,7 +54,14 @@ from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import sops_config_for
 from reverserd.git import FileChange
-from reverserd.journal import EventKind, JournalEvent, JournalReader, JournalWriter, ObjectKey
+from reverserd.journal import (
+    EventKind,
+    JournalEvent,
+    JournalReader,
+    JournalWriter,
+    ObjectKey,
+    StoredObject,
+)
 from reverserd.kube.client import KubeError
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
@@ -66,13 +73,13 @@ from reverserd.targets.planning import (
     README_NAME,
     FilePlan,
     FileRecord,
+    SnapshotPlanner,
     commit_message,
     event_type,
     identity_of,
     is_sensitive,
     manifest_of,
     plan_event,
-    plan_snapshot,
     reconcile_message,
     selected,
     selection_key,
@@ -279,31 +286,26 @@ class TargetConsumer:
 
     async def _snapshot(self, newly: set[str], discovery: Discovery, first: bool) -> None:
         pairs = {split_selection(key) for key in newly}
-        seq, objects = await self.reader.snapshot(pairs)
         folder_files = await self.committer.list_files(self.folder)
         branch_files = await self.committer.on_git_thread(
             lambda: {path: self.committer.repository.read(path) or b"" for path in folder_files}
         )
-        # Rendering thousands of objects takes seconds: off the event loop, so watches, the
-        # journal writer and the health endpoints keep answering meanwhile.
-        plan, count = await asyncio.to_thread(
-            plan_snapshot,
-            objects,
-            self.resolved.rules,
-            discovery.types,
-            pairs,
-            self.folder,
-            self.files,
-            branch_files,
+        planner = SnapshotPlanner(
+            self.resolved.rules, discovery.types, pairs, self.folder, self.files, branch_files
         )
-        for stored in objects:
-            rtype = discovery.types.get((stored.key.api_group, stored.key.resource))
-            if rtype is None or not is_sensitive(rtype):
-                continue
-            if not selected(self.resolved.rules, rtype, stored.key.namespace, "CREATE"):
-                continue
+        secrets: list[tuple[ObjectKey, ResourceType]] = []
+        async with self.reader.snapshot_pages(pairs) as snapshot:
+            async for page in snapshot.pages():
+                handed_over = len(planner.plan.changes)
+                # Rendering thousands of objects takes seconds: off the event loop, so
+                # watches, the journal writer and the health endpoints keep answering.
+                await asyncio.to_thread(planner.add, page)
+                await self._hand_over_contents(planner.plan, handed_over)
+                secrets += self._secrets_of(page, discovery)
+        seq, plan, count = snapshot.seq, await asyncio.to_thread(planner.finish), planner.writes
+        for secret, rtype in secrets:
             secret_plan = await self.secrets.plan(
-                stored.key, rtype, self.folder, self.files.get(stored.key)
+                secret, rtype, self.folder, self.files.get(secret)
             )
             if secret_plan is not None:
                 plan.merge(secret_plan)
@@ -337,6 +339,31 @@ class TargetConsumer:
         # to share a push among many small commits, and would only delay the mirror here.
         await self._submit(plan, message, pushed, dict(plan.quarantine), push_now=True)
         self.initial_snapshot_sent = self.initial_snapshot_sent or first
+
+    async def _hand_over_contents(self, plan: FilePlan, start: int) -> None:
+        """Give the clone the contents planned from ``plan.changes[start]`` on, keeping only
+        their IDs: a reconcile holds one page of files in memory, not every file."""
+        pending = [
+            (index, change.content)
+            for index, change in enumerate(plan.changes[start:], start)
+            if isinstance(change.content, bytes)
+        ]
+        blobs = await self.committer.store_blobs([content for _, content in pending])
+        for (index, _), blob in zip(pending, blobs, strict=True):
+            plan.changes[index] = FileChange(plan.changes[index].path, blob)
+
+    def _secrets_of(
+        self, objects: list[StoredObject], discovery: Discovery
+    ) -> list[tuple[ObjectKey, ResourceType]]:
+        """The Secrets among ``objects`` this target writes: the SecretWriter plans them."""
+        found = []
+        for stored in objects:
+            rtype = discovery.types.get((stored.key.api_group, stored.key.resource))
+            if rtype is None or not is_sensitive(rtype):
+                continue
+            if selected(self.resolved.rules, rtype, stored.key.namespace, "CREATE"):
+                found.append((stored.key, rtype))
+        return found
 
     async def _process(self, events: list[JournalEvent]) -> None:
         rules = self.resolved.rules
@@ -469,16 +496,10 @@ class TargetConsumer:
         discovery = self.discovery()
         if discovery is None:
             return
-        pairs = {(key.api_group, key.resource) for key in self.quarantined}
-        _, objects = await self.reader.snapshot(pairs)
-        latest = {stored.key: stored for stored in objects if stored.key in self.quarantined}
         for key in list(self.quarantined):
-            stored = latest.get(key)
             rtype = discovery.types.get((key.api_group, key.resource))
-            if stored is None or rtype is None:
-                continue
-            event = await self.reader.event(stored.seq)
-            if event is None:
+            event = await self.reader.latest_event(key) if rtype is not None else None
+            if rtype is None or event is None:
                 continue
             try:
                 plan = await self._plan(event, rtype, replayed=False)

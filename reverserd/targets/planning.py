@@ -1,4 +1,4 @@
-"""From journal entries to file changes for one target: pure functions, no I/O.
+"""From journal entries to file changes for one target: planning only, no I/O.
 
 Identity never comes from a path (DESIGN invariant 3). A target knows the file it wrote for each
 object (its ``files`` record, persisted with its cursor); for a file it did not write, identity
@@ -6,7 +6,7 @@ comes from the file's own ``apiVersion``, ``kind`` and ``metadata``, and only wh
 object unambiguously. Everything else in the folder (README.md, kustomization.yaml, other YAML,
 manifests that name no object) is never touched (invariant 5).
 
-A snapshot deletes only with evidence (invariant 4): see :func:`plan_snapshot` for the exact
+A snapshot deletes only with evidence (invariant 4): see :class:`SnapshotPlanner` for the exact
 rule. It also adopts a folder someone else wrote: a file that already says what reverserd would
 write is kept byte for byte, so switching a folder over rewrites only what really differs.
 """
@@ -349,7 +349,7 @@ def plan_event(
 
 
 def plan_snapshot(
-    objects: Sequence[StoredObject],
+    objects: Iterable[StoredObject],
     rules: Sequence[CompiledRule],
     types: Mapping[tuple[str, str], ResourceType],
     selections: set[tuple[str, str]],
@@ -357,61 +357,98 @@ def plan_snapshot(
     files: Mapping[ObjectKey, FileRecord],
     branch_files: Mapping[str, bytes],
 ) -> tuple[FilePlan, int]:
+    """:class:`SnapshotPlanner` for objects that are all at hand: the plan and how many objects
+    it writes."""
+    planner = SnapshotPlanner(rules, types, selections, target_path, files, branch_files)
+    planner.add(objects)
+    return planner.finish(), planner.writes
+
+
+class SnapshotPlanner:
     """One reconcile commit that makes the folder hold the journal's objects of ``selections``.
 
-    ``objects`` must be a complete seed of every type in ``selections`` that is current (its
-    watch caught up in this process); ``files`` is what this target recorded writing;
-    ``branch_files`` is the folder's content on the branch now. Returns the plan and how many
-    objects it writes.
+    The objects come in pages (:meth:`add`), so a snapshot of 100,000 objects is never held
+    whole; :meth:`finish` then plans the deletions, which need every object seen first.
+    Together the pages must be a complete seed of every type in ``selections`` that is current
+    (its watch caught up in this process); ``files`` is what this target recorded writing;
+    ``branch_files`` is the folder's content on the branch now.
 
     The invariant: a file is deleted only when both hold
 
-    1. the object it stands for is **gone**: absent from ``objects``, of a type in
+    1. the object it stands for is **gone**: absent from every page, of a type in
        ``selections``, in a namespace whose deletions the rules take (:func:`_gone`);
     2. it **stands for** that object: it is the file this target recorded writing for it, or its
        own content names exactly that object (:func:`identity_of`).
 
-    Every object in ``objects`` is present, whether the target writes it or not (excluded,
-    filtered out by ``operations``, a Secret written elsewhere, one whose file cannot be planned,
-    which goes to ``quarantine``), and a path where a present object's file is or would be is never
+    Every object in a page is present, whether the target writes it or not (excluded, filtered
+    out by ``operations``, a Secret written elsewhere, one whose file cannot be planned, which
+    goes to ``quarantine``), and a path where a present object's file is or would be is never
     deleted.
 
     Each object the target writes keeps its file byte for byte when the file already says what
     reverserd would write (recorded, and counted as adopted when it was not recorded so);
-    otherwise its file is created, or rewritten when the rules take updates.
+    otherwise its file is created, or rewritten when the rules take updates. ``writes`` counts
+    the objects it writes.
     """
-    present = {stored.key for stored in objects}
-    plan = FilePlan()
-    claimed: set[str] = set()
-    count = 0
-    for stored in objects:
-        rtype = types.get((stored.key.api_group, stored.key.resource))
-        if rtype is None:
-            continue
-        known = files.get(stored.key)
-        if known is not None:
-            claimed.add(known[0])
-        try:
-            body = stored.body
-            writes = _writes(rules, rtype, stored.key.namespace, body)
-            if writes:
-                path, content = manifest_of(rtype, body, target_path)
-        except Exception as error:  # a poison object: present and held, its file left alone
-            plan.hold(stored.key, error)
-            claimed.update(_paths_of(rtype, stored, target_path))
-            continue
-        if not writes:
-            claimed.update(_paths_of(rtype, stored, target_path))
-            continue
-        count += 1
-        claimed.add(path)
-        may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
-        _plan_file(plan, stored.key, path, content, known, branch_files.get(path), may_update)
-    candidates = _deletion_candidates(files, branch_files, kind_index(types.values()), claimed)
-    for path, key in sorted(candidates.items()):
-        if _gone(key, present, rules, types, selections):
-            plan.remove(key, path)
-    return plan, count
+
+    def __init__(
+        self,
+        rules: Sequence[CompiledRule],
+        types: Mapping[tuple[str, str], ResourceType],
+        selections: set[tuple[str, str]],
+        target_path: str,
+        files: Mapping[ObjectKey, FileRecord],
+        branch_files: Mapping[str, bytes],
+    ) -> None:
+        self.rules = rules
+        self.types = types
+        self.selections = selections
+        self.target_path = target_path
+        self.files = files
+        self.branch_files = branch_files
+        self.plan = FilePlan()
+        self.writes = 0
+        self._present: set[ObjectKey] = set()
+        self._claimed: set[str] = set()
+        """Paths a present object's file is at or would be at: never deleted."""
+
+    def add(self, objects: Iterable[StoredObject]) -> None:
+        """Plan the files of one page of present objects."""
+        rules, claimed, target_path = self.rules, self._claimed, self.target_path
+        for stored in objects:
+            self._present.add(stored.key)
+            rtype = self.types.get((stored.key.api_group, stored.key.resource))
+            if rtype is None:
+                continue
+            known = self.files.get(stored.key)
+            if known is not None:
+                claimed.add(known[0])
+            try:
+                body = stored.body
+                writes = _writes(rules, rtype, stored.key.namespace, body)
+                if writes:
+                    path, content = manifest_of(rtype, body, target_path)
+            except Exception as error:  # a poison object: present and held, its file left alone
+                self.plan.hold(stored.key, error)
+                claimed.update(_paths_of(rtype, stored, target_path))
+                continue
+            if not writes:
+                claimed.update(_paths_of(rtype, stored, target_path))
+                continue
+            self.writes += 1
+            claimed.add(path)
+            may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
+            current = self.branch_files.get(path)
+            _plan_file(self.plan, stored.key, path, content, known, current, may_update)
+
+    def finish(self) -> FilePlan:
+        """Add the deletions the objects seen prove, and return the whole plan."""
+        kinds = kind_index(self.types.values())
+        candidates = _deletion_candidates(self.files, self.branch_files, kinds, self._claimed)
+        for path, key in sorted(candidates.items()):
+            if _gone(key, self._present, self.rules, self.types, self.selections):
+                self.plan.remove(key, path)
+        return self.plan
 
 
 def _writes(

@@ -25,6 +25,7 @@ from reverserd.git import (
     KnownHostsError,
     PushRejected,
     RemoteUnavailable,
+    RepositoryError,
     build_callbacks,
     configure_network_timeouts,
     mask_url,
@@ -347,6 +348,35 @@ def test_a_rebuild_that_keeps_nothing_is_on_disk_after_the_push_that_follows(
     assert again.open() == str(theirs)
     assert again.head() == str(theirs)
     assert again.pending() == 0
+
+
+def test_contents_handed_over_first_are_committed_by_id_and_pushed(tmp_path: Path) -> None:
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    contents = [f"data: {n}\n".encode() * 50 for n in range(3)]
+    blobs = repository.add_blobs(contents)
+    changes = [FileChange(f"f{n}.yaml", blob) for n, blob in enumerate(blobs)]
+    sha = repository.apply([*changes, FileChange("plain.yaml", b"p\n")], "m", AUTHOR, COMMITTER)
+
+    assert sha is not None
+    assert repository.read("f1.yaml") == contents[1]  # pending: compressed in memory
+    assert repository.push() == sha == remote_tip(remote)
+    tree = remote.get(sha).tree
+    assert [remote[tree[f"f{n}.yaml"].id].data for n in range(3)] == contents
+    assert remote[tree["plain.yaml"].id].data == b"p\n"
+
+
+def test_a_blob_the_clone_does_not_hold_is_never_committed(tmp_path: Path) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    other = clone(tmp_path, url, name="other")
+    tip = write(repository, "a.yaml", b"1\n", "one")
+    (foreign,) = other.add_blobs([b"only in the other clone\n"])
+
+    with pytest.raises(RepositoryError, match="not in the clone"):
+        repository.apply([FileChange("b.yaml", foreign)], "two", AUTHOR, COMMITTER)
+    assert repository.read("b.yaml") is None
+    assert repository.head() == tip
 
 
 def test_unpushed_commits_survive_reopening_the_clone(tmp_path: Path) -> None:

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from reverserd.journal import EventKind, JournalReader, JournalWriter, SeedState, StreamSpec
+from reverserd.journal import (
+    EventKind,
+    JournalReader,
+    JournalWriter,
+    ObjectKey,
+    SeedState,
+    StreamSpec,
+)
 from reverserd.kube.resources import ResourceType
 
 CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
@@ -98,6 +105,9 @@ async def test_complete_seed_deletes_only_what_it_did_not_list(
         "7",
         1,
     )
+    latest = await reader.latest_event(ObjectKey("", "configmaps", "ns", "c"))
+    assert latest is not None and (latest.kind, latest.resource_version) == (EventKind.UPDATE, "7")
+    assert await reader.latest_event(ObjectKey("", "configmaps", "ns", "b")) is None
 
 
 async def test_seed_that_fails_part_way_deletes_nothing(
@@ -116,6 +126,37 @@ async def test_seed_that_fails_part_way_deletes_nothing(
     assert stream.seed_state is SeedState.SEEDING
     _, objects = await reader.snapshot([("", "configmaps")])
     assert [o.key.name for o in objects] == ["a", "b"]
+
+
+async def test_snapshot_pages_are_bounded_and_read_one_state_however_long_they_take(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    await writer.register_stream(CONFIGMAPS)
+    big = "x" * 3000
+    items = [configmap(f"cm-{n:02d}", n, uid=f"u-{n}", labels={"pad": big}) for n in range(10)]
+    seed = await writer.begin_seed(CONFIGMAPS, relist=False)
+    await writer.record_seed_page(seed, items)
+    await writer.finish_seed(seed, "10")
+    last = await reader.last_seq()
+    pages: list[list[str]] = []
+    async with reader.snapshot_pages([("", "configmaps")], 4, 7000) as snapshot:
+        async for page in snapshot.pages():
+            pages.append([stored.key.name for stored in page])
+            if len(pages) == 1:
+                # Written while the snapshot is read: a later page must not see it.
+                changes = [
+                    ("DELETED", configmap("cm-09", 10, uid="u-9")),
+                    ("ADDED", configmap("cm-10", 11, uid="u-x")),
+                ]
+                await writer.record_changes(CONFIGMAPS, changes, "11")
+    assert snapshot.seq == last
+    # Bodies of about 3.1 KB: the third takes a page past 7,000 bytes and ends it, before the
+    # limit of four objects.
+    assert [name for page in pages for name in page] == [f"cm-{n:02d}" for n in range(10)]
+    assert [len(page) for page in pages] == [3, 3, 3, 1]
+    _, now = await reader.snapshot([("", "configmaps")])
+    assert [o.key.name for o in now][-2:] == ["cm-08", "cm-10"]
 
 
 async def test_secret_values_never_reach_the_database(

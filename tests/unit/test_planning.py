@@ -18,6 +18,7 @@ from reverserd.kube.resources import ResourceType
 from reverserd.targets.planning import (
     FilePlan,
     FileRecord,
+    SnapshotPlanner,
     content_hash,
     holds_object,
     identity_of,
@@ -293,6 +294,33 @@ def test_the_file_of_a_gone_object_goes_by_record_or_by_content() -> None:
     )
     assert deleted_paths(plan) == {recorded, found}
     assert plan.deleted == 2
+
+
+def test_pages_delete_nothing_before_the_last_and_a_later_pages_object_keeps_its_file() -> None:
+    names = ["a-first", "m-gone", "z-last"]
+    files = {ObjectKey("", "configmaps", NS, name): (cm_path(name), "old-hash") for name in names}
+    branch = {cm_path(name): manifest("v1", "ConfigMap", name) for name in names}
+    planner = SnapshotPlanner(
+        rules({"resources": ["configmaps"]}), TYPES, ALL_SELECTED, FOLDER, files, branch
+    )
+    planner.add([stored(configmap("a-first"), "configmaps", 1)])
+    assert deleted_paths(planner.plan) == set()
+    planner.add([stored(configmap("z-last"), "configmaps", 2)])
+    plan = planner.finish()
+
+    assert deleted_paths(plan) == {cm_path("m-gone")}
+    assert set(written(plan)) == {cm_path("a-first"), cm_path("z-last")}
+    assert planner.writes == 2
+    whole, writes = snapshot(
+        [
+            stored(configmap("a-first"), "configmaps", 1),
+            stored(configmap("z-last"), "configmaps", 2),
+        ],
+        rules({"resources": ["configmaps"]}),
+        branch,
+        files,
+    )
+    assert (whole.changes, whole.records, writes) == (plan.changes, plan.records, 2)
 
 
 def test_a_namespaced_file_without_namespace_survives_a_cluster_wide_rule() -> None:
