@@ -522,8 +522,8 @@ class Committer:
             await self._settle(sha, self.last_push_time, newest_per_target(pushing))
         log.info("All events pushed to remote", extra={"remote": self.key, "commit": sha})
         if self._commits_since_maintain >= MAINTAIN_EVERY_COMMITS:
-            await self.on_git_thread(self.repository.maintain)
-            self._commits_since_maintain = 0
+            if await self.on_git_thread(self.repository.maintain):
+                self._commits_since_maintain = 0
 
     async def _rebuild_after_rejection(self, rejection: PushRejected) -> None:
         """Rebuild on the remote's tip when it moved; a rejection it does not explain waits."""

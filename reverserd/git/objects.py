@@ -16,7 +16,8 @@ Guarantees:
   objects like any other.
 - Nothing is durable before :meth:`ObjectStore.flush` returns. The caller must not let a ref on
   disk point at a pending object before that; a process killed earlier loses the pending
-  objects and nothing else (the refs on disk still name objects on disk).
+  objects and nothing else (the refs on disk still name objects on disk). The store also
+  flushes by itself once :data:`SPILL_BYTES` of blobs wait, which writes objects and no ref.
 - :meth:`ObjectStore.flush` writes the pack and its index to temporary files, fsyncs both,
   then renames them into ``objects/pack`` (pack first, index last: readers find packs by their
   index) and fsyncs the directory, so a pack is either complete or not seen by readers.
@@ -56,6 +57,12 @@ TREE_CACHE_ENTRIES = 300_000
 folder is 10,000 entries; this holds about thirty versions of such a folder, or every folder
 of a 100,000-object tree, in roughly 30 MB, so a change never re-parses the tree it edits."""
 
+SPILL_BYTES = 32 * 2**20
+"""Compressed blobs the store holds before it writes what is pending as a pack of its own,
+without waiting for :meth:`ObjectStore.flush`: a reconcile of 100,000 files then keeps a few
+megabytes of them in memory, not all. Objects only, never a ref, so nothing a crash could
+leave behind points at anything missing."""
+
 _BACKEND_PRIORITY = 0
 """libgit2 asks backends in descending priority: the clone's own packs (2) and loose objects
 (1) come first, so reads of objects on disk pay no Python call. Every backend is asked before
@@ -69,7 +76,7 @@ _MAX_COPY = 0xFFFFFF
 _LARGE_OFFSET = 0x80000000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     kind: int
     size: int
@@ -169,6 +176,7 @@ class ObjectStore:
         self._pending: dict[bytes, _Pending] = {}
         self._trees: collections.OrderedDict[bytes, Tree] = collections.OrderedDict()
         self._cached_entries = 0
+        self._packed_bytes = 0
         self.attach(repo)
 
     def attach(self, repo: pygit2.Repository) -> None:
@@ -192,6 +200,9 @@ class ObjectStore:
         if oid not in self._pending:
             packed = zlib.compress(content, PACK_COMPRESSION)
             self._pending[oid] = _Pending(ObjectType.BLOB, len(content), None, packed=packed)
+            self._packed_bytes += len(packed)
+            if self._packed_bytes > SPILL_BYTES:
+                self.flush()
         return oid
 
     def add_tree(self, tree: Tree, previous: bytes | None, span: tuple[int, int]) -> bytes:
@@ -267,6 +278,7 @@ class ObjectStore:
                 temporary.unlink(missing_ok=True)
         _fsync_directory(self._pack_dir)
         self._pending.clear()
+        self._packed_bytes = 0
 
     # -- internals --------------------------------------------------------------------------
 

@@ -29,8 +29,10 @@ from reverserd.git import (
     build_callbacks,
     configure_network_timeouts,
     mask_url,
+    objects,
     redact,
 )
+from reverserd.git import repository as git_repository
 from reverserd.git.known_hosts import (
     HostKeyError,
     PresentedHostKey,
@@ -254,6 +256,18 @@ def test_a_file_is_never_written_over_a_folder_or_under_a_file(tmp_path: Path) -
 # -- push and rebase -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_one_commit_cannot_change_a_path_both_as_a_file_and_as_a_folder(
+    tmp_path: Path, order: int
+) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    changes = [FileChange("a/b", b"file\n"), FileChange("a/b/c.yaml", b"below it\n")][::order]
+    with pytest.raises(ValueError, match="both as a file and as a folder"):
+        repository.apply(changes, "m", AUTHOR, COMMITTER)
+    assert repository.head() is None
+
+
 def test_push_makes_the_remote_tip_equal_the_local_head(tmp_path: Path) -> None:
     remote, url = make_remote(tmp_path)
     repository = clone(tmp_path, url)
@@ -364,6 +378,42 @@ def test_contents_handed_over_first_are_committed_by_id_and_pushed(tmp_path: Pat
     tree = remote.get(sha).tree
     assert [remote[tree[f"f{n}.yaml"].id].data for n in range(3)] == contents
     assert remote[tree["plain.yaml"].id].data == b"p\n"
+
+
+def test_blobs_beyond_the_spill_bound_go_to_a_pack_and_stay_committable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(objects, "SPILL_BYTES", 4096)
+    remote, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    packs = tmp_path / "clone" / "objects" / "pack"
+    contents = [os.urandom(1500) for _ in range(6)]  # incompressible: 9 KB packed
+    blobs = repository.add_blobs(contents)
+
+    assert len(list(packs.glob("*.pack"))) == 2  # spilled twice, no ref moved
+    assert repository.head() is None
+    changes = [FileChange(f"f{n}.bin", blob) for n, blob in enumerate(blobs)]
+    sha = repository.apply(changes, "m", AUTHOR, COMMITTER)
+    assert sha is not None and repository.read("f0.bin") == contents[0]
+    assert repository.push() == sha
+    tree = remote.get(sha).tree
+    assert [remote[tree[f"f{n}.bin"].id].data for n in range(6)] == contents
+
+
+def test_maintenance_waits_while_handed_over_blobs_may_still_be_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = make_remote(tmp_path)
+    repository = clone(tmp_path, url)
+    write(repository, "a.yaml", b"1\n", "one")
+    (blob,) = repository.add_blobs([b"committed after maintenance was due\n"])
+
+    assert repository.maintain() is False
+    assert repository.apply([FileChange("b.yaml", blob)], "two", AUTHOR, COMMITTER) is not None
+    monkeypatch.setattr(git_repository, "HANDOVER_GRACE_S", 0.0)
+    assert repository.maintain() is True
+    assert repository.read("b.yaml") == b"committed after maintenance was due\n"
+    assert repository.pack_count() == 1
 
 
 def test_a_blob_the_clone_does_not_hold_is_never_committed(tmp_path: Path) -> None:
