@@ -255,9 +255,10 @@ run on, at most four (each committer pushes on its own Git thread, so more would
 PACK_MAP_LIMIT = 16 * 2**20
 PACK_MAP_WINDOW = 4 * 2**20
 """Bytes of pack files libgit2 keeps mapped, and the size of one mapped piece: pages of a pack
-read through a mapping count as the process's memory until it is unmapped. Measured on the
-first push of 100,000 files (76 MB of packs): 14 MB mapped at the peak instead of 41 MB, for
-the same push time within the noise."""
+read through a mapping count as the process's memory until it is unmapped. Measured in the
+100,000-object cold start: its first push mapped about 7 MB at the peak instead of all 76 MB of
+packs, and took 4.5 s instead of about 3.3 s; a push of 200 commits on a 10,000-file folder
+took the same 0.52 s."""
 
 
 def _configure_libgit2() -> None:
