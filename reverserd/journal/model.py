@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reverserd.kube.resources import ResourceType
@@ -46,6 +46,13 @@ class StreamSpec:
 
     rtype: ResourceType
     namespace: str = ALL_NAMESPACES
+    key: str = field(init=False, compare=False, repr=False)
+    """e.g. ``apps/v1/deployments@team-a``: made once, so every event and index entry of the
+    stream shares one string."""
+
+    def __post_init__(self) -> None:
+        key = f"{self.rtype.api_version}/{self.rtype.resource}@{self.namespace}"
+        object.__setattr__(self, "key", key)
 
     @property
     def api_group(self) -> str:
@@ -58,10 +65,6 @@ class StreamSpec:
     @property
     def resource(self) -> str:
         return self.rtype.resource
-
-    @property
-    def key(self) -> str:
-        return f"{self.rtype.api_version}/{self.rtype.resource}@{self.namespace}"
 
     def covers(self, namespace: str) -> bool:
         return self.namespace in (ALL_NAMESPACES, namespace)

@@ -93,6 +93,9 @@ SOPS_CONFIG_NAME = ".sops.yaml"
 
 # Events read from the journal per round trip.
 READ_BATCH = 500
+# Files a snapshot reads from the clone per round trip to its Git thread (a folder's files are
+# compared, or identified, a batch at a time, never all held at once).
+BRANCH_READ_BATCH = 1000
 # How long the first sync waits for every selected type's seed before it goes ahead without
 # the slow ones (they then come in a backfill commit of their own).
 FIRST_SYNC_PATIENCE_S = 60.0
@@ -286,22 +289,24 @@ class TargetConsumer:
 
     async def _snapshot(self, newly: set[str], discovery: Discovery, first: bool) -> None:
         pairs = {split_selection(key) for key in newly}
-        folder_files = await self.committer.list_files(self.folder)
-        branch_files = await self.committer.on_git_thread(
-            lambda: {path: self.committer.repository.read(path) or b"" for path in folder_files}
-        )
+        branch_paths = set(await self.committer.list_files(self.folder))
         planner = SnapshotPlanner(
-            self.resolved.rules, discovery.types, pairs, self.folder, self.files, branch_files
+            self.resolved.rules, discovery.types, pairs, self.folder, self.files, branch_paths
         )
         secrets: list[tuple[ObjectKey, ResourceType]] = []
         async with self.reader.snapshot_pages(pairs) as snapshot:
             async for page in snapshot.pages():
+                contents = await self._branch_contents(planner.branch_paths_of(page))
                 handed_over = len(planner.plan.changes)
                 # Rendering thousands of objects takes seconds: off the event loop, so
                 # watches, the journal writer and the health endpoints keep answering.
-                await asyncio.to_thread(planner.add, page)
+                await asyncio.to_thread(planner.add, page, contents)
                 await self._hand_over_contents(planner.plan, handed_over)
                 secrets += self._secrets_of(page, discovery)
+        unidentified = planner.unidentified()
+        for start in range(0, len(unidentified), BRANCH_READ_BATCH):
+            contents = await self._branch_contents(unidentified[start : start + BRANCH_READ_BATCH])
+            await asyncio.to_thread(planner.identify, contents)
         seq, plan, count = snapshot.seq, await asyncio.to_thread(planner.finish), planner.writes
         for secret, rtype in secrets:
             secret_plan = await self.secrets.plan(
@@ -339,6 +344,12 @@ class TargetConsumer:
         # to share a push among many small commits, and would only delay the mirror here.
         await self._submit(plan, message, pushed, dict(plan.quarantine), push_now=True)
         self.initial_snapshot_sent = self.initial_snapshot_sent or first
+
+    async def _branch_contents(self, paths: list[str]) -> dict[str, bytes]:
+        repository = self.committer.repository
+        return await self.committer.on_git_thread(
+            lambda: {path: repository.read(path) or b"" for path in paths}
+        )
 
     async def _hand_over_contents(self, plan: FilePlan, start: int) -> None:
         """Give the clone the contents planned from ``plan.changes[start]`` on, keeping only

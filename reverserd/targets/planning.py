@@ -349,7 +349,7 @@ def plan_event(
 
 
 def plan_snapshot(
-    objects: Iterable[StoredObject],
+    objects: Sequence[StoredObject],
     rules: Sequence[CompiledRule],
     types: Mapping[tuple[str, str], ResourceType],
     selections: set[tuple[str, str]],
@@ -357,21 +357,29 @@ def plan_snapshot(
     files: Mapping[ObjectKey, FileRecord],
     branch_files: Mapping[str, bytes],
 ) -> tuple[FilePlan, int]:
-    """:class:`SnapshotPlanner` for objects that are all at hand: the plan and how many objects
-    it writes."""
-    planner = SnapshotPlanner(rules, types, selections, target_path, files, branch_files)
-    planner.add(objects)
+    """:class:`SnapshotPlanner` for objects and folder content that are all at hand: the plan
+    and how many objects it writes."""
+    planner = SnapshotPlanner(rules, types, selections, target_path, files, set(branch_files))
+    planner.add(objects, {path: branch_files[path] for path in planner.branch_paths_of(objects)})
+    planner.identify({path: branch_files[path] for path in planner.unidentified()})
     return planner.finish(), planner.writes
 
 
 class SnapshotPlanner:
     """One reconcile commit that makes the folder hold the journal's objects of ``selections``.
 
-    The objects come in pages (:meth:`add`), so a snapshot of 100,000 objects is never held
-    whole; :meth:`finish` then plans the deletions, which need every object seen first.
+    Neither the objects nor the folder's files are ever held whole (a folder may have 100,000
+    of each). In order:
+
+    1. :meth:`add` plans one page of objects, given the content of the files at their paths
+       (:meth:`branch_paths_of` names them);
+    2. :meth:`identify` reads which object each file the target did not record writing names
+       (:meth:`unidentified` lists them, once every page is added), in as many calls as needed;
+    3. :meth:`finish` plans the deletions, which need every object seen first.
+
     Together the pages must be a complete seed of every type in ``selections`` that is current
     (its watch caught up in this process); ``files`` is what this target recorded writing;
-    ``branch_files`` is the folder's content on the branch now.
+    ``branch_paths`` are the files in the folder on the branch now.
 
     The invariant: a file is deleted only when both hold
 
@@ -398,22 +406,36 @@ class SnapshotPlanner:
         selections: set[tuple[str, str]],
         target_path: str,
         files: Mapping[ObjectKey, FileRecord],
-        branch_files: Mapping[str, bytes],
+        branch_paths: set[str],
     ) -> None:
         self.rules = rules
         self.types = types
         self.selections = selections
         self.target_path = target_path
         self.files = files
-        self.branch_files = branch_files
+        self.branch_paths = branch_paths
         self.plan = FilePlan()
         self.writes = 0
         self._present: set[ObjectKey] = set()
         self._claimed: set[str] = set()
         """Paths a present object's file is at or would be at: never deleted."""
+        self._identified: dict[str, ObjectKey] = {}
+        """Unrecorded files and the object their content names."""
 
-    def add(self, objects: Iterable[StoredObject]) -> None:
-        """Plan the files of one page of present objects."""
+    def branch_paths_of(self, objects: Iterable[StoredObject]) -> list[str]:
+        """The files on the branch at the paths of ``objects``: what :meth:`add` must be given."""
+        found = []
+        for stored in objects:
+            rtype = self.types.get((stored.key.api_group, stored.key.resource))
+            if rtype is not None:
+                found += [
+                    p for p in _paths_of(rtype, stored, self.target_path) if p in self.branch_paths
+                ]
+        return found
+
+    def add(self, objects: Iterable[StoredObject], contents: Mapping[str, bytes]) -> None:
+        """Plan the files of one page of present objects; ``contents`` holds the branch's file at
+        each of :meth:`branch_paths_of` of them."""
         rules, claimed, target_path = self.rules, self._claimed, self.target_path
         for stored in objects:
             self._present.add(stored.key)
@@ -438,13 +460,35 @@ class SnapshotPlanner:
             self.writes += 1
             claimed.add(path)
             may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
-            current = self.branch_files.get(path)
+            if path in self.branch_paths and path not in contents:
+                raise ValueError(f"the content of {path} on the branch was not read")
+            current = contents.get(path)
             _plan_file(self.plan, stored.key, path, content, known, current, may_update)
+
+    def unidentified(self) -> list[str]:
+        """Files whose content must be read to know which object they stand for: manifests on
+        the branch that no present object claims and this target did not record writing."""
+        recorded = {path for path, _ in self.files.values()}
+        return sorted(
+            path
+            for path in self.branch_paths
+            if path.endswith(MANIFEST_SUFFIX) and path not in self._claimed and path not in recorded
+        )
+
+    def identify(self, contents: Mapping[str, bytes]) -> None:
+        """Note the object each of these :meth:`unidentified` files names, if it names one."""
+        kinds = kind_index(self.types.values())
+        for path, content in contents.items():
+            named = identity_of(content, kinds)
+            if named is not None:
+                self._identified[path] = named
 
     def finish(self) -> FilePlan:
         """Add the deletions the objects seen prove, and return the whole plan."""
-        kinds = kind_index(self.types.values())
-        candidates = _deletion_candidates(self.files, self.branch_files, kinds, self._claimed)
+        candidates = dict(self._identified)
+        for key, (path, _) in self.files.items():
+            if path in self.branch_paths and path not in self._claimed:
+                candidates[path] = key
         for path, key in sorted(candidates.items()):
             if _gone(key, self._present, self.rules, self.types, self.selections):
                 self.plan.remove(key, path)
@@ -490,27 +534,6 @@ def _plan_file(
     if (current is not None or known is not None) and not may_update:
         return  # the rules take creations only: a file once there stays as it was
     plan.write(key, path, content, known, exists=current is not None)
-
-
-def _deletion_candidates(
-    files: Mapping[ObjectKey, FileRecord],
-    branch_files: Mapping[str, bytes],
-    kinds: KindIndex,
-    claimed: set[str],
-) -> dict[str, ObjectKey]:
-    """path -> the object the file stands for: by this target's record, else by its content."""
-    candidates: dict[str, ObjectKey] = {}
-    for key, (path, _) in files.items():
-        if path in branch_files and path not in claimed:
-            candidates[path] = key
-    recorded = {path for path, _ in files.values()}
-    for path, content in branch_files.items():
-        if path in claimed or path in recorded or not path.endswith(MANIFEST_SUFFIX):
-            continue
-        named = identity_of(content, kinds)
-        if named is not None:
-            candidates[path] = named
-    return candidates
 
 
 def _gone(

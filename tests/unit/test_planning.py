@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from reverserd.config.rules import CompiledRule, compile_rule
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
@@ -299,28 +301,43 @@ def test_the_file_of_a_gone_object_goes_by_record_or_by_content() -> None:
 def test_pages_delete_nothing_before_the_last_and_a_later_pages_object_keeps_its_file() -> None:
     names = ["a-first", "m-gone", "z-last"]
     files = {ObjectKey("", "configmaps", NS, name): (cm_path(name), "old-hash") for name in names}
+    found = f"{FOLDER}/elsewhere/found.yaml"
     branch = {cm_path(name): manifest("v1", "ConfigMap", name) for name in names}
-    planner = SnapshotPlanner(
-        rules({"resources": ["configmaps"]}), TYPES, ALL_SELECTED, FOLDER, files, branch
-    )
-    planner.add([stored(configmap("a-first"), "configmaps", 1)])
-    assert deleted_paths(planner.plan) == set()
-    planner.add([stored(configmap("z-last"), "configmaps", 2)])
+    branch[found] = manifest("v1", "ConfigMap", "found")
+    compiled = rules({"resources": ["configmaps"]})
+    planner = SnapshotPlanner(compiled, TYPES, ALL_SELECTED, FOLDER, files, set(branch))
+    pages = [
+        [stored(configmap("a-first"), "configmaps", 1)],
+        [stored(configmap("z-last"), "configmaps", 2)],
+    ]
+    for page in pages:
+        wanted = planner.branch_paths_of(page)
+        planner.add(page, {path: branch[path] for path in wanted})
+        assert deleted_paths(planner.plan) == set()
+    # Only the file no present object claims and no record names is read to identify it.
+    assert planner.unidentified() == [found]
+    planner.identify({found: branch[found]})
     plan = planner.finish()
 
-    assert deleted_paths(plan) == {cm_path("m-gone")}
+    assert deleted_paths(plan) == {cm_path("m-gone"), found}
     assert set(written(plan)) == {cm_path("a-first"), cm_path("z-last")}
     assert planner.writes == 2
-    whole, writes = snapshot(
-        [
-            stored(configmap("a-first"), "configmaps", 1),
-            stored(configmap("z-last"), "configmaps", 2),
-        ],
-        rules({"resources": ["configmaps"]}),
-        branch,
-        files,
-    )
+    whole, writes = snapshot([*pages[0], *pages[1]], compiled, branch, files)
     assert (whole.changes, whole.records, writes) == (plan.changes, plan.records, 2)
+
+
+def test_a_page_planned_without_the_content_of_its_files_fails_instead_of_overwriting() -> None:
+    path = cm_path("kept")
+    planner = SnapshotPlanner(
+        rules({"resources": ["configmaps"], "operations": ["CREATE"]}),
+        TYPES,
+        ALL_SELECTED,
+        FOLDER,
+        {},
+        {path},
+    )
+    with pytest.raises(ValueError, match="was not read"):
+        planner.add([stored(configmap("kept"), "configmaps")], {})
 
 
 def test_a_namespaced_file_without_namespace_survives_a_cluster_wide_rule() -> None:
