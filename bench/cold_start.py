@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bench.bed import (
     BenchDaemon,
@@ -36,6 +38,7 @@ from bench.common import (
     first_log,
     fmt_mb,
     fmt_s,
+    log_time,
     message_starts,
     peak_rss_mb,
     say,
@@ -50,6 +53,9 @@ LARGE_TARGET_S = 90.0
 LARGE_TARGET_RSS_MB = 400.0
 # Time for whatever follows the push (status writes, cursor) to show in the peak RSS.
 SETTLE_S = 2.0
+if TYPE_CHECKING:
+    from testbed.controlplane import ControlPlane
+
 NAMESPACE = "bench-cold"
 REPO = "cold"
 
@@ -105,6 +111,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         lines = daemon.log_lines()
         history = log(repo_path, "main") if pushed is not None else []
         files = read_tree(repo_path, "main") if pushed is not None else {}
+        adoption = adopt(plane, work, args.timeout) if args.adopt and pushed is not None else None
+        history_after = log(repo_path, "main") if adoption is not None else []
 
     total = None if pushed is None else pushed - daemon.started_mono
     large = args.objects >= LARGE_OBJECTS
@@ -153,6 +161,24 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         yaml_files == args.objects,
     )
     result.add("commits on the branch", ", ".join(entry.subject for entry in history) or "none")
+    if adoption is not None:
+        adopter, planned_line, adopter_peak = adoption
+        adopted = planned_line.get("files_adopted") if planned_line else None
+        first_planned = first_log(lines, message_starts("reconcile planned"))
+        created = first_planned[1].get("files_created") if first_planned else None
+        result.add(
+            "adoption, empty state dir: process start -> 'reconcile planned'",
+            fmt_s(adopter.since_start(log_time(planned_line) if planned_line else None)),
+        )
+        result.add(
+            "  files adopted as they are / commits added",
+            f"{adopted:,} / {len(history_after) - len(history)}"
+            if isinstance(adopted, int)
+            else "not planned",
+            f"{created} (the files the first daemon wrote) / 0",
+            adopted == created and len(history_after) == len(history),
+        )
+        result.add("  adopting daemon's peak RSS (VmHWM)", fmt_mb(adopter_peak))
     result.add("push.interval of the GitProvider", args.push_interval)
     result.add("creating the ConfigMaps (not timed)", f"{load_s:.1f} s")
     result.note(
@@ -162,6 +188,29 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
     if args.profile:
         result.note(f"cProfile of the daemon written to {args.profile}")
     return result.finish()
+
+
+def adopt(
+    plane: ControlPlane, work: Path, timeout: float
+) -> tuple[BenchDaemon, dict[str, Any] | None, float | None]:
+    """A second daemon, with an empty state dir, syncs the folder the first one pushed: every
+    file already says what it would write, so it adopts them all and commits nothing."""
+    adopter = BenchDaemon(plane, work / "state-adopt")
+    planned = FirstTrue(
+        lambda: first_log(adopter.log_lines(), message_starts("reconcile planned")) is not None
+    )
+    planned.start()
+    say("starting a daemon with an empty state dir; waiting for it to adopt the folder")
+    with stopped_afterwards(adopter):
+        try:
+            adopter.start()
+            if planned.wait(timeout, adopter.alive) is not None:
+                time.sleep(SETTLE_S)
+            peak = peak_rss_mb(adopter.pid)
+        finally:
+            planned.stop()
+    found = first_log(adopter.log_lines(), message_starts("reconcile planned"))
+    return adopter, found[1] if found else None, peak
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         " a ClusterWatchRule)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
+    parser.add_argument(
+        "--adopt",
+        action="store_true",
+        help="then start a second daemon with an empty state dir on the same folder: it must"
+        " adopt every file and commit nothing (its time and peak RSS are reported)",
+    )
     add_common_arguments(parser, daemon_profile=True)
     return parser
 
