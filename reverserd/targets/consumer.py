@@ -293,21 +293,8 @@ class TargetConsumer:
         planner = SnapshotPlanner(
             self.resolved.rules, discovery.types, pairs, self.folder, self.files, branch_paths
         )
-        secrets: list[tuple[ObjectKey, ResourceType]] = []
-        async with self.reader.snapshot_pages(pairs) as snapshot:
-            async for page in snapshot.pages():
-                contents = await self._branch_contents(planner.branch_paths_of(page))
-                handed_over = len(planner.plan.changes)
-                # Rendering thousands of objects takes seconds: off the event loop, so
-                # watches, the journal writer and the health endpoints keep answering.
-                await asyncio.to_thread(planner.add, page, contents)
-                await self._hand_over_contents(planner.plan, handed_over)
-                secrets += self._secrets_of(page, discovery)
-        unidentified = planner.unidentified()
-        for start in range(0, len(unidentified), BRANCH_READ_BATCH):
-            contents = await self._branch_contents(unidentified[start : start + BRANCH_READ_BATCH])
-            await asyncio.to_thread(planner.identify, contents)
-        seq, plan, count = snapshot.seq, await asyncio.to_thread(planner.finish), planner.writes
+        seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
+        plan, count = planner.plan, planner.writes
         for secret, rtype in secrets:
             secret_plan = await self.secrets.plan(
                 secret, rtype, self.folder, self.files.get(secret)
@@ -344,6 +331,29 @@ class TargetConsumer:
         # to share a push among many small commits, and would only delay the mirror here.
         await self._submit(plan, message, pushed, dict(plan.quarantine), push_now=True)
         self.initial_snapshot_sent = self.initial_snapshot_sent or first
+
+    async def _plan_snapshot(
+        self, planner: SnapshotPlanner, pairs: set[tuple[str, str]], discovery: Discovery
+    ) -> tuple[int, list[tuple[ObjectKey, ResourceType]]]:
+        """Feed ``planner`` the journal's objects of ``pairs`` and the folder's files, a page of
+        each at a time, then let it plan the deletions. Returns the seq the snapshot reflects
+        and the Secrets among the objects (the SecretWriter plans those)."""
+        secrets: list[tuple[ObjectKey, ResourceType]] = []
+        async with self.reader.snapshot_pages(pairs) as snapshot:
+            async for page in snapshot.pages():
+                contents = await self._branch_contents(planner.branch_paths_of(page))
+                handed_over = len(planner.plan.changes)
+                # Rendering thousands of objects takes seconds: off the event loop, so
+                # watches, the journal writer and the health endpoints keep answering.
+                await asyncio.to_thread(planner.add, page, contents)
+                await self._hand_over_contents(planner.plan, handed_over)
+                secrets += self._secrets_of(page, discovery)
+        unidentified = planner.unidentified()
+        for start in range(0, len(unidentified), BRANCH_READ_BATCH):
+            contents = await self._branch_contents(unidentified[start : start + BRANCH_READ_BATCH])
+            await asyncio.to_thread(planner.identify, contents)
+        await asyncio.to_thread(planner.finish)
+        return snapshot.seq, secrets
 
     async def _branch_contents(self, paths: list[str]) -> dict[str, bytes]:
         repository = self.committer.repository
