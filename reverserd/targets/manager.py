@@ -103,6 +103,8 @@ class TargetManager:
             running.task.cancel()
             del self.consumers[key]
             log.info("stopped target consumer", extra={"target": key})
+            if wanted is not None and _selection(wanted) != _selection(running.resolved):
+                self._await_first_sync(key)
             if key not in existing or (
                 wanted is not None and _place(wanted) != _place(running.resolved)
             ):
@@ -213,6 +215,16 @@ class TargetManager:
         self.branches[key] = (branch, task, _committer_config(resolved))
         return branch
 
+    def _await_first_sync(self, key: str) -> None:
+        """What the target selects, or where it writes, changed: its gates hold again until the
+        new consumer's first sync is pushed. A first sync under the old rules (none at all,
+        while the WatchRule was still on its way) says nothing about what the new rules
+        select. Other changes (credentials, push policy) keep the gates as they are."""
+        progress = self.board.target(key)
+        progress.snapshot_synced = progress.stream_live = False
+        progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
+        self.board.notify()
+
     def _record_failure(self, key: str) -> Callable[[BaseException], None]:
         def record(error: BaseException) -> None:
             progress = self.board.target(key)
@@ -230,6 +242,10 @@ class TargetManager:
 
 def _branch_key(resolved: ResolvedTarget) -> str:
     return committer_key(resolved.provider.url, resolved.target.branch)
+
+
+def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
+    return (*_place(resolved), resolved.rules)
 
 
 def _place(resolved: ResolvedTarget) -> tuple[str, str, str]:

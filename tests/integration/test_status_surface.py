@@ -448,6 +448,34 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
     wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", True, "Ready")
 
 
+def test_a_first_sync_before_the_rules_came_does_not_count_once_they_are_there(
+    control_plane: ControlPlane,
+    cleanup: Cleanup,
+    namespace: str,
+    git_http: GitHttpServer,
+    daemon: Reverserd,
+) -> None:
+    # The GitTarget alone syncs nothing and counts as synced; once its WatchRule selects a
+    # ConfigMap whose first push the server refuses, it must no longer say so.
+    repo = git_http.create_bare_repo(f"late-{namespace}")
+    push_foreign_commit(repo, "env", "README.md", b"environments\n", "start env")
+    creds = create_git_credentials(control_plane, namespace, git_http)
+    provider, target, rule = mirror_setup(
+        namespace, git_http.url(f"late-{namespace}"), secret=creds, branch="env/prod"
+    )
+    apply(control_plane, configmap(namespace, "settings"), provider, target)
+    daemon.start()
+    wait_condition(control_plane, "gittarget", namespace, "mirror", "SnapshotSynced", "True")
+
+    apply(control_plane, rule)
+    wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", False, "PushRefused")
+    wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", False, "Syncing")
+    wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "SnapshotSynced", "False", "Syncing"
+    )
+    assert branch_tip(repo, "env/prod") is None
+
+
 def _entry(daemon: Reverserd, target: str) -> dict[str, Any]:
     """The target's row of /status; empty while a starting daemon does not list it yet."""
     return next((t for t in daemon.status()["targets"] if t["target"] == target), {})
