@@ -90,6 +90,9 @@ class TargetProgress:
     bootstrapped: bool = False
     snapshot_synced: bool = False
     stream_live: bool = False
+    sync_epoch: int = 0
+    """Bumped when what the target selects changes: a first sync pushed for an earlier epoch
+    (by a consumer already replaced) does not set the gates."""
     waiting_reason: str = "Pending"
     waiting_message: str = "waiting for the target consumer to start"
     last_commit: str | None = None

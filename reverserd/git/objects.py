@@ -6,8 +6,8 @@ commit in compression and file creation alone, which caps a clone at about a hun
 second. Here a commit costs hashing its objects and compressing its blob (kept compressed, as
 the pack will hold it); a tree that already has a version in memory is kept as a Git delta
 against that version (a few dozen bytes for a one-file change), so memory stays small however
-large the folder, and :meth:`ObjectStore.flush` writes everything as one pack in which those
-trees are ``OFS_DELTA`` entries.
+large the folder, and :meth:`ObjectStore.flush` writes what is pending as one pack in which
+those trees are ``OFS_DELTA`` entries.
 
 Guarantees:
 
@@ -17,7 +17,8 @@ Guarantees:
 - Nothing is durable before :meth:`ObjectStore.flush` returns. The caller must not let a ref on
   disk point at a pending object before that; a process killed earlier loses the pending
   objects and nothing else (the refs on disk still name objects on disk). The store also
-  flushes by itself once :data:`SPILL_BYTES` of blobs wait, which writes objects and no ref.
+  flushes by itself once :data:`SPILL_BYTES` of blobs wait: everything pending (a commit's
+  objects may then span two packs), and never a ref.
 - :meth:`ObjectStore.flush` writes the pack and its index to temporary files, fsyncs both,
   then renames them into ``objects/pack`` (pack first, index last: readers find packs by their
   index) and fsyncs the directory, so a pack is either complete or not seen by readers.

@@ -125,10 +125,13 @@ GEOMETRIC_FACTOR = 2
 """``git repack --geometric`` factor: each pack kept holds at least twice the objects of the
 next smaller one, so a merge rewrites only recent, small packs (Git's own suggested value)."""
 
-HANDOVER_GRACE_S = 900.0
+HANDOVER_GRACE_S = 3600.0
 """How long after :meth:`BranchRepository.add_blobs` :meth:`BranchRepository.maintain` waits:
 until their commit, handed-over blobs are unreachable, and ``git gc --prune=now`` would delete
-them. A reconcile of 100,000 objects commits within a minute of its first handover."""
+them. A reconcile of 100,000 objects commits within a minute of its last handover; what may
+follow it is planning its Secrets (one API read and one ``sops`` run each). Should the grace
+still pass, the commit fails (:meth:`BranchRepository._blob_of`), the committer restarts and
+the consumers redo the reconcile from their cursors: work is lost, never a change."""
 
 REMOTE_NAME = "origin"
 BASE_REF = "refs/reverserd/base"

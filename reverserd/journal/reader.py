@@ -182,11 +182,11 @@ class JournalReader:
                 rows = await self.connection.execute_fetchall(
                     "SELECT namespace, name, api_version, uid, resource_version, seq, body FROM"
                     " (SELECT o.namespace, o.name, o.api_version, o.uid, o.resource_version,"
-                    " o.seq, e.body, SUM(length(e.body)) OVER (ORDER BY o.namespace, o.name"
-                    " ROWS UNBOUNDED PRECEDING) AS read_bytes FROM objects o JOIN events e"
-                    " ON e.seq = o.seq WHERE o.api_group = ? AND o.resource = ?"
+                    " o.seq, e.body, SUM(COALESCE(length(e.body), 0)) OVER (ORDER BY"
+                    " o.namespace, o.name ROWS UNBOUNDED PRECEDING) AS read_bytes FROM objects o"
+                    " JOIN events e ON e.seq = o.seq WHERE o.api_group = ? AND o.resource = ?"
                     " AND (o.namespace, o.name) > (?, ?) ORDER BY o.namespace, o.name LIMIT ?)"
-                    " WHERE read_bytes - length(body) < ? ORDER BY namespace, name",
+                    " WHERE read_bytes - COALESCE(length(body), 0) < ? ORDER BY namespace, name",
                     (api_group, resource, *after, page_objects, page_bytes),
                 )
                 if not rows:

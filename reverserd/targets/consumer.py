@@ -319,11 +319,13 @@ class TargetConsumer:
             },
         )
 
+        epoch = self.progress.sync_epoch
+
         def pushed(sha: str | None, at: float) -> None:
             progress = self.progress
             progress.last_reconcile_time = progress.snapshot_completed_time = at
             progress.snapshot_stats = stats
-            if first:
+            if first and progress.sync_epoch == epoch:
                 progress.snapshot_synced = progress.stream_live = True
             self._pushed(sha, at)
 

@@ -100,11 +100,7 @@ class TargetManager:
             wanted = state.targets.get(key)
             if wanted == running.resolved:
                 continue
-            running.task.cancel()
-            del self.consumers[key]
-            log.info("stopped target consumer", extra={"target": key})
-            if wanted is not None and _selection(wanted) != _selection(running.resolved):
-                self._await_first_sync(key)
+            self._stop_consumer(key, wanted)
             if key not in existing or (
                 wanted is not None and _place(wanted) != _place(running.resolved)
             ):
@@ -172,8 +168,7 @@ class TargetManager:
                 del self.branches[key]
                 for target, running in list(self.consumers.items()):
                     if _branch_key(running.resolved) == key:
-                        running.task.cancel()
-                        del self.consumers[target]
+                        self._stop_consumer(target, self.plane.state.targets.get(target))
                 log.info("provider settings changed, reconnecting", extra={"remote": key})
 
     def _branch(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Branch:
@@ -215,12 +210,21 @@ class TargetManager:
         self.branches[key] = (branch, task, _committer_config(resolved))
         return branch
 
-    def _await_first_sync(self, key: str) -> None:
-        """What the target selects, or where it writes, changed: its gates hold again until the
-        new consumer's first sync is pushed. A first sync under the old rules (none at all,
-        while the WatchRule was still on its way) says nothing about what the new rules
-        select. Other changes (credentials, push policy) keep the gates as they are."""
+    def _stop_consumer(self, key: str, wanted: ResolvedTarget | None) -> None:
+        """Stop the target's consumer; ``wanted`` is what the target is to be from now on.
+
+        When what it selects, or where it writes, changes, its gates hold again until the new
+        consumer's first sync is pushed: a first sync under the old rules (none at all, while
+        the WatchRule was still on its way) says nothing about what the new rules select. Other
+        changes (credentials, push policy) keep the gates as they are.
+        """
+        running = self.consumers.pop(key)
+        running.task.cancel()
+        log.info("stopped target consumer", extra={"target": key})
+        if wanted is None or _selection(wanted) == _selection(running.resolved):
+            return
         progress = self.board.target(key)
+        progress.sync_epoch += 1
         progress.snapshot_synced = progress.stream_live = False
         progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
         self.board.notify()
@@ -245,7 +249,8 @@ def _branch_key(resolved: ResolvedTarget) -> str:
 
 
 def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
-    return (*_place(resolved), resolved.rules)
+    """What a target mirrors and where: its place and its rules, in whatever order they came."""
+    return (*_place(resolved), frozenset(resolved.rules))
 
 
 def _place(resolved: ResolvedTarget) -> tuple[str, str, str]:

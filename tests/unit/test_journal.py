@@ -159,6 +159,26 @@ async def test_snapshot_pages_are_bounded_and_read_one_state_however_long_they_t
     assert [o.key.name for o in now][-2:] == ["cm-08", "cm-10"]
 
 
+async def test_snapshot_pages_keep_objects_whose_body_is_missing(
+    journal: tuple[JournalWriter, JournalReader], tmp_path: Path
+) -> None:
+    # The writer never stores an object without a body; a journal damaged or written otherwise
+    # must still list every object, or the snapshot would take the rest for deleted.
+    writer, reader = journal
+    await writer.register_stream(CONFIGMAPS)
+    seed = await writer.begin_seed(CONFIGMAPS, relist=False)
+    await writer.record_seed_page(seed, [configmap(n, 1, uid=f"u-{n}") for n in "abcde"])
+    await writer.finish_seed(seed, "1")
+    with sqlite3.connect(tmp_path / "journal.db") as raw:
+        raw.execute(
+            "UPDATE events SET body = NULL WHERE seq IN"
+            " (SELECT seq FROM objects WHERE name IN ('b', 'd', 'e'))"
+        )
+    async with reader.snapshot_pages([("", "configmaps")], 2, 1) as snapshot:
+        names = [stored.key.name async for page in snapshot.pages() for stored in page]
+    assert names == ["a", "b", "c", "d", "e"]
+
+
 async def test_secret_values_never_reach_the_database(
     journal: tuple[JournalWriter, JournalReader], tmp_path: Path
 ) -> None:
