@@ -260,8 +260,11 @@ PACK_MAP_WINDOW = 4 * 2**20
 """Bytes of pack files libgit2 keeps mapped, and the size of one mapped piece: pages of a pack
 read through a mapping count as the process's memory until it is unmapped. Measured in the
 100,000-object cold start: its first push mapped about 7 MB at the peak instead of all 76 MB of
-packs, and took 4.5 s instead of about 3.3 s; a push of 200 commits on a 10,000-file folder
-took the same 0.52 s."""
+packs (peak 336-339 MB instead of 407-410 MB), and took 4.5-5.2 s instead of about 3.3 s; a push
+of 200 commits on a 10,000-file folder took the same 0.52 s. The live benchmark on that folder
+(``bench.steady --objects 10000 --rate 200``) peaked at 245-246 MB with these bounds and 222 MB
+without, at the same commit rate within the noise; why the bounds cost memory there was not
+found."""
 
 
 def _configure_libgit2() -> None:
