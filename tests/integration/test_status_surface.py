@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ import pytest
 
 from testbed.browser import dump_dom, screenshot, visible_text
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import GitHttpServer, branch_tip, log, push_foreign_commit
+from testbed.gitservers import (
+    GitHttpServer,
+    branch_tip,
+    install_hook,
+    log,
+    push_foreign_commit,
+    read_tree,
+)
 from testbed.harness import (
     Reverserd,
     apply,
@@ -474,6 +482,70 @@ def test_a_first_sync_before_the_rules_came_does_not_count_once_they_are_there(
         control_plane, "gittarget", namespace, "mirror", "SnapshotSynced", "False", "Syncing"
     )
     assert branch_tip(repo, "env/prod") is None
+
+
+def test_a_first_sync_pushed_after_the_rules_changed_does_not_count_for_the_new_rules(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    # The server holds every push until the test hands it a token, so the first sync under
+    # the old rules is still on its way when the rules change, and lands before the new one.
+    tokens = tmp_path / "push-tokens"
+    tokens.mkdir()
+    install_hook(
+        remote.path,
+        "pre-receive",
+        "#!/bin/sh\nwhile :; do\n"
+        f'  for token in {tokens}/*; do [ -e "$token" ] && rm "$token" && exit 0; done\n'
+        "  sleep 0.1\ndone\n",
+    )
+    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    apply(control_plane, configmap(namespace, "settings"), service, provider, target, rule)
+    daemon.start()
+    key = f"{namespace}/mirror"
+
+    def log_count(message: str, subject: str = "") -> int:
+        return sum(
+            1
+            for line in daemon.log_lines()
+            if line.get("message") == message and str(line.get("subject", "")).startswith(subject)
+        )
+
+    def reconciles() -> int:
+        return log_count("Created commit", "reconcile")
+
+    def synced() -> str | None:
+        found = [
+            c for c in _entry(daemon, key).get("conditions", []) if c["type"] == "SnapshotSynced"
+        ]
+        return found[0]["status"] if found else None
+
+    wait_until(lambda: reconciles() == 1, describe=daemon.log_tail)
+    rule["spec"]["rules"] = [{"resources": ["configmaps", "services"]}]
+    apply(control_plane, rule)
+    wait_until(lambda: log_count("started target consumer") == 2, describe=daemon.log_tail)
+    assert synced() == "False"
+
+    (tokens / "first").touch()  # the old rules' sync lands; the new one is held
+    wait_until(lambda: branch_tip(remote.path, "main") is not None, describe=daemon.log_tail)
+    wait_until(lambda: reconciles() == 2, describe=daemon.log_tail)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert synced() == "False", "a sync of the old rules marked the new ones synced"
+        time.sleep(0.2)
+
+    (tokens / "second").touch()
+    wait_until(lambda: synced() == "True", describe=lambda: str(daemon.status()))
+    assert f"live-cluster/v1/services/{namespace}/web.yaml" in read_tree(remote.path, "main")
 
 
 def _entry(daemon: Reverserd, target: str) -> dict[str, Any]:
