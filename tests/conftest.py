@@ -7,7 +7,7 @@ A component that cannot start fails the test that needs it; nothing is skipped.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pygit2
 import pytest
 
 from reverserd.git import BranchRepository, FileChange
+from reverserd.journal import JournalReader, StoredObject
 from testbed.controlplane import ControlPlane, free_port, running_control_plane
 from testbed.gitservers import GitHttpServer
 from testbed.harness import (
@@ -41,6 +42,14 @@ def write(repository: BranchRepository, path: str, content: bytes | None, messag
     sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
     assert sha is not None
     return sha
+
+
+async def current_objects(
+    reader: JournalReader, kinds: Iterable[tuple[str, str]]
+) -> list[StoredObject]:
+    """The journal's current objects of ``kinds``, every page of one snapshot together."""
+    async with reader.snapshot_pages(kinds) as snapshot:
+        return [stored async for page in snapshot.pages for stored in page]
 
 
 @pytest.fixture(scope="session")

@@ -200,7 +200,6 @@ class StoredBlob:
     """
 
     oid: bytes
-    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +371,7 @@ class BranchRepository:
         """
         store = self._object_store()
         self._handed_over_at = time.monotonic()
-        return [StoredBlob(store.add_blob(content), len(content)) for content in contents]
+        return [StoredBlob(store.add_blob(content)) for content in contents]
 
     def flush(self) -> None:
         """Make every commit so far durable in the clone: one pack, then the branch ref.

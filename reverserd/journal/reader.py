@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,10 @@ def event_from_row(row: Sequence[Any]) -> JournalEvent:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A snapshot being read (:meth:`JournalReader.snapshot_pages`): its objects are the
-    journal's state after ``seq``; ``pages()`` yields them, ordered by type, namespace, name."""
+    journal's state after ``seq``; ``pages`` yields them, ordered by type, namespace, name."""
 
     seq: int
-    pages: Callable[[], AsyncIterator[list[StoredObject]]]
+    pages: AsyncIterator[list[StoredObject]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +143,6 @@ class JournalReader:
         )
         return event_from_row(rows[0]) if rows else None
 
-    async def snapshot(self, kinds: Iterable[tuple[str, str]]) -> tuple[int, list[StoredObject]]:
-        """The current objects of the given (api_group, resource) pairs and the seq they reflect,
-        all at once; :meth:`snapshot_pages` reads the same state a page at a time."""
-        async with self.snapshot_pages(kinds) as snapshot:
-            objects = [stored async for page in snapshot.pages() for stored in page]
-        return snapshot.seq, objects
-
     @contextlib.asynccontextmanager
     async def snapshot_pages(
         self,
@@ -169,7 +162,7 @@ class JournalReader:
         await self.connection.execute("BEGIN")
         try:
             seq = await self.last_seq()
-            yield Snapshot(seq, lambda: self._object_pages(wanted, page_objects, page_bytes))
+            yield Snapshot(seq, self._object_pages(wanted, page_objects, page_bytes))
         finally:
             await self.connection.execute("COMMIT")
 

@@ -342,7 +342,7 @@ class TargetConsumer:
         and the Secrets among the objects (the SecretWriter plans those)."""
         secrets: list[tuple[ObjectKey, ResourceType]] = []
         async with self.reader.snapshot_pages(pairs) as snapshot:
-            async for page in snapshot.pages():
+            async for page in snapshot.pages:
                 contents = await self._branch_contents(planner.branch_paths_of(page))
                 handed_over = len(planner.plan.changes)
                 # Rendering thousands of objects takes seconds: off the event loop, so

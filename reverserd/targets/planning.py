@@ -348,23 +348,6 @@ def plan_event(
     return plan
 
 
-def plan_snapshot(
-    objects: Sequence[StoredObject],
-    rules: Sequence[CompiledRule],
-    types: Mapping[tuple[str, str], ResourceType],
-    selections: set[tuple[str, str]],
-    target_path: str,
-    files: Mapping[ObjectKey, FileRecord],
-    branch_files: Mapping[str, bytes],
-) -> tuple[FilePlan, int]:
-    """:class:`SnapshotPlanner` for objects and folder content that are all at hand: the plan
-    and how many objects it writes."""
-    planner = SnapshotPlanner(rules, types, selections, target_path, files, set(branch_files))
-    planner.add(objects, {path: branch_files[path] for path in planner.branch_paths_of(objects)})
-    planner.identify({path: branch_files[path] for path in planner.unidentified()})
-    return planner.finish(), planner.writes
-
-
 class SnapshotPlanner:
     """One reconcile commit that makes the folder hold the journal's objects of ``selections``.
 
@@ -421,6 +404,7 @@ class SnapshotPlanner:
         """Paths a present object's file is at or would be at: never deleted."""
         self._identified: dict[str, ObjectKey] = {}
         """Unrecorded files and the object their content names."""
+        self._kinds = kind_index(types.values())
 
     def branch_paths_of(self, objects: Iterable[StoredObject]) -> list[str]:
         """The files on the branch at the paths of ``objects``: what :meth:`add` must be given."""
@@ -477,9 +461,8 @@ class SnapshotPlanner:
 
     def identify(self, contents: Mapping[str, bytes]) -> None:
         """Note the object each of these :meth:`unidentified` files names, if it names one."""
-        kinds = kind_index(self.types.values())
         for path, content in contents.items():
-            named = identity_of(content, kinds)
+            named = identity_of(content, self._kinds)
             if named is not None:
                 self._identified[path] = named
 

@@ -51,7 +51,7 @@ from testbed.manifests import (
     secret,
     watch_rule,
 )
-from tests.conftest import Cleanup, Remote
+from tests.conftest import Cleanup, Remote, current_objects
 
 FOLDER = "live-cluster"
 # A restart that changes nothing has pushed whatever it would push within a second (push
@@ -465,7 +465,7 @@ async def _resume_watch(
         started = time.monotonic()
         await _until(lambda: second.current, CATCH_UP_LIMIT_S)
         took = time.monotonic() - started
-        _, objects = await reader.snapshot([(rtype.group, rtype.resource)])
+        objects = await current_objects(reader, [(rtype.group, rtype.resource)])
         names = {o.key.name for o in objects if o.key.namespace == namespace}
         assert names == {"before", "while-down"}, f"current after {took:.1f} s with {names}"
         relists = await reader.streams()

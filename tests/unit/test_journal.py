@@ -19,6 +19,7 @@ from reverserd.journal import (
     StreamSpec,
 )
 from reverserd.kube.resources import ResourceType
+from tests.conftest import current_objects
 
 CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
 SECRETS = StreamSpec(ResourceType("", "v1", "secrets", "Secret", True))
@@ -124,7 +125,7 @@ async def test_seed_that_fails_part_way_deletes_nothing(
     assert [k for k, _ in await kinds(reader)].count("DELETE") == 0
     (stream,) = await reader.streams()
     assert stream.seed_state is SeedState.SEEDING
-    _, objects = await reader.snapshot([("", "configmaps")])
+    objects = await current_objects(reader, [("", "configmaps")])
     assert [o.key.name for o in objects] == ["a", "b"]
 
 
@@ -141,7 +142,7 @@ async def test_snapshot_pages_are_bounded_and_read_one_state_however_long_they_t
     last = await reader.last_seq()
     pages: list[list[str]] = []
     async with reader.snapshot_pages([("", "configmaps")], 4, 7000) as snapshot:
-        async for page in snapshot.pages():
+        async for page in snapshot.pages:
             pages.append([stored.key.name for stored in page])
             if len(pages) == 1:
                 # Written while the snapshot is read: a later page must not see it.
@@ -155,7 +156,7 @@ async def test_snapshot_pages_are_bounded_and_read_one_state_however_long_they_t
     # limit of four objects.
     assert [name for page in pages for name in page] == [f"cm-{n:02d}" for n in range(10)]
     assert [len(page) for page in pages] == [3, 3, 3, 1]
-    _, now = await reader.snapshot([("", "configmaps")])
+    now = await current_objects(reader, [("", "configmaps")])
     assert [o.key.name for o in now][-2:] == ["cm-08", "cm-10"]
 
 
@@ -175,7 +176,7 @@ async def test_snapshot_pages_keep_objects_whose_body_is_missing(
             " (SELECT seq FROM objects WHERE name IN ('b', 'd', 'e'))"
         )
     async with reader.snapshot_pages([("", "configmaps")], 2, 1) as snapshot:
-        names = [stored.key.name async for page in snapshot.pages() for stored in page]
+        names = [stored.key.name async for page in snapshot.pages for stored in page]
     assert names == ["a", "b", "c", "d", "e"]
 
 

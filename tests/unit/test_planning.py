@@ -27,7 +27,6 @@ from reverserd.targets.planning import (
     kind_index,
     manifest_of,
     plan_event,
-    plan_snapshot,
     reconcile_message,
 )
 
@@ -108,15 +107,18 @@ def snapshot(
     files: dict[ObjectKey, FileRecord] | None = None,
     selections: set[tuple[str, str]] | None = None,
 ) -> tuple[FilePlan, int]:
-    return plan_snapshot(
-        objects,
+    """The plan of one snapshot whose objects and folder are all at hand, and its writes."""
+    planner = SnapshotPlanner(
         compiled,
         TYPES,
         ALL_SELECTED if selections is None else selections,
         FOLDER,
         files or {},
-        branch,
+        set(branch),
     )
+    planner.add(objects, {path: branch[path] for path in planner.branch_paths_of(objects)})
+    planner.identify({path: branch[path] for path in planner.unidentified()})
+    return planner.finish(), planner.writes
 
 
 def deleted_paths(plan: FilePlan) -> set[str]:
