@@ -4,7 +4,11 @@ A supervised task that fails unexpectedly is logged with its traceback, counted 
 ``reverserd_task_restarts_total``, and restarted after a growing delay (``on_failure`` lets the
 owner show the failure in status meanwhile). Its state lives in the journal, so a restart resumes
 where it stood. A task that returns is done; one that raises is never left dead. Cancellation
-(shutdown, reconfiguration) passes through untouched.
+of the supervised task itself (shutdown, reconfiguration) passes through untouched; a
+``CancelledError`` that reaches it without that (a future it awaited was cancelled by its
+owner, such as a Git thread's queue dropped when a committer stops) is a failure like any other:
+passed on, it would end the task silently, and an ``asyncio.TaskGroup`` ignores a child that
+ends cancelled.
 """
 
 from __future__ import annotations
@@ -32,10 +36,18 @@ async def supervise(
         try:
             await run()
             return
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            if isinstance(error, asyncio.CancelledError) and _cancelled_by_owner():
+                raise
             log.error("%s failed, restarting in %.0f s", name, delay, exc_info=error)
             TASK_RESTARTS.labels(task=name).inc()
             if on_failure is not None:
                 on_failure(error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_CEILING_S)
+
+
+def _cancelled_by_owner() -> bool:
+    """Whether the running task itself was asked to stop (not just a future it awaited)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0

@@ -208,9 +208,18 @@ class Committer:
         self._commits_since_maintain = 0
 
     async def on_git_thread(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the Git thread; :class:`CommitterStopped` once this committer has
+        stopped, also for work that was still queued when it stopped (the thread's queue is
+        dropped then, and a caller must learn why, not take it for its own cancellation)."""
         if self.stopped:
             raise CommitterStopped(self.key)
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.stopped and task is not None and not task.cancelling():
+                raise CommitterStopped(self.key) from None
+            raise
 
     async def read(self, path: str) -> bytes | None:
         return await self.on_git_thread(lambda: self.repository.read(path))

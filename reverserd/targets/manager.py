@@ -6,6 +6,10 @@ so they never race each other. A consumer is restarted when anything it depends 
 rules, path, branch or provider); it resumes from its cursor, so a restart costs a replay, never
 an event.
 
+A consumer task that ends while its target is still wanted (whatever ended it) is noticed at
+once: the failure is shown in the target's status and a fresh consumer starts from the cursor,
+so a target never stays Ready behind a consumer that is gone.
+
 A GitTarget whose place changes (``spec.path``, ``spec.branch`` or the provider's URL) is a new
 target: its cursor and its record of written files are dropped, together with whatever its
 committer still held for it, and it starts with a full sync of the new place; nothing is written
@@ -80,16 +84,37 @@ class TargetManager:
         # replaced committer's last Git operation is still finishing.
         self.clone_locks: dict[str, asyncio.Lock] = {}
         self.consumers: dict[str, _Running] = {}
+        # Set when a consumer task ended without being stopped here: the next pass restarts it.
+        self._consumer_ended = asyncio.Event()
+        self._closing = False
 
     async def run(self) -> None:
         # A restart after a failure starts from nothing: the previous group's tasks are gone.
         self.branches.clear()
         self.consumers.clear()
+        self._closing = False
         async with asyncio.TaskGroup() as group:
-            while True:
-                seen = self.plane.version
-                await self._reconcile(group)
-                await self.plane.wait_for_change(seen)
+            try:
+                while True:
+                    seen = self.plane.version
+                    self._consumer_ended.clear()
+                    await self._reconcile(group)
+                    await self._wait_for_work(seen)
+            finally:
+                # The group cancels every consumer now: that is no failure to report.
+                self._closing = True
+
+    async def _wait_for_work(self, seen: int) -> None:
+        """Until the configuration changes or a consumer ended on its own."""
+        waits = [
+            asyncio.ensure_future(self.plane.wait_for_change(seen)),
+            asyncio.ensure_future(self._consumer_ended.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
         state = self.plane.state
@@ -132,6 +157,7 @@ class TargetManager:
             task = group.create_task(
                 supervise(f"target {key}", consumer.run, self._record_failure(key))
             )
+            task.add_done_callback(self._consumer_done(key))
             self.consumers[key] = _Running(resolved, consumer, task)
             log.info("started target consumer", extra={"target": key})
         used = {_branch_key(r.resolved) for r in self.consumers.values()}
@@ -228,6 +254,28 @@ class TargetManager:
         progress.snapshot_synced = progress.stream_live = False
         progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
         self.board.notify()
+
+    def _consumer_done(self, key: str) -> Callable[[asyncio.Task[None]], None]:
+        """Notice a consumer task that ended while its target is still wanted."""
+
+        def done(task: asyncio.Task[None]) -> None:
+            running = self.consumers.get(key)
+            if self._closing or running is None or running.task is not task:
+                return  # stopped here on purpose
+            del self.consumers[key]
+            if task.cancelled():
+                error: BaseException = asyncio.CancelledError("consumer task cancelled")
+            else:
+                error = task.exception() or RuntimeError("consumer task returned")
+            log.error(
+                "target consumer ended unexpectedly, starting it again",
+                extra={"target": key},
+                exc_info=error,
+            )
+            self._record_failure(key)(error)
+            self._consumer_ended.set()
+
+        return done
 
     def _record_failure(self, key: str) -> Callable[[BaseException], None]:
         def record(error: BaseException) -> None:
