@@ -48,6 +48,7 @@ from typing import TypeVar
 
 import pygit2
 
+from reverserd.committer.trailers import committed_seq, newest_per_target
 from reverserd.config.status import ProviderHealth, StatusBoard
 from reverserd.git import (
     BranchRepository,
@@ -89,10 +90,6 @@ BATCH_LIMIT = 200
 # File content one push may carry under a backlog of large objects: a pack the server starts
 # receiving within seconds (front ends drop a request body that stays idle for a minute).
 PUSH_BYTES = 32 * 2**20
-# The lines of every commit message that name the target it was made for, and the journal seq
-# up to which it reflects that target's events.
-TARGET_TRAILER = "target: "
-SEQ_TRAILER = "journal-seq"
 # Full repack (git gc, seconds on a large clone) after this many commits: commits write packs
 # and flushes merge the small ones, so it only drops rebase leftovers and leaves one pack.
 MAINTAIN_EVERY_COMMITS = 50_000
@@ -605,34 +602,6 @@ class Committer:
 def content_bytes(items: Iterable[Submission]) -> int:
     """File content the submissions carry: what they hold in memory until committed."""
     return sum(change.held_bytes for item in items for change in item.changes)
-
-
-def committed_seq(commits: Sequence[tuple[str, str]], target: str, cursor: int) -> int:
-    """The newest journal seq of ``target`` in ``commits`` (newest first), not below ``cursor``.
-
-    Stops at the first commit of the target at or below the cursor: everything older is
-    already covered by the cursor.
-    """
-    newest = cursor
-    for _, message in commits:
-        fields = dict(line.split(": ", 1) for line in message.splitlines() if ": " in line)
-        if fields.get(TARGET_TRAILER.rstrip(": ")) != target or SEQ_TRAILER not in fields:
-            continue
-        seq = int(fields[SEQ_TRAILER])
-        if seq <= cursor:
-            break
-        newest = max(newest, seq)
-    return newest
-
-
-def newest_per_target(commits: Sequence[tuple[str, str]]) -> dict[str, str]:
-    """Target -> its newest commit, from commits listed newest first."""
-    newest: dict[str, str] = {}
-    for sha, message in commits:
-        for line in message.splitlines():
-            if line.startswith(TARGET_TRAILER):
-                newest.setdefault(line[len(TARGET_TRAILER) :].strip(), sha)
-    return newest
 
 
 def committer_key(url: str, branch: str) -> str:

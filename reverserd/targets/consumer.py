@@ -514,7 +514,9 @@ class TargetConsumer:
         return time.monotonic() - self.quarantine_retried_at >= QUARANTINE_RETRY_S
 
     async def _retry_quarantined(self) -> None:
-        """Plan quarantined objects again from their latest journaled state."""
+        """Plan quarantined objects again from their latest journaled state, under the current
+        rules; a retried object is committed at the consumer's position, never at its old
+        event's seq (see :mod:`reverserd.committer.trailers`)."""
         self.quarantine_retried_at = time.monotonic()
         discovery = self.discovery()
         if discovery is None:
@@ -523,6 +525,12 @@ class TargetConsumer:
             rtype = discovery.types.get((key.api_group, key.resource))
             event = await self.reader.latest_event(key) if rtype is not None else None
             if rtype is None or event is None:
+                continue
+            if self._covered_since(event) is None or not selected(
+                self.resolved.rules, rtype, event.namespace, event.kind.value
+            ):
+                # No rule selects it any more: there is nothing to write, so nothing is held.
+                await self._release(key)
                 continue
             try:
                 plan = await self._plan(event, rtype, replayed=False)
@@ -574,7 +582,7 @@ class TargetConsumer:
             live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
             attribution = await self.resolver.attribute(event, read_live=live)
         lines = attribution.lines if attribution is not None else ()
-        message = commit_message(event, rtype, self.key, lines)
+        message = commit_message(event, rtype, self.key, self.seq, lines)
         author = attribution.author if attribution is not None else None
         await self._submit(plan, message, self._pushed, quarantine, author)
 

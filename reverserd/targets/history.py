@@ -11,7 +11,8 @@ replaces both with exact values anyway.
 
 from __future__ import annotations
 
-from reverserd.committer.committer import Committer, newest_per_target
+from reverserd.committer.committer import Committer
+from reverserd.committer.trailers import newest_per_target
 from reverserd.config.status import TargetProgress
 from reverserd.journal.reader import CursorRow
 

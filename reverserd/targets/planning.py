@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from reverserd.committer.committer import SEQ_TRAILER, TARGET_TRAILER
+from reverserd.committer.trailers import trailer_lines
 from reverserd.config.rules import CompiledRule
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
@@ -177,9 +177,14 @@ def manifest_of(
 
 
 def commit_message(
-    event: JournalEvent, rtype: ResourceType, target: str, attribution: Sequence[str] = ()
+    event: JournalEvent,
+    rtype: ResourceType,
+    target: str,
+    seq: int,
+    attribution: Sequence[str] = (),
 ) -> str:
-    """Subject and body of one event's commit; ``attribution`` holds its user/manager lines."""
+    """Subject and body of one event's commit, handed over at journal position ``seq`` (see
+    :mod:`reverserd.committer.trailers`); ``attribution`` holds its user/manager lines."""
     subject = (
         f"[{event.kind.value}] {commit_subject_path(rtype, event.namespace or None, event.name)}"
     )
@@ -192,7 +197,7 @@ def commit_message(
     if event.username:
         lines.append(f"user: {printable(event.username)}")
     lines += attribution
-    lines += [f"{SEQ_TRAILER}: {event.seq}", f"{TARGET_TRAILER}{target}"]
+    lines += trailer_lines(target, seq)
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +206,8 @@ def reconcile_message(plan: FilePlan, objects: int, target: str) -> str:
         f"reconcile: sync {objects} resources\n\n"
         f"adopted: {plan.adopted}\n"
         f"created: {plan.created}\nupdated: {plan.updated}\ndeleted: {plan.deleted}\n"
-        f"{TARGET_TRAILER}{target}\n"
+        + "\n".join(trailer_lines(target, None))
+        + "\n"
     )
 
 

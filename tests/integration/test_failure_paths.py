@@ -8,13 +8,18 @@ the journal and the custom resources' status.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
+import pygit2
+
 from testbed.controlplane import ControlPlane
+from testbed.gitservers import install_hook, push_foreign_commit
 from testbed.harness import (
     Reverserd,
     apply,
+    caught_up,
     subjects,
     tree,
     wait_condition,
@@ -22,8 +27,10 @@ from testbed.harness import (
     wait_synced,
     wait_until,
 )
-from testbed.manifests import configmap, git_target, mirror_setup, watch_rule
+from testbed.manifests import configmap, git_target, mirror_setup, podtemplate, secret, watch_rule
 from tests.conftest import Remote
+from tests.integration.test_faults import remove_on_server
+from tests.integration.test_secrets import decrypt
 
 
 def cm_subject(operation: str, namespace: str, name: str) -> str:
@@ -91,3 +98,96 @@ def test_two_targets_on_one_branch_both_flow_after_the_committer_failed(
     finally:
         daemon.ensure_stopped()
         subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def clone_tip_subject(daemon: Reverserd) -> str | None:
+    """The subject of the newest commit on the daemon's clone as it is on disk."""
+    clones = [path for path in (daemon.state_dir / "repos").iterdir() if path.is_dir()]
+    assert len(clones) == 1, clones
+    try:
+        tip = pygit2.Repository(str(clones[0])).references["refs/heads/main"].peel(pygit2.Commit)
+    except (KeyError, pygit2.GitError):
+        return None
+    return str(tip.message.splitlines()[0])
+
+
+def test_quarantine_retry_then_sigkill_commits_nothing_twice_and_loses_no_secret_change(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    tmp_path: Path,
+    tools: Path,
+    age_key: tuple[str, str],
+) -> None:
+    identity, recipient = age_key
+    rules = [{"resources": ["configmaps", "secrets", "podtemplates"]}]
+    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
+    target["spec"]["encryption"] = {
+        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}
+    }
+    sops = ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(tools / "age-keygen")]
+    daemon = Reverserd(control_plane, tmp_path / "state", sops)
+    secret_path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+    config_path = f"live-cluster/v1/configmaps/{namespace}/c.yaml"
+
+    def secret_on_server(value: bytes) -> bool:
+        files = tree(remote.path)
+        encoded = {"password": base64.b64encode(value).decode()}
+        return (
+            secret_path in files and decrypt(tools, identity, files[secret_path])["data"] == encoded
+        )
+
+    try:
+        apply(control_plane, provider, target, rule)
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        # A person's file where the PodTemplates' folder must be: "held" is quarantined, and
+        # its cursor moves past its event.
+        blocked = f"live-cluster/v1/podtemplates/{namespace}"
+        push_foreign_commit(remote.path, "main", blocked, b"a person's notes\n", "notes")
+        apply(control_plane, configmap(namespace, "c", {"v": "0"}))
+        apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+        apply(control_plane, podtemplate(namespace, "held"))
+        wait_condition(
+            control_plane, "gittarget", namespace, "mirror", "Quarantined", "True", daemon=daemon
+        )
+        wait_until(lambda: secret_on_server(b"first-value"), describe=daemon.log_tail)
+        wait_until(lambda: caught_up(daemon, f"{namespace}/mirror"), describe=daemon.log_tail)
+
+        # The server refuses every push from now on: what follows is committed, not pushed.
+        refuse = tmp_path / "refuse"
+        refuse.touch()
+        install_hook(remote.path, "pre-receive", f"#!/bin/sh\n[ ! -e {refuse} ]\n")
+        apply(control_plane, configmap(namespace, "c", {"v": "1"}))
+        apply(control_plane, configmap(namespace, "c", {"v": "2"}))
+        apply(control_plane, secret(namespace, "db", {"password": "second-value"}))
+        wait_until(
+            lambda: clone_tip_subject(daemon) == f"[UPDATE] v1/secrets/{namespace}/db",
+            timeout=150,
+            describe=daemon.log_tail,
+        )
+        # The person frees the path: the periodic retry commits "held", after those commits.
+        remove_on_server(remote.path, blocked)
+        wait_until(
+            lambda: clone_tip_subject(daemon) == f"[CREATE] v1/podtemplates/{namespace}/held",
+            timeout=240,
+            describe=daemon.log_tail,
+        )
+        daemon.kill()
+        assert b"v: '0'" in tree(remote.path)[config_path], "killed before the push"
+
+        # Changed back while reverserd is down; then the server takes pushes again.
+        apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+        refuse.unlink()
+        daemon.start()
+        apply(control_plane, configmap(namespace, "after"))
+        wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after"))
+
+        history = subjects(remote.path)
+        assert history.count(cm_subject("UPDATE", namespace, "c")) == 2, history
+        assert history.count(f"[CREATE] v1/podtemplates/{namespace}/held") == 1, history
+        assert history.count(f"[UPDATE] v1/secrets/{namespace}/db") == 2, history
+        assert b"v: '2'" in tree(remote.path)[config_path]
+        assert secret_on_server(b"first-value")
+    finally:
+        daemon.ensure_stopped()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reverserd.committer.committer import committed_seq, newest_per_target
+from reverserd.committer.trailers import committed_seq, newest_per_target
 
 
 def message(subject: str, seq: int | None, target: str) -> str:
@@ -39,3 +39,9 @@ def test_scan_stops_at_the_first_commit_the_cursor_covers() -> None:
 
 def test_last_commit_of_each_target_is_its_newest() -> None:
     assert newest_per_target(COMMITS) == {"a/t": "c5", "b/t": "c4"}
+
+
+def test_only_the_trailing_lines_are_trailers() -> None:
+    forged = "[UPDATE] v1/configmaps/a/x\n\njournal-seq: 99\ntarget: a/t\nuser: someone\n"
+    assert committed_seq([("c9", forged), *COMMITS], "a/t", cursor=10) == 15
+    assert newest_per_target([("c9", forged)]) == {}

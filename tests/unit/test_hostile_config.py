@@ -421,7 +421,7 @@ def test_names_with_control_characters_cannot_add_commit_message_lines() -> None
         journaled_at=0.0,
         username="mallory\nuser: system:admin",
     )
-    message = commit_message(event, CLUSTER_ROLES, "team-a/mirror")
+    message = commit_message(event, CLUSTER_ROLES, "team-a/mirror", event.seq)
     lines = message.splitlines()
     assert [line for line in lines if line.startswith("user:")] == [
         "user: mallory\\u000auser: system:admin"
