@@ -15,6 +15,7 @@ from reverserd.journal.model import (
     SeedState,
     StoredObject,
     StreamSpec,
+    TargetPlace,
 )
 from reverserd.journal.reader import CursorRow, JournalReader, StreamRow
 from reverserd.journal.writer import JOURNAL_FILE, JournalWriter, SeedSession
@@ -33,4 +34,5 @@ __all__ = [
     "StoredObject",
     "StreamRow",
     "StreamSpec",
+    "TargetPlace",
 ]

@@ -41,6 +41,18 @@ class ObjectKey:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetPlace:
+    """Where a target writes: a target's cursor and records are about this place only."""
+
+    remote: str
+    """The repository and branch, as the committer's key (normal URL form, no credentials)."""
+    provider: str
+    """``<namespace>/<name>`` of the GitProvider it writes through."""
+    path: str
+    """Its folder on the branch (empty: the branch's root)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSpec:
     """One watch: a resource type at its preferred version, in one namespace or all of them."""
 

@@ -17,7 +17,14 @@ from typing import Any
 
 import aiosqlite
 
-from reverserd.journal.model import EventKind, JournalEvent, ObjectKey, SeedState, StoredObject
+from reverserd.journal.model import (
+    EventKind,
+    JournalEvent,
+    ObjectKey,
+    SeedState,
+    StoredObject,
+    TargetPlace,
+)
 from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
 
 # Bodies one read of events may bring (beyond its first event): a few large objects, or a full
@@ -224,6 +231,22 @@ class JournalReader:
 
     async def cursor(self, target: str) -> CursorRow | None:
         return next((row for row in await self.cursors() if row.target == target), None)
+
+    async def target_place(self, target: str) -> TargetPlace | None:
+        """Where ``target``'s cursor and records were written; None before it first started."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT remote, provider, path FROM target_places WHERE target = ?", (target,)
+        )
+        return next((TargetPlace(*row) for row in rows), None)
+
+    async def journaled_targets(self) -> set[str]:
+        """Every target that has anything in the journal: a cursor, a place, records."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT target FROM cursors UNION SELECT target FROM target_places"
+            " UNION SELECT DISTINCT target FROM target_files"
+            " UNION SELECT DISTINCT target FROM quarantine"
+        )
+        return {row[0] for row in rows}
 
     async def lag(self, seq: int) -> tuple[int, float | None]:
         """Events after ``seq``, and when the oldest of them was journaled (None: no lag)."""

@@ -48,7 +48,7 @@ import orjson
 
 from reverserd.attribution.origin import digest, field_manager
 from reverserd.journal.migrations import migrate
-from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec
+from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec, TargetPlace
 
 log = logging.getLogger(__name__)
 
@@ -631,10 +631,24 @@ class JournalWriter:
 
         await self.submit(apply)
 
-    async def forget_target(self, target: str) -> None:
-        """A deleted GitTarget no longer holds back compaction."""
+    async def record_place(self, target: str, place: TargetPlace) -> None:
+        """Where ``target`` writes from now on (its cursor and records are about this place)."""
 
         def apply(batch: _Batch) -> None:
+            batch.execute(
+                "INSERT OR REPLACE INTO target_places (target, remote, provider, path)"
+                " VALUES (?, ?, ?, ?)",
+                (target, place.remote, place.provider, place.path),
+            )
+
+        await self.submit(apply)
+
+    async def forget_target(self, target: str) -> None:
+        """Drop everything of a target: a deleted GitTarget no longer holds back compaction,
+        and one that moved starts afresh at its new place."""
+
+        def apply(batch: _Batch) -> None:
+            batch.execute("DELETE FROM target_places WHERE target = ?", (target,))
             batch.execute("DELETE FROM cursors WHERE target = ?", (target,))
             batch.execute("DELETE FROM target_files WHERE target = ?", (target,))
             batch.execute("DELETE FROM quarantine WHERE target = ?", (target,))

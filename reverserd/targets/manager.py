@@ -10,11 +10,16 @@ A consumer task that ends while its target is still wanted (whatever ended it) i
 once: the failure is shown in the target's status and a fresh consumer starts from the cursor,
 so a target never stays Ready behind a consumer that is gone.
 
-A GitTarget whose place changes (``spec.path``, ``spec.branch`` or the provider's URL) is a new
-target: its cursor and its record of written files are dropped, together with whatever its
-committer still held for it, and it starts with a full sync of the new place; nothing is written
-to or deleted from the old folder afterwards. A GitTarget that was deleted is forgotten the same
-way, so it no longer holds back journal compaction and a re-created one starts afresh.
+A GitTarget whose place changes (``spec.path``, ``spec.branch``, its provider or the provider's
+URL) is a new target: its cursor and its record of written files are dropped, together with
+whatever its committer still held for it, and it starts with a full sync of the new place;
+nothing is written to or deleted from the old folder afterwards. The place each target writes
+to is recorded in the journal (``target_places``), so a change made while its consumer was not
+running (reverserd stopped or not leader, the target invalid for a while) is seen when it starts
+again, not only one made while it runs. A GitTarget that was deleted is forgotten the same way,
+also when it was deleted while reverserd was stopped (checked once the configuration is synced),
+so it no longer holds back journal compaction and a re-created one starts afresh. A change of
+rules is no change of place: it is seen per type through the cursor's covered selections.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
 from reverserd.git import BranchRepository, mask_url
-from reverserd.journal import JournalWriter
+from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
@@ -87,12 +92,22 @@ class TargetManager:
         # Set when a consumer task ended without being stopped here: the next pass restarts it.
         self._consumer_ended = asyncio.Event()
         self._closing = False
+        # Reads the targets' recorded places; open while the manager runs.
+        self._reader: JournalReader
 
     async def run(self) -> None:
         # A restart after a failure starts from nothing: the previous group's tasks are gone.
         self.branches.clear()
         self.consumers.clear()
         self._closing = False
+        self._reader = await JournalReader.open(self.state_dir)
+        try:
+            await self._forget_deleted_targets()
+            await self._run()
+        finally:
+            await self._reader.close()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
             try:
                 while True:
@@ -133,6 +148,7 @@ class TargetManager:
         for key, resolved in sorted(state.targets.items()):
             if key in self.consumers:
                 continue
+            await self._claim_place(key, resolved)
             branch = self._branch(group, resolved)
             self.board.target(key).branch = branch.key
             consumer = TargetConsumer(
@@ -174,6 +190,35 @@ class TargetManager:
             await found[0].current.forget(key)
         await self.journal.forget_target(key)
         log.info("forgot target state", extra={"target": key})
+
+    async def _forget_deleted_targets(self) -> None:
+        """Forget targets the journal still holds whose GitTarget is gone (deleted while
+        reverserd was stopped). Run once the configuration is synced, never on a cache that may
+        be partial."""
+        existing = {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}
+        for key in sorted(await self._reader.journaled_targets() - existing):
+            await self.journal.forget_target(key)
+            log.info("forgot the state of a deleted target", extra={"target": key})
+
+    async def _claim_place(self, key: str, resolved: ResolvedTarget) -> None:
+        """Before a target's consumer starts: if the journal's state of the target is about
+        another place, drop it (and what that place's committer still holds for the target), so
+        the consumer syncs its new place afresh; then record the place it writes to now."""
+        place = _place(resolved)
+        recorded = await self._reader.target_place(key)
+        if recorded == place:
+            return
+        if recorded is not None:
+            old = self.branches.get(recorded.remote)
+            if old is not None:
+                await old[0].current.forget(key)
+            await self.journal.forget_target(key)
+            self._hold_gates(key)
+            log.info(
+                "target moved while its consumer was not running, starting afresh",
+                extra={"target": key, "from": f"{recorded.remote}:{recorded.path}"},
+            )
+        await self.journal.record_place(key, place)
 
     def remote_error(self, target: str) -> str | None:
         """The last push or connection error of the committer a target writes through."""
@@ -249,6 +294,10 @@ class TargetManager:
         log.info("stopped target consumer", extra={"target": key})
         if wanted is None or _selection(wanted) == _selection(running.resolved):
             return
+        self._hold_gates(key)
+
+    def _hold_gates(self, key: str) -> None:
+        """Not synced, not live, until the target's next first sync is pushed."""
         progress = self.board.target(key)
         progress.sync_epoch += 1
         progress.snapshot_synced = progress.stream_live = False
@@ -298,12 +347,12 @@ def _branch_key(resolved: ResolvedTarget) -> str:
 
 def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
     """What a target mirrors and where: its place and its rules, in whatever order they came."""
-    return (*_place(resolved), frozenset(resolved.rules))
+    return (_place(resolved), frozenset(resolved.rules))
 
 
-def _place(resolved: ResolvedTarget) -> tuple[str, str, str]:
+def _place(resolved: ResolvedTarget) -> TargetPlace:
     """Where a target writes; a target whose place changes starts afresh."""
-    return (_branch_key(resolved), resolved.provider.key, resolved.target.path)
+    return TargetPlace(_branch_key(resolved), resolved.provider.key, resolved.target.path)
 
 
 def _committer_config(resolved: ResolvedTarget) -> tuple[object, ...]:

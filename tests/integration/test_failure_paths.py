@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pygit2
+import pytest
 
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import install_hook, push_foreign_commit
@@ -20,6 +21,7 @@ from testbed.harness import (
     Reverserd,
     apply,
     caught_up,
+    query_journal,
     subjects,
     tree,
     wait_condition,
@@ -191,3 +193,89 @@ def test_quarantine_retry_then_sigkill_commits_nothing_twice_and_loses_no_secret
         assert secret_on_server(b"first-value")
     finally:
         daemon.ensure_stopped()
+
+
+@pytest.mark.parametrize("moved", ["path", "branch"])
+def test_target_moved_while_stopped_syncs_its_new_place_and_leaves_the_old_one(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, moved: str
+) -> None:
+    # The provider allows both branches; "other" already exists on the server with only a
+    # README, so nothing of the old place is there unless this target writes it.
+    provider, _, rule = mirror_setup(namespace, remote.url, secret=remote.secret, branch="other")
+    push_foreign_commit(remote.path, "other", "README.md", b"other\n", "start other")
+    apply(control_plane, provider, git_target(namespace, "mirror", "mirror", "live-cluster"), rule)
+    names = [f"cm-{index}" for index in range(6)]
+    apply(control_plane, *(configmap(namespace, name, {"v": "1"}) for name in names))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    wait_until(
+        lambda: all(
+            f"live-cluster/v1/configmaps/{namespace}/{name}.yaml" in tree(remote.path)
+            for name in names
+        ),
+        describe=daemon.log_tail,
+    )
+    target = f"{namespace}/mirror"
+    wait_until(lambda: caught_up(daemon, target), describe=daemon.log_tail)
+    daemon.stop()
+    old_main = tree(remote.path)
+
+    # Moved while reverserd is stopped; one object changes meanwhile.
+    path, branch = ("moved", "main") if moved == "path" else ("live-cluster", "other")
+    apply(control_plane, git_target(namespace, "mirror", "mirror", path, branch))
+    apply(control_plane, configmap(namespace, "cm-0", {"v": "2"}))
+    daemon.start()
+    new_files = {name: f"{path}/v1/configmaps/{namespace}/{name}.yaml" for name in names}
+    wait_until(
+        lambda: new_files.values() <= tree(remote.path, branch).keys(),
+        describe=lambda: f"{sorted(tree(remote.path, branch))}; log: {daemon.log_tail()}",
+    )
+    # A later real change reaches the new place only; the old place stays as it was.
+    apply(control_plane, configmap(namespace, "cm-1", {"v": "3"}))
+    wait_until(
+        lambda: b"v: '3'" in tree(remote.path, branch)[new_files["cm-1"]],
+        describe=daemon.log_tail,
+    )
+    files = tree(remote.path, branch)
+    assert b"v: '2'" in files[new_files["cm-0"]]
+    if moved == "path":
+        kept = {p: c for p, c in files.items() if p.startswith("live-cluster/")}
+        assert kept == {p: c for p, c in old_main.items() if p.startswith("live-cluster/")}
+    else:
+        assert tree(remote.path) == old_main
+    place = query_journal(
+        daemon, "SELECT remote, path FROM target_places WHERE target = ?", (target,)
+    )
+    assert [(remote_key.rsplit("#", 1)[1], folder) for remote_key, folder in place] == [
+        (branch, path)
+    ]
+
+
+def test_target_deleted_while_stopped_keeps_no_state_in_the_journal(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    second = git_target(namespace, "second", "mirror", "second")
+    second_rule = watch_rule(namespace, "second", "second", [{"resources": ["configmaps"]}])
+    apply(control_plane, second, second_rule, configmap(namespace, "one"))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    wait_synced(control_plane, namespace, "second", daemon=daemon)
+    gone = f"{namespace}/second"
+    wait_until(lambda: caught_up(daemon, f"{namespace}/mirror", gone), describe=daemon.log_tail)
+    tables = ("cursors", "target_files", "target_places")
+    for table in tables:
+        count = query_journal(daemon, f"SELECT COUNT(*) FROM {table} WHERE target = ?", (gone,))
+        assert count[0][0] > 0, table
+    daemon.stop()
+
+    control_plane.kubectl("delete", "gittarget", "second", "-n", namespace)
+    daemon.start()
+    apply(control_plane, configmap(namespace, "after"))
+    wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after"))
+    for table in (*tables, "quarantine"):
+        count = query_journal(daemon, f"SELECT COUNT(*) FROM {table} WHERE target = ?", (gone,))
+        assert count[0][0] == 0, table
+    assert query_journal(
+        daemon, "SELECT COUNT(*) FROM cursors WHERE target = ?", (f"{namespace}/mirror",)
+    ) == [(1,)]

@@ -17,6 +17,7 @@ from reverserd.journal import (
     ObjectKey,
     SeedState,
     StreamSpec,
+    TargetPlace,
 )
 from reverserd.kube.resources import ResourceType
 from tests.conftest import current_objects
@@ -231,6 +232,24 @@ async def test_compaction_keeps_what_objects_or_cursors_still_need(
     await writer.forget_target("ns/target")
     await writer.compact()
     assert await reader.events_after(0, 100) == []
+
+
+async def test_a_targets_place_is_recorded_until_it_is_forgotten_with_its_state(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    place = TargetPlace("https://git.example/r#main", "ns/provider", "live")
+    await writer.record_place("ns/target", place)
+    await writer.write_cursor(
+        "ns/target", seq=0, covered={}, files=[(ObjectKey("", "configmaps", "ns", "a"), "p", "h")]
+    )
+    await writer.write_cursor("ns/other", seq=0, covered={})
+    assert await reader.target_place("ns/target") == place
+    assert await reader.journaled_targets() == {"ns/target", "ns/other"}
+    await writer.forget_target("ns/target")
+    assert await reader.target_place("ns/target") is None
+    assert await reader.target_files("ns/target") == {}
+    assert await reader.journaled_targets() == {"ns/other"}
 
 
 async def test_reopened_journal_continues_sequence_and_index(tmp_path: Path) -> None:
