@@ -6,7 +6,9 @@ binary with age recipients, so the standard ``sops -d`` decrypts every file it w
 Secret changed. Plaintext goes to the child process through a pipe, never through a file.
 
 sops checks the network for a newer version unless told not to; it is told not to, so an
-air-gapped cluster never waits on it.
+air-gapped cluster never waits on it. A run that never got to answer (the process could not be
+started for lack of resources, was killed, or timed out) raises :class:`EncryptionUnavailable`,
+which callers retry; any other failure is about the input or the configuration.
 
 A target folder's ``.sops.yaml`` belongs to its people as much as to reverserd: recipients,
 key groups and creation rules added by hand are kept (:func:`sops_config_for`), and every file
@@ -18,9 +20,11 @@ rewritten, when the recipients change.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import re
+import signal
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +67,16 @@ class EncryptionError(Exception):
     """sops or age-keygen failed; the message never contains plaintext or key material."""
 
 
+class EncryptionUnavailable(EncryptionError):
+    """The tool did not get to answer (it could not be started for lack of resources, was
+    killed by a signal, or timed out): says nothing about the input, so the caller retries."""
+
+
+# Errors starting a process that are about the machine at the moment, not the configuration
+# (a missing or non-executable binary is the configuration's).
+TRANSIENT_START_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+
+
 async def _run(command: Sequence[str], stdin: bytes, cwd: Path | None = None) -> bytes:
     environment = {**os.environ, "SOPS_DISABLE_VERSION_CHECK": "1"}
     try:
@@ -75,13 +89,21 @@ async def _run(command: Sequence[str], stdin: bytes, cwd: Path | None = None) ->
             cwd=cwd,
         )
     except OSError as error:
-        raise EncryptionError(f"cannot run {command[0]}: {error.strerror}") from None
+        message = f"cannot run {command[0]}: {error.strerror}"
+        if error.errno in TRANSIENT_START_ERRORS:
+            raise EncryptionUnavailable(message) from None
+        raise EncryptionError(message) from None
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin), TOOL_TIMEOUT_S)
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise EncryptionError(f"{command[0]} did not finish within {TOOL_TIMEOUT_S} s") from None
+        raise EncryptionUnavailable(
+            f"{command[0]} did not finish within {TOOL_TIMEOUT_S} s"
+        ) from None
+    if process.returncode is not None and process.returncode < 0:
+        signal_name = signal.Signals(-process.returncode).name
+        raise EncryptionUnavailable(f"{os.path.basename(command[0])} was killed ({signal_name})")
     if process.returncode != 0:
         reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise EncryptionError(f"{os.path.basename(command[0])} failed: {reason[0][:300]}")

@@ -52,7 +52,7 @@ from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
-from reverserd.encryption.sops import sops_config_for
+from reverserd.encryption.sops import EncryptionUnavailable, sops_config_for
 from reverserd.git import FileChange
 from reverserd.journal import (
     EventKind,
@@ -104,9 +104,9 @@ IDLE_WAIT_S = 1.0
 # Quarantined objects are retried from their latest state at this pace, so one whose path a
 # person freed (or whose cause was fixed) is written without waiting for it to change.
 QUARANTINE_RETRY_S = 60.0
-# Failures that say nothing about the object (the API server or the disk): the consumer restarts
-# from its cursor instead of quarantining.
-TRANSIENT_ERRORS = (KubeError, OSError, CommitterStopped)
+# Failures that say nothing about the object (the API server, the disk, a sops run that never
+# got to answer): the consumer restarts from its cursor instead of quarantining or skipping.
+TRANSIENT_ERRORS = (KubeError, OSError, CommitterStopped, EncryptionUnavailable)
 # The record hash of a Secret whose fingerprint is unknown (committed before a restart, content
 # not re-read): never equal to a real fingerprint, so the Secret's next change is written.
 UNKNOWN_FINGERPRINT = ""

@@ -11,7 +11,8 @@ When encryption is not configured or its keys are broken, the Secret is skipped,
 a value; at most once per :data:`SKIP_WARNING_INTERVAL_S` for each Secret) and reported in the
 GitTarget's ``EncryptionConfigured`` condition; every other object keeps flowing. Once keys
 become usable, the target takes a fresh snapshot of its Secrets, so nothing skipped meanwhile
-stays missing.
+stays missing. A sops run that never got to answer (killed, timed out, not started) is no reason
+to skip: it is raised to the consumer, which retries from its cursor after a backoff.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from typing import Any
 from reverserd.config.status import TargetProgress
 from reverserd.encryption.fingerprint import fingerprint
 from reverserd.encryption.keys import KeyState, resolve_keys
-from reverserd.encryption.sops import EncryptionError, Sops, sops_config_for
+from reverserd.encryption.sops import (
+    EncryptionError,
+    EncryptionUnavailable,
+    Sops,
+    sops_config_for,
+)
 from reverserd.journal import ObjectKey
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.resources import ResourceType
@@ -124,6 +130,8 @@ class SecretWriter:
         in_folder = path[len(folder) + 1 :] if folder else path
         try:
             encrypted = await self.sops.encrypt(plaintext, config, in_folder)
+        except EncryptionUnavailable:
+            raise  # says nothing about the Secret: the consumer retries from its cursor
         except EncryptionError as error:
             self.skip(key, str(error))
             return None

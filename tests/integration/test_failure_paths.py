@@ -279,3 +279,59 @@ def test_target_deleted_while_stopped_keeps_no_state_in_the_journal(
     assert query_journal(
         daemon, "SELECT COUNT(*) FROM cursors WHERE target = ?", (f"{namespace}/mirror",)
     ) == [(1,)]
+
+
+def test_sops_killed_on_its_first_calls_does_not_lose_the_secret_change(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    tmp_path: Path,
+    tools: Path,
+    age_key: tuple[str, str],
+) -> None:
+    identity, recipient = age_key
+    # sops behind a wrapper that kills itself (as the OOM killer would) while failures are left.
+    failures_left = tmp_path / "failures-left"
+    failures_left.write_text("0\n")
+    wrapper = tmp_path / "sops"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"left=$(cat {failures_left})\n"
+        'if [ "$left" -gt 0 ]; then\n'
+        f"  echo $((left - 1)) > {failures_left}\n"
+        "  kill -9 $$\n"
+        "fi\n"
+        f'exec {tools / "sops"} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    rules = [{"resources": ["configmaps", "secrets"]}]
+    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
+    target["spec"]["encryption"] = {
+        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}
+    }
+    sops = ["--sops-path", str(wrapper), "--age-keygen-path", str(tools / "age-keygen")]
+    daemon = Reverserd(control_plane, tmp_path / "state", sops)
+    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+
+    def secret_on_server(value: bytes) -> bool:
+        files = tree(remote.path)
+        encoded = {"password": base64.b64encode(value).decode()}
+        return path in files and decrypt(tools, identity, files[path])["data"] == encoded
+
+    try:
+        apply(control_plane, provider, target, rule)
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
+        wait_until(lambda: secret_on_server(b"first-value"), describe=daemon.log_tail)
+
+        failures_left.write_text("3\n")
+        apply(control_plane, secret(namespace, "db", {"password": "second-value"}))
+        apply(control_plane, configmap(namespace, "after"))
+        wait_for_subjects(
+            remote.path, daemon, cm_subject("CREATE", namespace, "after"), timeout=150
+        )
+        assert failures_left.read_text().strip() == "0", "sops was killed three times"
+        assert secret_on_server(b"second-value")
+    finally:
+        daemon.ensure_stopped()
