@@ -341,12 +341,22 @@ class GitHttpServer(_GitServer):
     def _argv(self) -> list[str]:
         return [self._lighttpd, "-D", "-f", str(self._config_path)]
 
-    def _write_config(self, backend: str) -> None:
+    def rotate_password(self, password: str) -> None:
+        """Accept only ``password`` from now on, as a credential rotation on the server does
+        (lighttpd reads its user file for every request; the server keeps running)."""
+        self.password = password
+        self._write_users()
+
+    def _write_users(self) -> None:
         if ":" in self.username or "\n" in self.username + self.password:
             raise ValueError("username must not contain ':' and neither may contain newlines")
         users = self.state_dir / "htpasswd.plain"
         users.write_text(f"{self.username}:{self.password}\n")
         users.chmod(0o600)
+
+    def _write_config(self, backend: str) -> None:
+        self._write_users()
+        users = self.state_dir / "htpasswd.plain"
         document_root = self.state_dir / "htdocs"
         uploads = self.state_dir / "uploads"
         document_root.mkdir(exist_ok=True)

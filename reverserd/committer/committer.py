@@ -27,7 +27,9 @@ so a successor never works on it concurrently (DESIGN invariant 8).
 - the remote is unreachable, refuses the credentials, or declines the update (a hook, a
   protected branch, a ref that cannot be created such as ``env/prod`` beside ``env``): back off
   (up to a minute), say why in status, and keep turning new submissions into local commits
-  meanwhile, so the first push after recovery carries everything. A rejection after which the
+  meanwhile, so the first push after recovery carries everything. After a failure to reach the
+  remote, the provider's Secret is read again, so rotated credentials are used from the next
+  try on, without a restart. A rejection after which the
   fetched tip did not move is such a refusal too: rebuilding would not change the answer.
 """
 
@@ -54,6 +56,7 @@ from reverserd.git import (
     BranchRepository,
     CredentialsError,
     FileChange,
+    GitCredentials,
     PushDeclined,
     PushRejected,
     RemoteUnavailable,
@@ -176,7 +179,9 @@ class Committer:
         committer_identity: tuple[str, str],
         policy: PushPolicy,
         provider_keys: Callable[[], Sequence[str]],
+        credentials: Callable[[], Awaitable[GitCredentials]] | None = None,
     ) -> None:
+        """``credentials`` reads the provider's Secret again (it may have been rotated)."""
         self.key = key
         self.clone_lock = clone_lock
         self.connect = connect
@@ -186,6 +191,7 @@ class Committer:
         self.identity = committer_identity
         self.policy = policy
         self.provider_keys = provider_keys
+        self.credentials = credentials
         self.ready = asyncio.Event()
         self.stopped = False
         self.last_error: str | None = None
@@ -518,6 +524,7 @@ class Committer:
             return
         except RemoteUnavailable as error:
             self._push_failed("ConnectionFailed", str(error))
+            await self._reload_credentials()
             return
         PUSH_DURATION.observe(time.monotonic() - started)
         GIT_OPERATIONS.labels(operation="push", result="success").inc()
@@ -539,6 +546,7 @@ class Committer:
             after = await self.on_git_thread(self.repository.remote_base)
         except RemoteUnavailable as error:
             self._push_failed("ConnectionFailed", str(error))
+            await self._reload_credentials()
             return
         self._quarantine_paths(self.repository.dropped_in_rebuild)
         if before == after:
@@ -553,6 +561,21 @@ class Committer:
         self._push.immediate_rebases += 1
         if self._push.immediate_rebases > MAX_IMMEDIATE_REBASES:
             self._push_failed("RemoteBusy", f"{rejection}; the branch keeps moving, waiting")
+
+    async def _reload_credentials(self) -> None:
+        """Read the provider's Secret again after the remote could not be reached: rotated
+        credentials are used from the next try on. A Secret that cannot be read or used now
+        leaves the current credentials in place (the push failure stays in status)."""
+        if self.credentials is None:
+            return
+        try:
+            fresh = await self.credentials()
+            changed = await self.on_git_thread(lambda: self.repository.use_credentials(fresh))
+        except (ProviderProblem, CredentialsError, OSError, TimeoutError) as error:
+            log.warning("cannot re-read the credentials of %s: %s", self.key, error)
+            return
+        if changed:
+            log.info("credentials of %s changed, using them from now on", self.key)
 
     def _push_failed(self, reason: str, message: str) -> None:
         GIT_OPERATIONS.labels(operation="push", result="failed").inc()

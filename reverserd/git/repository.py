@@ -306,6 +306,15 @@ class BranchRepository:
         self.display_url = mask_url(url)
         """The URL with any password masked, for logs and status."""
 
+    def use_credentials(self, credentials: GitCredentials) -> bool:
+        """Use ``credentials`` for the next network operation (its Secret was rotated); returns
+        whether they differ from the current ones. Raises CredentialsError, keeping the
+        current ones, if they are unusable for this URL."""
+        build_callbacks(self._url, credentials)
+        changed = credentials != self._credentials
+        self._credentials = credentials
+        return changed
+
     def open(self) -> str | None:
         """Create or open the clone, point ``origin`` at the URL, fetch; return the branch tip.
 

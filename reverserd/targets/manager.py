@@ -43,7 +43,7 @@ from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
-from reverserd.git import BranchRepository, mask_url
+from reverserd.git import BranchRepository, GitCredentials, mask_url
 from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
 from reverserd.supervise import supervise
@@ -255,10 +255,12 @@ class TargetManager:
                 if committer_key(p.url, branch_name) == key
             )
 
+        async def credentials() -> GitCredentials:
+            return await load_credentials(self.client, provider)
+
         async def connect() -> BranchRepository:
-            credentials = await load_credentials(self.client, provider)
             return BranchRepository(
-                clone_dir(self.state_dir, key), provider.url, branch_name, credentials
+                clone_dir(self.state_dir, key), provider.url, branch_name, await credentials()
             )
 
         lock = self.clone_locks.setdefault(key, asyncio.Lock())
@@ -273,6 +275,7 @@ class TargetManager:
                 self.identity,
                 PushPolicy(provider.push_interval_s, provider.push_max_commits),
                 providers,
+                credentials,
             )
 
         display = f"{mask_url(provider.url)}#{branch_name}"

@@ -31,7 +31,7 @@ from testbed.harness import (
 )
 from testbed.manifests import configmap, git_target, mirror_setup, podtemplate, secret, watch_rule
 from tests.conftest import Remote
-from tests.integration.test_faults import remove_on_server
+from tests.integration.test_faults import own_server, remove_on_server
 from tests.integration.test_secrets import decrypt
 
 
@@ -335,3 +335,25 @@ def test_sops_killed_on_its_first_calls_does_not_lose_the_secret_change(
         assert secret_on_server(b"second-value")
     finally:
         daemon.ensure_stopped()
+
+
+def test_credentials_rotated_on_the_server_and_in_the_secret_are_used_without_a_restart(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    with own_server(control_plane, namespace, tmp_path, "rotated") as (server, repo, daemon, _):
+        pid = daemon.process.pid if daemon.process else None
+        server.rotate_password("rotated-token")
+        apply(control_plane, configmap(namespace, "during"))
+        failing = wait_condition(
+            control_plane, "gitprovider", namespace, "mirror", "Ready", "False", daemon=daemon
+        )
+        assert "rotated-token" not in failing["message"]
+        assert cm_subject("CREATE", namespace, "during") not in subjects(repo)
+
+        # The Secret gets the new password too: pushes resume, and the daemon never restarted.
+        rotated = {"username": server.username, "password": "rotated-token"}
+        apply(control_plane, secret(namespace, "git-credentials", rotated))
+        wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "during"), timeout=150)
+        wait_condition(control_plane, "gitprovider", namespace, "mirror", "Ready", "True")
+        assert daemon.process is not None and daemon.process.pid == pid
+        assert daemon.process.poll() is None
