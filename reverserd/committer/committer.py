@@ -20,6 +20,14 @@ and :meth:`Committer.resume_point` keeps a replay from committing twice what is 
 clone. The clone stays locked until the stopped committer's Git operation in flight has ended,
 so a successor never works on it concurrently (DESIGN invariant 8).
 
+**A damaged clone heals.** A clone that lacks objects its refs need (a pack lost on disk) cannot
+be repaired in place. When a Git call fails, and after a push could not go out, the clone is
+checked (:meth:`~reverserd.git.BranchRepository.verify`, at most every
+:data:`CLONE_CHECK_INTERVAL_S` after push failures); a damaged one stops the committer, and its
+successor, which checks the clone when it opens it, deletes it and clones the branch afresh:
+what was pushed comes from the remote, what was not is replayed from the journal by the
+consumers (no cursor passed it).
+
 **Push outcomes** are handled by what a retry can change:
 
 - the branch moved (someone else pushed): fetch, rebuild the pending commits on the new tip
@@ -54,6 +62,7 @@ from reverserd.committer.trailers import committed_seq, newest_per_target
 from reverserd.config.status import ProviderHealth, StatusBoard
 from reverserd.git import (
     BranchRepository,
+    CloneDamaged,
     CredentialsError,
     FileChange,
     GitCredentials,
@@ -93,6 +102,9 @@ BATCH_LIMIT = 200
 # File content one push may carry under a backlog of large objects: a pack the server starts
 # receiving within seconds (front ends drop a request body that stays idle for a minute).
 PUSH_BYTES = 32 * 2**20
+# A failing push checks the clone (a walk of its history) at most this often: a remote that is
+# down for an hour must not make every retry walk a large history again.
+CLONE_CHECK_INTERVAL_S = 60.0
 # Full repack (git gc, seconds on a large clone) after this many commits: commits write packs
 # and flushes merge the small ones, so it only drops rebase leftovers and leaves one pack.
 MAINTAIN_EVERY_COMMITS = 50_000
@@ -209,6 +221,8 @@ class Committer:
         self._first_unpushed_at: float | None = None
         self._push = _PushState()
         self._commits_since_maintain = 0
+        self._damage: CloneDamaged | None = None
+        self._checked_at = float("-inf")
 
     async def on_git_thread(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the Git thread; :class:`CommitterStopped` once this committer has
@@ -216,13 +230,34 @@ class Committer:
         dropped then, and a caller must learn why, not take it for its own cancellation)."""
         if self.stopped:
             raise CommitterStopped(self.key)
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+            return await loop.run_in_executor(self._thread, work)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self.stopped and task is not None and not task.cancelling():
                 raise CommitterStopped(self.key) from None
             raise
+        except (pygit2.GitError, KeyError) as error:
+            # An object missing from the clone fails calls this way: see whether it is damaged.
+            if await self._clone_damaged():
+                raise CommitterStopped(self.key) from error
+            raise
+
+    async def _clone_damaged(self) -> bool:
+        """Check the clone; a damaged one stops this committer (its successor rebuilds it)."""
+        if self._damage is None:
+            self._checked_at = time.monotonic()
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self.repository.verify
+                )
+            except CloneDamaged as damage:
+                log.error("the clone of %s is damaged: %s", self.key, damage)
+                self._damage = damage
+                async with self._inbox_changed:
+                    self._inbox_changed.notify_all()
+        return self._damage is not None
 
     async def read(self, path: str) -> bytes | None:
         return await self.on_git_thread(lambda: self.repository.read(path))
@@ -336,7 +371,7 @@ class Committer:
         while True:
             try:
                 self.repository = await self.connect()
-                tip = await self.on_git_thread(self.repository.open)
+                tip = await self.on_git_thread(self._open_sound_clone)
                 pending = await self.on_git_thread(self.repository.pending)
                 log.info("opened %s", self.key, extra={"remote_tip": tip, "pending": pending})
                 self._report(True, "Ready", f"connected to {self.repository.display_url}")
@@ -352,6 +387,18 @@ class Committer:
                 log.warning("cannot reach %s, retrying in %.0f s: %s", self.key, delay, error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_CEILING_S)
+
+    def _open_sound_clone(self) -> str | None:
+        """Open the clone (on the Git thread); one that is damaged is deleted and cloned again."""
+        repository = self.repository
+        try:
+            tip = repository.open()
+            repository.verify()
+            return tip
+        except (CloneDamaged, pygit2.GitError, KeyError) as error:
+            log.error("the clone of %s is damaged (%s): cloning it again", self.key, error)
+        repository.discard()
+        return repository.open()
 
     def _unpushed_commits(self) -> int:
         return sum(1 for item in self._unpushed if item.commit)
@@ -387,10 +434,15 @@ class Committer:
             async with self._inbox_changed:
                 try:
                     await asyncio.wait_for(
-                        self._inbox_changed.wait_for(lambda: bool(self._inbox)), timeout
+                        self._inbox_changed.wait_for(
+                            lambda: bool(self._inbox) or self._damage is not None
+                        ),
+                        timeout,
                     )
                 except TimeoutError:
                     continue
+            if self._damage is not None:
+                raise self._damage
             async with self._applying:
                 await self._apply_batch()
 
@@ -525,6 +577,11 @@ class Committer:
         except RemoteUnavailable as error:
             self._push_failed("ConnectionFailed", str(error))
             await self._reload_credentials()
+            # A push also fails this way when the clone lacks an object it must send.
+            if time.monotonic() - self._checked_at >= CLONE_CHECK_INTERVAL_S:
+                if await self._clone_damaged():
+                    assert self._damage is not None
+                    raise self._damage from error
             return
         PUSH_DURATION.observe(time.monotonic() - started)
         GIT_OPERATIONS.labels(operation="push", result="success").inc()

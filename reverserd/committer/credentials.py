@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 
+import aiohttp
+
 from reverserd.committer.committer import ProviderProblem
 from reverserd.config.model import Provider
 from reverserd.git import GitCredentials
@@ -32,6 +34,9 @@ async def load_credentials(client: KubeClient, provider: Provider) -> GitCredent
                 f"Secret {provider.secret_name!r} not found in namespace {provider.namespace!r}",
             ) from None
         raise ProviderProblem("ConnectionFailed", f"reading the Secret failed: {error}") from None
+    except (aiohttp.ClientError, TimeoutError) as error:
+        reason = str(error) or type(error).__name__
+        raise ProviderProblem("ConnectionFailed", f"reading the Secret failed: {reason}") from None
     data: dict[str, str] = {}
     for key, value in (secret.get("data") or {}).items():
         try:

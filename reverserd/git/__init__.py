@@ -25,6 +25,7 @@ from reverserd.git.credentials import (
 from reverserd.git.known_hosts import HostKeyError, KnownHostsError
 from reverserd.git.repository import (
     BranchRepository,
+    CloneDamaged,
     FileChange,
     PushDeclined,
     PushRejected,
@@ -38,6 +39,7 @@ from reverserd.git.repository import (
 __all__ = [
     "AuthenticationRejected",
     "BranchRepository",
+    "CloneDamaged",
     "CredentialsError",
     "FileChange",
     "GitCredentials",

@@ -190,6 +190,13 @@ class PushDeclined(RemoteError):
     protection rule); rebasing does not help, ``reason`` says what the server said."""
 
 
+class CloneDamaged(RepositoryError):
+    """The clone on disk lacks objects its refs need (a pack lost or cut short): it cannot be
+    repaired in place. Everything in it can be had again: what was pushed from the remote,
+    what was not from the journal (no cursor passed it), so the clone is discarded and cloned
+    afresh (:meth:`BranchRepository.discard`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredBlob:
     """File content already added to the clone by :meth:`BranchRepository.add_blobs`.
@@ -314,6 +321,45 @@ class BranchRepository:
         changed = credentials != self._credentials
         self._credentials = credentials
         return changed
+
+    def verify(self) -> None:
+        """Raise :class:`CloneDamaged` unless every commit the clone's refs reach, the tree of
+        each, and every object of the local tip's tree are there (a walk of the history: run
+        when something failed, and when a clone is opened)."""
+        repo = self._open_repo()
+        try:
+            tips = [
+                target
+                for name in repo.references
+                if isinstance(target := repo.references[name].target, pygit2.Oid)
+            ]
+            if self._unflushed_tip is not None and self._unflushed_tip.oid is not None:
+                tips.append(self._unflushed_tip.oid)
+            if not tips:
+                return
+            walker = repo.walk(tips[0], SortMode.NONE)
+            for tip in tips[1:]:
+                walker.push(tip)
+            for commit in walker:
+                if commit.tree_id not in repo:
+                    raise CloneDamaged(f"tree {commit.tree_id} of commit {commit.id} is missing")
+            tree = self._tip_tree()
+            folders = [tree] if tree is not None else []
+            while folders:
+                for entry in folders.pop():
+                    if entry.id not in repo:
+                        raise CloneDamaged(f"object {entry.id} of the tip's tree is missing")
+                    if isinstance(entry, pygit2.Tree):
+                        folders.append(entry)
+        except (pygit2.GitError, KeyError) as error:
+            raise CloneDamaged(f"an object the branch needs is missing: {error}") from None
+
+    def discard(self) -> None:
+        """Delete the clone from disk (it is damaged); the next :meth:`open` clones afresh."""
+        if self._repo is not None:
+            self._repo.free()
+        self._repo, self._store, self._unflushed_tip = None, None, None
+        shutil.rmtree(self._path, ignore_errors=True)
 
     def open(self) -> str | None:
         """Create or open the clone, point ``origin`` at the URL, fetch; return the branch tip.

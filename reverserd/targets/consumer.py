@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pygit2
 
 from reverserd.attribution.resolver import Resolver
@@ -104,9 +105,17 @@ IDLE_WAIT_S = 1.0
 # Quarantined objects are retried from their latest state at this pace, so one whose path a
 # person freed (or whose cause was fixed) is written without waiting for it to change.
 QUARANTINE_RETRY_S = 60.0
-# Failures that say nothing about the object (the API server, the disk, a sops run that never
-# got to answer): the consumer restarts from its cursor instead of quarantining or skipping.
-TRANSIENT_ERRORS = (KubeError, OSError, CommitterStopped, EncryptionUnavailable)
+# Failures that say nothing about the object (the API server or the connection to it, such as a
+# dropped connection or a truncated answer while a Secret is read; the disk; a sops run that
+# never got to answer): the consumer restarts from its cursor instead of quarantining or
+# skipping.
+TRANSIENT_ERRORS = (
+    KubeError,
+    aiohttp.ClientError,
+    OSError,
+    CommitterStopped,
+    EncryptionUnavailable,
+)
 # The record hash of a Secret whose fingerprint is unknown (committed before a restart, content
 # not re-read): never equal to a real fingerprint, so the Secret's next change is written.
 UNKNOWN_FINGERPRINT = ""

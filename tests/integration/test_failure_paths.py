@@ -31,7 +31,7 @@ from testbed.harness import (
 )
 from testbed.manifests import configmap, git_target, mirror_setup, podtemplate, secret, watch_rule
 from tests.conftest import Remote
-from tests.integration.test_faults import own_server, remove_on_server
+from tests.integration.test_faults import own_server, remove_on_server, the_clone
 from tests.integration.test_secrets import decrypt
 
 
@@ -357,3 +357,51 @@ def test_credentials_rotated_on_the_server_and_in_the_secret_are_used_without_a_
         wait_condition(control_plane, "gitprovider", namespace, "mirror", "Ready", "True")
         assert daemon.process is not None and daemon.process.pid == pid
         assert daemon.process.poll() is None
+
+
+def test_clone_missing_a_pack_heals_by_itself_and_loses_nothing(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    # One push each, so the clone holds several packs.
+    for name in ("a", "b", "c"):
+        apply(control_plane, configmap(namespace, name))
+        wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, name))
+    target = f"{namespace}/mirror"
+    wait_until(lambda: caught_up(daemon, target), describe=daemon.log_tail)
+    daemon.stop()
+    pushed = tree(remote.path)
+
+    packs = sorted((the_clone(daemon) / "objects" / "pack").glob("*.pack"), key=_age)
+    assert len(packs) >= 2, packs
+    packs[0].unlink()
+    packs[0].with_suffix(".idx").unlink()
+
+    apply(control_plane, configmap(namespace, "a", {"v": "2"}))
+    daemon.start()
+    apply(control_plane, configmap(namespace, "after"))
+    wait_for_subjects(
+        remote.path,
+        daemon,
+        cm_subject("UPDATE", namespace, "a"),
+        cm_subject("CREATE", namespace, "after"),
+        timeout=150,
+    )
+    files = tree(remote.path)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    assert {p: c for p, c in files.items() if p in pushed and not p.endswith("/a.yaml")} == {
+        p: c for p, c in pushed.items() if not p.endswith("/a.yaml")
+    }
+    assert b"v: '2'" in files[f"{folder}/a.yaml"]
+    assert f"{folder}/after.yaml" in files
+    history = subjects(remote.path)
+    for name in ("a", "b", "c", "after"):
+        assert history.count(cm_subject("CREATE", namespace, name)) == 1, history
+    assert history.count(cm_subject("UPDATE", namespace, "a")) == 1, history
+    wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True")
+
+
+def _age(path: Path) -> float:
+    return path.stat().st_mtime
