@@ -197,10 +197,16 @@ class Daemon:
                 if self.elector is not None:
                     # Not supervised: lost leadership must end the process (exit code 1).
                     group.create_task(self.elector.run())
-                await plane.wait_synced()
-                await watches.refresh_discovery()
-                group.create_task(supervise("watches", watches.run))
-                group.create_task(supervise("targets", self._lead))
+
+                async def start_once_synced() -> None:
+                    # Waits as long as the custom resources cannot be listed (CRDs not
+                    # installed, no access yet), while the stop signal is already heard.
+                    await plane.wait_synced()
+                    await watches.refresh_discovery()
+                    group.create_task(supervise("watches", watches.run))
+                    group.create_task(supervise("targets", self._lead))
+
+                group.create_task(start_once_synced())
                 await stop.wait()
                 log.info("shutting down")
                 if webhooks is not None:

@@ -16,11 +16,12 @@ import pygit2
 import pytest
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import install_hook, push_foreign_commit
+from testbed.gitservers import GitHttpServer, install_hook, push_foreign_commit
 from testbed.harness import (
     Reverserd,
     apply,
     caught_up,
+    conditions,
     query_journal,
     subjects,
     tree,
@@ -405,3 +406,47 @@ def test_clone_missing_a_pack_heals_by_itself_and_loses_nothing(
 
 def _age(path: Path) -> float:
     return path.stat().st_mtime
+
+
+def test_status_views_agree_with_the_resources_for_an_allowed_local_remote(
+    control_plane: ControlPlane,
+    namespace: str,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    tmp_path: Path,
+) -> None:
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--allow-local-remotes"])
+    local = git_http.create_bare_repo(git_repo_name)
+    apply(control_plane, *mirror_setup(namespace, f"file://{local}"))
+    try:
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        resource = conditions(control_plane, "gitprovider", namespace, "mirror")["Ready"]
+        (shown,) = [p for p in daemon.status()["providers"] if p["name"] == f"{namespace}/mirror"]
+        expected = (resource["status"] == "True", resource["reason"])
+        assert (shown["ready"], shown["reason"]) == expected
+        assert shown["reason"] != "LocalRemoteNotAllowed"
+    finally:
+        daemon.ensure_stopped()
+
+
+def test_sigterm_stops_the_daemon_while_its_custom_resources_cannot_be_listed(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    # A token the API server does not know: no custom resource can be listed, so the
+    # configuration never syncs, as when the CRDs are not installed yet.
+    kubeconfig = tmp_path / "unknown.kubeconfig"
+    text = control_plane.daemon_kubeconfig.read_text()
+    assert control_plane.daemon_token in text
+    kubeconfig.write_text(text.replace(control_plane.daemon_token, "not-a-known-token"))
+    daemon = Reverserd(control_plane, tmp_path / "state", kubeconfig=kubeconfig)
+    try:
+        daemon.start()
+        wait_until(
+            lambda: any("401" in line.get("message", "") for line in daemon.log_lines()),
+            describe=daemon.log_tail,
+        )
+        daemon.stop()
+        assert daemon.process is not None and daemon.process.returncode == 0
+    finally:
+        daemon.ensure_stopped()
