@@ -326,16 +326,24 @@ def resolve(
             target_problems[target.key] = validated
         progress = board.target(target.key)
         encryption = _encryption_condition(target, progress)
+        pushing = _pushing_condition(board.branch_of(target.key))
+        journal = _journal_condition(board.journal_failure)
         gates = [
             validated,
             encryption,
             *_progress_conditions(progress),
-            _pushing_condition(board.branch_of(target.key)),
-            _journal_condition(board.journal_failure),
+            pushing,
+            journal,
         ]
         # Encryption gates readiness only when it was asked for: without it, Secrets are
-        # skipped (and the condition says so) while everything else is mirrored.
-        ready_gates = [g for g in gates if g is not encryption or target.encryption]
+        # skipped (and the condition says so) while everything else is mirrored. A failing push
+        # or journal is what the sync gates wait on: Ready names it, not the gate waiting.
+        failing = [gate for gate in (pushing, journal) if gate.status is False]
+        ready_gates = [
+            gate
+            for gate in [validated, encryption, *failing, *gates[2:]]
+            if gate is not encryption or target.encryption
+        ]
         fields = {"path": target.path, **_target_fields(progress)}
         conditions = [ready_from(ready_gates), *gates, _quarantine_condition(progress)]
         want(TARGETS, body, conditions, fields)

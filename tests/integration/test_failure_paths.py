@@ -450,3 +450,22 @@ def test_sigterm_stops_the_daemon_while_its_custom_resources_cannot_be_listed(
         assert daemon.process is not None and daemon.process.returncode == 0
     finally:
         daemon.ensure_stopped()
+
+
+def test_ready_names_a_push_refused_for_good_not_the_sync_waiting_on_it(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    # A branch "env" exists, so the server can never create "env/prod".
+    push_foreign_commit(remote.path, "env", "README.md", b"environments\n", "start env")
+    apply(
+        control_plane,
+        *mirror_setup(namespace, remote.url, secret=remote.secret, branch="env/prod"),
+    )
+    daemon.start()
+    ready = wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Ready", "False", "PushRefused",
+        daemon=daemon,
+    )  # fmt: skip
+    assert "env/prod beside env" in ready["message"], ready
+    synced = conditions(control_plane, "gittarget", namespace, "mirror")["SnapshotSynced"]
+    assert synced["status"] == "False", synced
