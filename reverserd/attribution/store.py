@@ -74,10 +74,13 @@ class FactWriter:
                     await self._insert(facts)
                 except Exception as error:
                     for _, done in batch:
-                        done.set_exception(error)
+                        # A waiter cancelled meanwhile (shutdown) has no one to tell.
+                        if not done.done():
+                            done.set_exception(error)
                     continue
                 for _, done in batch:
-                    done.set_result(None)
+                    if not done.done():
+                        done.set_result(None)
                 self.announce(facts)
         finally:
             self._writing = None
