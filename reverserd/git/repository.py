@@ -82,7 +82,9 @@ while blobs handed over by :meth:`add_blobs` may still be committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -124,6 +126,10 @@ small packs takes about a tenth of a second."""
 GEOMETRIC_FACTOR = 2
 """``git repack --geometric`` factor: each pack kept holds at least twice the objects of the
 next smaller one, so a merge rewrites only recent, small packs (Git's own suggested value)."""
+
+GEOMETRIC_SINCE = (2, 32)
+"""The first Git release with ``git repack --geometric``; an older ``git`` merges every pack
+(``git repack -a -d``): slower on a large clone, the same result."""
 
 HANDOVER_GRACE_S = 3600.0
 """How long after :meth:`BranchRepository.add_blobs` :meth:`BranchRepository.maintain` waits:
@@ -442,7 +448,7 @@ class BranchRepository:
             self._set_ref(self._local_ref, tip.oid)
         git = shutil.which("git")
         if git is not None and self.pack_count() > PACK_LIMIT:
-            self._run_git(git, ["repack", "-d", "-q", f"--geometric={GEOMETRIC_FACTOR}"])
+            self._run_git(git, repack_arguments(git_version(git)))
             self._release_packs()
 
     def read(self, path: str) -> bytes | None:
@@ -888,6 +894,26 @@ class BranchRepository:
 
     def _reason(self, error: Exception) -> str:
         return redact(str(error), self._credentials) or type(error).__name__
+
+
+@functools.cache
+def git_version(git: str) -> tuple[int, ...]:
+    """The version of the ``git`` binary, e.g. (2, 39, 5); () when it cannot be told."""
+    try:
+        found = subprocess.run(
+            [git, "--version"], capture_output=True, text=True, timeout=GC_TIMEOUT_S, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", found)
+    return tuple(int(part) for part in match.groups() if part is not None) if match else ()
+
+
+def repack_arguments(version: tuple[int, ...]) -> list[str]:
+    """How to merge a clone's small packs with a ``git`` of ``version``."""
+    if version >= GEOMETRIC_SINCE:
+        return ["repack", "-d", "-q", f"--geometric={GEOMETRIC_FACTOR}"]
+    return ["repack", "-a", "-d", "-q"]
 
 
 def _ensure_off_event_loop() -> None:

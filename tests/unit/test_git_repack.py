@@ -1,0 +1,49 @@
+"""Small packs are merged with whatever ``git`` is installed: ``--geometric`` from Git 2.32 on,
+every pack into one before it. Real ``git`` and real clones reached through file://."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pygit2
+
+from reverserd.git import BranchRepository, FileChange
+from reverserd.git.repository import GEOMETRIC_SINCE, git_version, repack_arguments
+from tests.conftest import AUTHOR, COMMITTER
+
+
+def test_the_installed_git_version_is_read() -> None:
+    git = shutil.which("git")
+    assert git is not None
+    version = git_version(git)
+    assert len(version) >= 2 and version[0] >= 2, version
+
+
+def test_a_git_older_than_geometric_repack_merges_every_pack(tmp_path: Path) -> None:
+    older = (GEOMETRIC_SINCE[0], GEOMETRIC_SINCE[1] - 1, 0)
+    assert "--geometric=2" in repack_arguments(GEOMETRIC_SINCE)
+    arguments = repack_arguments(older)
+    assert not any(argument.startswith("--geometric") for argument in arguments)
+
+    remote = tmp_path / "remote.git"
+    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+    repository = BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
+    repository.open()
+    for index in range(4):
+        change = FileChange(f"f{index}.yaml", f"v{index}\n".encode())
+        repository.apply([change], f"c{index}\n", AUTHOR, COMMITTER)
+        repository.push()
+    assert repository.pack_count() >= 4
+    git = shutil.which("git")
+    assert git is not None
+    clone = str((tmp_path / "clone").resolve())
+    subprocess.run(
+        [git, "-c", f"safe.directory={clone}", f"--git-dir={clone}", *arguments], check=True
+    )
+    reopened = BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
+    reopened.open()
+    assert reopened.pack_count() == 1
+    reopened.verify()
+    assert reopened.read("f0.yaml") == b"v0\n"
