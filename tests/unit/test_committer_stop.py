@@ -51,10 +51,16 @@ async def test_a_call_queued_when_the_committer_stops_gets_committer_stopped(
         committer = await running_committer(tmp_path, journal)
         run = asyncio.create_task(committer.run())
         await committer.ready.wait()
-        release = threading.Event()
-        busy = asyncio.create_task(committer.on_git_thread(lambda: release.wait(30)))
+        started, release = threading.Event(), threading.Event()
+
+        def hold_the_thread() -> bool:
+            started.set()
+            return release.wait(30)
+
+        busy = asyncio.create_task(committer.on_git_thread(hold_the_thread))
+        assert await asyncio.to_thread(started.wait, 30)
         queued = asyncio.create_task(committer.list_files(""))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # queued behind the held thread
         run.cancel()  # the committer stops (cancelled or failed: the same _stop)
         with pytest.raises(asyncio.CancelledError):
             await run
