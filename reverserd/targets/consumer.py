@@ -17,15 +17,9 @@ The cursor and the record of written files move only when the committer has push
 replay changes nothing that is already in the clone. When the branch's committer is replaced
 after a failure, the consumer starts over from its cursor with the new one, for the same reason.
 
-**State of one run** (all re-read from the journal and the clone at its start):
-
-- ``seq``: the newest journal event processed (submitted, or judged to need nothing);
-- ``covered``: selection -> the seq its snapshot reflects; events of a selection at or below
-  it are already in that snapshot;
-- ``files``: object -> (path, content hash) of what this target wrote, as it will be once
-  everything submitted is pushed;
-- ``committed_seq``: the newest event of this target already committed in the clone; events up
-  to it are replayed for their records only, never committed again.
+Its bookkeeping (journal position, covered selections, written files, quarantine, what the clone
+already holds) has one owner, :class:`~reverserd.targets.ledger.TargetLedger`, re-read from the
+journal and the clone at the start of every run.
 
 **Poison objects** (DESIGN invariant 8): an object whose file cannot be planned (a name the
 layout cannot hold, a render error, nesting too deep) or written (a person put a file where its
@@ -43,7 +37,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pygit2
@@ -69,6 +62,7 @@ from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
 from reverserd.metrics import EVENTS_PROCESSED, OBJECTS_QUARANTINED
 from reverserd.targets.history import restore_last_push
+from reverserd.targets.ledger import READ_BATCH, UNKNOWN_FINGERPRINT, TargetLedger, describe
 from reverserd.targets.planning import (
     README,
     README_NAME,
@@ -92,8 +86,6 @@ log = logging.getLogger(__name__)
 
 SOPS_CONFIG_NAME = ".sops.yaml"
 
-# Events read from the journal per round trip.
-READ_BATCH = 500
 # Files a snapshot reads from the clone per round trip to its Git thread (a folder's files are
 # compared, or identified, a batch at a time, never all held at once).
 BRANCH_READ_BATCH = 1000
@@ -116,9 +108,6 @@ TRANSIENT_ERRORS = (
     CommitterStopped,
     EncryptionUnavailable,
 )
-# The record hash of a Secret whose fingerprint is unknown (committed before a restart, content
-# not re-read): never equal to a real fingerprint, so the Secret's next change is written.
-UNKNOWN_FINGERPRINT = ""
 
 SeededCheck = Callable[[tuple[str, str], str | None], bool]
 
@@ -151,14 +140,10 @@ class TargetConsumer:
         self.sops_config: bytes | None = None
         self.progress = board.target(self.key)
         self.reader: JournalReader
-        self.seq = 0
-        self.covered: dict[str, int] = {}
-        self.files: dict[Any, FileRecord] = {}
+        self.ledger = TargetLedger(self.key, self._show_quarantine)
         self.readme_present = False
         self.readme_path = README_NAME
         self.initial_snapshot_sent = False
-        self.committed_seq = 0
-        self.quarantined: dict[ObjectKey, str] = {}
         self.quarantine_retried_at = 0.0
 
     @property
@@ -191,17 +176,7 @@ class TargetConsumer:
         progress.bootstrapped = True
         progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
         self.board.notify()
-        cursor = await self.reader.cursor(self.key)
-        if cursor is None:
-            # Registered before the snapshot is read, so compaction keeps what follows it.
-            self.seq = await self.reader.last_seq()
-            await self.journal.write_cursor(self.key, self.seq, {})
-        else:
-            self.seq, self.covered = cursor.seq, dict(cursor.covered)
-        self.files = dict(await self.reader.target_files(self.key))
-        self._set_quarantined(await self.reader.quarantined(self.key))
-        self.committed_seq = await self.committer.resume_point(self.key, self.seq)
-        await self._forget_fingerprints_the_clone_passed()
+        cursor = await self.ledger.load(self.reader, self.journal, self.committer)
         await restore_last_push(self.committer, cursor, self.key, progress)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
@@ -216,39 +191,19 @@ class TargetConsumer:
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
                 # Keys unusable at start: the same snapshot counts and logs each Secret that is
                 # still not written, so a restart does not make them look written.
-                self.covered = {
-                    key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
-                }
+                self.ledger.uncover_secrets()
             starting = False
             self.board.notify()
             if self.committer.stopped:
                 raise CommitterStopped(self.committer.key)
             await self._catch_up_selections()
-            events = await self.reader.events_after(self.seq, READ_BATCH)
+            events = await self.reader.events_after(self.ledger.seq, READ_BATCH)
             if events:
                 await self._process(events)
-            elif self.quarantined and self._quarantine_retry_due():
+            elif self.ledger.quarantined and self._quarantine_retry_due():
                 await self._retry_quarantined()
             else:
-                await self.journal.wait_beyond(self.seq, IDLE_WAIT_S)
-
-    async def _forget_fingerprints_the_clone_passed(self) -> None:
-        """Secrets committed after the cursor get an unknown fingerprint before anything runs.
-
-        Their records are those of the cursor, older than what the clone (and maybe the remote)
-        holds; a snapshot taken before the replay would compare the live value with the older
-        fingerprint and skip a change back to that value. Unknown, the next plan writes it.
-        """
-        after = self.seq
-        while after < self.committed_seq:
-            events = await self.reader.events_after(after, READ_BATCH)
-            if not events:
-                return
-            for event in events:
-                known = self.files.get(event.key)
-                if event.seq <= self.committed_seq and known and is_sensitive(event_type(event)):
-                    self.files[event.key] = (known[0], UNKNOWN_FINGERPRINT)
-            after = events[-1].seq
+                await self.journal.wait_beyond(self.ledger.seq, IDLE_WAIT_S)
 
     def _selections(self, discovery: Discovery) -> dict[str, tuple[ResourceType, bool]]:
         """Selection key -> (type, whether every stream it needs has a complete seed)."""
@@ -274,14 +229,11 @@ class TargetConsumer:
         # later re-selection needs a fresh snapshot. A type merely missing from discovery stays
         # covered: nothing of it is skipped meanwhile, and its watch resumes (or re-lists, with
         # DELETE events as evidence) when it is served again, without a reconcile commit.
-        stale = [
-            key
-            for key in self.covered
-            if key not in selections and split_selection(key) in discovery.types
-        ]
-        for key in stale:
-            del self.covered[key]
-        newly = {key for key, (_, ready) in selections.items() if ready and key not in self.covered}
+        self.ledger.uncover(
+            lambda key: key in selections or split_selection(key) not in discovery.types
+        )
+        covered = self.ledger.covered
+        newly = {key for key, (_, ready) in selections.items() if ready and key not in covered}
         all_seeded = all(ready for _, ready in selections.values())
         if not self.initial_snapshot_sent and not all_seeded:
             # The first sync is one commit: wait for every type's seed, unless one takes so
@@ -299,23 +251,23 @@ class TargetConsumer:
     async def _snapshot(self, newly: set[str], discovery: Discovery, first: bool) -> None:
         pairs = {split_selection(key) for key in newly}
         branch_paths = set(await self.committer.list_files(self.folder))
+        files = self.ledger.files
         planner = SnapshotPlanner(
-            self.resolved.rules, discovery.types, pairs, self.folder, self.files, branch_paths
+            self.resolved.rules, discovery.types, pairs, self.folder, files, branch_paths
         )
         seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
         plan, count = planner.plan, planner.writes
         for secret, rtype in secrets:
             secret_plan = await self.secrets.plan(
-                secret, rtype, self.folder, self.files.get(secret)
+                secret, rtype, self.folder, self.ledger.files.get(secret)
             )
             if secret_plan is not None:
                 plan.merge(secret_plan)
             if self.secrets.writable:
                 count += 1
-        for key in newly:
-            self.covered[key] = seq
-        self._remember(plan)
-        self._held(plan.quarantine)
+        self.ledger.cover(newly, seq)
+        self.ledger.remember(plan)
+        self.ledger.hold(plan.quarantine)
         message = reconcile_message(plan, count, self.key)
         stats = {"created": plan.created, "updated": plan.updated, "deleted": plan.deleted}
         log.info(
@@ -398,14 +350,14 @@ class TargetConsumer:
         return found
 
     async def _process(self, events: list[JournalEvent]) -> None:
-        rules = self.resolved.rules
-        submitted_to = self.seq
+        rules, ledger = self.resolved.rules, self.ledger
+        submitted_to = ledger.seq
         for event in events:
-            self.seq = event.seq
+            ledger.seq = event.seq
             if event.kind in (EventKind.SEED_BEGIN, EventKind.SEED_END):
                 continue
             rtype = event_type(event)
-            since = self._covered_since(event)
+            since = ledger.covered_since(event)
             if since is None or event.seq <= since:
                 continue
             if not selected(rules, rtype, event.namespace, event.kind.value):
@@ -413,7 +365,7 @@ class TargetConsumer:
             EVENTS_PROCESSED.labels(target=self.key).inc()
             if event.body is not None and is_excluded_object(rtype, event.body):
                 continue
-            replayed = event.seq <= self.committed_seq
+            replayed = ledger.replayed(event)
             try:
                 plan = await self._plan(event, rtype, replayed)
             except TRANSIENT_ERRORS:
@@ -423,36 +375,36 @@ class TargetConsumer:
                 submitted_to = event.seq
                 continue
             if plan is None:
-                if event.key in self.quarantined and event.kind is EventKind.DELETE:
+                if event.key in ledger.quarantined and event.kind is EventKind.DELETE:
                     await self._release(event.key)
                     submitted_to = event.seq
                 continue
-            self._remember(plan)
-            released = {event.key: None} if event.key in self.quarantined else {}
-            self.quarantined.pop(event.key, None)
-            self._show_quarantine()
+            ledger.remember(plan)
+            released: dict[ObjectKey, str | None] = (
+                {event.key: None} if ledger.release(event.key) else {}
+            )
             if replayed:
                 # Committed before this consumer (re)started: keep its record, commit nothing.
                 await self.committer.submit(
                     Submission(
                         self.key,
                         event.seq,
-                        dict(self.covered),
+                        dict(ledger.covered),
                         records=plan.records,
-                        quarantine=dict(released),
+                        quarantine=released,
                     )
                 )
             else:
                 await self._submit_event(event, rtype, plan, released)
             submitted_to = event.seq
-        if submitted_to < self.seq:
-            await self.committer.submit(Submission(self.key, self.seq, dict(self.covered)))
+        if submitted_to < ledger.seq:
+            await self.committer.submit(Submission(self.key, ledger.seq, dict(ledger.covered)))
 
     async def _plan(
         self, event: JournalEvent, rtype: ResourceType, replayed: bool
     ) -> FilePlan | None:
         """What one event changes in the folder; raises when the object cannot be written."""
-        known = self.files.get(event.key)
+        known = self.ledger.files.get(event.key)
         if is_sensitive(rtype) and event.kind is not EventKind.DELETE:
             if replayed:
                 return self._replayed_secret(event, rtype, known)
@@ -486,38 +438,23 @@ class TargetConsumer:
     async def _quarantine(self, event: JournalEvent, error: Exception) -> None:
         plan = FilePlan()
         plan.hold(event.key, error)
-        self._held(plan.quarantine)
+        self.ledger.hold(plan.quarantine)
+        covered = dict(self.ledger.covered)
         await self.committer.submit(
-            Submission(self.key, event.seq, dict(self.covered), quarantine=dict(plan.quarantine))
+            Submission(self.key, event.seq, covered, quarantine=dict(plan.quarantine))
         )
 
     async def _release(self, key: ObjectKey) -> None:
-        self.quarantined.pop(key, None)
-        self._show_quarantine()
+        self.ledger.release(key)
         await self.committer.submit(
-            Submission(self.key, self.seq, dict(self.covered), quarantine={key: None})
+            Submission(self.key, self.ledger.seq, dict(self.ledger.covered), quarantine={key: None})
         )
 
-    def _held(self, held: Mapping[ObjectKey, str]) -> None:
-        """Objects the committer or the planner could not write: no record, shown in status."""
-        for key, reason in held.items():
-            log.warning(
-                "object quarantined: it cannot be written",
-                extra={"target": self.key, "object": _describe(key), "reason": reason},
-            )
-            self.files.pop(key, None)
-            self.quarantined[key] = reason
-        self._show_quarantine()
-
-    def _set_quarantined(self, found: Mapping[ObjectKey, str]) -> None:
-        self.quarantined = dict(found)
-        self._show_quarantine()
-
-    def _show_quarantine(self) -> None:
+    def _show_quarantine(self, quarantined: Mapping[ObjectKey, str]) -> None:
         self.progress.quarantined = {
-            _describe(key): reason for key, reason in sorted(self.quarantined.items())
+            describe(key): reason for key, reason in sorted(quarantined.items())
         }
-        OBJECTS_QUARANTINED.labels(target=self.key).set(len(self.quarantined))
+        OBJECTS_QUARANTINED.labels(target=self.key).set(len(quarantined))
 
     def _quarantine_retry_due(self) -> bool:
         return time.monotonic() - self.quarantine_retried_at >= QUARANTINE_RETRY_S
@@ -530,12 +467,12 @@ class TargetConsumer:
         discovery = self.discovery()
         if discovery is None:
             return
-        for key in list(self.quarantined):
+        for key in list(self.ledger.quarantined):
             rtype = discovery.types.get((key.api_group, key.resource))
             event = await self.reader.latest_event(key) if rtype is not None else None
             if rtype is None or event is None:
                 continue
-            if self._covered_since(event) is None or not selected(
+            if self.ledger.covered_since(event) is None or not selected(
                 self.resolved.rules, rtype, event.namespace, event.kind.value
             ):
                 # No rule selects it any more: there is nothing to write, so nothing is held.
@@ -549,17 +486,9 @@ class TargetConsumer:
                 continue
             if plan is None:
                 continue
-            self._remember(plan)
-            del self.quarantined[key]
-            self._show_quarantine()
+            self.ledger.remember(plan)
+            self.ledger.release(key)
             await self._submit_event(event, rtype, plan, {key: None})
-
-    def _covered_since(self, event: JournalEvent) -> int | None:
-        prefix = f"{event.api_group}/{event.resource}|"
-        for key, since in self.covered.items():
-            if key.startswith(prefix):
-                return since
-        return None
 
     async def _identified_file(self, event: JournalEvent, rtype: ResourceType) -> bytes | None:
         """A file this target did not record writing, but whose content names this object."""
@@ -570,13 +499,6 @@ class TargetConsumer:
             return None
         kinds: Mapping[tuple[str, str], ResourceType] = {(rtype.group, rtype.kind): rtype}
         return content if identity_of(content, kinds) == event.key else None
-
-    def _remember(self, plan: FilePlan) -> None:
-        for key, path, content_sha in plan.records:
-            if path is None:
-                self.files.pop(key, None)
-            else:
-                self.files[key] = (path, content_sha)
 
     async def _submit_event(
         self,
@@ -591,7 +513,7 @@ class TargetConsumer:
             live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
             attribution = await self.resolver.attribute(event, read_live=live)
         lines = attribution.lines if attribution is not None else ()
-        message = commit_message(event, rtype, self.key, self.seq, lines)
+        message = commit_message(event, rtype, self.key, self.ledger.seq, lines)
         author = attribution.author if attribution is not None else None
         await self._submit(plan, message, self._pushed, quarantine, author)
 
@@ -617,14 +539,14 @@ class TargetConsumer:
         await self.committer.submit(
             Submission(
                 self.key,
-                self.seq,
-                dict(self.covered),
+                self.ledger.seq,
+                dict(self.ledger.covered),
                 changes,
                 message,
                 author,
                 records=list(plan.records),
                 on_pushed=on_pushed,
-                on_quarantined=self._held,
+                on_quarantined=self.ledger.hold,
                 quarantine=dict(quarantine or {}),
                 push_now=push_now,
             )
@@ -637,13 +559,3 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
-
-
-def _describe(key: ObjectKey) -> str:
-    group = f"{key.api_group}/" if key.api_group else ""
-    where = f"{key.namespace}/" if key.namespace else ""
-    return f"{group}{key.resource}/{where}{key.name}"
-
-
-def _is_secret_selection(key: str) -> bool:
-    return split_selection(key) == ("", "secrets")

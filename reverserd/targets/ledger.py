@@ -1,0 +1,161 @@
+"""A target's bookkeeping: where it stands in the journal, and what its folder holds.
+
+One :class:`TargetLedger` per run of a target's consumer owns every number and record the
+consumer keeps, so that what they mean, and how they move together, is written in one place
+(the consumer decides what to do with an event; the ledger says where that leaves the target).
+The durable copy is the journal's cursor row, ``target_files`` and ``quarantine`` of the target,
+written by the committer after each push; a run starts from them (:meth:`TargetLedger.load`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from reverserd.committer.committer import Committer
+from reverserd.journal import JournalEvent, JournalReader, JournalWriter, ObjectKey
+from reverserd.journal.reader import CursorRow
+from reverserd.targets.planning import (
+    FilePlan,
+    FileRecord,
+    event_type,
+    is_sensitive,
+    split_selection,
+)
+
+log = logging.getLogger(__name__)
+
+# Events read from the journal per round trip.
+READ_BATCH = 500
+# The record hash of a Secret whose fingerprint is unknown (committed before a restart, content
+# not re-read): never equal to a real fingerprint, so the Secret's next change is written.
+UNKNOWN_FINGERPRINT = ""
+
+
+class TargetLedger:
+    """Where one target stands, as it will be once everything handed to the committer is pushed.
+
+    State:
+
+    - ``seq``: the newest journal event processed: handed to the committer, or judged to need
+      nothing;
+    - ``covered``: selection (a type and the scope the rules give it) -> the seq its snapshot
+      reflects; an event of that selection at or below it is already in that snapshot, and an
+      event of a selection not covered is not the target's (yet);
+    - ``files``: object -> (path, content hash) of the file this target wrote for it;
+    - ``quarantined``: object -> why it cannot be written;
+    - ``committed_seq``: the newest seq of this target's commits already in the clone (read
+      back from their trailers, :mod:`reverserd.committer.trailers`).
+
+    The invariant: everything up to ``seq`` was handed to the committer in journal order, and
+    ``files`` and ``quarantined`` describe the folder as it is once all of it is pushed. An
+    object is never both recorded and quarantined. ``committed_seq`` is at least the cursor:
+    an event at or below it is already in the clone, so it is replayed for its record only,
+    never committed again; a Secret committed after the cursor has an unknown fingerprint, since
+    the cursor's record of it is older than what the clone holds.
+    """
+
+    def __init__(self, target: str, on_quarantine: Callable[[Mapping[ObjectKey, str]], None]):
+        """``on_quarantine`` is told the quarantined objects whenever they change."""
+        self.target = target
+        self.seq = 0
+        self.covered: dict[str, int] = {}
+        self.files: dict[ObjectKey, FileRecord] = {}
+        self.quarantined: dict[ObjectKey, str] = {}
+        self.committed_seq = 0
+        self._on_quarantine = on_quarantine
+
+    async def load(
+        self, reader: JournalReader, journal: JournalWriter, committer: Committer
+    ) -> CursorRow | None:
+        """Start a run from the journal and the clone; returns the cursor row it started from
+        (None for a target that starts for the first time: it is registered at the journal's
+        end, before its snapshot is read, so compaction keeps what follows)."""
+        cursor = await reader.cursor(self.target)
+        if cursor is None:
+            self.seq, self.covered = await reader.last_seq(), {}
+            await journal.write_cursor(self.target, self.seq, {})
+        else:
+            self.seq, self.covered = cursor.seq, dict(cursor.covered)
+        self.files = dict(await reader.target_files(self.target))
+        self.quarantined = dict(await reader.quarantined(self.target))
+        self._on_quarantine(self.quarantined)
+        self.committed_seq = await committer.resume_point(self.target, self.seq)
+        await self._forget_fingerprints_the_clone_passed(reader)
+        return cursor
+
+    async def _forget_fingerprints_the_clone_passed(self, reader: JournalReader) -> None:
+        """Secrets committed after the cursor get an unknown fingerprint before anything runs.
+
+        Their records are those of the cursor, older than what the clone (and maybe the remote)
+        holds; a snapshot taken before the replay would compare the live value with the older
+        fingerprint and skip a change back to that value. Unknown, the next plan writes it.
+        """
+        after = self.seq
+        while after < self.committed_seq:
+            events = await reader.events_after(after, READ_BATCH)
+            if not events:
+                return
+            for event in events:
+                known = self.files.get(event.key)
+                if event.seq <= self.committed_seq and known and is_sensitive(event_type(event)):
+                    self.files[event.key] = (known[0], UNKNOWN_FINGERPRINT)
+            after = events[-1].seq
+
+    def replayed(self, event: JournalEvent) -> bool:
+        """Whether the event's change is already committed in the clone (record it only)."""
+        return event.seq <= self.committed_seq
+
+    def covered_since(self, event: JournalEvent) -> int | None:
+        """The seq the snapshot of the event's selection reflects; None: not the target's."""
+        prefix = f"{event.api_group}/{event.resource}|"
+        for key, since in self.covered.items():
+            if key.startswith(prefix):
+                return since
+        return None
+
+    def cover(self, selections: set[str], seq: int) -> None:
+        """A snapshot reflecting the journal up to ``seq`` now holds ``selections``."""
+        for key in selections:
+            self.covered[key] = seq
+
+    def uncover(self, keep: Callable[[str], bool]) -> None:
+        """Forget the selections ``keep`` rejects: they need a fresh snapshot to count again."""
+        self.covered = {key: seq for key, seq in self.covered.items() if keep(key)}
+
+    def uncover_secrets(self) -> None:
+        """Secrets get a fresh snapshot (keys just became usable, or are not usable at start)."""
+        self.uncover(lambda key: split_selection(key) != ("", "secrets"))
+
+    def remember(self, plan: FilePlan) -> None:
+        """The records of a plan handed to the committer (a path of None: the file is gone)."""
+        for key, path, content_sha in plan.records:
+            if path is None:
+                self.files.pop(key, None)
+            else:
+                self.files[key] = (path, content_sha)
+
+    def hold(self, held: Mapping[ObjectKey, str]) -> None:
+        """Objects that cannot be written: quarantined, with no record of a file."""
+        for key, reason in held.items():
+            log.warning(
+                "object quarantined: it cannot be written",
+                extra={"target": self.target, "object": describe(key), "reason": reason},
+            )
+            self.files.pop(key, None)
+            self.quarantined[key] = reason
+        self._on_quarantine(self.quarantined)
+
+    def release(self, key: ObjectKey) -> bool:
+        """The object's quarantine ends (written or deleted); returns whether it was held."""
+        held = self.quarantined.pop(key, None) is not None
+        if held:
+            self._on_quarantine(self.quarantined)
+        return held
+
+
+def describe(key: ObjectKey) -> str:
+    """An object as status and logs name it: ``group/resource/namespace/name``."""
+    group = f"{key.api_group}/" if key.api_group else ""
+    where = f"{key.namespace}/" if key.namespace else ""
+    return f"{group}{key.resource}/{where}{key.name}"
