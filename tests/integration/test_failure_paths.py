@@ -228,7 +228,7 @@ def test_target_moved_while_stopped_syncs_its_new_place_and_leaves_the_old_one(
     daemon.start()
     new_files = {name: f"{path}/v1/configmaps/{namespace}/{name}.yaml" for name in names}
     wait_until(
-        lambda: new_files.values() <= tree(remote.path, branch).keys(),
+        lambda: set(new_files.values()) <= tree(remote.path, branch).keys(),
         describe=lambda: f"{sorted(tree(remote.path, branch))}; log: {daemon.log_tail()}",
     )
     # A later real change reaches the new place only; the old place stays as it was.
@@ -460,6 +460,7 @@ def test_ready_names_a_push_refused_for_good_not_the_sync_waiting_on_it(
     apply(
         control_plane,
         *mirror_setup(namespace, remote.url, secret=remote.secret, branch="env/prod"),
+        configmap(namespace, "refused"),
     )
     daemon.start()
     ready = wait_condition(
