@@ -69,6 +69,7 @@ from reverserd.git import (
     PushDeclined,
     PushRejected,
     RemoteUnavailable,
+    RepositoryError,
     StoredBlob,
 )
 from reverserd.git.urls import normalize_url
@@ -389,16 +390,28 @@ class Committer:
             delay = min(delay * 2, RETRY_CEILING_S)
 
     def _open_sound_clone(self) -> str | None:
-        """Open the clone (on the Git thread); one that is damaged is deleted and cloned again."""
+        """Open the clone (on the Git thread); one that is damaged is deleted and cloned again.
+
+        Only a clone found damaged is deleted: one that fails to open for another reason (a
+        full disk) is kept, and the failure ends this committer as any other would.
+        """
         repository = self.repository
+        failure: pygit2.GitError | KeyError | None = None
         try:
             tip = repository.open()
+        except (pygit2.GitError, KeyError) as error:
+            failure = error
+        try:
             repository.verify()
-            return tip
-        except (CloneDamaged, pygit2.GitError, KeyError) as error:
-            log.error("the clone of %s is damaged (%s): cloning it again", self.key, error)
-        repository.discard()
-        return repository.open()
+        except CloneDamaged as damage:
+            log.error("the clone of %s is damaged (%s): cloning it again", self.key, damage)
+            repository.discard()
+            return repository.open()
+        except RepositoryError:
+            pass  # not even opened: nothing to check, the failure says why
+        if failure is not None:
+            raise failure
+        return tip
 
     def _unpushed_commits(self) -> int:
         return sum(1 for item in self._unpushed if item.commit)
