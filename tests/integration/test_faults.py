@@ -43,6 +43,7 @@ from testbed.manifests import (
     mirror_setup,
     podtemplate,
 )
+from testbed.tuned import interpreter_args as tuned
 from tests.conftest import Cleanup, Remote
 
 # Long enough for a push interval of 1 s to pass several times: proof that nothing more comes.
@@ -195,6 +196,38 @@ def test_file_where_a_folder_must_be_quarantines_only_that_object(
     assert b"v: '2'" in tree(remote.path)[f"{folder}/{blocked}.yaml"]
 
 
+def test_quarantined_object_is_written_by_the_periodic_retry_once_its_path_is_free(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    # The retry runs every QUARANTINE_RETRY_S (a minute); shortened here, not waited for.
+    retry = {"reverserd.targets.consumer.QUARANTINE_RETRY_S": 2.0}
+    daemon = Reverserd(control_plane, tmp_path / "state", interpreter_args=tuned(retry))
+    try:
+        apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        folder = f"live-cluster/v1/configmaps/{namespace}"
+        push_foreign_commit(remote.path, "main", folder, b"a person's notes\n", "notes")
+        apply(control_plane, configmap(namespace, "blocked"))
+        wait_condition(
+            control_plane, "gittarget", namespace, "mirror", "Quarantined", "True", daemon=daemon
+        )
+
+        # The person frees the path; the object itself never changes again.
+        remove_on_server(remote.path, folder)
+        wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "blocked"))
+        assert f"{folder}/blocked.yaml" in tree(remote.path)
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Quarantined", "False")
+        changes = query_journal(
+            daemon,
+            "SELECT kind FROM events WHERE namespace = ? AND name = 'blocked'",
+            (namespace,),
+        )
+        assert changes == [("CREATE",)]
+    finally:
+        daemon.ensure_stopped()
+
+
 def service_account(namespace: str, name: str) -> dict[str, object]:
     return {
         "apiVersion": "v1",
@@ -284,7 +317,14 @@ def test_sigkill_after_the_server_took_a_push_commits_every_change_once(
     daemon: Reverserd,
     tmp_path: Path,
 ) -> None:
-    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    # The push waits until three commits are pending (the interval never passes in the test):
+    # it carries a create and two updates of one object. Replayed from the cursor, they would
+    # write the older versions again, so only knowing those commits are its own keeps them
+    # from being committed twice.
+    provider, target, rule = mirror_setup(
+        namespace, remote.url, secret=remote.secret, interval="1h", max_commits=3
+    )
+    apply(control_plane, provider, target, rule)
     daemon.start()
     wait_synced(control_plane, namespace, daemon=daemon)
     # The server updates the branch, then runs post-receive, which waits for the test: the
@@ -295,24 +335,38 @@ def test_sigkill_after_the_server_took_a_push_commits_every_change_once(
         "post-receive",
         f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.1; done\n",
     )
-    apply(control_plane, configmap(namespace, "taken", {"v": "1"}))
-    wait_until(
-        lambda: cm_subject("CREATE", namespace, "taken") in subjects(remote.path),
-        describe=daemon.log_tail,
-    )
+    for version in ("1", "2", "3"):
+        apply(control_plane, configmap(namespace, "taken", {"v": version}))
+    taken = [
+        cm_subject("CREATE", namespace, "taken"),
+        cm_subject("UPDATE", namespace, "taken"),
+        cm_subject("UPDATE", namespace, "taken"),
+    ]
+    wait_for_subjects(remote.path, daemon, *taken)
     daemon.kill()
     release.touch()
-    apply(control_plane, configmap(namespace, "taken", {"v": "2"}))
+    # Unheard: the cursor is still before the first of the three changes.
+    target_key = f"{namespace}/mirror"
+    (first_change,) = query_journal(
+        daemon,
+        "SELECT min(seq) FROM events WHERE namespace = ? AND name = 'taken'",
+        (namespace,),
+    )[0]
+    cursor = query_journal(daemon, "SELECT seq FROM cursors WHERE target = ?", (target_key,))
+    assert cursor[0][0] < first_change, (cursor, first_change)
+
+    apply(control_plane, configmap(namespace, "taken", {"v": "4"}))
+    apply(control_plane, mirror_setup(namespace, remote.url, secret=remote.secret)[0])
     daemon.start()
     apply(control_plane, configmap(namespace, "after"))
     wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after"))
-    time.sleep(SETTLE_S)
     ours = [s for s in subjects(remote.path) if not s.startswith("reconcile")]
     assert ours == [
-        cm_subject("CREATE", namespace, "taken"),
+        *taken,
         cm_subject("UPDATE", namespace, "taken"),
         cm_subject("CREATE", namespace, "after"),
     ]
+    assert b"v: '4'" in tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/taken.yaml"]
 
 
 def test_foreign_commit_with_forged_trailers_does_not_move_the_resume_point(
