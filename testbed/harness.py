@@ -41,6 +41,8 @@ CONVERGE_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.2
 # Concurrent requests when loading objects; the apiserver on 2 cores peaks around this.
 LOAD_CONCURRENCY = 32
+# The samples a metric family exposes besides its own name (counters, histograms).
+METRIC_SAMPLE_SUFFIXES = ("_total", "_created", "_count", "_sum", "_bucket")
 
 
 class Reverserd:
@@ -142,15 +144,25 @@ class Reverserd:
         return result
 
     def metric(self, name: str, **labels: str) -> float:
-        """The sum of ``name``'s samples on ``/metrics`` whose labels include ``labels``."""
+        """The sum of ``name``'s samples on ``/metrics`` whose labels include ``labels``.
+
+        A metric the daemon does not declare at all raises :class:`KeyError`: a misspelled
+        name must fail the test, not read as zero. A declared one without samples yet (no
+        label values seen) is zero.
+        """
         body = self.get("/metrics")
         if body is None:
             raise RuntimeError("no /metrics answer")
         total = 0.0
+        declared: set[str] = set()
         for family in text_string_to_metric_families(body.decode()):
+            declared.add(family.name)
+            declared.update(family.name + suffix for suffix in METRIC_SAMPLE_SUFFIXES)
             for sample in family.samples:
                 if sample.name == name and labels.items() <= sample.labels.items():
                     total += sample.value
+        if name not in declared:
+            raise KeyError(f"/metrics declares no metric {name!r}")
         return total
 
     def stop(self, timeout: float = 20.0) -> float:

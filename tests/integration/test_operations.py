@@ -111,7 +111,7 @@ def test_metrics_match_the_pushed_history(
     control_plane.kubectl("delete", "configmap", "m-4", "-n", namespace)
     wait_until(lambda: len(subjects(remote.path)) == 9, describe=lambda: str(subjects(remote.path)))
     target = f"{namespace}/mirror"
-    wait_until(lambda: daemon.metric("gitopsreverser_commit_queue_size", target=target) == 0)
+    wait_until(lambda: daemon.metric("gitopsreverser_git_commit_queue_size", target=target) == 0)
     assert daemon.metric("gitopsreverser_commits_total", target=target) == 9
     # Five creates (plus the README with the first), three updates; one delete.
     assert daemon.metric("gitopsreverser_objects_written_total", target=target) == 9
