@@ -196,6 +196,17 @@ class Reverserd:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
+def logged_by_reverserd(fragment: str) -> str:
+    """``fragment``, once checked to be part of a message reverserd's code logs.
+
+    A test asserting that no log line holds a message would pass silently once the message is
+    reworded; passing the text through this makes the rewording fail the test instead.
+    """
+    if not any(fragment in path.read_text() for path in (REPO_ROOT / "reverserd").rglob("*.py")):
+        raise AssertionError(f"reverserd's code logs no message containing {fragment!r}")
+    return fragment
+
+
 def webhook_arguments(plane: ControlPlane, sources: str, port: int) -> list[str]:
     """``reverserd run`` arguments for the attribution ``sources`` with the webhook on
     127.0.0.1:``port``, serving the test bed's webhook certificate and trusting its CA for the

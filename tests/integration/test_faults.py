@@ -27,6 +27,7 @@ from testbed.harness import (
     conditions,
     create_git_credentials,
     create_many,
+    logged_by_reverserd,
     query_journal,
     subjects,
     tree,
@@ -148,7 +149,8 @@ def test_push_refused_for_a_reason_a_fetch_cannot_fix_backs_off_and_says_why(
         "gitopsreverser_git_operations_total", operation="push", result="rejected"
     )
     assert 1 <= attempts <= 6, attempts
-    rebuilds = [line for line in daemon.log_lines() if "rebuilt on its tip" in line["message"]]
+    rebuilt = logged_by_reverserd("rebuilt on its tip")
+    rebuilds = [line for line in daemon.log_lines() if rebuilt in line["message"]]
     assert rebuilds == []
     assert daemon.metric("reverserd_push_failures_total", reason="PushRefused") >= 1
 

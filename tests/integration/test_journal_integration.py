@@ -30,6 +30,7 @@ from testbed.harness import (
     get_object,
     history,
     kubectl_json,
+    logged_by_reverserd,
     merge_patch,
     patch_many,
     query_journal,
@@ -599,7 +600,8 @@ def test_sigkill_during_burst_loses_nothing_and_resumes_from_stored_resource_ver
     assert len(markers(events, "SEED_END")) == 1
     messages = [str(line.get("message", "")) for line in daemon.log_lines()]
     assert sum(1 for m in messages if m.startswith(f"seeded {stream} ")) == 1
-    assert not [m for m in messages if "expired" in m and stream in m]
+    expired = logged_by_reverserd("expired, re-listing")
+    assert not [m for m in messages if expired in m and stream in m]
 
 
 # -- 4. 410 Gone: re-list, and deletions made meanwhile become DELETE events -------------------
