@@ -71,6 +71,8 @@ def own_server(
         provider, *rest = mirror_setup(namespace, server.url(repo_name), secret=secret)
         apply(plane, provider, *rest)
         daemon.start()
+        # Synced first, so "before" comes as its own commit, never in the reconcile commit.
+        wait_synced(plane, namespace, daemon=daemon)
         apply(plane, configmap(namespace, "before"))
         wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "before"))
         yield server, repo, daemon, provider
@@ -90,6 +92,7 @@ def test_failed_committer_is_replaced_by_a_fresh_one_and_loses_nothing(
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
     apply(control_plane, configmap(namespace, "before"))
     wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "before"))
 
@@ -416,6 +419,7 @@ def test_full_state_dir_says_so_loses_nothing_and_resumes_when_space_returns(
     try:
         apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
         daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
         apply(control_plane, configmap(namespace, "before"))
         wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "before"))
 

@@ -530,6 +530,7 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
         secret = create_git_credentials(control_plane, namespace, server)
         apply(control_plane, *mirror_setup(namespace, server.url("outage"), secret=secret))
         daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
         apply(control_plane, configmap(namespace, "before"))
         wait_for_subjects(repo, daemon, subject("CREATE", namespace, "before"))
         ready = conditions(control_plane, "gitprovider", namespace, "mirror")["Ready"]
@@ -917,6 +918,7 @@ def test_target_status_shows_the_pushed_tip_and_kubectl_columns(
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
     apply(control_plane, configmap(namespace, "app", {"v": "1"}))
     apply(control_plane, configmap(namespace, "app", {"v": "2"}))
     wait_for_subjects(remote.path, daemon, subject("UPDATE", namespace, "app"))

@@ -40,6 +40,7 @@ def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
         apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
         first.start()
         wait_until(lambda: first.status()["role"] == "leader", 30, first.log_tail)
+        wait_synced(control_plane, namespace, daemon=first)
         second.start()
         apply(control_plane, configmap(namespace, "before"))
         wait_for_subjects(remote.path, first, f"[CREATE] v1/configmaps/{namespace}/before")
