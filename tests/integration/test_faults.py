@@ -27,6 +27,7 @@ from testbed.harness import (
     conditions,
     create_git_credentials,
     create_many,
+    cursor_seq,
     logged_by_reverserd,
     query_journal,
     subjects,
@@ -47,12 +48,22 @@ from testbed.manifests import (
 from testbed.tuned import interpreter_args as tuned
 from tests.conftest import Cleanup, Remote
 
-# Long enough for a push interval of 1 s to pass several times: proof that nothing more comes.
-SETTLE_S = 3.0
-
 
 def cm_subject(operation: str, namespace: str, name: str) -> str:
     return f"[{operation}] v1/configmaps/{namespace}/{name}"
+
+
+def later_change(plane: ControlPlane, namespace: str, repo: Path, daemon: Reverserd) -> str:
+    """Create a ConfigMap ``later`` and wait for its commit; returns its subject.
+
+    A target commits in journal order, so once this change is on the branch, nothing that came
+    before it is still on its way: what the branch lacks then never comes. That proves absence
+    without waiting for a guessed time.
+    """
+    apply(plane, configmap(namespace, "later"))
+    subject = cm_subject("CREATE", namespace, "later")
+    wait_for_subjects(repo, daemon, subject)
+    return subject
 
 
 @contextmanager
@@ -123,7 +134,7 @@ def test_failed_committer_is_replaced_by_a_fresh_one_and_loses_nothing(
         cm_subject("UPDATE", namespace, "during"),
     ]
     wait_for_subjects(remote.path, daemon, *expected[1:], timeout=150)
-    time.sleep(SETTLE_S)
+    expected.append(later_change(control_plane, namespace, remote.path, daemon))
     assert subjects(remote.path) == expected
     wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True", timeout=60)
     assert b"v: '2'" in tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/during.yaml"]
@@ -272,7 +283,6 @@ def test_target_whose_path_changes_syncs_the_new_folder_and_leaves_the_old_one(
     )
     apply(control_plane, configmap(namespace, "three"))
     wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "three"))
-    time.sleep(SETTLE_S)
     files = tree(remote.path)
     assert {p: c for p, c in files.items() if p.startswith("live-cluster/")} == old
     assert f"moved/v1/configmaps/{namespace}/three.yaml" in files
@@ -295,7 +305,11 @@ def test_deleted_target_keeps_no_cursor_even_with_a_shared_committer(
     control_plane.kubectl("delete", "gittarget", "second", "-n", namespace)
     apply(control_plane, configmap(namespace, "after"))
     wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "after"))
-    time.sleep(SETTLE_S)
+    # The push is on the server before its cursors are written: wait for the cursor of "after".
+    (after_seq,) = query_journal(
+        daemon, "SELECT max(seq) FROM events WHERE namespace = ? AND name = 'after'", (namespace,)
+    )[0]
+    wait_until(lambda: (cursor_seq(daemon, f"{namespace}/mirror") or 0) >= after_seq)
     targets = [row[0] for row in query_journal(daemon, "SELECT target FROM cursors")]
     assert f"{namespace}/second" not in targets
     assert f"{namespace}/mirror" in targets
@@ -515,7 +529,9 @@ def test_watch_expired_while_running_deletes_only_the_files_of_objects_gone_in_t
 
     deletes = [f"[DELETE] v1/podtemplates/{namespace}/{n}" for n in ("gone-a", "gone-b")]
     wait_for_subjects(remote.path, daemon, *deletes, timeout=120)
-    time.sleep(SETTLE_S)
+    # Proof that no other delete is on its way: a later change comes after any of it.
+    apply(control_plane, podtemplate(namespace, "later"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/podtemplates/{namespace}/later")
     files = tree(remote.path)
     assert f"{folder}/keep.yaml" in files
     assert not {f"{folder}/gone-a.yaml", f"{folder}/gone-b.yaml"} & set(files)
@@ -559,7 +575,7 @@ def test_foreign_push_while_the_git_server_is_down_is_kept_and_every_change_land
         wait_until(committed_locally, timeout=30, describe=daemon.log_tail)
         server.start()
         wait_for_subjects(repo, daemon, *(cm_subject("CREATE", namespace, n) for n in made))
-        time.sleep(SETTLE_S)
+        later_change(control_plane, namespace, repo, daemon)
         history = subjects(repo)
         assert "their notes" in history
         assert all(history.count(cm_subject("CREATE", namespace, n)) == 1 for n in made)
@@ -631,7 +647,6 @@ def test_api_server_stopped_in_the_middle_of_a_list_deletes_nothing(
     daemon.process.send_signal(signal.SIGSTOP)
     with control_plane.apiserver_down():
         daemon.process.send_signal(signal.SIGCONT)
-        time.sleep(SETTLE_S)
         markers = dict(
             query_journal(
                 daemon,
@@ -729,10 +744,15 @@ def test_replaced_committer_waits_for_the_old_ones_git_operation_to_end(
                 ),
                 describe=daemon.log_tail,
             )
-            time.sleep(8)
+            # The new committer says it waits before it takes the lock: once it has said so,
+            # it cannot have taken the clone without logging "opening" again.
+            waiting = logged_by_reverserd("waiting for the clone")
+            wait_until(
+                lambda: any(waiting in line["message"] for line in daemon.log_lines()),
+                describe=daemon.log_tail,
+            )
             assert opened() == 1, "the new committer took the clone during the old push"
-            assert any("waiting for the clone" in line["message"] for line in daemon.log_lines())
         wait_for_subjects(repo, daemon, cm_subject("CREATE", namespace, "during"), timeout=90)
         wait_until(lambda: opened() == 2, describe=daemon.log_tail)
-        time.sleep(SETTLE_S)
+        later_change(control_plane, namespace, repo, daemon)
         assert subjects(repo).count(cm_subject("CREATE", namespace, "during")) == 1
