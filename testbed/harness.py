@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitservers import GitHttpServer, LogEntry, branch_tip, log, read_tree
+from testbed.manifests import configmap
 from testbed.tools import REPO_ROOT
 
 T = TypeVar("T")
@@ -554,6 +555,26 @@ def wait_for_subjects(
             f"wanted {list(wanted)}; subjects {subjects(repo, branch)}; log: {daemon.log_tail()}"
         ),
     )
+
+
+def later_change(
+    plane: ControlPlane,
+    namespace: str,
+    repo: Path,
+    daemon: Reverserd,
+    name: str = "later",
+    branch: str = "main",
+) -> str:
+    """Create the ConfigMap ``name`` and wait for its commit on ``branch``; returns its subject.
+
+    A target commits in journal order and a push carries every commit before it, so once this
+    change is on the branch, nothing made before it is still on its way: what the branch lacks
+    then never comes. That proves absence without sleeping for a guessed time.
+    """
+    apply(plane, configmap(namespace, name))
+    subject = f"[CREATE] v1/configmaps/{namespace}/{name}"
+    wait_for_subjects(repo, daemon, subject, branch=branch)
+    return subject
 
 
 # -- reading the journal, as an operator would with sqlite3 -----------------------------------

@@ -28,6 +28,7 @@ from testbed.harness import (
     create_git_credentials,
     create_many,
     cursor_seq,
+    later_change,
     logged_by_reverserd,
     query_journal,
     subjects,
@@ -51,19 +52,6 @@ from tests.conftest import Cleanup, Remote
 
 def cm_subject(operation: str, namespace: str, name: str) -> str:
     return f"[{operation}] v1/configmaps/{namespace}/{name}"
-
-
-def later_change(plane: ControlPlane, namespace: str, repo: Path, daemon: Reverserd) -> str:
-    """Create a ConfigMap ``later`` and wait for its commit; returns its subject.
-
-    A target commits in journal order, so once this change is on the branch, nothing that came
-    before it is still on its way: what the branch lacks then never comes. That proves absence
-    without waiting for a guessed time.
-    """
-    apply(plane, configmap(namespace, "later"))
-    subject = cm_subject("CREATE", namespace, "later")
-    wait_for_subjects(repo, daemon, subject)
-    return subject
 
 
 @contextmanager

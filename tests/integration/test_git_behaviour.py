@@ -41,6 +41,7 @@ from testbed.harness import (
     delete_many,
     install_crd,
     kubectl_json,
+    later_change,
     patch_many,
     query_journal,
     resource_status,
@@ -201,7 +202,6 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
         timeout=120,
         describe=lambda: f"subjects {subjects(remote.path)}; log: {daemon.log_tail()}",
     )
-    time.sleep(QUIET_PERIOD_S)
 
     history = log(remote.path, "main")
     assert [entry.subject for entry in history] == [f"reconcile: sync {count} resources"]
@@ -229,6 +229,9 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
     assert status["lastCommit"] == branch_tip(remote.path, "main")
     problems = [line for line in daemon.log_lines() if line.get("level") in ("error", "critical")]
     assert problems == []
+    # Nothing else was on its way: the next change is the next commit.
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path) == [f"reconcile: sync {count} resources", later]
 
 
 def test_reconcile_commit_is_pushed_at_once_while_live_changes_wait_for_the_interval(
@@ -325,21 +328,27 @@ def test_restarts_keep_every_file_and_commit_nothing_when_all_is_mirrored(
             lambda: caught_up(daemon, *targets),
             describe=lambda restart=restart: f"restart {restart}: {daemon.status()['targets']}",
         )
-        time.sleep(QUIET_PERIOD_S)
         for branch, _ in folders.values():
             assert branch_tip(remote.path, branch) == tips[branch], (
                 f"restart {restart} committed to {branch}: {subjects(remote.path, branch)}"
             )
             assert tree(remote.path, branch) == trees[branch]
 
+    # A commit any restart made reaches the branch with the next push at the latest.
+    for branch, _ in folders.values():
+        final = later_change(control_plane, namespace, remote.path, daemon, "final", branch)
+        assert subjects(remote.path, branch) == [*expected_subjects, final], branch
     for name, (branch, _) in folders.items():
         assert not [s for s in subjects(remote.path, branch) if s.startswith("[DELETE]")]
-        recorded = recorded_files(daemon, f"{namespace}/{name}")
-        assert recorded == {
+        pushed = {
             path: sha256(data)
-            for path, data in trees[branch].items()
+            for path, data in tree(remote.path, branch).items()
             if not path.endswith("README.md")
         }
+        # The record is written with the cursor, just after the push.
+        wait_until(
+            lambda name=name, pushed=pushed: recorded_files(daemon, f"{namespace}/{name}") == pushed
+        )
     daemon.stop()
     control_plane.kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
 
@@ -430,7 +439,8 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
             f" log: {daemon.log_tail()}"
         ),
     )
-    time.sleep(QUIET_PERIOD_S)
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    survivors.add("later")
 
     # Git equals the cluster.
     live = live_manifests(control_plane, namespace)
@@ -445,6 +455,7 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
         {subject("CREATE", namespace, m["metadata"]["name"]) for m in objects}
         | {subject("UPDATE", namespace, m["metadata"]["name"]) for m in objects[:150]}
         | {subject("DELETE", namespace, m["metadata"]["name"]) for m in objects[100:200]}
+        | {later}
     )
     # Watches resume from their stored resourceVersion (seconds old, well inside the API
     # server's history), so every event is delivered and every change has its own commit.
@@ -562,7 +573,7 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
             timeout=120,
             describe=lambda: f"{subjects(repo)}; log: {daemon.log_tail()}",
         )
-        time.sleep(QUIET_PERIOD_S)
+        made.append(later_change(control_plane, namespace, repo, daemon))
         assert subjects(repo) == [subject("CREATE", namespace, "before"), *made]
         assert configmap_files(repo, "live-cluster", namespace) == live_manifests(
             control_plane, namespace
@@ -988,10 +999,8 @@ def test_last_commit_names_each_targets_own_commit_on_a_shared_branch(
         }
 
     wanted = {"mirror": history[subject("CREATE", namespace, "a")], "accounts": history[account]}
-    wait_until(
-        lambda: last_commits()["accounts"] == wanted["accounts"],
-        describe=lambda: str(last_commits()),
-    )
-    time.sleep(QUIET_PERIOD_S)
     # Each target's newest pushed commit, not the branch tip another target's change made.
-    assert last_commits() == wanted, f"history (newest first): {history}"
+    wait_until(
+        lambda: last_commits() == wanted,
+        describe=lambda: f"{last_commits()}; history (newest first): {history}",
+    )
