@@ -476,9 +476,11 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
     assert empty_commits(remote.path) == []
 
     files = tree(remote.path)
-    assert recorded_files(daemon, target) == {
+    pushed = {
         path: sha256(data) for path, data in files.items() if path != "live-cluster/README.md"
     }
+    # The record is written with the cursor, just after the push.
+    wait_until(lambda: recorded_files(daemon, target) == pushed)
 
 
 # -- F46 ---------------------------------------------------------------------------------------
