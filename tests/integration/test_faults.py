@@ -32,6 +32,7 @@ from testbed.harness import (
     logged_by_reverserd,
     query_journal,
     subjects,
+    target_report,
     tree,
     wait_condition,
     wait_for_subjects,
@@ -126,6 +127,61 @@ def test_failed_committer_is_replaced_by_a_fresh_one_and_loses_nothing(
     assert subjects(remote.path) == expected
     wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True", timeout=60)
     assert b"v: '2'" in tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/during.yaml"]
+
+
+def test_unexpected_exceptions_in_a_consumer_and_a_watch_show_and_heal(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    # A bug, played by testbed.tuned: the first calls of each raise an exception nothing in
+    # reverserd expects.
+    target, stream = f"{namespace}/mirror", f"v1/configmaps@{namespace}"
+    faults = {
+        "reverserd.targets.consumer:TargetConsumer._process": 3,
+        "reverserd.watch.watcher:StreamWatcher._journal": 3,
+    }
+    daemon = Reverserd(control_plane, tmp_path / "state", interpreter_args=tuned(faults=faults))
+    try:
+        apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        apply(control_plane, configmap(namespace, "first", {"v": "1"}))
+
+        def watch_entry() -> dict[str, Any]:
+            return next(w for w in daemon.status()["watches"] if w["stream"] == stream)
+
+        # Each failure shows while it lasts: the watch's first, then the consumer's.
+        wait_until(
+            lambda: "InjectedFault" in (watch_entry()["last_error"] or ""),
+            describe=lambda: f"{watch_entry()}; {daemon.log_tail()}",
+        )
+
+        def target_error() -> str | None:
+            report = target_report(daemon, target) or {}
+            return report.get("last_error")
+
+        wait_until(
+            lambda: "InjectedFault" in (target_error() or ""),
+            describe=lambda: f"{target_report(daemon, target)}; {daemon.log_tail()}",
+        )
+
+        # Both restart from the journal and their stored resourceVersion: nothing is lost or
+        # committed twice, and the failures are counted.
+        apply(control_plane, configmap(namespace, "first", {"v": "2"}))
+        later = later_change(control_plane, namespace, remote.path, daemon)
+        assert [s for s in subjects(remote.path) if not s.startswith("reconcile")] == [
+            cm_subject("CREATE", namespace, "first"),
+            cm_subject("UPDATE", namespace, "first"),
+            later,
+        ]
+        assert b"v: '2'" in tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/first.yaml"]
+        restarts = "reverserd_task_restarts_total"
+        assert daemon.metric(restarts, task=f"watch {stream}") == 3
+        assert daemon.metric(restarts, task=f"target {target}") == 3
+        wait_until(lambda: target_error() is None)
+        assert watch_entry()["last_error"] is None
+        wait_condition(control_plane, "gittarget", namespace, "mirror", "Ready", "True")
+    finally:
+        daemon.ensure_stopped()
 
 
 def test_push_refused_for_a_reason_a_fetch_cannot_fix_backs_off_and_says_why(
