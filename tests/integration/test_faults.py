@@ -133,10 +133,11 @@ def test_unexpected_exceptions_in_a_consumer_and_a_watch_show_and_heal(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
     # A bug, played by testbed.tuned: the first calls of each raise an exception nothing in
-    # reverserd expects.
+    # reverserd expects. The watch journals the first change, the consumer submits its commit:
+    # neither runs before the ConfigMap below changes.
     target, stream = f"{namespace}/mirror", f"v1/configmaps@{namespace}"
     faults = {
-        "reverserd.targets.consumer:TargetConsumer._process": 3,
+        "reverserd.targets.consumer:TargetConsumer._submit_event": 3,
         "reverserd.watch.watcher:StreamWatcher._journal": 3,
     }
     daemon = Reverserd(control_plane, tmp_path / "state", interpreter_args=tuned(faults=faults))
