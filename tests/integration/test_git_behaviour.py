@@ -29,6 +29,7 @@ from testbed.gitservers import (
     changed_paths,
     log,
     push_foreign_commit,
+    read_tree_at,
 )
 from testbed.harness import (
     Reverserd,
@@ -351,6 +352,41 @@ def test_restarts_keep_every_file_and_commit_nothing_when_all_is_mirrored(
         )
     daemon.stop()
     control_plane.kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
+
+
+# -- C25 ---------------------------------------------------------------------------------------
+
+
+def test_an_older_version_never_overwrites_a_newer_one(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    """Every commit touching the file carries a newer version than the one before it, through a
+    rebuild on someone else's commit and a SIGKILL with commits not pushed yet."""
+    apply(control_plane, *slow_push_setup(namespace, remote))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    path = f"live-cluster/v1/configmaps/{namespace}/counter.yaml"
+    last = 12
+    for version in range(1, last + 1):
+        apply(control_plane, configmap(namespace, "counter", {"v": str(version)}))
+        if version == 4:
+            # Pending local commits must be rebuilt on this before they are pushed.
+            push_foreign_commit(remote.path, "main", "notes.md", b"theirs\n", "their notes")
+        if version == 8:
+            # Some commits are made and not pushed (3 s interval): replayed after the restart.
+            daemon.kill()
+            daemon.start()
+    later_change(control_plane, namespace, remote.path, daemon)
+
+    versions = []
+    for entry in log(remote.path, "main")[::-1]:
+        if path in changed_paths(remote.path, entry.sha):
+            written = read_tree_at(remote.path, entry.sha).get(path)
+            assert written is not None, f"{entry.subject} deleted the file"
+            versions.append(int(yaml.safe_load(written)["data"]["v"]))
+    assert versions == sorted(set(versions)), versions
+    assert versions[-1] == last, versions
+    assert "their notes" in subjects(remote.path)
 
 
 # -- D30, D31 ----------------------------------------------------------------------------------
