@@ -1191,6 +1191,38 @@ def test_spellings_of_a_target_path_are_normalized_and_shown_in_status(
     ]
 
 
+def test_an_absolute_target_path_is_a_folder_of_the_branch_never_of_a_machine(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    """SCENARIOS 38 lists ``/abs`` among the refused paths; the spec and gitops-reverser read it
+    from the repository's root instead. Either way nothing may be written outside the
+    repository: here the path is a real absolute folder of the machine the daemon runs on."""
+    outside = tmp_path / "outside"
+    cms = [{"resources": ["configmaps"]}]
+    apply(
+        control_plane,
+        git_provider(namespace, "p", remote.url, secret=remote.secret),
+        git_target(namespace, "absolute", "p", str(outside)),
+        watch_rule(namespace, "absolute", "absolute", cms),
+        configmap(namespace, "app"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace, "absolute")
+    folder = str(outside).lstrip("/")
+    assert resource_status(control_plane, "gittarget", namespace, "absolute")["path"] == folder
+    wait_until(lambda: subjects(remote.path) == ["reconcile: sync 1 resources"], 15)
+    assert sorted(tree(remote.path)) == [
+        f"{folder}/{README}",
+        f"{folder}/v1/configmaps/{namespace}/app.yaml",
+    ]
+    assert not outside.exists()
+    assert not list(daemon.state_dir.rglob("app.yaml"))
+
+
 def test_second_target_on_the_same_or_a_nested_folder_is_refused_with_conflict(
     control_plane: ControlPlane,
     namespace: str,
