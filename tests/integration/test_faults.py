@@ -8,6 +8,7 @@ custom resources' status.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -202,12 +203,19 @@ def test_push_refused_for_a_reason_a_fetch_cannot_fix_backs_off_and_says_why(
         control_plane, "gittarget", namespace, "mirror", "Pushing", "False", "PushRefused"
     )
     assert "fetch cannot fix" in pushing["message"]
-    time.sleep(20)
-    # Backoff, not a loop: 1 + 2 + 4 + 8 s of waiting leave room for about five attempts.
+    # Backoff, not a loop: each failed attempt announces a longer wait than the one before.
+    retrying = re.compile(re.escape(logged_by_reverserd("failed, retrying in")) + r" (\d+) s")
+
+    def announced() -> list[int]:
+        found = (retrying.search(line["message"]) for line in daemon.log_lines())
+        return [int(match.group(1)) for match in found if match]
+
+    wait_until(lambda: len(announced()) >= 4, timeout=60, describe=daemon.log_tail)
+    assert announced()[:4] == [1, 2, 4, 8], announced()
     attempts = daemon.metric(
         "gitopsreverser_git_operations_total", operation="push", result="rejected"
     )
-    assert 1 <= attempts <= 6, attempts
+    assert 4 <= attempts <= len(announced()) + 1, (attempts, announced())
     rebuilt = logged_by_reverserd("rebuilt on its tip")
     rebuilds = [line for line in daemon.log_lines() if rebuilt in line["message"]]
     assert rebuilds == []
