@@ -284,8 +284,10 @@ def test_quarantined_object_is_written_by_the_periodic_retry_once_its_path_is_fr
 
         # The person frees the path; the object itself never changes again.
         remove_on_server(remote.path, folder)
-        wait_for_subjects(remote.path, daemon, cm_subject("CREATE", namespace, "blocked"))
-        assert f"{folder}/blocked.yaml" in tree(remote.path)
+        wait_until(
+            lambda: f"{folder}/blocked.yaml" in tree(remote.path),
+            describe=lambda: f"{subjects(remote.path)}; {daemon.log_tail()}",
+        )
         wait_condition(control_plane, "gittarget", namespace, "mirror", "Quarantined", "False")
         changes = query_journal(
             daemon,
