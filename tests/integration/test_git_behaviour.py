@@ -367,14 +367,25 @@ def test_an_older_version_never_overwrites_a_newer_one(
     wait_synced(control_plane, namespace, daemon=daemon)
     path = f"live-cluster/v1/configmaps/{namespace}/counter.yaml"
     last = 12
+    mark = 0
     for version in range(1, last + 1):
+        if version == 7:
+            mark = len(daemon.log_lines())
         apply(control_plane, configmap(namespace, "counter", {"v": str(version)}))
         if version == 4:
             # Pending local commits must be rebuilt on this before they are pushed.
             push_foreign_commit(remote.path, "main", "notes.md", b"theirs\n", "their notes")
         if version == 8:
-            # Some commits are made and not pushed (3 s interval): replayed after the restart.
+            # Killed with a commit made and not pushed (3 s interval): the restart replays
+            # from a cursor older than what the clone holds.
+            pending = wait_until(
+                lambda since=mark: unpushed_commit(messages(daemon, since)),
+                describe=daemon.log_tail,
+            )
             daemon.kill()
+            assert unpushed_commit(messages(daemon, mark)) is not None, "pushed before the kill"
+            cursor = cursor_seq(daemon, f"{namespace}/mirror")
+            assert cursor is not None and cursor < pending["seq"], (cursor, pending)
             daemon.start()
     later_change(control_plane, namespace, remote.path, daemon)
 
