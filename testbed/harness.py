@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitservers import GitHttpServer, LogEntry, branch_tip, log, read_tree
+from testbed.manifests import configmap
 from testbed.tools import REPO_ROOT
 
 T = TypeVar("T")
@@ -41,6 +42,8 @@ CONVERGE_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.2
 # Concurrent requests when loading objects; the apiserver on 2 cores peaks around this.
 LOAD_CONCURRENCY = 32
+# The samples a metric family exposes besides its own name (counters, histograms).
+METRIC_SAMPLE_SUFFIXES = ("_total", "_created", "_count", "_sum", "_bucket")
 
 
 class Reverserd:
@@ -142,15 +145,25 @@ class Reverserd:
         return result
 
     def metric(self, name: str, **labels: str) -> float:
-        """The sum of ``name``'s samples on ``/metrics`` whose labels include ``labels``."""
+        """The sum of ``name``'s samples on ``/metrics`` whose labels include ``labels``.
+
+        A metric the daemon does not declare at all raises :class:`KeyError`: a misspelled
+        name must fail the test, not read as zero. A declared one without samples yet (no
+        label values seen) is zero.
+        """
         body = self.get("/metrics")
         if body is None:
             raise RuntimeError("no /metrics answer")
         total = 0.0
+        declared: set[str] = set()
         for family in text_string_to_metric_families(body.decode()):
+            declared.add(family.name)
+            declared.update(family.name + suffix for suffix in METRIC_SAMPLE_SUFFIXES)
             for sample in family.samples:
                 if sample.name == name and labels.items() <= sample.labels.items():
                     total += sample.value
+        if name not in declared:
+            raise KeyError(f"/metrics declares no metric {name!r}")
         return total
 
     def stop(self, timeout: float = 20.0) -> float:
@@ -182,6 +195,17 @@ class Reverserd:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def logged_by_reverserd(fragment: str) -> str:
+    """``fragment``, once checked to be part of a message reverserd's code logs.
+
+    A test asserting that no log line holds a message would pass silently once the message is
+    reworded; passing the text through this makes the rewording fail the test instead.
+    """
+    if not any(fragment in path.read_text() for path in (REPO_ROOT / "reverserd").rglob("*.py")):
+        raise AssertionError(f"reverserd's code logs no message containing {fragment!r}")
+    return fragment
 
 
 def webhook_arguments(plane: ControlPlane, sources: str, port: int) -> list[str]:
@@ -531,6 +555,26 @@ def wait_for_subjects(
             f"wanted {list(wanted)}; subjects {subjects(repo, branch)}; log: {daemon.log_tail()}"
         ),
     )
+
+
+def later_change(
+    plane: ControlPlane,
+    namespace: str,
+    repo: Path,
+    daemon: Reverserd,
+    name: str = "later",
+    branch: str = "main",
+) -> str:
+    """Create the ConfigMap ``name`` and wait for its commit on ``branch``; returns its subject.
+
+    A target commits in journal order and a push carries every commit before it, so once this
+    change is on the branch, nothing made before it is still on its way: what the branch lacks
+    then never comes. That proves absence without sleeping for a guessed time.
+    """
+    apply(plane, configmap(namespace, name))
+    subject = f"[CREATE] v1/configmaps/{namespace}/{name}"
+    wait_for_subjects(repo, daemon, subject, branch=branch)
+    return subject
 
 
 # -- reading the journal, as an operator would with sqlite3 -----------------------------------

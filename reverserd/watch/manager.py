@@ -121,6 +121,6 @@ class WatchManager:
             log.info("stopped watching %s", stream.key)
         for stream in sorted(wanted - set(self.watchers), key=lambda s: s.key):
             watcher = StreamWatcher(self.client, self.journal, stream)
-            task = group.create_task(supervise(f"watch {stream.key}", watcher.run))
+            task = group.create_task(supervise(f"watch {stream.key}", watcher.run, watcher.failed))
             self.watchers[stream] = (watcher, task)
             log.info("watching %s", stream.key)

@@ -70,6 +70,11 @@ class StreamWatcher:
         self.current = False
         self.last_error: str | None = None
 
+    def failed(self, error: BaseException) -> None:
+        """:meth:`run` ended with an exception nothing here expects (a bug): its supervisor
+        starts it again, and status shows the failure until a watch delivers again."""
+        self.last_error = f"{type(error).__name__}: {error}"
+
     @property
     def namespace(self) -> str | None:
         return None if self.stream.namespace == "*" else self.stream.namespace
@@ -163,6 +168,7 @@ class StreamWatcher:
         changes = [(event.type, event.object) for event in events if event.type != "BOOKMARK"]
         version = events[-1].resource_version or self.resource_version
         await self.journal.record_changes(self.stream, changes, version)
+        self.last_error = None
         if changes:
             EVENTS_RECEIVED.labels(resource=self.stream.resource).inc(len(changes))
         self.resource_version = version

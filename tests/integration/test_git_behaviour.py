@@ -29,6 +29,7 @@ from testbed.gitservers import (
     changed_paths,
     log,
     push_foreign_commit,
+    read_tree_at,
 )
 from testbed.harness import (
     Reverserd,
@@ -41,6 +42,7 @@ from testbed.harness import (
     delete_many,
     install_crd,
     kubectl_json,
+    later_change,
     patch_many,
     query_journal,
     resource_status,
@@ -201,7 +203,6 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
         timeout=120,
         describe=lambda: f"subjects {subjects(remote.path)}; log: {daemon.log_tail()}",
     )
-    time.sleep(QUIET_PERIOD_S)
 
     history = log(remote.path, "main")
     assert [entry.subject for entry in history] == [f"reconcile: sync {count} resources"]
@@ -229,6 +230,9 @@ def test_cold_start_mirrors_existing_objects_in_one_reconcile_commit(
     assert status["lastCommit"] == branch_tip(remote.path, "main")
     problems = [line for line in daemon.log_lines() if line.get("level") in ("error", "critical")]
     assert problems == []
+    # Nothing else was on its way: the next change is the next commit.
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path) == [f"reconcile: sync {count} resources", later]
 
 
 def test_reconcile_commit_is_pushed_at_once_while_live_changes_wait_for_the_interval(
@@ -325,23 +329,75 @@ def test_restarts_keep_every_file_and_commit_nothing_when_all_is_mirrored(
             lambda: caught_up(daemon, *targets),
             describe=lambda restart=restart: f"restart {restart}: {daemon.status()['targets']}",
         )
-        time.sleep(QUIET_PERIOD_S)
         for branch, _ in folders.values():
             assert branch_tip(remote.path, branch) == tips[branch], (
                 f"restart {restart} committed to {branch}: {subjects(remote.path, branch)}"
             )
             assert tree(remote.path, branch) == trees[branch]
 
+    # A commit any restart made reaches the branch with the next push at the latest.
+    for branch, _ in folders.values():
+        final = later_change(control_plane, namespace, remote.path, daemon, "final", branch)
+        assert subjects(remote.path, branch) == [*expected_subjects, final], branch
     for name, (branch, _) in folders.items():
         assert not [s for s in subjects(remote.path, branch) if s.startswith("[DELETE]")]
-        recorded = recorded_files(daemon, f"{namespace}/{name}")
-        assert recorded == {
+        pushed = {
             path: sha256(data)
-            for path, data in trees[branch].items()
+            for path, data in tree(remote.path, branch).items()
             if not path.endswith("README.md")
         }
+        # The record is written with the cursor, just after the push.
+        wait_until(
+            lambda name=name, pushed=pushed: recorded_files(daemon, f"{namespace}/{name}") == pushed
+        )
     daemon.stop()
     control_plane.kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
+
+
+# -- C25 ---------------------------------------------------------------------------------------
+
+
+def test_an_older_version_never_overwrites_a_newer_one(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    """Every commit touching the file carries a newer version than the one before it, through a
+    rebuild on someone else's commit and a SIGKILL with commits not pushed yet."""
+    apply(control_plane, *slow_push_setup(namespace, remote))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    path = f"live-cluster/v1/configmaps/{namespace}/counter.yaml"
+    last = 12
+    mark = 0
+    for version in range(1, last + 1):
+        if version == 7:
+            mark = len(daemon.log_lines())
+        apply(control_plane, configmap(namespace, "counter", {"v": str(version)}))
+        if version == 4:
+            # Pending local commits must be rebuilt on this before they are pushed.
+            push_foreign_commit(remote.path, "main", "notes.md", b"theirs\n", "their notes")
+        if version == 8:
+            # Killed with a commit made and not pushed (3 s interval): the restart replays
+            # from a cursor older than what the clone holds.
+            pending = wait_until(
+                lambda since=mark: unpushed_commit(messages(daemon, since)),
+                describe=daemon.log_tail,
+            )
+            daemon.kill()
+            assert unpushed_commit(messages(daemon, mark)) is not None, "pushed before the kill"
+            cursor = cursor_seq(daemon, f"{namespace}/mirror")
+            assert cursor is not None and cursor < pending["seq"], (cursor, pending)
+            daemon.start()
+    later_change(control_plane, namespace, remote.path, daemon)
+
+    versions = []
+    for entry in log(remote.path, "main")[::-1]:
+        if path in changed_paths(remote.path, entry.sha):
+            written = read_tree_at(remote.path, entry.sha).get(path)
+            assert written is not None, f"{entry.subject} deleted the file"
+            versions.append(int(yaml.safe_load(written)["data"]["v"]))
+    assert versions == sorted(set(versions)), versions
+    assert versions[-1] == last, versions
+    assert "their notes" in subjects(remote.path)
 
 
 # -- D30, D31 ----------------------------------------------------------------------------------
@@ -430,7 +486,8 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
             f" log: {daemon.log_tail()}"
         ),
     )
-    time.sleep(QUIET_PERIOD_S)
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    survivors.add("later")
 
     # Git equals the cluster.
     live = live_manifests(control_plane, namespace)
@@ -445,6 +502,7 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
         {subject("CREATE", namespace, m["metadata"]["name"]) for m in objects}
         | {subject("UPDATE", namespace, m["metadata"]["name"]) for m in objects[:150]}
         | {subject("DELETE", namespace, m["metadata"]["name"]) for m in objects[100:200]}
+        | {later}
     )
     # Watches resume from their stored resourceVersion (seconds old, well inside the API
     # server's history), so every event is delivered and every change has its own commit.
@@ -465,9 +523,11 @@ def test_sigkill_during_a_burst_commits_every_change_exactly_once(
     assert empty_commits(remote.path) == []
 
     files = tree(remote.path)
-    assert recorded_files(daemon, target) == {
+    pushed = {
         path: sha256(data) for path, data in files.items() if path != "live-cluster/README.md"
     }
+    # The record is written with the cursor, just after the push.
+    wait_until(lambda: recorded_files(daemon, target) == pushed)
 
 
 # -- F46 ---------------------------------------------------------------------------------------
@@ -530,6 +590,7 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
         secret = create_git_credentials(control_plane, namespace, server)
         apply(control_plane, *mirror_setup(namespace, server.url("outage"), secret=secret))
         daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
         apply(control_plane, configmap(namespace, "before"))
         wait_for_subjects(repo, daemon, subject("CREATE", namespace, "before"))
         ready = conditions(control_plane, "gitprovider", namespace, "mirror")["Ready"]
@@ -561,7 +622,7 @@ def test_changes_made_during_a_git_outage_are_pushed_in_order_when_it_ends(
             timeout=120,
             describe=lambda: f"{subjects(repo)}; log: {daemon.log_tail()}",
         )
-        time.sleep(QUIET_PERIOD_S)
+        made.append(later_change(control_plane, namespace, repo, daemon))
         assert subjects(repo) == [subject("CREATE", namespace, "before"), *made]
         assert configmap_files(repo, "live-cluster", namespace) == live_manifests(
             control_plane, namespace
@@ -917,6 +978,7 @@ def test_target_status_shows_the_pushed_tip_and_kubectl_columns(
 ) -> None:
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
     apply(control_plane, configmap(namespace, "app", {"v": "1"}))
     apply(control_plane, configmap(namespace, "app", {"v": "2"}))
     wait_for_subjects(remote.path, daemon, subject("UPDATE", namespace, "app"))
@@ -986,10 +1048,8 @@ def test_last_commit_names_each_targets_own_commit_on_a_shared_branch(
         }
 
     wanted = {"mirror": history[subject("CREATE", namespace, "a")], "accounts": history[account]}
-    wait_until(
-        lambda: last_commits()["accounts"] == wanted["accounts"],
-        describe=lambda: str(last_commits()),
-    )
-    time.sleep(QUIET_PERIOD_S)
     # Each target's newest pushed commit, not the branch tip another target's change made.
-    assert last_commits() == wanted, f"history (newest first): {history}"
+    wait_until(
+        lambda: last_commits() == wanted,
+        describe=lambda: f"{last_commits()}; history (newest first): {history}",
+    )

@@ -40,10 +40,12 @@ def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
         apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
         first.start()
         wait_until(lambda: first.status()["role"] == "leader", 30, first.log_tail)
+        wait_synced(control_plane, namespace, daemon=first)
         second.start()
         apply(control_plane, configmap(namespace, "before"))
         wait_for_subjects(remote.path, first, f"[CREATE] v1/configmaps/{namespace}/before")
-        time.sleep(3)
+        # The standby journals the change too; writing nothing is its choice, not its delay.
+        wait_until(lambda: second.status()["journal"]["objects"] >= 1, 30, second.log_tail)
         assert second.status()["role"] == "standby"
         assert second.get("/readyz") is not None
         assert second.metric("gitopsreverser_commits_total") == 0
@@ -60,8 +62,8 @@ def test_only_the_leader_writes_and_a_standby_takes_over_after_sigkill(
         # leader's reconcile commit.
         wait_until(lambda: f"{folder}/after.yaml" in tree(remote.path), describe=second.log_tail)
         apply(control_plane, configmap(namespace, "later"))
+        # Replays come in journal order, before this later change: none may follow it.
         wait_for_subjects(remote.path, second, f"[CREATE] v1/configmaps/{namespace}/later")
-        time.sleep(3)
         history = subjects(remote.path)
         repeated = {s: n for s, n in Counter(history).items() if n > 1 and "reconcile" not in s}
         assert repeated == {}, history
@@ -85,9 +87,12 @@ def test_sigterm_stops_within_ten_seconds_and_loses_nothing(
     wait_synced(control_plane, namespace)
     for index in range(10):
         apply(control_plane, configmap(namespace, f"cm-{index}"))
-    # Journaled but not pushed yet (push interval 30 s): SIGTERM must not lose them.
-    wait_until(lambda: daemon.status()["journal"]["objects"] >= 10)
+    # Committed in the clone but not pushed yet (push interval 30 s): SIGTERM must not lose
+    # them.
+    target = f"{namespace}/mirror"
+    wait_until(lambda: daemon.metric("gitopsreverser_git_commit_queue_size", target=target) >= 10)
     assert daemon.stop() < 10
+    assert subjects(remote.path) == [], "pushed before SIGTERM: the test proves nothing"
     daemon.start()
     expected = {f"[CREATE] v1/configmaps/{namespace}/cm-{index}" for index in range(10)}
     wait_until(
@@ -111,7 +116,7 @@ def test_metrics_match_the_pushed_history(
     control_plane.kubectl("delete", "configmap", "m-4", "-n", namespace)
     wait_until(lambda: len(subjects(remote.path)) == 9, describe=lambda: str(subjects(remote.path)))
     target = f"{namespace}/mirror"
-    wait_until(lambda: daemon.metric("gitopsreverser_commit_queue_size", target=target) == 0)
+    wait_until(lambda: daemon.metric("gitopsreverser_git_commit_queue_size", target=target) == 0)
     assert daemon.metric("gitopsreverser_commits_total", target=target) == 9
     # Five creates (plus the README with the first), three updates; one delete.
     assert daemon.metric("gitopsreverser_objects_written_total", target=target) == 9

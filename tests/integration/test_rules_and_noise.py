@@ -38,6 +38,7 @@ from testbed.harness import (
     get_object,
     history,
     kubectl_json,
+    later_change,
     merge_patch,
     patch_many,
     resource_status,
@@ -279,9 +280,9 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
         f"[CREATE] v1/podtemplates/{namespace}/tmpl",
         f"[CREATE] {group}/v1/widgets/{namespace}/w1",
     )
-    # The excluded objects went in before the mirrored ones; give a wrongly opened stream of
-    # theirs time to deliver anyway.
-    time.sleep(3)
+    # The excluded objects went in before the mirrored ones, and well before this later
+    # change: a wrongly opened stream of theirs would have delivered by the time it lands.
+    later_change(control_plane, namespace, remote.path, daemon)
 
     # Exactly: the core and custom objects, reverserd's own resources in the namespace (every
     # namespaced type of every group is selected), the README; no excluded type, no Secret
@@ -291,6 +292,7 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
         [
             f"{base}/{README}",
             f"{base}/v1/configmaps/{namespace}/app.yaml",
+            f"{base}/v1/configmaps/{namespace}/later.yaml",
             f"{base}/v1/podtemplates/{namespace}/tmpl.yaml",
             f"{base}/{group}/v1/widgets/{namespace}/w1.yaml",
             f"{base}/configbutler.ai/v1alpha1/gitproviders/{namespace}/mirror.yaml",
@@ -991,8 +993,9 @@ def test_burst_of_1000_objects_all_reach_git_exactly_once(
             f"log: {daemon.log_tail()}"
         ),
     )
-    # Let a duplicate or a late extra commit show up if there were to be one.
-    time.sleep(3)
+    # A duplicate or an extra commit would come before this later change.
+    names.append("later")
+    later_change(control_plane, namespace, remote.path, daemon)
     found = Counter(subjects(remote.path))
     assert found == Counter({f"[CREATE] v1/configmaps/{namespace}/{name}": 1 for name in names})
     files = tree(remote.path)
@@ -1061,7 +1064,6 @@ def test_target_created_before_its_provider_says_why_and_starts_when_it_appears(
     )
     # Changes while waiting are kept for the target.
     apply(control_plane, configmap(namespace, "waiting"))
-    time.sleep(2)
     assert branches(remote) == []
 
     apply(control_plane, provider_cr)
@@ -1150,13 +1152,14 @@ def test_invalid_target_paths_are_refused_and_nothing_is_written(
         assert stored == path  # refused, not rewritten
     wait_live(control_plane, namespace, "valid")
     wait_until(lambda: subjects(remote.path) == ["reconcile: sync 1 resources"], 15)
-    time.sleep(2)
+    later = later_change(control_plane, namespace, remote.path, daemon)
     assert branches(remote) == ["main"]
     assert sorted(tree(remote.path)) == [
         f"fine/{README}",
         f"fine/v1/configmaps/{namespace}/app.yaml",
+        f"fine/v1/configmaps/{namespace}/later.yaml",
     ]
-    assert subjects(remote.path) == ["reconcile: sync 1 resources"]
+    assert subjects(remote.path) == ["reconcile: sync 1 resources", later]
 
 
 def test_spellings_of_a_target_path_are_normalized_and_shown_in_status(
@@ -1186,6 +1189,38 @@ def test_spellings_of_a_target_path_are_normalized_and_shown_in_status(
         f"clusters/prod/{README}",
         f"clusters/prod/v1/configmaps/{namespace}/app.yaml",
     ]
+
+
+def test_an_absolute_target_path_is_a_folder_of_the_branch_never_of_a_machine(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    """SCENARIOS 38 lists ``/abs`` among the refused paths; the spec and gitops-reverser read it
+    from the repository's root instead. Either way nothing may be written outside the
+    repository: here the path is a real absolute folder of the machine the daemon runs on."""
+    outside = tmp_path / "outside"
+    cms = [{"resources": ["configmaps"]}]
+    apply(
+        control_plane,
+        git_provider(namespace, "p", remote.url, secret=remote.secret),
+        git_target(namespace, "absolute", "p", str(outside)),
+        watch_rule(namespace, "absolute", "absolute", cms),
+        configmap(namespace, "app"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace, "absolute")
+    folder = str(outside).lstrip("/")
+    assert resource_status(control_plane, "gittarget", namespace, "absolute")["path"] == folder
+    wait_until(lambda: subjects(remote.path) == ["reconcile: sync 1 resources"], 15)
+    assert sorted(tree(remote.path)) == [
+        f"{folder}/{README}",
+        f"{folder}/v1/configmaps/{namespace}/app.yaml",
+    ]
+    assert not outside.exists()
+    assert not list(daemon.state_dir.rglob("app.yaml"))
 
 
 def test_second_target_on_the_same_or_a_nested_folder_is_refused_with_conflict(
@@ -1219,11 +1254,12 @@ def test_second_target_on_the_same_or_a_nested_folder_is_refused_with_conflict(
 
     apply(control_plane, configmap(namespace, "app"))
     wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/app")
-    time.sleep(2)
-    assert subjects(remote.path) == [f"[CREATE] v1/configmaps/{namespace}/app"]
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path) == [f"[CREATE] v1/configmaps/{namespace}/app", later]
     assert sorted(tree(remote.path)) == [
         f"live/{README}",
         f"live/v1/configmaps/{namespace}/app.yaml",
+        f"live/v1/configmaps/{namespace}/later.yaml",
     ]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from testbed.harness import (
     wait_for_subjects,
     wait_synced,
     wait_target_refused,
+    wait_until,
 )
 from testbed.manifests import (
     CONFIGBUTLER_API,
@@ -64,10 +64,6 @@ rules:
 # The victim's Secret no provider of the victim uses: any access to it is the attack working.
 VICTIM_TOKEN = "deploy-token"
 VICTIM_PASSWORD = "victim-password-8d1f"
-# /healthz must answer within this even while a hostile object is being validated.
-HEALTHZ_BUDGET_S = 1.0
-# How long an attack is given to do harm before the test checks that it did none.
-ATTACK_WINDOW_S = 4.0
 RBAC_GROUP = "rbac.authorization.k8s.io"
 # Corpus objects the schema lets through, so that reverserd's own validation is what answers.
 MIN_ADMITTED_CORPUS = 15
@@ -206,9 +202,9 @@ def test_reference_climbing_into_another_namespace_is_refused_and_reads_nothing(
     scene: Scene, field: str
 ) -> None:
     hostile = hostile_reference(field, scene)
+    # The schema refuses it: the API server stores nothing the daemon could act on.
     with pytest.raises(RuntimeError, match="should match"):
         scene.plane.kubectl("apply", "-f", "-", stdin=json.dumps(hostile))
-    time.sleep(ATTACK_WINDOW_S)
     scene.assert_unharmed("after-climb")
 
 
@@ -292,12 +288,8 @@ def test_pathological_branch_glob_does_not_slow_the_daemon(scene: Scene) -> None
     provider = git_provider(scene.attacker, "slow", url, branches=["a*" * 100 + "b"])
     target = git_target(scene.attacker, "slow", "slow", "x", branch="a" * 250)
     apply(scene.plane, provider, target)
-    started = time.monotonic()
-    while time.monotonic() - started < ATTACK_WINDOW_S:
-        asked = time.monotonic()
-        assert scene.daemon.get("/healthz") is not None
-        assert time.monotonic() - asked < HEALTHZ_BUDGET_S
-        time.sleep(0.2)
+    # Matched in linear steps (tests/unit/test_hostile_config.py counts them; its time is
+    # measured by bench/branch_glob.py): the daemon refuses it and goes on.
     wait_target_refused(scene.plane, scene.attacker, "slow", "BranchNotAllowed")
     scene.assert_unharmed("not-slowed")
 
@@ -307,7 +299,12 @@ def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) ->
     url = scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
     apply(scene.plane, *mirror_setup(scene.attacker, url, name="masked"))
     wait_condition(scene.plane, "gitprovider", scene.attacker, "masked", "Ready", "False")
-    time.sleep(ATTACK_WINDOW_S)
+    # Checked once the daemon has logged about this provider's repository.
+    where = scene.trap.url("masked").split("://", 1)[1]
+    wait_until(
+        lambda: where in scene.daemon.log_path.read_text(errors="replace"),
+        describe=scene.daemon.log_tail,
+    )
     shown = [
         json.dumps(resource_status(scene.plane, "gitprovider", scene.attacker, "masked")),
         json.dumps(resource_status(scene.plane, "gittarget", scene.attacker, "masked")),

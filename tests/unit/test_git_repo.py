@@ -618,6 +618,13 @@ def test_plain_entry_vouches_for_its_host_on_port_22() -> None:
 
     check_host_key(entries, "GitHub.com", 22, presented(KEY_A))
     check_host_key(entries, "140.82.112.3", 22, presented(KEY_A))
+    # The same entry vouches for nothing else: not another key, port or host.
+    with pytest.raises(HostKeyError, match="does not match known_hosts"):
+        check_host_key(entries, "github.com", 22, presented(KEY_B))
+    with pytest.raises(HostKeyError, match=r"no entry for \[github\.com\]:2222"):
+        check_host_key(entries, "github.com", 2222, presented(KEY_A))
+    with pytest.raises(HostKeyError, match=r"no entry for gitlab\.com"):
+        check_host_key(entries, "gitlab.com", 22, presented(KEY_A))
 
 
 def test_other_ports_need_the_bracketed_host_port_entry() -> None:
@@ -647,9 +654,15 @@ def test_hashed_entry_is_an_hmac_of_the_lookup_name() -> None:
     digest = hmac.new(salt, b"[10.0.0.7]:22022", hashlib.sha1).digest()
     hashed = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
 
-    check_host_key(
-        parse_known_hosts(f"{hashed} ssh-ed25519 {KEY_B}"), "10.0.0.7", 22022, presented(KEY_B)
-    )
+    entries = parse_known_hosts(f"{hashed} ssh-ed25519 {KEY_B}")
+
+    check_host_key(entries, "10.0.0.7", 22022, presented(KEY_B))
+    # Only that name hashes to it: the address on the default port, or a neighbour, does not.
+    for host, port in (("10.0.0.7", 22), ("10.0.0.8", 22022)):
+        with pytest.raises(HostKeyError, match="no entry"):
+            check_host_key(entries, host, port, presented(KEY_B))
+    with pytest.raises(HostKeyError, match="does not match known_hosts"):
+        check_host_key(entries, "10.0.0.7", 22022, presented(KEY_A))
 
 
 def test_changed_host_key_is_refused_naming_the_offered_fingerprint() -> None:

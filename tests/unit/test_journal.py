@@ -112,6 +112,43 @@ async def test_complete_seed_deletes_only_what_it_did_not_list(
     assert await reader.latest_event(ObjectKey("", "configmaps", "ns", "b")) is None
 
 
+async def test_relist_of_one_namespace_deletes_nothing_of_another(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    team_a = StreamSpec(CONFIGMAPS.rtype, "team-a")
+    team_b = StreamSpec(CONFIGMAPS.rtype, "team-b")
+    for stream in (team_a, team_b):
+        await writer.register_stream(stream)
+        seed = await writer.begin_seed(stream, relist=False)
+        await writer.record_seed_page(
+            seed,
+            [
+                configmap("kept", 1, uid=f"{stream.namespace}-kept", namespace=stream.namespace),
+                configmap("gone", 2, uid=f"{stream.namespace}-gone", namespace=stream.namespace),
+            ],
+        )
+        await writer.finish_seed(seed, "2")
+    relist = await writer.begin_seed(team_a, relist=True)
+    await writer.record_seed_page(
+        relist, [configmap("kept", 1, uid="team-a-kept", namespace="team-a")]
+    )
+    await writer.finish_seed(relist, "9")
+
+    deletes = [
+        (event.namespace, event.name)
+        for event in await reader.events_after(0, 1000)
+        if event.kind is EventKind.DELETE
+    ]
+    assert deletes == [("team-a", "gone")]
+    objects = await current_objects(reader, [("", "configmaps")])
+    assert sorted((o.key.namespace, o.key.name) for o in objects) == [
+        ("team-a", "kept"),
+        ("team-b", "gone"),
+        ("team-b", "kept"),
+    ]
+
+
 async def test_seed_that_fails_part_way_deletes_nothing(
     journal: tuple[JournalWriter, JournalReader],
 ) -> None:
