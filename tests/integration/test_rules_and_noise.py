@@ -282,7 +282,7 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
     )
     # The excluded objects went in before the mirrored ones, and well before this later
     # change: a wrongly opened stream of theirs would have delivered by the time it lands.
-    later_change(control_plane, namespace, remote.path, daemon)
+    later = later_change(control_plane, namespace, remote.path, daemon)
 
     # Exactly: the core and custom objects, reverserd's own resources in the namespace (every
     # namespaced type of every group is selected), the README; no excluded type, no Secret
@@ -313,11 +313,12 @@ def test_wildcard_rule_mirrors_core_and_custom_types_but_never_the_default_exclu
             f"[CREATE] v1/configmaps/{namespace}/app",
             f"[CREATE] v1/podtemplates/{namespace}/tmpl",
             f"[CREATE] {group}/v1/widgets/{namespace}/w1",
+            later,
         ]
     )
     # SPEC 4: the first sync of a target (here over every served namespaced type) is one commit.
     assert found[0] == "reconcile: sync 3 resources", found
-    assert len(found) == 4, found
+    assert len(found) == 5, found
 
 
 def excluded_objects(namespace: str, suffix: str) -> list[dict[str, Any]]:

@@ -232,7 +232,9 @@ async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
 ) -> None:
     writer, reader = journal
     event = await created(writer, reader)
-    resolver = Resolver(reader.connection, ["audit"], grace_s=5)
+    # A grace window far longer than anything else here: ending well inside it can only be
+    # the fact's doing, however loaded the machine.
+    resolver = Resolver(reader.connection, ["audit"], grace_s=60)
 
     async def later() -> None:
         await asyncio.sleep(0.3)
@@ -241,7 +243,7 @@ async def test_audit_fact_arriving_within_the_grace_window_is_waited_for(
     started = time.monotonic()
     attribution, _ = await asyncio.gather(resolver.attribute(event), later())
     assert attribution.lines[0] == f"user: {BOB}"
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30
 
 
 async def test_without_a_fact_the_wait_ends_with_the_grace_window(
