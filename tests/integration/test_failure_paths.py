@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pygit2
@@ -114,6 +115,37 @@ def clone_tip_subject(daemon: Reverserd) -> str | None:
     return str(tip.message.splitlines()[0])
 
 
+def encrypted_mirror(
+    plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    tmp_path: Path,
+    tools: Path,
+    age_key: tuple[str, str],
+    resources: list[str],
+    sops: Path,
+) -> tuple[Reverserd, Callable[[bytes], bool]]:
+    """A mirror of ``resources`` with Secrets encrypted for ``age_key``, applied, and a daemon
+    (not started) running ``sops``; returns the daemon and a check that Secret ``db`` holds a
+    password on the server."""
+    identity, recipient = age_key
+    rules = [{"resources": resources}]
+    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
+    target["spec"]["encryption"] = {
+        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}
+    }
+    apply(plane, provider, target, rule)
+    arguments = ["--sops-path", str(sops), "--age-keygen-path", str(tools / "age-keygen")]
+    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+
+    def password_on_server(value: bytes) -> bool:
+        files = tree(remote.path)
+        encoded = {"password": base64.b64encode(value).decode()}
+        return path in files and decrypt(tools, identity, files[path])["data"] == encoded
+
+    return Reverserd(plane, tmp_path / "state", arguments), password_on_server
+
+
 def test_quarantine_retry_then_sigkill_commits_nothing_twice_and_loses_no_secret_change(
     control_plane: ControlPlane,
     namespace: str,
@@ -122,26 +154,12 @@ def test_quarantine_retry_then_sigkill_commits_nothing_twice_and_loses_no_secret
     tools: Path,
     age_key: tuple[str, str],
 ) -> None:
-    identity, recipient = age_key
-    rules = [{"resources": ["configmaps", "secrets", "podtemplates"]}]
-    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
-    target["spec"]["encryption"] = {
-        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}
-    }
-    sops = ["--sops-path", str(tools / "sops"), "--age-keygen-path", str(tools / "age-keygen")]
-    daemon = Reverserd(control_plane, tmp_path / "state", sops)
-    secret_path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
+    daemon, secret_on_server = encrypted_mirror(
+        control_plane, namespace, remote, tmp_path, tools, age_key,
+        ["configmaps", "secrets", "podtemplates"], tools / "sops",
+    )  # fmt: skip
     config_path = f"live-cluster/v1/configmaps/{namespace}/c.yaml"
-
-    def secret_on_server(value: bytes) -> bool:
-        files = tree(remote.path)
-        encoded = {"password": base64.b64encode(value).decode()}
-        return (
-            secret_path in files and decrypt(tools, identity, files[secret_path])["data"] == encoded
-        )
-
     try:
-        apply(control_plane, provider, target, rule)
         daemon.start()
         wait_synced(control_plane, namespace, daemon=daemon)
         # A person's file where the PodTemplates' folder must be: "held" is quarantined, and
@@ -291,7 +309,6 @@ def test_sops_killed_on_its_first_calls_does_not_lose_the_secret_change(
     tools: Path,
     age_key: tuple[str, str],
 ) -> None:
-    identity, recipient = age_key
     # sops behind a wrapper that kills itself (as the OOM killer would) while failures are left.
     failures_left = tmp_path / "failures-left"
     failures_left.write_text("0\n")
@@ -306,22 +323,11 @@ def test_sops_killed_on_its_first_calls_does_not_lose_the_secret_change(
         f'exec {tools / "sops"} "$@"\n'
     )
     wrapper.chmod(0o755)
-    rules = [{"resources": ["configmaps", "secrets"]}]
-    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
-    target["spec"]["encryption"] = {
-        "age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}
-    }
-    sops = ["--sops-path", str(wrapper), "--age-keygen-path", str(tools / "age-keygen")]
-    daemon = Reverserd(control_plane, tmp_path / "state", sops)
-    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
-
-    def secret_on_server(value: bytes) -> bool:
-        files = tree(remote.path)
-        encoded = {"password": base64.b64encode(value).decode()}
-        return path in files and decrypt(tools, identity, files[path])["data"] == encoded
-
+    daemon, secret_on_server = encrypted_mirror(
+        control_plane, namespace, remote, tmp_path, tools, age_key,
+        ["configmaps", "secrets"], wrapper,
+    )  # fmt: skip
     try:
-        apply(control_plane, provider, target, rule)
         daemon.start()
         wait_synced(control_plane, namespace, daemon=daemon)
         apply(control_plane, secret(namespace, "db", {"password": "first-value"}))
