@@ -9,7 +9,6 @@ the journal and the custom resources' status.
 from __future__ import annotations
 
 import base64
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,66 +41,51 @@ def cm_subject(operation: str, namespace: str, name: str) -> str:
 
 
 def test_two_targets_on_one_branch_both_flow_after_the_committer_failed(
-    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
-    # The state dir is a small volume of its own: filling it fails the branch's committer
-    # (and the journal) while both targets' consumers are using it.
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(volume)], check=True)
-    daemon = Reverserd(control_plane, volume)
-    try:
-        provider, first, first_rule = mirror_setup(namespace, remote.url, secret=remote.secret)
-        second = git_target(namespace, "second", "mirror", "second")
-        second_rule = watch_rule(namespace, "second", "second", [{"resources": ["configmaps"]}])
-        apply(control_plane, provider, first, first_rule, second, second_rule)
-        daemon.start()
-        wait_synced(control_plane, namespace, daemon=daemon)
-        wait_synced(control_plane, namespace, "second", daemon=daemon)
+    provider, first, first_rule = mirror_setup(namespace, remote.url, secret=remote.secret)
+    second = git_target(namespace, "second", "mirror", "second")
+    second_rule = watch_rule(namespace, "second", "second", [{"resources": ["configmaps"]}])
+    apply(control_plane, provider, first, first_rule, second, second_rule)
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    wait_synced(control_plane, namespace, "second", daemon=daemon)
 
-        filler = volume / "filler"
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True, check=False
-        )
-        made = [f"full-{index}" for index in range(5)]
-        for name in made:
-            apply(control_plane, configmap(namespace, name, {"v": "x" * 2000}))
-        wait_condition(
-            control_plane,
-            "gittarget",
-            namespace,
-            "mirror",
-            "Journal",
-            "False",
-            "JournalWriteFailed",
-            daemon=daemon,
-        )
-        filler.unlink()
+    # The clone's object store becomes unusable: every committer of the branch fails, again
+    # and again, while both targets' consumers restart against each fresh one.
+    objects = the_clone(daemon) / "objects"
+    saved = objects.with_name("objects.saved")
+    objects.rename(saved)
+    objects.write_text("not a directory\n")
+    made = [f"during-{index}" for index in range(5)]
+    for name in made:
+        apply(control_plane, configmap(namespace, name))
+    wait_until(
+        lambda: daemon.metric("reverserd_committer_restarts_total") >= 3,
+        timeout=90,
+        describe=daemon.log_tail,
+    )
+    objects.unlink()
+    saved.rename(objects)
 
-        # Both consumers come back: every change made during the fault, and one made after it,
-        # reaches both folders, each exactly once.
-        apply(control_plane, configmap(namespace, "after"))
-        made.append("after")
-        wanted = {
-            f"{folder}/v1/configmaps/{namespace}/{name}.yaml"
-            for folder in ("live-cluster", "second")
-            for name in made
-        }
-        wait_until(
-            lambda: wanted <= tree(remote.path).keys(),
-            timeout=150,
-            describe=lambda: f"{sorted(tree(remote.path))}; log: {daemon.log_tail()}",
-        )
-        wait_for_subjects(
-            remote.path, daemon, *(cm_subject("CREATE", namespace, n) for n in made * 2)
-        )
-        history = subjects(remote.path)
-        assert all(history.count(cm_subject("CREATE", namespace, n)) == 2 for n in made), history
-        for name in ("mirror", "second"):
-            wait_condition(control_plane, "gittarget", namespace, name, "Ready", "True")
-    finally:
-        daemon.ensure_stopped()
-        subprocess.run(["umount", "-l", str(volume)], check=False)
+    # Both consumers come back: every change made during the fault, and one made after it,
+    # reaches both folders, each exactly once.
+    apply(control_plane, configmap(namespace, "after"))
+    made.append("after")
+    wanted = {
+        f"{folder}/v1/configmaps/{namespace}/{name}.yaml"
+        for folder in ("live-cluster", "second")
+        for name in made
+    }
+    wait_until(
+        lambda: wanted <= tree(remote.path).keys(),
+        timeout=150,
+        describe=lambda: f"{sorted(tree(remote.path))}; log: {daemon.log_tail()}",
+    )
+    history = subjects(remote.path)
+    assert all(history.count(cm_subject("CREATE", namespace, n)) == 2 for n in made), history
+    for name in ("mirror", "second"):
+        wait_condition(control_plane, "gittarget", namespace, name, "Ready", "True")
 
 
 def clone_tip_subject(daemon: Reverserd) -> str | None:
