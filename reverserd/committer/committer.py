@@ -493,7 +493,9 @@ class Committer:
         except ValueError:
             # Some submission writes where the branch cannot hold a file (a person pushed a
             # file where a folder must be): find it, and commit the rest without it.
-            shas = [await self._commit_writable(item) for item in writes]
+            shas = []
+            for index, item in enumerate(writes):
+                shas.append(await self._commit_writable(item, writes[:index]))
         for item, sha in zip(writes, shas, strict=True):
             item.commit = sha
             if sha:
@@ -532,8 +534,15 @@ class Committer:
             )
         )
 
-    async def _commit_writable(self, item: Submission) -> str | None:
-        """Commit ``item`` without the files the branch cannot hold; quarantine their objects."""
+    async def _commit_writable(
+        self, item: Submission, committed_before: Sequence[Submission]
+    ) -> str | None:
+        """Commit ``item`` without the files the branch cannot hold; quarantine their objects.
+
+        ``committed_before`` are the submissions of the same batch committed just before it:
+        a rebuild on the remote's tip may drop their writes too, not only those of earlier
+        batches.
+        """
         unwritable = functools.partial(self.repository.unwritable, item.changes)
         blocked = await self.on_git_thread(unwritable)
         if blocked:
@@ -543,7 +552,8 @@ class Committer:
             except RemoteUnavailable:
                 pass
             else:
-                self._quarantine_paths(self.repository.dropped_in_rebuild)
+                rebuilt = [*self._unpushed, *committed_before]
+                self._quarantine_paths(self.repository.dropped_in_rebuild, rebuilt)
                 blocked = await self.on_git_thread(unwritable)
         item.changes = [change for change in item.changes if change.path not in blocked]
         self._quarantine_paths(blocked, [item])

@@ -372,8 +372,9 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
     apply(control_plane, *mirror_setup(wrong_ns, git_http.url(f"wrong-{wrong_ns}"), secret=wrong))
     wait_agreed(control_plane, daemon, "GitProvider", wrong_ns, "mirror", False,
                 "ConnectionFailed")  # fmt: skip
+    # Ready names the refused credentials, not the connection the target waits for.
     wait_agreed(control_plane, daemon, "GitTarget", wrong_ns, "mirror", False,
-                "WaitingForRepository")  # fmt: skip
+                "ConnectionFailed")  # fmt: skip
 
     # Push refused for good: the server cannot create env/prod while a branch env exists.
     refused_ns = cleanup.new_namespace()
@@ -388,8 +389,9 @@ def test_every_view_agrees_with_the_conditions_for_each_failure(
         configmap(refused_ns, "refused"),
     )
     wait_agreed(control_plane, daemon, "GitProvider", refused_ns, "mirror", False, "PushRefused")
-    # Its first snapshot never reaches the remote, so that is the gate that keeps it not ready.
-    wait_agreed(control_plane, daemon, "GitTarget", refused_ns, "mirror", False, "Syncing")
+    # Its first snapshot never reaches the remote; Ready names why (the refusal), not the
+    # snapshot gate that waits on it.
+    wait_agreed(control_plane, daemon, "GitTarget", refused_ns, "mirror", False, "PushRefused")
 
     # A poison object: a person's file sits where its folder must be. It is quarantined, the
     # target stays ready, and every view names the object.
@@ -477,7 +479,7 @@ def test_a_first_sync_before_the_rules_came_does_not_count_once_they_are_there(
 
     apply(control_plane, rule)
     wait_agreed(control_plane, daemon, "GitProvider", namespace, "mirror", False, "PushRefused")
-    wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", False, "Syncing")
+    wait_agreed(control_plane, daemon, "GitTarget", namespace, "mirror", False, "PushRefused")
     wait_condition(
         control_plane, "gittarget", namespace, "mirror", "SnapshotSynced", "False", "Syncing"
     )

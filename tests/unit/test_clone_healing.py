@@ -12,20 +12,19 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from reverserd.committer.committer import Committer, PushPolicy
-from reverserd.config.status import StatusBoard
 from reverserd.git import BranchRepository, CloneDamaged, FileChange
 from reverserd.journal import JournalWriter
 from tests.conftest import AUTHOR, COMMITTER
+from tests.unit.test_committer_stop import committer_on
 
 
-def clone_with_three_pushes(tmp_path: Path) -> tuple[Path, str]:
-    """A clone that pushed three commits (one pack each) to a bare remote; (clone, url)."""
+def clone_with_pushes(tmp_path: Path, count: int = 3) -> tuple[Path, str]:
+    """A clone that pushed ``count`` commits (one pack each) to a bare remote; (clone, url)."""
     remote = tmp_path / "remote.git"
     pygit2.init_repository(str(remote), bare=True, initial_head="main")
     repository = BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
     repository.open()
-    for index in range(3):
+    for index in range(count):
         change = FileChange(f"live/f{index}.yaml", f"v{index}\n".encode())
         repository.apply([change], f"c{index}\n", AUTHOR, COMMITTER)
         repository.push()
@@ -40,7 +39,7 @@ def remove_oldest_pack(clone: Path) -> None:
 
 
 def test_a_clone_missing_a_pack_is_found_damaged(tmp_path: Path) -> None:
-    clone, url = clone_with_three_pushes(tmp_path)
+    clone, url = clone_with_pushes(tmp_path)
     sound = BranchRepository(clone, url, "main")
     sound.open()
     sound.verify()
@@ -53,25 +52,13 @@ def test_a_clone_missing_a_pack_is_found_damaged(tmp_path: Path) -> None:
 
 async def test_a_committer_opening_a_damaged_clone_clones_it_again(tmp_path: Path) -> None:
     # BranchRepository refuses to run on the event loop: the set-up runs beside it.
-    clone, url = await asyncio.to_thread(clone_with_three_pushes, tmp_path)
+    clone, url = await asyncio.to_thread(clone_with_pushes, tmp_path)
     remote_tip = pygit2.Repository(str(tmp_path / "remote.git")).references["refs/heads/main"]
     before = str(remote_tip.target)
     remove_oldest_pack(clone)
     journal = await JournalWriter.open(tmp_path / "state")
 
-    async def connect() -> BranchRepository:
-        return BranchRepository(clone, url, "main")
-
-    committer = Committer(
-        "file:///remote.git#main",
-        asyncio.Lock(),
-        connect,
-        journal,
-        StatusBoard(),
-        ("reverserd", "reverserd@example.com"),
-        PushPolicy(1.0, 10),
-        lambda: [],
-    )
+    committer = committer_on(clone, url, journal)
     run = asyncio.create_task(committer.run())
     try:
         await asyncio.wait_for(committer.ready.wait(), timeout=30)

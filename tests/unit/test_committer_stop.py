@@ -20,18 +20,15 @@ from reverserd.git import BranchRepository
 from reverserd.journal import JournalWriter
 from reverserd.supervise import supervise
 
-KEY = "file:///remote.git#main"
 
-
-async def running_committer(tmp_path: Path, journal: JournalWriter) -> Committer:
-    remote = tmp_path / "remote.git"
-    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+def committer_on(clone: Path, url: str, journal: JournalWriter) -> Committer:
+    """A committer (not running yet) of branch main of ``url``, its clone at ``clone``."""
 
     async def connect() -> BranchRepository:
-        return BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
+        return BranchRepository(clone, url, "main")
 
-    committer = Committer(
-        KEY,
+    return Committer(
+        f"{url}#main",
         asyncio.Lock(),
         connect,
         journal,
@@ -40,7 +37,6 @@ async def running_committer(tmp_path: Path, journal: JournalWriter) -> Committer
         PushPolicy(1.0, 10),
         lambda: [],
     )
-    return committer
 
 
 async def test_a_call_queued_when_the_committer_stops_gets_committer_stopped(
@@ -48,7 +44,9 @@ async def test_a_call_queued_when_the_committer_stops_gets_committer_stopped(
 ) -> None:
     journal = await JournalWriter.open(tmp_path / "state")
     try:
-        committer = await running_committer(tmp_path, journal)
+        remote = tmp_path / "remote.git"
+        pygit2.init_repository(str(remote), bare=True, initial_head="main")
+        committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
         run = asyncio.create_task(committer.run())
         await committer.ready.wait()
         started, release = threading.Event(), threading.Event()

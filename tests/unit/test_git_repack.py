@@ -7,11 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pygit2
-
-from reverserd.git import BranchRepository, FileChange
+from reverserd.git import BranchRepository
 from reverserd.git.repository import GEOMETRIC_SINCE, git_version, repack_arguments
-from tests.conftest import AUTHOR, COMMITTER
+from tests.unit.test_clone_healing import clone_with_pushes
 
 
 def test_the_installed_git_version_is_read() -> None:
@@ -27,23 +25,18 @@ def test_a_git_older_than_geometric_repack_merges_every_pack(tmp_path: Path) -> 
     arguments = repack_arguments(older)
     assert not any(argument.startswith("--geometric") for argument in arguments)
 
-    remote = tmp_path / "remote.git"
-    pygit2.init_repository(str(remote), bare=True, initial_head="main")
-    repository = BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
+    path, url = clone_with_pushes(tmp_path, 4)
+    repository = BranchRepository(path, url, "main")
     repository.open()
-    for index in range(4):
-        change = FileChange(f"f{index}.yaml", f"v{index}\n".encode())
-        repository.apply([change], f"c{index}\n", AUTHOR, COMMITTER)
-        repository.push()
     assert repository.pack_count() >= 4
     git = shutil.which("git")
     assert git is not None
-    clone = str((tmp_path / "clone").resolve())
+    clone = str(path.resolve())
     subprocess.run(
         [git, "-c", f"safe.directory={clone}", f"--git-dir={clone}", *arguments], check=True
     )
-    reopened = BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
+    reopened = BranchRepository(path, url, "main")
     reopened.open()
     assert reopened.pack_count() == 1
     reopened.verify()
-    assert reopened.read("f0.yaml") == b"v0\n"
+    assert reopened.read("live/f0.yaml") == b"v0\n"
