@@ -2,9 +2,10 @@
 
 A supervised task that fails unexpectedly is logged with its traceback, counted in
 ``reverserd_task_restarts_total``, and restarted after a growing delay (``on_failure`` lets the
-owner show the failure in status meanwhile). Its state lives in the journal, so a restart resumes
-where it stood. A task that returns is done; one that raises is never left dead. Cancellation
-(shutdown, reconfiguration) passes through untouched.
+owner show the failure in status meanwhile); after a run that lasted :data:`HEALTHY_RUN_S`,
+the delay starts over. Its state lives in the journal, so a restart resumes where it stood. A
+task that returns is done; one that raises is never left dead. Cancellation (shutdown,
+reconfiguration) passes through untouched.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from time import monotonic
 
 from reverserd.metrics import TASK_RESTARTS
 
@@ -20,6 +22,10 @@ log = logging.getLogger(__name__)
 # Restart pacing: quick enough for a transient fault, slow enough not to spin on a permanent one.
 RESTART_INITIAL_S = 1.0
 RESTART_CEILING_S = 60.0
+# A run that lasted this long was healthy: its failure is a new fault, restarted after the
+# initial delay, not the next round of an old one (which would wait up to the ceiling, and
+# for the webhook process every second of that is a second without attribution).
+HEALTHY_RUN_S = 2 * RESTART_CEILING_S
 
 
 async def supervise(
@@ -29,10 +35,13 @@ async def supervise(
 ) -> None:
     delay = RESTART_INITIAL_S
     while True:
+        started = monotonic()
         try:
             await run()
             return
         except Exception as error:
+            if monotonic() - started >= HEALTHY_RUN_S:
+                delay = RESTART_INITIAL_S
             log.error("%s failed, restarting in %.0f s", name, delay, exc_info=error)
             TASK_RESTARTS.labels(task=name).inc()
             if on_failure is not None:

@@ -49,9 +49,22 @@ AUDIT_VERBS = {"create": "CREATE", "update": "UPDATE", "patch": "UPDATE", "delet
 DIGESTED_OPERATIONS = ("CREATE", "UPDATE")
 # Subresources whose writes never change a mirrored file.
 IGNORED_SUBRESOURCES = ("status",)
-# Bounds on what a webhook may make reverserd store per fact.
+# Bounds on what a webhook may make reverserd store per fact: the Kubernetes limits of each
+# field, so a real request always fits and a longer field can only be a forgery (the request
+# is then no fact, rather than a truncated one that could name the wrong object or user).
+# Object names and API groups are DNS subdomains.
+SUBDOMAIN_CHARS = 253
+# Namespaces and resource plurals are DNS labels.
+LABEL_CHARS = 63
+# uids are UUIDs (36 characters); request uids too. Some room for other forms, no more.
+UID_CHARS = 128
+# etcd revisions are 64-bit integers (at most 20 digits); room for other storage backends.
+RESOURCE_VERSION_CHARS = 64
+# Kubernetes bounds neither; these hold every name an authenticator produces in practice.
 USERNAME_CHARS = 256
-GROUPS_KEPT = 32
+GROUP_CHARS = 256
+# Groups are kept for inspection only (attribution uses the user name): the first few suffice.
+GROUPS_KEPT = 8
 # RFC 3339 in UTC as the API server writes it; the first SECOND_CHARS characters are the second.
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 SECOND_CHARS = 19
@@ -99,13 +112,42 @@ class Fact:
         values[11] = tuple(json.loads(values[11]))
         return cls(*values)
 
+    def within_limits(self) -> bool:
+        """Whether every field fits the Kubernetes limit for it."""
+        bounded = (
+            (self.api_group, SUBDOMAIN_CHARS),
+            (self.resource, LABEL_CHARS),
+            (self.namespace, LABEL_CHARS),
+            (self.name, SUBDOMAIN_CHARS),
+            (self.uid, UID_CHARS),
+            (self.resource_version, RESOURCE_VERSION_CHARS),
+            (self.prior_resource_version, RESOURCE_VERSION_CHARS),
+            (self.username, USERNAME_CHARS),
+            (self.request_uid, UID_CHARS),
+            *((group, GROUP_CHARS) for group in self.groups),
+        )
+        return len(self.groups) <= GROUPS_KEPT and all(
+            value is None or (isinstance(value, str) and len(value) <= limit)
+            for value, limit in bounded
+        )
+
+
+def _bounded(fact: Fact) -> Fact | None:
+    return fact if fact.within_limits() else None
+
 
 def _user(info: Any) -> tuple[str, tuple[str, ...]] | None:
+    """User name and groups of a ``userInfo``; None when it is malformed."""
     if not isinstance(info, dict) or not isinstance(info.get("username"), str):
         return None
     groups = info.get("groups") or []
-    kept = tuple(printable(str(g))[:USERNAME_CHARS] for g in groups[:GROUPS_KEPT])
-    return printable(info["username"])[:USERNAME_CHARS], kept
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return None
+    return printable(info["username"]), tuple(printable(g) for g in groups[:GROUPS_KEPT])
+
+
+def _optional_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def audit_facts(payload: Any, now: float | None = None) -> Iterator[Fact]:
@@ -155,21 +197,23 @@ def _audit_fact(event: Any, received: float) -> Fact | None:
             return None
     if not isinstance(uid, str) or not uid or not isinstance(name, str) or not name:
         return None
-    return Fact(
-        source="audit",
-        operation=operation,
-        api_group=str(ref.get("apiGroup") or ""),
-        resource=str(ref.get("resource") or ""),
-        namespace=str(metadata.get("namespace") or ref.get("namespace") or ""),
-        name=name,
-        uid=uid,
-        resource_version=version,
-        prior_resource_version=None,
-        digest=None,
-        username=user[0],
-        groups=user[1],
-        request_uid=event.get("auditID"),
-        received_at=received,
+    return _bounded(
+        Fact(
+            source="audit",
+            operation=operation,
+            api_group=str(ref.get("apiGroup") or ""),
+            resource=str(ref.get("resource") or ""),
+            namespace=str(metadata.get("namespace") or ref.get("namespace") or ""),
+            name=name,
+            uid=uid,
+            resource_version=version,
+            prior_resource_version=None,
+            digest=None,
+            username=user[0],
+            groups=user[1],
+            request_uid=_optional_text(event.get("auditID")),
+            received_at=received,
+        )
     )
 
 
@@ -219,19 +263,21 @@ def admission_fact(review: Any, now: float | None = None) -> Fact | None:
         prior = old_metadata.get("resourceVersion") if isinstance(old_metadata, dict) else None
         if not isinstance(prior, str) or not prior:
             return None
-    return Fact(
-        source="admission",
-        operation=operation,
-        api_group=group,
-        resource=plural,
-        namespace=str(request.get("namespace") or ""),
-        name=name,
-        uid=uid,
-        resource_version=None,
-        prior_resource_version=prior,
-        digest=digest(new),
-        username=user[0],
-        groups=user[1],
-        request_uid=request.get("uid"),
-        received_at=time.time() if now is None else now,
+    return _bounded(
+        Fact(
+            source="admission",
+            operation=operation,
+            api_group=group,
+            resource=plural,
+            namespace=str(request.get("namespace") or ""),
+            name=name,
+            uid=uid,
+            resource_version=None,
+            prior_resource_version=prior,
+            digest=digest(new),
+            username=user[0],
+            groups=user[1],
+            request_uid=_optional_text(request.get("uid")),
+            received_at=time.time() if now is None else now,
+        )
     )

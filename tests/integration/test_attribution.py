@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from reverserd.attribution.identity import author_of
@@ -56,6 +57,10 @@ WAITING_S = 7.0
 FROZEN_WRITES = 1000
 FROZEN_WRITES_S = 30.0
 SHUTDOWN_WHILE_WAITING_S = 10.0
+# Concurrent facts a flood sends, each as large as the field bounds allow (a few KiB), and the
+# journal growth they may cause: their rows and the write-ahead log of their commits.
+FLOOD_REQUESTS = 200
+FLOOD_JOURNAL_GROWTH_BYTES = 8 * 2**20
 AUDIT_POLICY = REPO_ROOT / "packaging" / "attribution" / "audit-policy.yaml"
 
 
@@ -418,11 +423,11 @@ def test_audit_endpoint_hears_only_the_client_certificate_and_admission_always_a
     batch = json.dumps({"kind": "EventList", "items": []}).encode()
     assert post("/audit", batch, anonymous)[0] == 403
     assert post("/audit", batch, certified)[0] == 200
-    status, answer = post("/admission", b"{not json", anonymous)
-    assert status == 200 and json.loads(answer)["response"]["allowed"] is True
+    # No review at all: 400, which the API server treats as allowed (failurePolicy Ignore).
+    assert post("/admission", b"{not json", anonymous)[0] == 400
     review = {"request": {"uid": "r-1", "operation": "CONNECT", "userInfo": {"username": "x"}}}
     status, answer = post("/admission", json.dumps(review).encode(), anonymous)
-    assert json.loads(answer)["response"] == {"uid": "r-1", "allowed": True}
+    assert status == 200 and json.loads(answer)["response"] == {"uid": "r-1", "allowed": True}
 
 
 def post_webhook(url: str, body: bytes, context: ssl.SSLContext) -> tuple[int, bytes]:
@@ -525,6 +530,102 @@ def test_forged_reviews_never_make_their_sender_an_author(
     assert users[1:] == [bob, "unresolved", "unresolved"], users
     assert all(mallory not in (c.author_name, c.message) for c in found)
     assert all(c.author_name != author_of(mallory)[0] for c in found)
+
+
+def journal_bytes(daemon: Reverserd) -> int:
+    """Size of the journal database with its write-ahead log."""
+    files = [daemon.state_dir / "journal.db", daemon.state_dir / "journal.db-wal"]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+def hostile_review(namespace: str, index: int, **request: Any) -> dict[str, Any]:
+    """A review that makes a fact: every field as long as Kubernetes allows, unless overridden."""
+    name = f"{index:08d}" + "n" * 245
+    body = {**configmap(namespace, name), "metadata": {"name": name, "uid": "u" * 36}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": f"flood-{index}",
+            "operation": "CREATE",
+            "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+            "namespace": namespace,
+            "name": name,
+            "userInfo": {"username": "m" * 256, "groups": ["g" * 256] * 8},
+            "object": body,
+            **request,
+        },
+    }
+
+
+async def flood(url: str, context: ssl.SSLContext, bodies: list[bytes]) -> list[int]:
+    """POST every body at once; returns each answer's status, 0 for a connection the server
+    closed while the body was still being sent."""
+    connector = aiohttp.TCPConnector(ssl=context, limit=len(bodies))
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(body: bytes) -> int:
+            try:
+                async with session.post(url, data=body) as answer:
+                    await answer.read()
+                    return answer.status
+            except (aiohttp.ClientError, ConnectionError):
+                return 0
+
+        return list(await asyncio.gather(*(one(body) for body in bodies)))
+
+
+def test_flood_of_hostile_reviews_leaves_the_journal_bounded_and_mirroring_on(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    admission_registered: int,
+) -> None:
+    """Over-long fields, huge and deeply nested bodies, malformed userInfo and many concurrent
+    requests from a caller without any rights, against the running daemon."""
+    mirror_with_admission(control_plane, namespace, remote, daemon, admission_registered)
+    url = f"https://127.0.0.1:{admission_registered}/admission"
+    anonymous = ssl.create_default_context(cafile=str(control_plane.pki / "ca.crt"))
+    pid = webhook_process(daemon)
+    before = journal_bytes(daemon)
+    mib = 2**20
+    over_long = [
+        hostile_review(namespace, 0, name="n" * (20 * mib)),  # over the body bound
+        hostile_review(namespace, 1, name="n" * (5 * mib)),  # within it, over the name bound
+        hostile_review(namespace, 2, namespace="n" * (5 * mib)),
+        hostile_review(namespace, 3, userInfo={"username": "u", "groups": {"g": 1}}),
+        hostile_review(namespace, 4, userInfo={"username": "u", "groups": [7]}),
+        hostile_review(namespace, 5, uid="u" * (5 * mib)),
+    ]
+    statuses = asyncio.run(flood(url, anonymous, [json.dumps(r).encode() for r in over_long]))
+    assert statuses[0] in (0, 400) and statuses[1:] == [200, 200, 200, 200, 400], statuses
+    nested = [
+        b"[" + b"[]," * (64 * mib // 3) + b"[]]",  # over the body bound
+        b"[" + b"[]," * (7 * mib // 3) + b"[]]",  # within it, over the containers bound
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than any decoder goes
+        b"{not json",
+    ]
+    statuses = asyncio.run(flood(url, anonymous, nested))
+    assert statuses[0] in (0, 400) and statuses[1:] == [400, 400, 400], statuses
+    many = [json.dumps(hostile_review(namespace, i)).encode() for i in range(FLOOD_REQUESTS)]
+    assert asyncio.run(flood(url, anonymous, many)) == [200] * FLOOD_REQUESTS
+    growth = journal_bytes(daemon) - before
+    print(f"journal growth under the flood: {growth} bytes")
+    assert growth < FLOOD_JOURNAL_GROWTH_BYTES, growth
+    kept = query_journal(daemon, "SELECT count(*) FROM attribution_facts WHERE name LIKE '0%'")
+    assert kept[0][0] == FLOOD_REQUESTS
+    # The webhook process never restarted, and mirroring with attribution goes on.
+    assert webhook_process(daemon) == pid
+    assert daemon.metric("reverserd_task_restarts_total", task="webhooks") == 0
+    token = control_plane.service_account_token(namespace, "alice")
+    path = collection(configmap(namespace, "x"), "configmaps")
+    asyncio.run(send_all(control_plane, [("POST", path, configmap(namespace, "after"))], token))
+    (commit,) = wait_until(
+        lambda: change_commits(remote) or None, ATTRIBUTED_TIMEOUT_S, daemon.log_tail
+    )
+    assert body_fields(commit.message)["user"] == f"system:serviceaccount:{namespace}:alice"
+    assert daemon.status()["journal"]["attribution_facts"] >= FLOOD_REQUESTS
 
 
 def test_change_without_its_audit_fact_waits_the_grace_window_and_shutdown_does_not(

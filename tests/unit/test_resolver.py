@@ -200,7 +200,7 @@ async def facts(
 ) -> AsyncIterator[FactWriter]:
     """Facts written as the webhook process writes them: on a connection of their own."""
     connection = await open_fact_connection(tmp_path)
-    yield FactWriter(connection, lambda _: None)
+    yield FactWriter(connection, lambda _, __: None)
     await connection.close()
 
 
@@ -362,7 +362,7 @@ async def test_concurrent_facts_share_commits_and_a_failed_commit_fails_each_req
     _, reader = journal
     announced: list[int] = []
     connection = await open_fact_connection(tmp_path)
-    writer = FactWriter(connection, lambda found: announced.append(len(found)))
+    writer = FactWriter(connection, lambda found, _: announced.append(len(found)))
     fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
     assert fact is not None
     await asyncio.gather(*(writer.record([fact]) for _ in range(20)))
@@ -430,3 +430,43 @@ async def test_only_a_digest_of_the_stored_object_attributes_a_change(
     found = [(await resolver.attribute(e)).lines[0] for e in await events(reader)]
     unresolved = "user: unresolved"
     assert found == [unresolved, f"user: {ALICE}", unresolved, unresolved]
+
+
+def test_fields_beyond_the_kubernetes_limits_make_no_fact() -> None:
+    """A real request always fits; a longer field can only be a forgery or a flood."""
+    assert admission_fact(review(ALICE, "CREATE", configmap("1"))) is not None
+    long_name = review(ALICE, "CREATE", configmap("1"))
+    long_name["request"]["name"] = "n" * 254
+    long_uid = review(ALICE, "CREATE", configmap("1", uid="u" * 129))
+    long_user = review("u" * 257, "CREATE", configmap("1"))
+    long_namespace = review(ALICE, "CREATE", configmap("1"))
+    long_namespace["request"]["namespace"] = "n" * 64
+    long_prior = review(ALICE, "UPDATE", configmap("2"), configmap("1" * 65))
+    bad_groups = review(ALICE, "CREATE", configmap("1"))
+    bad_groups["request"]["userInfo"]["groups"] = {"not": "a list"}
+    long_group = review(ALICE, "CREATE", configmap("1"))
+    long_group["request"]["userInfo"]["groups"] = ["g" * 257]
+    hostile = [long_name, long_uid, long_user, long_namespace, long_prior, bad_groups, long_group]
+    assert [admission_fact(r) for r in hostile] == [None] * len(hostile)
+    long_version = audit_event(BOB, "patch", configmap("6" * 65))
+    assert list(audit_facts({"items": [long_version]})) == []
+    assert list(audit_facts({"items": "not a list"})) == []
+
+
+async def test_facts_table_keeps_the_newest_facts_and_counts_the_dropped(
+    tmp_path: Path, journal: tuple[JournalWriter, JournalReader]
+) -> None:
+    _, reader = journal
+    dropped: list[int] = []
+    connection = await open_fact_connection(tmp_path)
+    writer = FactWriter(connection, lambda _, count: dropped.append(count), kept=3)
+    found = [admission_fact(review(f"user-{i}", "CREATE", configmap("1"))) for i in range(5)]
+    for fact in found:
+        assert fact is not None
+        await writer.record([fact])
+    rows = await reader.connection.execute_fetchall(
+        "SELECT username FROM attribution_facts ORDER BY id"
+    )
+    assert [row[0] for row in rows] == ["user-2", "user-3", "user-4"]
+    assert dropped == [0, 0, 0, 1, 1]
+    await connection.close()
