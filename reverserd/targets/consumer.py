@@ -202,14 +202,19 @@ class TargetConsumer:
             self.sops_config_path
         )
         starting = True
+        # Keys usable from the start: an earlier run may have skipped Secrets (its keys were
+        # unusable), so they get a fresh snapshot, but only once the journal is replayed, so
+        # that the Secret changes journaled after the cursor keep their own commits.
+        snapshot_secrets_when_caught_up = False
         while True:
-            if await self.secrets.refresh() or (starting and not self.secrets.writable):
+            became_usable = await self.secrets.refresh()
+            if starting and became_usable:
+                snapshot_secrets_when_caught_up, became_usable = True, False
+            if became_usable or (starting and not self.secrets.writable):
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
                 # Keys unusable at start: the same snapshot counts and logs each Secret that is
                 # still not written, so a restart does not make them look written.
-                self.covered = {
-                    key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
-                }
+                self._uncover_secrets()
             starting = False
             self.board.notify()
             if self.committer.stopped:
@@ -218,10 +223,19 @@ class TargetConsumer:
             events = await self.reader.events_after(self.seq, READ_BATCH)
             if events:
                 await self._process(events)
+            elif snapshot_secrets_when_caught_up:
+                snapshot_secrets_when_caught_up = False
+                self._uncover_secrets()
             elif self.quarantined and self._quarantine_retry_due():
                 await self._retry_quarantined()
             else:
                 await self.journal.wait_beyond(self.seq, IDLE_WAIT_S)
+
+    def _uncover_secrets(self) -> None:
+        """Secrets get a fresh snapshot next (:meth:`_catch_up_selections`)."""
+        self.covered = {
+            key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
+        }
 
     async def _forget_fingerprints_the_clone_passed(self) -> None:
         """Secrets committed after the cursor get an unknown fingerprint before anything runs.
