@@ -78,6 +78,8 @@ class WebhookSettings:
     tls_cert: str
     tls_key: str
     client_ca: str | None
+    audit_client_name: str
+    admission_client_name: str | None
     log_format: str
     log_level: str
 
@@ -244,7 +246,14 @@ async def _serve(settings: WebhookSettings) -> None:
             Path(settings.client_ca) if settings.client_ca else None,
         )
         runner = await serve_webhooks(
-            build_webhook_app(writer.record, settings.sources), settings.listen, tls
+            build_webhook_app(
+                writer.record,
+                settings.sources,
+                settings.audit_client_name,
+                settings.admission_client_name,
+            ),
+            settings.listen,
+            tls,
         )
         try:
             log.info(

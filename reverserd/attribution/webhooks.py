@@ -57,6 +57,9 @@ AUDIT_IN_FLIGHT = 2
 # past this the request is allowed while its fact is still written.
 ADMISSION_RECORD_S = 1.0
 
+# The subject of the audit client certificate that packaging/attribution/make-certs.sh issues.
+DEFAULT_AUDIT_CLIENT_NAME = "kube-apiserver-audit"
+
 # On shutdown, requests in flight get this long to finish; the API server resends audit
 # batches and goes on without an admission answer, so nothing depends on a longer wait.
 SHUTDOWN_S = 3.0
@@ -68,12 +71,19 @@ class _Malformed(Exception):
     """The body is no JSON document reverserd decodes: too large, too deep or not JSON."""
 
 
-def build_webhook_app(record: Record, sources: Sequence[str]) -> web.Application:
+def build_webhook_app(
+    record: Record,
+    sources: Sequence[str],
+    audit_client: str = DEFAULT_AUDIT_CLIENT_NAME,
+    admission_client: str | None = None,
+) -> web.Application:
+    """``audit_client``: the subject /audit requires; ``admission_client``: the one /admission
+    requires, None for any caller."""
     app = web.Application(client_max_size=MAX_AUDIT_BODY_BYTES)
     if "audit" in sources:
-        app.router.add_post("/audit", _audit_handler(record))
+        app.router.add_post("/audit", _audit_handler(record, audit_client))
     if "admission" in sources:
-        app.router.add_post("/admission", _admission_handler(record))
+        app.router.add_post("/admission", _admission_handler(record, admission_client))
     return app
 
 
@@ -100,12 +110,12 @@ def _refused(reason: object) -> web.Response:
     return web.Response(status=400, text=f"{reason}\n")
 
 
-def _audit_handler(record: Record) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _audit_handler(record: Record, client: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     slots = asyncio.Semaphore(AUDIT_IN_FLIGHT)
 
     async def audit(request: web.Request) -> web.Response:
-        if not _has_client_certificate(request):
-            return web.Response(status=403, text="a client certificate is required\n")
+        if not _client_is(request, client):
+            return _forbidden(client)
         async with slots:
             try:
                 facts = list(audit_facts(await _read_json(request, MAX_AUDIT_BODY_BYTES)))
@@ -121,10 +131,14 @@ def _audit_handler(record: Record) -> Callable[[web.Request], Awaitable[web.Resp
     return audit
 
 
-def _admission_handler(record: Record) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _admission_handler(
+    record: Record, client: str | None
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     slots = asyncio.Semaphore(ADMISSION_IN_FLIGHT)
 
     async def admission(request: web.Request) -> web.Response:
+        if client is not None and not _client_is(request, client):
+            return _forbidden(client)
         async with slots:
             try:
                 review = await _read_json(request, MAX_ADMISSION_BODY_BYTES)
@@ -155,9 +169,23 @@ def _admission_handler(record: Record) -> Callable[[web.Request], Awaitable[web.
     return admission
 
 
-def _has_client_certificate(request: web.Request) -> bool:
+def _client_is(request: web.Request, name: str) -> bool:
+    """Whether the caller presented a certificate signed by the client CA (the TLS handshake
+    verified it; an unverified one is never reported) whose subject is ``name``: its common
+    name or one of its DNS names."""
     transport = request.transport
-    return transport is not None and bool(transport.get_extra_info("peercert"))
+    certificate = transport.get_extra_info("peercert") if transport is not None else None
+    if not certificate:
+        return False
+    names = [
+        value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    names += [value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"]
+    return name in names
+
+
+def _forbidden(name: str) -> web.Response:
+    return web.Response(status=403, text=f"a client certificate for {name} is required\n")
 
 
 def server_tls(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:

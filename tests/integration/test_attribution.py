@@ -5,10 +5,12 @@ API server calls reverserd's admission webhook, or sends its audit log to it."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import signal
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +37,7 @@ from testbed.harness import (
     wait_until,
     webhook_arguments,
 )
-from testbed.manifests import configmap, mirror_setup
+from testbed.manifests import admission_webhook, configmap, mirror_setup
 from testbed.tools import REPO_ROOT
 from tests.conftest import Remote
 
@@ -57,6 +59,8 @@ WAITING_S = 7.0
 FROZEN_WRITES = 1000
 FROZEN_WRITES_S = 30.0
 SHUTDOWN_WHILE_WAITING_S = 10.0
+# The API server retries an audit batch for about 13 s (initial backoff 1 s, five steps).
+AUDIT_DROPPED_TIMEOUT_S = 90.0
 # Concurrent facts a flood sends, each as large as the field bounds allow (a few KiB), and the
 # journal growth they may cause: their rows and the write-ahead log of their commits.
 FLOOD_REQUESTS = 200
@@ -404,30 +408,66 @@ def test_audit_attributes_interleaved_users_across_restarts_and_downtime(
     assert right >= total - EQUAL_CONTENT - len(truth.made_while_down), (right, total)
 
 
-def test_audit_endpoint_hears_only_the_client_certificate_and_admission_always_allows(
+def client_contexts(plane: ControlPlane) -> dict[str, ssl.SSLContext]:
+    """TLS contexts of callers: none, the audit client's certificate, and a certificate of the
+    same CA with another subject (the test bed's admin)."""
+    pki = plane.pki
+    contexts = {}
+    for who, certificate in (("anonymous", None), ("audit", "audit-client"), ("other", "admin")):
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        if certificate is not None:
+            context.load_cert_chain(
+                str(pki / f"{certificate}.crt"), str(pki / f"{certificate}.key")
+            )
+        contexts[who] = context
+    return contexts
+
+
+def test_audit_endpoint_hears_only_the_named_client_and_admission_always_allows(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
     port = free_port()
     daemon.extra_args = webhook_arguments(control_plane, "audit,admission", port)
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
-    pki = control_plane.pki
-    anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    certified = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    certified.load_cert_chain(str(pki / "audit-client.crt"), str(pki / "audit-client.key"))
+    contexts = client_contexts(control_plane)
     base = f"https://127.0.0.1:{port}"
 
     def post(path: str, body: bytes, context: ssl.SSLContext) -> tuple[int, bytes]:
         return post_webhook(f"{base}{path}", body, context)
 
     batch = json.dumps({"kind": "EventList", "items": []}).encode()
-    assert post("/audit", batch, anonymous)[0] == 403
-    assert post("/audit", batch, certified)[0] == 200
+    assert post("/audit", batch, contexts["anonymous"])[0] == 403
+    # Signed by the right CA, but not the certificate named for the audit backend.
+    assert post("/audit", batch, contexts["other"])[0] == 403
+    assert post("/audit", batch, contexts["audit"])[0] == 200
     # No review at all: 400, which the API server treats as allowed (failurePolicy Ignore).
-    assert post("/admission", b"{not json", anonymous)[0] == 400
+    assert post("/admission", b"{not json", contexts["anonymous"])[0] == 400
     review = {"request": {"uid": "r-1", "operation": "CONNECT", "userInfo": {"username": "x"}}}
-    status, answer = post("/admission", json.dumps(review).encode(), anonymous)
+    status, answer = post("/admission", json.dumps(review).encode(), contexts["anonymous"])
     assert status == 200 and json.loads(answer)["response"] == {"uid": "r-1", "allowed": True}
+
+
+def test_admission_configured_for_a_client_certificate_refuses_everyone_else(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    port = free_port()
+    daemon.extra_args = [
+        *webhook_arguments(control_plane, "admission", port),
+        "--webhook-admission-client-name=kube-apiserver-audit",
+    ]
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    contexts = client_contexts(control_plane)
+    url = f"https://127.0.0.1:{port}/admission"
+    review = hostile_review(namespace, 0)
+    body = json.dumps(review).encode()
+    assert post_webhook(url, body, contexts["anonymous"])[0] == 403
+    assert post_webhook(url, body, contexts["other"])[0] == 403
+    status, answer = post_webhook(url, body, contexts["audit"])
+    assert status == 200 and json.loads(answer)["response"]["allowed"] is True
+    facts = query_journal(daemon, "SELECT request_uid FROM attribution_facts")
+    assert facts == [("flood-0",)]
 
 
 def post_webhook(url: str, body: bytes, context: ssl.SSLContext) -> tuple[int, bytes]:
@@ -626,6 +666,166 @@ def test_flood_of_hostile_reviews_leaves_the_journal_bounded_and_mirroring_on(
     )
     assert body_fields(commit.message)["user"] == f"system:serviceaccount:{namespace}:alice"
     assert daemon.status()["journal"]["attribution_facts"] >= FLOOD_REQUESTS
+
+
+class DenyingWebhook:
+    """A validating webhook of another party that denies every DELETE by ``user``: the request
+    reaches reverserd's admission webhook too, and is then rejected."""
+
+    def __init__(self, plane: ControlPlane, user: str) -> None:
+        self.port = free_port()
+        denied_user = user
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                request = review["request"]
+                denied = (
+                    request["operation"] == "DELETE"
+                    and request["userInfo"]["username"] == denied_user
+                )
+                answer = json.dumps(
+                    {
+                        "apiVersion": "admission.k8s.io/v1",
+                        "kind": "AdmissionReview",
+                        "response": {"uid": request["uid"], "allowed": not denied},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(str(plane.pki / "webhook.crt"), str(plane.pki / "webhook.key"))
+        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_denied_delete_never_names_its_user_for_another_users_delete(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    admission_registered: int,
+) -> None:
+    """Alice's delete reaches reverserd's webhook and is denied by another webhook; Bob deletes
+    the object, from the same version, while reverserd is down."""
+    mirror_with_admission(control_plane, namespace, remote, daemon, admission_registered)
+    alice_token = control_plane.service_account_token(namespace, "alice")
+    bob_token = control_plane.service_account_token(namespace, "bob")
+    alice = f"system:serviceaccount:{namespace}:alice"
+    path = f"{collection(configmap(namespace, 'x'), 'configmaps')}/target"
+    apply(control_plane, configmap(namespace, "target", {"by": "admin"}))
+    wait_until(lambda: change_commits(remote) or None, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
+    denying = DenyingWebhook(control_plane, alice)
+    name = f"deny-{namespace}"
+    registration = admission_webhook(
+        name,
+        f"https://127.0.0.1:{denying.port}/",
+        (control_plane.pki / "ca.crt").read_bytes(),
+        namespace,
+    )
+    registration["webhooks"][0]["failurePolicy"] = "Fail"
+    registration["webhooks"][0]["name"] = "deny.example.com"
+    try:
+        apply(control_plane, registration)
+        with pytest.raises(RuntimeError, match="403"):
+            asyncio.run(send_all(control_plane, [("DELETE", path, None)], alice_token))
+        facts_of_alice = query_journal(
+            daemon,
+            "SELECT count(*) FROM attribution_facts WHERE name = 'target' AND username = ?",
+            (alice,),
+        )
+        daemon.stop()
+        asyncio.run(send_all(control_plane, [("DELETE", path, None)], bob_token))
+        daemon.start()
+        (_, delete) = wait_until(
+            lambda: (found := change_commits(remote)) and len(found) == 2 and found,
+            ATTRIBUTED_TIMEOUT_S,
+            daemon.log_tail,
+        )
+    finally:
+        control_plane.kubectl(
+            "delete", "validatingwebhookconfiguration", name, "--ignore-not-found"
+        )
+        denying.close()
+    assert delete.message.startswith("[DELETE]")
+    assert body_fields(delete.message)["user"] == "unresolved"
+    assert delete.author_name == COMMITTER
+    # Nothing of Alice's denied attempt could ever be matched: it made no fact at all.
+    assert facts_of_alice == [(0,)]
+
+
+def apiserver_dropped(plane: ControlPlane, user: str, uri: str) -> bool:
+    """Whether the API server gave up delivering the audit event of ``user``'s request to
+    ``uri`` (it logs each event of a batch it drops)."""
+    text = (plane.workdir / "kube-apiserver.log").read_text(errors="replace")
+    return any(f"user={user}" in line and uri in line for line in text.splitlines())
+
+
+def test_audit_no_op_after_a_dropped_event_is_never_the_changes_author(
+    audit_plane: tuple[ControlPlane, int],
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    tmp_path: Path,
+) -> None:
+    """Alice's change is made while reverserd is down for longer than the API server retries
+    its audit batch; after the restart Bob re-applies the same content: a no-op answered with
+    Alice's resourceVersion."""
+    plane, port = audit_plane
+    namespace = create_namespace(plane)
+    remote = Remote(
+        git_http.url(git_repo_name),
+        git_http.create_bare_repo(git_repo_name),
+        create_git_credentials(plane, namespace, git_http),
+    )
+    daemon = Reverserd(plane, tmp_path / "state", webhook_arguments(plane, "audit", port))
+    alice_token = plane.service_account_token(namespace, "alice")
+    bob_token = plane.service_account_token(namespace, "bob")
+    alice = f"system:serviceaccount:{namespace}:alice"
+    bob = f"system:serviceaccount:{namespace}:bob"
+    path = f"{collection(configmap(namespace, 'x'), 'configmaps')}/app"
+    try:
+        apply(plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+        daemon.start()
+        wait_synced(plane, namespace)
+        apply(plane, configmap(namespace, "app", {"by": "admin"}))
+        wait_until(lambda: change_commits(remote) or None, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
+        daemon.stop()
+        change = [("PATCH", path, {"data": {"by": "alice"}})]
+        (alices,) = asyncio.run(send_all(plane, change, alice_token))
+        wait_until(
+            lambda: apiserver_dropped(plane, alice, f"/namespaces/{namespace}/configmaps/app"),
+            AUDIT_DROPPED_TIMEOUT_S,
+            lambda: plane.log_tail("kube-apiserver"),
+        )
+        daemon.start()
+        (no_op,) = asyncio.run(send_all(plane, change, bob_token))
+        version = alices["metadata"]["resourceVersion"]
+        assert no_op["metadata"]["resourceVersion"] == version
+        later = [("PATCH", path, {"data": {"by": "bob"}})]
+        (bobs,) = asyncio.run(send_all(plane, later, bob_token))
+        commits = wait_until(
+            lambda: (found := change_commits(remote)) and len(found) == 3 and found,
+            ATTRIBUTED_TIMEOUT_S,
+            daemon.log_tail,
+        )
+    finally:
+        daemon.ensure_stopped()
+    by_version = {body_fields(c.message)["resourceVersion"]: c for c in commits}
+    assert body_fields(by_version[version].message)["user"] == "unresolved"
+    assert body_fields(by_version[bobs["metadata"]["resourceVersion"]].message)["user"] == bob
 
 
 def test_change_without_its_audit_fact_waits_the_grace_window_and_shutdown_does_not(
