@@ -45,7 +45,9 @@ MAX_AUDIT_BODY_BYTES = 64 * 1024 * 1024
 MAX_ADMISSION_BODY_BYTES = 8 * 1024 * 1024
 # Decoded JSON costs about 60 bytes per list or object, against one byte of text: a body of
 # nested empty lists costs some twenty times its size. Real reviews have far fewer containers
-# than this (a 1 MiB ConfigMap has a handful); past it the body is not decoded.
+# than this (a 1 MiB ConfigMap has a handful); past it the body is not decoded. Audit batches
+# (hundreds of objects with their managedFields) come only from the certificate's holder and
+# are not counted: refusing one would lose its facts.
 MAX_CONTAINERS = 100_000
 # Bodies read and decoded at once; more requests wait for a slot unread. Bounds the memory a
 # flood can take (slots times the body limit, decoded) without slowing the API server: a review
@@ -87,8 +89,9 @@ def build_webhook_app(
     return app
 
 
-async def _read_json(request: web.Request, limit: int) -> Any:
-    """The decoded body, read only up to ``limit`` bytes; raises :class:`_Malformed`."""
+async def _read_json(request: web.Request, limit: int, containers: int | None = None) -> Any:
+    """The decoded body, read only up to ``limit`` bytes and decoded only with at most
+    ``containers`` lists and objects; raises :class:`_Malformed`."""
     if request.content_length is not None and request.content_length > limit:
         raise _Malformed(f"body over {limit} bytes")
     body = bytearray()
@@ -97,8 +100,8 @@ async def _read_json(request: web.Request, limit: int) -> Any:
         if len(body) > limit:
             raise _Malformed(f"body over {limit} bytes")
     # Counted in the text, brackets inside strings too: an overestimate, never an underestimate.
-    if body.count(b"[") + body.count(b"{") > MAX_CONTAINERS:
-        raise _Malformed(f"more than {MAX_CONTAINERS} lists and objects")
+    if containers is not None and body.count(b"[") + body.count(b"{") > containers:
+        raise _Malformed(f"more than {containers} lists and objects")
     try:
         # orjson refuses nesting deeper than 1024 levels.
         return orjson.loads(body)
@@ -141,7 +144,7 @@ def _admission_handler(
             return _forbidden(client)
         async with slots:
             try:
-                review = await _read_json(request, MAX_ADMISSION_BODY_BYTES)
+                review = await _read_json(request, MAX_ADMISSION_BODY_BYTES, MAX_CONTAINERS)
                 fact = admission_fact(review)
             except (_Malformed, RecursionError) as malformed:
                 # The API server treats the error as allowed (failurePolicy Ignore).
