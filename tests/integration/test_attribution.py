@@ -578,7 +578,9 @@ def journal_bytes(daemon: Reverserd) -> int:
     return sum(f.stat().st_size for f in files if f.exists())
 
 
-def hostile_review(namespace: str, index: int, **request: Any) -> dict[str, Any]:
+def hostile_review(
+    namespace: str, index: int, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A review that makes a fact: every field as long as Kubernetes allows, unless overridden."""
     name = f"{index:08d}" + "n" * 245
     body = {**configmap(namespace, name), "metadata": {"name": name, "uid": "u" * 36}}
@@ -593,7 +595,7 @@ def hostile_review(namespace: str, index: int, **request: Any) -> dict[str, Any]
             "name": name,
             "userInfo": {"username": "m" * 256, "groups": ["g" * 256] * 8},
             "object": body,
-            **request,
+            **(overrides or {}),
         },
     }
 
@@ -631,12 +633,12 @@ def test_flood_of_hostile_reviews_leaves_the_journal_bounded_and_mirroring_on(
     before = journal_bytes(daemon)
     mib = 2**20
     over_long = [
-        hostile_review(namespace, 0, name="n" * (20 * mib)),  # over the body bound
-        hostile_review(namespace, 1, name="n" * (5 * mib)),  # within it, over the name bound
-        hostile_review(namespace, 2, namespace="n" * (5 * mib)),
-        hostile_review(namespace, 3, userInfo={"username": "u", "groups": {"g": 1}}),
-        hostile_review(namespace, 4, userInfo={"username": "u", "groups": [7]}),
-        hostile_review(namespace, 5, uid="u" * (5 * mib)),
+        hostile_review(namespace, 0, {"name": "n" * (20 * mib)}),  # over the body bound
+        hostile_review(namespace, 1, {"name": "n" * (5 * mib)}),  # within it, over the name bound
+        hostile_review(namespace, 2, {"namespace": "n" * (5 * mib)}),
+        hostile_review(namespace, 3, {"userInfo": {"username": "u", "groups": {"g": 1}}}),
+        hostile_review(namespace, 4, {"userInfo": {"username": "u", "groups": [7]}}),
+        hostile_review(namespace, 5, {"uid": "u" * (5 * mib)}),
     ]
     statuses = asyncio.run(flood(url, anonymous, [json.dumps(r).encode() for r in over_long]))
     assert statuses[0] in (0, 400) and statuses[1:] == [200, 200, 200, 200, 400], statuses
