@@ -690,7 +690,11 @@ class DenyingWebhook:
                     {
                         "apiVersion": "admission.k8s.io/v1",
                         "kind": "AdmissionReview",
-                        "response": {"uid": request["uid"], "allowed": not denied},
+                        "response": {
+                            "uid": request["uid"],
+                            "allowed": not denied,
+                            "status": {"code": 403, "message": "deletes need a change ticket"},
+                        },
                     }
                 ).encode()
                 self.send_response(200)
@@ -730,16 +734,24 @@ def test_denied_delete_never_names_its_user_for_another_users_delete(
     path = f"{collection(configmap(namespace, 'x'), 'configmaps')}/target"
     apply(control_plane, configmap(namespace, "target", {"by": "admin"}))
     wait_until(lambda: change_commits(remote) or None, ATTRIBUTED_TIMEOUT_S, daemon.log_tail)
-    denying = DenyingWebhook(control_plane, alice)
-    name = f"deny-{namespace}"
-    registration = admission_webhook(
-        name,
-        f"https://127.0.0.1:{denying.port}/",
-        (control_plane.pki / "ca.crt").read_bytes(),
+    # The shipped registration sends no DELETE to reverserd; one that does (an older or edited
+    # one) must not make the denied attempt a fact either.
+    ca = (control_plane.pki / "ca.crt").read_bytes()
+    own = admission_webhook(
+        f"reverserd-attribution-{namespace}",
+        f"https://127.0.0.1:{admission_registered}/admission",
+        ca,
         namespace,
     )
-    registration["webhooks"][0]["failurePolicy"] = "Fail"
-    registration["webhooks"][0]["name"] = "deny.example.com"
+    own["webhooks"][0]["rules"][0]["operations"] = ["CREATE", "UPDATE", "DELETE"]
+    apply(control_plane, own)
+    denying = DenyingWebhook(control_plane, alice)
+    name = f"deny-{namespace}"
+    registration = admission_webhook(name, f"https://127.0.0.1:{denying.port}/", ca, namespace)
+    denier = registration["webhooks"][0]
+    denier["failurePolicy"] = "Fail"
+    denier["name"] = "deny.example.com"
+    denier["rules"][0]["operations"] = ["DELETE"]
     try:
         apply(control_plane, registration)
         with pytest.raises(RuntimeError, match="403"):
