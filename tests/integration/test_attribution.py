@@ -785,7 +785,7 @@ def apiserver_dropped(plane: ControlPlane, user: str, uri: str) -> bool:
     """Whether the API server gave up delivering the audit event of ``user``'s request to
     ``uri`` (it logs each event of a batch it drops)."""
     text = (plane.workdir / "kube-apiserver.log").read_text(errors="replace")
-    return any(f"user={user}" in line and uri in line for line in text.splitlines())
+    return any(f'user="{user}"' in line and uri in line for line in text.splitlines())
 
 
 def test_audit_no_op_after_a_dropped_event_is_never_the_changes_author(
