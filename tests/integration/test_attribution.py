@@ -244,6 +244,13 @@ def test_admission_attributes_interleaved_users_across_restarts_and_downtime(
 ) -> None:
     daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
     truth = exercise(control_plane, namespace, remote, daemon)
+    # A change after the last restart: this process, too, counts what it resolved.
+    last = [
+        ("POST", collection(configmap(namespace, "x"), "configmaps"), configmap(namespace, "last"))
+    ]
+    token = control_plane.service_account_token(namespace, "carol")
+    carol = f"system:serviceaccount:{namespace}:carol"
+    truth.record(carol, asyncio.run(send_all(control_plane, last, token)), deleted=False)
     commits = wait_attributed(remote, daemon, truth)
     right, total = check_authors(commits, truth)
     print(f"admission: {right}/{total} commits attributed correctly")
@@ -384,11 +391,13 @@ def audit_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cont
         plane.stop()
 
 
+@pytest.mark.parametrize("sources", ["audit", "audit,admission"])
 def test_audit_attributes_interleaved_users_across_restarts_and_downtime(
     audit_plane: tuple[ControlPlane, int],
     git_http: GitHttpServer,
     git_repo_name: str,
     tmp_path: Path,
+    sources: str,
 ) -> None:
     plane, port = audit_plane
     namespace = create_namespace(plane)
@@ -397,14 +406,22 @@ def test_audit_attributes_interleaved_users_across_restarts_and_downtime(
         git_http.create_bare_repo(git_repo_name),
         create_git_credentials(plane, namespace, git_http),
     )
-    daemon = Reverserd(plane, tmp_path / "state", webhook_arguments(plane, "audit", port))
+    daemon = Reverserd(plane, tmp_path / "state", webhook_arguments(plane, sources, port))
+    registration = f"reverserd-attribution-{namespace}"
+    if "admission" in sources:
+        ca = (plane.pki / "ca.crt").read_bytes()
+        url = f"https://127.0.0.1:{port}/admission"
+        apply(plane, admission_webhook(registration, url, ca, namespace))
     try:
         truth = exercise(plane, namespace, remote, daemon)
         commits = wait_attributed(remote, daemon, truth)
     finally:
         daemon.ensure_stopped()
+        plane.kubectl(
+            "delete", "validatingwebhookconfiguration", registration, "--ignore-not-found"
+        )
     right, total = check_authors(commits, truth)
-    print(f"audit: {right}/{total} commits attributed correctly")
+    print(f"{sources}: {right}/{total} commits attributed correctly")
     assert right >= total - EQUAL_CONTENT - len(truth.made_while_down), (right, total)
 
 
