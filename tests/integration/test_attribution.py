@@ -59,6 +59,10 @@ WAITING_S = 7.0
 FROZEN_WRITES = 1000
 FROZEN_WRITES_S = 30.0
 SHUTDOWN_WHILE_WAITING_S = 10.0
+# A batch the API server sent while the test restarts reverserd is retried (backoff 1 s, 1.5 s,
+# 2.25 s...) and arrives after the restart, which takes several seconds on a loaded machine:
+# measured 6 s after its events were journaled, past the default 5 s grace window.
+AUDIT_GRACE_S = 30.0
 # The API server retries an audit batch for about 13 s (initial backoff 1 s, five steps).
 AUDIT_DROPPED_TIMEOUT_S = 90.0
 # Concurrent facts a flood sends, each as large as the field bounds allow (a few KiB), and the
@@ -406,7 +410,8 @@ def test_audit_attributes_interleaved_users_across_restarts_and_downtime(
         git_http.create_bare_repo(git_repo_name),
         create_git_credentials(plane, namespace, git_http),
     )
-    daemon = Reverserd(plane, tmp_path / "state", webhook_arguments(plane, sources, port))
+    arguments = [*webhook_arguments(plane, sources, port), f"--attribution-grace={AUDIT_GRACE_S}"]
+    daemon = Reverserd(plane, tmp_path / "state", arguments)
     registration = f"reverserd-attribution-{namespace}"
     if "admission" in sources:
         ca = (plane.pki / "ca.crt").read_bytes()
