@@ -77,6 +77,15 @@ def change_commits(remote: Remote) -> list[Authorship]:
     return [c for c in reversed(authorship(remote.path, "main")) if c.message.startswith("[")]
 
 
+def wait_change_commits(remote: Remote, daemon: Reverserd, count: int) -> list[Authorship]:
+    """The commits of single changes once there are at least ``count``, oldest first."""
+    return wait_until(
+        lambda: (found := change_commits(remote)) and len(found) >= count and found,
+        ATTRIBUTED_TIMEOUT_S,
+        daemon.log_tail,
+    )
+
+
 def body_fields(message: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in message.splitlines()[1:] if ": " in line)
 
@@ -550,15 +559,8 @@ def test_forged_reviews_never_make_their_sender_an_author(
     url = f"https://127.0.0.1:{admission_registered}/admission"
     apply(control_plane, configmap(namespace, "target", {"by": "admin"}))
 
-    def commits(count: int) -> list[Authorship]:
-        return wait_until(
-            lambda: (found := change_commits(remote)) and len(found) >= count and found,
-            ATTRIBUTED_TIMEOUT_S,
-            daemon.log_tail,
-        )
-
     def forge_from_last_commit(count: int) -> None:
-        fields = body_fields(commits(count)[-1].message)
+        fields = body_fields(wait_change_commits(remote, daemon, count)[-1].message)
         forged = forged_reviews(
             namespace, "target", fields["uid"], fields["resourceVersion"], mallory
         )
@@ -580,7 +582,7 @@ def test_forged_reviews_never_make_their_sender_an_author(
     forge_from_last_commit(3)
     asyncio.run(send_all(control_plane, [("DELETE", path, None)], bob_token))
     forge_from_last_commit(3)
-    found = commits(4)
+    found = wait_change_commits(remote, daemon, 4)
     assert [c.message.split("\n")[0].split("]")[0] for c in found] == [
         "[CREATE",
         "[UPDATE",
@@ -786,11 +788,7 @@ def test_denied_delete_never_names_its_user_for_another_users_delete(
         daemon.stop()
         asyncio.run(send_all(control_plane, [("DELETE", path, None)], bob_token))
         daemon.start()
-        (_, delete) = wait_until(
-            lambda: (found := change_commits(remote)) and len(found) == 2 and found,
-            ATTRIBUTED_TIMEOUT_S,
-            daemon.log_tail,
-        )
+        (_, delete) = wait_change_commits(remote, daemon, 2)
     finally:
         control_plane.kubectl(
             "delete", "validatingwebhookconfiguration", name, "--ignore-not-found"
@@ -852,11 +850,7 @@ def test_audit_no_op_after_a_dropped_event_is_never_the_changes_author(
         assert no_op["metadata"]["resourceVersion"] == version
         later = [("PATCH", path, {"data": {"by": "bob"}})]
         (bobs,) = asyncio.run(send_all(plane, later, bob_token))
-        commits = wait_until(
-            lambda: (found := change_commits(remote)) and len(found) == 3 and found,
-            ATTRIBUTED_TIMEOUT_S,
-            daemon.log_tail,
-        )
+        commits = wait_change_commits(remote, daemon, 3)
     finally:
         daemon.ensure_stopped()
     by_version = {body_fields(c.message)["resourceVersion"]: c for c in commits}
