@@ -22,7 +22,10 @@ Guarantees:
   consumer waiting for a fact wakes at once. These lines are only wake-ups (the resolver reads
   facts from the database), so the process never waits for the daemon to read them: a daemon
   that stops reading (stalled, or stopped with SIGSTOP) costs lines beyond
-  :data:`WAKEUP_BUFFER_BYTES`, never an answer to the API server.
+  :data:`WAKEUP_BUFFER_BYTES`, never an answer to the API server. Each line holds at most
+  :data:`FACTS_PER_LINE` facts and the number of old facts the commit dropped; a line the
+  daemon cannot read (longer than :data:`LINE_LIMIT`, or not JSON) is skipped, never a reason
+  to restart the process.
 - On SIGTERM from a daemon shutting down it stops listening, finishes the requests in flight
   and exits. It ends with a daemon that died too, even by SIGKILL: it reads its stdin, and end
   of file does the same.
