@@ -32,10 +32,11 @@ _INSERT = (
 FACT_LEAD_S = 600.0
 # Facts kept at most, the oldest dropped first: a flood of facts (a forger reaching the
 # admission port) costs the journal a bounded size. Every field of a fact is bounded
-# (:meth:`~reverserd.attribution.facts.Fact.within_limits`, about 6 KiB at most), so this bounds
-# the table to about 300 MiB even when every row is as large as a forger can make it; real
-# facts are a few hundred bytes. At 500 writes/s it holds the facts of the last 100 s: a
-# mirror further behind than that leaves the changes whose facts were dropped unresolved.
+# (:meth:`~reverserd.attribution.facts.Fact.within_limits`: about 3.5 KiB a row at most, 4 KiB
+# with its index entries), so this bounds the table to about 200 MiB even when every row is as
+# large as a forger can make it; real facts are a few hundred bytes. At 500 writes/s it holds
+# the facts of the last 100 s: a mirror further behind than that leaves the changes whose facts
+# were dropped unresolved.
 FACTS_KEPT = 50_000
 
 
