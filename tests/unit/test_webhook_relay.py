@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
-from reverserd.attribution.webhook_process import _lines
+import aiosqlite
+from prometheus_client import REGISTRY
+
+from reverserd.attribution.resolver import Resolver
+from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings, _lines
 
 LIMIT = 1024
 
@@ -30,3 +36,21 @@ async def test_a_long_line_still_arriving_is_skipped_too() -> None:
     await asyncio.sleep(0)
     stream.feed_data(b"x" * (2 * LIMIT) + b"\nnext\n")
     assert await reading == b"next\n"
+
+
+async def test_dropped_facts_are_counted_and_an_unreadable_line_is_skipped(
+    tmp_path: Path,
+) -> None:
+    connection = await aiosqlite.connect(tmp_path / "journal.db")
+    settings = WebhookSettings(
+        str(tmp_path), "127.0.0.1:0", ("admission",), "", "", None, "", None, "json", "INFO"
+    )
+    try:
+        relay = WebhookProcess(settings, Resolver(connection, ["admission"]))
+        before = REGISTRY.get_sample_value("reverserd_attribution_facts_dropped_total") or 0
+        await relay._relay(b"not json\n")
+        await relay._relay(json.dumps({"facts": [], "dropped": 3}).encode() + b"\n")
+        after = REGISTRY.get_sample_value("reverserd_attribution_facts_dropped_total")
+        assert after == before + 3
+    finally:
+        await connection.close()
