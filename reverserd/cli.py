@@ -19,6 +19,7 @@ import yaml
 from reverserd import __version__, logs
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
+from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
 from reverserd.journal import JournalEvent, JournalReader
 
 if TYPE_CHECKING:
@@ -151,7 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     attribution.add_argument(
         "--webhook-client-ca",
         type=Path,
-        help="CA of the API server's audit client certificate (required for audit)",
+        help="CA of the API server's webhook client certificates (required for audit)",
+    )
+    attribution.add_argument(
+        "--webhook-audit-client-name",
+        default=DEFAULT_AUDIT_CLIENT_NAME,
+        help="subject (common name or DNS name) /audit requires of the client certificate"
+        f" (default {DEFAULT_AUDIT_CLIENT_NAME})",
+    )
+    attribution.add_argument(
+        "--webhook-admission-client-name",
+        default="",
+        help="when set, /admission hears only a client certificate signed by"
+        " --webhook-client-ca with this subject (the API server's admission kubeConfigFile)",
     )
 
     status = commands.add_parser(
@@ -328,6 +341,10 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         raise SystemExit("reverserd: --attribution needs --webhook-tls-cert and --webhook-tls-key")
     if "audit" in sources and arguments.webhook_client_ca is None:
         raise SystemExit("reverserd: the audit source needs --webhook-client-ca")
+    if arguments.webhook_admission_client_name and arguments.webhook_client_ca is None:
+        raise SystemExit("reverserd: --webhook-admission-client-name needs --webhook-client-ca")
+    if not arguments.webhook_audit_client_name:
+        raise SystemExit("reverserd: --webhook-audit-client-name must not be empty")
     if arguments.attribution_grace < 0:
         raise SystemExit("reverserd: --attribution-grace must not be negative")
     return AttributionOptions(
@@ -338,6 +355,8 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         tls_cert=arguments.webhook_tls_cert,
         tls_key=arguments.webhook_tls_key,
         client_ca=arguments.webhook_client_ca,
+        audit_client_name=arguments.webhook_audit_client_name,
+        admission_client_name=arguments.webhook_admission_client_name or None,
     )
 
 

@@ -34,6 +34,7 @@ from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, Resolver
 from reverserd.attribution.store import compact_facts
 from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings
+from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
 from reverserd.config.model import UrlPolicy
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
@@ -81,6 +82,9 @@ class AttributionOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    audit_client_name: str = DEFAULT_AUDIT_CLIENT_NAME
+    # None: /admission takes any caller (managed control planes present no certificate).
+    admission_client_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,8 @@ class Daemon:
                     str(attribution.tls_cert),
                     str(attribution.tls_key),
                     str(attribution.client_ca) if attribution.client_ca else None,
+                    attribution.audit_client_name,
+                    attribution.admission_client_name,
                     options.log_format,
                     options.log_level,
                 ),

@@ -116,3 +116,8 @@ ATTRIBUTION_FACTS = Counter(
     "Attribution facts journaled, by source (audit, admission)",
     ["source"],
 )
+ATTRIBUTION_FACTS_DROPPED = Counter(
+    "reverserd_attribution_facts_dropped_total",
+    "Attribution facts dropped, oldest first, to keep the journal's facts table within its bound"
+    " (a flood of facts, or a mirror far behind); changes they were for stay unresolved",
+)

@@ -224,7 +224,7 @@ def admission_webhook(name: str, url: str, ca_bundle: bytes, namespace: str) -> 
                     {
                         "apiGroups": ["*"],
                         "apiVersions": ["*"],
-                        "operations": ["CREATE", "UPDATE", "DELETE"],
+                        "operations": ["CREATE", "UPDATE"],
                         "resources": ["*"],
                         "scope": "*",
                     }

@@ -34,6 +34,7 @@ import pygit2
 from reverserd.attribution.facts import Fact
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN, signature_of
 from reverserd.journal import EventKind, JournalEvent
+from reverserd.journal.writer import is_secret
 from reverserd.metrics import ATTRIBUTION_FACTS, ATTRIBUTIONS
 
 log = logging.getLogger(__name__)
@@ -203,12 +204,20 @@ class Resolver:
 def _audit_matches(
     event: JournalEvent, operation: str, uid: str | None, version: str | None
 ) -> bool:
-    if uid is not None and uid != event.uid:
+    if uid is None or uid != event.uid:
         return False
     if event.kind is EventKind.DELETE:
         # An object is deleted once: its uid identifies the deletion.
-        return operation == "DELETE" and uid is not None
+        return operation == "DELETE"
     return operation != "DELETE" and version is not None and version == event.resource_version
+
+
+def digest_can_prove(event: JournalEvent) -> bool:
+    """Whether a digest of the stored object can prove who made ``event``: decided by the
+    journaled event, never by what a fact claims. A deletion stores nothing to compare with,
+    and a Secret is never digested (a hash of its values would be an oracle for guessing them).
+    """
+    return event.kind is not EventKind.DELETE and not is_secret(event.api_group, event.resource)
 
 
 def _admission_matches(
@@ -219,13 +228,14 @@ def _admission_matches(
     prior: str | None,
     digest: str | None,
 ) -> bool:
+    """Admission is unauthenticated where the platform cannot present a client certificate,
+    and a review may describe a request that is later rejected: only the digest of exactly the
+    stored object proves anything, so a change no digest can prove is never matched."""
+    if not digest_can_prove(event) or origin.digest is None or digest != origin.digest:
+        return False
     if origin.prior is None or uid != event.uid or prior != origin.prior:
         return False
-    if operation != event.kind.value:
-        return False
-    if event.kind is EventKind.DELETE:
-        return True
-    return digest is None or digest == origin.digest
+    return operation == event.kind.value
 
 
 def _key(fact: Fact, version: str) -> tuple[str, str, str, str, str]:

@@ -30,6 +30,14 @@ _INSERT = (
 # admission fact precedes its event by the request's duration, which the API server bounds
 # far below this.
 FACT_LEAD_S = 600.0
+# Facts kept at most, the oldest dropped first: a flood of facts (a forger reaching the
+# admission port) costs the journal a bounded size. Every field of a fact is bounded
+# (:meth:`~reverserd.attribution.facts.Fact.within_limits`: about 3.5 KiB a row at most, 4 KiB
+# with its index entries), so this bounds the table to about 200 MiB even when every row is as
+# large as a forger can make it; real facts are a few hundred bytes. At 500 writes/s it holds
+# the facts of the last 100 s: a mirror further behind than that leaves the changes whose facts
+# were dropped unresolved.
+FACTS_KEPT = 50_000
 
 
 async def open_fact_connection(state_dir: Path) -> aiosqlite.Connection:
@@ -45,12 +53,17 @@ class FactWriter:
     """Commits facts on ``connection``; requests that arrive during a commit share the next one.
 
     :meth:`record` returns once its facts are committed (or raises what the commit raised);
-    ``announce`` is then called with every fact of that commit.
+    ``announce`` is then called with every fact of that commit and the number of older facts
+    the commit dropped to stay within :data:`FACTS_KEPT`.
     """
 
     def __init__(
-        self, connection: aiosqlite.Connection, announce: Callable[[Sequence[Fact]], None]
+        self,
+        connection: aiosqlite.Connection,
+        announce: Callable[[Sequence[Fact], int], None],
+        kept: int = FACTS_KEPT,
     ) -> None:
+        self.kept = kept
         self.connection = connection
         self.announce = announce
         self._waiting: list[tuple[Sequence[Fact], asyncio.Future[None]]] = []
@@ -71,7 +84,7 @@ class FactWriter:
                 batch, self._waiting = self._waiting, []
                 facts = [fact for group, _ in batch for fact in group]
                 try:
-                    await self._insert(facts)
+                    dropped = await self._insert(facts)
                 except Exception as error:
                     for _, done in batch:
                         # A waiter cancelled meanwhile (shutdown) has no one to tell.
@@ -81,18 +94,27 @@ class FactWriter:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
-                self.announce(facts)
+                self.announce(facts, dropped)
         finally:
             self._writing = None
 
-    async def _insert(self, facts: Sequence[Fact]) -> None:
+    async def _insert(self, facts: Sequence[Fact]) -> int:
+        """Insert ``facts`` and drop the oldest beyond :attr:`kept`; returns how many were."""
         await self.connection.execute("BEGIN IMMEDIATE")
         try:
             await self.connection.executemany(_INSERT, [fact.row() for fact in facts])
+            # ids grow with every insert (AUTOINCREMENT), so the lowest are the oldest; the
+            # primary key makes this a range delete, whatever the table's size.
+            trimmed = await self.connection.execute(
+                "DELETE FROM attribution_facts"
+                " WHERE id <= (SELECT MAX(id) FROM attribution_facts) - ?",
+                (self.kept,),
+            )
             await self.connection.execute("COMMIT")
         except BaseException:
             await self.connection.execute("ROLLBACK")
             raise
+        return max(trimmed.rowcount, 0)
 
 
 async def compact_facts(journal: JournalWriter) -> None:

@@ -22,7 +22,10 @@ Guarantees:
   consumer waiting for a fact wakes at once. These lines are only wake-ups (the resolver reads
   facts from the database), so the process never waits for the daemon to read them: a daemon
   that stops reading (stalled, or stopped with SIGSTOP) costs lines beyond
-  :data:`WAKEUP_BUFFER_BYTES`, never an answer to the API server.
+  :data:`WAKEUP_BUFFER_BYTES`, never an answer to the API server. Each line holds at most
+  :data:`FACTS_PER_LINE` facts and the number of old facts the commit dropped; a line the
+  daemon cannot read (longer than :data:`LINE_LIMIT`, or not JSON) is skipped, never a reason
+  to restart the process.
 - On SIGTERM from a daemon shutting down it stops listening, finishes the requests in flight
   and exits. It ends with a daemon that died too, even by SIGKILL: it reads its stdin, and end
   of file does the same.
@@ -39,7 +42,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +52,16 @@ from reverserd.attribution.facts import Fact
 from reverserd.attribution.resolver import Resolver
 from reverserd.attribution.store import FactWriter, open_fact_connection
 from reverserd.attribution.webhooks import SHUTDOWN_S, build_webhook_app, serve_webhooks, server_tls
+from reverserd.metrics import ATTRIBUTION_FACTS_DROPPED
 
 # By name: run as ``python -m``, this module is ``__main__``.
 log = logging.getLogger("reverserd.attribution.webhook_process")
 
-# A line on stdout is one commit's facts; bounded by what one audit batch can bring.
-LINE_LIMIT = 64 * 2**20
+# Facts per wake-up line: each fact's fields are bounded, so a line stays far below LINE_LIMIT.
+FACTS_PER_LINE = 64
+# Longest wake-up line the daemon reads; a longer one (which the process never writes) is
+# skipped, never a reason to stop relaying.
+LINE_LIMIT = 2**20
 # Binding the port and loading certificates take milliseconds; a slow machine gets far more.
 START_TIMEOUT_S = 30.0
 READY = "listening"
@@ -74,6 +81,8 @@ class WebhookSettings:
     tls_cert: str
     tls_key: str
     client_ca: str | None
+    audit_client_name: str
+    admission_client_name: str | None
     log_format: str
     log_level: str
 
@@ -120,15 +129,26 @@ class WebhookProcess:
             process = self._process
         assert process is not None and process.stdout is not None
         try:
-            while line := await process.stdout.readline():
-                rows = json.loads(line)
-                await self.resolver.recorded([Fact.from_row(row) for row in rows])
+            async for line in _lines(process.stdout):
+                await self._relay(line)
             code = await process.wait()
         finally:
             if not self._stopping:
                 await self._end(process)
         if not self._stopping:
             raise WebhookProcessError(f"the webhook process exited with code {code}")
+
+    async def _relay(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            facts = [Fact.from_row(row) for row in message["facts"]]
+            dropped = int(message["dropped"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable line from the webhook process skipped")
+            return
+        if dropped:
+            ATTRIBUTION_FACTS_DROPPED.inc(dropped)
+        await self.resolver.recorded(facts)
 
     async def stop(self) -> None:
         """SIGTERM, time for the requests in flight to finish, then make sure it is gone."""
@@ -150,6 +170,27 @@ class WebhookProcess:
             await process.wait()
 
 
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Lines of ``stream`` until end of file; a line over its limit is skipped whole."""
+    skipping = False
+    while True:
+        try:
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:
+            if end.partial and not skipping:
+                yield end.partial
+            return
+        except asyncio.LimitOverrunError as overrun:
+            # Drop what is buffered of the long line and the rest of it up to its end.
+            await stream.readexactly(overrun.consumed)
+            skipping = True
+            log.warning("over-long line from the webhook process skipped")
+            continue
+        if not skipping:
+            yield line
+        skipping = False
+
+
 class _Wakeups:
     """Lines to the daemon on stdout, written without ever blocking the event loop."""
 
@@ -169,8 +210,11 @@ class _Wakeups:
             return  # the daemon is not reading: it finds these facts in the database anyway
         self.transport.write(json.dumps(message).encode() + b"\n")
 
-    def announce(self, facts: Sequence[Fact]) -> None:
-        self.say([fact.row() for fact in facts])
+    def announce(self, facts: Sequence[Fact], dropped: int) -> None:
+        for start in range(0, max(len(facts), 1), FACTS_PER_LINE):
+            chunk = facts[start : start + FACTS_PER_LINE]
+            self.say({"facts": [fact.row() for fact in chunk], "dropped": dropped})
+            dropped = 0
 
 
 async def _until_told_to_stop() -> None:
@@ -205,7 +249,14 @@ async def _serve(settings: WebhookSettings) -> None:
             Path(settings.client_ca) if settings.client_ca else None,
         )
         runner = await serve_webhooks(
-            build_webhook_app(writer.record, settings.sources), settings.listen, tls
+            build_webhook_app(
+                writer.record,
+                settings.sources,
+                settings.audit_client_name,
+                settings.admission_client_name,
+            ),
+            settings.listen,
+            tls,
         )
         try:
             log.info(

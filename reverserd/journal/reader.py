@@ -276,7 +276,8 @@ class JournalReader:
     async def stats(self) -> dict[str, int]:
         """Row counts, sequence range and file size: what ``journal stats`` and metrics show."""
         counts: dict[str, int] = {}
-        for table in ("events", "objects", "streams", "cursors", "target_files"):
+        tables = ("events", "objects", "streams", "cursors", "target_files", "attribution_facts")
+        for table in tables:
             rows = await self.connection.execute_fetchall(f"SELECT COUNT(*) FROM {table}")
             counts[table] = int(next(iter(rows))[0])
         rows = await self.connection.execute_fetchall(

@@ -186,8 +186,15 @@ class TargetConsumer:
             self.sops_config_path
         )
         starting = True
+        # Keys usable from the start: an earlier run may have skipped Secrets (its keys were
+        # unusable), so they get a fresh snapshot, but only once the journal is replayed, so
+        # that the Secret changes journaled after the cursor keep their own commits.
+        snapshot_secrets_when_caught_up = False
         while True:
-            if await self.secrets.refresh() or (starting and not self.secrets.writable):
+            became_usable = await self.secrets.refresh()
+            if starting and became_usable:
+                snapshot_secrets_when_caught_up, became_usable = True, False
+            if became_usable or (starting and not self.secrets.writable):
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
                 # Keys unusable at start: the same snapshot counts and logs each Secret that is
                 # still not written, so a restart does not make them look written.
@@ -200,6 +207,9 @@ class TargetConsumer:
             events = await self.reader.events_after(self.ledger.seq, READ_BATCH)
             if events:
                 await self._process(events)
+            elif snapshot_secrets_when_caught_up:
+                snapshot_secrets_when_caught_up = False
+                self.ledger.uncover_secrets()
             elif self.ledger.quarantined and self._quarantine_retry_due():
                 await self._retry_quarantined()
             else:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
+from prometheus_client import REGISTRY
 
 from reverserd import __version__
 from reverserd.committer.committer import clone_dir, committer_key
@@ -285,7 +286,12 @@ class StatusView:
             "healthy": not any(p["severity"] == ERROR for p in problems),
             "api_server": {"reachable": api_ok},
             "problems": problems,
-            "journal": await self.reader.stats(),
+            "journal": {
+                **await self.reader.stats(),
+                "attribution_facts_dropped": int(
+                    REGISTRY.get_sample_value("reverserd_attribution_facts_dropped_total") or 0
+                ),
+            },
             "targets": targets,
             "providers": providers,
             "rules": rules,

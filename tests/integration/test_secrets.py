@@ -35,6 +35,9 @@ from testbed.harness import (
 from testbed.manifests import configmap, mirror_setup, secret
 from tests.conftest import Remote
 
+# Secrets changed between the last push and a kill of the daemon.
+KILLED_SECRETS = 3
+
 
 @pytest.fixture
 def secret_daemon(control_plane: ControlPlane, tmp_path: Path, tools: Path) -> Iterator[Reverserd]:
@@ -548,7 +551,7 @@ def test_secret_changed_back_after_a_push_the_kill_hid_reaches_git(
     wait_until(lambda: on_server(b"first-value"), describe=secret_daemon.log_tail)
 
 
-def test_secret_changes_are_attributed_through_admission_without_a_digest_of_values(
+def test_secret_changes_are_attributed_to_no_one_through_admission_and_never_digested(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
@@ -556,6 +559,9 @@ def test_secret_changes_are_attributed_through_admission_without_a_digest_of_val
     age_key: tuple[str, str],
     admission_registered: int,
 ) -> None:
+    """No digest of a Secret's values is ever taken, so no review can prove a Secret change:
+    a denied request's review would match the next change from the same version, whoever made
+    it. The commits are the mirror's, with the field manager."""
     _, recipient = age_key
     encryption = {
         "provider": "sops",
@@ -573,7 +579,6 @@ def test_secret_changes_are_attributed_through_admission_without_a_digest_of_val
         )
     )
     subject = f"v1/secrets/{namespace}/db"
-    # Its file holds the Secret as read when the commit is made: Bob's change waits for it.
     wait_for_subjects(remote.path, secret_daemon, f"[CREATE] {subject}")
     patch = {"data": {"pw": base64.b64encode(b"two").decode()}}
     asyncio.run(send_all(control_plane, [("PATCH", f"{path}/db", patch)], tokens["bob"]))
@@ -583,9 +588,7 @@ def test_secret_changes_are_attributed_through_admission_without_a_digest_of_val
         for entry in log(remote.path, "main")
         if entry.subject.endswith(subject)
     }
-    account = f"system:serviceaccount:{namespace}"
-    assert users == {"[CREATE]": f"{account}:alice", "[UPDATE]": f"{account}:bob"}
-    # Matched by uid and predecessor only: no hash of a Secret's values is ever stored.
+    assert users == {"[CREATE]": "unresolved", "[UPDATE]": "unresolved"}
     digests = query_journal(
         secret_daemon,
         "SELECT o.digest FROM event_origins o JOIN events e ON e.seq = o.seq"
@@ -593,3 +596,58 @@ def test_secret_changes_are_attributed_through_admission_without_a_digest_of_val
         " SELECT digest FROM attribution_facts WHERE resource = 'secrets'",
     )
     assert digests and all(row == (None,) for row in digests)
+    facts = query_journal(
+        secret_daemon, "SELECT count(*) FROM attribution_facts WHERE resource = 'secrets'"
+    )
+    assert facts == [(0,)]
+
+
+def test_secret_changes_around_a_kill_keep_their_own_commits(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+    age_key: tuple[str, str],
+    admission_registered: int,
+) -> None:
+    """Changes journaled but not pushed when the daemon was killed, and changes made while it
+    was down, are each committed on their own after the restart, not folded into a reconcile."""
+    _, recipient = age_key
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
+    secret_daemon.extra_args += webhook_arguments(control_plane, "admission", admission_registered)
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    wait_synced(control_plane, namespace)
+    names = [f"s-{i}" for i in range(KILLED_SECRETS)]
+    for name in names:
+        apply(control_plane, secret(namespace, name, {"pw": "one"}))
+    created = [f"[CREATE] v1/secrets/{namespace}/{name}" for name in names]
+    wait_until(lambda: set(created) <= set(subjects(remote.path)), describe=secret_daemon.log_tail)
+    reconciles_before = [s for s in subjects(remote.path) if s.startswith("reconcile")]
+    # The server refuses every push until the restart: the commits made before the kill never
+    # leave the daemon, and their changes must be committed again from the journal.
+    refusal = install_hook(remote.path, "pre-receive", "#!/bin/sh\nexit 1\n")
+    for name in names:
+        apply(control_plane, secret(namespace, name, {"pw": "two"}))
+
+    def journaled() -> bool:
+        rows = query_journal(
+            secret_daemon,
+            "SELECT count(*) FROM events WHERE resource = 'secrets' AND kind = 'UPDATE'",
+        )
+        return rows[0][0] == KILLED_SECRETS
+
+    wait_until(journaled, describe=secret_daemon.log_tail)
+    secret_daemon.kill()
+    refusal.unlink()
+    apply(control_plane, secret(namespace, "made-while-down", {"pw": "three"}))
+    secret_daemon.start()
+    expected = [f"[UPDATE] v1/secrets/{namespace}/{name}" for name in names]
+    expected.append(f"[CREATE] v1/secrets/{namespace}/made-while-down")
+
+    def all_committed() -> list[str] | None:
+        found = subjects(remote.path)
+        return found if set(expected) <= set(found) else None
+
+    found = wait_until(all_committed, describe=secret_daemon.log_tail)
+    assert [s for s in found if s.startswith("reconcile")] == reconciles_before, found

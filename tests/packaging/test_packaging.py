@@ -1109,11 +1109,16 @@ def test_python_dependencies_come_from_the_hashed_lock_file() -> None:
 
 # --- attribution webhooks --------------------------------------------------------------------
 
+CONTROL_PLANE_CIDR = "10.0.0.0/28"
+# The placeholder range of packaging/attribution/admission-webhook.yaml (RFC 5737: no caller).
+PLAIN_POLICY_CIDR = "192.0.2.0/24"
 BOTH_SOURCES = (
     "--set",
     "attribution.sources={audit,admission}",
     "--set",
     "attribution.audit.clientCASecret=apiserver-audit-client-ca",
+    "--set",
+    f"attribution.webhook.networkPolicy.controlPlaneCIDRs={{{CONTROL_PLANE_CIDR}}}",
 )
 
 
@@ -1161,6 +1166,85 @@ def test_attribution_render_serves_webhooks_with_a_generated_certificate(
     assert "--attribution=audit,admission" in main["args"]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in main["ports"]
     assert_accepted(control_plane, manifest, len(docs))
+
+
+def webhook_policy(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-webhook")
+    ]
+    return found[0] if found else None
+
+
+def test_webhook_port_admits_only_the_control_plane_by_default(helm: Path) -> None:
+    policy = webhook_policy(objects(render(helm, "ops", *BOTH_SOURCES)))
+    assert policy is not None
+    webhook_rule, http_rule = policy["spec"]["ingress"]
+    assert webhook_rule == {
+        "from": [{"ipBlock": {"cidr": CONTROL_PLANE_CIDR}}],
+        "ports": [{"port": "webhook", "protocol": "TCP"}],
+    }
+    # Isolated by this policy, the HTTP port stays as open as it was without one.
+    assert http_rule == {"ports": [{"port": "http", "protocol": "TCP"}]}
+    # With the HTTP port's own policy on, that one decides who reaches it.
+    both = objects(render(helm, "ops", *BOTH_SOURCES, "--set", "networkPolicy.enabled=true"))
+    policy = webhook_policy(both)
+    assert policy is not None and len(policy["spec"]["ingress"]) == 1
+    # Without a range the render refuses, naming what to set; open only when the user says so.
+    without_range = [a for a in BOTH_SOURCES if "controlPlaneCIDRs" not in a][:-1]
+    assert "controlPlaneCIDRs is required" in refusal(helm, *without_range)
+    opened = render(
+        helm, "ops", *without_range, "--set", "attribution.webhook.networkPolicy.enabled=false"
+    )
+    assert webhook_policy(objects(opened)) is None
+
+
+def test_plain_webhook_policy_is_the_charts(helm: Path) -> None:
+    plain = [
+        d
+        for d in yaml.safe_load_all(
+            (PACKAGING / "attribution" / "admission-webhook.yaml").read_text()
+        )
+        if d and d["kind"] == "NetworkPolicy"
+    ]
+    assert len(plain) == 1
+    chart = webhook_policy(
+        objects(
+            render(
+                helm,
+                "reverserd",
+                "--set",
+                "attribution.sources={admission}",
+                "--set",
+                f"attribution.webhook.networkPolicy.controlPlaneCIDRs={{{PLAIN_POLICY_CIDR}}}",
+            )
+        )
+    )
+    assert chart is not None
+    assert plain[0]["spec"] == chart["spec"]
+
+
+def test_webhook_client_names_reach_the_daemon(helm: Path) -> None:
+    args = container(
+        objects(
+            render(
+                helm, "ops", *BOTH_SOURCES, "--set", "attribution.admission.clientName=apiserver"
+            )
+        )
+    )["args"]
+    assert "--webhook-audit-client-name=kube-apiserver-audit" in args
+    assert "--webhook-admission-client-name=apiserver" in args
+    assert accepted_by_the_daemon(args)
+    admission_only = [
+        "--set",
+        "attribution.sources={admission}",
+        "--set",
+        "attribution.admission.clientName=apiserver",
+        "--set",
+        f"attribution.webhook.networkPolicy.controlPlaneCIDRs={{{CONTROL_PLANE_CIDR}}}",
+    ]
+    assert "needs attribution.audit.clientCASecret" in refusal(helm, *admission_only)
 
 
 def test_attribution_certificates_by_cert_manager(helm: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from reverserd.attribution.facts import admission_fact, audit_facts
+from reverserd.attribution.facts import Fact, admission_fact, audit_facts
 from reverserd.attribution.identity import author_of
 from reverserd.attribution.origin import digest, field_manager
 from reverserd.attribution.resolver import Resolver
@@ -20,8 +20,10 @@ from reverserd.journal import JournalEvent, JournalReader, JournalWriter, Stream
 from reverserd.kube.resources import ResourceType
 
 CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
+SECRETS = StreamSpec(ResourceType("", "v1", "secrets", "Secret", True))
 ALICE = "system:serviceaccount:team:alice"
 BOB = "system:serviceaccount:team:bob"
+MALLORY = "system:serviceaccount:team:mallory"
 
 
 def entry(manager: str, operation: str, when: str, subresource: str = "") -> dict[str, Any]:
@@ -64,7 +66,13 @@ def review(
     }
 
 
-def audit_event(user: str, verb: str, response: dict[str, Any], code: int = 200) -> dict[str, Any]:
+# Received before every managedFields time of ``configmap()``: the request wrote its response.
+RECEIVED = "2026-01-01T00:00:00.500000Z"
+
+
+def audit_event(
+    user: str, verb: str, response: dict[str, Any], code: int = 200, received: str = RECEIVED
+) -> dict[str, Any]:
     return {
         "stage": "ResponseComplete",
         "verb": verb,
@@ -73,6 +81,7 @@ def audit_event(user: str, verb: str, response: dict[str, Any], code: int = 200)
         "objectRef": {"resource": "configmaps", "namespace": "ns", "name": "app"},
         "responseStatus": {"code": code},
         "responseObject": response,
+        "requestReceivedTimestamp": received,
     }
 
 
@@ -126,12 +135,50 @@ def test_metadata_level_audit_events_are_no_facts() -> None:
     assert list(audit_facts({"items": [event]})) == []
 
 
-def test_secret_admission_facts_carry_no_digest() -> None:
+def test_reviews_no_digest_can_prove_are_no_facts() -> None:
+    """A review that does not hold the stored object could match any change from the same
+    predecessor, also one another user made after this request was denied."""
     secret = {"metadata": {"name": "app", "uid": "u-9"}, "data": {"password": "aHVudGVyMg=="}}
     request = review(ALICE, "CREATE", secret)
     request["request"]["resource"]["resource"] = "secrets"
-    fact = admission_fact(request)
-    assert fact is not None and fact.digest is None
+    scaled = review(ALICE, "UPDATE", configmap("2"), configmap("1"))
+    scaled["request"]["subResource"] = "scale"
+    unproven = [
+        request,
+        scaled,
+        review(ALICE, "DELETE", None, configmap("1")),
+        review(ALICE, "UPDATE", None, configmap("1")),
+    ]
+    assert [admission_fact(r) for r in unproven] == [None] * len(unproven)
+    assert admission_fact(review(ALICE, "UPDATE", configmap("2"), configmap("1"))) is not None
+
+
+def test_audit_no_op_answered_with_an_earlier_version_is_no_fact() -> None:
+    """Bob re-applied content already in place: the response carries Alice's version."""
+    written = audit_event(BOB, "patch", configmap("6"), received="2026-01-01T00:00:06.9Z")
+    no_op = audit_event(BOB, "patch", configmap("6"), received="2026-01-01T00:00:07.1Z")
+    assert [f.resource_version for f in audit_facts({"items": [written]})] == ["6"]
+    assert list(audit_facts({"items": [no_op]})) == []
+    unmanaged = configmap("6")
+    del unmanaged["metadata"]["managedFields"]
+    assert list(audit_facts({"items": [audit_event(BOB, "patch", unmanaged)]})) == []
+
+
+def test_audit_facts_name_the_uid_and_deletes_count_only_when_the_object_is_gone() -> None:
+    without_uid = configmap("6")
+    del without_uid["metadata"]["uid"]
+    gone = {"kind": "Status", "status": "Success", "details": {"name": "app", "uid": "u-1"}}
+    terminating = configmap("7", deletionTimestamp="2026-01-01T00:00:07Z")
+    found = audit_facts(
+        {
+            "items": [
+                audit_event(ALICE, "patch", without_uid),
+                audit_event(ALICE, "delete", terminating),
+                audit_event(BOB, "delete", gone),
+            ]
+        }
+    )
+    assert [(f.username, f.operation, f.uid) for f in found] == [(BOB, "DELETE", "u-1")]
 
 
 @pytest.fixture
@@ -153,7 +200,7 @@ async def facts(
 ) -> AsyncIterator[FactWriter]:
     """Facts written as the webhook process writes them: on a connection of their own."""
     connection = await open_fact_connection(tmp_path)
-    yield FactWriter(connection, lambda _: None)
+    yield FactWriter(connection, lambda _, __: None)
     await connection.close()
 
 
@@ -317,7 +364,7 @@ async def test_concurrent_facts_share_commits_and_a_failed_commit_fails_each_req
     _, reader = journal
     announced: list[int] = []
     connection = await open_fact_connection(tmp_path)
-    writer = FactWriter(connection, lambda found: announced.append(len(found)))
+    writer = FactWriter(connection, lambda found, _: announced.append(len(found)))
     fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
     assert fact is not None
     await asyncio.gather(*(writer.record([fact]) for _ in range(20)))
@@ -331,3 +378,97 @@ async def test_concurrent_facts_share_commits_and_a_failed_commit_fails_each_req
     )
     assert all(isinstance(result, Exception) for result in results)
     assert sum(announced) == 20
+
+
+def forged(operation: str, prior: str, digest_of: dict[str, Any] | None, **key: str) -> Fact:
+    """A fact as an unauthenticated caller could have it journaled, whatever it claims."""
+    return Fact(
+        source="admission",
+        operation=operation,
+        api_group="",
+        resource=key.get("resource", "configmaps"),
+        namespace="ns",
+        name="app",
+        uid="u-1",
+        resource_version=None,
+        prior_resource_version=prior,
+        digest=None if digest_of is None else digest(digest_of),
+        username=MALLORY,
+        groups=(),
+        request_uid=None,
+        received_at=time.time(),
+    )
+
+
+async def test_only_a_digest_of_the_stored_object_attributes_a_change(
+    journal: tuple[JournalWriter, JournalReader],
+    facts: FactWriter,
+) -> None:
+    """Whether a change needs a digest is decided by its event: claims without one, or with the
+    digest of the deleted object's last state, attribute neither updates, deletes nor Secrets,
+    and cannot turn a proven change into an unresolved one."""
+    writer, reader = journal
+    created, changed = configmap("1"), configmap("2", color="red")
+    genuine = admission_fact(review(ALICE, "UPDATE", changed, created))
+    assert genuine is not None
+    await facts.record(
+        [
+            genuine,
+            forged("UPDATE", "1", None),
+            forged("UPDATE", "1", configmap("2", color="green")),
+            forged("DELETE", "2", None),
+            forged("DELETE", "2", changed),
+            forged("CREATE", "", None, resource="secrets"),
+        ]
+    )
+    await writer.register_stream(SECRETS)
+    secret = {"metadata": {"name": "app", "namespace": "ns", "uid": "u-1", "resourceVersion": "4"}}
+    await writer.record_changes(CONFIGMAPS, [("ADDED", created), ("MODIFIED", changed)], "2")
+    # Deleted as it was: its last state, at a new resourceVersion the digest ignores.
+    deleted = {**changed, "metadata": {**changed["metadata"], "resourceVersion": "3"}}
+    await writer.record_changes(CONFIGMAPS, [("DELETED", deleted)], "3")
+    await writer.record_changes(SECRETS, [("ADDED", secret)], "4")
+    resolver = Resolver(reader.connection, ["admission"], grace_s=0)
+    found = [(await resolver.attribute(e)).lines[0] for e in await events(reader)]
+    unresolved = "user: unresolved"
+    assert found == [unresolved, f"user: {ALICE}", unresolved, unresolved]
+
+
+def test_fields_beyond_the_kubernetes_limits_make_no_fact() -> None:
+    """A real request always fits; a longer field can only be a forgery or a flood."""
+    assert admission_fact(review(ALICE, "CREATE", configmap("1"))) is not None
+    long_name = review(ALICE, "CREATE", configmap("1"))
+    long_name["request"]["name"] = "n" * 254
+    long_uid = review(ALICE, "CREATE", configmap("1", uid="u" * 129))
+    long_user = review("u" * 257, "CREATE", configmap("1"))
+    long_namespace = review(ALICE, "CREATE", configmap("1"))
+    long_namespace["request"]["namespace"] = "n" * 64
+    long_prior = review(ALICE, "UPDATE", configmap("2"), configmap("1" * 65))
+    bad_groups = review(ALICE, "CREATE", configmap("1"))
+    bad_groups["request"]["userInfo"]["groups"] = {"not": "a list"}
+    long_group = review(ALICE, "CREATE", configmap("1"))
+    long_group["request"]["userInfo"]["groups"] = ["g" * 257]
+    hostile = [long_name, long_uid, long_user, long_namespace, long_prior, bad_groups, long_group]
+    assert [admission_fact(r) for r in hostile] == [None] * len(hostile)
+    long_version = audit_event(BOB, "patch", configmap("6" * 65))
+    assert list(audit_facts({"items": [long_version]})) == []
+    assert list(audit_facts({"items": "not a list"})) == []
+
+
+async def test_facts_table_keeps_the_newest_facts_and_counts_the_dropped(
+    tmp_path: Path, journal: tuple[JournalWriter, JournalReader]
+) -> None:
+    _, reader = journal
+    dropped: list[int] = []
+    connection = await open_fact_connection(tmp_path)
+    writer = FactWriter(connection, lambda _, count: dropped.append(count), kept=3)
+    found = [admission_fact(review(f"user-{i}", "CREATE", configmap("1"))) for i in range(5)]
+    for fact in found:
+        assert fact is not None
+        await writer.record([fact])
+    rows = await reader.connection.execute_fetchall(
+        "SELECT username FROM attribution_facts ORDER BY id"
+    )
+    assert [row[0] for row in rows] == ["user-2", "user-3", "user-4"]
+    assert dropped == [0, 0, 0, 1, 1]
+    await connection.close()

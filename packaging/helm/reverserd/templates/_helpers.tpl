@@ -75,6 +75,12 @@ app.kubernetes.io/managed-by: {{ (include "reverserd.oldOr" (list .Values.AsMap 
 {{- if and (has "audit" .Values.attribution.sources) (not .Values.attribution.audit.clientCASecret) -}}
 {{- fail "the audit source needs attribution.audit.clientCASecret: only the API server's client certificate may post audit events" -}}
 {{- end -}}
+{{- if and .Values.attribution.admission.clientName (not .Values.attribution.audit.clientCASecret) -}}
+{{- fail "attribution.admission.clientName needs attribution.audit.clientCASecret: the CA that signs the API server's admission client certificate" -}}
+{{- end -}}
+{{- if and .Values.attribution.sources .Values.attribution.webhook.networkPolicy.enabled (not .Values.attribution.webhook.networkPolicy.controlPlaneCIDRs) -}}
+{{- fail "attribution.webhook.networkPolicy.controlPlaneCIDRs is required: the address ranges the API server calls webhooks from (packaging/README.md lists them per platform); or set attribution.webhook.networkPolicy.enabled=false to let every pod reach the webhook port" -}}
+{{- end -}}
 {{- if not (has .Values.logFormat (list "json" "text")) -}}
 {{- fail (printf "logFormat must be json or text, not %q" .Values.logFormat) -}}
 {{- end -}}
