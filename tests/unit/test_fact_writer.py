@@ -24,7 +24,7 @@ async def test_a_waiter_cancelled_during_a_commit_does_not_stop_the_others(tmp_p
     journal = await JournalWriter.open(tmp_path)
     connection = await open_fact_connection(tmp_path)
     announced: list[str] = []
-    writer = FactWriter(connection, lambda facts: announced.extend(f.name for f in facts))
+    writer = FactWriter(connection, lambda facts, dropped: announced.extend(f.name for f in facts))
     try:
         first = asyncio.create_task(writer.record([fact("first")]))
         await asyncio.sleep(0)  # the first commit is under way
