@@ -19,6 +19,7 @@ import yaml
 from reverserd import __version__, logs
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
+from reverserd.config.pins import parse_pins
 from reverserd.journal import JournalEvent, JournalReader
 
 if TYPE_CHECKING:
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept file:// URLs and local paths as GitProvider URLs (tests, demos); off"
         " because a custom resource could otherwise point at any repository on this machine",
+    )
+    git.add_argument(
+        "--repository-pins",
+        default="",
+        metavar="PREFIX=NS[,NS...][;...]",
+        help="reserve repositories under each URL prefix for the listed namespaces: GitTargets"
+        " of any other namespace are refused there, whatever credentials they hold",
     )
     secrets = run.add_argument_group("secrets")
     secrets.add_argument(
@@ -254,6 +262,11 @@ def _run(arguments: argparse.Namespace) -> int:
     from reverserd.daemon import Daemon, RunOptions
 
     logs.configure(arguments.log_format, arguments.log_level)
+    try:
+        pins = parse_pins(arguments.repository_pins)
+    except ValueError as error:
+        print(f"reverserd run: --repository-pins: {error}", file=sys.stderr)
+        return 2
     options = RunOptions(
         kubeconfig=arguments.kubeconfig,
         context=arguments.context,
@@ -268,6 +281,7 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_election_id=arguments.leader_election_id,
         git_timeout_s=arguments.git_timeout,
         allow_local_remotes=arguments.allow_local_remotes,
+        repository_pins=pins,
         attribution=_attribution_options(arguments),
         log_format=arguments.log_format,
         log_level=arguments.log_level,

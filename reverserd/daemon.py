@@ -35,6 +35,7 @@ from reverserd.attribution.resolver import DEFAULT_GRACE_S, Resolver
 from reverserd.attribution.store import compact_facts
 from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings
 from reverserd.config.model import UrlPolicy
+from reverserd.config.pins import RepositoryPins
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
@@ -46,6 +47,7 @@ from reverserd.kube.lease import LeaderElector, LostLeadership
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
 from reverserd.targets.manager import TargetManager
+from reverserd.targets.ownership import Ownership
 from reverserd.watch.manager import WatchManager
 from reverserd.web.server import Surface, build_app, serve
 from reverserd.web.view import StatusView
@@ -98,6 +100,7 @@ class RunOptions:
     leader_election_id: str = "reverserd"
     git_timeout_s: float = 60.0
     allow_local_remotes: bool = False
+    repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
     log_format: str = "json"
     log_level: str = "INFO"
@@ -133,8 +136,14 @@ class Daemon:
         board = StatusBoard()
         journal.on_failure_changed = board.report_journal
         plane = ConfigPlane(
-            client, board, UrlPolicy(options.allow_local_remotes, options.state_dir)
+            client,
+            board,
+            UrlPolicy(options.allow_local_remotes, options.state_dir),
+            options.repository_pins,
         )
+        ownership = Ownership(client, journal, board)
+        # Before the plane first decides who writes which branch.
+        await ownership.load()
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
             client,
@@ -145,6 +154,7 @@ class Daemon:
             options.state_dir,
             (options.git_author_name, options.git_author_email),
             Sops(options.sops_path, options.age_keygen_path),
+            ownership,
             resolver,
         )
         self.targets = targets

@@ -35,6 +35,7 @@ from reverserd.config.model import (
     parse_watch_rule,
     paths_overlap,
 )
+from reverserd.config.pins import RepositoryPins
 from reverserd.config.rules import CompiledRule
 from reverserd.config.status import (
     Condition,
@@ -45,6 +46,7 @@ from reverserd.config.status import (
     render_conditions,
     rfc3339,
 )
+from reverserd.git.urls import branch_key
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.informer import Informer
@@ -80,10 +82,21 @@ class ResolvedTarget:
 
 
 @dataclass(frozen=True)
+class Contest:
+    """A namespace asking for a branch that several namespaces ask for and none owns: its
+    provider's credentials are to be tried with the server's push handshake."""
+
+    branch: str
+    namespace: str
+    provider: Provider
+
+
+@dataclass(frozen=True)
 class ConfigState:
     rules: tuple[WatchRuleSpec, ...] = ()
     targets: Mapping[str, ResolvedTarget] = field(default_factory=dict)
     providers: Mapping[str, Provider] = field(default_factory=dict)
+    contests: tuple[Contest, ...] = ()
 
 
 @dataclass
@@ -208,16 +221,18 @@ def resolve(
     discovery: Discovery | None,
     board: StatusBoard,
     policy: UrlPolicy | None = None,
+    pins: RepositoryPins | None = None,
 ) -> tuple[ConfigState, list[_Desired]]:
     """Compute the state and every object's desired status from the informers' caches.
 
     Several targets on one repository branch share one writer (one committer, one clone). The
     writer pushes with one provider's credentials and push settings, so it is shared only by
     providers for which that makes no difference: in the same namespace, naming the same
-    Secret and the same push settings (:attr:`Provider.writer`). The earliest target claims
-    the branch; a later one whose provider differs is refused with ``Conflict`` naming the
-    provider that writes there, so no target's changes are ever pushed with another
-    provider's credentials (DESIGN invariant 9).
+    Secret and the same push settings (:attr:`Provider.writer`). Which namespace writes is
+    decided by :func:`_settle_branch`, by proven write access, never by who came first; the
+    other targets are refused with ``Conflict``, so no target's changes are ever pushed with
+    another provider's credentials (DESIGN invariant 9). The work is indexed by repository
+    branch: each target is compared only with the targets of its own branch.
     """
     now = time.time()
     desired: list[_Desired] = []
@@ -277,14 +292,16 @@ def resolve(
     parsed: list[tuple[Mapping[str, Any], Target | ConfigError]] = []
     for body in caches["gittargets"].values():
         parsed.append((body, _parse(partial(parse_target, body))))
-    # Earlier targets win conflicts, so a new target can never take over an existing folder.
+    # Within the namespace that writes a branch, earlier targets win folder conflicts, so a new
+    # target can never take over an existing folder.
     parsed.sort(
         key=lambda item: (item[1].created if isinstance(item[1], Target) else "", _name_of(item[0]))
     )
-    targets: dict[str, ResolvedTarget] = {}
-    target_problems: dict[str, Condition] = {}
-    claimed: list[tuple[str, str, str, str]] = []  # repository, branch, path, target key
-    writers: dict[tuple[str, str], Provider] = {}  # (repository, branch): the provider pushing
+    rules_of: dict[str, list[CompiledRule]] = {}
+    for rule in rules:
+        rules_of.setdefault(rule.target_key, []).extend(rule.rules)
+    checked: list[tuple[Mapping[str, Any], Target, Provider | None, Condition]] = []
+    asking: dict[str, list[tuple[Target, Provider]]] = {}  # branch key -> its targets, in order
     for body, parsed_target in parsed:
         if isinstance(parsed_target, ConfigError):
             problem = Condition("Validated", False, parsed_target.reason, str(parsed_target))
@@ -310,17 +327,19 @@ def resolve(
                 f" allowedBranches {list(target_provider.allowed_branches)}",
             )
         else:
-            validated = _conflict(target, target_provider, claimed, writers) or validated
+            key = branch_key(target_provider.url, target.branch)
+            asking.setdefault(key, []).append((target, target_provider))
+        checked.append((body, target, target_provider, validated))
+    refusals: dict[str, Condition] = {}
+    contests: list[Contest] = []
+    for key, askers in asking.items():
+        refusals.update(_settle_branch(key, askers, board, pins or RepositoryPins(), now, contests))
+    targets: dict[str, ResolvedTarget] = {}
+    target_problems: dict[str, Condition] = {}
+    for body, target, target_provider, validated in checked:
+        validated = refusals.get(target.key, validated)
         if validated.status and target_provider is not None:
-            repository = target_provider.repository
-            writers.setdefault((repository, target.branch), target_provider)
-            claimed.append((repository, target.branch, target.path, target.key))
-            target_rules = tuple(
-                compiled
-                for rule in rules
-                if rule.target_key == target.key
-                for compiled in rule.rules
-            )
+            target_rules = tuple(rules_of.get(target.key, ()))
             targets[target.key] = ResolvedTarget(target, target_provider, target_rules)
         else:
             target_problems[target.key] = validated
@@ -347,42 +366,108 @@ def resolve(
             continue
         want(rtype, body, [_rule_condition(rule_or_error, targets, target_problems, discovery)])
 
-    state = ConfigState(rules=tuple(rules), targets=targets, providers=providers)
+    state = ConfigState(
+        rules=tuple(rules), targets=targets, providers=providers, contests=tuple(contests)
+    )
     return state, desired
 
 
-def _conflict(
-    target: Target,
-    provider: Provider,
-    claimed: Sequence[tuple[str, str, str, str]],
-    writers: Mapping[tuple[str, str], Provider],
-) -> Condition | None:
-    """Why ``target`` may not write where it asks to, given what earlier targets claimed."""
-    repository = provider.repository
-    writer = writers.get((repository, target.branch))
-    if writer is not None and writer.writer != provider.writer:
-        return Condition(
-            "Validated",
-            False,
-            "Conflict",
-            f"branch {target.branch!r} of {provider.display_url} is already written through"
-            f" GitProvider {writer.key}; providers share a branch only when they are in one"
-            " namespace with the same secretRef and push settings",
+def _settle_branch(
+    key: str,
+    askers: Sequence[tuple[Target, Provider]],
+    board: StatusBoard,
+    pins: RepositoryPins,
+    now: float,
+    contests: list[Contest],
+) -> dict[str, Condition]:
+    """Which of the targets asking for one repository branch may write it, and why not the rest.
+
+    Only one namespace writes a branch. It is the recorded owner while its ownership is live
+    (it proved write access within :data:`OWNERSHIP_GRACE_S`), whether or not its targets exist
+    right now, so a re-created or briefly invalid target finds its branch where it left it.
+    Without a live owner, a single namespace asking may write, and its first push makes it
+    the owner; several namespaces asking all wait until one proves write access (the push
+    handshake of :mod:`reverserd.targets.ownership`), which never depends on who came first.
+    A pin of the operator's (:mod:`reverserd.config.pins`) keeps every other namespace out.
+    Inside the writing namespace, targets share the writer only when their providers push the
+    same way, and never write overlapping folders; the earlier target wins there.
+    """
+    first_target, first_provider = askers[0]
+    branch, display = first_target.branch, first_provider.display_url
+    repository = first_provider.repository
+    refusals: dict[str, Condition] = {}
+    namespaces = list(dict.fromkeys(target.namespace for target, _ in askers))
+    pin = pins.pin_of(repository)
+    if pin is not None:
+        prefix, allowed = pin
+        for target, _ in askers:
+            if target.namespace not in allowed:
+                refusals[target.key] = _refused(
+                    f"{display} is reserved by the operator for namespace(s)"
+                    f" {', '.join(sorted(allowed))} (repository pin {prefix}); GitTargets of"
+                    f" namespace {target.namespace!r} cannot write it"
+                )
+        namespaces = [namespace for namespace in namespaces if namespace in allowed]
+    owner = board.owners.get(key)
+    if owner is not None and owner.live(now) and (pin is None or owner.namespace in pin[1]):
+        writer: str | None = owner.namespace
+    elif len(namespaces) == 1:
+        writer = namespaces[0]
+    else:
+        writer = None
+        incumbent = [owner.namespace] if owner is not None and owner.namespace in namespaces else []
+        for namespace in [*incumbent, *(n for n in namespaces if n not in incumbent)]:
+            provider = next(p for t, p in askers if t.namespace == namespace)
+            contests.append(Contest(key, namespace, provider))
+    for target, _ in askers:
+        if target.key in refusals or target.namespace == writer:
+            continue
+        proof = board.proofs.get((key, target.namespace))
+        tried = (
+            "its credentials have not been tried yet"
+            if proof is None
+            else f"its credentials {'can' if proof.ok else 'cannot'} write it ({proof.message})"
         )
-    for other_repository, branch, path, other in claimed:
-        if (
-            other_repository == repository
-            and branch == target.branch
-            and paths_overlap(path, target.path)
-        ):
-            return Condition(
-                "Validated",
-                False,
-                "Conflict",
-                f"GitTarget {other} already writes path {path!r} on branch"
-                f" {branch!r} of {provider.display_url}; choose a separate folder",
+        if writer is not None:
+            refusals[target.key] = _refused(
+                f"branch {branch!r} of {display} is owned by namespace {writer!r}, whose"
+                f" credentials proved they can write it; namespace {target.namespace!r} cannot"
+                f" take it over ({tried})"
             )
-    return None
+        else:
+            refusals[target.key] = _refused(
+                f"namespaces {', '.join(namespaces)} ask to write branch {branch!r} of"
+                f" {display}; it goes to the first whose credentials prove they can write it"
+                f" (the Git server's push handshake); for namespace {target.namespace!r}, {tried}"
+            )
+    shared_by: Provider | None = None
+    claimed: list[tuple[str, str]] = []  # path, target key
+    for target, provider in askers:
+        if target.key in refusals:
+            continue
+        if shared_by is None:
+            shared_by = provider
+        elif provider.writer != shared_by.writer:
+            refusals[target.key] = _refused(
+                f"branch {branch!r} of {display} is already written through GitProvider"
+                f" {shared_by.key}; providers share a branch only when they are in one"
+                " namespace with the same secretRef and push settings"
+            )
+            continue
+        overlapping = next((c for c in claimed if paths_overlap(c[0], target.path)), None)
+        if overlapping is not None:
+            path, other = overlapping
+            refusals[target.key] = _refused(
+                f"GitTarget {other} already writes path {path!r} on branch {branch!r} of"
+                f" {display}; choose a separate folder"
+            )
+            continue
+        claimed.append((target.path, target.key))
+    return refusals
+
+
+def _refused(message: str) -> Condition:
+    return Condition("Validated", False, "Conflict", message)
 
 
 def _name_of(body: Mapping[str, Any]) -> str:
@@ -455,11 +540,16 @@ def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
 
 class ConfigPlane:
     def __init__(
-        self, client: KubeClient, board: StatusBoard, policy: UrlPolicy | None = None
+        self,
+        client: KubeClient,
+        board: StatusBoard,
+        policy: UrlPolicy | None = None,
+        pins: RepositoryPins | None = None,
     ) -> None:
         self.client = client
         self.board = board
         self.policy = policy or UrlPolicy()
+        self.pins = pins or RepositoryPins()
         self.discovery: Discovery | None = None
         self.state = ConfigState()
         self.version = 0
@@ -506,7 +596,7 @@ class ConfigPlane:
     async def _recompute(self) -> None:
         self._dirty.clear()
         caches = {name: informer.cache for name, informer in self.informers.items()}
-        state, desired = resolve(caches, self.discovery, self.board, self.policy)
+        state, desired = resolve(caches, self.discovery, self.board, self.policy, self.pins)
         if state != self.state:
             async with self._published:
                 self.state = state
@@ -525,7 +615,7 @@ class ConfigPlane:
         """Every custom resource's status as :func:`resolve` computes it now, by (resource,
         namespace, name): the status page shows exactly what is written to the resources."""
         caches = {name: informer.cache for name, informer in self.informers.items()}
-        _, desired = resolve(caches, self.discovery, self.board)
+        _, desired = resolve(caches, self.discovery, self.board, self.policy, self.pins)
         return {(item.rtype.resource, item.namespace, item.name): item.status for item in desired}
 
     async def wait_for_change(self, seen_version: int) -> ConfigState:

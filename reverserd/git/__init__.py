@@ -33,6 +33,7 @@ from reverserd.git.repository import (
     RepositoryError,
     StoredBlob,
     configure_network_timeouts,
+    prove_push_access,
 )
 
 __all__ = [
@@ -52,5 +53,6 @@ __all__ = [
     "build_callbacks",
     "configure_network_timeouts",
     "mask_url",
+    "prove_push_access",
     "redact",
 ]

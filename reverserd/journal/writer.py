@@ -641,6 +641,28 @@ class JournalWriter:
 
         await self.submit(apply)
 
+    # -- repository branch ownership -----------------------------------------------------------
+
+    async def branch_owners(self) -> dict[str, tuple[str, float]]:
+        """Every recorded owner: branch -> (namespace, time of its latest proof)."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT branch, namespace, proven_at FROM branch_owners"
+        )
+        return {branch: (namespace, float(proven_at)) for branch, namespace, proven_at in rows}
+
+    async def record_branch_owner(self, branch: str, namespace: str, proven_at: float) -> None:
+        """Make ``namespace`` the owner of ``branch`` as of ``proven_at`` (the caller decided)."""
+
+        def apply(batch: _Batch) -> None:
+            batch.execute(
+                "INSERT INTO branch_owners (branch, namespace, proven_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (branch) DO UPDATE SET namespace = excluded.namespace,"
+                " proven_at = excluded.proven_at",
+                (branch, namespace, proven_at),
+            )
+
+        await self.submit(apply)
+
     # -- housekeeping --------------------------------------------------------------------------
 
     async def compact(self) -> None:
