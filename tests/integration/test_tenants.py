@@ -220,17 +220,81 @@ def test_attacker_server_never_receives_a_credential(scene: Scene) -> None:
     scene.assert_unharmed("still-here")
 
 
-def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: Scene) -> None:
-    """A credential-less provider naming the victim's repository with a trailing ``/`` gets
-    ``Conflict``; it neither pushes with the victim's credentials nor stops the victim, during
-    the attack or after the attacker's resources are gone."""
-    respelled = scene.remote.url + "/"
+@pytest.mark.parametrize("spelling", ["trailing slash", "path case"])
+def test_same_repository_respelled_from_another_namespace_is_a_conflict(
+    scene: Scene, spelling: str
+) -> None:
+    """A credential-less provider naming the victim's repository in another spelling (a host
+    that ignores path case serves ``/Team-A/Platform`` as ``/team-a/platform``) gets
+    ``Conflict`` naming the namespace that proved it can write there; it neither pushes with
+    the victim's credentials nor stops the victim, during the attack or after the attacker's
+    resources are gone."""
+    url = scene.remote.url
+    scheme_host, _, path = url.partition("://")[2].partition("/")
+    respelled = {
+        "trailing slash": url + "/",
+        "path case": f"{url.partition('://')[0]}://{scheme_host}/{path.upper()}",
+    }[spelling]
     apply(scene.plane, *mirror_setup(scene.attacker, respelled, path="attacker", name="grab"))
     validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
-    assert f"{scene.victim}/mirror" in validated["message"]
+    assert f"owned by namespace {scene.victim!r}" in validated["message"]
     scene.assert_unharmed("during-attack")
     delete_mirror_resources(scene.plane, scene.attacker)
     scene.assert_unharmed("after-attack")
+
+
+def test_squatter_before_the_victim_neither_blocks_nor_writes(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    git_http: GitHttpServer,
+) -> None:
+    """The attacker names the victim's repository and branch first, with credentials that
+    cannot push: the victim, arriving later, proves it can write and gets the branch; the
+    squatter's older target is refused and nothing of it reaches the branch."""
+    junk = create_git_credentials(control_plane, attacker, git_http, password="not-the-password")
+    apply(control_plane, configmap(attacker, "squatted"))
+    apply(control_plane, *mirror_setup(attacker, remote.url, path="squat", secret=junk))
+    daemon.start()
+    wait_condition(control_plane, "gitprovider", attacker, "mirror", "Ready", "False")
+    # Creation times have a resolution of one second: the victim's target is the later one.
+    time.sleep(1.1)
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    wait_synced(control_plane, namespace, daemon=daemon)
+    validated = wait_target_refused(control_plane, attacker, "mirror", "Conflict")
+    assert f"owned by namespace {namespace!r}" in validated["message"]
+    assert "cannot write it" in validated["message"]
+    apply(control_plane, configmap(namespace, "after-squat"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/after-squat")
+    assert not [path for path in tree(remote.path) if not path.startswith("live-cluster/")]
+
+
+def test_squatter_older_than_the_victims_re_created_target_does_not_take_over(
+    scene: Scene, git_http: GitHttpServer
+) -> None:
+    """The victim's GitTarget is deleted and re-created (a Helm or Argo replace) while the
+    daemon is down, so the squatter's target is now the older one: the branch stays with the
+    namespace that proved it can write it (the journal keeps the owner), and the squatter
+    never gets the victim's clone or its unpushed commits."""
+    junk = create_git_credentials(scene.plane, scene.attacker, git_http, password="wrong")
+    apply(
+        scene.plane,
+        *mirror_setup(scene.attacker, scene.remote.url, path="squat", secret=junk, name="grab"),
+    )
+    wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
+    scene.daemon.stop()
+    scene.plane.kubectl("delete", "gittarget", "mirror", "-n", scene.victim, "--wait=true")
+    time.sleep(1.1)
+    victim_target = mirror_setup(scene.victim, scene.remote.url, secret=scene.remote.secret)[1]
+    apply(scene.plane, victim_target)
+    scene.daemon.start()
+    wait_synced(scene.plane, scene.victim, daemon=scene.daemon)
+    validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
+    assert f"owned by namespace {scene.victim!r}" in validated["message"]
+    scene.assert_unharmed("after-re-creation")
+    assert not [path for path in tree(scene.remote.path) if path.startswith("squat/")]
 
 
 @pytest.mark.parametrize("spelling", ["file URL", "plain path"])
