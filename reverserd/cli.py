@@ -21,6 +21,7 @@ from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.config.pins import parse_pins
 from reverserd.journal import JournalEvent, JournalReader
+from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 
 if TYPE_CHECKING:
     from reverserd.daemon import AttributionOptions
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=_env_path("REVERSERD_STATE_DIR"),
         help="journal and Git clones",
+    )
+    storage.add_argument(
+        "--journal-max-lag-events",
+        type=int,
+        default=MAX_CURSOR_LAG_EVENTS,
+        help="a target whose cursor falls this many events behind the newest stops holding"
+        " back journal compaction and re-syncs from the latest state when it runs again",
     )
     storage.add_argument(
         "--http-listen",
@@ -282,6 +290,7 @@ def _run(arguments: argparse.Namespace) -> int:
         git_timeout_s=arguments.git_timeout,
         allow_local_remotes=arguments.allow_local_remotes,
         repository_pins=pins,
+        journal_max_lag_events=arguments.journal_max_lag_events,
         attribution=_attribution_options(arguments),
         log_format=arguments.log_format,
         log_level=arguments.log_level,

@@ -42,6 +42,7 @@ from reverserd.encryption.sops import Sops
 from reverserd.git import configure_network_timeouts
 from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
+from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
@@ -101,6 +102,7 @@ class RunOptions:
     git_timeout_s: float = 60.0
     allow_local_remotes: bool = False
     repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
+    journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
     log_format: str = "json"
     log_level: str = "INFO"
@@ -207,6 +209,9 @@ class Daemon:
                 if self.elector is not None:
                     # Not supervised: lost leadership must end the process (exit code 1).
                     group.create_task(self.elector.run())
+                # A target that lagged beyond the bound while reverserd was down stops holding
+                # the journal back before any consumer starts, and re-syncs when it does.
+                await journal.compact(options.journal_max_lag_events)
                 await plane.wait_synced()
                 await watches.refresh_discovery()
                 group.create_task(supervise("watches", watches.run))
@@ -247,7 +252,7 @@ class Daemon:
         while True:
             await asyncio.sleep(JOURNAL_GAUGE_INTERVAL_S)
             if time.monotonic() - last_compaction >= COMPACTION_INTERVAL_S:
-                await self.journal.compact()
+                await self.journal.compact(self.options.journal_max_lag_events)
                 await compact_facts(self.journal)
                 last_compaction = time.monotonic()
             stats = await self.reader.stats()

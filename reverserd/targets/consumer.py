@@ -187,6 +187,19 @@ class TargetConsumer:
             # Registered before the snapshot is read, so compaction keeps what follows it.
             self.seq = await self.reader.last_seq()
             await self.journal.write_cursor(self.key, self.seq, {})
+        elif cursor.seq < self.journal.resync_floor:
+            # Compaction passed this cursor (the target lagged beyond the bound): its events
+            # are gone, so it starts again from the latest state, one reconcile commit that
+            # adopts the folder and deletes only files it recorded for objects now gone.
+            self.seq = await self.reader.last_seq()
+            progress.snapshot_synced = progress.stream_live = False
+            progress.waiting_reason = "Resyncing"
+            progress.waiting_message = (
+                f"this target fell more than the journal's lag bound behind (its cursor"
+                f" {cursor.seq}, compacted through {self.journal.resync_floor}); re-syncing"
+                " from the latest state with one reconcile commit"
+            )
+            log.warning("cursor passed by compaction, re-syncing", extra={"target": self.key})
         else:
             self.seq, self.covered = cursor.seq, dict(cursor.covered)
         self.files = dict(await self.reader.target_files(self.key))
@@ -214,6 +227,8 @@ class TargetConsumer:
             self.board.notify()
             if self.committer.stopped:
                 raise CommitterStopped(self.committer.key)
+            if self.seq < self.journal.resync_floor:
+                raise CursorCompacted(self.key)
             await self._catch_up_selections()
             events = await self.reader.events_after(self.seq, READ_BATCH)
             if events:
@@ -620,6 +635,10 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
+
+
+class CursorCompacted(Exception):
+    """Compaction passed this running consumer; a fresh one re-syncs from the latest state."""
 
 
 def _describe(key: ObjectKey) -> str:
