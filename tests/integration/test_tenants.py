@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ import pytest
 
 from testbed.controlplane import DAEMON_USER, ControlPlane, ensure_binaries
 from testbed.credential_trap import CredentialTrap
-from testbed.gitservers import GitHttpServer
+from testbed.gitservers import GitHttpServer, install_hook
 from testbed.harness import (
+    CONVERGE_TIMEOUT_S,
     Reverserd,
     apply,
     create_git_credentials,
@@ -31,11 +33,13 @@ from testbed.harness import (
     delete_mirror_resources,
     history,
     resource_status,
+    subjects,
     tree,
     wait_condition,
     wait_for_subjects,
     wait_synced,
     wait_target_refused,
+    wait_until,
 )
 from testbed.manifests import (
     CONFIGBUTLER_API,
@@ -71,6 +75,10 @@ ATTACK_WINDOW_S = 4.0
 RBAC_GROUP = "rbac.authorization.k8s.io"
 # Corpus objects the schema lets through, so that reverserd's own validation is what answers.
 MIN_ADMITTED_CORPUS = 15
+# The journal's lag bound in the busy-neighbour test, and the busy target's changes: three
+# times the bound superseded, so a pinned journal cannot pass for a bounded one.
+LAG_BOUND = 40
+BUSY_OBJECTS = 3 * LAG_BOUND
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +303,79 @@ def test_squatter_older_than_the_victims_re_created_target_does_not_take_over(
     assert f"owned by namespace {scene.victim!r}" in validated["message"]
     scene.assert_unharmed("after-re-creation")
     assert not [path for path in tree(scene.remote.path) if path.startswith("squat/")]
+
+
+def superseded_events(state_dir: Path) -> int:
+    """Journal events no object points at: what compaction may remove (read while it runs)."""
+    with sqlite3.connect(f"file:{state_dir / 'journal.db'}?mode=ro", uri=True) as journal:
+        query = "SELECT COUNT(*) FROM events WHERE seq NOT IN (SELECT seq FROM objects)"
+        return int(journal.execute(query).fetchone()[0])
+
+
+def test_target_whose_pushes_always_fail_does_not_pin_the_journal(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    cleanup: Cleanup,
+    tmp_path: Path,
+) -> None:
+    """Next to a busy target, a target whose pushes are refused from some point on (a revoked
+    token, a protection rule) keeps the lowest cursor; beyond the lag bound it no longer holds
+    back compaction, checked at start-up: the journal stays bounded. When its pushes work
+    again, it says it re-syncs and converges on the latest state of its namespace."""
+    stuck = cleanup.new_namespace()
+    stuck_repo = git_http.create_bare_repo(git_repo_name + "-stuck")
+    stuck_secret = create_git_credentials(control_plane, stuck, git_http)
+    apply(control_plane, configmap(stuck, "changed"), configmap(stuck, "gone"))
+    apply(
+        control_plane,
+        *mirror_setup(namespace, remote.url, secret=remote.secret),
+        *mirror_setup(stuck, git_http.url(git_repo_name + "-stuck"), secret=stuck_secret),
+    )
+    daemon = Reverserd(
+        control_plane, tmp_path / "state", ["--journal-max-lag-events", str(LAG_BOUND)]
+    )
+    try:
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        wait_synced(control_plane, stuck, daemon=daemon)
+        hook = install_hook(stuck_repo, "pre-receive", "#!/bin/sh\necho revoked >&2\nexit 1\n")
+        apply(control_plane, configmap(stuck, "changed", {"key": "while-refused"}))
+        wait_condition(control_plane, "gittarget", stuck, "mirror", "Pushing", "False")
+        names = [f"bulk-{i}" for i in range(BUSY_OBJECTS)]
+        apply(control_plane, *(configmap(namespace, name) for name in names))
+        apply(control_plane, *(configmap(namespace, n, {"key": "again"}) for n in names))
+        wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/{names[-1]}")
+        daemon.stop()
+        control_plane.kubectl("delete", "configmap", "gone", "-n", stuck)
+        daemon.start()
+        wait_until(
+            lambda: superseded_events(daemon.state_dir) <= LAG_BOUND,
+            describe=lambda: f"{superseded_events(daemon.state_dir)} superseded events kept",
+        )
+        resync = wait_condition(
+            control_plane, "gittarget", stuck, "mirror", "SnapshotSynced", "False", "Resyncing"
+        )
+        assert "lag bound" in resync["message"]
+        hook.unlink()
+        folder = f"live-cluster/v1/configmaps/{stuck}"
+        wait_until(
+            lambda: (
+                f"{folder}/gone.yaml" not in tree(stuck_repo)
+                and b"while-refused" in tree(stuck_repo).get(f"{folder}/changed.yaml", b"")
+            ),
+            timeout=2 * CONVERGE_TIMEOUT_S,
+            describe=lambda: str(sorted(tree(stuck_repo))),
+        )
+        wait_synced(control_plane, stuck, daemon=daemon)
+        # The first sync, and the re-sync that deleted the file of the object gone meanwhile.
+        assert sum(s.startswith("reconcile: ") for s in subjects(stuck_repo)) == 2
+    finally:
+        daemon.ensure_stopped()
+        delete_mirror_resources(control_plane, namespace)
+        delete_mirror_resources(control_plane, stuck)
 
 
 @pytest.mark.parametrize("spelling", ["file URL", "plain path"])
