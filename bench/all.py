@@ -10,7 +10,7 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 
-from bench import cold_start, git_write, journal_append, loop_lag, seed, steady
+from bench import cold_start, git_write, journal_append, loop_lag, seed, steady, targets
 from bench.common import REPO_ROOT, Result, say, use_this_checkout
 
 BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., Result]]] = {
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[...,
     "cold_start": (cold_start.build_parser, cold_start.run),
     "steady": (steady.build_parser, steady.run),
     "loop_lag": (loop_lag.build_parser, loop_lag.run),
+    "targets": (targets.build_parser, targets.run),
 }
 
 

@@ -20,6 +20,7 @@ from reverserd import __version__, logs
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.config.pins import parse_pins
+from reverserd.config.plane import MAX_TARGETS_PER_NAMESPACE
 from reverserd.journal import JournalEvent, JournalReader
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept file:// URLs and local paths as GitProvider URLs (tests, demos); off"
         " because a custom resource could otherwise point at any repository on this machine",
+    )
+    git.add_argument(
+        "--max-targets-per-namespace",
+        type=int,
+        default=MAX_TARGETS_PER_NAMESPACE,
+        help="GitTargets served per namespace; the newest beyond it get Validated=False"
+        " (TargetLimitExceeded); 0 means no cap",
     )
     git.add_argument(
         "--repository-pins",
@@ -291,6 +299,7 @@ def _run(arguments: argparse.Namespace) -> int:
         allow_local_remotes=arguments.allow_local_remotes,
         repository_pins=pins,
         journal_max_lag_events=arguments.journal_max_lag_events,
+        max_targets_per_namespace=arguments.max_targets_per_namespace,
         attribution=_attribution_options(arguments),
         log_format=arguments.log_format,
         log_level=arguments.log_level,

@@ -36,7 +36,7 @@ from reverserd.attribution.store import compact_facts
 from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings
 from reverserd.config.model import UrlPolicy
 from reverserd.config.pins import RepositoryPins
-from reverserd.config.plane import ConfigPlane
+from reverserd.config.plane import MAX_TARGETS_PER_NAMESPACE, ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
 from reverserd.git import configure_network_timeouts
@@ -103,6 +103,7 @@ class RunOptions:
     allow_local_remotes: bool = False
     repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
     journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
+    max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
     log_format: str = "json"
     log_level: str = "INFO"
@@ -142,6 +143,7 @@ class Daemon:
             board,
             UrlPolicy(options.allow_local_remotes, options.state_dir),
             options.repository_pins,
+            options.max_targets_per_namespace,
         )
         ownership = Ownership(client, journal, board)
         # Before the plane first decides who writes which branch.

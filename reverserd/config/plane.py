@@ -66,6 +66,10 @@ KINDS = (PROVIDERS, TARGETS, WATCH_RULES, CLUSTER_WATCH_RULES)
 DEBOUNCE_S = 0.2
 # A failed status write is retried on the next pass at the latest after this long.
 STATUS_RETRY_S = 5.0
+# GitTargets one namespace may have served: each is a consumer with its own journal reads and
+# snapshot; a hundred folders is far beyond what one team mirrors, and 5,000 targets over 50
+# namespaces is what the daemon is measured with (bench/targets.py).
+MAX_TARGETS_PER_NAMESPACE = 100
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,7 @@ def resolve(
     board: StatusBoard,
     policy: UrlPolicy | None = None,
     pins: RepositoryPins | None = None,
+    max_targets_per_namespace: int = 0,
 ) -> tuple[ConfigState, list[_Desired]]:
     """Compute the state and every object's desired status from the informers' caches.
 
@@ -232,7 +237,10 @@ def resolve(
     decided by :func:`_settle_branch`, by proven write access, never by who came first; the
     other targets are refused with ``Conflict``, so no target's changes are ever pushed with
     another provider's credentials (DESIGN invariant 9). The work is indexed by repository
-    branch: each target is compared only with the targets of its own branch.
+    branch: each target is compared only with the targets of its own branch. A namespace's
+    targets beyond ``max_targets_per_namespace`` (0: no cap), the newest first, are refused
+    with ``TargetLimitExceeded``, so one tenant cannot make the daemon run thousands of
+    consumers for everyone.
     """
     now = time.time()
     desired: list[_Desired] = []
@@ -302,6 +310,7 @@ def resolve(
         rules_of.setdefault(rule.target_key, []).extend(rule.rules)
     checked: list[tuple[Mapping[str, Any], Target, Provider | None, Condition]] = []
     asking: dict[str, list[tuple[Target, Provider]]] = {}  # branch key -> its targets, in order
+    per_namespace: dict[str, int] = {}
     for body, parsed_target in parsed:
         if isinstance(parsed_target, ConfigError):
             problem = Condition("Validated", False, parsed_target.reason, str(parsed_target))
@@ -310,7 +319,17 @@ def resolve(
         target = parsed_target
         target_provider = providers.get(f"{target.namespace}/{target.provider_name}")
         validated = Condition("Validated", True, "Validated", "spec is valid")
-        if target_provider is None:
+        per_namespace[target.namespace] = per_namespace.get(target.namespace, 0) + 1
+        if 0 < max_targets_per_namespace < per_namespace[target.namespace]:
+            validated = Condition(
+                "Validated",
+                False,
+                "TargetLimitExceeded",
+                f"namespace {target.namespace!r} has more than {max_targets_per_namespace}"
+                " GitTargets, the most this reverserd serves per namespace (flag"
+                " --max-targets-per-namespace); the newest ones wait until others are deleted",
+            )
+        elif target_provider is None:
             validated = Condition(
                 "Validated",
                 False,
@@ -545,11 +564,16 @@ class ConfigPlane:
         board: StatusBoard,
         policy: UrlPolicy | None = None,
         pins: RepositoryPins | None = None,
+        max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE,
     ) -> None:
         self.client = client
         self.board = board
         self.policy = policy or UrlPolicy()
         self.pins = pins or RepositoryPins()
+        self.max_targets_per_namespace = max_targets_per_namespace
+        self._statuses: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # One resolve at a time, so states are published in the order they were computed.
+        self._recomputing = asyncio.Lock()
         self.discovery: Discovery | None = None
         self.state = ConfigState()
         self.version = 0
@@ -594,29 +618,42 @@ class ConfigPlane:
             await self._recompute()
 
     async def _recompute(self) -> None:
-        self._dirty.clear()
-        caches = {name: informer.cache for name, informer in self.informers.items()}
-        state, desired = resolve(caches, self.discovery, self.board, self.policy, self.pins)
-        if state != self.state:
-            async with self._published:
-                self.state = state
-                self.version += 1
-                self._published.notify_all()
-        if not self.writes_enabled:
-            return
-        for item in desired:
-            key = (item.rtype.resource, item.namespace, item.name)
-            if self._written_over.get(key) == item.resource_version:
-                continue
-            if _differs(item.status, item.current) and await self._write_status(item):
-                self._written_over[key] = item.resource_version
+        """Resolve on a worker thread, from copies of the caches and the board: with thousands
+        of targets a pass takes long enough to delay everything else on the event loop."""
+        async with self._recomputing:
+            self._dirty.clear()
+            caches = {name: dict(informer.cache) for name, informer in self.informers.items()}
+            state, desired = await asyncio.to_thread(
+                resolve,
+                caches,
+                self.discovery,
+                self.board.snapshot(),
+                self.policy,
+                self.pins,
+                self.max_targets_per_namespace,
+            )
+            self._statuses = {
+                (item.rtype.resource, item.namespace, item.name): item.status for item in desired
+            }
+            if state != self.state:
+                async with self._published:
+                    self.state = state
+                    self.version += 1
+                    self._published.notify_all()
+            if not self.writes_enabled:
+                return
+            for item in desired:
+                key = (item.rtype.resource, item.namespace, item.name)
+                if self._written_over.get(key) == item.resource_version:
+                    continue
+                if _differs(item.status, item.current) and await self._write_status(item):
+                    self._written_over[key] = item.resource_version
 
     def computed_statuses(self) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """Every custom resource's status as :func:`resolve` computes it now, by (resource,
-        namespace, name): the status page shows exactly what is written to the resources."""
-        caches = {name: informer.cache for name, informer in self.informers.items()}
-        _, desired = resolve(caches, self.discovery, self.board, self.policy, self.pins)
-        return {(item.rtype.resource, item.namespace, item.name): item.status for item in desired}
+        """Every custom resource's status as the latest :func:`resolve` computed it, by
+        (resource, namespace, name): the status page shows exactly what is written to the
+        resources."""
+        return self._statuses
 
     async def wait_for_change(self, seen_version: int) -> ConfigState:
         async with self._published:

@@ -158,6 +158,20 @@ class StatusBoard:
         self.journal_failure: str | None = None
         self._listeners: list[Callable[[], None]] = []
 
+    def snapshot(self) -> StatusBoard:
+        """A copy of every fact, for computing status off the event loop while reports go on.
+
+        The maps are copied; the progress records are shared and only read.
+        """
+        copy = StatusBoard()
+        copy.targets = dict(self.targets)
+        copy.providers = dict(self.providers)
+        copy.branches = dict(self.branches)
+        copy.owners = dict(self.owners)
+        copy.proofs = dict(self.proofs)
+        copy.journal_failure = self.journal_failure
+        return copy
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 

@@ -79,6 +79,7 @@ def _resolve(
     policy: UrlPolicy | None = None,
     board: StatusBoard | None = None,
     pins: RepositoryPins | None = None,
+    cap: int = 0,
 ) -> tuple[ConfigState, dict[tuple[str, str, str], dict[str, Any]]]:
     caches: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {
         "gitproviders": {},
@@ -95,7 +96,7 @@ def _resolve(
     for body in bodies:
         metadata = body["metadata"]
         caches[plural[body["kind"]]][(metadata.get("namespace", ""), metadata["name"])] = body
-    state, desired = resolve(caches, None, board or StatusBoard(), policy, pins)
+    state, desired = resolve(caches, None, board or StatusBoard(), policy, pins, cap)
     conditions = {
         (item.rtype.kind, item.namespace, item.name): {
             condition["type"]: condition for condition in item.status["conditions"]
@@ -301,6 +302,20 @@ def test_a_pinned_repository_refuses_other_namespaces_whatever_they_prove() -> N
     other = parse_pins("https://git.example.com/tea=victim")
     state, _ = _resolve(attacker, attacker_target, pins=other)
     assert set(state.targets) == {"attacker/mirror"}
+
+
+def test_targets_beyond_the_namespace_cap_are_refused_newest_first() -> None:
+    provider = _provider(name="repo")
+    old = [
+        _target(name=f"t{i}", path=f"p{i}", created=f"2026-01-0{i + 1}T00:00:00Z") for i in (0, 1)
+    ]
+    newest = _target(name="t9", path="p9", created="2026-01-09T00:00:00Z")
+    other = _provider(name="repo", namespace="team-b", url=GOOD_URL + "-b")
+    elsewhere = _target(namespace="team-b", path="b", created="2026-01-10T00:00:00Z")
+    state, conditions = _resolve(provider, newest, *old, other, elsewhere, cap=2)
+    assert set(state.targets) == {"team-a/t0", "team-a/t1", "team-b/mirror"}
+    refused = _condition(conditions, newest, "Validated")
+    assert refused["reason"] == "TargetLimitExceeded"
 
 
 def test_providers_of_one_namespace_and_secret_share_a_writer() -> None:
