@@ -45,6 +45,9 @@ EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 3
 # A server that accepts and never answers is given up after this long; long enough for a large
 # push over a slow link, since it bounds each read or write, not the whole transfer.
 GIT_IO_TIMEOUT_S = 60.0
+# Where a pod's service account token is mounted: `reverserd status` run in the daemon's pod
+# (kubectl exec) reads /status with it; the chart's ClusterRole lets the daemon's account get it.
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 # `journal tail -f` polls the journal at this pace; SQLite has no change notification.
 TAIL_POLL_S = 0.5
 
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-listen",
         default=os.environ.get("REVERSERD_HTTP_LISTEN", DEFAULT_HTTP_LISTEN),
         help="address of /healthz, /readyz, /metrics and /status",
+    )
+    storage.add_argument(
+        "--no-status-auth",
+        action="store_true",
+        help="serve /metrics, /status and / to anyone who reaches the port; by default a"
+        " request needs a bearer token that Kubernetes authorizes to get that path"
+        " (TokenReview and SubjectAccessReview)",
     )
     logging_group = run.add_argument_group("logging")
     logging_group.add_argument(
@@ -195,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, help="seconds")
+    status.add_argument(
+        "--token-file",
+        type=Path,
+        default=SERVICE_ACCOUNT_TOKEN,
+        help="bearer token sent to the daemon, which asks Kubernetes whether it may get"
+        f" /status (default: the pod's service account token, {SERVICE_ACCOUNT_TOKEN});"
+        " not sent when the file does not exist",
+    )
 
     journal = commands.add_parser("journal", help="read the journal (safe while running)")
     journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
@@ -300,6 +318,7 @@ def _run(arguments: argparse.Namespace) -> int:
         repository_pins=pins,
         journal_max_lag_events=arguments.journal_max_lag_events,
         max_targets_per_namespace=arguments.max_targets_per_namespace,
+        no_status_auth=arguments.no_status_auth,
         attribution=_attribution_options(arguments),
         log_format=arguments.log_format,
         log_level=arguments.log_level,
@@ -310,7 +329,7 @@ def _run(arguments: argparse.Namespace) -> int:
 def _status(arguments: argparse.Namespace) -> int:
     from reverserd.web.table import render_table
 
-    picture = _fetch_status(arguments.url, arguments.timeout)
+    picture = _fetch_status(arguments.url, arguments.timeout, arguments.token_file)
     answered = isinstance(picture, dict)
     if not isinstance(picture, dict):
         try:
@@ -327,11 +346,15 @@ def _status(arguments: argparse.Namespace) -> int:
     return EXIT_HEALTHY if picture.get("healthy") else EXIT_UNHEALTHY
 
 
-def _fetch_status(url: str, timeout: float) -> dict[str, Any] | str:
+def _fetch_status(url: str, timeout: float, token_file: Path) -> dict[str, Any] | str:
     """The daemon's /status, or why it could not be read."""
     address = url.rstrip("/") + "/status"
+    request = urllib.request.Request(address)
     try:
-        with urllib.request.urlopen(address, timeout=timeout) as response:
+        if token_file.is_file():
+            token = token_file.read_text().strip()
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             picture: dict[str, Any] = json.loads(response.read())
             return picture
     except (urllib.error.URLError, OSError, ValueError) as error:

@@ -50,6 +50,7 @@ from reverserd.supervise import supervise
 from reverserd.targets.manager import TargetManager
 from reverserd.targets.ownership import Ownership
 from reverserd.watch.manager import WatchManager
+from reverserd.web.access import KubeAccess
 from reverserd.web.server import Surface, build_app, serve
 from reverserd.web.view import StatusView
 
@@ -104,6 +105,7 @@ class RunOptions:
     repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
     journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
     max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE
+    no_status_auth: bool = False
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
     log_format: str = "json"
     log_level: str = "INFO"
@@ -278,6 +280,7 @@ class Daemon:
             journal_ok=journal_ok,
             api_ok=self.view.api_reachable,
             role=self.role,
+            access=None if self.options.no_status_auth else KubeAccess(self.client),
         )
 
     async def _probe_api(self) -> bool:

@@ -8,6 +8,10 @@
 
 ``/metrics`` recomputes the picture first, so the readiness and lag gauges it serves are the
 ones ``/status`` shows.
+
+With an ``access`` check (the default; :mod:`reverserd.web.access`), ``/metrics``, ``/status``
+and ``/`` answer only requests whose bearer token Kubernetes authorizes for that path; the
+probes stay open.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reverserd.logs import Throttle
+from reverserd.web.access import (
+    ALLOWED,
+    FORBIDDEN,
+    PROTECTED_PATHS,
+    UNAUTHENTICATED,
+    UNVERIFIABLE,
+    KubeAccess,
+)
 from reverserd.web.page import render_page
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,8 @@ class Surface:
     journal_ok: Callable[[], Awaitable[bool]]
     api_ok: Callable[[], Awaitable[bool]]  # answered recently; probed when that is stale
     role: Callable[[], str]
+    access: KubeAccess | None = None
+    """Who may read the protected paths; None serves them to anyone (``--no-status-auth``)."""
 
 
 def build_app(surface: Surface) -> web.Application:
@@ -73,7 +87,30 @@ def build_app(surface: Surface) -> web.Application:
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=render_page(await surface.status()), content_type="text/html")
 
-    app = web.Application()
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if surface.access is None or request.path not in PROTECTED_PATHS:
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        decision = UNAUTHENTICATED
+        if scheme.lower() == "bearer":
+            decision = await surface.access.decide(token.strip(), request.path)
+        if decision == ALLOWED:
+            return await handler(request)
+        messages = {
+            UNAUTHENTICATED: "a bearer token that Kubernetes accepts is required",
+            FORBIDDEN: f"this token may not get {request.path}",
+            UNVERIFIABLE: "the API server cannot verify the token now; try again",
+        }
+        return web.Response(
+            status=decision,
+            text=messages[decision] + "\n",
+            headers={"WWW-Authenticate": 'Bearer realm="reverserd"'},
+        )
+
+    app = web.Application(middlewares=[guard])
     app.add_routes(
         [
             web.get("/healthz", healthz),
