@@ -28,10 +28,12 @@ from testbed.harness import (
     CONVERGE_TIMEOUT_S,
     Reverserd,
     apply,
+    conditions,
     create_git_credentials,
     create_namespace,
     delete_mirror_resources,
     history,
+    merge_patch,
     resource_status,
     subjects,
     tree,
@@ -282,10 +284,11 @@ def test_squatter_before_the_victim_neither_blocks_nor_writes(
 def test_squatter_older_than_the_victims_re_created_target_does_not_take_over(
     scene: Scene, git_http: GitHttpServer
 ) -> None:
-    """The victim's GitTarget is deleted and re-created (a Helm or Argo replace) while the
-    daemon is down, so the squatter's target is now the older one: the branch stays with the
-    namespace that proved it can write it (the journal keeps the owner), and the squatter
-    never gets the victim's clone or its unpushed commits."""
+    """The victim's GitTarget is deleted while the daemon is down and re-created later (a Helm
+    or Argo replace), so for a while the squatter's target is the only one on the branch and
+    then the older one: the branch stays with the namespace that proved it can write it (the
+    journal keeps the owner), and the squatter never gets the victim's clone or its unpushed
+    commits."""
     junk = create_git_credentials(scene.plane, scene.attacker, git_http, password="wrong")
     apply(
         scene.plane,
@@ -294,15 +297,27 @@ def test_squatter_older_than_the_victims_re_created_target_does_not_take_over(
     wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
     scene.daemon.stop()
     scene.plane.kubectl("delete", "gittarget", "mirror", "-n", scene.victim, "--wait=true")
-    time.sleep(1.1)
+    scene.daemon.start()
+    # Alone on the branch now: a spec change makes the restarted daemon decide afresh.
+    patched = merge_patch(
+        scene.plane, "gittarget", scene.attacker, "grab", {"spec": {"path": "squat-alone"}}
+    )
+    generation = patched["metadata"]["generation"]
+
+    def decided() -> dict[str, Any] | None:
+        found = conditions(scene.plane, "gittarget", scene.attacker, "grab").get("Validated")
+        return found if found and found.get("observedGeneration") == generation else None
+
+    alone = wait_until(decided)
+    assert (alone["status"], alone["reason"]) == ("False", "Conflict"), alone
+    assert f"owned by namespace {scene.victim!r}" in alone["message"]
     victim_target = mirror_setup(scene.victim, scene.remote.url, secret=scene.remote.secret)[1]
     apply(scene.plane, victim_target)
-    scene.daemon.start()
     wait_synced(scene.plane, scene.victim, daemon=scene.daemon)
     validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
     assert f"owned by namespace {scene.victim!r}" in validated["message"]
     scene.assert_unharmed("after-re-creation")
-    assert not [path for path in tree(scene.remote.path) if path.startswith("squat/")]
+    assert not [path for path in tree(scene.remote.path) if path.startswith("squat")]
 
 
 def superseded_events(state_dir: Path) -> int:
