@@ -32,8 +32,8 @@ from testbed.harness import (
     create_git_credentials,
     create_namespace,
     delete_mirror_resources,
+    get_object,
     history,
-    merge_patch,
     resource_status,
     subjects,
     tree,
@@ -285,24 +285,23 @@ def test_squatter_older_than_the_victims_re_created_target_does_not_take_over(
     scene: Scene, git_http: GitHttpServer
 ) -> None:
     """The victim's GitTarget is deleted while the daemon is down and re-created later (a Helm
-    or Argo replace), so for a while the squatter's target is the only one on the branch and
+    or Argo replace); a squatter created meanwhile is first the only target on the branch and
     then the older one: the branch stays with the namespace that proved it can write it (the
     journal keeps the owner), and the squatter never gets the victim's clone or its unpushed
     commits."""
+    scene.daemon.stop()
+    scene.plane.kubectl("delete", "gittarget", "mirror", "-n", scene.victim, "--wait=true")
+    # The squatter arrives while nobody is there to contest it: only the victim's earlier
+    # pushes, recorded in the journal, say whose branch this is.
     junk = create_git_credentials(scene.plane, scene.attacker, git_http, password="wrong")
     apply(
         scene.plane,
         *mirror_setup(scene.attacker, scene.remote.url, path="squat", secret=junk, name="grab"),
     )
-    wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
-    scene.daemon.stop()
-    scene.plane.kubectl("delete", "gittarget", "mirror", "-n", scene.victim, "--wait=true")
     scene.daemon.start()
-    # Alone on the branch now: a spec change makes the restarted daemon decide afresh.
-    patched = merge_patch(
-        scene.plane, "gittarget", scene.attacker, "grab", {"spec": {"path": "squat-alone"}}
-    )
-    generation = patched["metadata"]["generation"]
+    generation = get_object(scene.plane, "gittarget", scene.attacker, "grab")["metadata"][
+        "generation"
+    ]
 
     def decided() -> dict[str, Any] | None:
         found = conditions(scene.plane, "gittarget", scene.attacker, "grab").get("Validated")
