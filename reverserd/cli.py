@@ -45,9 +45,6 @@ EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 3
 # A server that accepts and never answers is given up after this long; long enough for a large
 # push over a slow link, since it bounds each read or write, not the whole transfer.
 GIT_IO_TIMEOUT_S = 60.0
-# Where a pod's service account token is mounted: `reverserd status` run in the daemon's pod
-# (kubectl exec) reads /status with it; the chart's ClusterRole lets the daemon's account get it.
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 # `journal tail -f` polls the journal at this pace; SQLite has no change notification.
 TAIL_POLL_S = 0.5
 
@@ -95,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /metrics, /status and / to anyone who reaches the port; by default a"
         " request needs a bearer token that Kubernetes authorizes to get that path"
-        " (TokenReview and SubjectAccessReview)",
+        " (TokenReview and SubjectAccessReview), except from the loopback interface",
+    )
+    storage.add_argument(
+        "--status-auth-on-loopback",
+        action="store_true",
+        help="ask loopback clients for a token too: for hosts where other users share the"
+        " loopback interface (in a pod only kubectl port-forward and exec reach it)",
     )
     logging_group = run.add_argument_group("logging")
     logging_group.add_argument(
@@ -205,14 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, help="seconds")
-    status.add_argument(
-        "--token-file",
-        type=Path,
-        default=SERVICE_ACCOUNT_TOKEN,
-        help="bearer token sent to the daemon, which asks Kubernetes whether it may get"
-        f" /status (default: the pod's service account token, {SERVICE_ACCOUNT_TOKEN});"
-        " not sent when the file does not exist",
-    )
 
     journal = commands.add_parser("journal", help="read the journal (safe while running)")
     journal.add_argument("--state-dir", type=Path, default=_env_path("REVERSERD_STATE_DIR"))
@@ -319,6 +314,7 @@ def _run(arguments: argparse.Namespace) -> int:
         journal_max_lag_events=arguments.journal_max_lag_events,
         max_targets_per_namespace=arguments.max_targets_per_namespace,
         no_status_auth=arguments.no_status_auth,
+        status_auth_on_loopback=arguments.status_auth_on_loopback,
         attribution=_attribution_options(arguments),
         log_format=arguments.log_format,
         log_level=arguments.log_level,
@@ -329,7 +325,7 @@ def _run(arguments: argparse.Namespace) -> int:
 def _status(arguments: argparse.Namespace) -> int:
     from reverserd.web.table import render_table
 
-    picture = _fetch_status(arguments.url, arguments.timeout, arguments.token_file)
+    picture = _fetch_status(arguments.url, arguments.timeout)
     answered = isinstance(picture, dict)
     if not isinstance(picture, dict):
         try:
@@ -346,15 +342,11 @@ def _status(arguments: argparse.Namespace) -> int:
     return EXIT_HEALTHY if picture.get("healthy") else EXIT_UNHEALTHY
 
 
-def _fetch_status(url: str, timeout: float, token_file: Path) -> dict[str, Any] | str:
+def _fetch_status(url: str, timeout: float) -> dict[str, Any] | str:
     """The daemon's /status, or why it could not be read."""
     address = url.rstrip("/") + "/status"
-    request = urllib.request.Request(address)
     try:
-        if token_file.is_file():
-            token = token_file.read_text().strip()
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(address, timeout=timeout) as response:
             picture: dict[str, Any] = json.loads(response.read())
             return picture
     except (urllib.error.URLError, OSError, ValueError) as error:

@@ -106,6 +106,7 @@ class RunOptions:
     journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
     max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE
     no_status_auth: bool = False
+    status_auth_on_loopback: bool = False
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
     log_format: str = "json"
     log_level: str = "INFO"
@@ -281,6 +282,7 @@ class Daemon:
             api_ok=self.view.api_reachable,
             role=self.role,
             access=None if self.options.no_status_auth else KubeAccess(self.client),
+            trust_loopback=not self.options.status_auth_on_loopback,
         )
 
     async def _probe_api(self) -> bool:

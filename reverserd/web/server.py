@@ -10,12 +10,17 @@
 ones ``/status`` shows.
 
 With an ``access`` check (the default; :mod:`reverserd.web.access`), ``/metrics``, ``/status``
-and ``/`` answer only requests whose bearer token Kubernetes authorizes for that path; the
-probes stay open.
+and ``/`` answer only requests whose bearer token Kubernetes authorizes for that path, and
+requests from the loopback interface: in a pod, only its own processes (``reverserd status``
+through ``kubectl exec``) and ``kubectl port-forward`` reach it, and Kubernetes authorized both
+(``pods/exec``, ``pods/portforward``). That is how a person opens the page ``/`` in a browser,
+which cannot present a token. On a host where other users share the loopback interface (the
+systemd unit), ``--status-auth-on-loopback`` asks for a token there too. The probes stay open.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -52,6 +57,9 @@ class Surface:
     role: Callable[[], str]
     access: KubeAccess | None = None
     """Who may read the protected paths; None serves them to anyone (``--no-status-auth``)."""
+    trust_loopback: bool = True
+    """Serve the protected paths to loopback peers without a token: in a pod only the pod's own
+    processes and ``kubectl port-forward`` (which Kubernetes authorized) reach its loopback."""
 
 
 def build_app(surface: Surface) -> web.Application:
@@ -93,6 +101,8 @@ def build_app(surface: Surface) -> web.Application:
     ) -> web.StreamResponse:
         if surface.access is None or request.path not in PROTECTED_PATHS:
             return await handler(request)
+        if surface.trust_loopback and _from_loopback(request):
+            return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         decision = UNAUTHENTICATED
         if scheme.lower() == "bearer":
@@ -121,6 +131,13 @@ def build_app(surface: Surface) -> web.Application:
         ]
     )
     return app
+
+
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return request.remote is not None and ipaddress.ip_address(request.remote).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(app: web.Application, listen: str) -> web.AppRunner:
