@@ -216,6 +216,7 @@ class TargetConsumer:
         )
         starting = True
         while True:
+            keys_before = progress.encryption
             if await self.secrets.refresh() or (starting and not self.secrets.writable):
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
                 # Keys unusable at start: the same snapshot counts and logs each Secret that is
@@ -223,8 +224,11 @@ class TargetConsumer:
                 self.covered = {
                     key: seq for key, seq in self.covered.items() if not _is_secret_selection(key)
                 }
+            # Only news wakes the config plane: with thousands of idle targets, a notice every
+            # idle pass of each would keep it resolving all of them all the time.
+            if starting or progress.encryption is not keys_before:
+                self.board.notify()
             starting = False
-            self.board.notify()
             if self.committer.stopped:
                 raise CommitterStopped(self.committer.key)
             if self.seq < self.journal.resync_floor:
