@@ -351,8 +351,9 @@ def resolve(
         checked.append((body, target, target_provider, validated))
     refusals: dict[str, Condition] = {}
     contests: list[Contest] = []
+    reserved = pins or RepositoryPins()
     for key, askers in asking.items():
-        refusals.update(_settle_branch(key, askers, board, pins or RepositoryPins(), now, contests))
+        refusals.update(_settle_branch(key, askers, board, reserved, now, contests))
     targets: dict[str, ResolvedTarget] = {}
     target_problems: dict[str, Condition] = {}
     for body, target, target_provider, validated in checked:

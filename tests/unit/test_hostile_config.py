@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from reverserd.committer.committer import clone_dir
 from reverserd.config.model import (
     ConfigError,
     UrlPolicy,
@@ -522,3 +523,11 @@ def test_log_lines_never_show_a_url_password(formatter: logging.Formatter) -> No
     for secret_text in ("s3cret", "tok3n", "extra-s3cret"):
         assert secret_text not in line
     assert "https://ci:***@git.example.com/r" in line
+
+
+def test_each_owner_of_a_branch_gets_its_own_clone(tmp_path: Path) -> None:
+    """A new owner starts from the remote: the previous owner's clone, with whatever it
+    committed and did not push, is never opened for it."""
+    key = branch_key(GOOD_URL, "main")
+    assert clone_dir(tmp_path, key, "victim") != clone_dir(tmp_path, key, "attacker")
+    assert clone_dir(tmp_path, key, "victim") == clone_dir(tmp_path, key, "victim")
