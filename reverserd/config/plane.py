@@ -405,7 +405,8 @@ def _settle_branch(
     Only one namespace writes a branch. It is the recorded owner while its ownership is live
     (it proved write access within :data:`OWNERSHIP_GRACE_S`), whether or not its targets exist
     right now, so a re-created or briefly invalid target finds its branch where it left it.
-    Without a live owner, a single namespace asking may write, and its first push makes it
+    An owner whose proof aged out keeps writing while every namespace asking is tried (itself
+    first); without an owner, a single namespace asking may write, and its first push makes it
     the owner; several namespaces asking all wait until one proves write access (the push
     handshake of :mod:`reverserd.targets.ownership`), which never depends on who came first.
     A pin of the operator's (:mod:`reverserd.config.pins`) keeps every other namespace out.
@@ -429,16 +430,19 @@ def _settle_branch(
                 )
         namespaces = [namespace for namespace in namespaces if namespace in allowed]
     owner = board.owners.get(key)
+    incumbent = owner.namespace if owner is not None and owner.namespace in namespaces else None
+    writer: str | None = None
     if owner is not None and owner.live(now) and (pin is None or owner.namespace in pin[1]):
-        writer: str | None = owner.namespace
-    elif len(namespaces) == 1:
-        writer = namespaces[0]
+        writer = owner.namespace
+    elif incumbent is not None or len(namespaces) == 1:
+        # An owner whose proof aged out keeps writing while it is tried again; a single
+        # namespace asking writes at once (its first push makes it the owner).
+        writer = incumbent or namespaces[0]
+        if len(namespaces) > 1:
+            ordered = [writer, *(n for n in namespaces if n != writer)]
+            contests.extend(_contests(key, askers, ordered))
     else:
-        writer = None
-        incumbent = [owner.namespace] if owner is not None and owner.namespace in namespaces else []
-        for namespace in [*incumbent, *(n for n in namespaces if n not in incumbent)]:
-            provider = next(p for t, p in askers if t.namespace == namespace)
-            contests.append(Contest(key, namespace, provider))
+        contests.extend(_contests(key, askers, namespaces))
     for target, _ in askers:
         if target.key in refusals or target.namespace == writer:
             continue
@@ -484,6 +488,16 @@ def _settle_branch(
             continue
         claimed.append((target.path, target.key))
     return refusals
+
+
+def _contests(
+    key: str, askers: Sequence[tuple[Target, Provider]], namespaces: Sequence[str]
+) -> list[Contest]:
+    """One handshake per namespace, in this order, with its first provider on the branch."""
+    return [
+        Contest(key, namespace, next(p for t, p in askers if t.namespace == namespace))
+        for namespace in namespaces
+    ]
 
 
 def _refused(message: str) -> Condition:

@@ -276,7 +276,7 @@ def test_namespaces_asking_for_an_unowned_branch_all_wait_for_a_proof() -> None:
     assert "prove they can write it" in message
 
 
-def test_an_expired_owner_is_tried_first_and_a_live_one_keeps_its_branch_while_absent() -> None:
+def test_an_expired_owner_keeps_writing_and_is_tried_first_a_live_one_keeps_its_branch() -> None:
     owner_gone = _owned_by("victim")
     attacker = _provider(name="repo", namespace="attacker")
     attacker_target = _target(namespace="attacker")
@@ -290,6 +290,8 @@ def test_an_expired_owner_is_tried_first_and_a_live_one_keeps_its_branch_while_a
     victim_target = _target(namespace="victim", created="2026-01-02T00:00:00Z")
     state, _ = _resolve(attacker, attacker_target, victim, victim_target, board=expired)
     assert [c.namespace for c in state.contests] == ["victim", "attacker"]
+    # The expired owner keeps writing while it is tried again.
+    assert set(state.targets) == {"victim/mirror"}
 
 
 def test_a_pinned_repository_refuses_other_namespaces_whatever_they_prove() -> None:
