@@ -216,7 +216,7 @@ class Daemon:
                     group.create_task(self.elector.run())
                 # A target that lagged beyond the bound while reverserd was down stops holding
                 # the journal back before any consumer starts, and re-syncs when it does.
-                await journal.compact(options.journal_max_lag_events)
+                await journal.detach_lagging(options.journal_max_lag_events)
                 await plane.wait_synced()
                 await watches.refresh_discovery()
                 group.create_task(supervise("watches", watches.run))

@@ -679,15 +679,14 @@ class JournalWriter:
 
     # -- housekeeping --------------------------------------------------------------------------
 
-    async def compact(self, max_lag_events: int = MAX_CURSOR_LAG_EVENTS) -> None:
-        """Remove events every attached cursor has passed and that no ``objects`` row points at.
+    async def detach_lagging(self, max_lag_events: int = MAX_CURSOR_LAG_EVENTS) -> None:
+        """Move the floor to ``max_lag_events`` behind the newest event if a cursor is below.
 
-        With no cursor at all, nothing needs old events: a new target starts from ``objects``.
-        A cursor more than ``max_lag_events`` behind the newest event (a target whose pushes
-        always fail, a consumer that is stuck) would otherwise keep every later event, so the
-        journal and the disk would grow without bound: the floor moves up to that distance
-        behind the newest event, and cursors below it no longer count. Their targets re-sync
-        from ``objects`` when they run again (see :attr:`resync_floor`).
+        A cursor further behind (a target whose pushes always fail, a consumer that is stuck)
+        would otherwise keep every later event, so the journal and the disk would grow without
+        bound. Cursors below the floor no longer hold back :meth:`compact`; their targets re-sync
+        from ``objects`` when they run again (see :attr:`resync_floor`). The daemon calls this at
+        start-up too, before any consumer reads its cursor.
         """
         candidate = self.committed_seq - max_lag_events
 
@@ -698,6 +697,19 @@ class JournalWriter:
                 " ON CONFLICT (id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
                 (candidate, candidate),
             )
+
+        await self.submit(apply)
+        await self._load_floor()
+
+    async def compact(self, max_lag_events: int = MAX_CURSOR_LAG_EVENTS) -> None:
+        """Remove events every attached cursor has passed and that no ``objects`` row points at.
+
+        With no cursor at all, nothing needs old events: a new target starts from ``objects``.
+        Cursors below the floor (:meth:`detach_lagging`, applied first) do not count.
+        """
+        await self.detach_lagging(max_lag_events)
+
+        def apply(batch: _Batch) -> None:
             batch.execute(
                 "DELETE FROM events WHERE seq <= COALESCE((SELECT MIN(seq) FROM cursors"
                 " WHERE seq >= (SELECT COALESCE(MAX(seq), 0) FROM journal_floor)), ?)"
@@ -706,7 +718,6 @@ class JournalWriter:
             )
 
         await self.submit(apply)
-        await self._load_floor()
 
 
 def _key_tuple(key: ObjectKey) -> tuple[str, str, str, str]:
