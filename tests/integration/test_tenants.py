@@ -338,8 +338,8 @@ def test_target_whose_pushes_always_fail_does_not_pin_the_journal(
     """Next to a busy target, a target whose pushes are refused from some point on (a revoked
     token, a protection rule) keeps the lowest cursor; beyond the lag bound it no longer holds
     back compaction (its cursor is detached at start-up, events go at the next compaction):
-    the journal stays bounded. When its pushes work
-    again, it says it re-syncs and converges on the latest state of its namespace."""
+    the journal stays bounded. When its pushes work again, it says it re-syncs and converges
+    on the latest state of its namespace."""
     stuck = cleanup.new_namespace()
     stuck_repo = git_http.create_bare_repo(git_repo_name + "-stuck")
     stuck_secret = create_git_credentials(control_plane, stuck, git_http)
