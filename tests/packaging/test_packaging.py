@@ -1103,7 +1103,7 @@ def test_network_policy_admits_only_the_named_scrapers(helm: Path) -> None:
     assert rule["from"] == [{"namespaceSelector": monitoring}]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     closed = one(
-        objects(render(helm, "ops", "--set-json", "networkPolicy.ingressNamespaceSelector={}")),
+        objects(render(helm, "ops", "--set", "networkPolicy.ingressNamespaceSelector=null")),
         "NetworkPolicy",
     )
     assert closed["spec"]["ingress"] == []
@@ -1120,16 +1120,16 @@ def test_status_readers_get_exactly_their_paths_and_auth_can_be_turned_off(helm:
         if doc["kind"] == "ClusterRole" and doc["metadata"]["name"].endswith("-reader")
     }
     assert roles == {
-        "ops-reverserd-metrics-reader": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
-        "ops-reverserd-status-reader": [{"nonResourceURLs": ["/status", "/"], "verbs": ["get"]}],
+        "reverserd-metrics-reader": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+        "reverserd-status-reader": [{"nonResourceURLs": ["/status", "/"], "verbs": ["get"]}],
     }
     bindings = {
         doc["roleRef"]["name"]: doc["subjects"]
         for doc in docs
         if doc["kind"] == "ClusterRoleBinding"
     }
-    assert bindings["ops-reverserd-metrics-reader"] == json.loads(prometheus)
-    assert "ops-reverserd-status-reader" not in bindings
+    assert bindings["reverserd-metrics-reader"] == json.loads(prometheus)
+    assert "reverserd-status-reader" not in bindings
     assert "--no-status-auth" not in container(docs)["args"]
     opened = objects(render(helm, "ops", "--set", "statusAuth.enabled=false"))
     assert "--no-status-auth" in container(opened)["args"]
