@@ -10,7 +10,16 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 
-from bench import branch_glob, cold_start, git_write, journal_append, loop_lag, seed, steady
+from bench import (
+    branch_glob,
+    cold_start,
+    git_write,
+    journal_append,
+    loop_lag,
+    seed,
+    steady,
+    targets,
+)
 from bench.common import REPO_ROOT, Result, say, use_this_checkout
 
 BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., Result]]] = {
@@ -21,6 +30,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[...,
     "steady": (steady.build_parser, steady.run),
     "loop_lag": (loop_lag.build_parser, loop_lag.run),
     "branch_glob": (branch_glob.build_parser, branch_glob.run),
+    "targets": (targets.build_parser, targets.run),
 }
 
 

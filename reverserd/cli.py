@@ -20,7 +20,10 @@ from reverserd import __version__, logs
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
+from reverserd.config.pins import parse_pins
+from reverserd.config.plane import MAX_TARGETS_PER_NAMESPACE
 from reverserd.journal import JournalEvent, JournalReader
+from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 
 if TYPE_CHECKING:
     from reverserd.daemon import AttributionOptions
@@ -74,9 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="journal and Git clones",
     )
     storage.add_argument(
+        "--journal-max-lag-events",
+        type=int,
+        default=MAX_CURSOR_LAG_EVENTS,
+        help="a target whose cursor falls this many events behind the newest stops holding"
+        " back journal compaction and re-syncs from the latest state when it runs again",
+    )
+    storage.add_argument(
         "--http-listen",
         default=os.environ.get("REVERSERD_HTTP_LISTEN", DEFAULT_HTTP_LISTEN),
         help="address of /healthz, /readyz, /metrics and /status",
+    )
+    storage.add_argument(
+        "--no-status-auth",
+        action="store_true",
+        help="serve /metrics, /status and / to anyone who reaches the port; by default a"
+        " request needs a bearer token that Kubernetes authorizes to get that path"
+        " (TokenReview and SubjectAccessReview), except from the loopback interface",
+    )
+    storage.add_argument(
+        "--status-auth-on-loopback",
+        action="store_true",
+        help="ask loopback clients for a token too: for hosts where other users share the"
+        " loopback interface (in a pod only kubectl port-forward and exec reach it)",
     )
     logging_group = run.add_argument_group("logging")
     logging_group.add_argument(
@@ -106,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept file:// URLs and local paths as GitProvider URLs (tests, demos); off"
         " because a custom resource could otherwise point at any repository on this machine",
+    )
+    git.add_argument(
+        "--max-targets-per-namespace",
+        type=int,
+        default=MAX_TARGETS_PER_NAMESPACE,
+        help="GitTargets served per namespace; the newest beyond it get Validated=False"
+        " (TargetLimitExceeded); 0 means no cap",
+    )
+    git.add_argument(
+        "--repository-pins",
+        default="",
+        metavar="PREFIX=NS[,NS...][;...]",
+        help="reserve repositories under each URL prefix for the listed namespaces: GitTargets"
+        " of any other namespace are refused there, whatever credentials they hold",
     )
     secrets = run.add_argument_group("secrets")
     secrets.add_argument(
@@ -267,6 +304,11 @@ def _run(arguments: argparse.Namespace) -> int:
     from reverserd.daemon import Daemon, RunOptions
 
     logs.configure(arguments.log_format, arguments.log_level)
+    try:
+        pins = parse_pins(arguments.repository_pins)
+    except ValueError as error:
+        print(f"reverserd run: --repository-pins: {error}", file=sys.stderr)
+        return 2
     options = RunOptions(
         kubeconfig=arguments.kubeconfig,
         context=arguments.context,
@@ -281,6 +323,11 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_election_id=arguments.leader_election_id,
         git_timeout_s=arguments.git_timeout,
         allow_local_remotes=arguments.allow_local_remotes,
+        repository_pins=pins,
+        journal_max_lag_events=arguments.journal_max_lag_events,
+        max_targets_per_namespace=arguments.max_targets_per_namespace,
+        no_status_auth=arguments.no_status_auth,
+        status_auth_on_loopback=arguments.status_auth_on_loopback,
         attribution=_attribution_options(arguments),
         log_format=arguments.log_format,
         log_level=arguments.log_level,

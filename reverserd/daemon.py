@@ -36,18 +36,22 @@ from reverserd.attribution.store import compact_facts
 from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings
 from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
 from reverserd.config.model import UrlPolicy
-from reverserd.config.plane import ConfigPlane
+from reverserd.config.pins import RepositoryPins
+from reverserd.config.plane import MAX_TARGETS_PER_NAMESPACE, ConfigPlane
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
 from reverserd.git import configure_network_timeouts
 from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
+from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
 from reverserd.targets.manager import TargetManager
+from reverserd.targets.ownership import Ownership
 from reverserd.watch.manager import WatchManager
+from reverserd.web.access import KubeAccess
 from reverserd.web.server import Surface, build_app, serve
 from reverserd.web.view import StatusView
 
@@ -102,6 +106,11 @@ class RunOptions:
     leader_election_id: str = "reverserd"
     git_timeout_s: float = 60.0
     allow_local_remotes: bool = False
+    repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
+    journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
+    max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE
+    no_status_auth: bool = False
+    status_auth_on_loopback: bool = False
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
     log_format: str = "json"
     log_level: str = "INFO"
@@ -137,8 +146,15 @@ class Daemon:
         board = StatusBoard()
         journal.on_failure_changed = board.report_journal
         plane = ConfigPlane(
-            client, board, UrlPolicy(options.allow_local_remotes, options.state_dir)
+            client,
+            board,
+            UrlPolicy(options.allow_local_remotes, options.state_dir),
+            options.repository_pins,
+            options.max_targets_per_namespace,
         )
+        ownership = Ownership(client, journal, board)
+        # Before the plane first decides who writes which branch.
+        await ownership.load()
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
             client,
@@ -149,6 +165,7 @@ class Daemon:
             options.state_dir,
             (options.git_author_name, options.git_author_email),
             Sops(options.sops_path, options.age_keygen_path),
+            ownership,
             resolver,
         )
         self.targets = targets
@@ -203,6 +220,9 @@ class Daemon:
                 if self.elector is not None:
                     # Not supervised: lost leadership must end the process (exit code 1).
                     group.create_task(self.elector.run())
+                # A target that lagged beyond the bound while reverserd was down stops holding
+                # the journal back before any consumer starts, and re-syncs when it does.
+                await journal.detach_lagging(options.journal_max_lag_events)
 
                 async def start_once_synced() -> None:
                     # Waits as long as the custom resources cannot be listed (CRDs not
@@ -249,7 +269,7 @@ class Daemon:
         while True:
             await asyncio.sleep(JOURNAL_GAUGE_INTERVAL_S)
             if time.monotonic() - last_compaction >= COMPACTION_INTERVAL_S:
-                await self.journal.compact()
+                await self.journal.compact(self.options.journal_max_lag_events)
                 await compact_facts(self.journal)
                 last_compaction = time.monotonic()
             stats = await self.reader.stats()
@@ -273,6 +293,8 @@ class Daemon:
             journal_ok=journal_ok,
             api_ok=self.view.api_reachable,
             role=self.role,
+            access=None if self.options.no_status_auth else KubeAccess(self.client),
+            trust_loopback=not self.options.status_auth_on_loopback,
         )
 
     async def _probe_api(self) -> bool:

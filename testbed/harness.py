@@ -126,13 +126,18 @@ class Reverserd:
         wait_until(lambda: self.get("/healthz") is not None, 30, self.log_tail)
         return self
 
-    def get(self, path: str) -> bytes | None:
+    def get(self, path: str, token: str | None = None) -> bytes | None:
+        """``path`` as a reader the API server authorizes (the admin, unless ``token``), or
+        None when the daemon does not answer with 200."""
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(
                 f"reverserd exited with {self.process.returncode}: {self.log_tail()}"
             )
+        bearer = self.plane.admin_token if token is None else token
+        request = urllib.request.Request(self.url + path)
+        request.add_header("Authorization", f"Bearer {bearer}")
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 return bytes(response.read())
         except (urllib.error.URLError, OSError):
             return None

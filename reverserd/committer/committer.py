@@ -72,7 +72,6 @@ from reverserd.git import (
     RepositoryError,
     StoredBlob,
 )
-from reverserd.git.urls import normalize_url
 from reverserd.journal import JournalWriter, ObjectKey
 from reverserd.metrics import (
     COMMIT_QUEUE,
@@ -192,10 +191,13 @@ class Committer:
         committer_identity: tuple[str, str],
         policy: PushPolicy,
         provider_keys: Callable[[], Sequence[str]],
+        proved_write_access: Callable[[], Awaitable[None]],
         credentials: Callable[[], Awaitable[GitCredentials]] | None = None,
     ) -> None:
         """``credentials`` reads the provider's Secret again (it may have been rotated)."""
         self.key = key
+        # Called after every push that carried commits: the credentials can write the branch.
+        self.proved_write_access = proved_write_access
         self.clone_lock = clone_lock
         self.connect = connect
         self.repository: BranchRepository
@@ -614,6 +616,8 @@ class Committer:
         async with self._applying:
             await self._settle(sha, self.last_push_time, newest_per_target(pushing))
         log.info("All events pushed to remote", extra={"remote": self.key, "commit": sha})
+        if pushing:
+            await self.proved_write_access()
         if self._commits_since_maintain >= MAINTAIN_EVERY_COMMITS:
             if await self.on_git_thread(self.repository.maintain):
                 self._commits_since_maintain = 0
@@ -707,10 +711,11 @@ def content_bytes(items: Iterable[Submission]) -> int:
     return sum(change.held_bytes for item in items for change in item.changes)
 
 
-def committer_key(url: str, branch: str) -> str:
-    """The writer's identity: the repository in its normal form (no credentials) and branch."""
-    return f"{normalize_url(url)}#{branch}"
+def clone_dir(state_dir: Path, key: str, owner: str) -> Path:
+    """The clone of branch ``key`` as written for namespace ``owner``.
 
-
-def clone_dir(state_dir: Path, key: str) -> Path:
-    return state_dir / "repos" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    Each owner has its own: when a branch changes hands, the new owner starts from the remote
+    and never pushes what the previous owner committed but did not push.
+    """
+    identity = f"{owner}\n{key}"
+    return state_dir / "repos" / hashlib.sha256(identity.encode()).hexdigest()[:16]

@@ -35,6 +35,7 @@ from reverserd.config.model import (
     parse_watch_rule,
     paths_overlap,
 )
+from reverserd.config.pins import RepositoryPins
 from reverserd.config.rules import CompiledRule
 from reverserd.config.status import (
     Condition,
@@ -45,6 +46,7 @@ from reverserd.config.status import (
     render_conditions,
     rfc3339,
 )
+from reverserd.git.urls import branch_key
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.informer import Informer
@@ -64,6 +66,10 @@ KINDS = (PROVIDERS, TARGETS, WATCH_RULES, CLUSTER_WATCH_RULES)
 DEBOUNCE_S = 0.2
 # A failed status write is retried on the next pass at the latest after this long.
 STATUS_RETRY_S = 5.0
+# GitTargets one namespace may have served: each is a consumer with its own journal reads and
+# snapshot; a hundred folders is far beyond what one team mirrors, and 5,000 targets over 50
+# namespaces is what the daemon is measured with (bench/targets.py).
+MAX_TARGETS_PER_NAMESPACE = 100
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,21 @@ class ResolvedTarget:
 
 
 @dataclass(frozen=True)
+class Contest:
+    """A namespace asking for a branch that several namespaces ask for and none owns: its
+    provider's credentials are to be tried with the server's push handshake."""
+
+    branch: str
+    namespace: str
+    provider: Provider
+
+
+@dataclass(frozen=True)
 class ConfigState:
     rules: tuple[WatchRuleSpec, ...] = ()
     targets: Mapping[str, ResolvedTarget] = field(default_factory=dict)
     providers: Mapping[str, Provider] = field(default_factory=dict)
+    contests: tuple[Contest, ...] = ()
 
 
 @dataclass
@@ -208,16 +225,22 @@ def resolve(
     discovery: Discovery | None,
     board: StatusBoard,
     policy: UrlPolicy | None = None,
+    pins: RepositoryPins | None = None,
+    max_targets_per_namespace: int = 0,
 ) -> tuple[ConfigState, list[_Desired]]:
     """Compute the state and every object's desired status from the informers' caches.
 
     Several targets on one repository branch share one writer (one committer, one clone). The
     writer pushes with one provider's credentials and push settings, so it is shared only by
     providers for which that makes no difference: in the same namespace, naming the same
-    Secret and the same push settings (:attr:`Provider.writer`). The earliest target claims
-    the branch; a later one whose provider differs is refused with ``Conflict`` naming the
-    provider that writes there, so no target's changes are ever pushed with another
-    provider's credentials (DESIGN invariant 9).
+    Secret and the same push settings (:attr:`Provider.writer`). Which namespace writes is
+    decided by :func:`_settle_branch`, by proven write access, never by who came first; the
+    other targets are refused with ``Conflict``, so no target's changes are ever pushed with
+    another provider's credentials (DESIGN invariant 9). The work is indexed by repository
+    branch: each target is compared only with the targets of its own branch. A namespace's
+    targets beyond ``max_targets_per_namespace`` (0: no cap), the newest first, are refused
+    with ``TargetLimitExceeded``, so one tenant cannot make the daemon run thousands of
+    consumers for everyone.
     """
     now = time.time()
     desired: list[_Desired] = []
@@ -277,14 +300,17 @@ def resolve(
     parsed: list[tuple[Mapping[str, Any], Target | ConfigError]] = []
     for body in caches["gittargets"].values():
         parsed.append((body, _parse(partial(parse_target, body))))
-    # Earlier targets win conflicts, so a new target can never take over an existing folder.
+    # Within the namespace that writes a branch, earlier targets win folder conflicts, so a new
+    # target can never take over an existing folder.
     parsed.sort(
         key=lambda item: (item[1].created if isinstance(item[1], Target) else "", _name_of(item[0]))
     )
-    targets: dict[str, ResolvedTarget] = {}
-    target_problems: dict[str, Condition] = {}
-    claimed: list[tuple[str, str, str, str]] = []  # repository, branch, path, target key
-    writers: dict[tuple[str, str], Provider] = {}  # (repository, branch): the provider pushing
+    rules_of: dict[str, list[CompiledRule]] = {}
+    for rule in rules:
+        rules_of.setdefault(rule.target_key, []).extend(rule.rules)
+    checked: list[tuple[Mapping[str, Any], Target, Provider | None, Condition]] = []
+    asking: dict[str, list[tuple[Target, Provider]]] = {}  # branch key -> its targets, in order
+    per_namespace: dict[str, int] = {}
     for body, parsed_target in parsed:
         if isinstance(parsed_target, ConfigError):
             problem = Condition("Validated", False, parsed_target.reason, str(parsed_target))
@@ -293,7 +319,17 @@ def resolve(
         target = parsed_target
         target_provider = providers.get(f"{target.namespace}/{target.provider_name}")
         validated = Condition("Validated", True, "Validated", "spec is valid")
-        if target_provider is None:
+        per_namespace[target.namespace] = per_namespace.get(target.namespace, 0) + 1
+        if 0 < max_targets_per_namespace < per_namespace[target.namespace]:
+            validated = Condition(
+                "Validated",
+                False,
+                "TargetLimitExceeded",
+                f"namespace {target.namespace!r} has more than {max_targets_per_namespace}"
+                " GitTargets, the most this reverserd serves per namespace (flag"
+                " --max-targets-per-namespace); the newest ones wait until others are deleted",
+            )
+        elif target_provider is None:
             validated = Condition(
                 "Validated",
                 False,
@@ -310,17 +346,20 @@ def resolve(
                 f" allowedBranches {list(target_provider.allowed_branches)}",
             )
         else:
-            validated = _conflict(target, target_provider, claimed, writers) or validated
+            key = branch_key(target_provider.url, target.branch)
+            asking.setdefault(key, []).append((target, target_provider))
+        checked.append((body, target, target_provider, validated))
+    refusals: dict[str, Condition] = {}
+    contests: list[Contest] = []
+    reserved = pins or RepositoryPins()
+    for key, askers in asking.items():
+        refusals.update(_settle_branch(key, askers, board, reserved, now, contests))
+    targets: dict[str, ResolvedTarget] = {}
+    target_problems: dict[str, Condition] = {}
+    for body, target, target_provider, validated in checked:
+        validated = refusals.get(target.key, validated)
         if validated.status and target_provider is not None:
-            repository = target_provider.repository
-            writers.setdefault((repository, target.branch), target_provider)
-            claimed.append((repository, target.branch, target.path, target.key))
-            target_rules = tuple(
-                compiled
-                for rule in rules
-                if rule.target_key == target.key
-                for compiled in rule.rules
-            )
+            target_rules = tuple(rules_of.get(target.key, ()))
             targets[target.key] = ResolvedTarget(target, target_provider, target_rules)
         else:
             target_problems[target.key] = validated
@@ -355,42 +394,122 @@ def resolve(
             continue
         want(rtype, body, [_rule_condition(rule_or_error, targets, target_problems, discovery)])
 
-    state = ConfigState(rules=tuple(rules), targets=targets, providers=providers)
+    state = ConfigState(
+        rules=tuple(rules), targets=targets, providers=providers, contests=tuple(contests)
+    )
     return state, desired
 
 
-def _conflict(
-    target: Target,
-    provider: Provider,
-    claimed: Sequence[tuple[str, str, str, str]],
-    writers: Mapping[tuple[str, str], Provider],
-) -> Condition | None:
-    """Why ``target`` may not write where it asks to, given what earlier targets claimed."""
-    repository = provider.repository
-    writer = writers.get((repository, target.branch))
-    if writer is not None and writer.writer != provider.writer:
-        return Condition(
-            "Validated",
-            False,
-            "Conflict",
-            f"branch {target.branch!r} of {provider.display_url} is already written through"
-            f" GitProvider {writer.key}; providers share a branch only when they are in one"
-            " namespace with the same secretRef and push settings",
+def _settle_branch(
+    key: str,
+    askers: Sequence[tuple[Target, Provider]],
+    board: StatusBoard,
+    pins: RepositoryPins,
+    now: float,
+    contests: list[Contest],
+) -> dict[str, Condition]:
+    """Which of the targets asking for one repository branch may write it, and why not the rest.
+
+    Only one namespace writes a branch. It is the recorded owner while its ownership is live
+    (it proved write access within :data:`OWNERSHIP_GRACE_S`), whether or not its targets exist
+    right now, so a re-created or briefly invalid target finds its branch where it left it.
+    An owner whose proof aged out keeps writing while every namespace asking is tried (itself
+    first); without an owner, a single namespace asking may write, and its first push makes it
+    the owner; several namespaces asking all wait until one proves write access (the push
+    handshake of :mod:`reverserd.targets.ownership`), which never depends on who came first.
+    A pin of the operator's (:mod:`reverserd.config.pins`) keeps every other namespace out.
+    Inside the writing namespace, targets share the writer only when their providers push the
+    same way, and never write overlapping folders; the earlier target wins there.
+    """
+    first_target, first_provider = askers[0]
+    branch, display = first_target.branch, first_provider.display_url
+    repository = first_provider.repository
+    refusals: dict[str, Condition] = {}
+    namespaces = list(dict.fromkeys(target.namespace for target, _ in askers))
+    pin = pins.pin_of(repository)
+    if pin is not None:
+        prefix, allowed = pin
+        for target, _ in askers:
+            if target.namespace not in allowed:
+                refusals[target.key] = _refused(
+                    f"{display} is reserved by the operator for namespace(s)"
+                    f" {', '.join(sorted(allowed))} (repository pin {prefix}); GitTargets of"
+                    f" namespace {target.namespace!r} cannot write it"
+                )
+        namespaces = [namespace for namespace in namespaces if namespace in allowed]
+    owner = board.owners.get(key)
+    incumbent = owner.namespace if owner is not None and owner.namespace in namespaces else None
+    writer: str | None = None
+    if owner is not None and owner.live(now) and (pin is None or owner.namespace in pin[1]):
+        writer = owner.namespace
+    elif incumbent is not None or len(namespaces) == 1:
+        # An owner whose proof aged out keeps writing while it is tried again; a single
+        # namespace asking writes at once (its first push makes it the owner).
+        writer = incumbent or namespaces[0]
+        if len(namespaces) > 1:
+            ordered = [writer, *(n for n in namespaces if n != writer)]
+            contests.extend(_contests(key, askers, ordered))
+    else:
+        contests.extend(_contests(key, askers, namespaces))
+    for target, _ in askers:
+        if target.key in refusals or target.namespace == writer:
+            continue
+        proof = board.proofs.get((key, target.namespace))
+        tried = (
+            "its credentials have not been tried yet"
+            if proof is None
+            else f"its credentials {'can' if proof.ok else 'cannot'} write it ({proof.message})"
         )
-    for other_repository, branch, path, other in claimed:
-        if (
-            other_repository == repository
-            and branch == target.branch
-            and paths_overlap(path, target.path)
-        ):
-            return Condition(
-                "Validated",
-                False,
-                "Conflict",
-                f"GitTarget {other} already writes path {path!r} on branch"
-                f" {branch!r} of {provider.display_url}; choose a separate folder",
+        if writer is not None:
+            refusals[target.key] = _refused(
+                f"branch {branch!r} of {display} is owned by namespace {writer!r}, whose"
+                f" credentials proved they can write it; namespace {target.namespace!r} cannot"
+                f" take it over ({tried})"
             )
-    return None
+        else:
+            refusals[target.key] = _refused(
+                f"namespaces {', '.join(namespaces)} ask to write branch {branch!r} of"
+                f" {display}; it goes to the first whose credentials prove they can write it"
+                f" (the Git server's push handshake); for namespace {target.namespace!r}, {tried}"
+            )
+    shared_by: Provider | None = None
+    claimed: list[tuple[str, str]] = []  # path, target key
+    for target, provider in askers:
+        if target.key in refusals:
+            continue
+        if shared_by is None:
+            shared_by = provider
+        elif provider.writer != shared_by.writer:
+            refusals[target.key] = _refused(
+                f"branch {branch!r} of {display} is already written through GitProvider"
+                f" {shared_by.key}; providers share a branch only when they are in one"
+                " namespace with the same secretRef and push settings"
+            )
+            continue
+        overlapping = next((c for c in claimed if paths_overlap(c[0], target.path)), None)
+        if overlapping is not None:
+            path, other = overlapping
+            refusals[target.key] = _refused(
+                f"GitTarget {other} already writes path {path!r} on branch {branch!r} of"
+                f" {display}; choose a separate folder"
+            )
+            continue
+        claimed.append((target.path, target.key))
+    return refusals
+
+
+def _contests(
+    key: str, askers: Sequence[tuple[Target, Provider]], namespaces: Sequence[str]
+) -> list[Contest]:
+    """One handshake per namespace, in this order, with its first provider on the branch."""
+    return [
+        Contest(key, namespace, next(p for t, p in askers if t.namespace == namespace))
+        for namespace in namespaces
+    ]
+
+
+def _refused(message: str) -> Condition:
+    return Condition("Validated", False, "Conflict", message)
 
 
 def _name_of(body: Mapping[str, Any]) -> str:
@@ -463,11 +582,21 @@ def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
 
 class ConfigPlane:
     def __init__(
-        self, client: KubeClient, board: StatusBoard, policy: UrlPolicy | None = None
+        self,
+        client: KubeClient,
+        board: StatusBoard,
+        policy: UrlPolicy | None = None,
+        pins: RepositoryPins | None = None,
+        max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE,
     ) -> None:
         self.client = client
         self.board = board
         self.policy = policy or UrlPolicy()
+        self.pins = pins or RepositoryPins()
+        self.max_targets_per_namespace = max_targets_per_namespace
+        self._statuses: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # One resolve at a time, so states are published in the order they were computed.
+        self._recomputing = asyncio.Lock()
         self.discovery: Discovery | None = None
         self.state = ConfigState()
         self.version = 0
@@ -512,29 +641,42 @@ class ConfigPlane:
             await self._recompute()
 
     async def _recompute(self) -> None:
-        self._dirty.clear()
-        caches = {name: informer.cache for name, informer in self.informers.items()}
-        state, desired = resolve(caches, self.discovery, self.board, self.policy)
-        if state != self.state:
-            async with self._published:
-                self.state = state
-                self.version += 1
-                self._published.notify_all()
-        if not self.writes_enabled:
-            return
-        for item in desired:
-            key = (item.rtype.resource, item.namespace, item.name)
-            if self._written_over.get(key) == item.resource_version:
-                continue
-            if _differs(item.status, item.current) and await self._write_status(item):
-                self._written_over[key] = item.resource_version
+        """Resolve on a worker thread, from copies of the caches and the board: with thousands
+        of targets a pass takes long enough to delay everything else on the event loop."""
+        async with self._recomputing:
+            self._dirty.clear()
+            caches = {name: dict(informer.cache) for name, informer in self.informers.items()}
+            state, desired = await asyncio.to_thread(
+                resolve,
+                caches,
+                self.discovery,
+                self.board.snapshot(),
+                self.policy,
+                self.pins,
+                self.max_targets_per_namespace,
+            )
+            self._statuses = {
+                (item.rtype.resource, item.namespace, item.name): item.status for item in desired
+            }
+            if state != self.state:
+                async with self._published:
+                    self.state = state
+                    self.version += 1
+                    self._published.notify_all()
+            if not self.writes_enabled:
+                return
+            for item in desired:
+                key = (item.rtype.resource, item.namespace, item.name)
+                if self._written_over.get(key) == item.resource_version:
+                    continue
+                if _differs(item.status, item.current) and await self._write_status(item):
+                    self._written_over[key] = item.resource_version
 
     def computed_statuses(self) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """Every custom resource's status as :func:`resolve` computes it now, by (resource,
-        namespace, name): the status page shows exactly what is written to the resources."""
-        caches = {name: informer.cache for name, informer in self.informers.items()}
-        _, desired = resolve(caches, self.discovery, self.board, self.policy)
-        return {(item.rtype.resource, item.namespace, item.name): item.status for item in desired}
+        """Every custom resource's status as the latest :func:`resolve` computed it, by
+        (resource, namespace, name): the status page shows exactly what is written to the
+        resources."""
+        return self._statuses
 
     async def wait_for_change(self, seen_version: int) -> ConfigState:
         async with self._published:

@@ -117,6 +117,33 @@ class ProviderHealth:
     message: str
 
 
+# How long an owner keeps its branch without a new proof of write access (its pushes and
+# handshakes renew it): a day outlasts a Helm or Argo replace of its GitTarget, a provider
+# briefly invalid and an outage of the Git server, and is short enough that a team whose token
+# was revoked for good does not lock out a namespace that can write the repository.
+OWNERSHIP_GRACE_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class BranchOwner:
+    """The namespace that owns a repository branch, and when it last proved write access."""
+
+    namespace: str
+    proven_at: float
+
+    def live(self, now: float) -> bool:
+        return now - self.proven_at < OWNERSHIP_GRACE_S
+
+
+@dataclass(frozen=True)
+class WriteProof:
+    """The outcome of the latest push handshake a namespace's credentials tried on a branch."""
+
+    ok: bool
+    message: str
+    at: float
+
+
 class StatusBoard:
     """Facts reported by the engines; every report wakes the status writer."""
 
@@ -124,8 +151,26 @@ class StatusBoard:
         self.targets: dict[str, TargetProgress] = {}
         self.providers: dict[str, ProviderHealth] = {}
         self.branches: dict[str, ProviderHealth] = {}
+        self.owners: dict[str, BranchOwner] = {}
+        """Branch key -> its owner, as recorded in the journal."""
+        self.proofs: dict[tuple[str, str], WriteProof] = {}
+        """(branch key, namespace) -> its latest push handshake while the branch was contested."""
         self.journal_failure: str | None = None
         self._listeners: list[Callable[[], None]] = []
+
+    def snapshot(self) -> StatusBoard:
+        """A copy of every fact, for computing status off the event loop while reports go on.
+
+        The maps are copied; the progress records are shared and only read.
+        """
+        copy = StatusBoard()
+        copy.targets = dict(self.targets)
+        copy.providers = dict(self.providers)
+        copy.branches = dict(self.branches)
+        copy.owners = dict(self.owners)
+        copy.proofs = dict(self.proofs)
+        copy.journal_failure = self.journal_failure
+        return copy
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)

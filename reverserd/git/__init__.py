@@ -34,6 +34,7 @@ from reverserd.git.repository import (
     RepositoryError,
     StoredBlob,
     configure_network_timeouts,
+    prove_push_access,
 )
 
 __all__ = [
@@ -54,5 +55,6 @@ __all__ = [
     "build_callbacks",
     "configure_network_timeouts",
     "mask_url",
+    "prove_push_access",
     "redact",
 ]

@@ -87,6 +87,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -914,6 +915,33 @@ def repack_arguments(version: tuple[int, ...]) -> list[str]:
     if version >= GEOMETRIC_SINCE:
         return ["repack", "-d", "-q", f"--geometric={GEOMETRIC_FACTOR}"]
     return ["repack", "-a", "-d", "-q"]
+
+
+# libgit2's git_direction for a push (pygit2 exports no name for it).
+_GIT_DIRECTION_PUSH = 1
+
+
+def prove_push_access(url: str, credentials: GitCredentials) -> None:
+    """Open the push handshake with ``url`` and close it; raise if the server refuses it.
+
+    The handshake is the first step of every push: over smart HTTP a request for the
+    ``git-receive-pack`` service, over SSH the ``git-receive-pack`` command. Hosting services
+    authorize it before they answer (GitHub, GitLab, Gitea and Bitbucket refuse it to a
+    read-only token or deploy key; ``git http-backend`` serves it only to an authenticated user),
+    so an answer shows these credentials may push, without writing anything. Runs on a scratch
+    repository that is gone afterwards; raises :class:`RemoteUnavailable` with a message safe
+    to show.
+    """
+    _ensure_off_event_loop()
+    _ensure_network_timeouts()
+    _configure_libgit2()
+    with tempfile.TemporaryDirectory(prefix="reverserd-handshake-") as scratch:
+        remote = pygit2.init_repository(scratch, bare=True).remotes.create_anonymous(url)
+        try:
+            remote.connect(build_callbacks(url, credentials), _GIT_DIRECTION_PUSH)
+        except (pygit2.GitError, HostKeyError, AuthenticationRejected) as error:
+            reason = redact(str(error), credentials) or type(error).__name__
+            raise RemoteUnavailable(mask_url(url), f"push handshake failed: {reason}") from None
 
 
 def _ensure_off_event_loop() -> None:

@@ -9,6 +9,11 @@ conflicts between targets, who may push there with which credentials) compares
 The normal form keeps what selects the repository and drops what does not: the scheme and host
 in lower case, the port only when it is not the scheme's default, the path without a trailing
 ``/`` or ``.git``, and no user name or password (credentials select who pushes, not where).
+The path is in lower case too: GitHub, GitLab, Bitbucket and Azure DevOps resolve
+``/Team-A/Platform`` and ``/team-a/platform`` to one repository, so two spellings that differ
+only in case must meet the same owner and the same writer. On a host whose paths are case
+sensitive, two repositories that differ only in case are then treated as one: they can still be
+written, from one namespace, which is the safe side of the doubt.
 scp-like ``user@host:path`` is the ``ssh`` scheme. A local repository (``file://`` or a plain
 path) is its absolute, symlink-resolved directory as a ``file://`` URL.
 """
@@ -30,6 +35,11 @@ _SCP_LIKE: Final = re.compile(
     r"^(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)$"
 )
 _GIT_SUFFIX: Final = ".git"
+
+
+def branch_key(url: str, branch: str) -> str:
+    """One repository branch, however its URL is spelled: the unit of writing and of ownership."""
+    return f"{normalize_url(url)}#{branch}"
 
 
 class UnsupportedUrl(ValueError):
@@ -84,7 +94,7 @@ def normalize_url(url: str) -> str:
 
 
 def _strip_repository_suffix(path: str) -> str:
-    path = path.rstrip("/")
+    path = path.lower().rstrip("/")
     if path.endswith(_GIT_SUFFIX):
         path = path[: -len(_GIT_SUFFIX)].rstrip("/")
     return path

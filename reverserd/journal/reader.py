@@ -230,7 +230,10 @@ class JournalReader:
         return [CursorRow(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
 
     async def cursor(self, target: str) -> CursorRow | None:
-        return next((row for row in await self.cursors() if row.target == target), None)
+        rows = await self.connection.execute_fetchall(
+            "SELECT target, seq, covered, updated_at FROM cursors WHERE target = ?", (target,)
+        )
+        return next((CursorRow(r[0], r[1], json.loads(r[2]), r[3]) for r in rows), None)
 
     async def target_place(self, target: str) -> TargetPlace | None:
         """Where ``target``'s cursor and records were written; None before it first started."""

@@ -281,6 +281,13 @@ class _Operation:
 _Result = tuple[_Operation, Any, BaseException | None]
 
 
+# How far (in events) a cursor may fall behind the newest event and still hold back compaction:
+# about a day of a busy cluster (three changes a second), a few hundred MB of typical bodies.
+# A target further behind re-syncs from the latest state instead of replaying (a reconcile
+# commit), which costs one snapshot; waiting longer would only grow the disk.
+MAX_CURSOR_LAG_EVENTS = 250_000
+
+
 class JournalWriteFailed(Exception):
     """The transaction holding an operation was not written; its caller must retry."""
 
@@ -307,6 +314,8 @@ class JournalWriter:
         self.on_failure_changed: Callable[[str | None], None] | None = None
         # Whether events carry a digest of their full object (only admission facts use it).
         self.digests = False
+        self.resync_floor = 0
+        """Events up to here may be gone whatever cursors say: a cursor below it re-syncs."""
 
     @classmethod
     async def open(cls, state_dir: Path) -> JournalWriter:
@@ -337,6 +346,11 @@ class JournalWriter:
         self.index = index
         self.committed_seq = int(next(iter(last))[0])
         self.next_seq = self.committed_seq + 1
+        await self._load_floor()
+
+    async def _load_floor(self) -> None:
+        rows = await self.connection.execute_fetchall("SELECT seq FROM journal_floor")
+        self.resync_floor = max((int(seq) for (seq,) in rows), default=0)
 
     async def close(self) -> None:
         await self.connection.close()
@@ -655,17 +669,64 @@ class JournalWriter:
 
         await self.submit(apply)
 
-    # -- housekeeping --------------------------------------------------------------------------
+    # -- repository branch ownership -----------------------------------------------------------
 
-    async def compact(self) -> None:
-        """Remove events every cursor has passed and that no ``objects`` row points at.
+    async def branch_owners(self) -> dict[str, tuple[str, float]]:
+        """Every recorded owner: branch -> (namespace, time of its latest proof)."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT branch, namespace, proven_at FROM branch_owners"
+        )
+        return {branch: (namespace, float(proven_at)) for branch, namespace, proven_at in rows}
 
-        With no cursor at all, nothing needs old events: a new target starts from ``objects``.
-        """
+    async def record_branch_owner(self, branch: str, namespace: str, proven_at: float) -> None:
+        """Make ``namespace`` the owner of ``branch`` as of ``proven_at`` (the caller decided)."""
 
         def apply(batch: _Batch) -> None:
             batch.execute(
-                "DELETE FROM events WHERE seq <= COALESCE((SELECT MIN(seq) FROM cursors), ?)"
+                "INSERT INTO branch_owners (branch, namespace, proven_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (branch) DO UPDATE SET namespace = excluded.namespace,"
+                " proven_at = excluded.proven_at",
+                (branch, namespace, proven_at),
+            )
+
+        await self.submit(apply)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    async def detach_lagging(self, max_lag_events: int = MAX_CURSOR_LAG_EVENTS) -> None:
+        """Move the floor to ``max_lag_events`` behind the newest event if a cursor is below.
+
+        A cursor further behind (a target whose pushes always fail, a consumer that is stuck)
+        would otherwise keep every later event, so the journal and the disk would grow without
+        bound. Cursors below the floor no longer hold back :meth:`compact`; their targets re-sync
+        from ``objects`` when they run again (see :attr:`resync_floor`). The daemon calls this at
+        start-up too, before any consumer reads its cursor.
+        """
+        candidate = self.committed_seq - max_lag_events
+
+        def apply(batch: _Batch) -> None:
+            batch.execute(
+                "INSERT INTO journal_floor (id, seq) SELECT 1, ?"
+                " WHERE EXISTS (SELECT 1 FROM cursors WHERE seq < ?)"
+                " ON CONFLICT (id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                (candidate, candidate),
+            )
+
+        await self.submit(apply)
+        await self._load_floor()
+
+    async def compact(self, max_lag_events: int = MAX_CURSOR_LAG_EVENTS) -> None:
+        """Remove events every attached cursor has passed and that no ``objects`` row points at.
+
+        With no cursor at all, nothing needs old events: a new target starts from ``objects``.
+        Cursors below the floor (:meth:`detach_lagging`, applied first) do not count.
+        """
+        await self.detach_lagging(max_lag_events)
+
+        def apply(batch: _Batch) -> None:
+            batch.execute(
+                "DELETE FROM events WHERE seq <= COALESCE((SELECT MIN(seq) FROM cursors"
+                " WHERE seq >= (SELECT COALESCE(MAX(seq), 0) FROM journal_floor)), ?)"
                 " AND seq NOT IN (SELECT seq FROM objects)",
                 (self.committed_seq,),
             )

@@ -177,6 +177,15 @@ class TargetConsumer:
         progress.waiting_reason, progress.waiting_message = "Syncing", "initial snapshot pending"
         self.board.notify()
         cursor = await self.ledger.load(self.reader, self.journal, self.committer)
+        if self.ledger.resynced_from is not None:
+            progress.snapshot_synced = progress.stream_live = False
+            progress.waiting_reason = "Resyncing"
+            progress.waiting_message = (
+                f"this target fell more than the journal's lag bound behind (its cursor"
+                f" {self.ledger.resynced_from}, compacted through {self.journal.resync_floor});"
+                " re-syncing from the latest state with one reconcile commit"
+            )
+            log.warning("cursor passed by compaction, re-syncing", extra={"target": self.key})
         await restore_last_push(self.committer, cursor, self.key, progress)
         if self.folder:
             self.readme_path = f"{self.folder}/{README_NAME}"
@@ -191,6 +200,7 @@ class TargetConsumer:
         # that the Secret changes journaled after the cursor keep their own commits.
         snapshot_secrets_when_caught_up = False
         while True:
+            keys_before = progress.encryption
             became_usable = await self.secrets.refresh()
             if starting and became_usable:
                 snapshot_secrets_when_caught_up, became_usable = True, False
@@ -199,10 +209,15 @@ class TargetConsumer:
                 # Keys unusable at start: the same snapshot counts and logs each Secret that is
                 # still not written, so a restart does not make them look written.
                 self.ledger.uncover_secrets()
+            # Only news wakes the config plane: with thousands of idle targets, a notice every
+            # idle pass of each would keep it resolving all of them all the time.
+            if starting or progress.encryption is not keys_before:
+                self.board.notify()
             starting = False
-            self.board.notify()
             if self.committer.stopped:
                 raise CommitterStopped(self.committer.key)
+            if self.ledger.seq < self.journal.resync_floor:
+                raise CursorCompacted(self.key)
             await self._catch_up_selections()
             events = await self.reader.events_after(self.ledger.seq, READ_BATCH)
             if events:
@@ -569,3 +584,7 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
+
+
+class CursorCompacted(Exception):
+    """Compaction passed this running consumer; a fresh one re-syncs from the latest state."""

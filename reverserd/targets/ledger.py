@@ -63,6 +63,9 @@ class TargetLedger:
         self.files: dict[ObjectKey, FileRecord] = {}
         self.quarantined: dict[ObjectKey, str] = {}
         self.committed_seq = 0
+        # The cursor this run could not resume from, compaction having passed it; None when it
+        # resumed (or started for the first time).
+        self.resynced_from: int | None = None
         self._on_quarantine = on_quarantine
 
     async def load(
@@ -72,9 +75,16 @@ class TargetLedger:
         (None for a target that starts for the first time: it is registered at the journal's
         end, before its snapshot is read, so compaction keeps what follows)."""
         cursor = await reader.cursor(self.target)
+        self.resynced_from = None
         if cursor is None:
             self.seq, self.covered = await reader.last_seq(), {}
             await journal.write_cursor(self.target, self.seq, {})
+        elif cursor.seq < journal.resync_floor:
+            # Compaction passed this cursor (the target lagged beyond the bound): its events
+            # are gone, so it starts again from the latest state, one reconcile commit that
+            # adopts the folder and deletes only files it recorded for objects now gone.
+            self.resynced_from = cursor.seq
+            self.seq, self.covered = await reader.last_seq(), {}
         else:
             self.seq, self.covered = cursor.seq, dict(cursor.covered)
         self.files = dict(await reader.target_files(self.target))

@@ -32,22 +32,19 @@ from pathlib import Path
 
 from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
-from reverserd.committer.committer import (
-    Committer,
-    PushPolicy,
-    clone_dir,
-    committer_key,
-)
+from reverserd.committer.committer import Committer, PushPolicy, clone_dir
 from reverserd.committer.credentials import load_credentials
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
 from reverserd.git import BranchRepository, GitCredentials, mask_url
+from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
+from reverserd.targets.ownership import Ownership
 from reverserd.targets.secrets import SecretWriter
 from reverserd.watch.manager import WatchManager
 
@@ -72,9 +69,11 @@ class TargetManager:
         state_dir: Path,
         identity: tuple[str, str],
         sops: Sops,
+        ownership: Ownership,
         resolver: Resolver | None = None,
     ) -> None:
         self.client = client
+        self.ownership = ownership
         self.journal = journal
         self.plane = plane
         self.watches = watches
@@ -87,7 +86,7 @@ class TargetManager:
         self.branches: dict[str, tuple[Branch, asyncio.Task[None], tuple[object, ...]]] = {}
         # One clone directory is only ever used by one committer at a time, even while a
         # replaced committer's last Git operation is still finishing.
-        self.clone_locks: dict[str, asyncio.Lock] = {}
+        self.clone_locks: dict[Path, asyncio.Lock] = {}
         self.consumers: dict[str, _Running] = {}
         # Set when a consumer task ended without being stopped here: the next pass restarts it.
         self._consumer_ended = asyncio.Event()
@@ -109,6 +108,7 @@ class TargetManager:
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
+            group.create_task(self.ownership.run(self.plane))
             try:
                 while True:
                     seen = self.plane.version
@@ -252,18 +252,21 @@ class TargetManager:
             return sorted(
                 p.key
                 for p in self.plane.state.providers.values()
-                if committer_key(p.url, branch_name) == key
+                if branch_key(p.url, branch_name) == key
             )
+
+        clone = clone_dir(self.state_dir, key, provider.namespace)
 
         async def credentials() -> GitCredentials:
             return await load_credentials(self.client, provider)
 
         async def connect() -> BranchRepository:
-            return BranchRepository(
-                clone_dir(self.state_dir, key), provider.url, branch_name, await credentials()
-            )
+            return BranchRepository(clone, provider.url, branch_name, await credentials())
 
-        lock = self.clone_locks.setdefault(key, asyncio.Lock())
+        async def proved_write_access() -> None:
+            await self.ownership.proved(key, provider.namespace)
+
+        lock = self.clone_locks.setdefault(clone, asyncio.Lock())
 
         def make() -> Committer:
             return Committer(
@@ -275,6 +278,7 @@ class TargetManager:
                 self.identity,
                 PushPolicy(provider.push_interval_s, provider.push_max_commits),
                 providers,
+                proved_write_access,
                 credentials,
             )
 
@@ -345,7 +349,7 @@ class TargetManager:
 
 
 def _branch_key(resolved: ResolvedTarget) -> str:
-    return committer_key(resolved.provider.url, resolved.target.branch)
+    return branch_key(resolved.provider.url, resolved.target.branch)
 
 
 def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:

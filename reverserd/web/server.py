@@ -8,11 +8,19 @@
 
 ``/metrics`` recomputes the picture first, so the readiness and lag gauges it serves are the
 ones ``/status`` shows.
+
+With an ``access`` check (the default; :mod:`reverserd.web.access`), ``/metrics``, ``/status``
+and ``/`` answer only requests whose bearer token Kubernetes authorizes for that path, and
+requests from the loopback interface: in a pod, only its own processes (``reverserd status``
+through ``kubectl exec``) and ``kubectl port-forward`` reach it, and Kubernetes authorized both
+(``pods/exec``, ``pods/portforward``). That is how a person opens the page ``/`` in a browser,
+which cannot present a token. On a host where other users share the loopback interface (the
+systemd unit), ``--status-auth-on-loopback`` asks for a token there too. The probes stay open.
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +30,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reverserd.logs import Throttle
+from reverserd.web.access import (
+    ALLOWED,
+    FORBIDDEN,
+    PROTECTED_PATHS,
+    UNAUTHENTICATED,
+    UNVERIFIABLE,
+    KubeAccess,
+)
 from reverserd.web.page import render_page
 
 log = logging.getLogger(__name__)
@@ -38,6 +54,11 @@ class Surface:
     journal_ok: Callable[[], Awaitable[bool]]
     api_ok: Callable[[], Awaitable[bool]]  # answered recently; probed when that is stale
     role: Callable[[], str]
+    access: KubeAccess | None = None
+    """Who may read the protected paths; None serves them to anyone (``--no-status-auth``)."""
+    trust_loopback: bool = True
+    """Serve the protected paths to loopback peers without a token: in a pod only the pod's own
+    processes and ``kubectl port-forward`` (which Kubernetes authorized) reach its loopback."""
 
 
 def build_app(surface: Surface) -> web.Application:
@@ -68,12 +89,39 @@ def build_app(surface: Surface) -> web.Application:
         return response
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(await surface.status(), dumps=lambda v: json.dumps(v, indent=2))
+        # Compact: indenting makes json use its pure-Python encoder, which with thousands of
+        # targets held the event loop for most of a second (bench/targets.py).
+        return web.json_response(await surface.status())
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=render_page(await surface.status()), content_type="text/html")
 
-    app = web.Application()
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if surface.access is None or request.path not in PROTECTED_PATHS:
+            return await handler(request)
+        if surface.trust_loopback and _from_loopback(request):
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        decision = UNAUTHENTICATED
+        if scheme.lower() == "bearer":
+            decision = await surface.access.decide(token.strip(), request.path)
+        if decision == ALLOWED:
+            return await handler(request)
+        messages = {
+            UNAUTHENTICATED: "a bearer token that Kubernetes accepts is required",
+            FORBIDDEN: f"this token may not get {request.path}",
+            UNVERIFIABLE: "the API server cannot verify the token now; try again",
+        }
+        return web.Response(
+            status=decision,
+            text=messages[decision] + "\n",
+            headers={"WWW-Authenticate": 'Bearer realm="reverserd"'},
+        )
+
+    app = web.Application(middlewares=[guard])
     app.add_routes(
         [
             web.get("/healthz", healthz),
@@ -84,6 +132,13 @@ def build_app(surface: Surface) -> web.Application:
         ]
     )
     return app
+
+
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return request.remote is not None and ipaddress.ip_address(request.remote).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(app: web.Application, listen: str) -> web.AppRunner:

@@ -28,10 +28,11 @@ import pygit2
 from prometheus_client import REGISTRY
 
 from reverserd import __version__
-from reverserd.committer.committer import clone_dir, committer_key
+from reverserd.committer.committer import clone_dir
 from reverserd.config.plane import ConfigPlane
 from reverserd.config.status import StatusBoard, TargetProgress
 from reverserd.git import mask_url, redact
+from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader
 from reverserd.metrics import (
     API_SERVER_REACHABLE,
@@ -392,7 +393,9 @@ class StatusView:
             if resolved is None:
                 return None
             path = clone_dir(
-                self.state_dir, committer_key(resolved.provider.url, resolved.target.branch)
+                self.state_dir,
+                branch_key(resolved.provider.url, resolved.target.branch),
+                resolved.provider.namespace,
             )
             subject = await asyncio.to_thread(_subject_in, path, sha)
             if subject is None:

@@ -5,17 +5,23 @@ conditions for every failure the test bed can drive."""
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.browser import dump_dom, screenshot, visible_text
 from testbed.controlplane import ControlPlane
@@ -655,3 +661,101 @@ def test_a_standby_replica_is_healthy_and_says_it_is_standby(
     finally:
         standby.ensure_stopped()
         leader.ensure_stopped()
+
+
+def outside_address() -> str:
+    """This machine's address on a non-loopback interface: a client connecting from it is, as
+    far as the daemon can tell, another pod."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 9))  # a UDP connect sends nothing; it picks a route
+        address: str = probe.getsockname()[0]
+    assert not ipaddress.ip_address(address).is_loopback, address
+    return address
+
+
+def account_token(plane: ControlPlane, namespace: str, name: str) -> str:
+    """A token of a new service account that no binding names yet."""
+    plane.kubectl("create", "serviceaccount", name, "-n", namespace)
+    return plane.kubectl("create", "token", name, "-n", namespace, "--duration=1h").strip()
+
+
+def test_status_port_shows_tenants_only_to_readers_kubernetes_authorizes(
+    control_plane: ControlPlane, cleanup: Cleanup, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """From another address than loopback, /status, / and /metrics need a bearer token the
+    API server accepts (401 otherwise) for a user it lets get that path (403 otherwise, even
+    for an admin of a namespace), and neither answer holds any tenant's detail. With the
+    ClusterRoles the chart and plain manifests ship, bound as documented, Prometheus scrapes
+    /metrics (and nothing else) and a status reader gets /status and the page."""
+    daemon = Reverserd(control_plane, tmp_path / "state")
+    daemon.extra_args = ["--http-listen", f"0.0.0.0:{daemon.port}"]
+    base = f"http://{outside_address()}:{daemon.port}"
+    manifests = (REPO_ROOT / "packaging" / "manifests" / "reverserd.yaml").read_text()
+    shipped = [
+        doc
+        for doc in yaml.safe_load_all(manifests)
+        if doc and doc["kind"] == "ClusterRole" and doc["metadata"]["name"].endswith("-reader")
+    ]
+    assert {doc["metadata"]["name"] for doc in shipped} == {
+        "reverserd-metrics-reader",
+        "reverserd-status-reader",
+    }
+
+    def fetch(path: str, token: str | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(base + path)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    try:
+        key = start_mirror(control_plane, namespace, remote, daemon)
+        assert fetch("/healthz")[0] == 200
+        assert fetch("/readyz")[0] == 200
+        namespace_admin = control_plane.service_account_token(namespace, "namespace-admin")
+        for path in ("/status", "/", "/metrics"):
+            for token, refused in ((None, 401), ("made-up", 401), (namespace_admin, 403)):
+                code, body = fetch(path, token)
+                assert code == refused, (path, token, code)
+                for detail in (namespace, remote.url, "gitopsreverser_"):
+                    assert detail.encode() not in body, (path, detail)
+        prometheus = account_token(control_plane, namespace, "prometheus")
+        on_call = account_token(control_plane, namespace, "on-call")
+        apply(control_plane, *shipped)
+        for role, account in (("metrics", "prometheus"), ("status", "on-call")):
+            control_plane.kubectl(
+                "create",
+                "clusterrolebinding",
+                f"{namespace}-{account}",
+                f"--clusterrole=reverserd-{role}-reader",
+                f"--serviceaccount={namespace}:{account}",
+            )
+
+        def scrape() -> bytes | None:
+            code, body = fetch("/metrics", prometheus)
+            return body if code == 200 else None
+
+        # A binding takes effect when the API server's authorizer has seen it.
+        scraped = wait_until(scrape)
+        families = {family.name for family in text_string_to_metric_families(scraped.decode())}
+        assert "gitopsreverser_commits" in families
+        assert fetch("/status", prometheus)[0] == 403
+        code, body = fetch("/status", on_call)
+        assert code == 200
+        assert key in {entry["target"] for entry in json.loads(body)["targets"]}
+        code, page = fetch("/", on_call)
+        assert code == 200 and namespace.encode() in page
+        assert fetch("/metrics", on_call)[0] == 403
+    finally:
+        daemon.ensure_stopped()
+        for account in ("prometheus", "on-call"):
+            control_plane.kubectl(
+                "delete", "clusterrolebinding", f"{namespace}-{account}", "--ignore-not-found"
+            )
+        for doc in shipped:
+            control_plane.kubectl(
+                "delete", "clusterrole", doc["metadata"]["name"], "--ignore-not-found"
+            )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +23,19 @@ import pytest
 
 from testbed.controlplane import DAEMON_USER, ControlPlane, ensure_binaries
 from testbed.credential_trap import CredentialTrap
-from testbed.gitservers import GitHttpServer
+from testbed.gitservers import GitHttpServer, install_hook
 from testbed.harness import (
+    CONVERGE_TIMEOUT_S,
     Reverserd,
     apply,
+    conditions,
     create_git_credentials,
     create_namespace,
     delete_mirror_resources,
+    get_object,
     history,
     resource_status,
+    subjects,
     tree,
     wait_condition,
     wait_for_subjects,
@@ -67,6 +73,10 @@ VICTIM_PASSWORD = "victim-password-8d1f"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 # Corpus objects the schema lets through, so that reverserd's own validation is what answers.
 MIN_ADMITTED_CORPUS = 15
+# The journal's lag bound in the busy-neighbour test, and the busy target's changes: three
+# times the bound superseded, so a pinned journal cannot pass for a bounded one.
+LAG_BOUND = 40
+BUSY_OBJECTS = 3 * LAG_BOUND
 
 
 @pytest.fixture(scope="module")
@@ -216,17 +226,169 @@ def test_attacker_server_never_receives_a_credential(scene: Scene) -> None:
     scene.assert_unharmed("still-here")
 
 
-def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: Scene) -> None:
-    """A credential-less provider naming the victim's repository with a trailing ``/`` gets
-    ``Conflict``; it neither pushes with the victim's credentials nor stops the victim, during
-    the attack or after the attacker's resources are gone."""
-    respelled = scene.remote.url + "/"
+@pytest.mark.parametrize("spelling", ["trailing slash", "path case"])
+def test_same_repository_respelled_from_another_namespace_is_a_conflict(
+    scene: Scene, spelling: str
+) -> None:
+    """A credential-less provider naming the victim's repository in another spelling (a host
+    that ignores path case serves ``/Team-A/Platform`` as ``/team-a/platform``) gets
+    ``Conflict`` naming the namespace that proved it can write there; it neither pushes with
+    the victim's credentials nor stops the victim, during the attack or after the attacker's
+    resources are gone."""
+    url = scene.remote.url
+    scheme_host, _, path = url.partition("://")[2].partition("/")
+    respelled = {
+        "trailing slash": url + "/",
+        "path case": f"{url.partition('://')[0]}://{scheme_host}/{path.upper()}",
+    }[spelling]
     apply(scene.plane, *mirror_setup(scene.attacker, respelled, path="attacker", name="grab"))
     validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
-    assert f"{scene.victim}/mirror" in validated["message"]
+    assert f"owned by namespace {scene.victim!r}" in validated["message"]
     scene.assert_unharmed("during-attack")
     delete_mirror_resources(scene.plane, scene.attacker)
     scene.assert_unharmed("after-attack")
+
+
+def test_squatter_before_the_victim_neither_blocks_nor_writes(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    attacker: str,
+    git_http: GitHttpServer,
+) -> None:
+    """The attacker names the victim's repository and branch first, with credentials that
+    cannot push: the victim, arriving later, proves it can write and gets the branch; the
+    squatter's older target is refused and nothing of it reaches the branch."""
+    junk = create_git_credentials(control_plane, attacker, git_http, password="not-the-password")
+    apply(control_plane, configmap(attacker, "squatted"))
+    apply(control_plane, *mirror_setup(attacker, remote.url, path="squat", secret=junk))
+    daemon.start()
+    wait_condition(control_plane, "gitprovider", attacker, "mirror", "Ready", "False")
+    # Creation times have a resolution of one second: the victim's target is the later one.
+    time.sleep(1.1)
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    wait_synced(control_plane, namespace, daemon=daemon)
+    validated = wait_target_refused(control_plane, attacker, "mirror", "Conflict")
+    assert f"owned by namespace {namespace!r}" in validated["message"]
+    assert "cannot write it" in validated["message"]
+    apply(control_plane, configmap(namespace, "after-squat"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/after-squat")
+    assert not [path for path in tree(remote.path) if not path.startswith("live-cluster/")]
+
+
+def test_squatter_older_than_the_victims_re_created_target_does_not_take_over(
+    scene: Scene, git_http: GitHttpServer
+) -> None:
+    """The victim's GitTarget is deleted while the daemon is down and re-created later (a Helm
+    or Argo replace); a squatter created meanwhile is first the only target on the branch and
+    then the older one: the branch stays with the namespace that proved it can write it (the
+    journal keeps the owner), and the squatter never gets the victim's clone or its unpushed
+    commits."""
+    scene.daemon.stop()
+    scene.plane.kubectl("delete", "gittarget", "mirror", "-n", scene.victim, "--wait=true")
+    # The squatter arrives while nobody is there to contest it: only the victim's earlier
+    # pushes, recorded in the journal, say whose branch this is.
+    junk = create_git_credentials(scene.plane, scene.attacker, git_http, password="wrong")
+    apply(
+        scene.plane,
+        *mirror_setup(scene.attacker, scene.remote.url, path="squat", secret=junk, name="grab"),
+    )
+    scene.daemon.start()
+    generation = get_object(scene.plane, "gittarget", scene.attacker, "grab")["metadata"][
+        "generation"
+    ]
+
+    def decided() -> dict[str, Any] | None:
+        found = conditions(scene.plane, "gittarget", scene.attacker, "grab").get("Validated")
+        return found if found and found.get("observedGeneration") == generation else None
+
+    alone = wait_until(decided)
+    assert (alone["status"], alone["reason"]) == ("False", "Conflict"), alone
+    assert f"owned by namespace {scene.victim!r}" in alone["message"]
+    victim_target = mirror_setup(scene.victim, scene.remote.url, secret=scene.remote.secret)[1]
+    apply(scene.plane, victim_target)
+    wait_synced(scene.plane, scene.victim, daemon=scene.daemon)
+    validated = wait_target_refused(scene.plane, scene.attacker, "grab", "Conflict")
+    assert f"owned by namespace {scene.victim!r}" in validated["message"]
+    scene.assert_unharmed("after-re-creation")
+    assert not [path for path in tree(scene.remote.path) if path.startswith("squat")]
+
+
+def superseded_events(state_dir: Path) -> int:
+    """Journal events no object points at: what compaction may remove (read while it runs)."""
+    with sqlite3.connect(f"file:{state_dir / 'journal.db'}?mode=ro", uri=True) as journal:
+        query = "SELECT COUNT(*) FROM events WHERE seq NOT IN (SELECT seq FROM objects)"
+        return int(journal.execute(query).fetchone()[0])
+
+
+def test_target_whose_pushes_always_fail_does_not_pin_the_journal(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    cleanup: Cleanup,
+    tmp_path: Path,
+) -> None:
+    """Next to a busy target, a target whose pushes are refused from some point on (a revoked
+    token, a protection rule) keeps the lowest cursor; beyond the lag bound it no longer holds
+    back compaction (its cursor is detached at start-up, events go at the next compaction):
+    the journal stays bounded. When its pushes work again, it says it re-syncs and converges
+    on the latest state of its namespace."""
+    stuck = cleanup.new_namespace()
+    stuck_repo = git_http.create_bare_repo(git_repo_name + "-stuck")
+    stuck_secret = create_git_credentials(control_plane, stuck, git_http)
+    apply(control_plane, configmap(stuck, "changed"), configmap(stuck, "gone"))
+    apply(
+        control_plane,
+        *mirror_setup(namespace, remote.url, secret=remote.secret),
+        *mirror_setup(stuck, git_http.url(git_repo_name + "-stuck"), secret=stuck_secret),
+    )
+    daemon = Reverserd(
+        control_plane, tmp_path / "state", ["--journal-max-lag-events", str(LAG_BOUND)]
+    )
+    try:
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        wait_synced(control_plane, stuck, daemon=daemon)
+        hook = install_hook(stuck_repo, "pre-receive", "#!/bin/sh\necho revoked >&2\nexit 1\n")
+        apply(control_plane, configmap(stuck, "changed", {"key": "while-refused"}))
+        wait_condition(control_plane, "gittarget", stuck, "mirror", "Pushing", "False")
+        names = [f"bulk-{i}" for i in range(BUSY_OBJECTS)]
+        apply(control_plane, *(configmap(namespace, name) for name in names))
+        apply(control_plane, *(configmap(namespace, n, {"key": "again"}) for n in names))
+        wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/{names[-1]}")
+        daemon.stop()
+        control_plane.kubectl("delete", "configmap", "gone", "-n", stuck)
+        daemon.start()
+        # Compaction runs every minute; the floor moved at start-up already (below).
+        wait_until(
+            lambda: superseded_events(daemon.state_dir) <= LAG_BOUND,
+            timeout=2 * CONVERGE_TIMEOUT_S,
+            describe=lambda: f"{superseded_events(daemon.state_dir)} superseded events kept",
+        )
+        resync = wait_condition(
+            control_plane, "gittarget", stuck, "mirror", "SnapshotSynced", "False", "Resyncing"
+        )
+        assert "lag bound" in resync["message"]
+        hook.unlink()
+        folder = f"live-cluster/v1/configmaps/{stuck}"
+        wait_until(
+            lambda: (
+                f"{folder}/gone.yaml" not in tree(stuck_repo)
+                and b"while-refused" in tree(stuck_repo).get(f"{folder}/changed.yaml", b"")
+            ),
+            timeout=2 * CONVERGE_TIMEOUT_S,
+            describe=lambda: str(sorted(tree(stuck_repo))),
+        )
+        wait_synced(control_plane, stuck, daemon=daemon)
+        # The first sync, and the re-sync that deleted the file of the object gone meanwhile.
+        assert sum(s.startswith("reconcile: ") for s in subjects(stuck_repo)) == 2
+    finally:
+        daemon.ensure_stopped()
+        delete_mirror_resources(control_plane, namespace)
+        delete_mirror_resources(control_plane, stuck)
 
 
 @pytest.mark.parametrize("spelling", ["file URL", "plain path"])

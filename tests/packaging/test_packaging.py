@@ -88,6 +88,20 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def daemon_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The daemon's own ClusterRole, beside the status readers' ones."""
+    found = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ClusterRole" and not doc["metadata"]["name"].endswith("-reader")
+    ]
+    assert len(found) == 1, [doc["metadata"]["name"] for doc in found]
+    return found[0]
+
+
 def kinds(docs: list[dict[str, Any]]) -> list[str]:
     return sorted(doc["kind"] for doc in docs)
 
@@ -168,9 +182,10 @@ def test_helm_lint_accepts_the_chart(helm: Path, features: tuple[str, ...]) -> N
 def test_default_render_holds_the_daemon_and_least_privilege_rbac(helm: Path) -> None:
     docs = objects(render(helm, "ops"))
     assert kinds(docs) == [
-        "ClusterRole",
+        *(["ClusterRole"] * 3),
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "Service",
         "ServiceAccount",
@@ -179,10 +194,10 @@ def test_default_render_holds_the_daemon_and_least_privilege_rbac(helm: Path) ->
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == "ops", doc["kind"]
     rbac_source = yaml.safe_load(RBAC_SOURCE.read_text())
-    assert one(docs, "ClusterRole")["rules"] == rbac_source["rules"]
+    assert daemon_role(docs)["rules"] == rbac_source["rules"]
     binding = one(docs, "ClusterRoleBinding")
     account = one(docs, "ServiceAccount")["metadata"]["name"]
-    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == daemon_role(docs)["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ops"}]
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account
@@ -300,7 +315,13 @@ def test_service_monitor_scrapes_metrics_on_the_http_port(helm: Path) -> None:
     assert selected.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "bearerTokenFile": SERVICE_ACCOUNT_TOKEN,
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+        }
     ]
 
 
@@ -561,7 +582,13 @@ def test_v017_values_file_takes_effect(helm: Path, tmp_path: Path) -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["mirror"]}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "bearerTokenFile": SERVICE_ACCOUNT_TOKEN,
+            "interval": "15s",
+            "scrapeTimeout": "5s",
+        }
     ]
     service = one(docs, "Service")
     assert service["spec"]["clusterIP"] == "10.96.0.77"
@@ -703,8 +730,9 @@ def test_plain_manifests_are_accepted_by_the_api_server(control_plane: ControlPl
         [
             "Namespace",
             *(["CustomResourceDefinition"] * 4),
-            "ClusterRole",
+            *(["ClusterRole"] * 3),
             "ClusterRoleBinding",
+            "NetworkPolicy",
             "ServiceAccount",
             "PersistentVolumeClaim",
             "Deployment",
@@ -777,7 +805,7 @@ def test_generator_finds_and_repairs_every_stale_copy(helm: Path, tmp_path: Path
     assert generate(script, helm, "--check").returncode == 0
     assert not leftover.exists()
     regenerated = objects((tmp_path / "packaging" / "manifests" / "reverserd.yaml").read_text())
-    assert one(regenerated, "ClusterRole")["rules"][0]["verbs"] == ["list"]
+    assert daemon_role(regenerated)["rules"][0]["verbs"] == ["list"]
 
 
 # --- the systemd unit ------------------------------------------------------------------------
@@ -1044,7 +1072,7 @@ def test_secret_writes_are_granted_only_with_generate_when_missing(helm: Path) -
     for doc in default:
         if doc["kind"] == "ClusterRole":
             for rule in doc["rules"]:
-                if "secrets" in rule["resources"]:
+                if "secrets" in rule.get("resources", ()):
                     assert rule["verbs"] == ["get"], rule
     enabled = objects(render(helm, "ops", "--set", "rbac.generateWhenMissing=true"))
     writers = [
@@ -1061,33 +1089,50 @@ def test_cluster_role_grants_no_wildcard_get_and_no_update() -> None:
     """A wildcard ``get`` would reach nodes/proxy, services/proxy, pods/log and pods/exec."""
     rules = yaml.safe_load(RBAC_SOURCE.read_text())["rules"]
     for rule in rules:
-        if "*" in rule["resources"] or "*" in rule["apiGroups"]:
+        resources = rule.get("resources", ())
+        if "*" in resources or "*" in rule.get("apiGroups", ()):
             assert set(rule["verbs"]) <= {"list", "watch"}, rule
         assert "update" not in rule["verbs"] and "*" not in rule["verbs"], rule
-        assert not any(name.startswith("leases") for name in rule["resources"]), rule
+        assert not any(name.startswith("leases") for name in resources), rule
 
 
 def test_network_policy_admits_only_the_named_scrapers(helm: Path) -> None:
-    assert "NetworkPolicy" not in kinds(objects(render(helm, "ops")))
-    enabled = ("--set", "networkPolicy.enabled=true")
-    closed = one(objects(render(helm, "ops", *enabled)), "NetworkPolicy")
-    assert closed["spec"]["ingress"] == []
-    selector = '{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}'
-    opened = one(
-        objects(
-            render(
-                helm,
-                "ops",
-                *enabled,
-                "--set-json",
-                f"networkPolicy.ingressNamespaceSelector={selector}",
-            )
-        ),
+    monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    default = one(objects(render(helm, "ops")), "NetworkPolicy")
+    (rule,) = default["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": monitoring}]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    closed = one(
+        objects(render(helm, "ops", "--set", "networkPolicy.ingressNamespaceSelector=null")),
         "NetworkPolicy",
     )
-    (rule,) = opened["spec"]["ingress"]
-    assert rule["from"] == [{"namespaceSelector": json.loads(selector)}]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert closed["spec"]["ingress"] == []
+    disabled = objects(render(helm, "ops", "--set", "networkPolicy.enabled=false"))
+    assert "NetworkPolicy" not in kinds(disabled)
+
+
+def test_status_readers_get_exactly_their_paths_and_auth_can_be_turned_off(helm: Path) -> None:
+    prometheus = '[{"kind":"ServiceAccount","name":"prometheus-k8s","namespace":"monitoring"}]'
+    docs = objects(render(helm, "ops", "--set-json", f"statusAuth.metricsReaders={prometheus}"))
+    roles = {
+        doc["metadata"]["name"]: doc["rules"]
+        for doc in docs
+        if doc["kind"] == "ClusterRole" and doc["metadata"]["name"].endswith("-reader")
+    }
+    assert roles == {
+        "reverserd-metrics-reader": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+        "reverserd-status-reader": [{"nonResourceURLs": ["/status", "/"], "verbs": ["get"]}],
+    }
+    bindings = {
+        doc["roleRef"]["name"]: doc["subjects"]
+        for doc in docs
+        if doc["kind"] == "ClusterRoleBinding"
+    }
+    assert bindings["reverserd-metrics-reader"] == json.loads(prometheus)
+    assert "reverserd-status-reader" not in bindings
+    assert "--no-status-auth" not in container(docs)["args"]
+    opened = objects(render(helm, "ops", "--set", "statusAuth.enabled=false"))
+    assert "--no-status-auth" in container(opened)["args"]
 
 
 def test_python_dependencies_come_from_the_hashed_lock_file() -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reverserd.committer.committer import committer_key
+from reverserd.committer.committer import clone_dir
 from reverserd.config import model
 from reverserd.config.model import (
     ConfigError,
@@ -26,9 +27,15 @@ from reverserd.config.model import (
     normalize_target_path,
     parse_target,
 )
+from reverserd.config.pins import RepositoryPins, parse_pins
 from reverserd.config.plane import ConfigState, resolve
-from reverserd.config.status import MAX_MESSAGE_BYTES, StatusBoard
-from reverserd.git.urls import normalize_url
+from reverserd.config.status import (
+    MAX_MESSAGE_BYTES,
+    OWNERSHIP_GRACE_S,
+    BranchOwner,
+    StatusBoard,
+)
+from reverserd.git.urls import branch_key, normalize_url
 from reverserd.journal import EventKind, JournalEvent
 from reverserd.kube.paths import InvalidName, api_path, secret_path
 from reverserd.kube.resources import ResourceType
@@ -68,7 +75,11 @@ def _target(
 
 
 def _resolve(
-    *bodies: dict[str, Any], policy: UrlPolicy | None = None
+    *bodies: dict[str, Any],
+    policy: UrlPolicy | None = None,
+    board: StatusBoard | None = None,
+    pins: RepositoryPins | None = None,
+    cap: int = 0,
 ) -> tuple[ConfigState, dict[tuple[str, str, str], dict[str, Any]]]:
     caches: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {
         "gitproviders": {},
@@ -85,7 +96,7 @@ def _resolve(
     for body in bodies:
         metadata = body["metadata"]
         caches[plural[body["kind"]]][(metadata.get("namespace", ""), metadata["name"])] = body
-    state, desired = resolve(caches, None, StatusBoard(), policy)
+    state, desired = resolve(caches, None, board or StatusBoard(), policy, pins, cap)
     conditions = {
         (item.rtype.kind, item.namespace, item.name): {
             condition["type"]: condition for condition in item.status["conditions"]
@@ -228,19 +239,85 @@ def test_local_remote_needs_the_flag_and_never_reaches_the_state_dir(tmp_path: P
         assert "state directory" in found["message"]
 
 
+def _owned_by(namespace: str, url: str = GOOD_URL, branch: str = "main") -> StatusBoard:
+    board = StatusBoard()
+    board.owners[branch_key(url, branch)] = BranchOwner(namespace, time.time())
+    return board
+
+
 def test_same_repository_in_another_spelling_from_another_namespace_is_a_conflict() -> None:
     victim = _provider(name="repo", namespace="victim", secretRef={"name": "git-token"})
-    victim_target = _target(namespace="victim", created="2026-01-01T00:00:00Z", path="prod")
-    # The same repository, spelled with a trailing slash, upper-case host and default port.
+    victim_target = _target(namespace="victim", created="2026-01-02T00:00:00Z", path="prod")
+    # The same repository, spelled with a trailing slash, upper-case host and path, default port.
     attacker = _provider(
-        name="repo", namespace="attacker", url="https://GIT.example.com:443/team/repo/"
+        name="repo", namespace="attacker", url="https://GIT.example.com:443/Team/Repo/"
     )
-    attacker_target = _target(namespace="attacker", created="2026-01-02T00:00:00Z", path="x")
-    state, conditions = _resolve(victim, victim_target, attacker, attacker_target)
+    # Older than the victim's target: coming first decides nothing.
+    attacker_target = _target(namespace="attacker", created="2026-01-01T00:00:00Z", path="x")
+    board = _owned_by("victim")
+    state, conditions = _resolve(victim, victim_target, attacker, attacker_target, board=board)
     assert set(state.targets) == {"victim/mirror"}
     found = _condition(conditions, attacker_target, "Validated")
     assert found["reason"] == "Conflict"
-    assert "victim/repo" in found["message"]
+    assert "owned by namespace 'victim'" in found["message"]
+    assert state.contests == ()
+
+
+def test_namespaces_asking_for_an_unowned_branch_all_wait_for_a_proof() -> None:
+    first = _provider(name="repo", namespace="early", secretRef={"name": "junk"})
+    second = _provider(name="repo", namespace="late", secretRef={"name": "token"})
+    early = _target(namespace="early", created="2026-01-01T00:00:00Z")
+    late = _target(namespace="late", created="2026-01-02T00:00:00Z")
+    state, conditions = _resolve(first, early, second, late)
+    assert state.targets == {}
+    assert [c.namespace for c in state.contests] == ["early", "late"]
+    message = _condition(conditions, late, "Validated")["message"]
+    assert "prove they can write it" in message
+
+
+def test_an_expired_owner_keeps_writing_and_is_tried_first_a_live_one_keeps_its_branch() -> None:
+    owner_gone = _owned_by("victim")
+    attacker = _provider(name="repo", namespace="attacker")
+    attacker_target = _target(namespace="attacker")
+    state, conditions = _resolve(attacker, attacker_target, board=owner_gone)
+    assert state.targets == {}
+    assert _condition(conditions, attacker_target, "Validated")["reason"] == "Conflict"
+    expired = _owned_by("victim")
+    key = branch_key(GOOD_URL, "main")
+    expired.owners[key] = BranchOwner("victim", time.time() - OWNERSHIP_GRACE_S - 1)
+    victim = _provider(name="repo", namespace="victim")
+    victim_target = _target(namespace="victim", created="2026-01-02T00:00:00Z")
+    state, _ = _resolve(attacker, attacker_target, victim, victim_target, board=expired)
+    assert [c.namespace for c in state.contests] == ["victim", "attacker"]
+    # The expired owner keeps writing while it is tried again.
+    assert set(state.targets) == {"victim/mirror"}
+
+
+def test_a_pinned_repository_refuses_other_namespaces_whatever_they_prove() -> None:
+    pins = parse_pins("https://git.example.com/TEAM/=victim")
+    attacker = _provider(name="repo", namespace="attacker")
+    attacker_target = _target(namespace="attacker")
+    state, conditions = _resolve(attacker, attacker_target, board=_owned_by("attacker"), pins=pins)
+    assert state.targets == {}
+    found = _condition(conditions, attacker_target, "Validated")
+    assert "reserved by the operator" in found["message"]
+    other = parse_pins("https://git.example.com/tea=victim")
+    state, _ = _resolve(attacker, attacker_target, pins=other)
+    assert set(state.targets) == {"attacker/mirror"}
+
+
+def test_targets_beyond_the_namespace_cap_are_refused_newest_first() -> None:
+    provider = _provider(name="repo")
+    old = [
+        _target(name=f"t{i}", path=f"p{i}", created=f"2026-01-0{i + 1}T00:00:00Z") for i in (0, 1)
+    ]
+    newest = _target(name="t9", path="p9", created="2026-01-09T00:00:00Z")
+    other = _provider(name="repo", namespace="team-b", url=GOOD_URL + "-b")
+    elsewhere = _target(namespace="team-b", path="b", created="2026-01-10T00:00:00Z")
+    state, conditions = _resolve(provider, newest, *old, other, elsewhere, cap=2)
+    assert set(state.targets) == {"team-a/t0", "team-a/t1", "team-b/mirror"}
+    refused = _condition(conditions, newest, "Validated")
+    assert refused["reason"] == "TargetLimitExceeded"
 
 
 def test_providers_of_one_namespace_and_secret_share_a_writer() -> None:
@@ -250,7 +327,7 @@ def test_providers_of_one_namespace_and_secret_share_a_writer() -> None:
     b = _target(name="b", path="b", providerRef={"name": "repo-too"})
     state, _ = _resolve(first, second, a, b)
     assert set(state.targets) == {"team-a/a", "team-a/b"}
-    keys = {committer_key(r.provider.url, r.target.branch) for r in state.targets.values()}
+    keys = {branch_key(r.provider.url, r.target.branch) for r in state.targets.values()}
     assert len(keys) == 1
 
 
@@ -288,6 +365,8 @@ def test_trailing_slash_does_not_defeat_the_folder_conflict_check() -> None:
         ("git@Git.example.com:team/repo.git", "ssh://git@git.example.com:22/team/repo"),
         ("ssh+git://h/r", "ssh://h/r"),
         ("https://h//team//repo", "https://h/team/repo"),
+        ("https://h/Team-A/Platform.GIT", "https://h/team-a/platform"),
+        ("git@h:Team/Repo", "ssh://h/team/repo"),
     ],
 )
 def test_spellings_of_one_repository_normalize_alike(first: str, second: str) -> None:
@@ -299,7 +378,6 @@ def test_spellings_of_one_repository_normalize_alike(first: str, second: str) ->
     [
         ("https://h/team/repo", "https://h:8443/team/repo"),
         ("https://h/team/repo", "http://h/team/repo"),
-        ("https://h/team/Repo", "https://h/team/repo"),
         ("ssh://h:2222/r", "ssh://h/r"),
     ],
 )
@@ -307,8 +385,8 @@ def test_different_repositories_stay_different(first: str, second: str) -> None:
     assert normalize_url(first) != normalize_url(second)
 
 
-def test_committer_key_holds_no_credentials() -> None:
-    key = committer_key("https://user:s3cret@git.example.com/team/repo.git", "main")
+def test_branch_key_holds_no_credentials() -> None:
+    key = branch_key("https://user:s3cret@git.example.com/team/repo.git", "main")
     assert key == "https://git.example.com/team/repo#main"
 
 
@@ -469,3 +547,11 @@ def test_log_lines_never_show_a_url_password(formatter: logging.Formatter) -> No
     for secret_text in ("s3cret", "tok3n", "extra-s3cret"):
         assert secret_text not in line
     assert "https://ci:***@git.example.com/r" in line
+
+
+def test_each_owner_of_a_branch_gets_its_own_clone(tmp_path: Path) -> None:
+    """A new owner starts from the remote: the previous owner's clone, with whatever it
+    committed and did not push, is never opened for it."""
+    key = branch_key(GOOD_URL, "main")
+    assert clone_dir(tmp_path, key, "victim") != clone_dir(tmp_path, key, "attacker")
+    assert clone_dir(tmp_path, key, "victim") == clone_dir(tmp_path, key, "victim")

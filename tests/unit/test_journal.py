@@ -289,6 +289,31 @@ async def test_a_targets_place_is_recorded_until_it_is_forgotten_with_its_state(
     assert await reader.journaled_targets() == {"ns/other"}
 
 
+async def test_a_cursor_beyond_the_lag_bound_stops_pinning_and_stays_detached(
+    journal: tuple[JournalWriter, JournalReader],
+) -> None:
+    writer, reader = journal
+    await writer.register_stream(CONFIGMAPS)
+    for version in range(1, 11):
+        await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("a", version))], None)
+    await writer.write_cursor("ns/stuck", seq=1, covered={})
+    await writer.write_cursor("ns/busy", seq=8, covered={})
+    await writer.compact(max_lag_events=20)
+    assert (await reader.events_after(0, 100))[0].seq == 2
+    await writer.compact(max_lag_events=5)
+    # The stuck cursor (9 behind) no longer counts; the busy one (2 behind) still does.
+    assert writer.resync_floor == 5
+    assert [e.seq for e in await reader.events_after(0, 100)] == [9, 10]
+    # A late settle of the stuck target below the floor does not pin again.
+    await writer.write_cursor("ns/stuck", seq=3, covered={})
+    await writer.write_cursor("ns/busy", seq=10, covered={})
+    await writer.compact(max_lag_events=5)
+    assert [e.seq for e in await reader.events_after(0, 100)] == [10]
+    reopened = await JournalWriter.open(writer.path.parent)
+    assert reopened.resync_floor == 5
+    await reopened.close()
+
+
 async def test_reopened_journal_continues_sequence_and_index(tmp_path: Path) -> None:
     writer = await JournalWriter.open(tmp_path)
     task = asyncio.create_task(writer.run())
