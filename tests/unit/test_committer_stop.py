@@ -27,6 +27,9 @@ def committer_on(clone: Path, url: str, journal: JournalWriter) -> Committer:
     async def connect() -> BranchRepository:
         return BranchRepository(clone, url, "main")
 
+    async def proved_write_access() -> None:
+        pass
+
     return Committer(
         f"{url}#main",
         asyncio.Lock(),
@@ -36,6 +39,7 @@ def committer_on(clone: Path, url: str, journal: JournalWriter) -> Committer:
         ("reverserd", "reverserd@example.com"),
         PushPolicy(1.0, 10),
         lambda: [],
+        proved_write_access,
     )
 
 
