@@ -52,7 +52,7 @@ from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
-from reverserd.encryption.sops import sops_config_for
+from reverserd.encryption.sops import NotCiphertext, sops_config_for
 from reverserd.git import FileChange
 from reverserd.journal import (
     EventKind,
@@ -198,9 +198,7 @@ class TargetConsumer:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
-        self.sops_config = self.secrets.folder_config = await self.committer.read(
-            self.sops_config_path
-        )
+        self.sops_config = await self.committer.read(self.sops_config_path)
         starting = True
         while True:
             if await self.secrets.refresh() or (starting and not self.secrets.writable):
@@ -296,9 +294,13 @@ class TargetConsumer:
         seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
         plan, count = planner.plan, planner.writes
         for secret, rtype in secrets:
-            secret_plan = await self.secrets.plan(
-                secret, rtype, self.folder, self.files.get(secret)
-            )
+            try:
+                secret_plan = await self.secrets.plan(
+                    secret, rtype, self.folder, self.files.get(secret)
+                )
+            except NotCiphertext as error:
+                plan.hold(secret, error)
+                continue
             if secret_plan is not None:
                 plan.merge(secret_plan)
             if self.secrets.writable:
