@@ -313,6 +313,41 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"
 
 
+def test_generate_when_missing_never_writes_into_a_secret_that_exists(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+) -> None:
+    # A GitTarget pointed at the namespace's database password: it must not become a key store.
+    apply(control_plane, secret(namespace, "db-admin", {"password": "db-secret"}))
+    before = get_object(control_plane, "secret", namespace, "db-admin")
+    encryption = {
+        "provider": "sops",
+        "secretRef": {"name": "db-admin"},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+    }
+    apply(control_plane, *setup(namespace, remote, encryption))
+    secret_daemon.start()
+    refused = wait_condition(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        "EncryptionConfigured",
+        "False",
+        daemon=secret_daemon,
+    )
+    assert refused["reason"] == "KeySecretExists", refused
+    assert "db-admin" in refused["message"]
+    # Later changes are processed (a ConfigMap arrives) and the Secret is still untouched.
+    apply(control_plane, configmap(namespace, "later"))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/configmaps/{namespace}/later")
+    after = get_object(control_plane, "secret", namespace, "db-admin")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["data"] == before["data"]
+
+
 class TwoPeople(NamedTuple):
     """Key files and recipients of two people: the test's age key, and a colleague's."""
 
