@@ -233,24 +233,58 @@ def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: S
     scene.assert_unharmed("after-attack")
 
 
-@pytest.mark.parametrize("spelling", ["file URL", "plain path"])
-def test_local_repository_urls_are_refused_without_the_flag(scene: Scene, spelling: str) -> None:
-    """The victim's bare repository is on the daemon's machine: a tenant naming its path would
-    get commits into it without any credential, were local remotes allowed."""
-    path = scene.remote.path
-    url = f"file://{path}" if spelling == "file URL" else str(path)
-    apply(scene.plane, *mirror_setup(scene.attacker, url, path="attacker", name="grab"))
-    ready = wait_condition(
-        scene.plane,
-        "gitprovider",
-        scene.attacker,
-        "grab",
-        "Ready",
-        "False",
-        "LocalRemoteNotAllowed",
+# Remotes a tenant could use to reach what only the daemon's machine or pod can, by spelling.
+UNREACHABLE_SPELLINGS = {
+    "file URL": ("file://{path}", "LocalRemoteNotAllowed"),
+    "plain path": ("{path}", "LocalRemoteNotAllowed"),
+    "plain http on loopback": ("{trap}", "InsecureRemoteNotAllowed"),
+    "https on loopback": ("{trap_https}", "LocalRemoteNotAllowed"),
+    "loopback as a number": ("https://2130706433:{port}/x", "LocalRemoteNotAllowed"),
+    "IPv6 loopback": ("https://[::1]:{port}/x", "LocalRemoteNotAllowed"),
+    "localhost": ("https://localhost:{port}/x", "LocalRemoteNotAllowed"),
+    "cloud metadata": ("https://169.254.169.254/latest/meta-data", "LocalRemoteNotAllowed"),
+    "plain http elsewhere": ("http://git.example.com/team/repo.git", "InsecureRemoteNotAllowed"),
+}
+
+
+@pytest.mark.parametrize("spelling", list(UNREACHABLE_SPELLINGS))
+def test_local_insecure_and_internal_urls_are_refused_without_the_flag(
+    control_plane: ControlPlane,
+    remote: Remote,
+    attacker: str,
+    trap: CredentialTrap,
+    tmp_path: Path,
+    spelling: str,
+) -> None:
+    """The victim's bare repository is on the daemon's machine, the attacker's server on its
+    loopback: naming them would get commits in without any credential, probe the pod's own
+    services, or send a Secret over plain http, were such remotes allowed. Without the
+    operator's opt-in, each is refused before anything connects."""
+    daemon = Reverserd(control_plane, tmp_path / "state", allow_local_remotes=False)
+    template, reason = UNREACHABLE_SPELLINGS[spelling]
+    port = trap.url("x").split(":")[2].split("/")[0]
+    url = template.format(
+        path=remote.path,
+        trap=trap.url("loot"),
+        trap_https=trap.url("loot").replace("http://", "https://"),
+        port=port,
     )
+    credentials = secret(attacker, "db-admin", {"username": "admin", "password": "db-pass"})
+    apply(
+        control_plane,
+        credentials,
+        *mirror_setup(attacker, url, path="attacker", name="grab", secret="db-admin"),
+    )
+    try:
+        daemon.start()
+        ready = wait_condition(
+            control_plane, "gitprovider", attacker, "grab", "Ready", "False", reason, daemon=daemon
+        )
+    finally:
+        daemon.ensure_stopped()
     assert "--allow-local-remotes" in ready["message"]
-    scene.assert_unharmed("after-local")
+    assert "REVERSERD_ALLOW_LOCAL_REMOTES" in ready["message"]
+    assert trap.requests == []
 
 
 def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
@@ -304,13 +338,22 @@ def test_pathological_branch_glob_does_not_slow_the_daemon(scene: Scene) -> None
 
 def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) -> None:
     secret_word = "hunter2-url-password"
-    url = scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
-    apply(scene.plane, *mirror_setup(scene.attacker, url, name="masked"))
-    wait_condition(scene.plane, "gitprovider", scene.attacker, "masked", "Ready", "False")
+    spellings = {
+        "masked": scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@"),
+        "query": f"{scene.trap.url('query')}?private_token={secret_word}",
+        "scp": f"mallory:{secret_word}@127.0.0.1:team/repo.git",
+    }
+    for name, url in spellings.items():
+        apply(scene.plane, *mirror_setup(scene.attacker, url, name=name, path=name))
+    for name in spellings:
+        wait_condition(scene.plane, "gitprovider", scene.attacker, name, "Ready", "False")
     time.sleep(ATTACK_WINDOW_S)
     shown = [
-        json.dumps(resource_status(scene.plane, "gitprovider", scene.attacker, "masked")),
-        json.dumps(resource_status(scene.plane, "gittarget", scene.attacker, "masked")),
+        *(
+            json.dumps(resource_status(scene.plane, kind, scene.attacker, name))
+            for kind in ("gitprovider", "gittarget")
+            for name in spellings
+        ),
         json.dumps(scene.daemon.status()),
         (scene.daemon.get("/") or b"").decode(),
         (scene.daemon.get("/metrics") or b"").decode(),
@@ -318,6 +361,26 @@ def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) ->
     ]
     for text in shown:
         assert secret_word not in text
+
+
+def test_credentials_in_a_url_never_rest_on_disk(
+    scene: Scene, git_http: GitHttpServer, git_repo_name: str
+) -> None:
+    """SECURITY.md: credentials stay in memory. A token in the URL itself (no Secret) still
+    works, and no file of the state dir (clones, journal) ever holds it."""
+    own = git_http.create_bare_repo(f"{git_repo_name}-embedded")
+    login = f"{git_http.username}:{git_http.password}@"
+    url = git_http.url(f"{git_repo_name}-embedded").replace("http://", f"http://{login}")
+    apply(scene.plane, *mirror_setup(scene.attacker, url, name="embedded", path="embedded"))
+    wait_synced(scene.plane, scene.attacker, name="embedded", daemon=scene.daemon)
+    apply(scene.plane, configmap(scene.attacker, "pushed-with-the-url-token"))
+    wait_for_subjects(
+        own, scene.daemon, f"[CREATE] v1/configmaps/{scene.attacker}/pushed-with-the-url-token"
+    )
+    stored = [path for path in scene.daemon.state_dir.rglob("*") if path.is_file()]
+    assert any(path.name == "config" for path in stored)  # the clones are there
+    for path in stored:
+        assert git_http.password.encode() not in path.read_bytes(), path
 
 
 def test_names_that_would_inject_commit_lines_or_reach_git_metadata_are_quarantined(
