@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -218,6 +219,102 @@ def test_attacker_server_never_receives_a_credential(scene: Scene) -> None:
     wait_condition(scene.plane, "gitprovider", scene.attacker, "grab", "Ready", "False")
     assert scene.trap.requests, "the daemon never contacted the attacker's server"
     scene.assert_unharmed("still-here")
+
+
+# A tenant's user: may write reverserd's resources and read ConfigMaps in their namespace, and
+# get one Secret of their own; no other Secret.
+TENANT_USER = "tenant-without-secret-access"
+TENANT_OWN_SECRET = "tenant-token"
+
+
+def grant_tenant(plane: ControlPlane, namespace: str) -> None:
+    role = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "Role",
+        "metadata": {"name": "tenant", "namespace": namespace},
+        "rules": [
+            {
+                "apiGroups": ["configbutler.ai"],
+                "resources": ["gitproviders", "gittargets", "watchrules"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch"],
+            },
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [TENANT_OWN_SECRET],
+                "verbs": ["get"],
+            },
+        ],
+    }
+    binding = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "tenant", "namespace": namespace},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "tenant"},
+        "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": TENANT_USER}],
+    }
+    apply(plane, role, binding)
+
+
+def apply_as(plane: ControlPlane, user: str, manifest: dict[str, Any]) -> tuple[bool, str]:
+    """``kubectl apply`` of ``manifest`` as ``user`` (impersonated): (admitted, error text)."""
+    result = subprocess.run(
+        [
+            str(plane.kubectl_path),
+            f"--kubeconfig={plane.admin_kubeconfig}",
+            f"--as={user}",
+            "apply",
+            "-f",
+            "-",
+        ],
+        input=json.dumps(manifest),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode == 0, result.stderr
+
+
+def test_what_its_creator_cannot_read_reverserd_is_never_asked_to_read(scene: Scene) -> None:
+    """The confused deputy: a user who may create GitProviders but not read Secrets names the
+    namespace's database password (a basic-auth Secret) as credentials of a provider whose URL
+    is their own server, or mirrors the namespace's Secrets to their own key. The install's
+    admission policy refuses each, as the user's own authorization decides; nothing reaches
+    their server. What the user can read they may still name."""
+    namespace, plane = scene.attacker, scene.plane
+    grant_tenant(plane, namespace)
+    database = secret(namespace, "db-admin", {"username": "admin", "password": "db-pass-5e1"})
+    database["type"] = "kubernetes.io/basic-auth"
+    apply(plane, database, secret(namespace, TENANT_OWN_SECRET, {"password": "own"}))
+    loot = git_provider(namespace, "loot", scene.trap.url("loot"), secret="db-admin")
+    admitted, error = apply_as(plane, TENANT_USER, loot)
+    assert not admitted
+    assert f"user {TENANT_USER} cannot get Secret db-admin in namespace {namespace}" in error
+    target = git_target(namespace, "own-key", "own", "x")
+    target["spec"]["encryption"] = {
+        "provider": "sops",
+        "secretRef": {"name": "db-admin"},
+        "age": {"enabled": True, "recipients": {"extractFromSecret": True}},
+    }
+    admitted, error = apply_as(plane, TENANT_USER, target)
+    assert not admitted and "cannot get Secret db-admin" in error
+    every_secret = watch_rule(namespace, "secrets", "own", [{"resources": ["Secrets"]}])
+    admitted, error = apply_as(plane, TENANT_USER, every_secret)
+    assert not admitted and "cannot list and watch" in error and "/secrets" in error
+    # What the user can read, they may name: the policy decides by their rights, not by kind.
+    own = git_provider(
+        namespace, "own", "https://git.example.com/team/repo.git", secret=TENANT_OWN_SECRET
+    )
+    for allowed in (
+        own,
+        git_target(namespace, "own", "own", "x"),
+        watch_rule(namespace, "own", "own", [{"resources": ["configmaps"]}]),
+    ):
+        admitted, error = apply_as(plane, TENANT_USER, allowed)
+        assert admitted, error
+    scene.assert_unharmed("after-deputy")
+    assert scene.trap.requests == []
 
 
 def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: Scene) -> None:
