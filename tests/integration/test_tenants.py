@@ -317,6 +317,42 @@ def test_what_its_creator_cannot_read_reverserd_is_never_asked_to_read(scene: Sc
     assert scene.trap.requests == []
 
 
+def test_provider_of_another_namespace_is_never_used_even_when_the_schema_admits_the_reference(
+    scene: Scene,
+) -> None:
+    """A reference the CRD schema accepts (``namespace`` is not a field of providerRef, so the
+    API server drops it) names the victim's provider by its name. reverserd looks the provider
+    up in the target's own namespace only: the attacker's target is refused, nothing is written
+    through the victim's provider."""
+    target = git_target(scene.attacker, "grab", "mirror", "stolen")
+    target["spec"]["providerRef"]["namespace"] = scene.victim
+    rules = [{"resources": ["configmaps"]}]
+    apply(scene.plane, target, watch_rule(scene.attacker, "grab", "grab", rules))
+    stored = json.loads(
+        scene.plane.kubectl("get", "gittarget", "grab", "-n", scene.attacker, "-o", "json")
+    )
+    assert stored["spec"]["providerRef"] == {
+        "name": "mirror",
+        "kind": "GitProvider",
+        "group": "configbutler.ai",
+    }
+    validated = wait_condition(
+        scene.plane,
+        "gittarget",
+        scene.attacker,
+        "grab",
+        "Validated",
+        "False",
+        "GitProviderNotFound",
+    )
+    assert (
+        f"namespace {scene.attacker!r}" in validated["message"]
+        or scene.attacker in (validated["message"])
+    )
+    scene.assert_unharmed("after-foreign-provider")
+    assert not [path for path in tree(scene.remote.path) if "stolen" in path]
+
+
 def test_same_repository_respelled_from_another_namespace_is_a_conflict(scene: Scene) -> None:
     """A credential-less provider naming the victim's repository with a trailing ``/`` gets
     ``Conflict``; it neither pushes with the victim's credentials nor stops the victim, during
