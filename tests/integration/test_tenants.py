@@ -40,6 +40,7 @@ from testbed.harness import (
 )
 from testbed.manifests import (
     CONFIGBUTLER_API,
+    cluster_watch_rule,
     configmap,
     git_provider,
     git_target,
@@ -315,6 +316,54 @@ def test_what_its_creator_cannot_read_reverserd_is_never_asked_to_read(scene: Sc
         assert admitted, error
     scene.assert_unharmed("after-deputy")
     assert scene.trap.requests == []
+
+
+def test_cluster_watch_rule_creator_must_list_what_it_selects_in_every_namespace(
+    control_plane: ControlPlane, namespace: str, cleanup: Cleanup
+) -> None:
+    """A ClusterWatchRule reads in every namespace: its creator must list and watch there, not
+    only in one namespace where they happen to read Secrets."""
+    user, name = "cluster-rule-writer", "reverserd-test-cluster-rule-writer"
+    cluster_role = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": ["configbutler.ai"], "resources": ["clusterwatchrules"],
+             "verbs": ["get", "create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
+        ],
+    }  # fmt: skip
+    binding = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": user}],
+    }
+    local = copy.deepcopy(cluster_role)
+    local.update(kind="Role", metadata={"name": name, "namespace": namespace})
+    local["rules"] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}]
+    local_binding = copy.deepcopy(binding)
+    local_binding.update(kind="RoleBinding", metadata={"name": name, "namespace": namespace})
+    local_binding["roleRef"] = {"apiGroup": RBAC_GROUP, "kind": "Role", "name": name}
+    cleanup.cluster_objects += [
+        ("clusterrole", name),
+        ("clusterrolebinding", name),
+        ("clusterwatchrule", "every-configmap"),
+    ]
+    apply(control_plane, cluster_role, binding, local, local_binding)
+    secrets = [{"resources": ["secrets"], "scope": "Namespaced"}]
+    admitted, error = apply_as(
+        control_plane, user, cluster_watch_rule("every-secret", namespace, "mirror", secrets)
+    )
+    assert not admitted
+    assert "cannot list and watch, in all namespaces" in error and "/secrets" in error
+    configmaps = [{"resources": ["configmaps"], "scope": "Namespaced"}]
+    admitted, error = apply_as(
+        control_plane, user, cluster_watch_rule("every-configmap", namespace, "mirror", configmaps)
+    )
+    assert admitted, error
 
 
 def test_provider_of_another_namespace_is_never_used_even_when_the_schema_admits_the_reference(
@@ -630,6 +679,8 @@ def test_malformed_corpus_is_refused_by_the_schema_or_gets_its_condition(
         scope = "" if body["kind"] == "ClusterWatchRule" else namespace
         admitted.append((body["kind"].lower(), scope, name, condition, reason))
     assert len(admitted) >= MIN_ADMITTED_CORPUS
+    # The corpus expects a daemon as installed: local, http and loopback remotes refused.
+    daemon.allow_local_remotes = False
     daemon.start()
     for kind, scope, name, condition, reason in admitted:
         wait_condition(
