@@ -525,7 +525,7 @@ class ConfigPlane:
         """Every custom resource's status as :func:`resolve` computes it now, by (resource,
         namespace, name): the status page shows exactly what is written to the resources."""
         caches = {name: informer.cache for name, informer in self.informers.items()}
-        _, desired = resolve(caches, self.discovery, self.board)
+        _, desired = resolve(caches, self.discovery, self.board, self.policy)
         return {(item.rtype.resource, item.namespace, item.name): item.status for item in desired}
 
     async def wait_for_change(self, seen_version: int) -> ConfigState:
