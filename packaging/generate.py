@@ -5,15 +5,17 @@ Sources (edit these):
 - ``packaging/crds/*.yaml``: the CustomResourceDefinitions;
 - ``packaging/rbac/clusterrole.yaml``: the daemon's cluster permissions;
 - ``packaging/rbac/secret-writer.yaml``: the Secret writes of ``generateWhenMissing``;
+- ``packaging/admission/creator-access.yaml``: the admission policies that check a custom
+  resource's creator may read what it names;
 - ``packaging/helm/reverserd/`` (templates, values.yaml): every other object.
 
 Generated (never edit by hand):
 
 - ``packaging/helm/reverserd/crds/*.yaml``: copies of ``packaging/crds`` (Helm installs CRDs
   only from a chart's own ``crds/`` folder);
-- ``packaging/helm/reverserd/files/clusterrole.yaml`` and ``files/secret-writer.yaml``: copies of
-  the RBAC sources, whose rules the templates read (a chart cannot read files outside its
-  folder);
+- ``packaging/helm/reverserd/files/clusterrole.yaml``, ``files/secret-writer.yaml`` and
+  ``files/creator-access.yaml``: copies of the RBAC and admission sources, which the templates
+  read (a chart cannot read files outside its folder);
 - ``packaging/manifests/reverserd.yaml``: the Namespace, then ``helm template --include-crds``
   of the chart with its default values in that namespace, with the two labels that would
   claim Helm manages the objects removed.
@@ -38,10 +40,12 @@ PACKAGING = Path("packaging")
 CRD_SOURCE = PACKAGING / "crds"
 RBAC_SOURCE = PACKAGING / "rbac" / "clusterrole.yaml"
 SECRET_WRITER_SOURCE = PACKAGING / "rbac" / "secret-writer.yaml"
+ADMISSION_SOURCE = PACKAGING / "admission" / "creator-access.yaml"
 CHART = PACKAGING / "helm" / "reverserd"
 CHART_CRDS = CHART / "crds"
 CHART_RBAC = CHART / "files" / "clusterrole.yaml"
 CHART_SECRET_WRITER = CHART / "files" / "secret-writer.yaml"
+CHART_ADMISSION = CHART / "files" / "creator-access.yaml"
 MANIFESTS = PACKAGING / "manifests" / "reverserd.yaml"
 
 # The plain manifests install into this namespace, under this release name (object names).
@@ -77,14 +81,18 @@ MANIFESTS_HEADER = f"""\
 
 
 def copies(root: Path) -> dict[Path, str]:
-    """The chart's copies of the CRDs and of the RBAC source, by path relative to ``root``."""
+    """The chart's copies of the CRDs, RBAC and admission sources, by path relative to ``root``."""
     files: dict[Path, str] = {}
     for crd in sorted((root / CRD_SOURCE).glob("*.yaml")):
         source = CRD_SOURCE / crd.name
         files[CHART_CRDS / crd.name] = COPY_HEADER.format(source=source) + crd.read_text()
     if not files:
         raise SystemExit(f"no CRDs in {root / CRD_SOURCE}")
-    for source, copy in ((RBAC_SOURCE, CHART_RBAC), (SECRET_WRITER_SOURCE, CHART_SECRET_WRITER)):
+    for source, copy in (
+        (RBAC_SOURCE, CHART_RBAC),
+        (SECRET_WRITER_SOURCE, CHART_SECRET_WRITER),
+        (ADMISSION_SOURCE, CHART_ADMISSION),
+    ):
         files[copy] = COPY_HEADER.format(source=source) + (root / source).read_text()
     return files
 

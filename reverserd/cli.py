@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     git.add_argument(
         "--allow-local-remotes",
         action="store_true",
-        help="accept file:// URLs and local paths as GitProvider URLs (tests, demos); off"
-        " because a custom resource could otherwise point at any repository on this machine",
+        help="accept file:// URLs, local paths, plain http:// and loopback or link-local hosts"
+        " as GitProvider URLs (tests, demos); off because a custom resource could otherwise"
+        " point at any repository on this machine, or at services only the pod can reach",
     )
     git.add_argument(
         "--max-targets-per-namespace",

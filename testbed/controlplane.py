@@ -50,6 +50,8 @@ GOMOD_DIR = REPO_ROOT / "testbed" / "gomod"
 CRD_DIR = REPO_ROOT / "packaging" / "crds"
 RBAC_FILE = REPO_ROOT / "packaging" / "rbac" / "clusterrole.yaml"
 SECRET_WRITER_FILE = REPO_ROOT / "packaging" / "rbac" / "secret-writer.yaml"
+# On by default in every install: a custom resource's creator must be able to read what it names.
+ADMISSION_POLICY_FILE = REPO_ROOT / "packaging" / "admission" / "creator-access.yaml"
 # Where the tests run leader election; the daemon may use Leases in this namespace only, as the
 # chart's Role allows in the release namespace.
 LEASE_NAMESPACE = "default"
@@ -424,7 +426,7 @@ class ControlPlane:
         self.kubectl("apply", "-f", str(CRD_DIR))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         # The tests use generateWhenMissing, so the daemon also gets the optional Secret writes.
-        for path in (RBAC_FILE, SECRET_WRITER_FILE):
+        for path in (RBAC_FILE, SECRET_WRITER_FILE, ADMISSION_POLICY_FILE):
             self.kubectl("apply", "-f", str(path))
         for role in ("reverserd", "reverserd-secret-writer"):
             self.kubectl(

@@ -57,8 +57,12 @@ class Reverserd:
         kubeconfig: Path | None = None,
         interpreter_args: Sequence[str] = (),
         settings_from_environment: bool = False,
+        allow_local_remotes: bool = True,
     ) -> None:
         """``interpreter_args`` go to Python before ``-m reverserd`` (e.g. ``-m cProfile``).
+
+        ``allow_local_remotes`` sets ``REVERSERD_ALLOW_LOCAL_REMOTES``: the test bed's Git
+        servers speak plain http on loopback, which reverserd refuses without that opt-in.
 
         With ``settings_from_environment`` the kubeconfig comes from ``$KUBECONFIG`` and the
         state dir, HTTP address and log format from ``REVERSERD_*`` variables, not flags, as a
@@ -69,6 +73,7 @@ class Reverserd:
         self.extra_args = list(extra_args)
         self.interpreter_args = list(interpreter_args)
         self.settings_from_environment = settings_from_environment
+        self.allow_local_remotes = allow_local_remotes
         self.kubeconfig = kubeconfig or plane.daemon_kubeconfig
         self.port = free_port()
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
@@ -107,6 +112,7 @@ class Reverserd:
         ]
         # The daemon runs the code of this tree, whatever else is installed or the caller's cwd.
         environment = dict(os.environ)
+        environment["REVERSERD_ALLOW_LOCAL_REMOTES"] = str(self.allow_local_remotes).lower()
         if self.settings_from_environment:
             environment.update(settings)
         search_path = [

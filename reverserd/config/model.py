@@ -14,16 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import pygit2
 
 from reverserd.config.rules import CompiledRule, RuleError, compile_rules
 from reverserd.git.credentials import mask_url
-from reverserd.git.urls import UnsupportedUrl, local_path, normalize_url
+from reverserd.git.urls import UnsupportedUrl, is_internal_host, local_path, normalize_url
 from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
 from reverserd.manifest.layout import validate_target_path
 
 GROUP = "configbutler.ai"
+# The operator's opt-in for local, plain-http and loopback remotes, named in refusals.
+ALLOW_LOCAL_FLAG = "--allow-local-remotes (REVERSERD_ALLOW_LOCAL_REMOTES=true)"
 VERSION = "v1alpha1"
 # SPEC 2.1 defaults.
 DEFAULT_PUSH_INTERVAL_S = 5.0
@@ -261,8 +264,10 @@ def _ref_name(value: Any, field_name: str) -> str:
 class UrlPolicy:
     """What remote URLs this daemon accepts: set by the operator's flags, never by a tenant.
 
-    Local repositories (``file://`` and plain paths) are off unless ``allow_local``; even then
-    nothing inside ``state_dir`` (the journal and every target's clone) can be a remote.
+    Local repositories (``file://`` and plain paths), plain ``http://`` and loopback or
+    link-local hosts are off unless ``allow_local`` (``--allow-local-remotes``: tests, demos,
+    a Git server beside the daemon); even then nothing inside ``state_dir`` (the journal and
+    every target's clone) can be a remote.
     """
 
     allow_local: bool = False
@@ -320,13 +325,13 @@ def check_url(url: str, policy: UrlPolicy) -> None:
             f"spec.url {mask_url(url)!r}: {error}; use https://, http://, ssh:// or git@host:path",
         ) from None
     if path is None:
+        _check_network_url(url, policy)
         return
     if not policy.allow_local:
         raise ConfigError(
             "LocalRemoteNotAllowed",
             f"spec.url {mask_url(url)!r} is a local repository; this reverserd accepts only network"
-            " remotes (https, http, ssh), unless its operator starts it with"
-            " --allow-local-remotes",
+            f" remotes (https, ssh), unless its operator starts it with {ALLOW_LOCAL_FLAG}",
         )
     if not path.is_absolute():
         raise ConfigError(
@@ -340,6 +345,30 @@ def check_url(url: str, policy: UrlPolicy) -> None:
                 "LocalRemoteNotAllowed",
                 f"spec.url {mask_url(url)!r} points into reverserd's own state directory",
             )
+
+
+def _check_network_url(url: str, policy: UrlPolicy) -> None:
+    """Plain ``http://`` and hosts of the daemon's own machine or link are the operator's
+    to allow: a tenant could otherwise reach services only the pod can (a cloud metadata
+    endpoint, a sidecar on loopback), read their reachability in conditions, or send
+    credentials in the clear."""
+    if policy.allow_local:
+        return
+    parts = urlsplit(normalize_url(url))
+    if parts.scheme == "http":
+        raise ConfigError(
+            "InsecureRemoteNotAllowed",
+            f"spec.url {mask_url(url)!r} is plain http: credentials and content would cross the"
+            f" network unencrypted; use https:// or ssh://, unless the operator starts reverserd"
+            f" with {ALLOW_LOCAL_FLAG}",
+        )
+    if is_internal_host(parts.hostname or ""):
+        raise ConfigError(
+            "LocalRemoteNotAllowed",
+            f"spec.url {mask_url(url)!r} names a loopback or link-local host; this reverserd"
+            f" accepts only remotes on other machines, unless its operator starts it with"
+            f" {ALLOW_LOCAL_FLAG}",
+        )
 
 
 def parse_provider(body: Mapping[str, Any], policy: UrlPolicy | None = None) -> Provider:

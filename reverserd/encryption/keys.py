@@ -3,8 +3,8 @@
 Recipients come from ``age.recipients.publicKeys`` and, with ``extractFromSecret``, from every
 ``*.agekey`` entry of the Secret named by ``encryption.secretRef`` (each entry is an age
 identity; its public recipient is derived by ``age-keygen -y``). With ``generateWhenMissing``
-and no identity in that Secret, reverserd generates one, stores it as ``<date>.agekey`` (creating
-the Secret if needed), and annotates the Secret with the recipient and
+and no such Secret, reverserd generates an identity and creates the Secret with it as
+``<date>.agekey`` (never writing into a Secret that exists), annotated with the recipient and
 ``configbutler.ai/backup-warning: REMOVE_AFTER_BACKUP``: the key exists only in the cluster until
 someone backs it up, so the target warns until that annotation is removed.
 
@@ -87,8 +87,17 @@ async def resolve_keys(
                 "SecretMalformed", f"Secret {secret_name!r} has an entry that is not text"
             )
         if not identities and recipients_spec.get("generateWhenMissing"):
+            if secret is not None:
+                # Writing a key into a Secret that exists would let a GitTarget change any
+                # Secret of its namespace; only one nobody made yet is created.
+                return _failed(
+                    "KeySecretExists",
+                    f"Secret {secret_name!r} exists without a *.agekey entry; generateWhenMissing"
+                    " only creates a Secret that does not exist: add an age key to it, or name"
+                    " a new Secret",
+                )
             try:
-                secret = await _generate(client, sops, namespace, secret_name, secret)
+                secret = await _generate(client, sops, namespace, secret_name)
             except (EncryptionError, KubeError) as error:
                 return _failed("KeyGenerationFailed", f"generating an age key failed: {error}")
             identities = _identities(secret) or []
@@ -132,23 +141,18 @@ def _identities(secret: Mapping[str, Any] | None) -> list[tuple[str, str]] | Non
     return found
 
 
-async def _generate(
-    client: KubeClient, sops: Sops, namespace: str, name: str, secret: dict[str, Any] | None
-) -> dict[str, Any]:
+async def _generate(client: KubeClient, sops: Sops, namespace: str, name: str) -> dict[str, Any]:
+    """Create Secret ``name`` holding a new age identity; fails (409) if it exists meanwhile."""
     identity, recipient = await sops.generate()
     entry = time.strftime("%Y-%m-%d", time.gmtime()) + KEY_SUFFIX
     encoded = base64.b64encode(identity.encode()).decode()
     annotations = {RECIPIENT_ANNOTATION: recipient, BACKUP_WARNING_ANNOTATION: BACKUP_WARNING_VALUE}
-    if secret is None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
-            "type": "Opaque",
-            "data": {entry: encoded},
-        }
-        created: dict[str, Any] = await client.send("POST", secret_path(namespace), body)
-        return created
-    patch = {"metadata": {"annotations": annotations}, "data": {entry: encoded}}
-    patched: dict[str, Any] = await client.merge_patch(secret_path(namespace, name), patch)
-    return patched
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "type": "Opaque",
+        "data": {entry: encoded},
+    }
+    created: dict[str, Any] = await client.send("POST", secret_path(namespace), body)
+    return created

@@ -10,11 +10,14 @@ air-gapped cluster never waits on it. A run that never got to answer (the proces
 started for lack of resources, was killed, or timed out) raises :class:`EncryptionUnavailable`,
 which callers retry; any other failure is about the input or the configuration.
 
-A target folder's ``.sops.yaml`` belongs to its people as much as to reverserd: recipients,
-key groups and creation rules added by hand are kept (:func:`sops_config_for`), and every file
-is encrypted by sops with that very configuration, so whoever the folder's rules name can
-decrypt it with the standard ``sops -d``. Only a file exactly as reverserd writes it is
-rewritten, when the recipients change.
+Encryption is decided on the cluster side only. Anyone with push access can write a folder's
+``.sops.yaml``, so sops never reads it: every file is encrypted with a configuration made from
+the GitTarget's recipients alone (:func:`sops_config`), and the output is checked before it can
+be committed (:func:`check_ciphertext`): every value of ``data`` and ``stringData`` is sops
+ciphertext, and the file names exactly the GitTarget's age recipients and no other key source.
+The folder's ``.sops.yaml`` is only what editors and people running ``sops`` see
+(:func:`sops_config_for`): kept when its rule for reverserd's files says what the GitTarget
+says, otherwise rewritten with reverserd's rule first.
 """
 
 from __future__ import annotations
@@ -33,15 +36,22 @@ from typing import Any
 import yaml
 
 ENCRYPTED_REGEX = "^(data|stringData)$"
+# The sections of a Secret whose every value must be ciphertext in what reaches Git.
+ENCRYPTED_SECTIONS = ("data", "stringData")
 # sops on a small Secret takes a few tens of milliseconds; this only bounds a hung child.
 TOOL_TIMEOUT_S = 30.0
 AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+# A value as sops encrypts it (AES-256-GCM, base64 fields, the plaintext's type).
+CIPHERTEXT = re.compile(
+    r"^ENC\[AES256_GCM,data:[A-Za-z0-9+/=]*,iv:[A-Za-z0-9+/=]+,tag:[A-Za-z0-9+/=]+,"
+    r"type:(str|int|float|bool|bytes)\]$"
+)
 # The rule reverserd writes matches every encrypted manifest below the folder.
 OWN_PATH_REGEX = "\\.sops\\.yaml$"
-# A folder-relative path like the ones reverserd encrypts; an existing rule that matches it
-# already covers reverserd's files (sops uses the first rule whose path_regex matches).
+# A folder-relative path like the ones reverserd encrypts: the rule of a folder's .sops.yaml
+# that sops would use for reverserd's files is the first whose path_regex matches it.
 PROBE_PATH = "v1/secrets/default/example.sops.yaml"
-# Keys of a creation rule that choose what is encrypted; without one, reverserd's regex applies.
+# Keys of a creation rule (and of a file's sops metadata) that choose what is encrypted.
 SELECTORS = (
     "encrypted_regex",
     "unencrypted_regex",
@@ -50,15 +60,28 @@ SELECTORS = (
     "encrypted_comment_regex",
     "unencrypted_comment_regex",
 )
+# Keys of a creation rule that name who can decrypt, besides age recipients: a rule with any
+# of them says something the GitTarget did not.
+KEY_SOURCES = (
+    "pgp",
+    "kms",
+    "gcp_kms",
+    "azure_keyvault",
+    "hc_vault_transit_uri",
+    "hckms",
+    "key_groups",
+    "shamir_threshold",
+)
 CONFIG_NAME = ".sops.yaml"
 # Enough of a SHA-256 to tell one recipient list from another; it only detects hand edits.
 RECIPIENTS_DIGEST_LEN = 12
 OWN_HEADER = (
     "# Written by reverserd for the age recipients of spec.encryption ({digest}).\n"
-    "# Edit it and reverserd keeps your version; delete it to have it written again.\n"
+    "# reverserd encrypts with the GitTarget's recipients only; a rule that says otherwise is\n"
+    "# replaced with its next write.\n"
 )
-APPENDED_HEADER = (
-    "# reverserd added the last creation rule, for the age recipients of spec.encryption"
+KEPT_HEADER = (
+    "# reverserd put the first creation rule here, for the age recipients of spec.encryption"
     " ({digest}).\n"
 )
 
@@ -75,6 +98,11 @@ class EncryptionUnavailable(EncryptionError):
 # Errors starting a process that are about the machine at the moment, not the configuration
 # (a missing or non-executable binary is the configuration's).
 TRANSIENT_START_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+
+
+class NotCiphertext(EncryptionError):
+    """What sops returned is not a file only the GitTarget's recipients can read; it must not
+    reach Git. The message names the section, key or metadata entry, never a value."""
 
 
 async def _run(command: Sequence[str], stdin: bytes, cwd: Path | None = None) -> bytes:
@@ -115,30 +143,29 @@ class Sops:
         self.sops = sops
         self.age_keygen = age_keygen
 
-    async def encrypt(self, manifest: bytes, config: bytes, filename: str) -> bytes:
-        """Encrypt a YAML manifest as the folder's ``.sops.yaml`` (``config``) says.
+    async def encrypt(self, manifest: bytes, recipients: Sequence[str], filename: str) -> bytes:
+        """Encrypt a Secret's YAML manifest for ``recipients``, checked before it is returned.
 
-        ``filename`` is the file's path relative to the folder, the path sops matches the
-        creation rules' ``path_regex`` against, as it does when run in the folder itself.
+        The configuration sops uses is made here from ``recipients`` alone, in a folder of its
+        own: no ``.sops.yaml`` of the repository, nor one above the working directory, is
+        read. ``filename`` is the file's path relative to the target folder (it ends in
+        ``.sops.yaml``, which reverserd's rule matches). Raises :class:`NotCiphertext` when the
+        output would show a value or name another reader.
         """
-        selector = _rule_for(_rules(config), filename)
-        regex = (
-            []
-            if selector is not None and _selects(selector)
-            else ["--encrypted-regex", ENCRYPTED_REGEX]
-        )
         with tempfile.TemporaryDirectory(prefix="reverserd-sops-") as folder:
-            (Path(folder) / CONFIG_NAME).write_bytes(config)
-            return await _run(
+            config = Path(folder) / CONFIG_NAME
+            config.write_bytes(sops_config(recipients))
+            encrypted = await _run(
                 [
-                    self.sops, "--config", str(Path(folder) / CONFIG_NAME), "encrypt",
-                    *regex,
+                    self.sops, "--config", str(config), "encrypt",
                     "--input-type", "yaml", "--output-type", "yaml",
                     "--filename-override", filename,
                 ],
                 manifest,
                 cwd=Path(folder),
             )  # fmt: skip
+        check_ciphertext(encrypted, recipients)
+        return encrypted
 
     async def recipient_of(self, identity: str) -> str:
         """The public age recipient of a private ``AGE-SECRET-KEY-1…`` identity."""
@@ -159,14 +186,61 @@ class Sops:
         return identity + "\n", await self.recipient_of(identity)
 
 
+def check_ciphertext(encrypted: bytes, recipients: Sequence[str]) -> None:
+    """Raise :class:`NotCiphertext` unless ``encrypted`` is a sops file in which every value
+    of ``data`` and ``stringData`` is ciphertext, decryptable by exactly ``recipients``.
+
+    sops leaves an empty string as it is (there is nothing to hide); every other value must
+    be in sops' ``ENC[AES256_GCM,...]`` form.
+    """
+    try:
+        parsed = yaml.safe_load(encrypted)
+    except yaml.YAMLError:
+        raise NotCiphertext("sops output is not YAML") from None
+    if not isinstance(parsed, dict):
+        raise NotCiphertext("sops output is not a YAML mapping")
+    for section in ENCRYPTED_SECTIONS:
+        values = parsed.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise NotCiphertext(f"sops output: {section} is not a mapping")
+        for key, value in values.items():
+            if not isinstance(value, str) or not (value == "" or CIPHERTEXT.match(value)):
+                raise NotCiphertext(f"sops output: {section}.{str(key)[:100]} is not ciphertext")
+    _check_metadata(parsed.get("sops"), recipients)
+
+
+def _check_metadata(metadata: Any, recipients: Sequence[str]) -> None:
+    if not isinstance(metadata, dict):
+        raise NotCiphertext("sops output has no sops metadata")
+    if metadata.get("encrypted_regex") != ENCRYPTED_REGEX:
+        raise NotCiphertext("sops output: encrypted_regex is not reverserd's")
+    for selector in SELECTORS:
+        if selector != "encrypted_regex" and metadata.get(selector) is not None:
+            raise NotCiphertext(f"sops output: {selector} chooses what is encrypted")
+    for name, value in metadata.items():
+        # Key sources (kms, pgp, hc_vault, key_groups...) are lists; only age may hold any.
+        if name != "age" and isinstance(value, list) and value:
+            raise NotCiphertext(f"sops output: key source {str(name)[:40]} is not the GitTarget's")
+    age = metadata.get("age")
+    named = (
+        {entry.get("recipient") for entry in age if isinstance(entry, dict)}
+        if isinstance(age, list)
+        else set()
+    )
+    if named != set(recipients):
+        raise NotCiphertext("sops output: its age recipients are not the GitTarget's")
+
+
 def _digest(recipients: Sequence[str]) -> str:
     return hashlib.sha256(",".join(sorted(recipients)).encode()).hexdigest()[:RECIPIENTS_DIGEST_LEN]
 
 
 def sops_config(recipients: Sequence[str]) -> bytes:
-    """The ``.sops.yaml`` reverserd writes into a folder that has none, so editors and ``sops``
-    agree. Its header names a digest of the recipients, so an added recipient shows the file
-    was edited by hand."""
+    """The configuration every Secret is encrypted with, and the ``.sops.yaml`` reverserd
+    writes into a folder, so editors and ``sops`` agree. Its header names a digest of the
+    recipients."""
     return (
         OWN_HEADER.format(digest=_digest(recipients)) + "creation_rules:\n"
         f"- path_regex: {OWN_PATH_REGEX}\n"
@@ -183,15 +257,7 @@ def _own_rule(recipients: Sequence[str]) -> dict[str, str]:
     }
 
 
-def _parse(config: bytes) -> Any:
-    try:
-        return yaml.safe_load(config)
-    except yaml.YAMLError:
-        return None
-
-
-def _rules(config: bytes) -> list[dict[str, Any]]:
-    parsed = _parse(config)
+def _rules(parsed: Any) -> list[dict[str, Any]]:
     rules = parsed.get("creation_rules") if isinstance(parsed, dict) else None
     return [rule for rule in rules if isinstance(rule, dict)] if isinstance(rules, list) else []
 
@@ -206,15 +272,38 @@ def _matches(rule: dict[str, Any], path: str) -> bool:
         return False
 
 
-def _rule_for(rules: list[dict[str, Any]], path: str) -> dict[str, Any] | None:
-    return next((rule for rule in rules if _matches(rule, path)), None)
+def _age_recipients(rule: dict[str, Any]) -> set[str] | None:
+    """The age recipients a rule names, or None when it names anything else too."""
+    if any(key in rule for key in KEY_SOURCES if key != "key_groups"):
+        return None
+    groups = rule.get("key_groups")
+    if groups is None:
+        source = rule.get("age")
+    elif "age" in rule or not isinstance(groups, list) or len(groups) != 1:
+        return None
+    elif not isinstance(groups[0], dict) or set(groups[0]) != {"age"}:
+        return None
+    else:
+        source = groups[0]["age"]
+    if isinstance(source, str):
+        named = [part.strip() for part in source.split(",")]
+    elif isinstance(source, list) and all(isinstance(part, str) for part in source):
+        named = [part.strip() for part in source]
+    else:
+        return None
+    return set(named)
 
 
-def _selects(rule: dict[str, Any]) -> bool:
-    return any(key in rule for key in SELECTORS)
+def _says_what_the_target_says(rule: dict[str, Any], recipients: Sequence[str]) -> bool:
+    """Whether sops run with ``rule`` would encrypt reverserd's files as reverserd does: the
+    same selector and the same age recipients, nothing else."""
+    selectors = {key: rule[key] for key in SELECTORS if key in rule}
+    return selectors == {"encrypted_regex": ENCRYPTED_REGEX} and _age_recipients(rule) == set(
+        recipients
+    )
 
 
-def _is_own_rule(rule: dict[str, Any]) -> bool:
+def _is_own_shape(rule: dict[str, Any]) -> bool:
     return (
         set(rule) == {"path_regex", "encrypted_regex", "age"}
         and rule["path_regex"] == OWN_PATH_REGEX
@@ -222,59 +311,36 @@ def _is_own_rule(rule: dict[str, Any]) -> bool:
     )
 
 
-def _is_reverserds(config: bytes) -> bool:
-    """Whether ``config`` is byte for byte what :func:`sops_config` writes (nobody edited it)."""
-    rules = _rules(config)
-    if len(rules) != 1 or not _is_own_rule(rules[0]):
-        return False
-    return config == sops_config(_recipients_of(rules[0]))
-
-
-def _recipients_of(rule: dict[str, Any]) -> list[str]:
-    return str(rule["age"]).split(",")
-
-
 def sops_config_for(existing: bytes | None, recipients: Sequence[str]) -> bytes:
     """The ``.sops.yaml`` a target folder should hold, given the one it holds now.
 
-    - none, or one exactly as reverserd writes it: reverserd's rule for ``recipients``;
-    - one edited or written by hand with a rule that covers reverserd's files: kept byte for
-      byte (its recipients and key groups decide who can decrypt);
-    - one without such a rule: its rules and other keys kept, reverserd's rule appended last,
-      where it changes nothing sops decided before (the first matching rule wins); comments
-      of such a file do not survive the rewrite.
+    It never changes how reverserd encrypts (:meth:`Sops.encrypt` reads no folder file); it
+    tells people and editors the truth about the folder's Secret files:
 
-    A file that is not a YAML mapping is kept as it is: sops then refuses to encrypt with it,
-    and the Secrets are reported as not written instead of the file being overwritten.
+    - one whose first rule for reverserd's files says what the GitTarget says (same age
+      recipients, ``data``/``stringData`` encrypted, no other key source or selector) is kept
+      byte for byte (a gitops-reverser bootstrap file, for example);
+    - none, an empty or unreadable one, or one with nothing but rules reverserd wrote:
+      reverserd's own file;
+    - any other: reverserd's rule first (sops uses the first rule that matches), then the
+      folder's other rules and keys as they were, minus rules reverserd wrote before; comments
+      of such a file do not survive the rewrite.
     """
-    if existing is None or _is_reverserds(existing):
+    if existing is None:
         return sops_config(recipients)
     try:
         parsed = yaml.safe_load(existing)
     except yaml.YAMLError:
-        return existing
-    if parsed is None:
-        parsed = {}
+        parsed = None
     if not isinstance(parsed, dict):
+        return sops_config(recipients)
+    rules = _rules(parsed)
+    covering = next((rule for rule in rules if _matches(rule, PROBE_PATH)), None)
+    if covering is not None and _says_what_the_target_says(covering, recipients):
         return existing
-    rules = _rules(existing)
-    # The rule reverserd appended before, unedited (the header's digest still matches): it is
-    # re-made for the current recipients. Any change to it makes it the folder's own.
-    ours = (
-        bool(rules)
-        and _is_own_rule(rules[-1])
-        and existing.startswith(_appended_header(_recipients_of(rules[-1])).encode())
-    )
-    theirs = rules[:-1] if ours else rules
-    if _rule_for(theirs, PROBE_PATH) is not None:
-        return existing
-    own = _own_rule(recipients)
-    if ours and rules[-1] == own:
-        return existing
-    merged = {**parsed, "creation_rules": [*theirs, own]}
+    theirs = [rule for rule in rules if not _is_own_shape(rule)]
+    if not theirs and set(parsed) <= {"creation_rules"}:
+        return sops_config(recipients)
+    merged = {**parsed, "creation_rules": [_own_rule(recipients), *theirs]}
     body = yaml.safe_dump(merged, sort_keys=False, default_flow_style=False)
-    return (_appended_header(recipients) + body).encode()
-
-
-def _appended_header(recipients: Sequence[str]) -> str:
-    return APPENDED_HEADER.format(digest=_digest(recipients))
+    return (KEPT_HEADER.format(digest=_digest(recipients)) + body).encode()

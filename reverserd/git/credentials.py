@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from importlib.metadata import version
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pygit2
 from pygit2.enums import CredentialType
@@ -82,6 +82,11 @@ _SSH_SCHEMES = frozenset({"ssh", "ssh+git", "git+ssh"})
 _HTTP_SCHEMES = frozenset({"http", "https"})
 _SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)$")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# ``user:password@host:path`` in free text: an scp-like address with a password. Not after
+# ``/`` (the userinfo of a URL, masked by mask_url already).
+_SCP_CREDENTIALS_IN_TEXT = re.compile(
+    r"(?<![\w/.:@-])(?P<user>[\w.+-]+):(?!\*\*\*@)[^\s@/'\"<>]+@(?=[\w.\[\]-]+:)"
+)
 
 # Layout of libgit2 1.x ``git_cert_hostkey`` (include/git2/cert.h): git_cert parent (enum),
 # git_cert_ssh_t type (enum), md5[16], sha1[20], sha256[32], raw_type (enum), const char
@@ -170,6 +175,44 @@ def parse_remote_url(url: str) -> RemoteEndpoint:
     raise CredentialsError(f"unsupported Git URL scheme {scheme!r} in {mask_url(url)!r}")
 
 
+def without_url_credentials(url: str, credentials: GitCredentials) -> tuple[str, GitCredentials]:
+    """``url`` as libgit2 may see it, and ``credentials`` with what the URL carried.
+
+    libgit2 writes the URL it is given into the clone (FETCH_HEAD, and a named remote's
+    config); a password or token in it would rest on disk. So the password (and an HTTP user
+    name, often a token) leave the URL and join the in-memory credentials, where they take
+    the place libgit2 gave them before: ahead of the Secret's. An SSH user name stays (it is
+    a login, not a secret, and selects the account).
+    """
+    if "://" not in url:
+        scp = _SCP_LIKE.match(url)
+        if scp is None or not scp.group("user") or ":" not in scp.group("user"):
+            return url, credentials
+        user, password = scp.group("user").split(":", 1)
+        bare = f"{user}@{url[scp.end('user') + 1 :]}"
+        return bare, replace(credentials, password=password)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, credentials
+    if "@" not in parts.netloc:
+        return url, credentials
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, has_password, password = userinfo.partition(":")
+    user, password = unquote(user), unquote(password)
+    if parts.scheme.lower() in _HTTP_SCHEMES:
+        bare = urlunsplit(parts._replace(netloc=hostport))
+        return bare, replace(
+            credentials,
+            username=user or credentials.username,
+            password=password if has_password else credentials.password,
+        )
+    if not has_password:
+        return url, credentials
+    bare = urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}@{hostport}"))
+    return bare, replace(credentials, password=password)
+
+
 def mask_url(url: str) -> str:
     """``url`` with any password (and an HTTP user name, often a token) replaced by ``***``."""
     if "://" not in url:
@@ -182,8 +225,16 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
+    if parts.query or parts.fragment:
+        # A token in a query string (?private_token=…) is as secret as a password.
+        query = "&".join(
+            f"{pair.partition('=')[0]}={MASK}" if "=" in pair else MASK
+            for pair in parts.query.split("&")
+            if pair
+        )
+        parts = parts._replace(query=query, fragment=MASK if parts.fragment else "")
     if "@" not in parts.netloc:
-        return url
+        return urlunsplit(parts)
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user, has_password, _ = userinfo.partition(":")
     if has_password:
@@ -198,6 +249,7 @@ def mask_url(url: str) -> str:
 def redact(text: str, credentials: GitCredentials | None = None) -> str:
     """``text`` with URLs masked and every secret of ``credentials`` replaced by ``***``."""
     text = _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), text)
+    text = _SCP_CREDENTIALS_IN_TEXT.sub(lambda match: f"{match.group('user')}:{MASK}@", text)
     if credentials is not None:
         for secret in credentials.secrets():
             text = text.replace(secret, MASK)

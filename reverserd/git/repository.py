@@ -104,6 +104,7 @@ from reverserd.git.credentials import (
     build_callbacks,
     mask_url,
     redact,
+    without_url_credentials,
 )
 from reverserd.git.known_hosts import HostKeyError
 from reverserd.git.objects import EMPTY_TREE, ObjectStore
@@ -141,6 +142,7 @@ still pass, the commit fails (:meth:`BranchRepository._blob_of`), the committer 
 the consumers redo the reconcile from their cursors: work is lost, never a change."""
 
 REMOTE_NAME = "origin"
+FETCH_HEAD = "FETCH_HEAD"
 BASE_REF = "refs/reverserd/base"
 # The tip the last push carried, and the base it was built on.
 PUSHING_REF = "refs/reverserd/pushing"
@@ -306,10 +308,12 @@ class BranchRepository:
         if not pygit2.reference_is_valid_name(_HEADS + branch):
             raise ValueError(f"invalid branch name {branch!r}")
         self._path = Path(path)
-        self._url = url
+        # Nothing secret in the URL libgit2 sees: it would be written into the clone.
+        self._url, self._credentials = without_url_credentials(
+            url, credentials if credentials is not None else GitCredentials()
+        )
         self._branch = branch
-        self._credentials = credentials if credentials is not None else GitCredentials()
-        build_callbacks(url, self._credentials)
+        build_callbacks(self._url, self._credentials)
         self._local_ref = _HEADS + branch
         self._repo: pygit2.Repository | None = None
         self._store: ObjectStore | None = None
@@ -369,7 +373,7 @@ class BranchRepository:
         shutil.rmtree(self._path, ignore_errors=True)
 
     def open(self) -> str | None:
-        """Create or open the clone, point ``origin`` at the URL, fetch; return the branch tip.
+        """Create or open the clone, fetch through an in-memory remote; return the branch tip.
 
         Returns the SHA of the branch on the remote, or None when it does not exist there. If
         the fetch fails with :class:`RemoteUnavailable`, the clone is still open and usable;
@@ -379,7 +383,7 @@ class BranchRepository:
         _ensure_network_timeouts()
         _configure_libgit2()
         self._attach(self._open_or_init())
-        self._point_origin()
+        self._forget_stored_remote()
         state = self._fetch()
         self._follow_remote(state)
         return _sha(state.branch_tip)
@@ -542,7 +546,6 @@ class BranchRepository:
         server refused for another reason, :class:`RemoteUnavailable` on connection,
         authentication or timeout errors, and :class:`RepositoryError` if there is no commit.
         """
-        repo = self._open_repo()
         local = self._local_tip()
         if local is None:
             raise RepositoryError(f"nothing to push to {self.display_url}: no commit yet")
@@ -557,7 +560,7 @@ class BranchRepository:
         callbacks = _PushCallbacks(self._url, self._credentials)
         refspec = f"{self._local_ref}:{self._local_ref}"
         try:
-            repo.remotes[REMOTE_NAME].push([refspec], callbacks=callbacks, threads=PUSH_THREADS)
+            self._remote().push([refspec], callbacks=callbacks, threads=PUSH_THREADS)
         except (HostKeyError, AuthenticationRejected) as error:
             raise self._unavailable("push", error) from None
         except pygit2.GitError as error:
@@ -700,15 +703,16 @@ class BranchRepository:
     def _open_existing(self) -> pygit2.Repository:
         return pygit2.Repository(str(self._path), RepositoryOpenFlag.NO_SEARCH)
 
-    def _point_origin(self) -> None:
+    def _forget_stored_remote(self) -> None:
+        """The remote lives in memory only (:meth:`_remote`); a clone made by an older version
+        kept its URL, token included, in the config: it goes."""
         repo = self._open_repo()
-        try:
-            remote = repo.remotes[REMOTE_NAME]
-        except KeyError:
-            repo.remotes.create(REMOTE_NAME, self._url)
-            return
-        if remote.url != self._url:
-            repo.remotes.set_url(REMOTE_NAME, self._url)
+        if REMOTE_NAME in repo.remotes.names():
+            repo.remotes.delete(REMOTE_NAME)
+
+    def _remote(self) -> pygit2.Remote:
+        """The remote, never written to the clone's config: a URL may carry a query token."""
+        return self._open_repo().remotes.create_anonymous(self._url)
 
     def _target(self, name: str) -> pygit2.Oid | None:
         reference = self._open_repo().references.get(name)
@@ -835,8 +839,7 @@ class BranchRepository:
 
     def _fetch(self) -> _RemoteState:
         """Learn the remote's branches, fetch the one local work builds on, record it."""
-        repo = self._open_repo()
-        remote = repo.remotes[REMOTE_NAME]
+        remote = self._remote()
         heads = self._network("list remote branches", lambda cb: remote.list_heads(callbacks=cb))
         advertised = {head.name: head for head in heads if head.name}
         source = self._local_ref if self._local_ref in advertised else _default_branch(advertised)
@@ -845,7 +848,11 @@ class BranchRepository:
         if source is None:
             return _RemoteState(branch_tip=None, start=None)
         tracking = _tracking_ref(source)
-        self._network("fetch", lambda cb: remote.fetch([f"+{source}:{tracking}"], callbacks=cb))
+        try:
+            self._network("fetch", lambda cb: remote.fetch([f"+{source}:{tracking}"], callbacks=cb))
+        finally:
+            # libgit2 writes the URL into FETCH_HEAD; nothing here reads it.
+            (self._path / FETCH_HEAD).unlink(missing_ok=True)
         start = self._target(tracking)
         return _RemoteState(branch_tip=start if source == self._local_ref else None, start=start)
 

@@ -20,8 +20,10 @@ path) is its absolute, symlink-resolved directory as a ``file://`` URL.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -98,3 +100,28 @@ def _strip_repository_suffix(path: str) -> str:
     if path.endswith(_GIT_SUFFIX):
         path = path[: -len(_GIT_SUFFIX)].rstrip("/")
     return path
+
+
+# Names that always mean this machine (RFC 6761 reserves ``localhost`` and its subdomains).
+_LOCALHOST_NAMES: Final = ("localhost", "localhost.localdomain")
+
+
+def is_internal_host(host: str) -> bool:
+    """Whether ``host`` names this machine or its link (loopback, link-local, unspecified),
+    in any spelling an IP stack reads: ``127.1``, ``2130706433``, ``0x7f.0.0.1``, ``[::1]``,
+    ``::ffff:127.0.0.1``, ``localhost``. A DNS name that resolves there is not detected: that
+    is the network's egress policy to stop."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name in _LOCALHOST_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            # The legacy forms inet_aton (and so getaddrinfo) accepts: 127.1, 2130706433, 0x7f.1
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_link_local or address.is_unspecified

@@ -111,7 +111,7 @@ def unsafe_segment(segment: str) -> str | None:
     # Git refuses .git in any letter case (case-insensitive file systems merge them) and in the
     # spellings Windows file systems resolve to it (trailing dots and spaces, the short name).
     if segment.rstrip(". ").lower() in (_GIT_DIR, _GIT_SHORT_NAME):
-        return "Git keeps its own metadata under that name"
+        return "Git keeps its own metadata under that name (.git in any spelling)"
     return None
 
 
@@ -186,9 +186,10 @@ def validate_target_path(path: str) -> str | None:
             return f"path {path!r} has an empty segment; remove the extra '/'"
         if segment in _FORBIDDEN_SEGMENTS:
             return f"path {path!r} contains {segment!r}; name the folder without it"
-        # Git refuses .git in any letter case, since case-insensitive file systems merge them.
-        if segment.lower() == _GIT_DIR:
-            return f"path {path!r} contains a .git segment; Git metadata cannot be written"
+        # The rule object names follow: .git in any spelling, control or invisible characters.
+        unsafe = unsafe_segment(segment)
+        if unsafe is not None:
+            return f"path {path!r} has a folder {segment!r} that cannot be: {unsafe}"
     return None
 
 

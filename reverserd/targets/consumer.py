@@ -46,7 +46,7 @@ from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
-from reverserd.encryption.sops import EncryptionUnavailable, sops_config_for
+from reverserd.encryption.sops import EncryptionUnavailable, NotCiphertext, sops_config_for
 from reverserd.git import FileChange
 from reverserd.journal import (
     EventKind,
@@ -191,9 +191,7 @@ class TargetConsumer:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
-        self.sops_config = self.secrets.folder_config = await self.committer.read(
-            self.sops_config_path
-        )
+        self.sops_config = await self.committer.read(self.sops_config_path)
         starting = True
         # Keys usable from the start: an earlier run may have skipped Secrets (its keys were
         # unusable), so they get a fresh snapshot, but only once the journal is replayed, so
@@ -283,9 +281,13 @@ class TargetConsumer:
         seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
         plan, count = planner.plan, planner.writes
         for secret, rtype in secrets:
-            secret_plan = await self.secrets.plan(
-                secret, rtype, self.folder, self.ledger.files.get(secret)
-            )
+            try:
+                secret_plan = await self.secrets.plan(
+                    secret, rtype, self.folder, self.ledger.files.get(secret)
+                )
+            except NotCiphertext as error:
+                plan.hold(secret, error)
+                continue
             if secret_plan is not None:
                 plan.merge(secret_plan)
             if self.secrets.writable:

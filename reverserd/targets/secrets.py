@@ -3,13 +3,16 @@
 The journal holds only a Secret's metadata (DESIGN invariant 6), so the value is read from the
 API server at the moment its file is written, sanitized (which drops the last-applied annotation
 that can hold values in plain text), fingerprinted with the state dir's key, and encrypted by
-``sops``. An unchanged fingerprint means an unchanged file, so a restart or a re-seed never
+``sops`` for the GitTarget's recipients (never with a configuration from the repository). An
+unchanged fingerprint means an unchanged file, so a restart or a re-seed never
 produces a commit for a Secret that did not change, although SOPS ciphertext is randomised.
 
 When encryption is not configured or its keys are broken, the Secret is skipped, counted in
 ``reverserd_secrets_skipped_total``, logged as a warning naming the Secret and the reason (never
 a value; at most once per :data:`SKIP_WARNING_INTERVAL_S` for each Secret) and reported in the
-GitTarget's ``EncryptionConfigured`` condition; every other object keeps flowing. Once keys
+GitTarget's ``EncryptionConfigured`` condition; every other object keeps flowing. Output that
+is not ciphertext for exactly those recipients (:class:`NotCiphertext`) is never committed: the
+Secret is quarantined, named with the reason in the ``Quarantined`` condition. Once keys
 become usable, the target takes a fresh snapshot of its Secrets, so nothing skipped meanwhile
 stays missing. A sops run that never got to answer (killed, timed out, not started) is no reason
 to skip: it is raised to the consumer, which retries from its cursor after a backoff.
@@ -25,12 +28,7 @@ from typing import Any
 from reverserd.config.status import TargetProgress
 from reverserd.encryption.fingerprint import fingerprint
 from reverserd.encryption.keys import KeyState, resolve_keys
-from reverserd.encryption.sops import (
-    EncryptionError,
-    EncryptionUnavailable,
-    Sops,
-    sops_config_for,
-)
+from reverserd.encryption.sops import EncryptionError, EncryptionUnavailable, NotCiphertext, Sops
 from reverserd.journal import ObjectKey
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.resources import ResourceType
@@ -66,9 +64,6 @@ class SecretWriter:
         self.encryption = encryption
         self.progress = progress
         self.keys: KeyState | None = None
-        # The folder's .sops.yaml as the target found it (None: there was none); files are
-        # encrypted with what sops_config_for makes of it, the same file the folder gets.
-        self.folder_config: bytes | None = None
         self._checked_at = float("-inf")
         self._warnings = Throttle(SKIP_WARNING_INTERVAL_S)
 
@@ -126,12 +121,13 @@ class SecretWriter:
         stamp = fingerprint(self.fingerprint_key, plaintext)
         if known == (path, stamp):
             return None
-        config = sops_config_for(self.folder_config, self.keys.recipients)
         in_folder = path[len(folder) + 1 :] if folder else path
         try:
-            encrypted = await self.sops.encrypt(plaintext, config, in_folder)
+            encrypted = await self.sops.encrypt(plaintext, self.keys.recipients, in_folder)
         except EncryptionUnavailable:
             raise  # says nothing about the Secret: the consumer retries from its cursor
+        except NotCiphertext:
+            raise  # the object is quarantined: shown on the GitTarget, retried, never written
         except EncryptionError as error:
             self.skip(key, str(error))
             return None

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pygit2
 import pytest
 import yaml
 
@@ -59,6 +60,15 @@ def setup(
     if encryption is not None:
         manifests[1]["spec"]["encryption"] = encryption
     return manifests
+
+
+def generated_key_in(secret_name: str) -> dict[str, Any]:
+    """``spec.encryption`` asking reverserd to generate the age key in ``secret_name``."""
+    return {
+        "provider": "sops",
+        "secretRef": {"name": secret_name},
+        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
+    }
 
 
 def decrypt(tools: Path, identity: str, content: bytes) -> dict[str, Any]:
@@ -283,12 +293,7 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     secret_daemon: Reverserd,
     tools: Path,
 ) -> None:
-    encryption = {
-        "provider": "sops",
-        "secretRef": {"name": "sops-age"},
-        "age": {"enabled": True, "recipients": {"generateWhenMissing": True}},
-    }
-    apply(control_plane, *setup(namespace, remote, encryption))
+    apply(control_plane, *setup(namespace, remote, generated_key_in("sops-age")))
     secret_daemon.start()
     wait_condition(
         control_plane,
@@ -313,6 +318,36 @@ def test_generate_when_missing_creates_an_annotated_key_and_warns(
     wait_until(lambda: path in read_tree(remote.path, "main") if subjects(remote.path) else None)
     decrypted = decrypt(tools, identity, read_tree(remote.path, "main")[path])
     assert base64.b64decode(decrypted["data"]["v"]) == b"generated-key-works"
+
+
+def test_generate_when_missing_never_writes_into_a_secret_that_exists(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    secret_daemon: Reverserd,
+) -> None:
+    # A GitTarget pointed at the namespace's database password: it must not become a key store.
+    apply(control_plane, secret(namespace, "db-admin", {"password": "db-secret"}))
+    before = get_object(control_plane, "secret", namespace, "db-admin")
+    apply(control_plane, *setup(namespace, remote, generated_key_in("db-admin")))
+    secret_daemon.start()
+    refused = wait_condition(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        "EncryptionConfigured",
+        "False",
+        daemon=secret_daemon,
+    )
+    assert refused["reason"] == "KeySecretExists", refused
+    assert "db-admin" in refused["message"]
+    # Later changes are processed (a ConfigMap arrives) and the Secret is still untouched.
+    apply(control_plane, configmap(namespace, "later"))
+    wait_for_subjects(remote.path, secret_daemon, f"[CREATE] v1/configmaps/{namespace}/later")
+    after = get_object(control_plane, "secret", namespace, "db-admin")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["data"] == before["data"]
 
 
 class TwoPeople(NamedTuple):
@@ -391,80 +426,159 @@ def key_file(identity: str, path: Path) -> Path:
     return path
 
 
-def mirror_a_secret_under(
-    scene: SopsScene, sops_config: bytes, secret_data: tuple[str, dict[str, str]]
+def every_blob(repo: Path) -> dict[str, bytes]:
+    """Every blob reachable from any ref of ``repo``, by SHA: all the history ever pushed."""
+    repository = pygit2.Repository(str(repo))
+    blobs: dict[str, bytes] = {}
+    for reference in repository.references:
+        target = repository.references[reference].peel(pygit2.Commit)
+        for commit in repository.walk(target.id, pygit2.enums.SortMode.TOPOLOGICAL):
+            pending = [commit.tree]
+            while pending:
+                for entry in pending.pop():
+                    if isinstance(entry, pygit2.Tree):
+                        pending.append(entry)
+                    elif isinstance(entry, pygit2.Blob):
+                        blobs[str(entry.id)] = entry.data
+    return blobs
+
+
+def assert_no_plaintext(repo: Path, values: list[str]) -> None:
+    """No blob of the pushed history holds any of ``values``, raw or base64-encoded."""
+    needles = [
+        *values,
+        *(base64.b64encode(value.encode()).decode().rstrip("=") for value in values),
+    ]
+    for sha, content in every_blob(repo).items():
+        for needle in needles:
+            assert needle.encode() not in content, (sha, needle)
+
+
+def secret_files_in_history(repo: Path, namespace: str) -> list[dict[str, Any]]:
+    """Every version of every Secret file of ``namespace`` ever pushed, parsed."""
+    marker = b"kind: Secret"
+    return [
+        yaml.safe_load(content)
+        for content in every_blob(repo).values()
+        if marker in content and f"namespace: {namespace}".encode() in content
+    ]
+
+
+HOSTILE_SOPS_CONFIGS = {
+    "narrower-regex": "    encrypted_regex: '^nope$'\n    age: {mine}\n",
+    "extra-recipient": "    encrypted_regex: '^(data|stringData)$'\n    age: {mine},{colleague}\n",
+    "kms-key-source": (
+        "    encrypted_regex: '^(data|stringData)$'\n    age: {mine}\n"
+        "    kms: arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE_SOPS_CONFIGS), ids=list(HOSTILE_SOPS_CONFIGS))
+def test_a_pushed_sops_config_can_neither_narrow_encryption_nor_add_a_reader(
+    scene: SopsScene, hostile: str
 ) -> None:
-    """Push ``sops_config`` as the folder's .sops.yaml by hand, start mirroring with the test's
-    recipient as the target's only one, and wait until the Secret is committed."""
-    control_plane, namespace, remote, daemon = (
-        scene.control_plane,
-        scene.namespace,
-        scene.remote,
-        scene.daemon,
-    )
-    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", sops_config, "sops rules")
-    recipient = scene.people.my_recipient
-    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [recipient]}}}
+    control_plane, namespace, remote, daemon, tools = scene[:5]
+    mine, my_recipient, colleague, colleague_recipient = scene.people
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [my_recipient]}}}
     apply(control_plane, *setup(namespace, remote, encryption))
+    apply(control_plane, secret(namespace, "db", {"password": f"before-{namespace}"}))
     daemon.start()
-    wait_synced(control_plane, namespace)
-    name, data = secret_data
-    apply(control_plane, secret(namespace, name, data))
-    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/secrets/{namespace}/{name}")
+    wait_synced(control_plane, namespace, daemon=daemon)
 
+    # Someone with push access rewrites the folder's rules; reverserd restarts (a rollout).
+    rule = HOSTILE_SOPS_CONFIGS[hostile].format(mine=my_recipient, colleague=colleague_recipient)
+    config = f"creation_rules:\n  - path_regex: .*\n{rule}".encode()
+    push_foreign_commit(remote.path, "main", "live-cluster/.sops.yaml", config, "sops rules")
+    daemon.stop()
+    daemon.start()
+    # Once a later change is in, the restart's own sync is done: what follows are events.
+    apply(control_plane, configmap(namespace, "after-restart"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/after-restart")
+    values = {"db": f"after-{namespace}", "api": f"token-{namespace}"}
+    folder = f"live-cluster/v1/secrets/{namespace}"
+    db_before = read_tree(remote.path, "main")[f"{folder}/db.sops.yaml"]
+    for name, value in values.items():
+        apply(control_plane, secret(namespace, name, {"password": value}))
+    # Both changes are in once api's file exists and db's differs (as events, or in the sync
+    # of a restart, however the daemon groups them).
+    wait_until(
+        lambda: (
+            f"{folder}/api.sops.yaml" in (files := read_tree(remote.path, "main"))
+            and files[f"{folder}/db.sops.yaml"] != db_before
+        ),
+        describe=daemon.log_tail,
+    )
 
-def test_hand_edited_sops_config_with_key_groups_is_kept_and_its_rule_encrypts(
-    scene: SopsScene,
-) -> None:
-    namespace, remote, tools = scene.namespace, scene.remote, scene.tools
-    mine, recipient, colleague, colleague_recipient = scene.people
-    # Two key groups: decrypting needs a key of each, so reverserd's own rule (one recipient)
-    # could not have produced a file that demands both.
-    hand_made = (
-        "# both teams must agree to read a Secret\n"
-        "creation_rules:\n"
-        "  - path_regex: .*\\.sops\\.yaml$\n"
-        "    encrypted_regex: ^(data|stringData)$\n"
-        "    key_groups:\n"
-        f"      - age: [{recipient}]\n"
-        f"      - age: [{colleague_recipient}]\n"
-    ).encode()
-    mirror_a_secret_under(scene, hand_made, ("db", {"password": "two-groups"}))
-
-    files = read_tree(remote.path, "main")
-    assert files["live-cluster/.sops.yaml"] == hand_made
-    checkout = clone(remote, mine.parent / "checkout")
-    path = f"live-cluster/v1/secrets/{namespace}/db.sops.yaml"
-    assert sops_d(tools, checkout, path, [mine]).returncode != 0
-    assert sops_d(tools, checkout, path, [colleague]).returncode != 0
-    both = sops_d(tools, checkout, path, [mine, colleague])
-    assert both.returncode == 0, both.stderr
-    decrypted = yaml.safe_load(both.stdout)
-    assert decrypted["data"] == {"password": base64.b64encode(b"two-groups").decode()}
-    assert decrypted["metadata"] == {"name": "db", "namespace": namespace}
-
-
-def test_sops_config_for_other_files_keeps_its_rules_and_gains_reverserds_last(
-    scene: SopsScene,
-) -> None:
-    namespace, remote, tools = scene.namespace, scene.remote, scene.tools
-    mine, recipient, colleague, colleague_recipient = scene.people
-    their_rule = {"path_regex": "^by-hand/.*\\.yaml$", "age": colleague_recipient}
-    hand_made = yaml.safe_dump({"creation_rules": [their_rule]}).encode()
-    mirror_a_secret_under(scene, hand_made, ("api", {"token": "appended-rule"}))
-
-    rules = yaml.safe_load(read_tree(remote.path, "main")["live-cluster/.sops.yaml"])
-    assert rules["creation_rules"][0] == their_rule
-    assert rules["creation_rules"][-1]["age"] == recipient
-    assert len(rules["creation_rules"]) == 2
+    assert_no_plaintext(remote.path, [f"before-{namespace}", *values.values()])
+    versions = secret_files_in_history(remote.path, namespace)
+    assert len(versions) >= 3  # db before and after, api
+    for version in versions:
+        for value in version["data"].values():
+            assert value.startswith("ENC[AES256_GCM,data:"), value
+        metadata = version["sops"]
+        assert {entry["recipient"] for entry in metadata["age"]} == {my_recipient}
+        assert not [
+            key
+            for key, entry in metadata.items()
+            if key != "age" and entry and isinstance(entry, list)
+        ]
     checkout = clone(remote, mine.parent / "checkout")
     path = f"live-cluster/v1/secrets/{namespace}/api.sops.yaml"
     assert sops_d(tools, checkout, path, [colleague]).returncode != 0
     result = sops_d(tools, checkout, path, [mine])
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["data"] == {
-        "token": base64.b64encode(b"appended-rule").decode()
+        "password": base64.b64encode(values["api"].encode()).decode()
     }
+    # The folder's .sops.yaml tells the truth again: reverserd's rule first, theirs behind it.
+    rules = yaml.safe_load(read_tree(remote.path, "main")["live-cluster/.sops.yaml"])
+    assert rules["creation_rules"][0] == {
+        "path_regex": "\\.sops\\.yaml$",
+        "encrypted_regex": "^(data|stringData)$",
+        "age": my_recipient,
+    }
+
+
+def test_sops_output_that_is_not_ciphertext_is_quarantined_and_never_committed(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    tmp_path: Path,
+    age_key: tuple[str, str],
+) -> None:
+    # A sops that returns its input: a broken or replaced binary, or a configuration that
+    # encrypts nothing. Whatever the cause, what is not ciphertext stays out of Git.
+    echo = tmp_path / "sops"
+    echo.write_text("#!/bin/sh\nexec cat\n")
+    echo.chmod(0o755)
+    daemon = Reverserd(control_plane, tmp_path / "state", ["--sops-path", str(echo)])
+    encryption = {"age": {"enabled": True, "recipients": {"publicKeys": [age_key[1]]}}}
+    apply(control_plane, *setup(namespace, remote, encryption))
+    try:
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        apply(control_plane, secret(namespace, "db", {"password": f"clear-{namespace}"}))
+        apply(control_plane, configmap(namespace, "flows"))
+        wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/flows")
+        held = wait_condition(
+            control_plane,
+            "gittarget",
+            namespace,
+            "mirror",
+            "Quarantined",
+            "True",
+            daemon=daemon,
+        )
+        # Both the Secret of the first sync and the one of an event are held, saying why.
+        assert f"secrets/{namespace}/db (NotCiphertext: " in held["message"], held
+        assert f"secrets/{namespace}/{remote.secret} (NotCiphertext: " in held["message"], held
+    finally:
+        daemon.ensure_stopped()
+    assert not [path for path in read_tree(remote.path, "main") if "/secrets/" in path]
+    credentials = get_object(control_plane, "secret", namespace, remote.secret)["data"]
+    password = base64.b64decode(credentials["password"]).decode()
+    assert_no_plaintext(remote.path, [f"clear-{namespace}", password])
 
 
 def test_secret_changed_while_down_after_an_unpushed_commit_reaches_git(

@@ -362,7 +362,7 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
         )
         pc_path = f"{FOLDER}/scheduling.k8s.io/v1/priorityclasses/{priority_class}.yaml"
         assert yaml.safe_load(after[pc_path])["value"] == PRIORITY_VALUE
-        # Secrets: encrypted with the folder's own .sops.yaml, `sops -d` with the old key works.
+        # Secrets: encrypted for the target's recipient, the old key: `sops -d` with it works.
         checkout = clone(remote, tmp_path / "checkout")
         old_key = key_file(identity, tmp_path / "old-key.txt")
         decrypted = sops_d(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from testbed.harness import (
 )
 from testbed.manifests import (
     CONFIGBUTLER_API,
+    cluster_watch_rule,
     configmap,
     git_provider,
     git_target,
@@ -391,26 +393,6 @@ def test_target_whose_pushes_always_fail_does_not_pin_the_journal(
         delete_mirror_resources(control_plane, stuck)
 
 
-@pytest.mark.parametrize("spelling", ["file URL", "plain path"])
-def test_local_repository_urls_are_refused_without_the_flag(scene: Scene, spelling: str) -> None:
-    """The victim's bare repository is on the daemon's machine: a tenant naming its path would
-    get commits into it without any credential, were local remotes allowed."""
-    path = scene.remote.path
-    url = f"file://{path}" if spelling == "file URL" else str(path)
-    apply(scene.plane, *mirror_setup(scene.attacker, url, path="attacker", name="grab"))
-    ready = wait_condition(
-        scene.plane,
-        "gitprovider",
-        scene.attacker,
-        "grab",
-        "Ready",
-        "False",
-        "LocalRemoteNotAllowed",
-    )
-    assert "--allow-local-remotes" in ready["message"]
-    scene.assert_unharmed("after-local")
-
-
 def test_with_local_remotes_allowed_the_state_dir_is_still_out_of_reach(
     control_plane: ControlPlane,
     namespace: str,
@@ -458,18 +440,27 @@ def test_pathological_branch_glob_does_not_slow_the_daemon(scene: Scene) -> None
 
 def test_password_in_a_url_is_masked_in_status_logs_and_metrics(scene: Scene) -> None:
     secret_word = "hunter2-url-password"
-    url = scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@")
-    apply(scene.plane, *mirror_setup(scene.attacker, url, name="masked"))
-    wait_condition(scene.plane, "gitprovider", scene.attacker, "masked", "Ready", "False")
-    # Checked once the daemon has logged about this provider's repository.
+    spellings = {
+        "masked": scene.trap.url("masked").replace("http://", f"http://mallory:{secret_word}@"),
+        "query": f"{scene.trap.url('query')}?private_token={secret_word}",
+        "scp": f"mallory:{secret_word}@127.0.0.1:team/repo.git",
+    }
+    for name, url in spellings.items():
+        apply(scene.plane, *mirror_setup(scene.attacker, url, name=name, path=name))
+    for name in spellings:
+        wait_condition(scene.plane, "gitprovider", scene.attacker, name, "Ready", "False")
+    # Checked once the daemon has logged about the first provider's repository.
     where = scene.trap.url("masked").split("://", 1)[1]
     wait_until(
         lambda: where in scene.daemon.log_path.read_text(errors="replace"),
         describe=scene.daemon.log_tail,
     )
     shown = [
-        json.dumps(resource_status(scene.plane, "gitprovider", scene.attacker, "masked")),
-        json.dumps(resource_status(scene.plane, "gittarget", scene.attacker, "masked")),
+        *(
+            json.dumps(resource_status(scene.plane, kind, scene.attacker, name))
+            for kind in ("gitprovider", "gittarget")
+            for name in spellings
+        ),
         json.dumps(scene.daemon.status()),
         (scene.daemon.get("/") or b"").decode(),
         (scene.daemon.get("/metrics") or b"").decode(),
@@ -604,9 +595,256 @@ def test_malformed_corpus_is_refused_by_the_schema_or_gets_its_condition(
         scope = "" if body["kind"] == "ClusterWatchRule" else namespace
         admitted.append((body["kind"].lower(), scope, name, condition, reason))
     assert len(admitted) >= MIN_ADMITTED_CORPUS
+    # The corpus expects a daemon as installed: local, http and loopback remotes refused.
+    daemon.allow_local_remotes = False
     daemon.start()
     for kind, scope, name, condition, reason in admitted:
         wait_condition(
             control_plane, kind, scope or None, name, condition, "False", reason, daemon=daemon
         )
     assert daemon.get("/healthz") is not None
+
+
+# A tenant's user: may write reverserd's resources and read ConfigMaps in their namespace, and
+# get one Secret of their own; no other Secret.
+TENANT_USER = "tenant-without-secret-access"
+
+
+TENANT_OWN_SECRET = "tenant-token"
+
+
+def grant_tenant(plane: ControlPlane, namespace: str) -> None:
+    role = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "Role",
+        "metadata": {"name": "tenant", "namespace": namespace},
+        "rules": [
+            {
+                "apiGroups": ["configbutler.ai"],
+                "resources": ["gitproviders", "gittargets", "watchrules"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch"],
+            },
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [TENANT_OWN_SECRET],
+                "verbs": ["get"],
+            },
+        ],
+    }
+    binding = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "tenant", "namespace": namespace},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "tenant"},
+        "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": TENANT_USER}],
+    }
+    apply(plane, role, binding)
+
+
+def apply_as(plane: ControlPlane, user: str, manifest: dict[str, Any]) -> tuple[bool, str]:
+    """``kubectl apply`` of ``manifest`` as ``user`` (impersonated): (admitted, error text)."""
+    result = subprocess.run(
+        [
+            str(plane.kubectl_path),
+            f"--kubeconfig={plane.admin_kubeconfig}",
+            f"--as={user}",
+            "apply",
+            "-f",
+            "-",
+        ],
+        input=json.dumps(manifest),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode == 0, result.stderr
+
+
+def test_what_its_creator_cannot_read_reverserd_is_never_asked_to_read(scene: Scene) -> None:
+    """The confused deputy: a user who may create GitProviders but not read Secrets names the
+    namespace's database password (a basic-auth Secret) as credentials of a provider whose URL
+    is their own server, or mirrors the namespace's Secrets to their own key. The install's
+    admission policy refuses each, as the user's own authorization decides; nothing reaches
+    their server. What the user can read they may still name."""
+    namespace, plane = scene.attacker, scene.plane
+    grant_tenant(plane, namespace)
+    database = secret(namespace, "db-admin", {"username": "admin", "password": "db-pass-5e1"})
+    database["type"] = "kubernetes.io/basic-auth"
+    apply(plane, database, secret(namespace, TENANT_OWN_SECRET, {"password": "own"}))
+    loot = git_provider(namespace, "loot", scene.trap.url("loot"), secret="db-admin")
+    admitted, error = apply_as(plane, TENANT_USER, loot)
+    assert not admitted
+    assert f"user {TENANT_USER} cannot get Secret db-admin in namespace {namespace}" in error
+    target = git_target(namespace, "own-key", "own", "x")
+    target["spec"]["encryption"] = {
+        "provider": "sops",
+        "secretRef": {"name": "db-admin"},
+        "age": {"enabled": True, "recipients": {"extractFromSecret": True}},
+    }
+    admitted, error = apply_as(plane, TENANT_USER, target)
+    assert not admitted and "cannot get Secret db-admin" in error
+    every_secret = watch_rule(namespace, "secrets", "own", [{"resources": ["Secrets"]}])
+    admitted, error = apply_as(plane, TENANT_USER, every_secret)
+    assert not admitted and "cannot list and watch" in error and "/secrets" in error
+    # What the user can read, they may name: the policy decides by their rights, not by kind.
+    own = git_provider(
+        namespace, "own", "https://git.example.com/team/repo.git", secret=TENANT_OWN_SECRET
+    )
+    for allowed in (
+        own,
+        git_target(namespace, "own", "own", "x"),
+        watch_rule(namespace, "own", "own", [{"resources": ["configmaps"]}]),
+    ):
+        admitted, error = apply_as(plane, TENANT_USER, allowed)
+        assert admitted, error
+    scene.assert_unharmed("after-deputy")
+    assert scene.trap.requests == []
+
+
+def test_cluster_watch_rule_creator_must_list_what_it_selects_in_every_namespace(
+    control_plane: ControlPlane, namespace: str, cleanup: Cleanup
+) -> None:
+    """A ClusterWatchRule reads in every namespace: its creator must list and watch there, not
+    only in one namespace where they happen to read Secrets."""
+    user, name = "cluster-rule-writer", "reverserd-test-cluster-rule-writer"
+    cluster_role = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": ["configbutler.ai"], "resources": ["clusterwatchrules"],
+             "verbs": ["get", "create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
+        ],
+    }  # fmt: skip
+    binding = {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": user}],
+    }
+    local = copy.deepcopy(cluster_role)
+    local.update(kind="Role", metadata={"name": name, "namespace": namespace})
+    local["rules"] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}]
+    local_binding = copy.deepcopy(binding)
+    local_binding.update(kind="RoleBinding", metadata={"name": name, "namespace": namespace})
+    local_binding["roleRef"] = {"apiGroup": RBAC_GROUP, "kind": "Role", "name": name}
+    cleanup.cluster_objects += [
+        ("clusterrole", name),
+        ("clusterrolebinding", name),
+        ("clusterwatchrule", "every-configmap"),
+    ]
+    apply(control_plane, cluster_role, binding, local, local_binding)
+    secrets = [{"resources": ["secrets"], "scope": "Namespaced"}]
+    admitted, error = apply_as(
+        control_plane, user, cluster_watch_rule("every-secret", namespace, "mirror", secrets)
+    )
+    assert not admitted
+    assert "cannot list and watch, in all namespaces" in error and "/secrets" in error
+    configmaps = [{"resources": ["configmaps"], "scope": "Namespaced"}]
+    admitted, error = apply_as(
+        control_plane, user, cluster_watch_rule("every-configmap", namespace, "mirror", configmaps)
+    )
+    assert admitted, error
+
+
+def test_provider_of_another_namespace_is_never_used_even_when_the_schema_admits_the_reference(
+    scene: Scene,
+) -> None:
+    """The attacker's target names the victim's provider by its plain name, which the CRD
+    schema admits (unlike a climbing reference), and has no provider of that name in its own
+    namespace. reverserd looks the provider up in the target's own namespace only: the target
+    is refused, nothing is written through the victim's provider."""
+    assert scene.plane.kubectl("get", "gitprovider", "mirror", "-n", scene.victim, "-o", "name")
+    target = git_target(scene.attacker, "grab", "mirror", "stolen")
+    rules = [{"resources": ["configmaps"]}]
+    apply(scene.plane, target, watch_rule(scene.attacker, "grab", "grab", rules))
+    validated = wait_condition(
+        scene.plane,
+        "gittarget",
+        scene.attacker,
+        "grab",
+        "Validated",
+        "False",
+        "GitProviderNotFound",
+    )
+    assert f"not found in namespace {scene.attacker!r}" in validated["message"]
+    scene.assert_unharmed("after-foreign-provider")
+    assert not [path for path in tree(scene.remote.path) if "stolen" in path]
+
+
+# Remotes a tenant could use to reach what only the daemon's machine or pod can, by spelling.
+UNREACHABLE_SPELLINGS = {
+    "file URL": ("file://{path}", "LocalRemoteNotAllowed"),
+    "plain path": ("{path}", "LocalRemoteNotAllowed"),
+    "plain http on loopback": ("{trap}", "InsecureRemoteNotAllowed"),
+    "https on loopback": ("{trap_https}", "LocalRemoteNotAllowed"),
+    "loopback as a number": ("https://2130706433:{port}/x", "LocalRemoteNotAllowed"),
+    "IPv6 loopback": ("https://[::1]:{port}/x", "LocalRemoteNotAllowed"),
+    "localhost": ("https://localhost:{port}/x", "LocalRemoteNotAllowed"),
+    "cloud metadata": ("https://169.254.169.254/latest/meta-data", "LocalRemoteNotAllowed"),
+    "plain http elsewhere": ("http://git.example.com/team/repo.git", "InsecureRemoteNotAllowed"),
+}
+
+
+@pytest.mark.parametrize("spelling", list(UNREACHABLE_SPELLINGS))
+def test_local_insecure_and_internal_urls_are_refused_without_the_flag(
+    control_plane: ControlPlane,
+    remote: Remote,
+    attacker: str,
+    trap: CredentialTrap,
+    tmp_path: Path,
+    spelling: str,
+) -> None:
+    """The victim's bare repository is on the daemon's machine, the attacker's server on its
+    loopback: naming them would get commits in without any credential, probe the pod's own
+    services, or send a Secret over plain http, were such remotes allowed. Without the
+    operator's opt-in, each is refused before anything connects."""
+    daemon = Reverserd(control_plane, tmp_path / "state", allow_local_remotes=False)
+    template, reason = UNREACHABLE_SPELLINGS[spelling]
+    port = trap.url("x").split(":")[2].split("/")[0]
+    url = template.format(
+        path=remote.path,
+        trap=trap.url("loot"),
+        trap_https=trap.url("loot").replace("http://", "https://"),
+        port=port,
+    )
+    credentials = secret(attacker, "db-admin", {"username": "admin", "password": "db-pass"})
+    apply(
+        control_plane,
+        credentials,
+        *mirror_setup(attacker, url, path="attacker", name="grab", secret="db-admin"),
+    )
+    try:
+        daemon.start()
+        ready = wait_condition(
+            control_plane, "gitprovider", attacker, "grab", "Ready", "False", reason, daemon=daemon
+        )
+    finally:
+        daemon.ensure_stopped()
+    assert "--allow-local-remotes" in ready["message"]
+    assert "REVERSERD_ALLOW_LOCAL_REMOTES" in ready["message"]
+    assert trap.requests == []
+
+
+def test_credentials_in_a_url_never_rest_on_disk(
+    scene: Scene, git_http: GitHttpServer, git_repo_name: str
+) -> None:
+    """SECURITY.md: credentials stay in memory. A token in the URL itself (no Secret) still
+    works, and no file of the state dir (clones, journal) ever holds it."""
+    own = git_http.create_bare_repo(f"{git_repo_name}-embedded")
+    login = f"{git_http.username}:{git_http.password}@"
+    url = git_http.url(f"{git_repo_name}-embedded").replace("http://", f"http://{login}")
+    apply(scene.plane, *mirror_setup(scene.attacker, url, name="embedded", path="embedded"))
+    wait_synced(scene.plane, scene.attacker, name="embedded", daemon=scene.daemon)
+    apply(scene.plane, configmap(scene.attacker, "pushed-with-the-url-token"))
+    wait_for_subjects(
+        own, scene.daemon, f"[CREATE] v1/configmaps/{scene.attacker}/pushed-with-the-url-token"
+    )
+    stored = [path for path in scene.daemon.state_dir.rglob("*") if path.is_file()]
+    assert any(path.name == "config" for path in stored)  # the clones are there
+    for path in stored:
+        assert git_http.password.encode() not in path.read_bytes(), path

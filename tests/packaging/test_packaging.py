@@ -32,6 +32,12 @@ PACKAGING = REPO_ROOT / "packaging"
 CHART = PACKAGING / "helm" / "reverserd"
 MANIFESTS = PACKAGING / "manifests" / "reverserd.yaml"
 RBAC_SOURCE = PACKAGING / "rbac" / "clusterrole.yaml"
+ADMISSION_SOURCE = PACKAGING / "admission" / "creator-access.yaml"
+# The admission objects of packaging/admission/creator-access.yaml, in the order kinds() sorts.
+CREATOR_ACCESS_KINDS = (
+    *(["ValidatingAdmissionPolicy"] * 2),
+    *(["ValidatingAdmissionPolicyBinding"] * 2),
+)
 UNIT = PACKAGING / "systemd" / "reverserd.service"
 ENV_EXAMPLE = PACKAGING / "systemd" / "reverserd.env.example"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -189,10 +195,20 @@ def test_default_render_holds_the_daemon_and_least_privilege_rbac(helm: Path) ->
         "PersistentVolumeClaim",
         "Service",
         "ServiceAccount",
+        *CREATOR_ACCESS_KINDS,
     ]
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", *CREATOR_ACCESS_KINDS):
             assert doc["metadata"]["namespace"] == "ops", doc["kind"]
+    # The admission policies, on by default, are the source's objects with the chart's labels.
+    source = [doc for doc in yaml.safe_load_all(ADMISSION_SOURCE.read_text()) if doc]
+    rendered = [doc for doc in docs if doc["kind"] in CREATOR_ACCESS_KINDS]
+    for doc in rendered:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "reverserd"
+        del doc["metadata"]["labels"]
+    assert sorted(rendered, key=json.dumps) == sorted(source, key=json.dumps)
+    disabled = objects(render(helm, "ops", "--set", "admissionPolicy.enabled=false"))
+    assert not [doc for doc in disabled if doc["kind"] in CREATOR_ACCESS_KINDS]
     rbac_source = yaml.safe_load(RBAC_SOURCE.read_text())
     assert daemon_role(docs)["rules"] == rbac_source["rules"]
     binding = one(docs, "ClusterRoleBinding")
@@ -737,6 +753,7 @@ def test_plain_manifests_are_accepted_by_the_api_server(control_plane: ControlPl
             "PersistentVolumeClaim",
             "Deployment",
             "Service",
+            *CREATOR_ACCESS_KINDS,
         ]
     )
     namespace = one(docs, "Namespace")
@@ -1080,7 +1097,7 @@ def test_secret_writes_are_granted_only_with_generate_when_missing(helm: Path) -
         for doc in enabled
         if doc["kind"] == "ClusterRole" and doc["metadata"]["name"].endswith("secret-writer")
     ]
-    assert [rule["verbs"] for rule in one(writers, "ClusterRole")["rules"]] == [["create", "patch"]]
+    assert [rule["verbs"] for rule in one(writers, "ClusterRole")["rules"]] == [["create"]]
     bindings = [doc["roleRef"]["name"] for doc in enabled if doc["kind"] == "ClusterRoleBinding"]
     assert writers[0]["metadata"]["name"] in bindings
 

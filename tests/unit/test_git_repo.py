@@ -33,6 +33,9 @@ from reverserd.git import (
     redact,
 )
 from reverserd.git import repository as git_repository
+from reverserd.git.credentials import (
+    without_url_credentials,
+)
 from reverserd.git.known_hosts import (
     HostKeyError,
     PresentedHostKey,
@@ -452,7 +455,7 @@ def test_reopening_after_an_unacknowledged_push_counts_nothing_pending(tmp_path:
     repository.flush()
     # The server took the commit but its answer was lost: the commit reaches it by other means.
     behind_its_back = pygit2.Repository(str(tmp_path / "clone"))
-    behind_its_back.remotes["origin"].push(["refs/heads/main:refs/heads/main"])
+    behind_its_back.remotes.create_anonymous(url).push(["refs/heads/main:refs/heads/main"])
 
     again = BranchRepository(tmp_path / "clone", url, "main")
     assert again.open() == tip == remote_tip(remote)
@@ -564,6 +567,9 @@ def test_flushes_keep_the_pack_count_bounded_and_maintain_leaves_one_pack(
         ("git@github.com:o/r.git", "git@github.com:o/r.git"),
         ("deploy:s3cret@host:o/r.git", "deploy:***@host:o/r.git"),
         ("file:///srv/git/r.git", "file:///srv/git/r.git"),
+        ("https://h/r.git?private_token=s3cret", "https://h/r.git?private_token=***"),
+        ("https://u:s3cret@h/r?a=s3cret&s3cret#s3cret", "https://u:***@h/r?a=***&***#***"),
+        ("https://%73ecret@h/r.git", "https://***@h/r.git"),
     ],
 )
 def test_mask_url_hides_passwords_and_http_tokens(url: str, shown: str) -> None:
@@ -575,6 +581,40 @@ def test_redact_removes_urls_passwords_and_passphrases_from_text() -> None:
     text = "failed https://x:hunter2@h/r.git: wrong hunter2 / open sesame"
 
     assert redact(text, credentials) == "failed https://x:***@h/r.git: wrong *** / ***"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cannot reach deploy:s3cret@git.example.com:o/r.git (timeout)",
+        "push to https://git.example.com/o/r.git?access_token=s3cret failed",
+        "fetch 'https://oauth2:s3cret@gitlab.example.com/o/r' refused",
+        "url=ssh://git:s3cret@host:2222/r.git",
+    ],
+)
+def test_redact_masks_every_spelling_of_a_url_credential_in_text(text: str) -> None:
+    assert "s3cret" not in redact(text)
+
+
+@pytest.mark.parametrize(
+    ("url", "bare", "username", "password"),
+    [
+        ("https://ci:s3cret@h/r.git", "https://h/r.git", "ci", "s3cret"),
+        ("https://tok%40en@h/r.git", "https://h/r.git", "tok@en", "from-secret"),
+        ("ssh://git:s3cret@h:2222/r.git", "ssh://git@h:2222/r.git", "from-secret", "s3cret"),
+        ("deploy:s3cret@h:o/r.git", "deploy@h:o/r.git", "from-secret", "s3cret"),
+        ("git@h:o/r.git", "git@h:o/r.git", "from-secret", "from-secret"),
+        ("https://h/r.git", "https://h/r.git", "from-secret", "from-secret"),
+    ],
+)
+def test_credentials_leave_the_url_for_memory(
+    url: str, bare: str, username: str, password: str
+) -> None:
+    secret = GitCredentials(username="from-secret", password="from-secret")
+    assert without_url_credentials(url, secret) == (
+        bare,
+        GitCredentials(username=username, password=password),
+    )
 
 
 def test_secrets_do_not_appear_in_the_credentials_repr() -> None:

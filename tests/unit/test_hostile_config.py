@@ -24,6 +24,7 @@ from reverserd.config.model import (
     ConfigError,
     UrlPolicy,
     branch_glob,
+    check_url,
     normalize_target_path,
     parse_target,
 )
@@ -126,6 +127,21 @@ CORPUS: list[tuple[str, dict[str, Any], str, str]] = [
     ("file:// url", _provider(url="file:///srv/git/victim.git"), "Ready", "LocalRemoteNotAllowed"),
     ("plain path url", _provider(url="/srv/git/victim.git"), "Ready", "LocalRemoteNotAllowed"),
     ("relative path url", _provider(url="./victim"), "Ready", "LocalRemoteNotAllowed"),
+    ("plain http url", _provider(url="http://git.example.com/r"), "Ready",
+     "InsecureRemoteNotAllowed"),
+    ("loopback url", _provider(url="https://127.0.0.1:3000/r"), "Ready", "LocalRemoteNotAllowed"),
+    ("loopback as a number", _provider(url="https://2130706433/r"), "Ready",
+     "LocalRemoteNotAllowed"),
+    ("loopback short form", _provider(url="https://127.1/r"), "Ready", "LocalRemoteNotAllowed"),
+    ("IPv6 loopback", _provider(url="https://[::1]/r"), "Ready", "LocalRemoteNotAllowed"),
+    ("IPv4-mapped loopback", _provider(url="https://[::ffff:127.0.0.1]/r"), "Ready",
+     "LocalRemoteNotAllowed"),
+    ("localhost", _provider(url="https://LocalHost./r"), "Ready", "LocalRemoteNotAllowed"),
+    ("cloud metadata", _provider(url="https://169.254.169.254/latest"), "Ready",
+     "LocalRemoteNotAllowed"),
+    ("ssh to loopback", _provider(url="ssh://git@127.0.0.1:2222/r"), "Ready",
+     "LocalRemoteNotAllowed"),
+    ("scp-like to loopback", _provider(url="git@[::1]:team/r"), "Ready", "LocalRemoteNotAllowed"),
     ("ftp url", _provider(url="ftp://h/r"), "Ready", "InvalidURL"),
     ("git protocol url", _provider(url="git://h/r"), "Ready", "InvalidURL"),
     ("url without host", _provider(url="https:///r"), "Ready", "InvalidURL"),
@@ -160,6 +176,9 @@ CORPUS: list[tuple[str, dict[str, Any], str, str]] = [
     ("path climbing out", _target(path="../victim"), "Validated", "InvalidPath"),
     ("path into .git", _target(path=".git/hooks"), "Validated", "InvalidPath"),
     ("path into .GIT", _target(path="a/.GIT"), "Validated", "InvalidPath"),
+    ("path into .git.", _target(path="team/.git./hooks"), "Validated", "InvalidPath"),
+    ("path into '.git '", _target(path=".git /hooks"), "Validated", "InvalidPath"),
+    ("path into git~1", _target(path="GIT~1/hooks"), "Validated", "InvalidPath"),
     ("path with a backslash", _target(path="a\\b"), "Validated", "InvalidPath"),
     ("path with NUL", _target(path="team\0"), "Validated", "InvalidPath"),
     ("path is a number", _target(path=5), "Validated", "InvalidSpec"),
@@ -221,6 +240,16 @@ def test_condition_message_quoting_a_huge_url_stays_within_one_kibibyte() -> Non
     message = _condition(conditions, body, "Ready")["message"]
     assert len(message.encode()) <= MAX_MESSAGE_BYTES
     assert message.endswith("…")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/r.git", "https://[::1]/r", "ssh://git@localhost/r", "http://h/r"]
+)
+def test_the_local_remotes_flag_allows_http_and_loopback(url: str) -> None:
+    """The test bed and external harnesses serve Git over http on loopback."""
+    check_url(url, UrlPolicy(allow_local=True))
+    with pytest.raises(ConfigError):
+        check_url(url, UrlPolicy())
 
 
 def test_local_remote_needs_the_flag_and_never_reaches_the_state_dir(tmp_path: Path) -> None:

@@ -155,6 +155,12 @@ def test_valid_target_paths_are_accepted(path: str) -> None:
         (".git", ".git"),
         ("repo/.git/hooks", ".git"),
         ("a/.GIT", ".git"),
+        (".git.", "Git keeps its own metadata"),
+        ("a/.git ", "Git keeps its own metadata"),
+        ("git~1/hooks", "Git keeps its own metadata"),
+        ("a/GIT~1", "Git keeps its own metadata"),
+        (".Git. ./x", "Git keeps its own metadata"),
+        ("a/zero\u200bwidth", "invisible character"),
         ("a\0b", "NUL"),
     ],
 )
