@@ -11,6 +11,9 @@ import pytest
 
 from reverserd.encryption.sops import EncryptionError, EncryptionUnavailable, Sops
 
+# A recipient of the right shape; the stand-in never reads it.
+AGE_RECIPIENT = "age1" + "q" * 58
+
 
 @pytest.mark.parametrize(
     ("script", "unavailable"),
@@ -23,5 +26,5 @@ async def test_sops_killed_is_unavailable_and_sops_refusing_is_an_error(
     fake.write_text(f"#!/bin/sh\ncat > /dev/null\n{script}\n")
     fake.chmod(0o755)
     with pytest.raises(EncryptionError) as raised:
-        await Sops(str(fake)).encrypt(b"kind: Secret\n", b"creation_rules: []\n", "a.sops.yaml")
+        await Sops(str(fake)).encrypt(b"kind: Secret\n", [AGE_RECIPIENT], "a.sops.yaml")
     assert isinstance(raised.value, EncryptionUnavailable) is unavailable
