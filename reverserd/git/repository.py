@@ -308,6 +308,8 @@ class BranchRepository:
         if not pygit2.reference_is_valid_name(_HEADS + branch):
             raise ValueError(f"invalid branch name {branch!r}")
         self._path = Path(path)
+        # Kept in memory only: credentials handed over later are merged with the URL's again.
+        self._given_url = url
         # Nothing secret in the URL libgit2 sees: it would be written into the clone.
         self._url, self._credentials = without_url_credentials(
             url, credentials if credentials is not None else GitCredentials()
@@ -327,7 +329,9 @@ class BranchRepository:
     def use_credentials(self, credentials: GitCredentials) -> bool:
         """Use ``credentials`` for the next network operation (its Secret was rotated); returns
         whether they differ from the current ones. Raises CredentialsError, keeping the
-        current ones, if they are unusable for this URL."""
+        current ones, if they are unusable for this URL. What the URL itself carries still
+        comes first, as it did when the clone was opened."""
+        _, credentials = without_url_credentials(self._given_url, credentials)
         build_callbacks(self._url, credentials)
         changed = credentials != self._credentials
         self._credentials = credentials

@@ -746,19 +746,23 @@ class JournalWriter:
         await self._load_floor()
 
     async def compact(self, max_lag_events: int = MAX_CURSOR_LAG_EVENTS) -> None:
-        """Remove events every attached cursor has passed and that no ``objects`` row points at.
+        """Remove events every cursor has passed and that no ``objects`` row points at.
 
         With no cursor at all, nothing needs old events: a new target starts from ``objects``.
-        Cursors below the floor (:meth:`detach_lagging`, applied first) do not count.
+        A cursor below the floor (:meth:`detach_lagging`, applied first) holds back nothing
+        below the floor, but everything above it: its consumer may still be running ahead of
+        its stored cursor (its pushes fail, so the cursor does not move), reading events above
+        the floor, and must never find a hole there. So the journal keeps at most the lag bound
+        of superseded events for such a target, however long it stays stuck.
         """
         await self.detach_lagging(max_lag_events)
 
         def apply(batch: _Batch) -> None:
             batch.execute(
-                "DELETE FROM events WHERE seq <= COALESCE((SELECT MIN(seq) FROM cursors"
-                " WHERE seq >= (SELECT COALESCE(MAX(seq), 0) FROM journal_floor)), ?)"
+                "DELETE FROM events"
+                " WHERE seq <= COALESCE((SELECT MIN(MAX(seq, ?)) FROM cursors), ?)"
                 " AND seq NOT IN (SELECT seq FROM objects)",
-                (self.committed_seq,),
+                (self.resync_floor, self.committed_seq),
             )
 
         await self.submit(apply)

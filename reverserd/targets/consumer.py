@@ -162,6 +162,9 @@ class TargetConsumer:
                     log.info(
                         "committer replaced, replaying from the cursor", extra={"target": self.key}
                     )
+                except CursorCompacted:
+                    # Expected, not a failure: the next run re-syncs from the latest state.
+                    log.info("compaction passed this target's position", extra={"target": self.key})
         finally:
             await self.reader.close()
 
@@ -214,10 +217,12 @@ class TargetConsumer:
             starting = False
             if self.committer.stopped:
                 raise CommitterStopped(self.committer.key)
-            if self.ledger.seq < self.journal.resync_floor:
-                raise CursorCompacted(self.key)
             await self._catch_up_selections()
             events = await self.reader.events_after(self.ledger.seq, READ_BATCH)
+            # Checked after the read: the floor moves before compaction deletes anything below
+            # it, so a read that may have missed deleted events always sees the floor past it.
+            if self.ledger.seq < self.journal.resync_floor:
+                raise CursorCompacted(self.key)
             if events:
                 await self._process(events)
             elif snapshot_secrets_when_caught_up:

@@ -208,6 +208,24 @@ def test_password_in_the_url_is_masked_in_the_error_and_the_display_url(
     assert caught.value.url == repository.display_url == masked
 
 
+def test_credentials_in_the_url_survive_a_reread_of_the_providers_secret(
+    git_http: GitHttpServer, git_repo_name: str, tmp_path: Path
+) -> None:
+    """A provider whose URL carries its credentials and that names no Secret: the re-read of
+    its credentials after a failed push (rotation) hands over empty ones, and the URL's must
+    still be used, as when the clone was opened."""
+    git_http.seed_repo(git_repo_name, "main", {"f.yaml": b"x\n"}, "Seed")
+    url = git_http.url(git_repo_name).replace(
+        f"http://{LOOPBACK}", f"http://{git_http.username}:{git_http.password}@{LOOPBACK}"
+    )
+    repository = BranchRepository(tmp_path / "clone", url, "main")
+    repository.open()
+    assert repository.use_credentials(GitCredentials()) is False
+    sha = write(repository, "f.yaml", b"changed\n", "Change")
+    assert repository.push() == sha
+    assert branch_tip(git_http.repo_path(git_repo_name), "main") == sha
+
+
 # -- SSH authentication and host keys ------------------------------------------------------
 
 

@@ -301,16 +301,23 @@ async def test_a_cursor_beyond_the_lag_bound_stops_pinning_and_stays_detached(
     await writer.compact(max_lag_events=20)
     assert (await reader.events_after(0, 100))[0].seq == 2
     await writer.compact(max_lag_events=5)
-    # The stuck cursor (9 behind) no longer counts; the busy one (2 behind) still does.
+    # The stuck cursor (9 behind) is detached: it holds back nothing below the floor, but
+    # everything above it, which its consumer (running ahead of its stored cursor) may still
+    # read; the busy one (2 behind) holds back nothing more.
     assert writer.resync_floor == 5
-    assert [e.seq for e in await reader.events_after(0, 100)] == [9, 10]
-    # A late settle of the stuck target below the floor does not pin again.
+    assert [e.seq for e in await reader.events_after(0, 100)] == [6, 7, 8, 9, 10]
+    # A late settle of the stuck target below the floor does not pin again: as the journal
+    # grows, the floor follows it and at most the lag bound of events is kept.
     await writer.write_cursor("ns/stuck", seq=3, covered={})
     await writer.write_cursor("ns/busy", seq=10, covered={})
+    for version in range(11, 21):
+        await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("a", version))], None)
+    await writer.write_cursor("ns/busy", seq=20, covered={})
     await writer.compact(max_lag_events=5)
-    assert [e.seq for e in await reader.events_after(0, 100)] == [10]
+    assert writer.resync_floor == 15
+    assert [e.seq for e in await reader.events_after(0, 100)] == [16, 17, 18, 19, 20]
     reopened = await JournalWriter.open(writer.path.parent)
-    assert reopened.resync_floor == 5
+    assert reopened.resync_floor == 15
     await reopened.close()
 
 
