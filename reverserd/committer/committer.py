@@ -49,6 +49,7 @@ import concurrent.futures
 import functools
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -71,6 +72,7 @@ from reverserd.git import (
     RemoteUnavailable,
     RepositoryError,
     StoredBlob,
+    stores_its_remote,
 )
 from reverserd.journal import JournalWriter, ObjectKey
 from reverserd.metrics import (
@@ -719,3 +721,19 @@ def clone_dir(state_dir: Path, key: str, owner: str) -> Path:
     """
     identity = f"{owner}\n{key}"
     return state_dir / "repos" / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def remove_clones_of_older_versions(state_dir: Path) -> list[Path]:
+    """Delete the clones an older version made; returns them.
+
+    Clones are named per owner now (:func:`clone_dir`), so no name leads to an older clone any
+    more, and its config may still hold a URL with a token in it (older versions stored their
+    remote there): left alone it would keep that credential on disk for good. A clone is a cache:
+    what it held and the remote lacks is committed again from the journal, whose cursors move
+    only after a push.
+    """
+    repos = state_dir / "repos"
+    removed = [path for path in sorted(repos.glob("*")) if stores_its_remote(path)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

@@ -35,6 +35,7 @@ from reverserd.git.repository import (
     StoredBlob,
     configure_network_timeouts,
     prove_push_access,
+    stores_its_remote,
 )
 
 __all__ = [
@@ -57,4 +58,5 @@ __all__ = [
     "mask_url",
     "prove_push_access",
     "redact",
+    "stores_its_remote",
 ]

@@ -928,6 +928,17 @@ def repack_arguments(version: tuple[int, ...]) -> list[str]:
     return ["repack", "-a", "-d", "-q"]
 
 
+def stores_its_remote(path: Path) -> bool:
+    """Whether the clone at ``path`` keeps its remote, URL and maybe a token with it, in its
+    config, as clones made before remotes lived in memory only (:meth:`BranchRepository._remote`)
+    did."""
+    try:
+        config = (path / "config").read_text(errors="replace")
+    except OSError:
+        return False
+    return f'[remote "{REMOTE_NAME}"]' in config
+
+
 # libgit2's git_direction for a push (pygit2 exports no name for it).
 _GIT_DIRECTION_PUSH = 1
 

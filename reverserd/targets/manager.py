@@ -32,7 +32,12 @@ from pathlib import Path
 
 from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
-from reverserd.committer.committer import Committer, PushPolicy, clone_dir
+from reverserd.committer.committer import (
+    Committer,
+    PushPolicy,
+    clone_dir,
+    remove_clones_of_older_versions,
+)
 from reverserd.committer.credentials import load_credentials
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
@@ -101,6 +106,8 @@ class TargetManager:
         self._closing = False
         self._reader = await JournalReader.open(self.state_dir)
         try:
+            for removed in await asyncio.to_thread(remove_clones_of_older_versions, self.state_dir):
+                log.info("removed a clone of an older version", extra={"clone": str(removed)})
             await self._forget_deleted_targets()
             await self._run()
         finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
+from reverserd.committer.committer import remove_clones_of_older_versions
 from reverserd.git import (
     BranchRepository,
     CredentialsError,
@@ -42,7 +43,12 @@ from reverserd.git.known_hosts import (
     check_host_key,
     parse_known_hosts,
 )
-from reverserd.git.repository import CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS, PACK_LIMIT
+from reverserd.git.repository import (
+    CONNECT_TIMEOUT_MS,
+    IO_TIMEOUT_MS,
+    PACK_LIMIT,
+    stores_its_remote,
+)
 from testbed.gitservers import commit_files
 from tests.conftest import AUTHOR, COMMITTER, write
 
@@ -813,3 +819,20 @@ def test_commits_of_a_push_the_server_took_just_before_a_crash_are_still_ours(
 
     assert reopened.pending() == 0
     assert [message for _, message in reopened.own_commits()] == ["carried"]
+
+
+def test_clones_of_an_older_version_are_removed_and_todays_are_kept(tmp_path: Path) -> None:
+    """Older versions stored the remote, token and all, in the clone's config, under a name no
+    owner's clone has now: such a clone goes, a clone made today stays."""
+    _, url = make_remote(tmp_path)
+    state = tmp_path / "state"
+    today = BranchRepository(state / "repos" / "today", url, "main")
+    today.open()
+    older = pygit2.init_repository(str(state / "repos" / "older"), bare=True)
+    older.remotes.create("origin", "https://bot:s3cret-token@git.example.com/team/r.git")
+    assert stores_its_remote(state / "repos" / "older")
+    assert remove_clones_of_older_versions(state) == [state / "repos" / "older"]
+    assert sorted(path.name for path in (state / "repos").iterdir()) == ["today"]
+    assert not any(
+        b"s3cret-token" in path.read_bytes() for path in state.rglob("*") if path.is_file()
+    )
