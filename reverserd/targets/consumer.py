@@ -204,7 +204,9 @@ class TargetConsumer:
             keys_before = progress.encryption
             became_usable = await self.secrets.refresh()
             if starting and became_usable:
-                snapshot_secrets_when_caught_up, became_usable = True, False
+                # A first snapshot (nothing covered yet) takes the Secrets in anyway.
+                snapshot_secrets_when_caught_up = self.ledger.covers_secrets()
+                became_usable = False
             if became_usable or (starting and not self.secrets.writable):
                 # Keys just became usable: Secrets skipped so far come in with a fresh snapshot.
                 # Keys unusable at start: the same snapshot counts and logs each Secret that is

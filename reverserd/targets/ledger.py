@@ -133,6 +133,10 @@ class TargetLedger:
         """Forget the selections ``keep`` rejects: they need a fresh snapshot to count again."""
         self.covered = {key: seq for key, seq in self.covered.items() if keep(key)}
 
+    def covers_secrets(self) -> bool:
+        """Whether a snapshot of Secrets is already part of where the target stands."""
+        return any(split_selection(key) == ("", "secrets") for key in self.covered)
+
     def uncover_secrets(self) -> None:
         """Secrets get a fresh snapshot (keys just became usable, or are not usable at start)."""
         self.uncover(lambda key: split_selection(key) != ("", "secrets"))
