@@ -489,6 +489,8 @@ class TargetConsumer:
             describe(key): reason for key, reason in sorted(quarantined.items())
         }
         OBJECTS_QUARANTINED.labels(target=self.key).set(len(quarantined))
+        # News for the status: a quarantine may come with no push that would tell it.
+        self.board.notify()
 
     def _quarantine_retry_due(self) -> bool:
         return time.monotonic() - self.quarantine_retried_at >= QUARANTINE_RETRY_S

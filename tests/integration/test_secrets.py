@@ -561,18 +561,20 @@ def test_sops_output_that_is_not_ciphertext_is_quarantined_and_never_committed(
         apply(control_plane, secret(namespace, "db", {"password": f"clear-{namespace}"}))
         apply(control_plane, configmap(namespace, "flows"))
         wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/flows")
-        held = wait_condition(
-            control_plane,
-            "gittarget",
-            namespace,
-            "mirror",
-            "Quarantined",
-            "True",
-            daemon=daemon,
-        )
         # Both the Secret of the first sync and the one of an event are held, saying why.
-        assert f"secrets/{namespace}/db (NotCiphertext: " in held["message"], held
-        assert f"secrets/{namespace}/{remote.secret} (NotCiphertext: " in held["message"], held
+        held = [
+            f"secrets/{namespace}/db (NotCiphertext: ",
+            f"secrets/{namespace}/{remote.secret} (NotCiphertext: ",
+        ]
+
+        def quarantined_both() -> bool:
+            found = conditions(control_plane, "gittarget", namespace, "mirror").get("Quarantined")
+            return bool(found) and all(name in found["message"] for name in held)
+
+        wait_until(
+            quarantined_both,
+            describe=lambda: str(conditions(control_plane, "gittarget", namespace, "mirror")),
+        )
     finally:
         daemon.ensure_stopped()
     assert not [path for path in read_tree(remote.path, "main") if "/secrets/" in path]
