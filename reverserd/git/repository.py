@@ -957,10 +957,12 @@ def prove_push_access(url: str, credentials: GitCredentials) -> None:
     _ensure_off_event_loop()
     _ensure_network_timeouts()
     _configure_libgit2()
+    # As a clone does: what the URL carries leaves it and joins the credentials.
+    bare_url, credentials = without_url_credentials(url, credentials)
     with tempfile.TemporaryDirectory(prefix="reverserd-handshake-") as scratch:
-        remote = pygit2.init_repository(scratch, bare=True).remotes.create_anonymous(url)
+        remote = pygit2.init_repository(scratch, bare=True).remotes.create_anonymous(bare_url)
         try:
-            remote.connect(build_callbacks(url, credentials), _GIT_DIRECTION_PUSH)
+            remote.connect(build_callbacks(bare_url, credentials), _GIT_DIRECTION_PUSH)
         except (pygit2.GitError, HostKeyError, AuthenticationRejected) as error:
             reason = redact(str(error), credentials) or type(error).__name__
             raise RemoteUnavailable(mask_url(url), f"push handshake failed: {reason}") from None

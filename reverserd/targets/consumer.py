@@ -505,8 +505,13 @@ class TargetConsumer:
             return
         for key in list(self.ledger.quarantined):
             rtype = discovery.types.get((key.api_group, key.resource))
-            event = await self.reader.latest_event(key) if rtype is not None else None
-            if rtype is None or event is None:
+            if rtype is None:
+                continue  # a type not served says nothing about the object
+            event = await self.reader.latest_event(key)
+            if event is None:
+                # The object is gone and so is its DELETE (compacted while this target was
+                # detached, or not read yet): nothing of it is left to write.
+                await self._release(key)
                 continue
             if self.ledger.covered_since(event) is None or not selected(
                 self.resolved.rules, rtype, event.namespace, event.kind.value

@@ -25,6 +25,7 @@ from reverserd.git import (
     PushRejected,
     RemoteUnavailable,
     configure_network_timeouts,
+    prove_push_access,
 )
 from reverserd.git.credentials import MAX_CREDENTIAL_REQUESTS
 from testbed.gitservers import (
@@ -224,6 +225,23 @@ def test_credentials_in_the_url_survive_a_reread_of_the_providers_secret(
     sha = write(repository, "f.yaml", b"changed\n", "Change")
     assert repository.push() == sha
     assert branch_tip(git_http.repo_path(git_repo_name), "main") == sha
+
+
+def test_push_handshake_uses_the_credentials_a_url_carries(
+    git_http: GitHttpServer, git_repo_name: str
+) -> None:
+    """Write access proven by a provider whose URL carries its credentials, as its pushes use
+    them; a wrong password in the URL proves nothing."""
+    git_http.seed_repo(git_repo_name, "main", {"f.yaml": b"x\n"}, "Seed")
+
+    def with_password(password: str) -> str:
+        return git_http.url(git_repo_name).replace(
+            f"http://{LOOPBACK}", f"http://{git_http.username}:{password}@{LOOPBACK}"
+        )
+
+    prove_push_access(with_password(git_http.password), GitCredentials())
+    with pytest.raises(RemoteUnavailable, match="push handshake failed"):
+        prove_push_access(with_password("wrong-" + git_http.password), GitCredentials())
 
 
 # -- SSH authentication and host keys ------------------------------------------------------
