@@ -32,12 +32,8 @@ from testbed.harness import (
 )
 from testbed.manifests import configmap, git_target, mirror_setup, podtemplate, secret, watch_rule
 from tests.conftest import Remote
-from tests.integration.test_faults import own_server, remove_on_server, the_clone
+from tests.integration.test_faults import cm_subject, own_server, remove_on_server, the_clone
 from tests.integration.test_secrets import decrypt
-
-
-def cm_subject(operation: str, namespace: str, name: str) -> str:
-    return f"[{operation}] v1/configmaps/{namespace}/{name}"
 
 
 def test_two_targets_on_one_branch_both_flow_after_the_committer_failed(
