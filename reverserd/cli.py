@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -24,6 +25,8 @@ from reverserd.config.pins import parse_pins
 from reverserd.config.plane import MAX_TARGETS_PER_NAMESPACE
 from reverserd.journal import JournalEvent, JournalReader
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
+from reverserd.kube.lease import LEASE_DURATION_S
+from reverserd.kube.shards import MAX_BUCKETS
 
 if TYPE_CHECKING:
     from reverserd.daemon import AttributionOptions
@@ -46,6 +49,10 @@ EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 3
 # A server that accepts and never answers is given up after this long; long enough for a large
 # push over a slow link, since it bounds each read or write, not the whole transfer.
 GIT_IO_TIMEOUT_S = 60.0
+# The Lease API counts whole seconds, and the renew deadline and retry period are fractions of
+# a duration: below 3 s a retry would come before a loaded API server answers; above an hour a
+# dead replica's branches would wait longer than anyone would accept.
+MIN_LEASE_DURATION_S, MAX_LEASE_DURATION_S = 3, 3600
 # `journal tail -f` polls the journal at this pace; SQLite has no change notification.
 TAIL_POLL_S = 0.5
 
@@ -164,6 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Lease (default: $POD_NAMESPACE or default)",
     )
     election.add_argument("--leader-election-id", default="reverserd", help="name of the Lease")
+    sharding = run.add_argument_group(
+        "sharding", "several active replicas, each writing the branches of its bucket Leases"
+    )
+    sharding.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="number of bucket Leases branches hash into (0: one replica writes everything);"
+        " the Leases live in --leader-election-namespace, named after --leader-election-id",
+    )
+    sharding.add_argument(
+        "--replica-id",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        help="this replica's stable identity (a StatefulSet pod name: a replica that returns"
+        " with its state dir gets its buckets back); default $POD_NAME, else the host name",
+    )
+    sharding.add_argument(
+        "--shard-lease-duration",
+        type=int,
+        default=LEASE_DURATION_S,
+        help="seconds a dead replica's buckets wait before others take them; a replica stops"
+        " pushing at two thirds of it without a renewal",
+    )
 
     attribution = run.add_argument_group(
         "attribution", "who made each change (field managers are always used)"
@@ -310,6 +340,16 @@ def _run(arguments: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"reverserd run: --repository-pins: {error}", file=sys.stderr)
         return 2
+    if not 0 <= arguments.shards <= MAX_BUCKETS:
+        print(f"reverserd run: --shards: expected 0 to {MAX_BUCKETS}", file=sys.stderr)
+        return 2
+    if not MIN_LEASE_DURATION_S <= arguments.shard_lease_duration <= MAX_LEASE_DURATION_S:
+        print(
+            "reverserd run: --shard-lease-duration: expected"
+            f" {MIN_LEASE_DURATION_S} to {MAX_LEASE_DURATION_S} seconds",
+            file=sys.stderr,
+        )
+        return 2
     options = RunOptions(
         kubeconfig=arguments.kubeconfig,
         context=arguments.context,
@@ -322,6 +362,9 @@ def _run(arguments: argparse.Namespace) -> int:
         leader_elect=arguments.leader_elect,
         leader_election_namespace=arguments.leader_election_namespace,
         leader_election_id=arguments.leader_election_id,
+        shards=arguments.shards,
+        replica_id=arguments.replica_id,
+        shard_lease_duration_s=arguments.shard_lease_duration,
         git_timeout_s=arguments.git_timeout,
         allow_local_remotes=arguments.allow_local_remotes,
         repository_pins=pins,

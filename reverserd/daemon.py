@@ -42,10 +42,12 @@ from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
 from reverserd.git import configure_network_timeouts
 from reverserd.git.repository import CONNECT_TIMEOUT_MS
+from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
-from reverserd.kube.lease import LeaderElector, LostLeadership
+from reverserd.kube.lease import LeaderElector, LeaseTiming, LostLeadership
+from reverserd.kube.shards import ShardCoordinator, ShardSettings
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
 from reverserd.targets.manager import TargetManager
@@ -104,6 +106,10 @@ class RunOptions:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     leader_election_id: str = "reverserd"
+    # Sharded mode (0: off): branches hash into this many bucket Leases, spread over replicas.
+    shards: int = 0
+    replica_id: str = ""
+    shard_lease_duration_s: int = 15
     git_timeout_s: float = 60.0
     allow_local_remotes: bool = False
     repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
@@ -155,6 +161,30 @@ class Daemon:
         ownership = Ownership(client, journal, board)
         # Before the plane first decides who writes which branch.
         await ownership.load()
+        self.elector: LeaderElector | None = None
+        self.shards: ShardCoordinator | None = None
+        if options.shards:
+            # The leader Lease elects the one writer of the config plane's status; every
+            # replica writes the status of the targets on the branches it holds.
+            timing = LeaseTiming.scaled(options.shard_lease_duration_s)
+            self.shards = ShardCoordinator(
+                client,
+                ShardSettings(
+                    options.shards,
+                    options.replica_id,
+                    options.leader_election_namespace,
+                    options.leader_election_id,
+                    timing,
+                ),
+            )
+            self.elector = LeaderElector(
+                client,
+                options.leader_election_namespace,
+                options.leader_election_id,
+                options.replica_id,
+                timing,
+            )
+            plane.writes_status_of = self._writes_status_of
         watches = WatchManager(client, journal, plane)
         targets = TargetManager(
             client,
@@ -167,10 +197,10 @@ class Daemon:
             Sops(options.sops_path, options.age_keygen_path),
             ownership,
             resolver,
+            self.shards,
         )
         self.targets = targets
-        self.elector: LeaderElector | None = None
-        if options.leader_elect:
+        if options.leader_elect and not options.shards:
             identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
             self.elector = LeaderElector(
                 client, options.leader_election_namespace, options.leader_election_id, identity
@@ -180,7 +210,7 @@ class Daemon:
         self.board, self.plane, self.watches = board, plane, watches
         self.view = StatusView(
             reader, plane, board, targets, watches, self._probe_api, options.state_dir,
-            self.role, self.started,
+            self.role, self.started, self.shards,
         )  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -217,7 +247,9 @@ class Daemon:
                 group.create_task(sample_loop_lag())
                 if webhooks is not None:
                     group.create_task(supervise("webhooks", webhooks.run))
-                if self.elector is not None:
+                if self.shards is not None and self.elector is not None:
+                    group.create_task(supervise("config status election", self.elector.campaign))
+                elif self.elector is not None:
                     # Not supervised: lost leadership must end the process (exit code 1).
                     group.create_task(self.elector.run())
                 # A target that lagged beyond the bound while reverserd was down stops holding
@@ -258,7 +290,7 @@ class Daemon:
 
     async def _lead(self) -> None:
         """Write (commits, pushes, status) only as the leader; a standby keeps its journal warm."""
-        if self.elector is not None:
+        if self.elector is not None and self.shards is None:
             log.info("waiting for leadership", extra={"identity": self.elector.identity})
             await self.elector.leading.wait()
             self.plane.enable_writes()
@@ -307,7 +339,30 @@ class Daemon:
             return False
 
     def role(self) -> str:
+        if self.shards is not None:
+            return "shard"
         return self.elector.role if self.elector is not None else "leader"
+
+    def _writes_status_of(self, resource: str, namespace: str, name: str) -> bool:
+        """Sharded: a GitTarget's status is written by the holder of its branch, a
+        GitProvider's by the holder of its first branch (whose committer reports its health),
+        everything else (and a target or provider on no branch) by the leader."""
+        assert self.shards is not None and self.elector is not None
+        key = f"{namespace}/{name}"
+        state = self.plane.state
+        branches: list[str] = []
+        if resource == "gittargets" and key in state.targets:
+            resolved = state.targets[key]
+            branches = [branch_key(resolved.provider.url, resolved.target.branch)]
+        elif resource == "gitproviders":
+            branches = sorted(
+                branch_key(r.provider.url, r.target.branch)
+                for r in state.targets.values()
+                if r.provider.key == key
+            )
+        if branches:
+            return self.shards.owns(branches[0])
+        return self.elector.leading.is_set()
 
     async def status(self) -> dict[str, Any]:
         return await self.view.picture()

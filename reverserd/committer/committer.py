@@ -145,6 +145,10 @@ class Submission:
     files_deleted: int = 0
 
 
+class NotOwner(Exception):
+    """The fencing check refused a push: another replica may own the branch now."""
+
+
 class ProviderProblem(Exception):
     """The provider cannot be used yet (e.g. its Secret is missing); ``reason`` goes to status."""
 
@@ -195,9 +199,16 @@ class Committer:
         provider_keys: Callable[[], Sequence[str]],
         proved_write_access: Callable[[], Awaitable[None]],
         credentials: Callable[[], Awaitable[GitCredentials]] | None = None,
+        may_push: Callable[[], bool] | None = None,
     ) -> None:
-        """``credentials`` reads the provider's Secret again (it may have been rotated)."""
+        """``credentials`` reads the provider's Secret again (it may have been rotated).
+
+        ``may_push`` is the fencing check of a sharded replica: asked on the Git thread right
+        before every push (so before every retry of the fetch-rebase loop too); False means the
+        Lease of this branch may have lapsed and another replica may write it.
+        """
         self.key = key
+        self.may_push = may_push
         # Called after every push that carried commits: the credentials can write the branch.
         self.proved_write_access = proved_write_access
         self.clone_lock = clone_lock
@@ -589,7 +600,10 @@ class Committer:
         started = time.monotonic()
         try:
             pushing = await self.on_git_thread(self.repository.pending_commits)
-            sha = await self.on_git_thread(self.repository.push)
+            sha = await self.on_git_thread(self._fenced_push)
+        except NotOwner as error:
+            self._push_failed("NotOwner", str(error))
+            return
         except PushRejected as error:
             GIT_OPERATIONS.labels(operation="push", result="rejected").inc()
             await self._rebuild_after_rejection(error)
@@ -623,6 +637,15 @@ class Committer:
         if self._commits_since_maintain >= MAINTAIN_EVERY_COMMITS:
             if await self.on_git_thread(self.repository.maintain):
                 self._commits_since_maintain = 0
+
+    def _fenced_push(self) -> str:
+        """Push (on the Git thread) only while this replica may still write the branch."""
+        if self.may_push is not None and not self.may_push():
+            raise NotOwner(
+                f"this replica no longer holds the Lease of {self.key}: nothing is pushed, the"
+                " branch's owner writes it from its own journal"
+            )
+        return self.repository.push()
 
     async def _rebuild_after_rejection(self, rejection: PushRejected) -> None:
         """Rebuild on the remote's tip when it moved; a rejection it does not explain waits."""

@@ -602,6 +602,9 @@ class ConfigPlane:
         self.version = 0
         # Only the leader writes status; a standby computes state for its own journal only.
         self.writes_enabled = True
+        # Sharded replicas: whether this replica writes the status of (resource, namespace,
+        # name), so each resource has one writer; None: every status (one replica).
+        self.writes_status_of: Callable[[str, str, str], bool] | None = None
         # The resourceVersion each status write went over: until the informer has seen the
         # object change, its cached status is stale and must not trigger the write again.
         self._written_over: dict[tuple[str, str, str], str] = {}
@@ -668,6 +671,8 @@ class ConfigPlane:
             for item in desired:
                 key = (item.rtype.resource, item.namespace, item.name)
                 if self._written_over.get(key) == item.resource_version:
+                    continue
+                if self.writes_status_of is not None and not self.writes_status_of(*key):
                     continue
                 if _differs(item.status, item.current) and await self._write_status(item):
                     self._written_over[key] = item.resource_version

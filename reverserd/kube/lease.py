@@ -1,4 +1,4 @@
-"""Leader election on a ``coordination.k8s.io/v1`` Lease, so two replicas have one writer.
+"""Leases on ``coordination.k8s.io/v1``: leader election, and the record every Lease user shares.
 
 The protocol, as Kubernetes components use it:
 
@@ -8,8 +8,13 @@ The protocol, as Kubernetes components use it:
 - A candidate takes over only when it has watched the record stay unchanged for a whole lease
   duration **by its own clock** (never by comparing the holder's timestamps with its own, which
   would trust two clocks to agree).
-- A leader that cannot renew before :data:`RENEW_DEADLINE_S` stops leading and the daemon exits:
-  it may no longer be the only writer, and a restart as a candidate is the safe state.
+- A holder that cannot renew within its renew deadline (shorter than the duration) stops
+  writing: it may no longer be the only writer. :meth:`Lease.valid` is that check, measured from
+  the moment the last successful renewal was *sent*, so the margin between the deadline and the
+  duration is what a write started just before the deadline has to reach the server.
+
+:class:`Lease` is one such record and the compare-and-swap writes on it; the leader election
+below and the branch buckets of :mod:`reverserd.kube.shards` both use it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,83 +39,151 @@ LEASE_DURATION_S = 15
 RENEW_DEADLINE_S = 10.0
 # How often the leader renews and a candidate retries.
 RETRY_PERIOD_S = 2.0
+# Kept on a released Lease: who held it last, so that holder knows, when it takes the Lease
+# again, whether anyone else wrote under it in between.
+LAST_HOLDER_ANNOTATION = "reverserd.configbutler.ai/last-holder"
 
 
 class LostLeadership(Exception):
     """The Lease could not be renewed in time; this process must stop writing."""
 
 
+@dataclass(frozen=True)
+class LeaseTiming:
+    """Duration, renew deadline and retry period of a Lease, in the proportions above."""
+
+    duration_s: int = LEASE_DURATION_S
+    renew_deadline_s: float = RENEW_DEADLINE_S
+    retry_period_s: float = RETRY_PERIOD_S
+
+    @classmethod
+    def scaled(cls, duration_s: int) -> LeaseTiming:
+        """The default proportions for another duration (tests use short ones)."""
+        ratio = duration_s / LEASE_DURATION_S
+        return cls(duration_s, RENEW_DEADLINE_S * ratio, RETRY_PERIOD_S * ratio)
+
+
 def _micro_time(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class LeaderElector:
-    def __init__(self, client: KubeClient, namespace: str, name: str, identity: str) -> None:
+def lease_holder(lease: dict[str, Any] | None) -> str:
+    """The identity a Lease names as its holder, ``""`` when none."""
+    return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+
+def last_holder(lease: dict[str, Any] | None) -> str:
+    """The holder a Lease names, else the one that released it last (``""``: neither)."""
+    if lease is None:
+        return ""
+    annotations = lease["metadata"].get("annotations") or {}
+    return lease_holder(lease) or str(annotations.get(LAST_HOLDER_ANNOTATION, ""))
+
+
+class Lease:
+    """One Lease object as seen and written by ``identity``."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        timing: LeaseTiming = LeaseTiming(),
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.path = namespaced_path("coordination.k8s.io", "v1", "leases", namespace, name)
         self.collection = namespaced_path("coordination.k8s.io", "v1", "leases", namespace)
         self.name = name
         self.identity = identity
-        self.leading = asyncio.Event()
+        self.timing = timing
+        self.labels = labels or {}
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        # Monotonic time the last successful write of ours was sent; -inf: never.
+        self.renewed_at = float("-inf")
+        # Whom the Lease named (holder, else last holder) when we last took it.
+        self.taken_from = ""
 
-    @property
-    def role(self) -> str:
-        return "leader" if self.leading.is_set() else "standby"
+    def valid(self) -> bool:
+        """True while a write made now is still inside our renew deadline."""
+        return time.monotonic() - self.renewed_at < self.timing.renew_deadline_s
 
-    async def run(self) -> None:
-        """Campaign until leading, then renew; raises :class:`LostLeadership` when it lapses."""
-        last_renewal = 0.0
-        while True:
-            try:
-                held = await self._try_acquire_or_renew()
-            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
-                log.warning("lease %s: %s", self.name, error)
-                held = False
-            now = time.monotonic()
-            if held:
-                last_renewal = now
-                if not self.leading.is_set():
-                    log.info("became leader", extra={"lease": self.name, "identity": self.identity})
-                    self.leading.set()
-            elif self.leading.is_set() and now - last_renewal > RENEW_DEADLINE_S:
-                raise LostLeadership(f"lease {self.name} not renewed for {RENEW_DEADLINE_S} s")
-            await asyncio.sleep(RETRY_PERIOD_S)
+    def observe(self, lease: dict[str, Any] | None) -> None:
+        """Note the record as read now; a changed record restarts the expiry clock."""
+        if lease is None:
+            return
+        spec = lease.get("spec") or {}
+        record = (
+            spec.get("holderIdentity"),
+            spec.get("renewTime"),
+            lease["metadata"].get("resourceVersion"),
+        )
+        if record != self._observed:
+            self._observed, self._observed_at = record, time.monotonic()
 
-    async def _try_acquire_or_renew(self) -> bool:
-        now = time.time()
+    def free(self, lease: dict[str, Any] | None) -> bool:
+        """Nobody holds it, or its record stayed unchanged for its whole duration."""
+        if lease is None or not lease_holder(lease):
+            return True
+        duration = int((lease.get("spec") or {}).get("leaseDurationSeconds") or 0)
+        return time.monotonic() - self._observed_at >= (duration or self.timing.duration_s)
+
+    async def read(self) -> dict[str, Any] | None:
         try:
-            lease = await self.client.get(self.path)
+            lease: dict[str, Any] = await self.client.get(self.path)
         except KubeError as error:
             if error.status != 404:
                 raise
+            return None
+        self.observe(lease)
+        return lease
+
+    async def try_acquire_or_renew(self, lease: dict[str, Any] | None) -> bool:
+        """One compare-and-swap round on the record ``lease`` (as read; None: absent)."""
+        now, sent_at = time.time(), time.monotonic()
+        if lease is None:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {"name": self.name},
+                "metadata": {"name": self.name, "labels": self.labels},
                 "spec": self._spec(now, acquire=True, transitions=0),
             }
-            return await self._write("POST", self.collection, body)
+            self.taken_from = ""
+            return await self._write("POST", self.collection, body, sent_at)
         spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity")
-        record = (holder, spec.get("renewTime"), lease["metadata"].get("resourceVersion"))
-        if record != self._observed:
-            self._observed, self._observed_at = record, time.monotonic()
+        holder = lease_holder(lease)
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder == self.identity:
             lease["spec"] = {**spec, **self._spec(now, acquire=False, transitions=transitions)}
-            return await self._write("PUT", self.path, lease)
-        duration = int(spec.get("leaseDurationSeconds") or LEASE_DURATION_S)
-        if holder and time.monotonic() - self._observed_at < duration:
+            return await self._write("PUT", self.path, lease, sent_at)
+        if not self.free(lease):
             return False
+        taken_from = last_holder(lease)
         lease["spec"] = self._spec(now, acquire=True, transitions=transitions + 1)
-        return await self._write("PUT", self.path, lease)
+        if await self._write("PUT", self.path, lease, sent_at):
+            self.taken_from = taken_from
+            return True
+        return False
+
+    async def release(self, lease: dict[str, Any]) -> bool:
+        """Give the Lease up at once (it names no holder), remembering us as its last holder."""
+        if lease_holder(lease) != self.identity:
+            return False
+        metadata = lease["metadata"]
+        metadata["annotations"] = {
+            **(metadata.get("annotations") or {}),
+            LAST_HOLDER_ANNOTATION: self.identity,
+        }
+        lease["spec"] = {**(lease.get("spec") or {}), "holderIdentity": None}
+        self.renewed_at = float("-inf")
+        return await self._write("PUT", self.path, lease, float("-inf"))
 
     def _spec(self, now: float, acquire: bool, transitions: int) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "holderIdentity": self.identity,
-            "leaseDurationSeconds": LEASE_DURATION_S,
+            "leaseDurationSeconds": self.timing.duration_s,
             "renewTime": _micro_time(now),
             "leaseTransitions": transitions,
         }
@@ -117,11 +191,61 @@ class LeaderElector:
             spec["acquireTime"] = _micro_time(now)
         return spec
 
-    async def _write(self, method: str, path: str, body: dict[str, Any]) -> bool:
+    async def _write(self, method: str, path: str, body: dict[str, Any], sent_at: float) -> bool:
         try:
-            await self.client.send(method, path, body)
+            written = await self.client.send(method, path, body)
         except KubeError as error:
             if error.status in (409, 422):
                 return False
             raise
+        self.observe(written)
+        self.renewed_at = sent_at
         return True
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        timing: LeaseTiming = LeaseTiming(),
+    ) -> None:
+        self.lease = Lease(client, namespace, name, identity, timing)
+        self.name = name
+        self.identity = identity
+        self.timing = timing
+        self.leading = asyncio.Event()
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.leading.is_set() else "standby"
+
+    async def run(self) -> None:
+        """Campaign until leading, then renew; raises :class:`LostLeadership` when it lapses."""
+        while True:
+            try:
+                held = await self.lease.try_acquire_or_renew(await self.lease.read())
+            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
+                log.warning("lease %s: %s", self.name, error)
+                held = False
+            if held:
+                if not self.leading.is_set():
+                    log.info("became leader", extra={"lease": self.name, "identity": self.identity})
+                    self.leading.set()
+            elif self.leading.is_set() and not self.lease.valid():
+                raise LostLeadership(
+                    f"lease {self.name} not renewed for {self.timing.renew_deadline_s} s"
+                )
+            await asyncio.sleep(self.timing.retry_period_s)
+
+    async def campaign(self) -> None:
+        """Like :meth:`run`, but a lapse only ends leading: a sharded replica goes on with its
+        branches and campaigns again."""
+        while True:
+            try:
+                await self.run()
+            except LostLeadership as lost:
+                self.leading.clear()
+                log.warning("%s; campaigning again", lost)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from reverserd.git import BranchRepository, GitCredentials, mask_url
 from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
+from reverserd.kube.shards import ShardCoordinator
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
 from reverserd.targets.ownership import Ownership
@@ -76,8 +78,11 @@ class TargetManager:
         sops: Sops,
         ownership: Ownership,
         resolver: Resolver | None = None,
+        shards: ShardCoordinator | None = None,
     ) -> None:
+        """With ``shards``, only the targets of branches in this replica's buckets run here."""
         self.client = client
+        self.shards = shards
         self.ownership = ownership
         self.journal = journal
         self.plane = plane
@@ -116,43 +121,59 @@ class TargetManager:
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.ownership.run(self.plane))
+            if self.shards is not None:
+                group.create_task(self.shards.run(self._hand_over, self._take_over))
             try:
                 while True:
                     seen = self.plane.version
+                    seen_shards = self.shards.version if self.shards is not None else 0
                     self._consumer_ended.clear()
                     await self._reconcile(group)
-                    await self._wait_for_work(seen)
+                    await self._wait_for_work(seen, seen_shards)
             finally:
                 # The group cancels every consumer now: that is no failure to report.
                 self._closing = True
 
-    async def _wait_for_work(self, seen: int) -> None:
-        """Until the configuration changes or a consumer ended on its own."""
+    async def _wait_for_work(self, seen: int, seen_shards: int) -> None:
+        """Until the configuration or the buckets held change, or a consumer ended on its own."""
         waits = [
             asyncio.ensure_future(self.plane.wait_for_change(seen)),
             asyncio.ensure_future(self._consumer_ended.wait()),
         ]
+        if self.shards is not None:
+            waits.append(asyncio.ensure_future(self.shards.wait_for_change(seen_shards)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
 
+    def _mine(self) -> dict[str, ResolvedTarget]:
+        """The targets this replica runs: all of them, or those of the branches it holds."""
+        targets = self.plane.state.targets
+        if self.shards is None:
+            return dict(targets)
+        return {k: r for k, r in targets.items() if self.shards.owns(_branch_key(r))}
+
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
-        state = self.plane.state
+        mine = self._mine()
         await self._retire_reconfigured_branches()
         existing = {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}
         for key in list(self.consumers):
             running = self.consumers[key]
-            wanted = state.targets.get(key)
+            wanted = mine.get(key)
             if wanted == running.resolved:
+                continue
+            if wanted is None and key in self.plane.state.targets:
+                # Its branch went to another replica: stopped, not forgotten.
+                self._stop_consumer(key, running.resolved)
                 continue
             self._stop_consumer(key, wanted)
             if key not in existing or (
                 wanted is not None and _place(wanted) != _place(running.resolved)
             ):
                 await self._forget(key, running.resolved)
-        for key, resolved in sorted(state.targets.items()):
+        for key, resolved in sorted(mine.items()):
             if key in self.consumers:
                 continue
             await self._claim_place(key, resolved)
@@ -187,6 +208,46 @@ class TargetManager:
         for key in list(self.branches):
             if key not in used:
                 self.branches.pop(key)[1].cancel()
+
+    async def _hand_over(self, bucket: int) -> None:
+        """Stop every consumer and committer of the bucket's branches, and return only once the
+        Git operation each committer had in flight has ended (finished or abandoned: what was
+        not pushed stays in the journal for the next owner)."""
+        assert self.shards is not None
+        shards = self.shards
+        stopping: list[asyncio.Task[None]] = []
+        for key, running in list(self.consumers.items()):
+            if shards.bucket(_branch_key(running.resolved)) == bucket:
+                stopping.append(running.task)
+                self._stop_consumer(key, running.resolved)
+        locks: list[asyncio.Lock] = []
+        for key in list(self.branches):
+            if shards.bucket(key) == bucket:
+                branch, task, _ = self.branches.pop(key)
+                task.cancel()
+                stopping.append(task)
+                locks.append(branch.current.clone_lock)
+        if stopping:
+            await asyncio.wait(stopping)
+        for lock in locks:
+            # Released by the stopped committer once its Git thread is idle.
+            async with lock:
+                pass
+
+    async def _take_over(self, bucket: int) -> None:
+        """Before a bucket taken from another replica runs here: drop the journal state and the
+        clones of the targets this replica recorded on its branches, so each adopts its folder
+        afresh instead of replaying what the other replica may already have pushed."""
+        assert self.shards is not None
+        for key in sorted(await self._reader.journaled_targets()):
+            place = await self._reader.target_place(key)
+            if place is None or self.shards.bucket(place.remote) != bucket:
+                continue
+            await self.journal.forget_target(key)
+            clone = clone_dir(self.state_dir, place.remote, place.provider.split("/")[0])
+            async with self.clone_locks.setdefault(clone, asyncio.Lock()):
+                await asyncio.to_thread(shutil.rmtree, clone, True)
+            log.info("taking over a target from another replica", extra={"target": key})
 
     async def _forget(self, key: str, resolved: ResolvedTarget) -> None:
         """Drop a target's cursor, records and whatever its branch still holds for it."""
@@ -287,6 +348,7 @@ class TargetManager:
                 providers,
                 proved_write_access,
                 credentials,
+                self.shards.may_write(key) if self.shards is not None else None,
             )
 
         display = f"{mask_url(provider.url)}#{branch_name}"

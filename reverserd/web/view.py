@@ -29,11 +29,12 @@ from prometheus_client import REGISTRY
 
 from reverserd import __version__
 from reverserd.committer.committer import clone_dir
-from reverserd.config.plane import ConfigPlane
+from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard, TargetProgress
 from reverserd.git import mask_url, redact
 from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader
+from reverserd.kube.shards import ShardCoordinator
 from reverserd.metrics import (
     API_SERVER_REACHABLE,
     PROVIDER_READY,
@@ -195,7 +196,12 @@ class StatusView:
         state_dir: Path,
         role: Callable[[], str],
         started: float,
+        shards: ShardCoordinator | None = None,
     ) -> None:
+        """With ``shards`` (a sharded replica), a target on a branch another replica holds is
+        shown as its owner wrote it to the GitTarget's status, and is not this replica's
+        problem."""
+        self.shards = shards
         self.reader = reader
         self.plane = plane
         self.board = board
@@ -269,7 +275,7 @@ class StatusView:
         rules += _resources(statuses, "clusterwatchrules", "ClusterWatchRule")
         for item in providers:
             PROVIDER_READY.labels(provider=item["name"]).set(1 if item["ready"] else 0)
-            if counted and not item["ready"]:
+            if counted and not item["ready"] and self._writes("gitproviders", item["name"]):
                 problems.append(_resource_problem(ERROR, item))
         for gone in self._gauged_providers - {item["name"] for item in providers}:
             PROVIDER_READY.remove(gone)
@@ -297,7 +303,21 @@ class StatusView:
             "providers": providers,
             "rules": rules,
             "watches": watches,
+            **({"shards": self.shards.picture()} if self.shards is not None else {}),
         }
+
+    def _writes(self, resource: str, name: str) -> bool:
+        """This replica writes the resource's status (always, unless sharded)."""
+        decides = self.plane.writes_status_of
+        namespace, _, short = str(name).rpartition("/")
+        return decides is None or decides(resource, namespace, short)
+
+    def _owner(self, resolved: ResolvedTarget | None) -> str:
+        """The replica holding a target's branch ("" when sharding is off or nobody does)."""
+        if self.shards is None or resolved is None:
+            return ""
+        bucket = self.shards.bucket(branch_key(resolved.provider.url, resolved.target.branch))
+        return self.shards.holders.get(bucket, "")
 
     async def _targets(
         self,
@@ -314,6 +334,11 @@ class StatusView:
                 continue
             key = f"{namespace}/{name}"
             progress = self.board.targets.get(key) or TargetProgress()
+            resolved = self.plane.state.targets.get(key)
+            owner = self._owner(resolved)
+            elsewhere = self.shards is not None and owner != self.shards.replica
+            if resolved is not None and elsewhere:
+                status = (bodies.get((namespace, name)) or {}).get("status") or {}
             conditions = list(status.get("conditions") or [])
             ready, deciding = ready_condition(conditions)
             cursor = cursors.get(key)
@@ -323,7 +348,6 @@ class StatusView:
                 lag_events, oldest = await self.reader.lag(cursor.seq)
                 lag_seconds = 0.0 if oldest is None else round(max(0.0, now - oldest), 1)
             spec = (bodies.get((namespace, name)) or {}).get("spec") or {}
-            resolved = self.plane.state.targets.get(key)
             last_commit = status.get("lastCommit")
             entry = {
                 "target": key,
@@ -350,8 +374,10 @@ class StatusView:
                 "conditions": conditions,
                 "lag_history": self._sample(key, now, lag_events, lag_seconds),
             }
+            if self.shards is not None:
+                entry["owner"] = owner or None
             found.append(entry)
-            if counted:
+            if counted and not (resolved is not None and elsewhere):
                 problems.extend(_target_problems(entry, progress))
             self._gauge(key, ready, lag_events, lag_seconds)
         present = {str(entry["target"]) for entry in found}
