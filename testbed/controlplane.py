@@ -442,7 +442,8 @@ class ControlPlane:
             "reverserd-leader-election",
             "-n",
             LEASE_NAMESPACE,
-            "--verb=get,create,update",
+            # list: a sharded replica finds its group's bucket and member Leases in one call.
+            "--verb=get,list,create,update",
             "--resource=leases.coordination.k8s.io",
         )
         self.kubectl(

@@ -1,0 +1,273 @@
+"""Several active replicas (``--shards``): branches spread by bucket Leases, taken over when a
+replica dies, fenced when one wakes up after its Lease lapsed. Real ``reverserd run`` processes,
+each with its own state dir, against one API server and one Git server whose post-receive hook
+records every accepted push with the replica that made it."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from reverserd.git.urls import branch_key
+from reverserd.kube.shards import bucket_of
+from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
+from testbed.gitservers import install_hook
+from testbed.harness import Reverserd, apply, subjects, tree, wait_until
+from testbed.manifests import configmap, git_provider, git_target, watch_rule
+from tests.conftest import Remote
+
+REPLICAS = ("replica-a", "replica-b", "replica-c")
+BRANCHES = tuple(f"shard-{index}" for index in range(6))
+BUCKETS = 6
+# Short Leases keep the test to a few minutes: renew deadline 4 s, retry period 0.8 s.
+LEASE_S = 6
+# A dead replica's buckets are free once a survivor saw their Lease unchanged for a whole
+# duration (at most one retry period after the last renewal), and taken in the survivor's next
+# round: the duration plus this bound, which leaves room for rounds slowed by the loaded test
+# machine.
+TAKEOVER_BOUND_S = 10
+FOLDER = "live-cluster"
+
+
+def setup(namespace: str, remote: Remote, interval: str) -> list[dict[str, object]]:
+    """One provider, and one target (with its WatchRule of ConfigMaps) on each branch."""
+    manifests: list[dict[str, object]] = [
+        git_provider(
+            namespace,
+            "mirror",
+            remote.url,
+            secret=remote.secret,
+            branches=["shard-*"],
+            push={"interval": interval},
+        )
+    ]
+    for branch in BRANCHES:
+        manifests.append(git_target(namespace, branch, "mirror", FOLDER, branch))
+        manifests.append(watch_rule(namespace, branch, branch, [{"resources": ["configmaps"]}]))
+    return manifests
+
+
+def replicas(plane: ControlPlane, tmp_path: Path, group: str) -> dict[str, Reverserd]:
+    return {
+        name: Reverserd(
+            plane,
+            tmp_path / name,
+            [
+                "--shards",
+                str(BUCKETS),
+                "--replica-id",
+                name,
+                "--shard-lease-duration",
+                str(LEASE_S),
+                "--leader-election-namespace",
+                LEASE_NAMESPACE,
+                "--leader-election-id",
+                group,
+                "--git-author-name",
+                name,
+            ],
+        )
+        for name in REPLICAS
+    }
+
+
+def record_pushes(remote: Remote, tmp_path: Path) -> Path:
+    """Every accepted push: server time, branch, and the committer (the replica) of its tip."""
+    log = tmp_path / "pushes.log"
+    log.touch()
+    install_hook(
+        remote.path,
+        "post-receive",
+        "#!/bin/sh\n"
+        "while read old new ref; do\n"
+        f'  echo "$(date +%s.%N) ${{ref#refs/heads/}} $(git log -1 --format=%cn "$new")" >> {log}\n'
+        "done\n",
+    )
+    return log
+
+
+def pushes(log: Path) -> list[tuple[float, str, str]]:
+    found = []
+    for line in log.read_text().splitlines():
+        moment, branch, replica = line.split(" ", 2)
+        found.append((float(moment), branch, replica))
+    return found
+
+
+def bucket(remote: Remote, branch: str) -> int:
+    return bucket_of(branch_key(remote.url, branch), BUCKETS)
+
+
+def held(daemon: Reverserd) -> set[int]:
+    return set(daemon.status()["shards"]["held"])
+
+
+def balanced(live: list[Reverserd]) -> bool:
+    """Every bucket held by exactly one of ``live``, shares within one of each other."""
+    shares = [held(daemon) for daemon in live]
+    counts = [len(share) for share in shares]
+    every = [index for share in shares for index in share]
+    return sorted(every) == list(range(BUCKETS)) and max(counts) - min(counts) <= 1
+
+
+def describe(daemons: dict[str, Reverserd]) -> str:
+    return "\n".join(f"--- {name}\n{daemon.log_tail(2500)}" for name, daemon in daemons.items())
+
+
+def folder_files(remote: Remote, branch: str, namespace: str) -> dict[str, dict[str, object]]:
+    prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
+    return {
+        path[len(prefix) :]: yaml.safe_load(content)
+        for path, content in tree(remote.path, branch).items()
+        if path.startswith(prefix)
+    }
+
+
+def values(remote: Remote, branch: str, namespace: str) -> dict[str, object]:
+    """The ``key`` value of every ConfigMap file on ``branch``."""
+    return {
+        name: (body.get("data") or {}).get("key")
+        for name, body in folder_files(remote, branch, namespace).items()
+    }
+
+
+def no_change_committed_twice(remote: Remote) -> None:
+    for branch in BRANCHES:
+        history = subjects(remote.path, branch)
+        repeated = {s: n for s, n in Counter(history).items() if n > 1}
+        assert repeated == {}, (branch, history)
+
+
+def owner_of_most(daemons: dict[str, Reverserd], remote: Remote) -> str:
+    """The replica that holds the buckets of the most branches."""
+    counts = Counter(
+        name
+        for name, daemon in daemons.items()
+        for branch in BRANCHES
+        if bucket(remote, branch) in held(daemon)
+    )
+    return counts.most_common(1)[0][0]
+
+
+def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_doubled(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
+    log = record_pushes(remote, tmp_path)
+    try:
+        apply(control_plane, *setup(namespace, remote, "1s"))
+        for daemon in daemons.values():
+            daemon.start()
+        wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
+        apply(control_plane, configmap(namespace, "before", {"key": "1"}))
+        wait_until(
+            lambda: all(values(remote, b, namespace) == {"before.yaml": "1"} for b in BRANCHES),
+            90,
+            lambda: describe(daemons),
+        )
+        # Each branch was pushed by the replica holding its bucket, and only by it.
+        for _, branch, replica in pushes(log):
+            assert bucket(remote, branch) in held(daemons[replica]), (branch, replica)
+
+        victim = owner_of_most(daemons, remote)
+        victims_branches = [b for b in BRANCHES if bucket(remote, b) in held(daemons[victim])]
+        survivors = [daemon for name, daemon in daemons.items() if name != victim]
+        daemons[victim].kill()
+        killed_at = time.monotonic()
+        apply(control_plane, configmap(namespace, "before", {"key": "2"}))
+        apply(control_plane, configmap(namespace, "after"))
+        wait_until(lambda: balanced(survivors), 60, lambda: describe(daemons))
+        takeover_s = time.monotonic() - killed_at
+        assert takeover_s < LEASE_S + TAKEOVER_BOUND_S, takeover_s
+        settled_at = time.time()
+
+        apply(control_plane, configmap(namespace, "later"))
+        wanted = {"before.yaml": "2", "after.yaml": "after", "later.yaml": "later"}
+        wait_until(
+            lambda: all(values(remote, b, namespace) == wanted for b in BRANCHES),
+            120,
+            lambda: describe(daemons),
+        )
+        no_change_committed_twice(remote)
+        # Since the takeover, every branch was pushed only by the survivor holding its bucket.
+        late = [(b, r) for moment, b, r in pushes(log) if moment > settled_at]
+        assert {b for b, _ in late} >= set(victims_branches)
+        for branch, replica in late:
+            assert bucket(remote, branch) in held(daemons[replica]), (branch, replica)
+    finally:
+        for daemon in daemons.values():
+            daemon.ensure_stopped()
+
+
+def took_bucket_times(daemon: Reverserd, after: float) -> dict[int, float]:
+    """When ``daemon`` logged taking each bucket (the first time after ``after``)."""
+    taken: dict[int, float] = {}
+    for line in daemon.log_lines():
+        if line.get("message") != "took bucket":
+            continue
+        moment = datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        if moment >= after:
+            taken.setdefault(int(line["bucket"]), moment)
+    return taken
+
+
+def test_a_replica_frozen_past_its_lease_pushes_nothing_for_branches_it_lost(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
+    log = record_pushes(remote, tmp_path)
+    try:
+        # A long push interval: the frozen replica holds committed, unpushed changes.
+        apply(control_plane, *setup(namespace, remote, "20s"))
+        for daemon in daemons.values():
+            daemon.start()
+        wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
+        victim = owner_of_most(daemons, remote)
+        frozen = daemons[victim]
+        lost = [b for b in BRANCHES if bucket(remote, b) in held(frozen)]
+        apply(control_plane, configmap(namespace, "flip", {"key": "old"}))
+        wait_until(
+            lambda: frozen.metric("gitopsreverser_git_commit_queue_size") >= len(lost),
+            30,
+            frozen.log_tail,
+        )
+        assert frozen.process is not None
+        frozen.process.send_signal(signal.SIGSTOP)
+        apply(control_plane, configmap(namespace, "flip", {"key": "new"}))
+        survivors = [daemon for name, daemon in daemons.items() if name != victim]
+        wait_until(lambda: balanced(survivors), 60, lambda: describe(daemons))
+        # The survivors adopt the lost branches and push the current state at once.
+        wait_until(
+            lambda: all(values(remote, b, namespace) == {"flip.yaml": "new"} for b in lost),
+            60,
+            lambda: describe(daemons),
+        )
+        woken_at = time.time()
+        frozen.process.send_signal(signal.SIGCONT)
+        # It rejoins and gets its share back through the handshake.
+        wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
+        apply(control_plane, configmap(namespace, "later"))
+        wanted = {"flip.yaml": "new", "later.yaml": "later"}
+        wait_until(
+            lambda: all(values(remote, b, namespace) == wanted for b in BRANCHES),
+            120,
+            lambda: describe(daemons),
+        )
+        no_change_committed_twice(remote)
+        retaken = took_bucket_times(frozen, woken_at - 1)
+        for moment, branch, replica in pushes(log):
+            if replica != victim or moment < woken_at:
+                continue
+            # Woken, it pushes a branch only after taking its bucket again (from scratch).
+            since = retaken.get(bucket(remote, branch))
+            assert since is not None and moment > since, (branch, moment, retaken)
+    finally:
+        for daemon in daemons.values():
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.process.send_signal(signal.SIGCONT)
+            daemon.ensure_stopped()
