@@ -32,6 +32,8 @@ LEASE_S = 6
 # machine.
 TAKEOVER_BOUND_S = 10
 FOLDER = "live-cluster"
+# Longer than committing takes, shorter than a freeze past the Lease (its duration at least).
+PUSH_INTERVAL_WHILE_FROZEN_S = 4
 
 
 def setup(namespace: str, remote: Remote, interval: str) -> list[dict[str, object]]:
@@ -222,8 +224,9 @@ def test_a_replica_frozen_past_its_lease_pushes_nothing_for_branches_it_lost(
     daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
     log = record_pushes(remote, tmp_path)
     try:
-        # A long push interval: the frozen replica holds committed, unpushed changes.
-        apply(control_plane, *setup(namespace, remote, "20s"))
+        # The frozen replica holds committed, unpushed changes, and their push is due by the
+        # time it wakes (the freeze lasts longer than the interval).
+        apply(control_plane, *setup(namespace, remote, f"{PUSH_INTERVAL_WHILE_FROZEN_S}s"))
         for daemon in daemons.values():
             daemon.start()
         wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
