@@ -1,0 +1,138 @@
+"""Fencing and the bucket arithmetic of sharded replicas.
+
+The committer asks the fencing check right before every push, so also before every retry of
+the fetch-rebase loop: real parts only (a :class:`Committer` with its Git thread and journal,
+a clone of a bare repository reached through file://, a person's commit on that repository).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pygit2
+
+from reverserd.committer.committer import Committer, Submission
+from reverserd.git import FileChange
+from reverserd.journal import JournalWriter
+from reverserd.kube.lease import LeaseTiming
+from reverserd.kube.shards import ShardCoordinator, ShardSettings, bucket_of, share
+from testbed.gitservers import branch_tip, commit_files
+from tests.conftest import AUTHOR
+from tests.unit.test_committer_stop import committer_on
+
+
+def change(seq: int) -> Submission:
+    return Submission(
+        "ns/t", seq, {}, [FileChange(f"f{seq}.yaml", b"x\n")], f"change {seq}\n", push_now=True
+    )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
+async def refused(committer: Committer) -> None:
+    """Until the committer reports a push the fence refused."""
+
+    def reported() -> bool:
+        health = committer.board.branches.get(committer.key)
+        return health is not None and health.reason == "NotOwner"
+
+    await until(reported)
+
+
+async def test_a_replica_that_may_no_longer_write_pushes_nothing(tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+    journal = await JournalWriter.open(tmp_path / "state")
+    committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
+    holds = False
+    committer.may_push = lambda: holds
+    run = asyncio.create_task(committer.run())
+    try:
+        await asyncio.wait_for(committer.ready.wait(), timeout=30)
+        await committer.submit(change(1))
+        await asyncio.wait_for(refused(committer), timeout=30)
+        assert branch_tip(remote, "main") is None
+        holds = True  # the Lease is renewed again: the commit waiting goes out
+        await asyncio.wait_for(until(lambda: branch_tip(remote, "main") is not None), 30)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await journal.close()
+
+
+async def test_the_retry_after_a_rebuild_on_a_moved_branch_is_fenced_too(tmp_path: Path) -> None:
+    remote_path = tmp_path / "remote.git"
+    remote = pygit2.init_repository(str(remote_path), bare=True, initial_head="main")
+    commit_files(remote, "main", {"notes": b"notes\n"}, "notes", AUTHOR)
+    journal = await JournalWriter.open(tmp_path / "state")
+    committer = committer_on(tmp_path / "clone", remote_path.as_uri(), journal)
+    asked = Counter[str]()
+
+    def may_push() -> bool:
+        # Held for the first try; lapsed by the retry after the rebuild.
+        asked["push"] += 1
+        return asked["push"] == 1
+
+    committer.may_push = may_push
+    run = asyncio.create_task(committer.run())
+    try:
+        await asyncio.wait_for(committer.ready.wait(), timeout=30)
+        # Someone else pushes after the clone fetched: the first push is rejected.
+        foreign = commit_files(remote, "main", {"more": b"more\n"}, "more", AUTHOR)
+        await committer.submit(change(1))
+        await asyncio.wait_for(refused(committer), timeout=30)
+        assert asked["push"] >= 2
+        assert branch_tip(remote_path, "main") == str(foreign)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await journal.close()
+
+
+def test_shares_are_balanced_within_one_and_cover_every_bucket() -> None:
+    for buckets in (1, 6, 16, 17):
+        for count in range(1, 8):
+            members = [f"r{index}" for index in range(count)]
+            shares = [share(members, member, buckets) for member in members]
+            assert sum(shares) == buckets
+            assert max(shares) - min(shares) <= 1
+
+
+def test_a_branch_keeps_its_bucket_and_branches_spread() -> None:
+    keys = [f"https://git.example.com/team/repo#branch-{index}" for index in range(600)]
+    assert [bucket_of(key, 6) for key in keys] == [bucket_of(key, 6) for key in keys]
+    spread = Counter(bucket_of(key, 6) for key in keys)
+    assert set(spread) == set(range(6))
+
+
+def test_the_renew_deadline_comes_before_the_lease_could_expire() -> None:
+    for duration in (3, 6, 15, 60):
+        timing = LeaseTiming.scaled(duration)
+        assert timing.retry_period_s < timing.renew_deadline_s < timing.duration_s
+
+
+def test_a_branch_may_be_written_only_while_its_bucket_is_held_and_renewed_in_time() -> None:
+    timing = LeaseTiming.scaled(6)
+    shards = ShardCoordinator(
+        None,  # type: ignore[arg-type]  # no call reaches the API server here
+        ShardSettings(6, "replica-a", "default", "reverserd", timing),
+    )
+    branch = "https://git.example.com/team/repo#main"
+    may_write = shards.may_write(branch)
+    lease = shards.buckets[shards.bucket(branch)]
+    lease.renewed_at = time.monotonic()
+    assert not may_write()  # renewed, but not a bucket this replica holds
+    shards.held.add(shards.bucket(branch))
+    assert may_write()
+    # Frozen past the renew deadline: refused before anyone else could take the Lease over.
+    lease.renewed_at = time.monotonic() - timing.renew_deadline_s
+    assert not may_write()
