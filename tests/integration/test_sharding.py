@@ -16,8 +16,15 @@ import yaml
 from reverserd.git.urls import branch_key
 from reverserd.kube.shards import bucket_of
 from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
-from testbed.gitservers import install_hook
-from testbed.harness import Reverserd, apply, subjects, tree, wait_until
+from testbed.gitservers import branch_tip, install_hook
+from testbed.harness import (
+    Reverserd,
+    apply,
+    resource_status,
+    subjects,
+    tree,
+    wait_until,
+)
 from testbed.manifests import configmap, git_provider, git_target, watch_rule
 from tests.conftest import Remote
 
@@ -202,6 +209,17 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
             lambda: describe(daemons),
         )
         no_change_committed_twice(remote)
+        # Each GitTarget's status is written by the replica holding its branch, the victim's
+        # by their new holders: it names the branch's tip.
+        wait_until(
+            lambda: all(
+                resource_status(control_plane, "gittarget", namespace, b).get("lastCommit")
+                == branch_tip(remote.path, b)
+                for b in BRANCHES
+            ),
+            60,
+            lambda: describe(daemons),
+        )
         # Since the takeover, every branch was pushed only by the survivor holding its bucket.
         late = [(b, r) for moment, b, r in pushes(log) if moment > settled_at]
         assert {b for b, _ in late} >= set(victims_branches)
