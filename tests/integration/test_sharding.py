@@ -29,7 +29,6 @@ from testbed.manifests import configmap, git_provider, git_target, watch_rule
 from tests.conftest import Remote
 
 REPLICAS = ("replica-a", "replica-b", "replica-c")
-BRANCHES = tuple(f"shard-{index}" for index in range(6))
 BUCKETS = 6
 # Short Leases keep the test to a few minutes: renew deadline 4 s, retry period 0.8 s.
 LEASE_S = 6
@@ -43,7 +42,19 @@ FOLDER = "live-cluster"
 PUSH_INTERVAL_WHILE_FROZEN_S = 4
 
 
-def setup(namespace: str, remote: Remote, interval: str) -> list[dict[str, object]]:
+def spread(remote: Remote) -> list[str]:
+    """One branch in each bucket, so every replica holds branches whatever the URL hashes to."""
+    found: dict[int, str] = {}
+    index = 0
+    while len(found) < BUCKETS:
+        found.setdefault(bucket(remote, f"shard-{index}"), f"shard-{index}")
+        index += 1
+    return [found[index] for index in range(BUCKETS)]
+
+
+def setup(
+    namespace: str, remote: Remote, interval: str, branches: list[str]
+) -> list[dict[str, object]]:
     """One provider, and one target (with its WatchRule of ConfigMaps) on each branch."""
     manifests: list[dict[str, object]] = [
         git_provider(
@@ -55,7 +66,7 @@ def setup(namespace: str, remote: Remote, interval: str) -> list[dict[str, objec
             push={"interval": interval},
         )
     ]
-    for branch in BRANCHES:
+    for branch in branches:
         manifests.append(git_target(namespace, branch, "mirror", FOLDER, branch))
         manifests.append(watch_rule(namespace, branch, branch, [{"resources": ["configmaps"]}]))
     return manifests
@@ -147,10 +158,10 @@ def values(remote: Remote, branch: str, namespace: str) -> dict[str, object]:
     }
 
 
-def no_change_committed_twice(remote: Remote) -> None:
+def no_change_committed_twice(remote: Remote, branches: list[str]) -> None:
     """Each object changes once per branch in these tests: a repeated subject is a change
     committed twice (a reconcile commit's subject only counts files, so two may be equal)."""
-    for branch in BRANCHES:
+    for branch in branches:
         history = subjects(remote.path, branch)
         repeated = {
             s: n for s, n in Counter(history).items() if n > 1 and not s.startswith("reconcile")
@@ -158,12 +169,12 @@ def no_change_committed_twice(remote: Remote) -> None:
         assert repeated == {}, (branch, history)
 
 
-def owner_of_most(daemons: dict[str, Reverserd], remote: Remote) -> str:
+def owner_of_most(daemons: dict[str, Reverserd], remote: Remote, branches: list[str]) -> str:
     """The replica that holds the buckets of the most branches."""
     counts = Counter(
         name
         for name, daemon in daemons.items()
-        for branch in BRANCHES
+        for branch in branches
         if bucket(remote, branch) in held(daemon)
     )
     return counts.most_common(1)[0][0]
@@ -172,16 +183,17 @@ def owner_of_most(daemons: dict[str, Reverserd], remote: Remote) -> str:
 def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_doubled(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
+    branches = spread(remote)
     daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
     log = record_pushes(remote, tmp_path)
     try:
-        apply(control_plane, *setup(namespace, remote, "1s"))
+        apply(control_plane, *setup(namespace, remote, "1s", branches))
         for daemon in daemons.values():
             daemon.start()
         wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
         apply(control_plane, configmap(namespace, "before", {"key": "1"}))
         wait_until(
-            lambda: all(values(remote, b, namespace) == {"before.yaml": "1"} for b in BRANCHES),
+            lambda: all(values(remote, b, namespace) == {"before.yaml": "1"} for b in branches),
             90,
             lambda: describe(daemons),
         )
@@ -189,8 +201,8 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         for _, branch, replica in pushes(log):
             assert bucket(remote, branch) in held(daemons[replica]), (branch, replica)
 
-        victim = owner_of_most(daemons, remote)
-        victims_branches = [b for b in BRANCHES if bucket(remote, b) in held(daemons[victim])]
+        victim = owner_of_most(daemons, remote, branches)
+        victims_branches = [b for b in branches if bucket(remote, b) in held(daemons[victim])]
         survivors = [daemon for name, daemon in daemons.items() if name != victim]
         daemons[victim].kill()
         killed_at = time.monotonic()
@@ -204,18 +216,18 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         apply(control_plane, configmap(namespace, "later"))
         wanted = {"before.yaml": "2", "after.yaml": "after", "later.yaml": "later"}
         wait_until(
-            lambda: all(values(remote, b, namespace) == wanted for b in BRANCHES),
+            lambda: all(values(remote, b, namespace) == wanted for b in branches),
             120,
             lambda: describe(daemons),
         )
-        no_change_committed_twice(remote)
+        no_change_committed_twice(remote, branches)
         # Each GitTarget's status is written by the replica holding its branch, the victim's
         # by their new holders: it names the branch's tip.
         wait_until(
             lambda: all(
                 resource_status(control_plane, "gittarget", namespace, b).get("lastCommit")
                 == branch_tip(remote.path, b)
-                for b in BRANCHES
+                for b in branches
             ),
             60,
             lambda: describe(daemons),
@@ -245,18 +257,20 @@ def took_bucket_times(daemon: Reverserd, after: float) -> dict[int, float]:
 def test_a_replica_frozen_past_its_lease_pushes_nothing_for_branches_it_lost(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
+    branches = spread(remote)
     daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
     log = record_pushes(remote, tmp_path)
     try:
         # The frozen replica holds committed, unpushed changes, and their push is due by the
         # time it wakes (the freeze lasts longer than the interval).
-        apply(control_plane, *setup(namespace, remote, f"{PUSH_INTERVAL_WHILE_FROZEN_S}s"))
+        interval = f"{PUSH_INTERVAL_WHILE_FROZEN_S}s"
+        apply(control_plane, *setup(namespace, remote, interval, branches))
         for daemon in daemons.values():
             daemon.start()
         wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
-        victim = owner_of_most(daemons, remote)
+        victim = owner_of_most(daemons, remote, branches)
         frozen = daemons[victim]
-        lost = [b for b in BRANCHES if bucket(remote, b) in held(frozen)]
+        lost = [b for b in branches if bucket(remote, b) in held(frozen)]
         apply(control_plane, configmap(namespace, "flip", {"key": "old"}))
         wait_until(
             lambda: frozen.metric("gitopsreverser_git_commit_queue_size") >= len(lost),
@@ -281,11 +295,11 @@ def test_a_replica_frozen_past_its_lease_pushes_nothing_for_branches_it_lost(
         apply(control_plane, configmap(namespace, "later"))
         wanted = {"flip.yaml": "new", "later.yaml": "later"}
         wait_until(
-            lambda: all(values(remote, b, namespace) == wanted for b in BRANCHES),
+            lambda: all(values(remote, b, namespace) == wanted for b in branches),
             120,
             lambda: describe(daemons),
         )
-        no_change_committed_twice(remote)
+        no_change_committed_twice(remote, branches)
         retaken = took_bucket_times(frozen, woken_at - 1)
         for moment, branch, replica in pushes(log):
             if replica != victim or moment < woken_at:
@@ -305,12 +319,13 @@ def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
 ) -> None:
     """Its journal's cursor is older than what the other replica pushed meanwhile: replaying
     from it would commit the other replica's changes a second time."""
-    branch = BRANCHES[0]
+    branches = spread(remote)
+    branch = branches[0]
     daemons = replicas(control_plane, tmp_path, f"shards-{namespace}", REPLICAS[:2])
     first, second = daemons.values()
     log = record_pushes(remote, tmp_path)
     try:
-        manifests = setup(namespace, remote, "1s")
+        manifests = setup(namespace, remote, "1s", branches)
         apply(control_plane, *manifests[:3])  # the provider and the first branch's target
         first.start()
         apply(control_plane, configmap(namespace, "flip", {"key": "1"}))
