@@ -161,6 +161,7 @@ class Lease:
         if not self.free(lease):
             return False
         taken_from = last_holder(lease)
+        lease["metadata"]["labels"] = {**(lease["metadata"].get("labels") or {}), **self.labels}
         lease["spec"] = self._spec(now, acquire=True, transitions=transitions + 1)
         if await self._write("PUT", self.path, lease, sent_at):
             self.taken_from = taken_from

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 # Labels that let one LIST find a group's Leases; the role tells members from buckets.
 GROUP_LABEL = "reverserd.configbutler.ai/shard-group"
 ROLE_LABEL = "reverserd.configbutler.ai/lease-role"
+# The bucket count of the replica that wrote a Lease: replicas that disagree on it would hash
+# one branch into two buckets, so none of them takes a bucket while another is live, and a
+# bucket written under another count is never taken back as one's own.
+BUCKETS_LABEL = "reverserd.configbutler.ai/buckets"
 # Buckets a group may have: more Leases than this would be API load for no balance gained
 # (a bucket is the unit of balance, and a few hundred replicas are far beyond any need).
 MAX_BUCKETS = 1024
@@ -98,10 +102,16 @@ class ShardCoordinator:
         self.holders: dict[int, str] = {}
         self.version = 0
         self._changed = asyncio.Condition()
+        # Live members whose Leases name another bucket count.
+        self._disagreeing: set[str] = set()
 
     def _lease(self, name: str, role: str) -> Lease:
         settings = self.settings
-        labels = {GROUP_LABEL: settings.group, ROLE_LABEL: role}
+        labels = {
+            GROUP_LABEL: settings.group,
+            ROLE_LABEL: role,
+            BUCKETS_LABEL: str(settings.buckets),
+        }
         return Lease(
             self.client, settings.namespace, name, settings.replica, settings.timing, labels
         )
@@ -169,6 +179,12 @@ class ShardCoordinator:
         for index in sorted(self.held):
             lease = self.buckets[index]
             await lease.try_acquire_or_renew(leases.get(lease.name))
+        if self._disagreeing:
+            log.error(
+                "live replicas run with another --shards: taking no bucket until they are gone",
+                extra={"replicas": sorted(self._disagreeing)},
+            )
+            return
         wanted = share(self.members, self.replica, self.settings.buckets)
         for index in sorted(self.held, reverse=True)[: max(0, len(self.held) - wanted)]:
             await self._hand_over(index, leases, hand_over)
@@ -187,6 +203,7 @@ class ShardCoordinator:
     def _live_members(self, leases: dict[str, dict[str, Any]]) -> list[str]:
         prefix = f"{self.settings.group}-member-"
         live = [self.replica]
+        self._disagreeing = set()
         for name, record in leases.items():
             if not name.startswith(prefix) or name == self.member.name:
                 continue
@@ -194,10 +211,14 @@ class ShardCoordinator:
             peer.observe(record)
             if not peer.free(record):
                 live.append(lease_holder(record))
+                if _bucket_count(record) != self.settings.buckets:
+                    self._disagreeing.add(lease_holder(record))
         return sorted(live)
 
     def _was_ours(self, record: dict[str, Any] | None) -> bool:
-        return last_holder(record) == self.replica
+        """Held last by this replica, under the same bucket count (so the same branches)."""
+        same_count = _bucket_count(record) == self.settings.buckets
+        return same_count and last_holder(record) == self.replica
 
     async def _take(
         self,
@@ -206,9 +227,11 @@ class ShardCoordinator:
         take_over: Callable[[int], Awaitable[None]],
     ) -> None:
         lease = self.buckets[index]
-        if not await lease.try_acquire_or_renew(leases.get(lease.name)):
+        record = leases.get(lease.name)
+        ours = self._was_ours(record)
+        if not await lease.try_acquire_or_renew(record):
             return
-        if lease.taken_from != self.replica:
+        if not ours:
             # The previous holder may have pushed past anything this journal says.
             await take_over(index)
         self.held.add(index)
@@ -254,3 +277,11 @@ class ShardCoordinator:
             "members": list(self.members),
             "holders": {str(index): holder for index, holder in sorted(self.holders.items())},
         }
+
+
+def _bucket_count(record: dict[str, Any] | None) -> int | None:
+    labels = (record or {}).get("metadata", {}).get("labels") or {}
+    try:
+        return int(labels[BUCKETS_LABEL])
+    except (KeyError, ValueError):
+        return None

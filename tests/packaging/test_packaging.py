@@ -1400,3 +1400,47 @@ def test_plain_admission_webhook_gets_its_certificates_from_the_script(
         control_plane.kubectl(
             "delete", "validatingwebhookconfiguration", name, "--ignore-not-found"
         )
+
+
+SHARDED = ("sharding.enabled=true", "replicaCount=3")
+
+
+def test_sharded_mode_runs_a_stateful_set_with_a_claim_per_replica(helm: Path) -> None:
+    docs = objects(render(helm, "ops", *(a for s in SHARDED for a in ("--set", s))))
+    assert "Deployment" not in kinds(docs) and "PersistentVolumeClaim" not in kinds(docs)
+    stateful = one(docs, "StatefulSet")
+    assert stateful["spec"]["replicas"] == 3
+    (claim,) = stateful["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    main = stateful["spec"]["template"]["spec"]["containers"][0]
+    assert {"--shards=16", "--replica-id=$(POD_NAME)"} <= set(main["args"])
+    assert "--leader-elect" not in main["args"]
+    pod_name = next(e for e in main["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert accepted_by_the_daemon(main["args"])
+    assert one(docs, "Role")["rules"][0]["verbs"] == ["get", "list", "create", "update"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ([*SHARDED, "leaderElection.enabled=true"], "sharding.enabled replaces leaderElection"),
+        ([*SHARDED, "persistence.enabled=false"], "sharding.enabled needs persistence.enabled"),
+    ],
+)
+def test_sharded_mode_refuses_what_it_cannot_run_with(
+    helm: Path, settings: list[str], complaint: str
+) -> None:
+    assert complaint in refusal(helm, *(a for s in settings for a in ("--set", s)))
+
+
+def test_sharded_render_is_accepted_by_the_api_server(
+    helm: Path, control_plane: ControlPlane, restricted_namespace: str
+) -> None:
+    budget = ("podDisruptionBudget.enabled=true", "podDisruptionBudget.maxUnavailable=1")
+    settings = (*SHARDED, *budget)
+    manifest = render(helm, restricted_namespace, *(a for s in settings for a in ("--set", s)))
+    docs = objects(manifest)
+    assert {"StatefulSet", "PodDisruptionBudget", "Role"} <= set(kinds(docs))
+    assert_accepted(control_plane, manifest, len(docs))

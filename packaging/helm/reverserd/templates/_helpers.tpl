@@ -84,7 +84,14 @@ app.kubernetes.io/managed-by: {{ (include "reverserd.oldOr" (list .Values.AsMap 
 {{- if not (has .Values.logFormat (list "json" "text")) -}}
 {{- fail (printf "logFormat must be json or text, not %q" .Values.logFormat) -}}
 {{- end -}}
-{{- if gt (int .Values.replicaCount) 1 -}}
+{{- if .Values.sharding.enabled -}}
+{{- if .Values.leaderElection.enabled -}}
+{{- fail "sharding.enabled replaces leaderElection.enabled: set one of them" -}}
+{{- end -}}
+{{- if or (not .Values.persistence.enabled) .Values.persistence.existingClaim -}}
+{{- fail "sharding.enabled needs persistence.enabled without existingClaim: each replica gets its own claim, so that it returns with its journal" -}}
+{{- end -}}
+{{- else if gt (int .Values.replicaCount) 1 -}}
 {{- if not .Values.leaderElection.enabled -}}
 {{- fail "replicaCount > 1 needs leaderElection.enabled: without a Lease every replica would write to Git" -}}
 {{- end -}}
