@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from reverserd import __version__
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, Resolver
@@ -46,7 +48,7 @@ from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
-from reverserd.kube.lease import LeaderElector, LeaseTiming, LostLeadership
+from reverserd.kube.lease import LeaderElector, Lease, LeaseTiming, LostLeadership
 from reverserd.kube.shards import ShardCoordinator, ShardSettings
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
@@ -63,6 +65,10 @@ log = logging.getLogger(__name__)
 COMPACTION_INTERVAL_S = 60.0
 # Journal size gauges are refreshed at this pace.
 JOURNAL_GAUGE_INTERVAL_S = 15.0
+# A sharded replica stopping hands its buckets over for at most this long (a push in flight may
+# take longer; its buckets are then taken over after a lease duration), well inside the 30 s a
+# pod is given to stop.
+LEAVE_TIMEOUT_S = 10.0
 # The event loop's lag is sampled at this pace: often enough to catch a blocked second, rarely
 # enough to cost nothing.
 LOOP_LAG_SAMPLE_S = 0.25
@@ -178,11 +184,13 @@ class Daemon:
                 ),
             )
             self.elector = LeaderElector(
-                client,
-                options.leader_election_namespace,
-                options.leader_election_id,
-                options.replica_id,
-                timing,
+                Lease(
+                    client,
+                    options.leader_election_namespace,
+                    options.leader_election_id,
+                    options.replica_id,
+                    timing,
+                )
             )
             plane.writes_status_of = self._writes_status_of
         watches = WatchManager(client, journal, plane)
@@ -203,7 +211,9 @@ class Daemon:
         if options.leader_elect and not options.shards:
             identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
             self.elector = LeaderElector(
-                client, options.leader_election_namespace, options.leader_election_id, identity
+                Lease(
+                    client, options.leader_election_namespace, options.leader_election_id, identity
+                )
             )
             plane.writes_enabled = False
         self.journal, self.reader, self.client = journal, reader, client
@@ -267,6 +277,8 @@ class Daemon:
                 group.create_task(start_once_synced())
                 await stop.wait()
                 log.info("shutting down")
+                if self.shards is not None:
+                    await self._leave(self.shards)
                 if webhooks is not None:
                     # Requests in flight finish (their facts written) before the relay of
                     # their facts is cancelled with every other task.
@@ -287,6 +299,14 @@ class Daemon:
             await journal.close()
             log.info("stopped")
         return exit_code
+
+    async def _leave(self, shards: ShardCoordinator) -> None:
+        """Hand the buckets over before stopping; what is not released in time is taken over
+        after a lease duration, as from a replica that died."""
+        try:
+            await asyncio.wait_for(shards.leave(), LEAVE_TIMEOUT_S)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("could not hand every bucket over: %s", error)
 
     async def _lead(self) -> None:
         """Write (commits, pushes, status) only as the leader; a standby keeps its journal warm."""

@@ -205,18 +205,13 @@ class Lease:
 
 
 class LeaderElector:
-    def __init__(
-        self,
-        client: KubeClient,
-        namespace: str,
-        name: str,
-        identity: str,
-        timing: LeaseTiming = LeaseTiming(),
-    ) -> None:
-        self.lease = Lease(client, namespace, name, identity, timing)
-        self.name = name
-        self.identity = identity
-        self.timing = timing
+    """Leads while it holds ``lease``."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.name = lease.name
+        self.identity = lease.identity
+        self.timing = lease.timing
         self.leading = asyncio.Event()
 
     @property

@@ -104,6 +104,9 @@ class ShardCoordinator:
         self._changed = asyncio.Condition()
         # Live members whose Leases name another bucket count.
         self._disagreeing: set[str] = set()
+        # Set on shutdown: no round takes anything any more.
+        self._leaving = False
+        self._hand_over_branches: Callable[[int], Awaitable[None]] | None = None
 
     def _lease(self, name: str, role: str) -> Lease:
         settings = self.settings
@@ -149,7 +152,8 @@ class ShardCoordinator:
         """Coordinate until cancelled. ``hand_over(b)`` stops bucket b's branches and returns
         once nothing of theirs writes any more; ``take_over(b)`` drops what this replica's
         journal and clones hold for bucket b before its branches start afresh."""
-        while True:
+        self._hand_over_branches = hand_over
+        while not self._leaving:
             try:
                 await self._round(hand_over, take_over)
             except (KubeError, aiohttp.ClientError, TimeoutError) as error:
@@ -187,7 +191,7 @@ class ShardCoordinator:
             return
         wanted = share(self.members, self.replica, self.settings.buckets)
         for index in sorted(self.held, reverse=True)[: max(0, len(self.held) - wanted)]:
-            await self._hand_over(index, leases, hand_over)
+            await self._hand_over(index, hand_over)
         if len(self.held) >= wanted:
             return
         free = [
@@ -242,12 +246,7 @@ class ShardCoordinator:
         )
         await self._publish()
 
-    async def _hand_over(
-        self,
-        index: int,
-        leases: dict[str, dict[str, Any]],
-        hand_over: Callable[[int], Awaitable[None]],
-    ) -> None:
+    async def _hand_over(self, index: int, hand_over: Callable[[int], Awaitable[None]]) -> None:
         """Stop the bucket's writers, then release its Lease: the handshake of a rebalance."""
         self.held.discard(index)
         await self._publish()
@@ -257,6 +256,19 @@ class ShardCoordinator:
         if record is not None and await lease.release(record):
             self.holders[index] = ""
         log.info("handed over bucket", extra={"bucket": index, "replica": self.replica})
+
+    async def leave(self) -> None:
+        """On shutdown: hand every bucket over (its branches stopped first) and give the
+        membership up, so that the others take the buckets at once, not a lease duration later.
+        """
+        self._leaving = True
+        if self._hand_over_branches is not None:
+            for index in sorted(self.held):
+                await self._hand_over(index, self._hand_over_branches)
+        record = await self.member.read()
+        if record is not None:
+            await self.member.release(record)
+        log.info("left the replicas", extra={"replica": self.replica})
 
     async def _drop_lapsed(self, hand_over: Callable[[int], Awaitable[None]]) -> None:
         """A bucket not renewed within the deadline is no longer ours to write."""

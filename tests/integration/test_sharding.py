@@ -5,21 +5,25 @@ records every accepted push with the replica that made it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
 from reverserd.git.urls import branch_key
-from reverserd.kube.shards import bucket_of
+from reverserd.kube.shards import GROUP_LABEL, bucket_of
 from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
 from testbed.gitservers import branch_tip, install_hook
 from testbed.harness import (
     Reverserd,
     apply,
+    logged_by_reverserd,
     resource_status,
     subjects,
     tree,
@@ -96,6 +100,29 @@ def replicas(
         )
         for name in names
     }
+
+
+def sharded_group(
+    plane: ControlPlane,
+    tmp_path: Path,
+    namespace: str,
+    remote: Remote,
+    names: tuple[str, ...] = REPLICAS,
+) -> tuple[list[str], dict[str, Reverserd], Path]:
+    """One branch per bucket, the replicas (not started) and the log of pushes."""
+    daemons = replicas(plane, tmp_path, f"shards-{namespace}", names)
+    return spread(remote), daemons, record_pushes(remote, tmp_path)
+
+
+@contextlib.contextmanager
+def stopped_at_end(daemons: dict[str, Reverserd]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for daemon in daemons.values():
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.process.send_signal(signal.SIGCONT)  # a frozen one, too, stops
+            daemon.ensure_stopped()
 
 
 def record_pushes(remote: Remote, tmp_path: Path) -> Path:
@@ -183,10 +210,8 @@ def owner_of_most(daemons: dict[str, Reverserd], remote: Remote, branches: list[
 def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_doubled(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
-    branches = spread(remote)
-    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
-    log = record_pushes(remote, tmp_path)
-    try:
+    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
+    with stopped_at_end(daemons):
         apply(control_plane, *setup(namespace, remote, "1s", branches))
         for daemon in daemons.values():
             daemon.start()
@@ -237,9 +262,6 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         assert {b for b, _ in late} >= set(victims_branches)
         for branch, replica in late:
             assert bucket(remote, branch) in held(daemons[replica]), (branch, replica)
-    finally:
-        for daemon in daemons.values():
-            daemon.ensure_stopped()
 
 
 def took_bucket_times(daemon: Reverserd, after: float) -> dict[int, float]:
@@ -257,10 +279,8 @@ def took_bucket_times(daemon: Reverserd, after: float) -> dict[int, float]:
 def test_a_replica_frozen_past_its_lease_pushes_nothing_for_branches_it_lost(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
-    branches = spread(remote)
-    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
-    log = record_pushes(remote, tmp_path)
-    try:
+    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
+    with stopped_at_end(daemons):
         # The frozen replica holds committed, unpushed changes, and their push is due by the
         # time it wakes (the freeze lasts longer than the interval).
         interval = f"{PUSH_INTERVAL_WHILE_FROZEN_S}s"
@@ -307,11 +327,16 @@ def test_a_replica_frozen_past_its_lease_pushes_nothing_for_branches_it_lost(
             # Woken, it pushes a branch only after taking its bucket again (from scratch).
             since = retaken.get(bucket(remote, branch))
             assert since is not None and moment > since, (branch, moment, retaken)
-    finally:
-        for daemon in daemons.values():
-            if daemon.process is not None and daemon.process.poll() is None:
-                daemon.process.send_signal(signal.SIGCONT)
-            daemon.ensure_stopped()
+
+
+def first_syncs(daemon: Reverserd, target: str) -> int:
+    """How many first syncs (snapshots) of ``target`` the daemon has planned."""
+    message = logged_by_reverserd("reconcile planned")
+    return sum(
+        1
+        for line in daemon.log_lines()
+        if line.get("message") == message and line.get("target") == target
+    )
 
 
 def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
@@ -319,12 +344,12 @@ def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
 ) -> None:
     """Its journal's cursor is older than what the other replica pushed meanwhile: replaying
     from it would commit the other replica's changes a second time."""
-    branches = spread(remote)
+    names = REPLICAS[:2]
+    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote, names)
     branch = branches[0]
-    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}", REPLICAS[:2])
+    target = f"{namespace}/{branch}"
     first, second = daemons.values()
-    log = record_pushes(remote, tmp_path)
-    try:
+    with stopped_at_end(daemons):
         manifests = setup(namespace, remote, "1s", branches)
         apply(control_plane, *manifests[:3])  # the provider and the first branch's target
         first.start()
@@ -332,8 +357,8 @@ def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
         wait_until(lambda: values(remote, branch, namespace) == {"flip.yaml": "1"}, 60)
         first.stop()
         second.start()
-        # Its first sync adopts the folder as it is: no commit.
-        wait_until(lambda: bucket(remote, branch) in held(second), 60, second.log_tail)
+        # Its first sync adopts the folder as it is (no commit) before the next change.
+        wait_until(lambda: first_syncs(second, target) == 1, 60, second.log_tail)
         apply(control_plane, configmap(namespace, "flip", {"key": "2"}))
         wait_until(lambda: values(remote, branch, namespace) == {"flip.yaml": "2"}, 60)
         apply(control_plane, configmap(namespace, "flip", {"key": "3"}))
@@ -346,18 +371,66 @@ def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
         wait_until(
             lambda: values(remote, branch, namespace) == wanted, 60, lambda: describe(daemons)
         )
-        assert subjects(remote.path, branch) == [
+        # Taken back, the branch is adopted as the other replica left it (its first sync may
+        # come with the later change in one reconcile commit); nothing is replayed.
+        history = subjects(remote.path, branch)
+        assert history[:3] == [
             f"[CREATE] v1/configmaps/{namespace}/flip",
             f"[UPDATE] v1/configmaps/{namespace}/flip",
             f"[UPDATE] v1/configmaps/{namespace}/flip",
-            f"[CREATE] v1/configmaps/{namespace}/later",
-        ]
-        assert [replica for _, _, replica in pushes(log)] == [
-            REPLICAS[0],
-            REPLICAS[1],
-            REPLICAS[1],
-            REPLICAS[0],
-        ]
-    finally:
-        for daemon in daemons.values():
-            daemon.ensure_stopped()
+        ], history
+        assert history.count(f"[UPDATE] v1/configmaps/{namespace}/flip") == 2, history
+        pushers = [replica for _, _, replica in pushes(log)]
+        assert pushers[:3] == [REPLICAS[0], REPLICAS[1], REPLICAS[1]], pushers
+        assert set(pushers[3:]) == {REPLICAS[0]}, pushers
+
+
+def lease_holders(plane: ControlPlane, namespace: str) -> set[str]:
+    """Every replica a Lease of the test's group names as its holder."""
+    found = plane.kubectl(
+        "get", "leases", "-n", LEASE_NAMESPACE, "-l", f"{GROUP_LABEL}=shards-{namespace}", "-o",
+        "json",
+    )  # fmt: skip
+    return {
+        str(item["spec"].get("holderIdentity"))
+        for item in json.loads(found)["items"]
+        if item["spec"].get("holderIdentity")
+    }
+
+
+def test_scaling_three_to_four_to_two_moves_branches_with_the_handshake_and_loses_nothing(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    names = (*REPLICAS, "replica-d")
+    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote, names)
+
+    def settles(step: int) -> None:
+        """The running replicas balance; a change then reaches every branch, pushed by the
+        holder of its bucket only."""
+        live = [d for d in daemons.values() if d.process and d.process.poll() is None]
+        wait_until(lambda: balanced(live), 60, lambda: describe(daemons))
+        settled_at = time.time()
+        apply(control_plane, configmap(namespace, f"step-{step}"))
+        wanted = {f"step-{index}.yaml": f"step-{index}" for index in range(step + 1)}
+        wait_until(
+            lambda: all(values(remote, b, namespace) == wanted for b in branches),
+            90,
+            lambda: describe(daemons),
+        )
+        for moment, branch, replica in pushes(log):
+            if moment > settled_at:
+                assert bucket(remote, branch) in held(daemons[replica]), (branch, replica)
+
+    with stopped_at_end(daemons):
+        apply(control_plane, *setup(namespace, remote, "1s", branches))
+        for name in REPLICAS:
+            daemons[name].start()
+        settles(0)
+        daemons["replica-d"].start()
+        settles(1)
+        for name in ("replica-c", "replica-d"):
+            # SIGTERM hands the buckets over: no Lease names it once it has stopped.
+            daemons[name].stop()
+            assert name not in lease_holders(control_plane, namespace)
+        settles(2)
+        no_change_committed_twice(remote, branches)
