@@ -1,7 +1,8 @@
 """The ``/`` page: the picture of :mod:`reverserd.web.view` for a human in an incident.
 
 It leads with a banner (all healthy, or each problem with the condition's message and what to
-do), then one card per GitTarget, then providers, rules, watches and the journal. It is one
+do), then one card per GitTarget, then providers, rules, the replicas and their buckets (in
+sharded mode), watches and the journal. It is one
 self-contained document: inline CSS and SVG, no script, no external asset, and it reloads
 itself every :data:`REFRESH_S` seconds with a ``<meta http-equiv="refresh">``. Every value it
 shows passes through :func:`html.escape`, so nothing a custom resource holds can become markup.
@@ -69,6 +70,7 @@ def render_page(picture: Mapping[str, Any]) -> str:
             "</div>",
             _resources("Providers", picture.get("providers") or [], now),
             _resources("Rules", picture.get("rules") or [], now),
+            _shards(picture.get("shards")),
             _watches(picture.get("watches") or []),
             _journal(picture.get("journal") or {}),
             "</main></body></html>",
@@ -173,6 +175,8 @@ def _card(target: Mapping[str, Any], now: float) -> str:
         ("Quarantined", quarantined_html),
         ("Last error", esc(fmt.text(target.get("last_error")))),
     ]  # fmt: skip
+    if "owner" in target:
+        rows.insert(2, ("Written by", esc(target.get("owner") or "no replica yet")))
     body = "".join(f"<dt>{esc(label)}</dt><dd>{value}</dd>" for label, value in rows)
     return (
         f"<section class='card {'ok' if ready else 'bad'}' data-target='{esc(name)}'>"
@@ -278,6 +282,26 @@ def _resources(title: str, items: Sequence[Mapping[str, Any]], now: float) -> st
     return (
         f"<h2>{esc(title)}</h2><table><tr><th>Kind</th><th>Name</th><th>Ready</th>"
         f"<th>Why</th><th>Since</th></tr>{rows}</table>"
+    )
+
+
+def _shards(shards: Mapping[str, Any] | None) -> str:
+    """Sharded mode: which replica holds which bucket (nothing otherwise)."""
+    if not shards:
+        return ""
+    holders: dict[str, list[str]] = {}
+    for bucket, holder in (shards.get("holders") or {}).items():
+        holders.setdefault(holder or "nobody", []).append(str(bucket))
+    rows = "".join(
+        f"<tr><td>{esc(holder)}</td><td>{esc(', '.join(buckets))}</td></tr>"
+        for holder, buckets in sorted(holders.items())
+    )
+    return (
+        f"<h2>Replicas</h2><p>This replica: <code>{esc(shards.get('replica'))}</code>, holding"
+        f" buckets {esc(', '.join(map(str, shards.get('held') or [])) or 'none')} of"
+        f" {esc(shards.get('buckets'))}; live replicas:"
+        f" {esc(', '.join(shards.get('members') or []))}.</p>"
+        f"<table><tr><th>Replica</th><th>Buckets</th></tr>{rows}</table>"
     )
 
 

@@ -257,6 +257,15 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
             60,
             lambda: describe(daemons),
         )
+        # /status and the page of any replica say who writes which branch.
+        picture = survivors[0].status()
+        owners = {row["target"]: row["owner"] for row in picture["targets"]}
+        for branch in branches:
+            owner = owners[f"{namespace}/{branch}"]
+            assert bucket(remote, branch) in held(daemons[owner]), (branch, owner)
+        page = (survivors[0].get("/") or b"").decode()
+        assert "Replicas" in page and f"<dd>{victim}</dd>" not in page
+        assert all(f"<dd>{d.state_dir.name}</dd>" in page for d in survivors), page
         # Since the takeover, every branch was pushed only by the survivor holding its bucket.
         late = [(b, r) for moment, b, r in pushes(log) if moment > settled_at]
         assert {b for b, _ in late} >= set(victims_branches)
