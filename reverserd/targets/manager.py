@@ -57,6 +57,9 @@ from reverserd.watch.manager import WatchManager
 
 log = logging.getLogger(__name__)
 
+# A stopped task that has not ended after this long is cancelled again (see _hand_over).
+RECANCEL_S = 1.0
+
 
 @dataclass
 class _Running:
@@ -98,6 +101,9 @@ class TargetManager:
         # replaced committer's last Git operation is still finishing.
         self.clone_locks: dict[Path, asyncio.Lock] = {}
         self.consumers: dict[str, _Running] = {}
+        # Consumers and committers (with their clone's lock) stopped here that may not have
+        # ended yet, by branch: a hand-over of their bucket waits for them.
+        self._stopping: dict[str, list[tuple[asyncio.Task[None], asyncio.Lock | None]]] = {}
         # Set when a consumer task ended without being stopped here: the next pass restarts it.
         self._consumer_ended = asyncio.Event()
         self._closing = False
@@ -108,6 +114,7 @@ class TargetManager:
         # A restart after a failure starts from nothing: the previous group's tasks are gone.
         self.branches.clear()
         self.consumers.clear()
+        self._stopping.clear()
         self._closing = False
         self._reader = await JournalReader.open(self.state_dir)
         try:
@@ -148,19 +155,21 @@ class TargetManager:
             for wait in waits:
                 wait.cancel()
 
+    def _runs_here(self, resolved: ResolvedTarget) -> bool:
+        return self.shards is None or self.shards.owns(_branch_key(resolved))
+
     def _mine(self) -> dict[str, ResolvedTarget]:
         """The targets this replica runs: all of them, or those of the branches it holds."""
-        targets = self.plane.state.targets
-        if self.shards is None:
-            return dict(targets)
-        return {k: r for k, r in targets.items() if self.shards.owns(_branch_key(r))}
+        return {k: r for k, r in self.plane.state.targets.items() if self._runs_here(r)}
 
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
         mine = self._mine()
         await self._retire_reconfigured_branches()
         existing = {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}
         for key in list(self.consumers):
-            running = self.consumers[key]
+            running = self.consumers.get(key)
+            if running is None:
+                continue  # stopped by a hand-over while this pass waited
             wanted = mine.get(key)
             if wanted == running.resolved:
                 continue
@@ -177,6 +186,8 @@ class TargetManager:
             if key in self.consumers:
                 continue
             await self._claim_place(key, resolved)
+            if not self._runs_here(resolved):
+                continue  # its bucket was handed over while the place was recorded
             branch = self._branch(group, resolved)
             self.board.target(key).branch = branch.key
             consumer = TargetConsumer(
@@ -207,7 +218,16 @@ class TargetManager:
         used = {_branch_key(r.resolved) for r in self.consumers.values()}
         for key in list(self.branches):
             if key not in used:
-                self.branches.pop(key)[1].cancel()
+                self._retire_branch(key)
+        for key, tasks in list(self._stopping.items()):
+            self._stopping[key] = [(t, lock) for t, lock in tasks if not t.done()]
+            if not self._stopping[key]:
+                del self._stopping[key]
+
+    def _retire_branch(self, key: str) -> None:
+        branch, task, _ = self.branches.pop(key)
+        task.cancel()
+        self._stopping.setdefault(key, []).append((task, branch.current.clone_lock))
 
     async def _hand_over(self, bucket: int) -> None:
         """Stop every consumer and committer of the bucket's branches, and return only once the
@@ -215,24 +235,31 @@ class TargetManager:
         not pushed stays in the journal for the next owner)."""
         assert self.shards is not None
         shards = self.shards
-        stopping: list[asyncio.Task[None]] = []
         for key, running in list(self.consumers.items()):
             if shards.bucket(_branch_key(running.resolved)) == bucket:
-                stopping.append(running.task)
                 self._stop_consumer(key, running.resolved)
-        locks: list[asyncio.Lock] = []
         for key in list(self.branches):
             if shards.bucket(key) == bucket:
-                branch, task, _ = self.branches.pop(key)
+                self._retire_branch(key)
+        # Also what an earlier pass stopped and has not ended yet.
+        stopping = [
+            entry
+            for key in list(self._stopping)
+            if shards.bucket(key) == bucket
+            for entry in self._stopping.pop(key)
+        ]
+        pending = {task for task, _ in stopping if not task.done()}
+        while pending:
+            # Cancelled again until it ends: asyncio.wait_for in Python 3.11 drops a
+            # cancellation that arrives just as what it waits for completes.
+            for task in pending:
                 task.cancel()
-                stopping.append(task)
-                locks.append(branch.current.clone_lock)
-        if stopping:
-            await asyncio.wait(stopping)
-        for lock in locks:
-            # Released by the stopped committer once its Git thread is idle.
-            async with lock:
-                pass
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+        for _, lock in stopping:
+            if lock is not None:
+                # Released by the stopped committer once its Git thread is idle.
+                async with lock:
+                    pass
 
     async def _take_over(self, bucket: int) -> None:
         """Before a bucket taken from another replica runs here: drop the journal state and the
@@ -301,10 +328,9 @@ class TargetManager:
         wanted: dict[str, tuple[object, ...]] = {}
         for resolved in sorted(self.plane.state.targets.values(), key=lambda r: r.key):
             wanted.setdefault(_branch_key(resolved), _committer_config(resolved))
-        for key, (_, task, config) in list(self.branches.items()):
+        for key, (_, _, config) in list(self.branches.items()):
             if key in wanted and wanted[key] != config:
-                task.cancel()
-                del self.branches[key]
+                self._retire_branch(key)
                 for target, running in list(self.consumers.items()):
                     if _branch_key(running.resolved) == key:
                         self._stop_consumer(target, self.plane.state.targets.get(target))
@@ -367,6 +393,7 @@ class TargetManager:
         """
         running = self.consumers.pop(key)
         running.task.cancel()
+        self._stopping.setdefault(_branch_key(running.resolved), []).append((running.task, None))
         log.info("stopped target consumer", extra={"target": key})
         if wanted is None or _selection(wanted) == _selection(running.resolved):
             return
