@@ -73,8 +73,10 @@ class CommitSigner:
                 if password is None
                 else "a passphrase was given but the key is not encrypted"
             ) from None
-        except (ValueError, UnsupportedAlgorithm) as error:
-            raise SigningKeyError(f"not a usable private key ({_first_line(error)})") from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise SigningKeyError(
+                "not an OpenSSH or PEM private key of a supported type (Ed25519, RSA, ECDSA)"
+            ) from None
         if isinstance(key, ec.EllipticCurvePrivateKey):
             if key.curve.name not in _ECDSA_HASHES:
                 raise SigningKeyError(f"ECDSA curve {key.curve.name} cannot sign SSH signatures")
@@ -175,8 +177,3 @@ def _string(data: bytes) -> bytes:
 def _mpint(value: int) -> bytes:
     data = value.to_bytes((value.bit_length() + 8) // 8, "big") if value else b""
     return _string(data)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).splitlines()
-    return text[0][:200] if text else type(error).__name__

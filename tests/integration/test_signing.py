@@ -1,0 +1,219 @@
+"""Signed commits end to end: every commit reverserd pushes to a signing provider's branch
+verifies with ``git verify-commit`` (``gpg.format=ssh`` and an allowed-signers file), commits
+rebuilt on someone else's push included; a generated key is published in its Secret and in
+status; a broken key makes no commit at all and the mirror resumes once the key is fixed.
+
+Keys are made with ``ssh-keygen`` and checked with ``git``, never with reverserd's own code.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.controlplane import ControlPlane
+from testbed.gitservers import FOREIGN_AUTHOR, branch_tip, log, push_foreign_commit
+from testbed.harness import (
+    Reverserd,
+    apply,
+    get_object,
+    resource_status,
+    subjects,
+    tree,
+    wait_condition,
+    wait_for_subjects,
+    wait_synced,
+    wait_until,
+)
+from testbed.manifests import configmap, mirror_setup, secret
+from tests.conftest import Remote
+from tests.integration.test_git_behaviour import (
+    NO_EARLY_PUSH,
+    SLOW_PUSH_INTERVAL,
+    messages,
+    subject,
+    unpushed_commit,
+)
+
+SIGNER_EMAIL = "mirror-bot@example.test"
+
+
+def ssh_key(directory: Path, kind: str) -> tuple[str, str]:
+    """A new key pair of ``kind`` (``ed25519``, ``rsa``, ``ecdsa``): (private, public)."""
+    path = directory / f"id_{kind}"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "signing", "-f", str(path)],
+        check=True,
+    )
+    return path.read_text(), path.with_suffix(".pub").read_text().strip()
+
+
+def signing_setup(
+    namespace: str, remote: Remote, secret_name: str, generate: bool = False, slow: bool = False
+) -> list[dict[str, Any]]:
+    setup = mirror_setup(
+        namespace,
+        remote.url,
+        secret=remote.secret,
+        interval=SLOW_PUSH_INTERVAL if slow else "1s",
+        max_commits=NO_EARLY_PUSH if slow else None,
+    )
+    signing: dict[str, Any] = {"secretRef": {"name": secret_name}}
+    if generate:
+        signing["generateWhenMissing"] = True
+    setup[0]["spec"]["commit"] = {
+        "committer": {"name": "Mirror Bot", "email": SIGNER_EMAIL},
+        "signing": signing,
+    }
+    return setup
+
+
+def verify(
+    repo: Path, sha: str, public_key: str, scratch: Path
+) -> subprocess.CompletedProcess[str]:
+    allowed = scratch / "allowed_signers"
+    allowed.write_text(f"{SIGNER_EMAIL} {public_key}\n")
+    return subprocess.run(
+        [
+            "git",
+            f"--git-dir={repo}",
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            f"gpg.ssh.allowedSignersFile={allowed}",
+            "verify-commit",
+            sha,
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def ours_verify(repo: Path, public_key: str, scratch: Path) -> list[str]:
+    """SHAs on ``main`` not made by the foreign writer; asserts every one verifies."""
+    ours = []
+    for entry in log(repo, "main"):
+        committer = subprocess.run(
+            ["git", f"--git-dir={repo}", "show", "-s", "--format=%ce", entry.sha],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if committer == FOREIGN_AUTHOR.email:
+            continue
+        assert committer == SIGNER_EMAIL, committer
+        result = verify(repo, entry.sha, public_key, scratch)
+        assert result.returncode == 0, f"{entry.sha}: {result.stderr}"
+        assert 'Good "git" signature' in result.stderr, result.stderr
+        ours.append(entry.sha)
+    return ours
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa", "ecdsa"])
+def test_every_commit_on_a_signing_branch_verifies_also_when_rebuilt_on_a_foreign_push(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    private, public = ssh_key(tmp_path, kind)
+    apply(control_plane, secret(namespace, "signing", {"signing.key": private}))
+    # Present before the start, so the first sync is a reconcile commit.
+    apply(control_plane, configmap(namespace, "seeded"))
+    apply(control_plane, *signing_setup(namespace, remote, "signing", slow=True))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+
+    apply(control_plane, configmap(namespace, "a", {"n": "1"}))
+    wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "a"))
+    # Someone pushes while our next commit waits locally: it is rebuilt on their commit.
+    mark = len(daemon.log_lines())
+    apply(control_plane, configmap(namespace, "b", {"n": "1"}))
+    wait_until(lambda: unpushed_commit(messages(daemon, mark)), describe=daemon.log_tail)
+    local = unpushed_commit(messages(daemon, mark))
+    assert local is not None
+    foreign = push_foreign_commit(remote.path, "main", "notes.md", b"theirs\n", "their notes")
+    wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "b"))
+
+    history = [entry.sha for entry in log(remote.path, "main")]
+    rebuilt = history[0]
+    assert history[1] == foreign, "our commit was not rebuilt on the foreign one"
+    assert rebuilt != local["commit"]
+    ours = ours_verify(remote.path, public, tmp_path)
+    # The reconcile commit and both change commits, the rebuilt one included.
+    assert len(ours) == 3 and rebuilt in ours
+    assert subjects(remote.path)[0].startswith("reconcile: ")
+    assert resource_status(control_plane, "gitprovider", namespace, "mirror")[
+        "signingPublicKey"
+    ] == " ".join(public.split()[:2])
+
+
+def test_generated_signing_key_is_published_in_the_secret_and_status_and_verifies(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    apply(control_plane, *signing_setup(namespace, remote, "signing", generate=True))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    apply(control_plane, configmap(namespace, "a"))
+    wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "a"))
+
+    created = get_object(control_plane, "secret", namespace, "signing")
+    private = base64.b64decode(created["data"]["signing.key"]).decode()
+    key_file = tmp_path / "generated"
+    key_file.write_text(private)
+    key_file.chmod(0o600)
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(key_file)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert derived.startswith("ssh-ed25519 ")
+    assert base64.b64decode(created["data"]["signing.pub"]).decode().strip() == derived
+    status = wait_until(
+        lambda: resource_status(control_plane, "gitprovider", namespace, "mirror").get(
+            "signingPublicKey"
+        )
+    )
+    assert status == derived
+    assert len(ours_verify(remote.path, status, tmp_path)) == len(subjects(remote.path)) == 1
+
+
+def test_broken_signing_key_makes_no_commit_and_the_mirror_resumes_when_it_is_fixed(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    apply(control_plane, secret(namespace, "signing", {"signing.key": "not a key"}))
+    apply(control_plane, *signing_setup(namespace, remote, "signing"))
+    daemon.start()
+    refused = wait_condition(
+        control_plane, "gitprovider", namespace, "mirror", "Ready", "False", daemon=daemon
+    )
+    assert refused["reason"] == "SigningKeyInvalid", refused
+    assert "signing.key" in refused["message"] and "no commit" in refused["message"]
+    ready = wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Ready", "False", daemon=daemon
+    )
+    assert "signing" in ready["message"], ready
+    apply(control_plane, configmap(namespace, "waiting"))
+    assert branch_tip(remote.path, "main") is None
+    assert "signingPublicKey" not in resource_status(
+        control_plane, "gitprovider", namespace, "mirror"
+    )
+
+    private, public = ssh_key(tmp_path, "ed25519")
+    apply(control_plane, secret(namespace, "signing", {"signing.key": private}))
+    waiting = f"live-cluster/v1/configmaps/{namespace}/waiting.yaml"
+    wait_until(lambda: branch_tip(remote.path, "main") and waiting in tree(remote.path))
+    # Everything that waited arrived, and every commit on the branch is signed by the new key.
+    assert len(ours_verify(remote.path, public, tmp_path)) == len(subjects(remote.path))
