@@ -73,9 +73,13 @@ class CommitSigner:
                 if password is None
                 else "a passphrase was given but the key is not encrypted"
             ) from None
-        except (ValueError, UnsupportedAlgorithm):
+        except (ValueError, UnsupportedAlgorithm) as error:
+            if password is None and "password" in str(error).lower():
+                raise SigningKeyError("the key is encrypted and no passphrase was given") from None
+            wrong = " (or the passphrase is wrong)" if password is not None else ""
             raise SigningKeyError(
                 "not an OpenSSH or PEM private key of a supported type (Ed25519, RSA, ECDSA)"
+                + wrong
             ) from None
         if isinstance(key, ec.EllipticCurvePrivateKey):
             if key.curve.name not in _ECDSA_HASHES:
