@@ -19,6 +19,14 @@ from urllib.parse import urlsplit
 import pygit2
 
 from reverserd.config.rules import CompiledRule, RuleError, compile_rules
+from reverserd.config.templates import (
+    EVENT_FIELDS,
+    MAX_TEMPLATE_CHARS,
+    RECONCILE_FIELDS,
+    MessageTemplate,
+    TemplateError,
+    parse_template,
+)
 from reverserd.git.credentials import mask_url
 from reverserd.git.urls import UnsupportedUrl, is_internal_host, local_path, normalize_url
 from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
@@ -298,6 +306,8 @@ class Provider:
     signing: CommitSigning | None = None
     committer: tuple[str, str] | None = None
     """``spec.commit.committer`` (name, e-mail); None: the daemon's configured identity."""
+    event_template: MessageTemplate | None = None
+    reconcile_template: MessageTemplate | None = None
 
     @property
     def key(self) -> str:
@@ -425,7 +435,25 @@ def parse_provider(body: Mapping[str, Any], policy: UrlPolicy | None = None) -> 
         == "true",
         signing=_commit_signing(commit),
         committer=_committer(commit),
+        event_template=_template(commit, "eventTemplate", EVENT_FIELDS),
+        reconcile_template=_template(commit, "reconcileTemplate", RECONCILE_FIELDS),
     )
+
+
+def _template(
+    commit: Mapping[str, Any], name: str, fields: tuple[str, ...]
+) -> MessageTemplate | None:
+    """``spec.commit.message.<name>``; ``groupTemplate`` is read only for its bounds (one
+    commit per change leaves nothing to group)."""
+    message = _mapping(commit.get("message"), "spec.commit.message")
+    _text(message.get("groupTemplate"), "spec.commit.message.groupTemplate", MAX_TEMPLATE_CHARS)
+    source = _text(message.get(name), f"spec.commit.message.{name}", MAX_TEMPLATE_CHARS)
+    if not source:
+        return None
+    try:
+        return parse_template(source, fields)
+    except TemplateError as error:
+        raise ConfigError("UnsupportedTemplate", f"spec.commit.message.{name}: {error}") from None
 
 
 def _commit_signing(commit: Mapping[str, Any]) -> CommitSigning | None:
