@@ -217,3 +217,59 @@ def test_broken_signing_key_makes_no_commit_and_the_mirror_resumes_when_it_is_fi
     wait_until(lambda: branch_tip(remote.path, "main") and waiting in tree(remote.path))
     # Everything that waited arrived, and every commit on the branch is signed by the new key.
     assert len(ours_verify(remote.path, public, tmp_path)) == len(subjects(remote.path))
+
+
+def test_templates_and_committer_shape_commits_and_a_template_with_logic_is_refused(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    apply(control_plane, configmap(namespace, "seeded"))
+    setup = mirror_setup(namespace, remote.url, secret=remote.secret)
+    templates = {
+        "eventTemplate": "chore: {{.Operation}} {{.APIVersion}} {{.Resource}}/{{ .Name }}",
+        "reconcileTemplate": "reconciled {{.Count}} for {{.GitTarget}}",
+    }
+    setup[0]["spec"]["commit"] = {
+        "committer": {"name": "Mirror Bot", "email": SIGNER_EMAIL},
+        "message": templates,
+    }
+    apply(control_plane, *setup)
+    daemon.start()
+    target = f"{namespace}/mirror"
+    wait_for_subjects(remote.path, daemon, f"reconciled 1 for {target}")
+    apply(control_plane, configmap(namespace, "a"))
+    wait_for_subjects(remote.path, daemon, "chore: CREATE v1 configmaps/a")
+    for entry in log(remote.path, "main"):
+        shown = subprocess.run(
+            ["git", f"--git-dir={remote.path}", "show", "-s", "--format=%cn <%ce>%n%B", entry.sha],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip().splitlines()
+        assert shown[0] == f"Mirror Bot <{SIGNER_EMAIL}>"
+        # The lines reverserd reads back stay whatever the template says.
+        assert shown[-1] == f"target: {target}", shown
+
+    refused_setup = dict(setup[0])
+    refused_setup["spec"] = {
+        **setup[0]["spec"],
+        "commit": {"message": {"eventTemplate": "{{if .Name}}{{.Name}}{{end}}"}},
+    }
+    apply(control_plane, refused_setup)
+    refused = wait_condition(
+        control_plane,
+        "gitprovider",
+        namespace,
+        "mirror",
+        "Ready",
+        "False",
+        reason="UnsupportedTemplate",
+        daemon=daemon,
+    )
+    assert "{{.Field}}" in refused["message"] and "Operation" in refused["message"]
+    apply(control_plane, configmap(namespace, "held"))
+    apply(control_plane, setup[0])
+    # The change made while the template was refused arrives once it is fixed, with it.
+    wait_for_subjects(remote.path, daemon, "chore: CREATE v1 configmaps/held")
