@@ -242,12 +242,23 @@ def test_templates_and_committer_shape_commits_and_a_template_with_logic_is_refu
     apply(control_plane, configmap(namespace, "a"))
     wait_for_subjects(remote.path, daemon, "chore: CREATE v1 configmaps/a")
     for entry in log(remote.path, "main"):
-        shown = subprocess.run(
-            ["git", f"--git-dir={remote.path}", "show", "-s", "--format=%cn <%ce>%n%B", entry.sha],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip().splitlines()
+        shown = (
+            subprocess.run(
+                [
+                    "git",
+                    f"--git-dir={remote.path}",
+                    "show",
+                    "-s",
+                    "--format=%cn <%ce>%n%B",
+                    entry.sha,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         assert shown[0] == f"Mirror Bot <{SIGNER_EMAIL}>"
         # The lines reverserd reads back stay whatever the template says.
         assert shown[-1] == f"target: {target}", shown
