@@ -75,7 +75,15 @@ def test_an_encrypted_key_needs_its_passphrase(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("text", ["", "not a key", "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not a key",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nAAAA\n-----END PGP PRIVATE KEY BLOCK-----\n",
+    ],
+)
 def test_text_that_is_no_key_is_refused_without_quoting_it(text: str) -> None:
     with pytest.raises(SigningKeyError) as refused:
         CommitSigner.from_text(text)
