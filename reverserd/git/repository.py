@@ -344,6 +344,15 @@ class BranchRepository:
         self._credentials = credentials
         return changed
 
+    def use_signer(self, signer: CommitSigner) -> bool:
+        """Sign with ``signer`` from now on (its Secret holds a new key); the pending commits
+        are rebuilt signed by it. Returns whether the key differs from the current one."""
+        if self._signer is not None and self._signer.public_key == signer.public_key:
+            return False
+        self._signer = signer
+        self._sign_pending()
+        return True
+
     def verify(self) -> None:
         """Raise :class:`CloneDamaged` unless every commit the clone's refs reach, the tree of
         each, and every object of the local tip's tree are there (a walk of the history: run

@@ -304,6 +304,7 @@ class TargetManager:
                 providers,
                 proved_write_access,
                 credentials,
+                signer if provider.signing is not None else None,
             )
 
         display = f"{mask_url(provider.url)}#{branch_name}"

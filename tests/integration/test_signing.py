@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import FOREIGN_AUTHOR, branch_tip, log, push_foreign_commit
+from testbed.gitservers import (
+    FOREIGN_AUTHOR,
+    branch_tip,
+    install_hook,
+    log,
+    push_foreign_commit,
+)
 from testbed.harness import (
     Reverserd,
     apply,
@@ -284,3 +290,56 @@ def test_templates_and_committer_shape_commits_and_a_template_with_logic_is_refu
     apply(control_plane, setup[0])
     # The change made while the template was refused arrives once it is fixed, with it.
     wait_for_subjects(remote.path, daemon, "chore: CREATE v1 configmaps/held")
+
+
+def test_a_server_requiring_a_registered_key_gets_the_commits_once_the_key_is_replaced(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    """Branch protection "require signed commits": the server takes only commits signed by a
+    registered key. Signed with another key, the push is refused; once the Secret holds the
+    registered key, the waiting commits are signed again with it and pushed."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old_private, unregistered = ssh_key(tmp_path / "old", "ed25519")
+    new_private, registered = ssh_key(tmp_path / "new", "ed25519")
+    allowed = tmp_path / "server_allowed_signers"
+    allowed.write_text(f"{SIGNER_EMAIL} {registered}\n")
+    install_hook(
+        remote.path,
+        "pre-receive",
+        "#!/bin/sh\n"
+        "while read old new ref; do\n"
+        '  for c in $(git rev-list "$new" --not --all); do\n'
+        f"    git -c gpg.format=ssh -c gpg.ssh.allowedSignersFile={allowed} verify-commit"
+        ' "$c" >/dev/null 2>&1 || { echo "unverified signature on $c" >&2; exit 1; }\n'
+        "  done\n"
+        "done\n",
+    )
+    apply(control_plane, configmap(namespace, "seeded"))
+    apply(control_plane, secret(namespace, "signing", {"signing.key": old_private}))
+    apply(control_plane, *signing_setup(namespace, remote, "signing"))
+    daemon.start()
+    refused = wait_condition(
+        control_plane,
+        "gitprovider",
+        namespace,
+        "mirror",
+        "Ready",
+        "False",
+        reason="PushRefused",
+        daemon=daemon,
+    )
+    assert "pre-receive" in refused["message"], refused
+    assert branch_tip(remote.path, "main") is None
+    assert resource_status(control_plane, "gitprovider", namespace, "mirror")[
+        "signingPublicKey"
+    ] == " ".join(unregistered.split()[:2])
+
+    apply(control_plane, secret(namespace, "signing", {"signing.key": new_private}))
+    apply(control_plane, configmap(namespace, "after"))
+    wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "after"))
+    assert len(ours_verify(remote.path, registered, tmp_path)) == len(subjects(remote.path)) == 2

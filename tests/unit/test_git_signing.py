@@ -114,3 +114,21 @@ def test_commits_made_before_signing_was_configured_are_signed_before_they_are_p
         verify_commit(Path(remote.path), str(commit.id), signer.public_key, tmp_path)
     assert pushed[2].gpg_signature == (None, None)
     assert sorted(entry.name for entry in pushed[0].tree) == ["a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_a_replaced_key_signs_the_pending_commits_again(tmp_path: Path) -> None:
+    remote = pygit2.init_repository(str(tmp_path / "remote.git"), bare=True, initial_head="main")
+    old, new = CommitSigner.generate(), CommitSigner.generate()
+    clone = BranchRepository(tmp_path / "clone", remote.path, "main", signer=old)
+    clone.open()
+    write(clone, "a.yaml", b"a\n", "pushed")
+    clone.push()
+    write(clone, "b.yaml", b"b\n", "pending")
+
+    assert clone.use_signer(new)
+    assert not clone.use_signer(CommitSigner.from_text(new.private_text()))
+    tip = clone.push()
+    pushed = list(pygit2.Repository(remote.path).walk(pygit2.Oid(hex=tip)))
+    assert [commit.message for commit in pushed] == ["pending", "pushed"]
+    verify_commit(Path(remote.path), str(pushed[0].id), new.public_key, tmp_path)
+    verify_commit(Path(remote.path), str(pushed[1].id), old.public_key, tmp_path)
