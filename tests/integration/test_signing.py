@@ -22,6 +22,7 @@ from testbed.gitservers import (
     install_hook,
     log,
     push_foreign_commit,
+    verify_commit,
 )
 from testbed.harness import (
     Reverserd,
@@ -78,27 +79,6 @@ def signing_setup(
     return setup
 
 
-def verify(
-    repo: Path, sha: str, public_key: str, scratch: Path
-) -> subprocess.CompletedProcess[str]:
-    allowed = scratch / "allowed_signers"
-    allowed.write_text(f"{SIGNER_EMAIL} {public_key}\n")
-    return subprocess.run(
-        [
-            "git",
-            f"--git-dir={repo}",
-            "-c",
-            "gpg.format=ssh",
-            "-c",
-            f"gpg.ssh.allowedSignersFile={allowed}",
-            "verify-commit",
-            sha,
-        ],
-        capture_output=True,
-        text=True,
-    )
-
-
 def ours_verify(repo: Path, public_key: str, scratch: Path) -> list[str]:
     """SHAs on ``main`` not made by the foreign writer; asserts every one verifies."""
     ours = []
@@ -112,7 +92,7 @@ def ours_verify(repo: Path, public_key: str, scratch: Path) -> list[str]:
         if committer == FOREIGN_AUTHOR.email:
             continue
         assert committer == SIGNER_EMAIL, committer
-        result = verify(repo, entry.sha, public_key, scratch)
+        result = verify_commit(repo, entry.sha, SIGNER_EMAIL, public_key, scratch)
         assert result.returncode == 0, f"{entry.sha}: {result.stderr}"
         assert 'Good "git" signature' in result.stderr, result.stderr
         ours.append(entry.sha)

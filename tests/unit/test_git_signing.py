@@ -10,6 +10,7 @@ import pygit2
 import pytest
 
 from reverserd.git import BranchRepository, CommitSigner, FileChange, SigningKeyError
+from testbed.gitservers import verify_commit
 from tests.conftest import AUTHOR, COMMITTER, write
 
 
@@ -22,25 +23,9 @@ def ssh_keygen(tmp_path: Path, kind: str, passphrase: str = "", bits: str = "") 
     return path
 
 
-def verify_commit(git_dir: Path, sha: str, public_key: str, tmp_path: Path) -> str:
-    """``git verify-commit`` with ``public_key`` as the committer's only allowed signer; returns
-    its report and raises when the signature does not verify."""
-    allowed = tmp_path / "allowed_signers"
-    allowed.write_text(f"{COMMITTER.email} {public_key}\n")
-    result = subprocess.run(
-        [
-            "git",
-            f"--git-dir={git_dir}",
-            "-c",
-            "gpg.format=ssh",
-            "-c",
-            f"gpg.ssh.allowedSignersFile={allowed}",
-            "verify-commit",
-            sha,
-        ],
-        capture_output=True,
-        text=True,
-    )
+def verified(git_dir: Path, sha: str, public_key: str, tmp_path: Path) -> str:
+    """git's report that ``sha`` is signed by ``public_key``; fails the test otherwise."""
+    result = verify_commit(git_dir, sha, COMMITTER.email, public_key, tmp_path)
     assert result.returncode == 0, result.stderr
     return result.stderr
 
@@ -59,9 +44,7 @@ def test_keys_ssh_keygen_writes_sign_commits_git_verifies(
     clone.open()
     sha = write(clone, "a.yaml", b"a\n", "one\n\nuid: 1\n")
     clone.push()
-    assert 'Good "git" signature' in verify_commit(
-        Path(remote.path), sha, signer.public_key, tmp_path
-    )
+    assert 'Good "git" signature' in verified(Path(remote.path), sha, signer.public_key, tmp_path)
 
 
 def test_an_encrypted_key_needs_its_passphrase(tmp_path: Path) -> None:
@@ -111,7 +94,7 @@ def test_commits_made_before_signing_was_configured_are_signed_before_they_are_p
     pushed = [commit for commit in pygit2.Repository(remote.path).walk(pygit2.Oid(hex=tip))]
     assert [commit.message for commit in pushed] == ["third", "second", "first"]
     for commit in pushed[:2]:
-        verify_commit(Path(remote.path), str(commit.id), signer.public_key, tmp_path)
+        verified(Path(remote.path), str(commit.id), signer.public_key, tmp_path)
     assert pushed[2].gpg_signature == (None, None)
     assert sorted(entry.name for entry in pushed[0].tree) == ["a.yaml", "b.yaml", "c.yaml"]
 
@@ -130,5 +113,5 @@ def test_a_replaced_key_signs_the_pending_commits_again(tmp_path: Path) -> None:
     tip = clone.push()
     pushed = list(pygit2.Repository(remote.path).walk(pygit2.Oid(hex=tip)))
     assert [commit.message for commit in pushed] == ["pending", "pushed"]
-    verify_commit(Path(remote.path), str(pushed[0].id), new.public_key, tmp_path)
-    verify_commit(Path(remote.path), str(pushed[1].id), old.public_key, tmp_path)
+    verified(Path(remote.path), str(pushed[0].id), new.public_key, tmp_path)
+    verified(Path(remote.path), str(pushed[1].id), old.public_key, tmp_path)
