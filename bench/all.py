@@ -18,6 +18,7 @@ from bench import (
     loop_lag,
     seed,
     shards,
+    signing,
     steady,
     targets,
 )
@@ -26,6 +27,7 @@ from bench.common import REPO_ROOT, Result, say, use_this_checkout
 BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., Result]]] = {
     "journal_append": (journal_append.build_parser, journal_append.run),
     "git_write": (git_write.build_parser, git_write.run),
+    "signing": (signing.build_parser, signing.run),
     "seed": (seed.build_parser, seed.run),
     "cold_start": (cold_start.build_parser, cold_start.run),
     "steady": (steady.build_parser, steady.run),

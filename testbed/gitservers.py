@@ -542,6 +542,31 @@ def push_foreign_commit(
     return _commit_files(repo_path, branch, {path: content}, message, FOREIGN_AUTHOR)
 
 
+def verify_commit(
+    repo_path: Path, sha: str, email: str, public_key: str, scratch: Path
+) -> subprocess.CompletedProcess[str]:
+    """``git verify-commit`` of ``sha`` in the repository at ``repo_path``, trusting only
+    ``public_key`` (authorized_keys form) as the SSH signing key of ``email``; an
+    allowed-signers file for that is written into ``scratch``. Returns git's result (its
+    verdict is on stderr)."""
+    allowed = scratch / "allowed_signers"
+    allowed.write_text(f"{email} {public_key}\n")
+    return subprocess.run(
+        [
+            "git",
+            f"--git-dir={repo_path}",
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            f"gpg.ssh.allowedSignersFile={allowed}",
+            "verify-commit",
+            sha,
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
 def install_hook(repo_path: Path, name: str, script: str) -> Path:
     """Make ``script`` the server-side hook ``name`` of the bare repository at ``repo_path``.
 

@@ -64,6 +64,7 @@ from reverserd.config.status import ProviderHealth, StatusBoard
 from reverserd.git import (
     BranchRepository,
     CloneDamaged,
+    CommitSigner,
     CredentialsError,
     FileChange,
     GitCredentials,
@@ -200,8 +201,11 @@ class Committer:
         proved_write_access: Callable[[], Awaitable[None]],
         credentials: Callable[[], Awaitable[GitCredentials]] | None = None,
         may_push: Callable[[], bool] | None = None,
+        signer: Callable[[], Awaitable[CommitSigner | None]] | None = None,
     ) -> None:
-        """``credentials`` reads the provider's Secret again (it may have been rotated).
+        """``credentials`` reads the provider's Secret again (it may have been rotated), and
+        ``signer`` its signing key (a server that requires signatures by a registered key
+        refuses commits signed with one since replaced).
 
         ``may_push`` is the fencing check of a sharded replica: asked on the Git thread right
         before every push (so before every retry of the fetch-rebase loop too); False means the
@@ -220,6 +224,7 @@ class Committer:
         self.policy = policy
         self.provider_keys = provider_keys
         self.credentials = credentials
+        self.signer = signer
         self.ready = asyncio.Event()
         self.stopped = False
         self.last_error: str | None = None
@@ -614,10 +619,12 @@ class Committer:
                 f"{error}; the server refuses this update whatever reverserd does: check its"
                 " hooks and branch protection, or choose another branch",
             )
+            await self._reload_signer()
             return
         except RemoteUnavailable as error:
             self._push_failed("ConnectionFailed", str(error))
             await self._reload_credentials()
+            await self._reload_signer()
             # A push also fails this way when the clone lacks an object it must send.
             if time.monotonic() - self._checked_at >= CLONE_CHECK_INTERVAL_S:
                 if await self._clone_damaged():
@@ -685,6 +692,22 @@ class Committer:
             return
         if changed:
             log.info("credentials of %s changed, using them from now on", self.key)
+
+    async def _reload_signer(self) -> None:
+        """Read the signing key again after a push failed: a replaced key is used from now on,
+        and the pending commits are signed again with it. A key that cannot be read or used
+        now leaves the current one in place (nothing is ever committed unsigned)."""
+        if self.signer is None:
+            return
+        try:
+            fresh = await self.signer()
+        except (ProviderProblem, OSError, TimeoutError) as error:
+            log.warning("cannot re-read the signing key of %s: %s", self.key, error)
+            return
+        if fresh is None:
+            return
+        if await self.on_git_thread(lambda: self.repository.use_signer(fresh)):
+            log.info("signing key of %s changed, pending commits signed again", self.key)
 
     def _push_failed(self, reason: str, message: str) -> None:
         GIT_OPERATIONS.labels(operation="push", result="failed").inc()

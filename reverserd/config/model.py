@@ -19,6 +19,14 @@ from urllib.parse import urlsplit
 import pygit2
 
 from reverserd.config.rules import CompiledRule, RuleError, compile_rules
+from reverserd.config.templates import (
+    EVENT_FIELDS,
+    MAX_TEMPLATE_CHARS,
+    RECONCILE_FIELDS,
+    MessageTemplate,
+    TemplateError,
+    parse_template,
+)
 from reverserd.git.credentials import mask_url
 from reverserd.git.urls import UnsupportedUrl, is_internal_host, local_path, normalize_url
 from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
@@ -43,6 +51,8 @@ MAX_BRANCH_CHARS: Final = 255
 MAX_BRANCH_PATTERN_CHARS: Final = 255
 MAX_TARGET_PATH_CHARS: Final = 1024
 MAX_DURATION_CHARS: Final = 32
+# A committer name or e-mail: longer than any real one, short enough for a commit header.
+MAX_IDENTITY_CHARS: Final = 256
 # Lists (allowedBranches, rules and each rule's fields): far more than any real configuration.
 MAX_LIST_ITEMS: Final = 100
 # More waiting commits than this are pushed anyway (one push carries at most a few hundred).
@@ -275,6 +285,14 @@ class UrlPolicy:
 
 
 @dataclass(frozen=True)
+class CommitSigning:
+    """``spec.commit.signing``: the Secret (in the provider's namespace) holding the key."""
+
+    secret_name: str
+    generate_when_missing: bool
+
+
+@dataclass(frozen=True)
 class Provider:
     namespace: str
     name: str
@@ -285,6 +303,11 @@ class Provider:
     push_interval_s: float
     push_max_commits: int
     insecure_skip_host_key: bool
+    signing: CommitSigning | None = None
+    committer: tuple[str, str] | None = None
+    """``spec.commit.committer`` (name, e-mail); None: the daemon's configured identity."""
+    event_template: MessageTemplate | None = None
+    reconcile_template: MessageTemplate | None = None
 
     @property
     def key(self) -> str:
@@ -308,6 +331,8 @@ class Provider:
             self.push_interval_s,
             self.push_max_commits,
             self.insecure_skip_host_key,
+            self.signing,
+            self.committer,
         )
 
     def allows(self, branch: str) -> bool:
@@ -375,6 +400,7 @@ def parse_provider(body: Mapping[str, Any], policy: UrlPolicy | None = None) -> 
     namespace, name, generation = _meta(body)
     spec = _mapping(body.get("spec"), "spec")
     push = _mapping(spec.get("push"), "spec.push")
+    commit = _mapping(spec.get("commit"), "spec.commit")
     annotations = _mapping((body.get("metadata") or {}).get("annotations"), "annotations")
     url = _text(spec.get("url"), "spec.url", MAX_URL_CHARS)
     if not url:
@@ -407,7 +433,59 @@ def parse_provider(body: Mapping[str, Any], policy: UrlPolicy | None = None) -> 
         push_max_commits=max_commits,
         insecure_skip_host_key=str(annotations.get(INSECURE_HOST_KEY_ANNOTATION, "")).lower()
         == "true",
+        signing=_commit_signing(commit),
+        committer=_committer(commit),
+        event_template=_template(commit, "eventTemplate", EVENT_FIELDS),
+        reconcile_template=_template(commit, "reconcileTemplate", RECONCILE_FIELDS),
     )
+
+
+def _template(
+    commit: Mapping[str, Any], name: str, fields: tuple[str, ...]
+) -> MessageTemplate | None:
+    """``spec.commit.message.<name>``; ``groupTemplate`` is read only for its bounds (one
+    commit per change leaves nothing to group)."""
+    message = _mapping(commit.get("message"), "spec.commit.message")
+    _text(message.get("groupTemplate"), "spec.commit.message.groupTemplate", MAX_TEMPLATE_CHARS)
+    source = _text(message.get(name), f"spec.commit.message.{name}", MAX_TEMPLATE_CHARS)
+    if not source:
+        return None
+    try:
+        return parse_template(source, fields)
+    except TemplateError as error:
+        raise ConfigError("UnsupportedTemplate", f"spec.commit.message.{name}: {error}") from None
+
+
+def _commit_signing(commit: Mapping[str, Any]) -> CommitSigning | None:
+    signing = _mapping(commit.get("signing"), "spec.commit.signing")
+    if not signing:
+        return None
+    secret_ref = _mapping(signing.get("secretRef"), "spec.commit.signing.secretRef")
+    name = _ref_name(secret_ref.get("name"), "spec.commit.signing.secretRef.name")
+    if not name:
+        raise ConfigError("InvalidSpec", "spec.commit.signing.secretRef.name is required")
+    generate = signing.get("generateWhenMissing", False)
+    if not isinstance(generate, bool):
+        raise ConfigError(
+            "InvalidSpec", "spec.commit.signing.generateWhenMissing must be a boolean"
+        )
+    return CommitSigning(name, generate)
+
+
+def _committer(commit: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(name, e-mail); a part left out is ``""`` and means the daemon's configured one."""
+    committer = _mapping(commit.get("committer"), "spec.commit.committer")
+    if not committer:
+        return None
+    name = _text(committer.get("name"), "spec.commit.committer.name", MAX_IDENTITY_CHARS)
+    email = _text(committer.get("email"), "spec.commit.committer.email", MAX_IDENTITY_CHARS)
+    for value, field_name in ((name, "name"), (email, "email")):
+        # Git cannot hold these in a signature line: the commit would be malformed.
+        if set("<>") & set(value):
+            raise ConfigError(
+                "InvalidSpec", f"spec.commit.committer.{field_name} must not contain < or >"
+            )
+    return name.strip(), email.strip()
 
 
 @dataclass(frozen=True)

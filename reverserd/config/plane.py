@@ -286,7 +286,11 @@ def resolve(
             ready = Condition("Ready", None, "Pending", "no connection attempted yet")
         else:
             ready = Condition("Ready", health.ok, health.reason, health.message)
-        want(PROVIDERS, body, [ready])
+        # Published while a key signs its commits; null (merge patch) removes a stale one.
+        signing_key = board.signing_keys.get(provider.key) if provider.signing else None
+        published = (body.get("status") or {}).get("signingPublicKey")
+        extra = {"signingPublicKey": signing_key} if signing_key or published else None
+        want(PROVIDERS, body, [ready], extra)
 
     rules: list[WatchRuleSpec] = []
     rule_bodies: list[tuple[ResourceType, Mapping[str, Any], WatchRuleSpec | ConfigError]] = []

@@ -155,6 +155,8 @@ class StatusBoard:
         """Branch key -> its owner, as recorded in the journal."""
         self.proofs: dict[tuple[str, str], WriteProof] = {}
         """(branch key, namespace) -> its latest push handshake while the branch was contested."""
+        self.signing_keys: dict[str, str] = {}
+        """Provider key -> the public key its commits are signed with (authorized_keys form)."""
         self.journal_failure: str | None = None
         self._listeners: list[Callable[[], None]] = []
 
@@ -169,6 +171,7 @@ class StatusBoard:
         copy.branches = dict(self.branches)
         copy.owners = dict(self.owners)
         copy.proofs = dict(self.proofs)
+        copy.signing_keys = dict(self.signing_keys)
         copy.journal_failure = self.journal_failure
         return copy
 
@@ -185,6 +188,15 @@ class StatusBoard:
     def report_provider(self, key: str, health: ProviderHealth) -> None:
         if self.providers.get(key) != health:
             self.providers[key] = health
+            self.notify()
+
+    def report_signing_key(self, key: str, public_key: str | None) -> None:
+        """The key a provider's commits are signed with now; None: none can be loaded."""
+        if self.signing_keys.get(key) != public_key:
+            if public_key is None:
+                del self.signing_keys[key]
+            else:
+                self.signing_keys[key] = public_key
             self.notify()
 
     def report_branch(self, key: str, health: ProviderHealth) -> None:

@@ -12,6 +12,7 @@ and no credential reaches a log or a status).
 - :mod:`reverserd.git.credentials`: :class:`GitCredentials`, the pygit2 callbacks that
   authenticate and verify SSH host keys, and URL masking.
 - :mod:`reverserd.git.known_hosts`: OpenSSH known_hosts parsing and matching.
+- :mod:`reverserd.git.signing`: :class:`CommitSigner`, SSH signatures of commits.
 """
 
 from reverserd.git.credentials import (
@@ -37,11 +38,13 @@ from reverserd.git.repository import (
     prove_push_access,
     stores_its_remote,
 )
+from reverserd.git.signing import CommitSigner, SigningKeyError
 
 __all__ = [
     "AuthenticationRejected",
     "BranchRepository",
     "CloneDamaged",
+    "CommitSigner",
     "CredentialsError",
     "FileChange",
     "GitCredentials",
@@ -52,6 +55,7 @@ __all__ = [
     "RemoteError",
     "RemoteUnavailable",
     "RepositoryError",
+    "SigningKeyError",
     "StoredBlob",
     "build_callbacks",
     "configure_network_timeouts",

@@ -45,6 +45,8 @@ from typing import BinaryIO
 import pygit2
 from pygit2.enums import ObjectType
 
+from reverserd.git.signing import CommitSigner, signed_commit
+
 DELTA_DEPTH = 50
 """Longest chain of deltas before a tree is stored whole again: Git's own default
 ``pack.depth``. Reading the newest version of a tree applies at most this many deltas."""
@@ -231,12 +233,16 @@ class ObjectStore:
         author: pygit2.Signature,
         committer: pygit2.Signature,
         message: str,
+        signer: CommitSigner | None = None,
     ) -> bytes:
+        """Add a commit; with ``signer``, it carries that signer's ``gpgsig`` header."""
         lines = [b"tree " + tree.hex().encode()]
         lines.extend(b"parent " + parent.hex().encode() for parent in parents)
         lines.append(b"author " + _signature(author))
         lines.append(b"committer " + _signature(committer))
         raw = b"\n".join(lines) + b"\n\n" + message.encode()
+        if signer is not None:
+            raw = signed_commit(raw, signer.sign(raw))
         oid = _hash(ObjectType.COMMIT, raw)
         self._pending[oid] = _Pending(ObjectType.COMMIT, len(raw), raw)
         return oid

@@ -35,6 +35,8 @@ remote by the first push.
   pending commits on top of theirs. The remote tip is recorded only after the server accepted.
 - Nothing is dropped on failure: after :class:`RemoteUnavailable` every pending commit is still
   on the local branch, and a later push or rebase picks it up.
+- A clone opened with a :class:`~reverserd.git.signing.CommitSigner` makes no unsigned commit:
+  every commit object is built in one place (:meth:`_commit_on`), which signs it.
 - Errors carry the URL with its password masked and a short reason, never a secret.
 
 **Timeouts.** libgit2 has two process-wide socket timeouts, both off by default, which
@@ -108,6 +110,7 @@ from reverserd.git.credentials import (
 )
 from reverserd.git.known_hosts import HostKeyError
 from reverserd.git.objects import EMPTY_TREE, ObjectStore
+from reverserd.git.signing import CommitSigner
 
 CONNECT_TIMEOUT_MS = 10_000
 """TCP connect timeout. A reachable Git host accepts within a second; ten seconds tolerate a slow
@@ -304,7 +307,10 @@ class BranchRepository:
         url: str,
         branch: str,
         credentials: GitCredentials | None = None,
+        signer: CommitSigner | None = None,
     ) -> None:
+        """With ``signer``, every commit this clone makes is signed by it (see
+        :mod:`reverserd.git.signing`), commits rebuilt on a moved remote included."""
         if not pygit2.reference_is_valid_name(_HEADS + branch):
             raise ValueError(f"invalid branch name {branch!r}")
         self._path = Path(path)
@@ -315,6 +321,7 @@ class BranchRepository:
             url, credentials if credentials is not None else GitCredentials()
         )
         self._branch = branch
+        self._signer = signer
         build_callbacks(self._url, self._credentials)
         self._local_ref = _HEADS + branch
         self._repo: pygit2.Repository | None = None
@@ -336,6 +343,15 @@ class BranchRepository:
         changed = credentials != self._credentials
         self._credentials = credentials
         return changed
+
+    def use_signer(self, signer: CommitSigner) -> bool:
+        """Sign with ``signer`` from now on (its Secret holds a new key); the pending commits
+        are rebuilt signed by it. Returns whether the key differs from the current one."""
+        if self._signer is not None and self._signer.public_key == signer.public_key:
+            return False
+        self._signer = signer
+        self._sign_pending()
+        return True
 
     def verify(self) -> None:
         """Raise :class:`CloneDamaged` unless every commit the clone's refs reach, the tree of
@@ -388,6 +404,7 @@ class BranchRepository:
         _configure_libgit2()
         self._attach(self._open_or_init())
         self._forget_stored_remote()
+        self._sign_pending()
         state = self._fetch()
         self._follow_remote(state)
         return _sha(state.branch_tip)
@@ -601,10 +618,19 @@ class BranchRepository:
                 if known is not None:
                     walker.hide(known)
             ours = list(walker)
-        parent = state.start
-        rebuilt = []
         self.dropped_in_rebuild = {}
-        for commit in ours:
+        rebuilt = self._replay(ours, state.start)
+        self._set_ref(BASE_REF, state.start)
+        return rebuilt
+
+    def _replay(self, commits: Sequence[pygit2.Commit], parent: pygit2.Oid | None) -> list[str]:
+        """Re-create ``commits`` (oldest first) on ``parent`` from their own file changes, with
+        their messages, authors and committers (signed, with a signer), and move the local
+        branch to the last; returns the new SHAs. A commit whose changes are already there is
+        dropped."""
+        repo = self._open_repo()
+        rebuilt = []
+        for commit in commits:
             changes = self._changes_of(commit)
             # A person may have put a file where one of ours needs a folder: that write is
             # dropped (and reported), the rest of the commit is kept.
@@ -619,8 +645,25 @@ class BranchRepository:
                 parent = oid
                 rebuilt.append(str(oid))
         self._move_local(parent)
-        self._set_ref(BASE_REF, state.start)
         return rebuilt
+
+    def _sign_pending(self) -> None:
+        """Rebuild the pending commits the signer did not sign (made before signing was
+        configured, or with a key since replaced) on the same base, so that nothing unsigned
+        is ever pushed from a clone that signs."""
+        signer, local = self._signer, self._local_tip()
+        if signer is None or local is None:
+            return
+        repo = self._open_repo()
+        walker = repo.walk(local, SortMode.TOPOLOGICAL | SortMode.REVERSE)
+        base = self._target(BASE_REF)
+        if base is not None:
+            walker.hide(base)
+        pending = list(walker)
+        if all(signer.signed(commit.gpg_signature[0]) for commit in pending):
+            return
+        self.dropped_in_rebuild = {}
+        self._replay(pending, base)
 
     def maintain(self) -> bool:
         """Pack the clone and drop loose and unreachable objects (``git gc --prune=now``).
@@ -766,7 +809,9 @@ class BranchRepository:
         if new_tree == (old_tree if old_tree is not None else _EMPTY_TREE_ID):
             return None
         parents: list[bytes] = [parent.raw] if parent is not None else []
-        return pygit2.Oid(raw=store.add_commit(new_tree, parents, author, committer, message))
+        return pygit2.Oid(
+            raw=store.add_commit(new_tree, parents, author, committer, message, self._signer)
+        )
 
     def _write_tree(
         self, tree_id: bytes | None, changes: _Folder, where: tuple[str, ...]

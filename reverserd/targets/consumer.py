@@ -302,7 +302,9 @@ class TargetConsumer:
         self.ledger.cover(newly, seq)
         self.ledger.remember(plan)
         self.ledger.hold(plan.quarantine)
-        message = reconcile_message(plan, count, self.key)
+        message = reconcile_message(
+            plan, count, self.key, self.resolved.provider.reconcile_template
+        )
         stats = {"created": plan.created, "updated": plan.updated, "deleted": plan.deleted}
         log.info(
             "reconcile planned",
@@ -554,7 +556,9 @@ class TargetConsumer:
             live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
             attribution = await self.resolver.attribute(event, read_live=live)
         lines = attribution.lines if attribution is not None else ()
-        message = commit_message(event, rtype, self.key, self.ledger.seq, lines)
+        message = commit_message(
+            event, rtype, self.key, self.ledger.seq, lines, self.resolved.provider.event_template
+        )
         author = attribution.author if attribution is not None else None
         await self._submit(plan, message, self._pushed, quarantine, author)
 

@@ -35,16 +35,19 @@ from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
 from reverserd.committer.committer import (
     Committer,
+    ProviderProblem,
     PushPolicy,
     clone_dir,
     remove_clones_of_older_versions,
 )
 from reverserd.committer.credentials import load_credentials
+from reverserd.committer.signing import load_signer
+from reverserd.config.model import Provider
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
-from reverserd.git import BranchRepository, GitCredentials, mask_url
+from reverserd.git import BranchRepository, CommitSigner, GitCredentials, mask_url
 from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
@@ -354,8 +357,22 @@ class TargetManager:
         async def credentials() -> GitCredentials:
             return await load_credentials(self.client, provider)
 
+        async def signer() -> CommitSigner | None:
+            if provider.signing is None:
+                return None
+            try:
+                loaded = await load_signer(self.client, provider.namespace, provider.signing)
+            except ProviderProblem:
+                for key in providers():
+                    self.board.report_signing_key(key, None)
+                raise
+            for key in providers():
+                self.board.report_signing_key(key, loaded.public_key)
+            return loaded
+
         async def connect() -> BranchRepository:
-            return BranchRepository(clone, provider.url, branch_name, await credentials())
+            given = await credentials()
+            return BranchRepository(clone, provider.url, branch_name, given, await signer())
 
         async def proved_write_access() -> None:
             await self.ownership.proved(key, provider.namespace)
@@ -369,12 +386,13 @@ class TargetManager:
                 connect,
                 self.journal,
                 self.board,
-                self.identity,
+                _committer_identity(provider, self.identity),
                 PushPolicy(provider.push_interval_s, provider.push_max_commits),
                 providers,
                 proved_write_access,
                 credentials,
                 self.shards.may_write(key) if self.shards is not None else None,
+                signer if provider.signing is not None else None,
             )
 
         display = f"{mask_url(provider.url)}#{branch_name}"
@@ -466,4 +484,14 @@ def _committer_config(resolved: ResolvedTarget) -> tuple[object, ...]:
         provider.push_interval_s,
         provider.push_max_commits,
         provider.insecure_skip_host_key,
+        provider.signing,
+        provider.committer,
     )
+
+
+def _committer_identity(provider: Provider, configured: tuple[str, str]) -> tuple[str, str]:
+    """``spec.commit.committer``, each part left out taken from the daemon's flags."""
+    if provider.committer is None:
+        return configured
+    name, email = provider.committer
+    return name or configured[0], email or configured[1]

@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from reverserd.attribution.resolver import UNRESOLVED
 from reverserd.committer.trailers import trailer_lines
 from reverserd.config.rules import CompiledRule
+from reverserd.config.templates import MessageTemplate
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
 from reverserd.kube.jsontext import UNDECODABLE
@@ -182,12 +184,28 @@ def commit_message(
     target: str,
     seq: int,
     attribution: Sequence[str] = (),
+    template: MessageTemplate | None = None,
 ) -> str:
     """Subject and body of one event's commit, handed over at journal position ``seq`` (see
-    :mod:`reverserd.committer.trailers`); ``attribution`` holds its user/manager lines."""
-    subject = (
-        f"[{event.kind.value}] {commit_subject_path(rtype, event.namespace or None, event.name)}"
-    )
+    :mod:`reverserd.committer.trailers`); ``attribution`` holds its user/manager lines.
+    ``template`` (``spec.commit.message.eventTemplate``) makes the subject; the body stays."""
+    if template is None:
+        path = commit_subject_path(rtype, event.namespace or None, event.name)
+        subject = f"[{event.kind.value}] {path}"
+    else:
+        subject = template.render(
+            {
+                "Operation": event.kind.value,
+                "Group": printable(rtype.group),
+                "Version": printable(rtype.version),
+                "Resource": printable(rtype.resource),
+                "Namespace": printable(event.namespace),
+                "Name": printable(event.name),
+                "APIVersion": printable(rtype.api_version),
+                "Username": printable(_user_of(event, attribution)),
+                "GitTarget": printable(target),
+            }
+        )
     lines = [
         subject,
         "",
@@ -201,15 +219,33 @@ def commit_message(
     return "\n".join(lines) + "\n"
 
 
-def reconcile_message(plan: FilePlan, objects: int, target: str) -> str:
+def _user_of(event: JournalEvent, attribution: Sequence[str]) -> str:
+    """The user a template's ``Username`` names: the attributed one, else the event's; empty
+    when nobody is known (as gitops-reverser leaves it)."""
+    for line in attribution:
+        if line.startswith(USER_LINE) and line != f"{USER_LINE}{UNRESOLVED}":
+            return line[len(USER_LINE) :]
+    return event.username or ""
+
+
+def reconcile_message(
+    plan: FilePlan, objects: int, target: str, template: MessageTemplate | None = None
+) -> str:
+    """The reconcile commit's message; ``template`` (``reconcileTemplate``) makes the subject."""
+    if template is None:
+        subject = f"reconcile: sync {objects} resources"
+    else:
+        subject = template.render({"Count": str(objects), "GitTarget": printable(target)})
     return (
-        f"reconcile: sync {objects} resources\n\n"
+        f"{subject}\n\n"
         f"adopted: {plan.adopted}\n"
         f"created: {plan.created}\nupdated: {plan.updated}\ndeleted: {plan.deleted}\n"
         + "\n".join(trailer_lines(target, None))
         + "\n"
     )
 
+
+USER_LINE = "user: "
 
 KindIndex = Mapping[tuple[str, str], ResourceType]
 

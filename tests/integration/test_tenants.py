@@ -677,6 +677,12 @@ def test_what_its_creator_cannot_read_reverserd_is_never_asked_to_read(scene: Sc
     admitted, error = apply_as(plane, TENANT_USER, loot)
     assert not admitted
     assert f"user {TENANT_USER} cannot get Secret db-admin in namespace {namespace}" in error
+    # The signing key Secret is read just as the credentials are.
+    signing = git_provider(namespace, "signs", scene.trap.url("signs"), secret=TENANT_OWN_SECRET)
+    signing["spec"]["commit"] = {"signing": {"secretRef": {"name": "db-admin"}}}
+    admitted, error = apply_as(plane, TENANT_USER, signing)
+    assert not admitted
+    assert f"user {TENANT_USER} cannot get Secret db-admin in namespace {namespace}" in error
     target = git_target(namespace, "own-key", "own", "x")
     target["spec"]["encryption"] = {
         "provider": "sops",
@@ -692,6 +698,7 @@ def test_what_its_creator_cannot_read_reverserd_is_never_asked_to_read(scene: Sc
     own = git_provider(
         namespace, "own", "https://git.example.com/team/repo.git", secret=TENANT_OWN_SECRET
     )
+    own["spec"]["commit"] = {"signing": {"secretRef": {"name": TENANT_OWN_SECRET}}}
     for allowed in (
         own,
         git_target(namespace, "own", "own", "x"),

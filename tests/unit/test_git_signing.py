@@ -1,0 +1,117 @@
+"""SSH commit signatures: keys as ``ssh-keygen`` writes them, signatures as ``git verify-commit``
+checks them, and a clone that signs never pushes a commit it did not sign (file:// remotes)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from reverserd.git import BranchRepository, CommitSigner, FileChange, SigningKeyError
+from testbed.gitservers import verify_commit
+from tests.conftest import AUTHOR, COMMITTER, write
+
+
+def ssh_keygen(tmp_path: Path, kind: str, passphrase: str = "", bits: str = "") -> Path:
+    path = tmp_path / f"id_{kind}{bits}"
+    extra = ["-b", bits] if bits else []
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, *extra, "-N", passphrase, "-f", str(path)], check=True
+    )
+    return path
+
+
+def verified(git_dir: Path, sha: str, public_key: str, tmp_path: Path) -> str:
+    """git's report that ``sha`` is signed by ``public_key``; fails the test otherwise."""
+    result = verify_commit(git_dir, sha, COMMITTER.email, public_key, tmp_path)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "bits"), [("ed25519", ""), ("rsa", "3072"), ("ecdsa", "256"), ("ecdsa", "521")]
+)
+def test_keys_ssh_keygen_writes_sign_commits_git_verifies(
+    tmp_path: Path, kind: str, bits: str
+) -> None:
+    key = ssh_keygen(tmp_path, kind, bits=bits)
+    signer = CommitSigner.from_text(key.read_text())
+    assert signer.public_key.split() == key.with_suffix(".pub").read_text().split()[:2]
+    remote = pygit2.init_repository(str(tmp_path / "remote.git"), bare=True, initial_head="main")
+    clone = BranchRepository(tmp_path / "clone", remote.path, "main", signer=signer)
+    clone.open()
+    sha = write(clone, "a.yaml", b"a\n", "one\n\nuid: 1\n")
+    clone.push()
+    assert 'Good "git" signature' in verified(Path(remote.path), sha, signer.public_key, tmp_path)
+
+
+def test_an_encrypted_key_needs_its_passphrase(tmp_path: Path) -> None:
+    key = ssh_keygen(tmp_path, "ed25519", passphrase="correct horse")
+    with pytest.raises(SigningKeyError, match="passphrase"):
+        CommitSigner.from_text(key.read_text())
+    with pytest.raises(SigningKeyError):
+        CommitSigner.from_text(key.read_text(), "wrong")
+    assert CommitSigner.from_text(key.read_text(), "correct horse").public_key.startswith(
+        "ssh-ed25519 "
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not a key",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nAAAA\n-----END PGP PRIVATE KEY BLOCK-----\n",
+    ],
+)
+def test_text_that_is_no_key_is_refused_without_quoting_it(text: str) -> None:
+    with pytest.raises(SigningKeyError) as refused:
+        CommitSigner.from_text(text)
+    assert "AAAA" not in str(refused.value)
+
+
+def test_commits_made_before_signing_was_configured_are_signed_before_they_are_pushed(
+    tmp_path: Path,
+) -> None:
+    remote = pygit2.init_repository(str(tmp_path / "remote.git"), bare=True, initial_head="main")
+    unsigned = BranchRepository(tmp_path / "clone", remote.path, "main")
+    unsigned.open()
+    write(unsigned, "a.yaml", b"a\n", "first")
+    unsigned.push()
+    write(unsigned, "b.yaml", b"b\n", "second")
+    unsigned.apply([FileChange("c.yaml", b"c\n")], "third", AUTHOR, COMMITTER)
+    unsigned.flush()
+
+    signer = CommitSigner.generate()
+    signing = BranchRepository(tmp_path / "clone", remote.path, "main", signer=signer)
+    signing.open()
+    assert [message for _, message in signing.pending_commits()] == ["third", "second"]
+    tip = signing.push()
+
+    pushed = [commit for commit in pygit2.Repository(remote.path).walk(pygit2.Oid(hex=tip))]
+    assert [commit.message for commit in pushed] == ["third", "second", "first"]
+    for commit in pushed[:2]:
+        verified(Path(remote.path), str(commit.id), signer.public_key, tmp_path)
+    assert pushed[2].gpg_signature == (None, None)
+    assert sorted(entry.name for entry in pushed[0].tree) == ["a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_a_replaced_key_signs_the_pending_commits_again(tmp_path: Path) -> None:
+    remote = pygit2.init_repository(str(tmp_path / "remote.git"), bare=True, initial_head="main")
+    old, new = CommitSigner.generate(), CommitSigner.generate()
+    clone = BranchRepository(tmp_path / "clone", remote.path, "main", signer=old)
+    clone.open()
+    write(clone, "a.yaml", b"a\n", "pushed")
+    clone.push()
+    write(clone, "b.yaml", b"b\n", "pending")
+
+    assert clone.use_signer(new)
+    assert not clone.use_signer(CommitSigner.from_text(new.private_text()))
+    tip = clone.push()
+    pushed = list(pygit2.Repository(remote.path).walk(pygit2.Oid(hex=tip)))
+    assert [commit.message for commit in pushed] == ["pending", "pushed"]
+    verified(Path(remote.path), str(pushed[0].id), new.public_key, tmp_path)
+    verified(Path(remote.path), str(pushed[1].id), old.public_key, tmp_path)
