@@ -194,6 +194,17 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def cpu_seconds_with_children(pid: int) -> float | None:
+    """User + system CPU time of a process and of the children it has waited for (a Git
+    server's ``git http-backend`` and ``git receive-pack`` runs, say)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(field) for field in fields[11:15]) / ticks
+
+
 def load_average() -> float:
     """The machine's 1-minute load average: other work on the machine skews every figure."""
     return float(Path("/proc/loadavg").read_text().split()[0])

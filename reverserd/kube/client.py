@@ -2,8 +2,9 @@
 
 kubernetes-asyncio loads the configuration (kubeconfig or in-cluster, including token refresh)
 and owns the HTTP session; requests go through its ``call_api`` with ``_preload_content=False``
-so responses are parsed straight into dicts. Every call carries a timeout: a hung API server
-must never hang the daemon.
+so responses are parsed straight into dicts. Only those parts of the library are imported
+(:mod:`reverserd.kube.library`), never its generated API and model classes. Every call carries
+a timeout: a hung API server must never hang the daemon.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
 
-from reverserd.kube import jsontext
+from reverserd.kube import jsontext, library
 
 # Lists of large pages and status writes finish well within this on a healthy server.
 REQUEST_TIMEOUT_S = 60.0
@@ -71,22 +71,21 @@ class KubeError(Exception):
 
 
 class KubeClient:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: Any) -> None:
         self.api = api
 
     @classmethod
     async def connect(cls, kubeconfig: Path | None, context: str | None = None) -> KubeClient:
         """From the kubeconfig :func:`kubeconfig_path` picks, else the in-cluster account."""
         kubeconfig = kubeconfig_path(kubeconfig)
-        configuration = client.Configuration()
+        configuration = library.Configuration()
         if kubeconfig is not None:
-            await config.load_kube_config(
+            await library.load_kube_config(
                 config_file=str(kubeconfig), context=context, client_configuration=configuration
             )
         else:
-            # The library leaves this one untyped; it takes and fills a Configuration.
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient(configuration))
+            library.load_incluster_config(client_configuration=configuration)
+        return cls(library.ApiClient(configuration))
 
     @property
     def server(self) -> str:
