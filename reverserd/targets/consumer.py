@@ -45,6 +45,7 @@ from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
+from reverserd.config.rules import Namespaces
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import EncryptionUnavailable, NotCiphertext, sops_config_for
 from reverserd.git import FileChange
@@ -123,9 +124,12 @@ class TargetConsumer:
         discovery: Callable[[], Discovery | None],
         seeded: SeededCheck,
         secrets: SecretWriter,
+        namespaces: Namespaces,
         resolver: Resolver | None = None,
     ) -> None:
         self.resolved = resolved
+        # Each namespace's current labels, kept by the config plane, for namespaceSelectors.
+        self.namespaces = namespaces
         self.key = resolved.key
         self.branch = branch
         self.committer: Committer
@@ -247,7 +251,8 @@ class TargetConsumer:
             if not rules:
                 continue
             ready = all(self.seeded(key, rule.namespace) for rule in rules)
-            found[selection_key(rtype.group, rtype.resource, rules)] = (rtype, ready)
+            selection = selection_key(rtype.group, rtype.resource, rules, self.namespaces)
+            found[selection] = (rtype, ready)
         return found
 
     async def _catch_up_selections(self) -> None:
@@ -283,7 +288,13 @@ class TargetConsumer:
         branch_paths = set(await self.committer.list_files(self.folder))
         files = self.ledger.files
         planner = SnapshotPlanner(
-            self.resolved.rules, discovery.types, pairs, self.folder, files, branch_paths
+            self.resolved.rules,
+            discovery.types,
+            pairs,
+            self.folder,
+            files,
+            branch_paths,
+            self.namespaces,
         )
         seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
         plan, count = planner.plan, planner.writes
@@ -379,7 +390,14 @@ class TargetConsumer:
             rtype = discovery.types.get((stored.key.api_group, stored.key.resource))
             if rtype is None or not is_sensitive(rtype):
                 continue
-            if selected(self.resolved.rules, rtype, stored.key.namespace, "CREATE"):
+            if selected(
+                self.resolved.rules,
+                rtype,
+                stored.key.namespace,
+                "CREATE",
+                stored.body,
+                self.namespaces,
+            ):
                 found.append((stored.key, rtype))
         return found
 
@@ -394,7 +412,9 @@ class TargetConsumer:
             since = ledger.covered_since(event)
             if since is None or event.seq <= since:
                 continue
-            if not selected(rules, rtype, event.namespace, event.kind.value):
+            if not selected(
+                rules, rtype, event.namespace, event.kind.value, event.body, self.namespaces
+            ):
                 continue
             EVENTS_PROCESSED.labels(target=self.key).inc()
             if event.body is not None and is_excluded_object(rtype, event.body):
@@ -514,7 +534,12 @@ class TargetConsumer:
                 await self._release(key)
                 continue
             if self.ledger.covered_since(event) is None or not selected(
-                self.resolved.rules, rtype, event.namespace, event.kind.value
+                self.resolved.rules,
+                rtype,
+                event.namespace,
+                event.kind.value,
+                event.body,
+                self.namespaces,
             ):
                 # No rule selects it any more: there is nothing to write, so nothing is held.
                 await self._release(key)

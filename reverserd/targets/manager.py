@@ -175,6 +175,7 @@ class TargetManager:
                     resolved.target.encryption,
                     self.board.target(key),
                 ),
+                self.plane.namespaces,
                 self.resolver,
             )
             task = group.create_task(

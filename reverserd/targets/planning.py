@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from reverserd.committer.trailers import trailer_lines
-from reverserd.config.rules import CompiledRule
+from reverserd.config.rules import CompiledRule, Namespaces
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
 from reverserd.kube.jsontext import UNDECODABLE
@@ -65,15 +65,16 @@ def content_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def selection_key(rtype_group: str, resource: str, rules: Sequence[CompiledRule]) -> str:
+def selection_key(
+    rtype_group: str, resource: str, rules: Sequence[CompiledRule], namespaces: Namespaces
+) -> str:
     """Names what a target mirrors of one type, including the scope its rules give it.
 
-    A change of scope (another namespace, an operation added) yields a new key, so the target
-    takes a fresh snapshot of that type instead of silently missing objects.
+    A change of scope (another namespace, an operation added, a selector changed, namespaces
+    that start or stop matching a ``namespaceSelector``) yields a new key, so the target takes a
+    fresh snapshot of that type instead of silently missing objects.
     """
-    scopes = sorted(
-        f"{rule.namespace or '*'}:{','.join(sorted(rule.operations))}" for rule in rules
-    )
+    scopes = sorted(rule.scope_text(namespaces) for rule in rules)
     return f"{rtype_group}/{resource}|{';'.join(scopes)}"
 
 
@@ -91,9 +92,18 @@ def event_type(event: JournalEvent) -> ResourceType:
 
 
 def selected(
-    rules: Iterable[CompiledRule], rtype: ResourceType, namespace: str, operation: str
+    rules: Iterable[CompiledRule],
+    rtype: ResourceType,
+    namespace: str,
+    operation: str,
+    body: Mapping[str, Any] | None,
+    namespaces: Namespaces,
 ) -> bool:
-    return any(rule.selects_event(rtype, namespace, operation) for rule in rules)
+    """Whether a rule takes this operation on the object ``body`` (its last known state)."""
+    return any(
+        rule.selects_event(rtype, namespace, operation) and rule.selects_object(body, namespaces)
+        for rule in rules
+    )
 
 
 def is_sensitive(rtype: ResourceType) -> bool:
@@ -396,8 +406,10 @@ class SnapshotPlanner:
         target_path: str,
         files: Mapping[ObjectKey, FileRecord],
         branch_paths: set[str],
+        namespaces: Namespaces,
     ) -> None:
         self.rules = rules
+        self.namespaces = namespaces
         self.types = types
         self.selections = selections
         self.target_path = target_path
@@ -437,7 +449,7 @@ class SnapshotPlanner:
                 claimed.add(known[0])
             try:
                 body = stored.body
-                writes = _writes(rules, rtype, stored.key.namespace, body)
+                writes = _writes(rules, rtype, stored.key.namespace, body, self.namespaces)
                 if writes:
                     path, content = manifest_of(rtype, body, target_path)
             except Exception as error:  # a poison object: present and held, its file left alone
@@ -449,7 +461,9 @@ class SnapshotPlanner:
                 continue
             self.writes += 1
             claimed.add(path)
-            may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
+            may_update = selected(
+                rules, rtype, stored.key.namespace, "UPDATE", body, self.namespaces
+            )
             if path in self.branch_paths and path not in contents:
                 raise ValueError(f"the content of {path} on the branch was not read")
             current = contents.get(path)
@@ -485,11 +499,16 @@ class SnapshotPlanner:
 
 
 def _writes(
-    rules: Sequence[CompiledRule], rtype: ResourceType, namespace: str, body: dict[str, Any]
+    rules: Sequence[CompiledRule],
+    rtype: ResourceType,
+    namespace: str,
+    body: dict[str, Any],
+    namespaces: Namespaces,
 ) -> bool:
     """Whether this snapshot writes the object's file (Secrets are written by the SecretWriter)."""
     if not (
-        selected(rules, rtype, namespace, "CREATE") or selected(rules, rtype, namespace, "UPDATE")
+        selected(rules, rtype, namespace, "CREATE", body, namespaces)
+        or selected(rules, rtype, namespace, "UPDATE", body, namespaces)
     ):
         return False
     return not is_excluded_object(rtype, body) and not is_sensitive(rtype)
@@ -532,8 +551,15 @@ def _gone(
     types: Mapping[tuple[str, str], ResourceType],
     selections: set[tuple[str, str]],
 ) -> bool:
-    """Whether the snapshot proves the object deleted and the rules take that deletion."""
+    """Whether the snapshot proves the object deleted and the rules take that deletion.
+
+    A gone object has no labels left to match, so only its type, namespace and the operation
+    are judged: a file the target recorded writing, or one naming exactly this object, stands
+    for an object the complete seed proves deleted, which is evidence whatever its labels were.
+    """
     if key in present or (key.api_group, key.resource) not in selections:
         return False
     rtype = types.get((key.api_group, key.resource))
-    return rtype is not None and selected(rules, rtype, key.namespace, "DELETE")
+    return rtype is not None and any(
+        rule.selects_event(rtype, key.namespace, "DELETE") for rule in rules
+    )

@@ -39,6 +39,8 @@ NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", namespaced=False)
 TYPES = {(t.group, t.resource): t for t in (CONFIGMAPS, SECRETS, DEPLOYMENTS, NAMESPACES)}
 KINDS = kind_index(TYPES.values())
 ALL_SELECTED = {(t.group, t.resource) for t in TYPES.values()}
+# The labels of the namespaces the snapshots see: what namespaceSelectors are matched against.
+NAMESPACE_LABELS: dict[str, dict[str, str]] = {NS: {"team": "a"}, "team-b": {"team": "b"}}
 
 # A ConfigMap file as gitops-reverser v0.17 writes it: go-yaml v2 double-quotes strings that
 # would read as another type, sorts metadata keys, and leaves sequences unindented.
@@ -115,6 +117,7 @@ def snapshot(
         FOLDER,
         files or {},
         set(branch),
+        NAMESPACE_LABELS,
     )
     planner.add(objects, {path: branch[path] for path in planner.branch_paths_of(objects)})
     planner.identify({path: branch[path] for path in planner.unidentified()})
@@ -307,7 +310,9 @@ def test_pages_delete_nothing_before_the_last_and_a_later_pages_object_keeps_its
     branch = {cm_path(name): manifest("v1", "ConfigMap", name) for name in names}
     branch[found] = manifest("v1", "ConfigMap", "found")
     compiled = rules({"resources": ["configmaps"]})
-    planner = SnapshotPlanner(compiled, TYPES, ALL_SELECTED, FOLDER, files, set(branch))
+    planner = SnapshotPlanner(
+        compiled, TYPES, ALL_SELECTED, FOLDER, files, set(branch), NAMESPACE_LABELS
+    )
     pages = [
         [stored(configmap("a-first"), "configmaps", 1)],
         [stored(configmap("z-last"), "configmaps", 2)],
@@ -337,6 +342,7 @@ def test_a_page_planned_without_the_content_of_its_files_fails_instead_of_overwr
         FOLDER,
         {},
         {path},
+        NAMESPACE_LABELS,
     )
     with pytest.raises(ValueError, match="was not read"):
         planner.add([stored(configmap("kept"), "configmaps")], {})
