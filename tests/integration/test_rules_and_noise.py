@@ -41,6 +41,7 @@ from testbed.harness import (
     later_change,
     merge_patch,
     patch_many,
+    query_journal,
     resource_status,
     subjects,
     tree,
@@ -449,6 +450,163 @@ def test_rule_added_later_backfills_existing_objects_in_one_reconcile_commit(
         lambda: str(get_object(control_plane, "gittarget", namespace, "mirror")["status"]),
     )
     wait_condition(control_plane, "watchrule", namespace, "services", "Ready", "True")
+
+
+def labelled(manifest_: dict[str, Any], labels: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """``manifest_`` with ``labels`` and any other ``metadata`` fields set."""
+    return {**manifest_, "metadata": {**manifest_["metadata"], "labels": labels, **metadata}}
+
+
+def test_object_selector_writes_what_matches_keeps_what_stops_and_skips_controlled_objects(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    mirrored = {"mirror": "yes"}
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": str(uuid.uuid4())}
+    rule = {"resources": ["configmaps"], "objectSelector": {"matchLabels": mirrored}}
+    apply(
+        control_plane,
+        *mirror_setup(
+            namespace, remote.url, secret=remote.secret, rules=[{**rule, "skipControlled": True}]
+        ),
+        labelled(configmap(namespace, "chosen"), mirrored),
+        labelled(configmap(namespace, "unlabelled"), {}),
+        # There is no controller manager in the test bed: owned objects stay (no collector).
+        labelled(
+            configmap(namespace, "derived"),
+            mirrored,
+            ownerReferences=[{**owner, "controller": True}],
+        ),
+        labelled(configmap(namespace, "referring"), mirrored, ownerReferences=[owner]),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    assert {path for path in tree(remote.path) if path.startswith(folder)} == {
+        f"{folder}/chosen.yaml",
+        f"{folder}/referring.yaml",
+    }
+    chosen_file = tree(remote.path)[f"{folder}/chosen.yaml"]
+
+    # Stops matching: its file stays as it was, through a change and even its deletion.
+    apply(control_plane, labelled(configmap(namespace, "chosen", {"key": "changed"}), {}))
+    # Starts matching: written by its next event.
+    apply(control_plane, labelled(configmap(namespace, "unlabelled"), mirrored))
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/unlabelled")
+    control_plane.kubectl("delete", "configmap", "chosen", "-n", namespace)
+    # A controlled object is skipped in events too, and one that loses its controller is not.
+    apply(
+        control_plane,
+        labelled(configmap(namespace, "derived", {"key": "changed"}), mirrored),
+        labelled(
+            configmap(namespace, "made-later"),
+            mirrored,
+            ownerReferences=[{**owner, "controller": True}],
+        ),
+    )
+    merge_patch(
+        control_plane, "configmap", namespace, "derived", {"metadata": {"ownerReferences": None}}
+    )
+    later = labelled(configmap(namespace, "later"), mirrored)
+    apply(control_plane, later)
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/later")
+
+    files = tree(remote.path)
+    assert files[f"{folder}/chosen.yaml"] == chosen_file
+    assert {path for path in files if path.startswith(folder)} == {
+        f"{folder}/{name}.yaml"
+        for name in ("chosen", "referring", "unlabelled", "derived", "later")
+    }
+    assert subjects(remote.path)[1:] == [
+        f"[UPDATE] v1/configmaps/{namespace}/unlabelled",
+        f"[UPDATE] v1/configmaps/{namespace}/derived",
+        f"[CREATE] v1/configmaps/{namespace}/later",
+    ]
+    assert manifest(files[f"{folder}/derived.yaml"])["data"] == {"key": "changed"}
+
+
+def covered_selections(daemon: Reverserd, target: str) -> str:
+    """What the target's cursor records as snapshotted (the journal's ``cursors.covered``)."""
+    rows = query_journal(daemon, "SELECT covered FROM cursors WHERE target = ?", (target,))
+    return str(rows[0][0]) if rows else ""
+
+
+def test_namespace_selector_follows_namespace_labels_and_keeps_files_of_one_that_stops(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    cleanup: Cleanup,
+) -> None:
+    # A label no other test's namespace carries, so only these namespaces can match.
+    selected_label = {"reverserd-test-mirror": uuid.uuid4().hex[:12]}
+    first, second = cleanup.new_namespace(), cleanup.new_namespace()
+    merge_patch(control_plane, "namespace", first, first, {"metadata": {"labels": selected_label}})
+    rule = unique("cwr")
+    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    apply(
+        control_plane,
+        *provider_and_target(namespace, remote),
+        cluster_watch_rule(
+            rule,
+            namespace,
+            "mirror",
+            [
+                {
+                    "scope": "Namespaced",
+                    "resources": ["limitranges"],
+                    "namespaceSelector": {"matchLabels": selected_label},
+                }
+            ],
+        ),
+        limit_range(first, "limits"),
+        limit_range(second, "limits"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_condition(control_plane, "clusterwatchrule", None, rule, "Ready", "True")
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    ranges = "live-cluster/v1/limitranges"
+    assert {path for path in tree(remote.path) if path.startswith(ranges)} == {
+        f"{ranges}/{first}/limits.yaml"
+    }
+
+    # The second namespace starts matching: its objects come in a backfill commit.
+    merge_patch(
+        control_plane, "namespace", second, second, {"metadata": {"labels": selected_label}}
+    )
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{ranges}/{second}/limits.yaml"
+    }
+
+    # The first stops matching: its file stays, and a change there is not committed. The
+    # target has seen it once the selection it records as covered changes (the snapshot of
+    # the new selection changes no file, so it makes no commit).
+    first_file = tree(remote.path)[f"{ranges}/{first}/limits.yaml"]
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    covered = covered_selections(daemon, f"{namespace}/mirror")
+    control_plane.kubectl("label", "namespace", first, f"{next(iter(selected_label))}-")
+    wait_until(
+        lambda: covered_selections(daemon, f"{namespace}/mirror") != covered,
+        60,
+        lambda: f"covered {covered}; {daemon.log_tail()}",
+    )
+    changed = limit_range(first, "limits")
+    changed["spec"]["limits"][0]["default"] = {"memory": "256Mi"}
+    apply(control_plane, changed, limit_range(second, "later"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/limitranges/{second}/later")
+    files = tree(remote.path)
+    assert files[f"{ranges}/{first}/limits.yaml"] == first_file
+    assert {path for path in files if path.startswith(ranges)} == {
+        f"{ranges}/{first}/limits.yaml",
+        f"{ranges}/{second}/limits.yaml",
+        f"{ranges}/{second}/later.yaml",
+    }
+    assert not [s for s in subjects(remote.path) if f"limitranges/{first}/" in s]
 
 
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
