@@ -22,6 +22,7 @@ from reverserd.config.rules import CompiledRule, RuleError, compile_rules
 from reverserd.git.credentials import mask_url
 from reverserd.git.urls import UnsupportedUrl, is_internal_host, local_path, normalize_url
 from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
+from reverserd.manifest.dropped import FieldPath, FieldPathError, parse_field_paths
 from reverserd.manifest.layout import validate_target_path
 
 GROUP = "configbutler.ai"
@@ -420,6 +421,7 @@ class Target:
     branch: str
     path: str
     encryption: Mapping[str, Any] = field(default_factory=dict)
+    drop_fields: tuple[FieldPath, ...] = ()
 
     @property
     def key(self) -> str:
@@ -463,6 +465,7 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         branch=branch,
         path=path,
         encryption=_enabled_encryption(encryption),
+        drop_fields=_drop_fields(spec.get("dropFields")),
     )
     if not target.provider_name:
         raise ConfigError("InvalidSpec", "spec.providerRef.name is required")
@@ -475,6 +478,15 @@ def parse_target(body: Mapping[str, Any]) -> Target:
     if problem is not None:
         raise ConfigError("InvalidPath", f"spec.path {raw_path!r}: {problem}")
     return target
+
+
+def _drop_fields(raw: Any) -> tuple[FieldPath, ...]:
+    """``spec.dropFields``: omitted, nothing beyond the sanitizer's list is dropped, as in
+    gitops-reverser v0.17, which had no such field."""
+    try:
+        return parse_field_paths(raw)
+    except FieldPathError as error:
+        raise ConfigError("InvalidDropFields", f"spec.{error}") from None
 
 
 def _enabled_encryption(encryption: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -74,7 +74,7 @@ from reverserd.targets.planning import (
     event_type,
     identity_of,
     is_sensitive,
-    manifest_of,
+    manifest_path,
     plan_event,
     reconcile_message,
     selected,
@@ -251,7 +251,13 @@ class TargetConsumer:
             if not rules:
                 continue
             ready = all(self.seeded(key, rule.namespace) for rule in rules)
-            selection = selection_key(rtype.group, rtype.resource, rules, self.namespaces)
+            selection = selection_key(
+                rtype.group,
+                rtype.resource,
+                rules,
+                self.namespaces,
+                self.resolved.target.drop_fields,
+            )
             found[selection] = (rtype, ready)
         return found
 
@@ -295,6 +301,7 @@ class TargetConsumer:
             files,
             branch_paths,
             self.namespaces,
+            self.resolved.target.drop_fields,
         )
         seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
         plan, count = planner.plan, planner.writes
@@ -467,7 +474,9 @@ class TargetConsumer:
         if event.kind is EventKind.DELETE and known is None and event.body is not None:
             existing = await self._identified_file(event, rtype)
         # Sanitizing and rendering a large object takes long: off the event loop.
-        return await asyncio.to_thread(plan_event, event, rtype, self.folder, known, existing)
+        return await asyncio.to_thread(
+            plan_event, event, rtype, self.folder, known, existing, self.resolved.target.drop_fields
+        )
 
     def _replayed_secret(
         self, event: JournalEvent, rtype: ResourceType, known: FileRecord | None
@@ -482,7 +491,7 @@ class TargetConsumer:
         written.
         """
         assert event.body is not None
-        path, _ = manifest_of(rtype, event.body, self.folder)
+        path = manifest_path(rtype, event.body, self.folder)
         if known == (path, UNKNOWN_FINGERPRINT):
             return None
         plan = FilePlan()
@@ -559,7 +568,7 @@ class TargetConsumer:
     async def _identified_file(self, event: JournalEvent, rtype: ResourceType) -> bytes | None:
         """A file this target did not record writing, but whose content names this object."""
         assert event.body is not None
-        path, _ = manifest_of(rtype, event.body, self.folder)
+        path = manifest_path(rtype, event.body, self.folder)
         content = await self.committer.read(path)
         if content is None:
             return None

@@ -174,6 +174,7 @@ class TargetManager:
                     resolved.target.namespace,
                     resolved.target.encryption,
                     self.board.target(key),
+                    resolved.target.drop_fields,
                 ),
                 self.plane.namespaces,
                 self.resolver,

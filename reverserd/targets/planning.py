@@ -26,6 +26,7 @@ from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
 from reverserd.kube.jsontext import UNDECODABLE
 from reverserd.kube.resources import ResourceType
+from reverserd.manifest.dropped import FieldPath, drop_fields, pointer_text
 from reverserd.manifest.layout import (
     MANIFEST_SUFFIX,
     SENSITIVE_RESOURCES,
@@ -57,6 +58,8 @@ _STR_TAG = "tag:yaml.org,2002:str"
 # same object (so a later event changes it only when the object really changes); for a Secret,
 # the keyed fingerprint of its plaintext.
 FileRecord = tuple[str, str]
+# Hex characters naming a dropFields list in a selection key: no two lists share one by chance.
+DROPPED_HASH_CHARS = 16
 # Longest reason kept for a quarantined object (status messages are bounded).
 QUARANTINE_REASON_CHARS = 300
 
@@ -66,16 +69,27 @@ def content_hash(content: bytes) -> str:
 
 
 def selection_key(
-    rtype_group: str, resource: str, rules: Sequence[CompiledRule], namespaces: Namespaces
+    rtype_group: str,
+    resource: str,
+    rules: Sequence[CompiledRule],
+    namespaces: Namespaces,
+    dropped: Sequence[FieldPath] = (),
 ) -> str:
-    """Names what a target mirrors of one type, including the scope its rules give it.
+    """Names what a target mirrors of one type, including the scope its rules give it and the
+    fields it drops.
 
     A change of scope (another namespace, an operation added, a selector changed, namespaces
     that start or stop matching a ``namespaceSelector``) yields a new key, so the target takes a
-    fresh snapshot of that type instead of silently missing objects.
+    fresh snapshot of that type instead of silently missing objects. So does a change of
+    ``dropFields``: the snapshot rewrites the files whose rendering it changes, in one commit,
+    and keeps every other file byte for byte.
     """
     scopes = sorted(rule.scope_text(namespaces) for rule in rules)
-    return f"{rtype_group}/{resource}|{';'.join(scopes)}"
+    key = f"{rtype_group}/{resource}|{';'.join(scopes)}"
+    if dropped:
+        text = ",".join(pointer_text(path) for path in dropped)
+        key += f"|drop={hashlib.sha256(text.encode()).hexdigest()[:DROPPED_HASH_CHARS]}"
+    return key
 
 
 def split_selection(key: str) -> tuple[str, str]:
@@ -174,16 +188,25 @@ class FilePlan:
         self.deleted += 1
 
 
-def manifest_of(
-    rtype: ResourceType, body: Mapping[str, Any], target_path: str
-) -> tuple[str, bytes]:
-    """The object's file path and content; raises for an object that cannot be written."""
+def manifest_path(rtype: ResourceType, body: Mapping[str, Any], target_path: str) -> str:
+    """The object's file path; raises for an object whose file cannot be named."""
     if UNDECODABLE in body:
         raise ValueError(str(body[UNDECODABLE]))
     metadata = body.get("metadata") or {}
     namespace = metadata.get("namespace") or None
-    path = object_path(target_path, rtype, namespace, str(metadata["name"]), is_sensitive(rtype))
-    return path, render(sanitize(dict(body)))
+    return object_path(target_path, rtype, namespace, str(metadata["name"]), is_sensitive(rtype))
+
+
+def manifest_of(
+    rtype: ResourceType,
+    body: Mapping[str, Any],
+    target_path: str,
+    dropped: Sequence[FieldPath],
+) -> tuple[str, bytes]:
+    """The object's file path and content without the target's ``dropped`` fields; raises for
+    an object that cannot be written."""
+    path = manifest_path(rtype, body, target_path)
+    return path, render(drop_fields(sanitize(dict(body)), dropped))
 
 
 def commit_message(
@@ -340,6 +363,7 @@ def plan_event(
     target_path: str,
     known: FileRecord | None,
     existing: bytes | None,
+    dropped: Sequence[FieldPath],
 ) -> FilePlan | None:
     """The change one event makes to the target's folder, or None when the file is unchanged.
 
@@ -352,12 +376,11 @@ def plan_event(
             plan.remove(event.key, known[0])
             return plan
         if existing is not None and event.body is not None:
-            path, _ = manifest_of(rtype, event.body, target_path)
-            plan.remove(event.key, path)
+            plan.remove(event.key, manifest_path(rtype, event.body, target_path))
             return plan
         return None
     assert event.body is not None
-    path, content = manifest_of(rtype, event.body, target_path)
+    path, content = manifest_of(rtype, event.body, target_path, dropped)
     if known == (path, content_hash(content)):
         return None
     plan.write(event.key, path, content, known, exists=existing is not None)
@@ -407,8 +430,10 @@ class SnapshotPlanner:
         files: Mapping[ObjectKey, FileRecord],
         branch_paths: set[str],
         namespaces: Namespaces,
+        dropped: Sequence[FieldPath],
     ) -> None:
         self.rules = rules
+        self.dropped = dropped
         self.namespaces = namespaces
         self.types = types
         self.selections = selections
@@ -451,7 +476,7 @@ class SnapshotPlanner:
                 body = stored.body
                 writes = _writes(rules, rtype, stored.key.namespace, body, self.namespaces)
                 if writes:
-                    path, content = manifest_of(rtype, body, target_path)
+                    path, content = manifest_of(rtype, body, target_path, self.dropped)
             except Exception as error:  # a poison object: present and held, its file left alone
                 self.plan.hold(stored.key, error)
                 claimed.update(_paths_of(rtype, stored, target_path))
