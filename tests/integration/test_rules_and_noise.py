@@ -609,6 +609,92 @@ def test_namespace_selector_follows_namespace_labels_and_keeps_files_of_one_that
     assert not [s for s in subjects(remote.path) if f"limitranges/{first}/" in s]
 
 
+CHURN_ANNOTATION = "example.com/last-sync"
+
+
+def test_dropped_fields_never_reach_git_and_a_list_change_rewrites_only_what_it_changes(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["dropFields"] = [
+        "/spec/replicas",
+        f"metadata.annotations[{CHURN_ANNOTATION}]",
+    ]
+    rules = [{"apiGroups": ["", "apps"], "resources": ["configmaps", "deployments"]}]
+    churning = labelled(configmap(namespace, "churning"), {})
+    churning["metadata"]["annotations"] = {CHURN_ANNOTATION: "1", "kept": "yes"}
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", rules),
+        churning,
+        configmap(namespace, "plain"),
+        deployment(namespace, "web"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 3 resources")
+    web_path = f"live-cluster/apps/v1/deployments/{namespace}/web.yaml"
+    churning_path = f"live-cluster/v1/configmaps/{namespace}/churning.yaml"
+    files = tree(remote.path)
+    assert "replicas" not in manifest(files[web_path])["spec"]
+    assert manifest(files[churning_path])["metadata"]["annotations"] == {"kept": "yes"}
+
+    # Changes of dropped fields only: no commit, proven by a later real change.
+    merge_patch(
+        control_plane,
+        "configmap",
+        namespace,
+        "churning",
+        {"metadata": {"annotations": {CHURN_ANNOTATION: "2"}}},
+    )
+    control_plane.kubectl("scale", "deployment", "web", "--replicas=4", "-n", namespace)
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path) == ["reconcile: sync 3 resources", later]
+    before = tree(remote.path)
+
+    # The list changes: one reconcile commit rewrites the one file it changes, nothing else.
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    merge_patch(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        {"spec": {"dropFields": [f"/metadata/annotations/{CHURN_ANNOTATION.replace('/', '~1')}"]}},
+    )
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 4 resources")
+    reconcile = history(remote.path)[-1]
+    assert reconcile.subject == "reconcile: sync 4 resources"
+    assert changed_paths(remote.path, reconcile.sha) == {web_path}
+    after = tree(remote.path)
+    assert manifest(after[web_path])["spec"]["replicas"] == 4
+    assert {path: content for path, content in after.items() if path != web_path} == {
+        path: content for path, content in before.items() if path != web_path
+    }
+    # ...and the target counts that one file as the reconcile's only write.
+    wait_until(
+        lambda: (
+            get_object(control_plane, "gittarget", namespace, "mirror")["status"]
+            .get("snapshot", {})
+            .get("stats")
+            == {"created": 0, "updated": 1, "deleted": 0}
+        ),
+        10,
+        lambda: str(get_object(control_plane, "gittarget", namespace, "mirror")["status"]),
+    )
+
+    # Identity cannot be dropped: the target is refused, saying which path and why.
+    merge_patch(
+        control_plane, "gittarget", namespace, "mirror", {"spec": {"dropFields": ["metadata.name"]}}
+    )
+    refused = wait_target_refused(control_plane, namespace, "mirror", "InvalidDropFields")
+    assert "metadata.name" in refused["message"] and "identify the object" in refused["message"]
+
+
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
     if headless:
