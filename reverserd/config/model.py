@@ -44,6 +44,8 @@ MAX_BRANCH_CHARS: Final = 255
 MAX_BRANCH_PATTERN_CHARS: Final = 255
 MAX_TARGET_PATH_CHARS: Final = 1024
 MAX_DURATION_CHARS: Final = 32
+# A field manager is a client's user agent or --field-manager: 128 is the API server's limit.
+MAX_MANAGER_CHARS: Final = 128
 # Lists (allowedBranches, rules and each rule's fields): far more than any real configuration.
 MAX_LIST_ITEMS: Final = 100
 # More waiting commits than this are pushed anyway (one push carries at most a few hundred).
@@ -422,6 +424,7 @@ class Target:
     path: str
     encryption: Mapping[str, Any] = field(default_factory=dict)
     drop_fields: tuple[FieldPath, ...] = ()
+    exclude_field_managers: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -466,6 +469,11 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         path=path,
         encryption=_enabled_encryption(encryption),
         drop_fields=_drop_fields(spec.get("dropFields")),
+        exclude_field_managers=frozenset(
+            _strings(
+                spec.get("excludeFieldManagers"), "spec.excludeFieldManagers", MAX_MANAGER_CHARS
+            )
+        ),
     )
     if not target.provider_name:
         raise ConfigError("InvalidSpec", "spec.providerRef.name is required")
@@ -478,6 +486,14 @@ def parse_target(body: Mapping[str, Any]) -> Target:
     if problem is not None:
         raise ConfigError("InvalidPath", f"spec.path {raw_path!r}: {problem}")
     return target
+
+
+def _strings(value: Any, field_name: str, limit: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS:
+        raise ConfigError("InvalidSpec", f"{field_name} must be a list of at most {MAX_LIST_ITEMS}")
+    return [_text(item, f"{field_name}[]", limit) for item in value]
 
 
 def _drop_fields(raw: Any) -> tuple[FieldPath, ...]:

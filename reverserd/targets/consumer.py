@@ -113,6 +113,17 @@ TRANSIENT_ERRORS = (
 SeededCheck = Callable[[tuple[str, str], str | None], bool]
 
 
+def made_only_by(managers: list[str] | None, excluded: frozenset[str], kind: EventKind) -> bool:
+    """Whether a change is left out because every field manager of it is excluded.
+
+    Only creations and updates whose managers are known: a DELETE, or a change without
+    managedFields, names no writer and is always committed. The object's file is not rewritten
+    for a left-out change, and is brought up to date (with it) by the next change anyone else
+    makes, or by the next reconcile.
+    """
+    return kind is not EventKind.DELETE and bool(managers) and excluded.issuperset(managers or ())
+
+
 class TargetConsumer:
     def __init__(
         self,
@@ -411,6 +422,10 @@ class TargetConsumer:
     async def _process(self, events: list[JournalEvent]) -> None:
         rules, ledger = self.resolved.rules, self.ledger
         submitted_to = ledger.seq
+        excluded = self.resolved.target.exclude_field_managers
+        managers = (
+            await self.reader.change_managers(events[0].seq, events[-1].seq) if excluded else {}
+        )
         for event in events:
             ledger.seq = event.seq
             if event.kind in (EventKind.SEED_BEGIN, EventKind.SEED_END):
@@ -425,6 +440,8 @@ class TargetConsumer:
                 continue
             EVENTS_PROCESSED.labels(target=self.key).inc()
             if event.body is not None and is_excluded_object(rtype, event.body):
+                continue
+            if made_only_by(managers.get(event.seq), excluded, event.kind):
                 continue
             replayed = ledger.replayed(event)
             try:

@@ -112,6 +112,7 @@ KINDS: dict[str, dict[str, Any]] = {
                     "branch": "string",
                     "path": "string",
                     "dropFields": "array",
+                    "excludeFieldManagers": "array",
                     "encryption": "object",
                     "encryption.provider": "string",
                     "encryption.secretRef": "object",
