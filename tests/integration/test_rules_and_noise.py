@@ -695,6 +695,74 @@ def test_dropped_fields_never_reach_git_and_a_list_change_rewrites_only_what_it_
     assert "metadata.name" in refused["message"] and "identify the object" in refused["message"]
 
 
+# A forward leg (Flux's kustomize-controller) that applies the mirrored folder back, stamping
+# each round's revision as such tools do: every round changes the live object.
+FORWARD_MANAGER = "kustomize-controller"
+FORWARD_ROUNDS = 5
+FORWARD_REVISION = "forward.example.com/revision"
+
+
+def apply_folder_back(plane: ControlPlane, remote: Remote, folder: str, revision: int) -> None:
+    """One round of the forward leg: the folder as the branch holds it now, applied with
+    server-side apply under the forward leg's field manager."""
+    documents = []
+    for path, content in sorted(tree(remote.path).items()):
+        if path.startswith(f"{folder}/") and path.endswith(".yaml"):
+            document = manifest(content)
+            document["metadata"].setdefault("annotations", {})[FORWARD_REVISION] = str(revision)
+            documents.append(json.dumps(document))
+    assert documents, f"nothing to apply under {folder}"
+    plane.kubectl(
+        "apply",
+        "--server-side",
+        f"--field-manager={FORWARD_MANAGER}",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin="\n".join(documents),
+    )
+
+
+def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_converges(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["excludeFieldManagers"] = [FORWARD_MANAGER]
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "app"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+
+    # A bounded run of the forward leg, each round re-reading the branch.
+    versions = set()
+    for revision in range(FORWARD_ROUNDS):
+        apply_folder_back(control_plane, remote, folder, revision)
+        versions.add(resource_version(control_plane, "configmap", namespace, "app"))
+    assert len(versions) == FORWARD_ROUNDS  # every round really changed the object
+
+    # Someone else changes the object: that change is committed, and the file converges on the
+    # live object, the forward leg's changes included. Commits follow journal order, so a
+    # commit any round had caused would stand before this one.
+    merge_patch(control_plane, "configmap", namespace, "app", {"data": {"key": "by a person"}})
+    subject = f"[UPDATE] v1/configmaps/{namespace}/app"
+    wait_for_subjects(remote.path, daemon, subject)
+    assert subjects(remote.path) == ["reconcile: sync 1 resources", subject]
+    written = manifest(tree(remote.path)[f"{folder}/app.yaml"])
+    assert written["data"] == {"key": "by a person"}
+    assert written["metadata"]["annotations"] == {FORWARD_REVISION: str(FORWARD_ROUNDS - 1)}
+    assert "manager: kubectl-patch (Update)" in history(remote.path)[-1].body
+
+
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
     if headless:
