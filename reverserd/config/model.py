@@ -425,6 +425,7 @@ class Target:
     encryption: Mapping[str, Any] = field(default_factory=dict)
     drop_fields: tuple[FieldPath, ...] = ()
     exclude_field_managers: frozenset[str] = frozenset()
+    kustomization: bool = False
 
     @property
     def key(self) -> str:
@@ -469,6 +470,7 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         path=path,
         encryption=_enabled_encryption(encryption),
         drop_fields=_drop_fields(spec.get("dropFields")),
+        kustomization=_flag(spec.get("kustomization"), "spec.kustomization"),
         exclude_field_managers=frozenset(
             _strings(
                 spec.get("excludeFieldManagers"), "spec.excludeFieldManagers", MAX_MANAGER_CHARS
@@ -494,6 +496,16 @@ def _strings(value: Any, field_name: str, limit: int) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS:
         raise ConfigError("InvalidSpec", f"{field_name} must be a list of at most {MAX_LIST_ITEMS}")
     return [_text(item, f"{field_name}[]", limit) for item in value]
+
+
+def _flag(value: Any, field_name: str) -> bool:
+    """An optional boolean: omitted is false, the meaning every field of this kind had before
+    it existed."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError("InvalidSpec", f"{field_name} must be true or false")
+    return value
 
 
 def _drop_fields(raw: Any) -> tuple[FieldPath, ...]:

@@ -74,6 +74,7 @@ def selection_key(
     rules: Sequence[CompiledRule],
     namespaces: Namespaces,
     dropped: Sequence[FieldPath] = (),
+    kustomization: bool = False,
 ) -> str:
     """Names what a target mirrors of one type, including the scope its rules give it and the
     fields it drops.
@@ -82,13 +83,16 @@ def selection_key(
     that start or stop matching a ``namespaceSelector``) yields a new key, so the target takes a
     fresh snapshot of that type instead of silently missing objects. So does a change of
     ``dropFields``: the snapshot rewrites the files whose rendering it changes, in one commit,
-    and keeps every other file byte for byte.
+    and keeps every other file byte for byte. And turning ``kustomization`` on: the snapshot
+    lists every file in its folder's ``kustomization.yaml``.
     """
     scopes = sorted(rule.scope_text(namespaces) for rule in rules)
     key = f"{rtype_group}/{resource}|{';'.join(scopes)}"
     if dropped:
         text = ",".join(pointer_text(path) for path in dropped)
         key += f"|drop={hashlib.sha256(text.encode()).hexdigest()[:DROPPED_HASH_CHARS]}"
+    if kustomization:
+        key += "|kustomization"
     return key
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -763,6 +764,114 @@ def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_co
     assert "manager: kubectl-patch (Update)" in history(remote.path)[-1].body
 
 
+def kustomize_build(plane: ControlPlane, files: dict[str, bytes], folder: str) -> list[Any]:
+    """``kubectl kustomize`` (kustomize as kubectl embeds it) of ``folder`` in a checkout of
+    ``files``, as the documents it prints."""
+    with tempfile.TemporaryDirectory() as checkout:
+        for path, content in files.items():
+            target = Path(checkout, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        built = plane.kubectl("kustomize", str(Path(checkout, folder)))
+    return [document for document in yaml.safe_load_all(built) if document]
+
+
+def test_kustomization_lists_the_folders_files_in_the_same_commit_and_builds_the_objects(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    cleanup: Cleanup,
+) -> None:
+    other = cleanup.new_namespace()
+    # A person's kustomization.yaml in the other namespace's folder: only resources may change.
+    theirs = f"live-cluster/v1/configmaps/{other}/kustomization.yaml"
+    person = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../shared"],
+        "commonAnnotations": {"owner": "team-b"},
+    }
+    git_http.seed_repo(
+        git_repo_name,
+        "main",
+        {theirs: yaml.safe_dump(person).encode()},
+        "a person's kustomization",
+    )
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["kustomization"] = True
+    rule = unique("cwr")
+    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    apply(
+        control_plane,
+        provider,
+        target,
+        cluster_watch_rule(
+            rule, namespace, "mirror", [{"scope": "Namespaced", "resources": ["configmaps"]}]
+        ),
+        configmap(namespace, "first"),
+        configmap(namespace, "second"),
+        configmap(other, "theirs"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    ours = f"{folder}/kustomization.yaml"
+
+    def objects_of(namespace_: str) -> list[Any]:
+        listed = kubectl_json(control_plane, "get", "configmaps", "-n", namespace_, "-o", "json")
+        return [
+            manifest(content)
+            for item in listed["items"]
+            if item["metadata"]["name"] != "kube-root-ca.crt"
+            for content in [tree(remote.path)[f"{folder}/{item['metadata']['name']}.yaml"]]
+        ]
+
+    wait_until(lambda: ours in tree(remote.path), 60, daemon.log_tail)
+    reconcile = history(remote.path)[-1]
+    assert reconcile.subject.startswith("reconcile: sync")
+    assert {ours, f"{folder}/first.yaml", f"{folder}/second.yaml"} <= changed_paths(
+        remote.path, reconcile.sha
+    )
+    assert manifest(tree(remote.path)[ours]) == {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["first.yaml", "second.yaml"],
+    }
+    assert manifest(tree(remote.path)[theirs]) == {
+        **person,
+        "resources": ["../shared", "theirs.yaml"],
+    }
+
+    # A creation and a deletion each change the listing in their own commit.
+    apply(control_plane, configmap(namespace, "third"))
+    create = f"[CREATE] v1/configmaps/{namespace}/third"
+    wait_for_subjects(remote.path, daemon, create)
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{folder}/third.yaml",
+        ours,
+    }
+    control_plane.kubectl("delete", "configmap", "first", "-n", namespace)
+    delete = f"[DELETE] v1/configmaps/{namespace}/first"
+    wait_for_subjects(remote.path, daemon, delete)
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{folder}/first.yaml",
+        ours,
+    }
+    # An update changes no listing.
+    apply(control_plane, configmap(namespace, "second", {"key": "changed"}))
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/second")
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {f"{folder}/second.yaml"}
+
+    files = tree(remote.path)
+    assert manifest(files[ours])["resources"] == ["second.yaml", "third.yaml"]
+    built = kustomize_build(control_plane, files, folder)
+    assert sorted(built, key=lambda d: d["metadata"]["name"]) == objects_of(namespace)
+    assert [d["metadata"]["name"] for d in built] == ["second", "third"]
+
+
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
     if headless:
@@ -781,6 +890,7 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
     remote: Remote,
     daemon: Reverserd,
     git_http: GitHttpServer,
+    git_repo_name: str,
     cleanup: Cleanup,
 ) -> None:
     other = cleanup.new_namespace()
