@@ -88,6 +88,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def mirror_cluster_rule(
+    cleanup: Cleanup, namespace: str, rules: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """A uniquely named ClusterWatchRule of ``rules`` for the GitTarget ``namespace/mirror``,
+    deleted at teardown: its name and manifest."""
+    rule = unique("cwr")
+    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    return rule, cluster_watch_rule(rule, namespace, "mirror", rules)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading the remote
 
@@ -108,6 +118,23 @@ def manifest(content: bytes) -> dict[str, Any]:
 
 def resource_version(plane: ControlPlane, kind: str, namespace: str, name: str) -> str:
     return str(get_object(plane, kind, namespace, name)["metadata"]["resourceVersion"])
+
+
+def wait_snapshot_stats(
+    plane: ControlPlane, namespace: str, created: int = 0, updated: int = 0, deleted: int = 0
+) -> None:
+    """Wait until the GitTarget ``mirror`` shows these counts of its last reconcile."""
+    wanted = {"created": created, "updated": updated, "deleted": deleted}
+    wait_until(
+        lambda: (
+            get_object(plane, "gittarget", namespace, "mirror")["status"]
+            .get("snapshot", {})
+            .get("stats")
+            == wanted
+        ),
+        10,
+        lambda: str(get_object(plane, "gittarget", namespace, "mirror")["status"]),
+    )
 
 
 def wait_live(plane: ControlPlane, namespace: str, name: str = "mirror") -> None:
@@ -131,20 +158,18 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
     cleanup: Cleanup,
 ) -> None:
     other = create_namespace(control_plane)
-    rule = unique("cwr")
-    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    rule, rule_manifest = mirror_cluster_rule(
+        cleanup,
+        namespace,
+        [
+            cluster_scoped("rbac.authorization.k8s.io", "clusterroles"),
+            {"scope": "Namespaced", "resources": ["limitranges"]},
+        ],
+    )
     apply(
         control_plane,
         *provider_and_target(namespace, remote),
-        cluster_watch_rule(
-            rule,
-            namespace,
-            "mirror",
-            [
-                cluster_scoped("rbac.authorization.k8s.io", "clusterroles"),
-                {"scope": "Namespaced", "resources": ["limitranges"]},
-            ],
-        ),
+        rule_manifest,
         limit_range(namespace, "limits"),
         limit_range(other, "limits"),
     )
@@ -440,16 +465,7 @@ def test_rule_added_later_backfills_existing_objects_in_one_reconcile_commit(
         "reconcile: sync 2 resources",
     ]
     assert len(subjects(remote.path)) == 4
-    wait_until(
-        lambda: (
-            get_object(control_plane, "gittarget", namespace, "mirror")["status"]
-            .get("snapshot", {})
-            .get("stats")
-            == {"created": 2, "updated": 0, "deleted": 0}
-        ),
-        10,
-        lambda: str(get_object(control_plane, "gittarget", namespace, "mirror")["status"]),
-    )
+    wait_snapshot_stats(control_plane, namespace, created=2)
     wait_condition(control_plane, "watchrule", namespace, "services", "Ready", "True")
 
 
@@ -546,23 +562,21 @@ def test_namespace_selector_follows_namespace_labels_and_keeps_files_of_one_that
     selected_label = {"reverserd-test-mirror": uuid.uuid4().hex[:12]}
     first, second = cleanup.new_namespace(), cleanup.new_namespace()
     merge_patch(control_plane, "namespace", first, first, {"metadata": {"labels": selected_label}})
-    rule = unique("cwr")
-    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    rule, rule_manifest = mirror_cluster_rule(
+        cleanup,
+        namespace,
+        [
+            {
+                "scope": "Namespaced",
+                "resources": ["limitranges"],
+                "namespaceSelector": {"matchLabels": selected_label},
+            }
+        ],
+    )
     apply(
         control_plane,
         *provider_and_target(namespace, remote),
-        cluster_watch_rule(
-            rule,
-            namespace,
-            "mirror",
-            [
-                {
-                    "scope": "Namespaced",
-                    "resources": ["limitranges"],
-                    "namespaceSelector": {"matchLabels": selected_label},
-                }
-            ],
-        ),
+        rule_manifest,
         limit_range(first, "limits"),
         limit_range(second, "limits"),
     )
@@ -677,16 +691,7 @@ def test_dropped_fields_never_reach_git_and_a_list_change_rewrites_only_what_it_
         path: content for path, content in before.items() if path != web_path
     }
     # ...and the target counts that one file as the reconcile's only write.
-    wait_until(
-        lambda: (
-            get_object(control_plane, "gittarget", namespace, "mirror")["status"]
-            .get("snapshot", {})
-            .get("stats")
-            == {"created": 0, "updated": 1, "deleted": 0}
-        ),
-        10,
-        lambda: str(get_object(control_plane, "gittarget", namespace, "mirror")["status"]),
-    )
+    wait_snapshot_stats(control_plane, namespace, updated=1)
 
     # Identity cannot be dropped: the target is refused, saying which path and why.
     merge_patch(
@@ -802,15 +807,14 @@ def test_kustomization_lists_the_folders_files_in_the_same_commit_and_builds_the
     )
     provider, target = provider_and_target(namespace, remote)
     target["spec"]["kustomization"] = True
-    rule = unique("cwr")
-    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    _, rule_manifest = mirror_cluster_rule(
+        cleanup, namespace, [{"scope": "Namespaced", "resources": ["configmaps"]}]
+    )
     apply(
         control_plane,
         provider,
         target,
-        cluster_watch_rule(
-            rule, namespace, "mirror", [{"scope": "Namespaced", "resources": ["configmaps"]}]
-        ),
+        rule_manifest,
         configmap(namespace, "first"),
         configmap(namespace, "second"),
         configmap(other, "theirs"),
