@@ -17,6 +17,7 @@ from bench import (
     journal_append,
     loop_lag,
     seed,
+    selector,
     steady,
     targets,
 )
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[...,
     "loop_lag": (loop_lag.build_parser, loop_lag.run),
     "branch_glob": (branch_glob.build_parser, branch_glob.run),
     "targets": (targets.build_parser, targets.run),
+    "selector": (selector.build_parser, selector.run),
 }
 
 

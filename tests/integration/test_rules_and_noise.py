@@ -876,6 +876,38 @@ def test_kustomization_lists_the_folders_files_in_the_same_commit_and_builds_the
     assert [d["metadata"]["name"] for d in built] == ["second", "third"]
 
 
+def test_turning_kustomization_on_lists_every_folder_in_one_commit_and_rewrites_no_object(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    apply(
+        control_plane,
+        *mirror_setup(namespace, remote.url, secret=remote.secret),
+        configmap(namespace, "first"),
+        configmap(namespace, "second"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    assert f"{folder}/kustomization.yaml" not in tree(remote.path)
+
+    merge_patch(control_plane, "gittarget", namespace, "mirror", {"spec": {"kustomization": True}})
+    wait_for_subjects(
+        remote.path, daemon, "reconcile: sync 2 resources", "reconcile: sync 2 resources"
+    )
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{folder}/kustomization.yaml"
+    }
+    assert manifest(tree(remote.path)[f"{folder}/kustomization.yaml"])["resources"] == [
+        "first.yaml",
+        "second.yaml",
+    ]
+
+
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
     if headless:
