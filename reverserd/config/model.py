@@ -46,6 +46,9 @@ MAX_TARGET_PATH_CHARS: Final = 1024
 MAX_DURATION_CHARS: Final = 32
 # A field manager is a client's user agent or --field-manager: 128 is the API server's limit.
 MAX_MANAGER_CHARS: Final = 128
+# A Kubernetes user name (a service account's is system:serviceaccount:<ns>:<name>, at most
+# 6 + 14 + 63 + 253 characters; OIDC names are e-mail addresses or URLs).
+MAX_USER_CHARS: Final = 512
 # Lists (allowedBranches, rules and each rule's fields): far more than any real configuration.
 MAX_LIST_ITEMS: Final = 100
 # More waiting commits than this are pushed anyway (one push carries at most a few hundred).
@@ -426,6 +429,7 @@ class Target:
     drop_fields: tuple[FieldPath, ...] = ()
     exclude_field_managers: frozenset[str] = frozenset()
     kustomization: bool = False
+    exclude_users: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -471,6 +475,9 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         encryption=_enabled_encryption(encryption),
         drop_fields=_drop_fields(spec.get("dropFields")),
         kustomization=_flag(spec.get("kustomization"), "spec.kustomization"),
+        exclude_users=frozenset(
+            _strings(spec.get("excludeUsers"), "spec.excludeUsers", MAX_USER_CHARS)
+        ),
         exclude_field_managers=frozenset(
             _strings(
                 spec.get("excludeFieldManagers"), "spec.excludeFieldManagers", MAX_MANAGER_CHARS

@@ -41,7 +41,7 @@ from pathlib import Path
 import aiohttp
 import pygit2
 
-from reverserd.attribution.resolver import Resolver
+from reverserd.attribution.resolver import Attribution, Resolver
 from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
@@ -432,6 +432,7 @@ class TargetConsumer:
         rules, ledger = self.resolved.rules, self.ledger
         submitted_to = ledger.seq
         excluded = self.resolved.target.exclude_field_managers
+        excluded_users = self.resolved.target.exclude_users
         managers = (
             await self.reader.change_managers(events[0].seq, events[-1].seq) if excluded else {}
         )
@@ -451,6 +452,15 @@ class TargetConsumer:
             if event.body is not None and is_excluded_object(rtype, event.body):
                 continue
             if made_only_by(managers.get(event.seq), excluded, event.kind):
+                continue
+            # Asked here only when users are excluded: otherwise only changes that make a
+            # commit are attributed (and counted), as they always were.
+            attribution = await self._attribute(event, rtype) if excluded_users else None
+            if (
+                attribution is not None
+                and event.kind is not EventKind.DELETE
+                and attribution.user in excluded_users
+            ):
                 continue
             replayed = ledger.replayed(event)
             try:
@@ -482,7 +492,7 @@ class TargetConsumer:
                     )
                 )
             else:
-                await self._submit_event(event, rtype, plan, released)
+                await self._submit_event(event, rtype, plan, released, attribution)
             submitted_to = event.seq
         if submitted_to < ledger.seq:
             await self.committer.submit(Submission(self.key, ledger.seq, dict(ledger.covered)))
@@ -601,18 +611,25 @@ class TargetConsumer:
         kinds: Mapping[tuple[str, str], ResourceType] = {(rtype.group, rtype.kind): rtype}
         return content if identity_of(content, kinds) == event.key else None
 
+    async def _attribute(self, event: JournalEvent, rtype: ResourceType) -> Attribution | None:
+        """Who made the change, when attribution is on (None when it is off)."""
+        if self.resolver is None:
+            return None
+        live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
+        return await self.resolver.attribute(event, read_live=live)
+
     async def _submit_event(
         self,
         event: JournalEvent,
         rtype: ResourceType,
         plan: FilePlan,
         quarantine: Mapping[ObjectKey, str | None],
+        attribution: Attribution | None = None,
     ) -> None:
-        """One event's commit, authored by whoever made the change when that is known."""
-        attribution = None
-        if self.resolver is not None:
-            live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
-            attribution = await self.resolver.attribute(event, read_live=live)
+        """One event's commit, authored by whoever made the change when that is known
+        (``attribution``, when the caller already asked)."""
+        if attribution is None:
+            attribution = await self._attribute(event, rtype)
         lines = attribution.lines if attribution is not None else ()
         message = commit_message(event, rtype, self.key, self.ledger.seq, lines)
         author = attribution.author if attribution is not None else None

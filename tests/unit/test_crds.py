@@ -113,6 +113,7 @@ KINDS: dict[str, dict[str, Any]] = {
                     "path": "string",
                     "dropFields": "array",
                     "excludeFieldManagers": "array",
+                    "excludeUsers": "array",
                     "kustomization": "boolean",
                     "encryption": "object",
                     "encryption.provider": "string",
