@@ -643,8 +643,16 @@ class ConfigPlane:
     async def wait_synced(self) -> None:
         for informer in self.informers.values():
             await informer.synced.wait()
-        await self.namespace_informer.synced.wait()
         await self._recompute()
+        # Only rules with a namespaceSelector need the namespaces before a target starts (an
+        # install whose RBAC leaves namespaces out must still start); their namespaces then
+        # come in with a backfill as soon as the informer has them.
+        if any(
+            compiled.namespace_selector is not None
+            for rule in self.state.rules
+            for compiled in rule.rules
+        ):
+            await self.namespace_informer.synced.wait()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
