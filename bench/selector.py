@@ -16,7 +16,6 @@ saves is rendering, Git objects and the push. No target: this is a measurement.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,18 +26,16 @@ from bench.bed import (
     git_secret,
     load_configmaps,
     mirror,
-    stopped_afterwards,
+    run_until,
 )
 from bench.common import (
     CONFIGMAPS_STREAM,
-    FirstTrue,
     Result,
     add_common_arguments,
     benchmark_main,
     command_line,
     fmt_mb,
     fmt_s,
-    peak_rss_mb,
     read_journal,
     say,
     workdir,
@@ -74,18 +71,10 @@ def mirror_once(
         manifests[2]["spec"]["rules"][0]["objectSelector"] = selector
     apply(plane, *manifests)
     daemon = BenchDaemon(plane, work / f"state-{name}")
-    probe = FirstTrue(lambda: branch_tip(repo_path, "main") is not None)
-    probe.start()
     say(f"starting reverserd ({name}); waiting for the reconcile commit on the server")
-    with stopped_afterwards(daemon):
-        try:
-            daemon.start()
-            pushed = probe.wait(args.timeout, daemon.alive)
-            if pushed is not None:
-                time.sleep(SETTLE_S)
-            peak = peak_rss_mb(daemon.pid)
-        finally:
-            probe.stop()
+    pushed, peak = run_until(
+        daemon, lambda: branch_tip(repo_path, "main") is not None, args.timeout, SETTLE_S
+    )
     delete_mirror_resources(plane, NAMESPACE)
     db = daemon.state_dir / JOURNAL_FILE
     stream = CONFIGMAPS_STREAM.format(namespace=NAMESPACE)
