@@ -17,6 +17,7 @@ from bench import (
     journal_append,
     loop_lag,
     seed,
+    selector,
     shards,
     signing,
     steady,
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[...,
     "branch_glob": (branch_glob.build_parser, branch_glob.run),
     "targets": (targets.build_parser, targets.run),
     "shards": (shards.build_parser, shards.run),
+    "selector": (selector.build_parser, selector.run),
 }
 
 

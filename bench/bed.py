@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import configmap_manifest, configmap_names, say
+from bench.common import FirstTrue, configmap_manifest, configmap_names, peak_rss_mb, say
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import GitHttpServer
 from testbed.harness import Reverserd, create_many
@@ -60,6 +60,26 @@ class BenchDaemon(Reverserd):
 
     def since_start(self, wall: float | None) -> float | None:
         return None if wall is None else wall - self.started_wall
+
+
+def run_until(
+    daemon: BenchDaemon, done: Callable[[], bool], timeout: float, settle_s: float
+) -> tuple[float | None, float | None]:
+    """Start ``daemon``, wait until ``done`` holds (probed on its own thread), let it settle for
+    ``settle_s`` and stop it: when ``done`` first held (monotonic; None on timeout or when the
+    daemon died) and its peak RSS in MB."""
+    probe = FirstTrue(done)
+    probe.start()
+    with stopped_afterwards(daemon):
+        try:
+            daemon.start()
+            reached = probe.wait(timeout, daemon.alive)
+            if reached is not None:
+                time.sleep(settle_s)
+            peak = peak_rss_mb(daemon.pid)
+        finally:
+            probe.stop()
+    return reached, peak
 
 
 @contextmanager

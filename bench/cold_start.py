@@ -27,6 +27,7 @@ from bench.bed import (
     git_secret,
     load_configmaps,
     mirror,
+    run_until,
     stopped_afterwards,
 )
 from bench.common import (
@@ -96,18 +97,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         apply(plane, *manifests)
 
         daemon = BenchDaemon(plane, work / "state", profile=args.profile)
-        probe = FirstTrue(lambda: branch_tip(repo_path, "main") is not None)
-        probe.start()
         say("starting reverserd; waiting for the reconcile commit on the server")
-        with stopped_afterwards(daemon):
-            try:
-                daemon.start()
-                pushed = probe.wait(args.timeout, daemon.alive)
-                if pushed is not None:
-                    time.sleep(SETTLE_S)
-                peak = peak_rss_mb(daemon.pid)
-            finally:
-                probe.stop()
+        pushed, peak = run_until(
+            daemon, lambda: branch_tip(repo_path, "main") is not None, args.timeout, SETTLE_S
+        )
         lines = daemon.log_lines()
         history = log(repo_path, "main") if pushed is not None else []
         files = read_tree(repo_path, "main") if pushed is not None else {}

@@ -13,13 +13,11 @@ Targets: seed <= 5 s, peak RSS <= 150 MB.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 
-from bench.bed import BenchDaemon, create_namespace, load_configmaps, stopped_afterwards
+from bench.bed import BenchDaemon, create_namespace, load_configmaps, run_until
 from bench.common import (
     CONFIGMAPS_STREAM,
-    FirstTrue,
     Result,
     add_common_arguments,
     benchmark_main,
@@ -28,7 +26,6 @@ from bench.common import (
     fmt_mb,
     fmt_s,
     message_starts,
-    peak_rss_mb,
     read_journal,
     say,
     seed_complete,
@@ -64,18 +61,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
 
         daemon = BenchDaemon(plane, work / "state", profile=args.profile)
         db = daemon.state_dir / JOURNAL_FILE
-        probe = FirstTrue(lambda: seed_complete(db, stream))
-        probe.start()
         say(f"starting reverserd; waiting for {stream} to be seeded")
-        with stopped_afterwards(daemon):
-            try:
-                daemon.start()
-                done = probe.wait(args.timeout, daemon.alive)
-                if done is not None:
-                    time.sleep(SETTLE_S)
-                peak = peak_rss_mb(daemon.pid)
-            finally:
-                probe.stop()
+        done, peak = run_until(daemon, lambda: seed_complete(db, stream), args.timeout, SETTLE_S)
         lines = daemon.log_lines()
         seed_s = None if done is None else done - daemon.started_mono
         objects = read_journal(

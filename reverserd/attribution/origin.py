@@ -26,10 +26,29 @@ from typing import Any
 
 # Longest manager line kept; a manager name is a user agent that clients choose freely.
 MANAGER_CHARS = 200
+# Managers of one change kept in the journal: the API server keeps one entry per manager and
+# operation, and more than a few writing in one second is already unusual.
+MAX_CHANGE_MANAGERS = 32
 
 
 def field_manager(body: dict[str, Any]) -> str | None:
     """``manager (Operation)`` of the newest write to the object, or None when unknown."""
+    newest = _newest_writes(body)
+    if not newest:
+        return None
+    named = ", ".join(f"{manager} ({operation})" for manager, operation in newest)
+    return printable(named[:MANAGER_CHARS])
+
+
+def change_managers(body: dict[str, Any]) -> list[str]:
+    """The names of the managers of the newest write to the object (empty when unknown): the
+    managers whose entries this change touched. Kept whole, never shortened or rewritten, since
+    they are compared with the names a GitTarget excludes."""
+    return sorted({manager for manager, _ in _newest_writes(body)})[:MAX_CHANGE_MANAGERS]
+
+
+def _newest_writes(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(manager, operation) of the object's own managedFields entries with the newest time."""
     entries = (body.get("metadata") or {}).get("managedFields") or []
     newest: list[tuple[str, str]] = []
     newest_time = ""
@@ -45,10 +64,7 @@ def field_manager(body: dict[str, Any]) -> str | None:
             newest_time, newest = when, [(manager, operation)]
         elif when == newest_time:
             newest.append((manager, operation))
-    if not newest:
-        return None
-    named = ", ".join(f"{manager} ({operation})" for manager, operation in sorted(set(newest)))
-    return printable(named[:MANAGER_CHARS])
+    return sorted(set(newest))
 
 
 def digest(body: dict[str, Any]) -> str:

@@ -57,6 +57,7 @@ ORIGINS_CACHED = 8 * ORIGIN_READ_AHEAD
 class Attribution:
     author: pygit2.Signature | None
     lines: tuple[str, ...]
+    user: str | None = None  # the one user the change is attributed to, when resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,9 @@ class Resolver:
         if len(users) == 1:
             (user,) = users
             ATTRIBUTIONS.labels(outcome="resolved").inc()
-            return Attribution(signature_of(user, self.email_domain), (f"user: {user}", *lines))
+            return Attribution(
+                signature_of(user, self.email_domain), (f"user: {user}", *lines), user
+            )
         if users:
             ATTRIBUTIONS.labels(outcome="ambiguous").inc()
             log.warning(

@@ -30,6 +30,7 @@ from reverserd.config.templates import (
 from reverserd.git.credentials import mask_url
 from reverserd.git.urls import UnsupportedUrl, is_internal_host, local_path, normalize_url
 from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
+from reverserd.manifest.dropped import FieldPath, FieldPathError, parse_field_paths
 from reverserd.manifest.layout import validate_target_path
 
 GROUP = "configbutler.ai"
@@ -53,6 +54,11 @@ MAX_TARGET_PATH_CHARS: Final = 1024
 MAX_DURATION_CHARS: Final = 32
 # A committer name or e-mail: longer than any real one, short enough for a commit header.
 MAX_IDENTITY_CHARS: Final = 256
+# A field manager is a client's user agent or --field-manager: 128 is the API server's limit.
+MAX_MANAGER_CHARS: Final = 128
+# A Kubernetes user name (a service account's is system:serviceaccount:<ns>:<name>, at most
+# 6 + 14 + 63 + 253 characters; OIDC names are e-mail addresses or URLs).
+MAX_USER_CHARS: Final = 512
 # Lists (allowedBranches, rules and each rule's fields): far more than any real configuration.
 MAX_LIST_ITEMS: Final = 100
 # More waiting commits than this are pushed anyway (one push carries at most a few hundred).
@@ -498,6 +504,10 @@ class Target:
     branch: str
     path: str
     encryption: Mapping[str, Any] = field(default_factory=dict)
+    drop_fields: tuple[FieldPath, ...] = ()
+    exclude_field_managers: frozenset[str] = frozenset()
+    kustomization: bool = False
+    exclude_users: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -541,6 +551,16 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         branch=branch,
         path=path,
         encryption=_enabled_encryption(encryption),
+        drop_fields=_drop_fields(spec.get("dropFields")),
+        kustomization=_flag(spec.get("kustomization"), "spec.kustomization"),
+        exclude_users=frozenset(
+            _strings(spec.get("excludeUsers"), "spec.excludeUsers", MAX_USER_CHARS)
+        ),
+        exclude_field_managers=frozenset(
+            _strings(
+                spec.get("excludeFieldManagers"), "spec.excludeFieldManagers", MAX_MANAGER_CHARS
+            )
+        ),
     )
     if not target.provider_name:
         raise ConfigError("InvalidSpec", "spec.providerRef.name is required")
@@ -553,6 +573,33 @@ def parse_target(body: Mapping[str, Any]) -> Target:
     if problem is not None:
         raise ConfigError("InvalidPath", f"spec.path {raw_path!r}: {problem}")
     return target
+
+
+def _strings(value: Any, field_name: str, limit: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS:
+        raise ConfigError("InvalidSpec", f"{field_name} must be a list of at most {MAX_LIST_ITEMS}")
+    return [_text(item, f"{field_name}[]", limit) for item in value]
+
+
+def _flag(value: Any, field_name: str) -> bool:
+    """An optional boolean: omitted is false, the meaning every field of this kind had before
+    it existed."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError("InvalidSpec", f"{field_name} must be true or false")
+    return value
+
+
+def _drop_fields(raw: Any) -> tuple[FieldPath, ...]:
+    """``spec.dropFields``: omitted, nothing beyond the sanitizer's list is dropped, as in
+    gitops-reverser v0.17, which had no such field."""
+    try:
+        return parse_field_paths(raw)
+    except FieldPathError as error:
+        raise ConfigError("InvalidDropFields", f"spec.{error}") from None
 
 
 def _enabled_encryption(encryption: Mapping[str, Any]) -> Mapping[str, Any]:

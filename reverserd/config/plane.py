@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from reverserd.config.model import (
 )
 from reverserd.config.pins import RepositoryPins
 from reverserd.config.rules import CompiledRule
+from reverserd.config.selectors import labels_of
 from reverserd.config.status import (
     Condition,
     ProviderHealth,
@@ -61,6 +62,7 @@ TARGETS = ResourceType(GROUP, VERSION, "gittargets", "GitTarget", True)
 WATCH_RULES = ResourceType(GROUP, VERSION, "watchrules", "WatchRule", True)
 CLUSTER_WATCH_RULES = ResourceType(GROUP, VERSION, "clusterwatchrules", "ClusterWatchRule", False)
 KINDS = (PROVIDERS, TARGETS, WATCH_RULES, CLUSTER_WATCH_RULES)
+NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", False)
 
 # Changes arrive in bursts (kubectl apply -f of a folder); one recompute covers the burst.
 DEBOUNCE_S = 0.2
@@ -584,6 +586,22 @@ def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
     return sorted(set(missing))
 
 
+class NamespaceLabels(Mapping[str, Mapping[str, Any]]):
+    """Each namespace's current labels, by name, read live from the namespace informer."""
+
+    def __init__(self, informer: Informer) -> None:
+        self.informer = informer
+
+    def __getitem__(self, name: str) -> Mapping[str, Any]:
+        return labels_of(self.informer.cache[("", name)])
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for _, name in list(self.informer.cache))
+
+    def __len__(self) -> int:
+        return len(self.informer.cache)
+
+
 class ConfigPlane:
     def __init__(
         self,
@@ -615,6 +633,10 @@ class ConfigPlane:
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
         self.informers = {kind.resource: Informer(client, kind, self._dirty.set) for kind in KINDS}
+        # Namespaces only feed namespaceSelectors, which target consumers match as they read
+        # (re-reading the labels at least every second): a namespace change recomputes nothing.
+        self.namespace_informer = Informer(client, NAMESPACES, lambda: None)
+        self.namespaces = NamespaceLabels(self.namespace_informer)
         board.subscribe(self._dirty.set)
 
     def enable_writes(self) -> None:
@@ -629,9 +651,19 @@ class ConfigPlane:
         for informer in self.informers.values():
             await informer.synced.wait()
         await self._recompute()
+        # Only rules with a namespaceSelector need the namespaces before a target starts (an
+        # install whose RBAC leaves namespaces out must still start); their namespaces then
+        # come in with a backfill as soon as the informer has them.
+        if any(
+            compiled.namespace_selector is not None
+            for rule in self.state.rules
+            for compiled in rule.rules
+        ):
+            await self.namespace_informer.synced.wait()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
+            group.create_task(self.namespace_informer.run())
             for informer in self.informers.values():
                 group.create_task(informer.run())
             group.create_task(self._reconcile_loop())

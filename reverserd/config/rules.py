@@ -12,14 +12,39 @@ and the target consumers (which events a target takes) can never disagree:
 - A WatchRule matches namespaced objects in its own namespace only. A ClusterWatchRule with
   scope ``Cluster`` matches cluster-scoped types; with ``Namespaced``, namespaced types in every
   namespace.
+- ``objectSelector``: a label selector on the object (:mod:`.selectors`); absent, every object.
+  ``namespaceSelector`` (ClusterWatchRule rules of scope ``Namespaced`` only): a label selector
+  on the object's namespace; absent, every namespace.
+- ``skipControlled``: when true, an object with an owner reference marked ``controller: true``
+  (what a Deployment, a CronJob or an operator made from something else) is not selected.
+  Default false, so a rule written before the field means what it meant.
+
+**Where selectors apply.** Watches stay one per type and scope, shared by every target, and
+always unfiltered: selectors are applied when a target reads the journal (:meth:`CompiledRule.
+selects_object`), never as a ``labelSelector`` of the watch. A server-side selector would break
+two guarantees. An object whose labels stop matching arrives from a filtered watch as a
+``DELETED`` event, and a re-list with a changed selector lacks every object that stopped
+matching, so both would look like deletions and remove files of live objects (DESIGN
+invariant 4). And the ``objects`` table would hold only what matched, so a target whose selector
+widens could not be backfilled from the journal. It would also help only where every rule
+wanting a watch carries one and the same selector (a union of selectors is no label selector),
+which is rare once a second target shares the type. The cost is that a watch journals every
+object of its type and scope, selected or not; the figures are in ``bench/README.md``.
+
+An object that stops matching is treated as one that left a rule's scope: its events are no
+longer taken, and its file stays as it was (no deletion without evidence). One that starts
+matching (its labels, its namespace's labels, or a widened selector) is written: by its next
+event, or by a backfill snapshot, since a selector is part of the selection key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reverserd.config.selectors import LabelSelector, SelectorError, labels_of, parse_selector
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import DEFAULT_EXCLUDED_RESOURCES
 
@@ -28,6 +53,12 @@ WILDCARD = "*"
 # The CRD schema's bounds on a rule's lists, checked again for objects stored before them.
 MAX_RULE_ITEMS = 100
 MAX_RULE_STRING_CHARS = 253
+# Hex characters naming the set of namespaces a namespaceSelector matches in a selection key:
+# enough that two sets never share one by chance, short enough for the cursor row.
+NAMESPACES_HASH_CHARS = 16
+
+# Each namespace's labels, by name: what a ``namespaceSelector`` is matched against.
+Namespaces = Mapping[str, Mapping[str, Any]]
 
 
 class RuleError(ValueError):
@@ -42,6 +73,47 @@ class CompiledRule:
     resources: frozenset[str] | None  # None: every resource but the default exclusions
     namespace: str | None  # None: every namespace (or cluster-scoped)
     cluster_scoped: bool
+    object_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    skip_controlled: bool = False
+
+    def selects_object(
+        self,
+        body: Mapping[str, Any] | None,
+        namespaces: Namespaces,
+    ) -> bool:
+        """Whether the rule's selectors and ``skipControlled`` take the object ``body``.
+
+        ``namespaces`` holds each namespace's current labels; a namespace not in it is matched
+        by no ``namespaceSelector``.
+        """
+        if self.object_selector is not None and not self.object_selector.matches(labels_of(body)):
+            return False
+        if self.skip_controlled and is_controlled(body):
+            return False
+        if self.namespace_selector is not None:
+            namespace = str(((body or {}).get("metadata") or {}).get("namespace") or "")
+            labels = namespaces.get(namespace)
+            return labels is not None and self.namespace_selector.matches(labels)
+        return True
+
+    def scope_text(self, namespaces: Namespaces) -> str:
+        """What besides types this rule selects, for a target's selection key: a change of it
+        (including which namespaces a ``namespaceSelector`` matches now) must give the target
+        a fresh snapshot, which writes the objects that started matching."""
+        parts = [self.namespace or "*", ",".join(sorted(self.operations))]
+        if self.object_selector is not None:
+            parts.append(f"objects({self.object_selector.text()})")
+        if self.namespace_selector is not None:
+            selector = self.namespace_selector
+            matched = sorted(
+                name for name, labels in namespaces.items() if selector.matches(labels)
+            )
+            digest = hashlib.sha256("\n".join(matched).encode()).hexdigest()[:NAMESPACES_HASH_CHARS]
+            parts.append(f"namespaces({selector.text()})={digest}")
+        if self.skip_controlled:
+            parts.append("skipControlled")
+        return ":".join(parts)
 
     def selects_type(self, rtype: ResourceType, served_versions: Sequence[str] = ()) -> bool:
         """Whether the rule wants the type: ``apiVersions`` match any version it is served at."""
@@ -71,6 +143,15 @@ class CompiledRule:
         if self.resources is None:
             return (rtype.group, rtype.resource) not in DEFAULT_EXCLUDED_RESOURCES
         return rtype.resource.lower() in self.resources
+
+
+def is_controlled(body: Mapping[str, Any] | None) -> bool:
+    """Whether the object names a controller owner: another object it is derived from."""
+    references = ((body or {}).get("metadata") or {}).get("ownerReferences")
+    return isinstance(references, list) and any(
+        isinstance(reference, Mapping) and reference.get("controller") is True
+        for reference in references
+    )
 
 
 def _strings(value: Any, field: str) -> list[str]:
@@ -105,6 +186,19 @@ def compile_rule(
         raise RuleError("resources must name at least one resource (or *)")
     if cluster_scope not in (None, "Cluster", "Namespaced"):
         raise RuleError(f"scope must be Cluster or Namespaced, not {cluster_scope!r}")
+    skip_controlled = raw.get("skipControlled", False)
+    if not isinstance(skip_controlled, bool):
+        raise RuleError("skipControlled must be true or false")
+    try:
+        object_selector = parse_selector(raw.get("objectSelector"), "objectSelector")
+        namespace_selector = parse_selector(raw.get("namespaceSelector"), "namespaceSelector")
+    except SelectorError as error:
+        raise RuleError(str(error)) from None
+    if namespace_selector is not None and cluster_scope != "Namespaced":
+        raise RuleError(
+            "namespaceSelector is only for ClusterWatchRule rules of scope Namespaced"
+            " (a WatchRule reads its own namespace; cluster-scoped objects have none)"
+        )
     return CompiledRule(
         operations=frozenset(
             OPERATIONS if not operations or WILDCARD in operations else operations
@@ -114,6 +208,9 @@ def compile_rule(
         resources=None if WILDCARD in resources else frozenset(resources),
         namespace=namespace,
         cluster_scoped=cluster_scope == "Cluster",
+        object_selector=object_selector,
+        namespace_selector=namespace_selector,
+        skip_controlled=skip_controlled,
     )
 
 

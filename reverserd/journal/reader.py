@@ -131,6 +131,16 @@ class JournalReader:
         )
         return await asyncio.to_thread(lambda: [event_from_row(row) for row in rows])
 
+    async def change_managers(self, first: int, last: int) -> dict[int, list[str]]:
+        """The field managers of each change from seq ``first`` to ``last`` that names them
+        (``event_origins.managers``); a change without an entry has none known."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT seq, managers FROM event_origins"
+            " WHERE seq BETWEEN ? AND ? AND managers IS NOT NULL",
+            (first, last),
+        )
+        return {int(seq): list(json.loads(managers)) for seq, managers in rows}
+
     async def event(self, seq: int) -> JournalEvent | None:
         rows = list(
             await self.connection.execute_fetchall(

@@ -46,7 +46,7 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 import orjson
 
-from reverserd.attribution.origin import digest, field_manager
+from reverserd.attribution.origin import change_managers, digest, field_manager
 from reverserd.journal.migrations import migrate
 from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec, TargetPlace
 
@@ -168,8 +168,8 @@ class _Batch:
         self.statements: list[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]] = []
         self.now = time.time()
         self.last_seq = 0
-        # event_origins rows: (seq, manager, prior resourceVersion, digest)
-        self.origins: list[tuple[int, str | None, str | None, str | None]] = []
+        # event_origins rows: (seq, manager, prior resourceVersion, digest, managers JSON)
+        self.origins: list[tuple[int, str | None, str | None, str | None, str | None]] = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.statements.append((sql, params, False))
@@ -275,7 +275,8 @@ class _Batch:
             return
         # Never a digest of a Secret: a hash of its values would be an oracle for guessing them.
         hashed = self.writer.digests and not is_secret(stream.api_group, stream.resource)
-        self.origins.append((seq, manager, prior, digest(body) if hashed else None))
+        managers = json.dumps(change_managers(body)) if manager is not None else None
+        self.origins.append((seq, manager, prior, digest(body) if hashed else None, managers))
 
     def delete_unseen(self, session: SeedSession) -> None:
         """DELETE events for objects in the stream's scope that a complete LIST did not return."""
@@ -423,8 +424,9 @@ class JournalWriter:
         batch.last_seq = self.next_seq - 1
         if batch.origins:
             batch.execute_many(
-                "INSERT INTO event_origins (seq, manager, prior_resource_version, digest)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO event_origins"
+                " (seq, manager, prior_resource_version, digest, managers)"
+                " VALUES (?, ?, ?, ?, ?)",
                 batch.origins,
             )
         return batch, results

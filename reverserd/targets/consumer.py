@@ -41,10 +41,11 @@ from pathlib import Path
 import aiohttp
 import pygit2
 
-from reverserd.attribution.resolver import Resolver
+from reverserd.attribution.resolver import Attribution, Resolver
 from reverserd.committer.branch import Branch
 from reverserd.committer.committer import Committer, CommitterStopped, Submission
 from reverserd.config.plane import ResolvedTarget
+from reverserd.config.rules import Namespaces
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import EncryptionUnavailable, NotCiphertext, sops_config_for
 from reverserd.git import FileChange
@@ -62,6 +63,11 @@ from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
 from reverserd.metrics import EVENTS_PROCESSED, OBJECTS_QUARANTINED
 from reverserd.targets.history import restore_last_push
+from reverserd.targets.kustomization import (
+    folders_of,
+    kustomization_path,
+    updated_kustomization,
+)
 from reverserd.targets.ledger import READ_BATCH, UNKNOWN_FINGERPRINT, TargetLedger, describe
 from reverserd.targets.planning import (
     README,
@@ -73,7 +79,7 @@ from reverserd.targets.planning import (
     event_type,
     identity_of,
     is_sensitive,
-    manifest_of,
+    manifest_path,
     plan_event,
     reconcile_message,
     selected,
@@ -112,6 +118,17 @@ TRANSIENT_ERRORS = (
 SeededCheck = Callable[[tuple[str, str], str | None], bool]
 
 
+def made_only_by(managers: list[str] | None, excluded: frozenset[str], kind: EventKind) -> bool:
+    """Whether a change is left out because every field manager of it is excluded.
+
+    Only creations and updates whose managers are known: a DELETE, or a change without
+    managedFields, names no writer and is always committed. The object's file is not rewritten
+    for a left-out change, and is brought up to date (with it) by the next change anyone else
+    makes, or by the next reconcile.
+    """
+    return kind is not EventKind.DELETE and bool(managers) and excluded.issuperset(managers or ())
+
+
 class TargetConsumer:
     def __init__(
         self,
@@ -123,9 +140,12 @@ class TargetConsumer:
         discovery: Callable[[], Discovery | None],
         seeded: SeededCheck,
         secrets: SecretWriter,
+        namespaces: Namespaces,
         resolver: Resolver | None = None,
     ) -> None:
         self.resolved = resolved
+        # Each namespace's current labels, kept by the config plane, for namespaceSelectors.
+        self.namespaces = namespaces
         self.key = resolved.key
         self.branch = branch
         self.committer: Committer
@@ -143,6 +163,8 @@ class TargetConsumer:
         self.ledger = TargetLedger(self.key, self._show_quarantine)
         self.readme_present = False
         self.readme_path = README_NAME
+        # Each folder's kustomization.yaml as this run last wrote or read it.
+        self.kustomizations: dict[str, bytes | None] = {}
         self.initial_snapshot_sent = False
         self.quarantine_retried_at = 0.0
 
@@ -194,6 +216,7 @@ class TargetConsumer:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
+        self.kustomizations = {}
         self.sops_config = await self.committer.read(self.sops_config_path)
         starting = True
         # Keys usable from the start: an earlier run may have skipped Secrets (its keys were
@@ -247,7 +270,15 @@ class TargetConsumer:
             if not rules:
                 continue
             ready = all(self.seeded(key, rule.namespace) for rule in rules)
-            found[selection_key(rtype.group, rtype.resource, rules)] = (rtype, ready)
+            selection = selection_key(
+                rtype.group,
+                rtype.resource,
+                rules,
+                self.namespaces,
+                self.resolved.target.drop_fields,
+                self.resolved.target.kustomization,
+            )
+            found[selection] = (rtype, ready)
         return found
 
     async def _catch_up_selections(self) -> None:
@@ -283,7 +314,14 @@ class TargetConsumer:
         branch_paths = set(await self.committer.list_files(self.folder))
         files = self.ledger.files
         planner = SnapshotPlanner(
-            self.resolved.rules, discovery.types, pairs, self.folder, files, branch_paths
+            self.resolved.rules,
+            discovery.types,
+            pairs,
+            self.folder,
+            files,
+            branch_paths,
+            self.namespaces,
+            self.resolved.target.drop_fields,
         )
         seq, secrets = await self._plan_snapshot(planner, pairs, discovery)
         plan, count = planner.plan, planner.writes
@@ -381,13 +419,25 @@ class TargetConsumer:
             rtype = discovery.types.get((stored.key.api_group, stored.key.resource))
             if rtype is None or not is_sensitive(rtype):
                 continue
-            if selected(self.resolved.rules, rtype, stored.key.namespace, "CREATE"):
+            if selected(
+                self.resolved.rules,
+                rtype,
+                stored.key.namespace,
+                "CREATE",
+                stored.body,
+                self.namespaces,
+            ):
                 found.append((stored.key, rtype))
         return found
 
     async def _process(self, events: list[JournalEvent]) -> None:
         rules, ledger = self.resolved.rules, self.ledger
         submitted_to = ledger.seq
+        excluded = self.resolved.target.exclude_field_managers
+        excluded_users = self.resolved.target.exclude_users
+        managers = (
+            await self.reader.change_managers(events[0].seq, events[-1].seq) if excluded else {}
+        )
         for event in events:
             ledger.seq = event.seq
             if event.kind in (EventKind.SEED_BEGIN, EventKind.SEED_END):
@@ -396,10 +446,23 @@ class TargetConsumer:
             since = ledger.covered_since(event)
             if since is None or event.seq <= since:
                 continue
-            if not selected(rules, rtype, event.namespace, event.kind.value):
+            if not selected(
+                rules, rtype, event.namespace, event.kind.value, event.body, self.namespaces
+            ):
                 continue
             EVENTS_PROCESSED.labels(target=self.key).inc()
             if event.body is not None and is_excluded_object(rtype, event.body):
+                continue
+            if made_only_by(managers.get(event.seq), excluded, event.kind):
+                continue
+            # Asked here only when users are excluded: otherwise only changes that make a
+            # commit are attributed (and counted), as they always were.
+            attribution = await self._attribute(event, rtype) if excluded_users else None
+            if (
+                attribution is not None
+                and event.kind is not EventKind.DELETE
+                and attribution.user in excluded_users
+            ):
                 continue
             replayed = ledger.replayed(event)
             try:
@@ -431,7 +494,7 @@ class TargetConsumer:
                     )
                 )
             else:
-                await self._submit_event(event, rtype, plan, released)
+                await self._submit_event(event, rtype, plan, released, attribution)
             submitted_to = event.seq
         if submitted_to < ledger.seq:
             await self.committer.submit(Submission(self.key, ledger.seq, dict(ledger.covered)))
@@ -449,7 +512,9 @@ class TargetConsumer:
         if event.kind is EventKind.DELETE and known is None and event.body is not None:
             existing = await self._identified_file(event, rtype)
         # Sanitizing and rendering a large object takes long: off the event loop.
-        return await asyncio.to_thread(plan_event, event, rtype, self.folder, known, existing)
+        return await asyncio.to_thread(
+            plan_event, event, rtype, self.folder, known, existing, self.resolved.target.drop_fields
+        )
 
     def _replayed_secret(
         self, event: JournalEvent, rtype: ResourceType, known: FileRecord | None
@@ -464,7 +529,7 @@ class TargetConsumer:
         written.
         """
         assert event.body is not None
-        path, _ = manifest_of(rtype, event.body, self.folder)
+        path = manifest_path(rtype, event.body, self.folder)
         if known == (path, UNKNOWN_FINGERPRINT):
             return None
         plan = FilePlan()
@@ -516,7 +581,12 @@ class TargetConsumer:
                 await self._release(key)
                 continue
             if self.ledger.covered_since(event) is None or not selected(
-                self.resolved.rules, rtype, event.namespace, event.kind.value
+                self.resolved.rules,
+                rtype,
+                event.namespace,
+                event.kind.value,
+                event.body,
+                self.namespaces,
             ):
                 # No rule selects it any more: there is nothing to write, so nothing is held.
                 await self._release(key)
@@ -536,12 +606,19 @@ class TargetConsumer:
     async def _identified_file(self, event: JournalEvent, rtype: ResourceType) -> bytes | None:
         """A file this target did not record writing, but whose content names this object."""
         assert event.body is not None
-        path, _ = manifest_of(rtype, event.body, self.folder)
+        path = manifest_path(rtype, event.body, self.folder)
         content = await self.committer.read(path)
         if content is None:
             return None
         kinds: Mapping[tuple[str, str], ResourceType] = {(rtype.group, rtype.kind): rtype}
         return content if identity_of(content, kinds) == event.key else None
+
+    async def _attribute(self, event: JournalEvent, rtype: ResourceType) -> Attribution | None:
+        """Who made the change, when attribution is on (None when it is off)."""
+        if self.resolver is None:
+            return None
+        live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
+        return await self.resolver.attribute(event, read_live=live)
 
     async def _submit_event(
         self,
@@ -549,12 +626,12 @@ class TargetConsumer:
         rtype: ResourceType,
         plan: FilePlan,
         quarantine: Mapping[ObjectKey, str | None],
+        attribution: Attribution | None = None,
     ) -> None:
-        """One event's commit, authored by whoever made the change when that is known."""
-        attribution = None
-        if self.resolver is not None:
-            live = is_sensitive(rtype) and event.kind is not EventKind.DELETE
-            attribution = await self.resolver.attribute(event, read_live=live)
+        """One event's commit, authored by whoever made the change when that is known
+        (``attribution``, when the caller already asked)."""
+        if attribution is None:
+            attribution = await self._attribute(event, rtype)
         lines = attribution.lines if attribution is not None else ()
         message = commit_message(
             event, rtype, self.key, self.ledger.seq, lines, self.resolved.provider.event_template
@@ -572,6 +649,8 @@ class TargetConsumer:
         push_now: bool = False,
     ) -> None:
         changes = list(plan.changes)
+        if self.resolved.target.kustomization:
+            changes += await self._kustomizations(plan)
         if changes and not self.readme_present:
             changes.append(FileChange(self.readme_path, README))
             self.readme_present = True
@@ -596,6 +675,34 @@ class TargetConsumer:
                 push_now=push_now,
             )
         )
+
+    async def _kustomizations(self, plan: FilePlan) -> list[FileChange]:
+        """The ``kustomization.yaml`` changes that go with ``plan``, in the same commit: each
+        folder it touches lists the files this target has there (its ledger already holds the
+        plan), see :mod:`reverserd.targets.kustomization`."""
+        touched = folders_of(plan.changes, (path for _, path, _ in plan.records if path))
+        written: dict[str, set[str]] = {folder: set() for folder in touched}
+        for path, _ in self.ledger.files.values():
+            folder, _, name = path.rpartition("/")
+            if folder in written:
+                written[folder].add(name)
+        deleted: dict[str, list[str]] = {}
+        for change in plan.changes:
+            if change.content is None:
+                folder, _, name = change.path.rpartition("/")
+                deleted.setdefault(folder, []).append(name)
+        found = []
+        for folder in sorted(touched):
+            path = kustomization_path(folder)
+            if path not in self.kustomizations:
+                self.kustomizations[path] = await self.committer.read(path)
+            content = updated_kustomization(
+                self.kustomizations[path], written[folder], deleted.get(folder, ())
+            )
+            if content is not None:
+                found.append(FileChange(path, content))
+                self.kustomizations[path] = content
+        return found
 
     def _pushed(self, sha: str | None, at: float) -> None:
         progress = self.progress

@@ -209,7 +209,9 @@ class TargetManager:
                     resolved.target.namespace,
                     resolved.target.encryption,
                     self.board.target(key),
+                    resolved.target.drop_fields,
                 ),
+                self.plane.namespaces,
                 self.resolver,
             )
             task = group.create_task(

@@ -22,12 +22,13 @@ import yaml
 
 from reverserd.attribution.resolver import UNRESOLVED
 from reverserd.committer.trailers import trailer_lines
-from reverserd.config.rules import CompiledRule
+from reverserd.config.rules import CompiledRule, Namespaces
 from reverserd.config.templates import MessageTemplate
 from reverserd.git import FileChange
 from reverserd.journal import EventKind, JournalEvent, ObjectKey, StoredObject
 from reverserd.kube.jsontext import UNDECODABLE
 from reverserd.kube.resources import ResourceType
+from reverserd.manifest.dropped import FieldPath, drop_fields, pointer_text
 from reverserd.manifest.layout import (
     MANIFEST_SUFFIX,
     SENSITIVE_RESOURCES,
@@ -59,6 +60,8 @@ _STR_TAG = "tag:yaml.org,2002:str"
 # same object (so a later event changes it only when the object really changes); for a Secret,
 # the keyed fingerprint of its plaintext.
 FileRecord = tuple[str, str]
+# Hex characters naming a dropFields list in a selection key: no two lists share one by chance.
+DROPPED_HASH_CHARS = 16
 # Longest reason kept for a quarantined object (status messages are bounded).
 QUARANTINE_REASON_CHARS = 300
 
@@ -67,16 +70,32 @@ def content_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def selection_key(rtype_group: str, resource: str, rules: Sequence[CompiledRule]) -> str:
-    """Names what a target mirrors of one type, including the scope its rules give it.
+def selection_key(
+    rtype_group: str,
+    resource: str,
+    rules: Sequence[CompiledRule],
+    namespaces: Namespaces,
+    dropped: Sequence[FieldPath] = (),
+    kustomization: bool = False,
+) -> str:
+    """Names what a target mirrors of one type, including the scope its rules give it and the
+    fields it drops.
 
-    A change of scope (another namespace, an operation added) yields a new key, so the target
-    takes a fresh snapshot of that type instead of silently missing objects.
+    A change of scope (another namespace, an operation added, a selector changed, namespaces
+    that start or stop matching a ``namespaceSelector``) yields a new key, so the target takes a
+    fresh snapshot of that type instead of silently missing objects. So does a change of
+    ``dropFields``: the snapshot rewrites the files whose rendering it changes, in one commit,
+    and keeps every other file byte for byte. And turning ``kustomization`` on: the snapshot
+    lists every file in its folder's ``kustomization.yaml``.
     """
-    scopes = sorted(
-        f"{rule.namespace or '*'}:{','.join(sorted(rule.operations))}" for rule in rules
-    )
-    return f"{rtype_group}/{resource}|{';'.join(scopes)}"
+    scopes = sorted(rule.scope_text(namespaces) for rule in rules)
+    key = f"{rtype_group}/{resource}|{';'.join(scopes)}"
+    if dropped:
+        text = ",".join(pointer_text(path) for path in dropped)
+        key += f"|drop={hashlib.sha256(text.encode()).hexdigest()[:DROPPED_HASH_CHARS]}"
+    if kustomization:
+        key += "|kustomization"
+    return key
 
 
 def split_selection(key: str) -> tuple[str, str]:
@@ -93,9 +112,18 @@ def event_type(event: JournalEvent) -> ResourceType:
 
 
 def selected(
-    rules: Iterable[CompiledRule], rtype: ResourceType, namespace: str, operation: str
+    rules: Iterable[CompiledRule],
+    rtype: ResourceType,
+    namespace: str,
+    operation: str,
+    body: Mapping[str, Any] | None,
+    namespaces: Namespaces,
 ) -> bool:
-    return any(rule.selects_event(rtype, namespace, operation) for rule in rules)
+    """Whether a rule takes this operation on the object ``body`` (its last known state)."""
+    return any(
+        rule.selects_event(rtype, namespace, operation) and rule.selects_object(body, namespaces)
+        for rule in rules
+    )
 
 
 def is_sensitive(rtype: ResourceType) -> bool:
@@ -166,16 +194,25 @@ class FilePlan:
         self.deleted += 1
 
 
-def manifest_of(
-    rtype: ResourceType, body: Mapping[str, Any], target_path: str
-) -> tuple[str, bytes]:
-    """The object's file path and content; raises for an object that cannot be written."""
+def manifest_path(rtype: ResourceType, body: Mapping[str, Any], target_path: str) -> str:
+    """The object's file path; raises for an object whose file cannot be named."""
     if UNDECODABLE in body:
         raise ValueError(str(body[UNDECODABLE]))
     metadata = body.get("metadata") or {}
     namespace = metadata.get("namespace") or None
-    path = object_path(target_path, rtype, namespace, str(metadata["name"]), is_sensitive(rtype))
-    return path, render(sanitize(dict(body)))
+    return object_path(target_path, rtype, namespace, str(metadata["name"]), is_sensitive(rtype))
+
+
+def manifest_of(
+    rtype: ResourceType,
+    body: Mapping[str, Any],
+    target_path: str,
+    dropped: Sequence[FieldPath],
+) -> tuple[str, bytes]:
+    """The object's file path and content without the target's ``dropped`` fields; raises for
+    an object that cannot be written."""
+    path = manifest_path(rtype, body, target_path)
+    return path, render(drop_fields(sanitize(dict(body)), dropped))
 
 
 def commit_message(
@@ -366,6 +403,7 @@ def plan_event(
     target_path: str,
     known: FileRecord | None,
     existing: bytes | None,
+    dropped: Sequence[FieldPath],
 ) -> FilePlan | None:
     """The change one event makes to the target's folder, or None when the file is unchanged.
 
@@ -378,12 +416,11 @@ def plan_event(
             plan.remove(event.key, known[0])
             return plan
         if existing is not None and event.body is not None:
-            path, _ = manifest_of(rtype, event.body, target_path)
-            plan.remove(event.key, path)
+            plan.remove(event.key, manifest_path(rtype, event.body, target_path))
             return plan
         return None
     assert event.body is not None
-    path, content = manifest_of(rtype, event.body, target_path)
+    path, content = manifest_of(rtype, event.body, target_path, dropped)
     if known == (path, content_hash(content)):
         return None
     plan.write(event.key, path, content, known, exists=existing is not None)
@@ -432,8 +469,12 @@ class SnapshotPlanner:
         target_path: str,
         files: Mapping[ObjectKey, FileRecord],
         branch_paths: set[str],
+        namespaces: Namespaces,
+        dropped: Sequence[FieldPath],
     ) -> None:
         self.rules = rules
+        self.dropped = dropped
+        self.namespaces = namespaces
         self.types = types
         self.selections = selections
         self.target_path = target_path
@@ -473,9 +514,9 @@ class SnapshotPlanner:
                 claimed.add(known[0])
             try:
                 body = stored.body
-                writes = _writes(rules, rtype, stored.key.namespace, body)
+                writes = _writes(rules, rtype, stored.key.namespace, body, self.namespaces)
                 if writes:
-                    path, content = manifest_of(rtype, body, target_path)
+                    path, content = manifest_of(rtype, body, target_path, self.dropped)
             except Exception as error:  # a poison object: present and held, its file left alone
                 self.plan.hold(stored.key, error)
                 claimed.update(_paths_of(rtype, stored, target_path))
@@ -485,7 +526,9 @@ class SnapshotPlanner:
                 continue
             self.writes += 1
             claimed.add(path)
-            may_update = selected(rules, rtype, stored.key.namespace, "UPDATE")
+            may_update = selected(
+                rules, rtype, stored.key.namespace, "UPDATE", body, self.namespaces
+            )
             if path in self.branch_paths and path not in contents:
                 raise ValueError(f"the content of {path} on the branch was not read")
             current = contents.get(path)
@@ -521,11 +564,16 @@ class SnapshotPlanner:
 
 
 def _writes(
-    rules: Sequence[CompiledRule], rtype: ResourceType, namespace: str, body: dict[str, Any]
+    rules: Sequence[CompiledRule],
+    rtype: ResourceType,
+    namespace: str,
+    body: dict[str, Any],
+    namespaces: Namespaces,
 ) -> bool:
     """Whether this snapshot writes the object's file (Secrets are written by the SecretWriter)."""
     if not (
-        selected(rules, rtype, namespace, "CREATE") or selected(rules, rtype, namespace, "UPDATE")
+        selected(rules, rtype, namespace, "CREATE", body, namespaces)
+        or selected(rules, rtype, namespace, "UPDATE", body, namespaces)
     ):
         return False
     return not is_excluded_object(rtype, body) and not is_sensitive(rtype)
@@ -568,8 +616,15 @@ def _gone(
     types: Mapping[tuple[str, str], ResourceType],
     selections: set[tuple[str, str]],
 ) -> bool:
-    """Whether the snapshot proves the object deleted and the rules take that deletion."""
+    """Whether the snapshot proves the object deleted and the rules take that deletion.
+
+    A gone object has no labels left to match, so only its type, namespace and the operation
+    are judged: a file the target recorded writing, or one naming exactly this object, stands
+    for an object the complete seed proves deleted, which is evidence whatever its labels were.
+    """
     if key in present or (key.api_group, key.resource) not in selections:
         return False
     rtype = types.get((key.api_group, key.resource))
-    return rtype is not None and selected(rules, rtype, key.namespace, "DELETE")
+    return rtype is not None and any(
+        rule.selects_event(rtype, key.namespace, "DELETE") for rule in rules
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reverserd.config.status import TargetProgress
@@ -33,6 +33,7 @@ from reverserd.journal import ObjectKey
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.resources import ResourceType
 from reverserd.logs import Throttle
+from reverserd.manifest.dropped import FieldPath
 from reverserd.manifest.layout import is_excluded_object
 from reverserd.metrics import SECRETS_SKIPPED
 from reverserd.targets.planning import FilePlan, FileRecord, manifest_of
@@ -55,8 +56,10 @@ class SecretWriter:
         namespace: str,
         encryption: Mapping[str, Any],
         progress: TargetProgress,
+        dropped: Sequence[FieldPath],
     ) -> None:
         self.client = client
+        self.dropped = dropped
         self.sops = sops
         self.fingerprint_key = fingerprint_key
         self.target = target
@@ -117,7 +120,7 @@ class SecretWriter:
         live.setdefault("kind", rtype.kind)
         if is_excluded_object(rtype, live):
             return None
-        path, plaintext = manifest_of(rtype, live, folder)
+        path, plaintext = manifest_of(rtype, live, folder, self.dropped)
         stamp = fingerprint(self.fingerprint_key, plaintext)
         if known == (path, stamp):
             return None

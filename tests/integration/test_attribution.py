@@ -33,6 +33,9 @@ from testbed.harness import (
     create_namespace,
     query_journal,
     send_all,
+    subjects,
+    tree,
+    wait_for_subjects,
     wait_synced,
     wait_until,
     webhook_arguments,
@@ -889,3 +892,37 @@ def test_change_without_its_audit_fact_waits_the_grace_window_and_shutdown_does_
     assert body_fields(commit.message)["user"] == "unresolved"
     assert commit.author_name == COMMITTER
     assert daemon.metric("reverserd_attributions_total", outcome="unresolved") == 1
+
+
+def test_changes_by_an_excluded_user_are_not_committed_and_the_next_change_brings_them(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    admission_registered: int,
+) -> None:
+    daemon.extra_args = webhook_arguments(control_plane, "admission", admission_registered)
+    forward_token = control_plane.service_account_token(namespace, "forward")
+    carol_token = control_plane.service_account_token(namespace, "carol")
+    provider, target, rule = mirror_setup(namespace, remote.url, secret=remote.secret)
+    target["spec"]["excludeUsers"] = [f"system:serviceaccount:{namespace}:forward"]
+    apply(control_plane, provider, target, rule, configmap(namespace, "app"))
+    daemon.start()
+    wait_synced(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    app = f"{collection(configmap(namespace, 'x'), 'configmaps')}/app"
+
+    for round_ in range(3):
+        patch = [("PATCH", app, {"data": {"key": f"forward {round_}"}})]
+        asyncio.run(send_all(control_plane, patch, forward_token))
+    # Someone else's change is committed, attributed to them, with the whole current state.
+    asyncio.run(
+        send_all(control_plane, [("PATCH", app, {"data": {"other": "carol"}})], carol_token)
+    )
+    update = f"[UPDATE] v1/configmaps/{namespace}/app"
+    wait_for_subjects(remote.path, daemon, update)
+    assert subjects(remote.path) == ["reconcile: sync 1 resources", update]
+    commit = change_commits(remote)[-1]
+    assert body_fields(commit.message)["user"] == f"system:serviceaccount:{namespace}:carol"
+    written = tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/app.yaml"]
+    assert b"key: forward 2" in written and b"other: carol" in written

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -41,6 +42,7 @@ from testbed.harness import (
     later_change,
     merge_patch,
     patch_many,
+    query_journal,
     resource_status,
     subjects,
     tree,
@@ -86,6 +88,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def mirror_cluster_rule(
+    cleanup: Cleanup, namespace: str, rules: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """A uniquely named ClusterWatchRule of ``rules`` for the GitTarget ``namespace/mirror``,
+    deleted at teardown: its name and manifest."""
+    rule = unique("cwr")
+    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    return rule, cluster_watch_rule(rule, namespace, "mirror", rules)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading the remote
 
@@ -106,6 +118,23 @@ def manifest(content: bytes) -> dict[str, Any]:
 
 def resource_version(plane: ControlPlane, kind: str, namespace: str, name: str) -> str:
     return str(get_object(plane, kind, namespace, name)["metadata"]["resourceVersion"])
+
+
+def wait_snapshot_stats(
+    plane: ControlPlane, namespace: str, created: int = 0, updated: int = 0, deleted: int = 0
+) -> None:
+    """Wait until the GitTarget ``mirror`` shows these counts of its last reconcile."""
+    wanted = {"created": created, "updated": updated, "deleted": deleted}
+    wait_until(
+        lambda: (
+            get_object(plane, "gittarget", namespace, "mirror")["status"]
+            .get("snapshot", {})
+            .get("stats")
+            == wanted
+        ),
+        10,
+        lambda: str(get_object(plane, "gittarget", namespace, "mirror")["status"]),
+    )
 
 
 def wait_live(plane: ControlPlane, namespace: str, name: str = "mirror") -> None:
@@ -129,20 +158,18 @@ def test_cluster_watch_rule_mirrors_cluster_scoped_objects_and_a_type_across_nam
     cleanup: Cleanup,
 ) -> None:
     other = create_namespace(control_plane)
-    rule = unique("cwr")
-    cleanup.cluster_objects.append(("clusterwatchrule", rule))
+    rule, rule_manifest = mirror_cluster_rule(
+        cleanup,
+        namespace,
+        [
+            cluster_scoped("rbac.authorization.k8s.io", "clusterroles"),
+            {"scope": "Namespaced", "resources": ["limitranges"]},
+        ],
+    )
     apply(
         control_plane,
         *provider_and_target(namespace, remote),
-        cluster_watch_rule(
-            rule,
-            namespace,
-            "mirror",
-            [
-                cluster_scoped("rbac.authorization.k8s.io", "clusterroles"),
-                {"scope": "Namespaced", "resources": ["limitranges"]},
-            ],
-        ),
+        rule_manifest,
         limit_range(namespace, "limits"),
         limit_range(other, "limits"),
     )
@@ -438,17 +465,447 @@ def test_rule_added_later_backfills_existing_objects_in_one_reconcile_commit(
         "reconcile: sync 2 resources",
     ]
     assert len(subjects(remote.path)) == 4
-    wait_until(
-        lambda: (
-            get_object(control_plane, "gittarget", namespace, "mirror")["status"]
-            .get("snapshot", {})
-            .get("stats")
-            == {"created": 2, "updated": 0, "deleted": 0}
-        ),
-        10,
-        lambda: str(get_object(control_plane, "gittarget", namespace, "mirror")["status"]),
-    )
+    wait_snapshot_stats(control_plane, namespace, created=2)
     wait_condition(control_plane, "watchrule", namespace, "services", "Ready", "True")
+
+
+def labelled(manifest_: dict[str, Any], labels: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """``manifest_`` with ``labels`` and any other ``metadata`` fields set."""
+    return {**manifest_, "metadata": {**manifest_["metadata"], "labels": labels, **metadata}}
+
+
+def test_object_selector_writes_what_matches_keeps_what_stops_and_skips_controlled_objects(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    mirrored = {"mirror": "yes"}
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": str(uuid.uuid4())}
+    rule = {"resources": ["configmaps"], "objectSelector": {"matchLabels": mirrored}}
+    apply(
+        control_plane,
+        *mirror_setup(
+            namespace, remote.url, secret=remote.secret, rules=[{**rule, "skipControlled": True}]
+        ),
+        labelled(configmap(namespace, "chosen"), mirrored),
+        labelled(configmap(namespace, "unlabelled"), {}),
+        # There is no controller manager in the test bed: owned objects stay (no collector).
+        labelled(
+            configmap(namespace, "derived"),
+            mirrored,
+            ownerReferences=[{**owner, "controller": True}],
+        ),
+        labelled(configmap(namespace, "referring"), mirrored, ownerReferences=[owner]),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    assert {path for path in tree(remote.path) if path.startswith(folder)} == {
+        f"{folder}/chosen.yaml",
+        f"{folder}/referring.yaml",
+    }
+    chosen_file = tree(remote.path)[f"{folder}/chosen.yaml"]
+
+    # Stops matching: its file stays as it was, through a change and even its deletion.
+    apply(control_plane, labelled(configmap(namespace, "chosen", {"key": "changed"}), {}))
+    # Starts matching: written by its next event.
+    apply(control_plane, labelled(configmap(namespace, "unlabelled"), mirrored))
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/unlabelled")
+    control_plane.kubectl("delete", "configmap", "chosen", "-n", namespace)
+    # A controlled object is skipped in events too, and one that loses its controller is not.
+    apply(
+        control_plane,
+        labelled(configmap(namespace, "derived", {"key": "changed"}), mirrored),
+        labelled(
+            configmap(namespace, "made-later"),
+            mirrored,
+            ownerReferences=[{**owner, "controller": True}],
+        ),
+    )
+    merge_patch(
+        control_plane, "configmap", namespace, "derived", {"metadata": {"ownerReferences": None}}
+    )
+    later = labelled(configmap(namespace, "later"), mirrored)
+    apply(control_plane, later)
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/later")
+
+    files = tree(remote.path)
+    assert files[f"{folder}/chosen.yaml"] == chosen_file
+    assert {path for path in files if path.startswith(folder)} == {
+        f"{folder}/{name}.yaml"
+        for name in ("chosen", "referring", "unlabelled", "derived", "later")
+    }
+    assert subjects(remote.path)[1:] == [
+        f"[UPDATE] v1/configmaps/{namespace}/unlabelled",
+        f"[UPDATE] v1/configmaps/{namespace}/derived",
+        f"[CREATE] v1/configmaps/{namespace}/later",
+    ]
+    assert manifest(files[f"{folder}/derived.yaml"])["data"] == {"key": "changed"}
+
+
+def covered_selections(daemon: Reverserd, target: str) -> str:
+    """What the target's cursor records as snapshotted (the journal's ``cursors.covered``)."""
+    rows = query_journal(daemon, "SELECT covered FROM cursors WHERE target = ?", (target,))
+    return str(rows[0][0]) if rows else ""
+
+
+def test_namespace_selector_follows_namespace_labels_and_keeps_files_of_one_that_stops(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    cleanup: Cleanup,
+) -> None:
+    # A label no other test's namespace carries, so only these namespaces can match.
+    selected_label = {"reverserd-test-mirror": uuid.uuid4().hex[:12]}
+    first, second = cleanup.new_namespace(), cleanup.new_namespace()
+    merge_patch(control_plane, "namespace", first, first, {"metadata": {"labels": selected_label}})
+    rule, rule_manifest = mirror_cluster_rule(
+        cleanup,
+        namespace,
+        [
+            {
+                "scope": "Namespaced",
+                "resources": ["limitranges"],
+                "namespaceSelector": {"matchLabels": selected_label},
+            }
+        ],
+    )
+    apply(
+        control_plane,
+        *provider_and_target(namespace, remote),
+        rule_manifest,
+        limit_range(first, "limits"),
+        limit_range(second, "limits"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_condition(control_plane, "clusterwatchrule", None, rule, "Ready", "True")
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    ranges = "live-cluster/v1/limitranges"
+    assert {path for path in tree(remote.path) if path.startswith(ranges)} == {
+        f"{ranges}/{first}/limits.yaml"
+    }
+
+    # The second namespace starts matching: its objects come in a backfill commit.
+    merge_patch(
+        control_plane, "namespace", second, second, {"metadata": {"labels": selected_label}}
+    )
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{ranges}/{second}/limits.yaml"
+    }
+
+    # The first stops matching: its file stays, and a change there is not committed. The
+    # target has seen it once the selection it records as covered changes (the snapshot of
+    # the new selection changes no file, so it makes no commit).
+    first_file = tree(remote.path)[f"{ranges}/{first}/limits.yaml"]
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    covered = covered_selections(daemon, f"{namespace}/mirror")
+    control_plane.kubectl("label", "namespace", first, f"{next(iter(selected_label))}-")
+    wait_until(
+        lambda: covered_selections(daemon, f"{namespace}/mirror") != covered,
+        60,
+        lambda: f"covered {covered}; {daemon.log_tail()}",
+    )
+    changed = limit_range(first, "limits")
+    changed["spec"]["limits"][0]["default"] = {"memory": "256Mi"}
+    apply(control_plane, changed, limit_range(second, "later"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/limitranges/{second}/later")
+    files = tree(remote.path)
+    assert files[f"{ranges}/{first}/limits.yaml"] == first_file
+    assert {path for path in files if path.startswith(ranges)} == {
+        f"{ranges}/{first}/limits.yaml",
+        f"{ranges}/{second}/limits.yaml",
+        f"{ranges}/{second}/later.yaml",
+    }
+    assert not [s for s in subjects(remote.path) if f"limitranges/{first}/" in s]
+
+
+CHURN_ANNOTATION = "example.com/last-sync"
+
+
+def test_dropped_fields_never_reach_git_and_a_list_change_rewrites_only_what_it_changes(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["dropFields"] = [
+        "/spec/replicas",
+        f"metadata.annotations[{CHURN_ANNOTATION}]",
+    ]
+    rules = [{"apiGroups": ["", "apps"], "resources": ["configmaps", "deployments"]}]
+    churning = labelled(configmap(namespace, "churning"), {})
+    churning["metadata"]["annotations"] = {CHURN_ANNOTATION: "1", "kept": "yes"}
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", rules),
+        churning,
+        configmap(namespace, "plain"),
+        deployment(namespace, "web"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 3 resources")
+    web_path = f"live-cluster/apps/v1/deployments/{namespace}/web.yaml"
+    churning_path = f"live-cluster/v1/configmaps/{namespace}/churning.yaml"
+    files = tree(remote.path)
+    assert "replicas" not in manifest(files[web_path])["spec"]
+    assert manifest(files[churning_path])["metadata"]["annotations"] == {"kept": "yes"}
+
+    # Changes of dropped fields only: no commit, proven by a later real change.
+    merge_patch(
+        control_plane,
+        "configmap",
+        namespace,
+        "churning",
+        {"metadata": {"annotations": {CHURN_ANNOTATION: "2"}}},
+    )
+    control_plane.kubectl("scale", "deployment", "web", "--replicas=4", "-n", namespace)
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path) == ["reconcile: sync 3 resources", later]
+    before = tree(remote.path)
+
+    # The list changes: one reconcile commit rewrites the one file it changes, nothing else.
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    merge_patch(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        {"spec": {"dropFields": [f"/metadata/annotations/{CHURN_ANNOTATION.replace('/', '~1')}"]}},
+    )
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 4 resources")
+    reconcile = history(remote.path)[-1]
+    assert reconcile.subject == "reconcile: sync 4 resources"
+    assert changed_paths(remote.path, reconcile.sha) == {web_path}
+    after = tree(remote.path)
+    assert manifest(after[web_path])["spec"]["replicas"] == 4
+    assert {path: content for path, content in after.items() if path != web_path} == {
+        path: content for path, content in before.items() if path != web_path
+    }
+    # ...and the target counts that one file as the reconcile's only write.
+    wait_snapshot_stats(control_plane, namespace, updated=1)
+
+    # Identity cannot be dropped: the target is refused, saying which path and why.
+    merge_patch(
+        control_plane, "gittarget", namespace, "mirror", {"spec": {"dropFields": ["metadata.name"]}}
+    )
+    refused = wait_target_refused(control_plane, namespace, "mirror", "InvalidDropFields")
+    assert "metadata.name" in refused["message"] and "identify the object" in refused["message"]
+
+
+# A forward leg (Flux's kustomize-controller) that applies the mirrored folder back, stamping
+# each round's revision as such tools do: every round changes the live object.
+FORWARD_MANAGER = "kustomize-controller"
+FORWARD_ROUNDS = 5
+FORWARD_REVISION = "forward.example.com/revision"
+
+
+def apply_folder_back(plane: ControlPlane, remote: Remote, folder: str, revision: int) -> None:
+    """One round of the forward leg: the folder as the branch holds it now, applied with
+    server-side apply under the forward leg's field manager."""
+    documents = []
+    for path, content in sorted(tree(remote.path).items()):
+        if path.startswith(f"{folder}/") and path.endswith(".yaml"):
+            document = manifest(content)
+            document["metadata"].setdefault("annotations", {})[FORWARD_REVISION] = str(revision)
+            documents.append(json.dumps(document))
+    assert documents, f"nothing to apply under {folder}"
+    plane.kubectl(
+        "apply",
+        "--server-side",
+        f"--field-manager={FORWARD_MANAGER}",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin="\n".join(documents),
+    )
+
+
+def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_converges(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["excludeFieldManagers"] = [FORWARD_MANAGER]
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "app"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+
+    # A bounded run of the forward leg, each round re-reading the branch.
+    versions = set()
+    for revision in range(FORWARD_ROUNDS):
+        apply_folder_back(control_plane, remote, folder, revision)
+        versions.add(resource_version(control_plane, "configmap", namespace, "app"))
+    assert len(versions) == FORWARD_ROUNDS  # every round really changed the object
+
+    # Someone else changes the object: that change is committed, and the file converges on the
+    # live object, the forward leg's changes included. Commits follow journal order, so a
+    # commit any round had caused would stand before this one.
+    merge_patch(control_plane, "configmap", namespace, "app", {"data": {"key": "by a person"}})
+    subject = f"[UPDATE] v1/configmaps/{namespace}/app"
+    wait_for_subjects(remote.path, daemon, subject)
+    assert subjects(remote.path) == ["reconcile: sync 1 resources", subject]
+    written = manifest(tree(remote.path)[f"{folder}/app.yaml"])
+    assert written["data"] == {"key": "by a person"}
+    assert written["metadata"]["annotations"] == {FORWARD_REVISION: str(FORWARD_ROUNDS - 1)}
+    assert "manager: kubectl-patch (Update)" in history(remote.path)[-1].body
+
+
+def kustomize_build(plane: ControlPlane, files: dict[str, bytes], folder: str) -> list[Any]:
+    """``kubectl kustomize`` (kustomize as kubectl embeds it) of ``folder`` in a checkout of
+    ``files``, as the documents it prints."""
+    with tempfile.TemporaryDirectory() as checkout:
+        for path, content in files.items():
+            target = Path(checkout, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        built = plane.kubectl("kustomize", str(Path(checkout, folder)))
+    return [document for document in yaml.safe_load_all(built) if document]
+
+
+def test_kustomization_lists_the_folders_files_in_the_same_commit_and_builds_the_objects(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+    cleanup: Cleanup,
+) -> None:
+    other = cleanup.new_namespace()
+    # A person's kustomization.yaml in the other namespace's folder: only resources may change.
+    theirs = f"live-cluster/v1/configmaps/{other}/kustomization.yaml"
+    person = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../shared"],
+        "commonAnnotations": {"owner": "team-b"},
+    }
+    git_http.seed_repo(
+        git_repo_name,
+        "main",
+        {theirs: yaml.safe_dump(person).encode()},
+        "a person's kustomization",
+    )
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["kustomization"] = True
+    _, rule_manifest = mirror_cluster_rule(
+        cleanup, namespace, [{"scope": "Namespaced", "resources": ["configmaps"]}]
+    )
+    apply(
+        control_plane,
+        provider,
+        target,
+        rule_manifest,
+        configmap(namespace, "first"),
+        configmap(namespace, "second"),
+        configmap(other, "theirs"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    ours = f"{folder}/kustomization.yaml"
+
+    def objects_of(namespace_: str) -> list[Any]:
+        listed = kubectl_json(control_plane, "get", "configmaps", "-n", namespace_, "-o", "json")
+        return [
+            manifest(content)
+            for item in listed["items"]
+            if item["metadata"]["name"] != "kube-root-ca.crt"
+            for content in [tree(remote.path)[f"{folder}/{item['metadata']['name']}.yaml"]]
+        ]
+
+    wait_until(lambda: ours in tree(remote.path), 60, daemon.log_tail)
+    reconcile = history(remote.path)[-1]
+    assert reconcile.subject.startswith("reconcile: sync")
+    assert {ours, f"{folder}/first.yaml", f"{folder}/second.yaml"} <= changed_paths(
+        remote.path, reconcile.sha
+    )
+    assert manifest(tree(remote.path)[ours]) == {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["first.yaml", "second.yaml"],
+    }
+    assert manifest(tree(remote.path)[theirs]) == {
+        **person,
+        "resources": ["../shared", "theirs.yaml"],
+    }
+
+    # A creation and a deletion each change the listing in their own commit.
+    apply(control_plane, configmap(namespace, "third"))
+    create = f"[CREATE] v1/configmaps/{namespace}/third"
+    wait_for_subjects(remote.path, daemon, create)
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{folder}/third.yaml",
+        ours,
+    }
+    control_plane.kubectl("delete", "configmap", "first", "-n", namespace)
+    delete = f"[DELETE] v1/configmaps/{namespace}/first"
+    wait_for_subjects(remote.path, daemon, delete)
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{folder}/first.yaml",
+        ours,
+    }
+    # An update changes no listing.
+    apply(control_plane, configmap(namespace, "second", {"key": "changed"}))
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/second")
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {f"{folder}/second.yaml"}
+
+    files = tree(remote.path)
+    assert manifest(files[ours])["resources"] == ["second.yaml", "third.yaml"]
+    built = kustomize_build(control_plane, files, folder)
+    assert sorted(built, key=lambda d: d["metadata"]["name"]) == objects_of(namespace)
+    assert [d["metadata"]["name"] for d in built] == ["second", "third"]
+
+
+def test_turning_kustomization_on_lists_every_folder_in_one_commit_and_rewrites_no_object(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    apply(
+        control_plane,
+        *mirror_setup(namespace, remote.url, secret=remote.secret),
+        configmap(namespace, "first"),
+        configmap(namespace, "second"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 2 resources")
+    wait_last_commit_is_tip(control_plane, namespace, remote.path, timeout=30)
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    assert f"{folder}/kustomization.yaml" not in tree(remote.path)
+
+    merge_patch(control_plane, "gittarget", namespace, "mirror", {"spec": {"kustomization": True}})
+    wait_for_subjects(
+        remote.path, daemon, "reconcile: sync 2 resources", "reconcile: sync 2 resources"
+    )
+    assert changed_paths(remote.path, history(remote.path)[-1].sha) == {
+        f"{folder}/kustomization.yaml"
+    }
+    assert manifest(tree(remote.path)[f"{folder}/kustomization.yaml"])["resources"] == [
+        "first.yaml",
+        "second.yaml",
+    ]
 
 
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
@@ -469,6 +926,7 @@ def test_two_targets_on_one_branch_each_keep_their_own_copy(
     remote: Remote,
     daemon: Reverserd,
     git_http: GitHttpServer,
+    git_repo_name: str,
     cleanup: Cleanup,
 ) -> None:
     other = cleanup.new_namespace()

@@ -43,7 +43,23 @@ RULE_FIELDS = {
     "rules[].apiGroups": "array",
     "rules[].apiVersions": "array",
     "rules[].resources": "array",
+    "rules[].skipControlled": "boolean",
 }
+
+
+# A Kubernetes label selector (metav1.LabelSelector) at ``prefix``.
+def _label_selector(prefix: str) -> dict[str, str]:
+    return {
+        prefix: "object",
+        f"{prefix}.matchLabels": "object",
+        f"{prefix}.matchExpressions": "array",
+        f"{prefix}.matchExpressions[].key": "string",
+        f"{prefix}.matchExpressions[].operator": "string",
+        f"{prefix}.matchExpressions[].values": "array",
+    }
+
+
+RULE_FIELDS.update(_label_selector("rules[].objectSelector"))
 SECRET_REF = {"name": "string", "kind": "string", "group": "string"}
 
 
@@ -107,6 +123,10 @@ KINDS: dict[str, dict[str, Any]] = {
                     "providerRef.group": "string",
                     "branch": "string",
                     "path": "string",
+                    "dropFields": "array",
+                    "excludeFieldManagers": "array",
+                    "excludeUsers": "array",
+                    "kustomization": "boolean",
                     "encryption": "object",
                     "encryption.provider": "string",
                     "encryption.secretRef": "object",
@@ -158,6 +178,7 @@ KINDS: dict[str, dict[str, Any]] = {
                     "targetRef.namespace": "string",
                     **RULE_FIELDS,
                     "rules[].scope": "string",
+                    **_label_selector("rules[].namespaceSelector"),
                 },
             ),
             **_status(),
@@ -325,7 +346,14 @@ def test_schema_is_structural(kind: str) -> None:
         assert node.get("type") in SCHEMA_TYPES, f"{where}: no valid type"
         assert "nullable" not in node, where
         assert "x-kubernetes-preserve-unknown-fields" not in node, where
-        assert "additionalProperties" not in node, where
+        if "additionalProperties" in node:
+            # Only bounded maps of strings (a label selector's matchLabels), which stay
+            # structural: no properties beside them, a typed and bounded value schema.
+            values = node["additionalProperties"]
+            assert node["type"] == "object" and "properties" not in node, where
+            assert "maxProperties" in node, where
+            assert values == {"type": "string", "maxLength": values.get("maxLength")}, where
+            assert isinstance(values["maxLength"], int), where
         if node["type"] == "array":
             assert isinstance(node.get("items"), dict), f"{where}: array without items"
         else:

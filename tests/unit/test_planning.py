@@ -39,6 +39,8 @@ NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", namespaced=False)
 TYPES = {(t.group, t.resource): t for t in (CONFIGMAPS, SECRETS, DEPLOYMENTS, NAMESPACES)}
 KINDS = kind_index(TYPES.values())
 ALL_SELECTED = {(t.group, t.resource) for t in TYPES.values()}
+# The labels of the namespaces the snapshots see: what namespaceSelectors are matched against.
+NAMESPACE_LABELS: dict[str, dict[str, str]] = {NS: {"team": "a"}, "team-b": {"team": "b"}}
 
 # A ConfigMap file as gitops-reverser v0.17 writes it: go-yaml v2 double-quotes strings that
 # would read as another type, sorts metadata keys, and leaves sequences unindented.
@@ -115,6 +117,8 @@ def snapshot(
         FOLDER,
         files or {},
         set(branch),
+        NAMESPACE_LABELS,
+        (),
     )
     planner.add(objects, {path: branch[path] for path in planner.branch_paths_of(objects)})
     planner.identify({path: branch[path] for path in planner.unidentified()})
@@ -191,14 +195,14 @@ def test_a_kind_two_types_share_names_no_object() -> None:
 
 
 def test_a_file_with_other_quoting_order_and_comments_holds_the_same_object() -> None:
-    _, rendered = manifest_of(CONFIGMAPS, SETTINGS, FOLDER)
+    _, rendered = manifest_of(CONFIGMAPS, SETTINGS, FOLDER, ())
     assert rendered != OLD_OPERATOR_FILE
     assert holds_object(OLD_OPERATOR_FILE, rendered)
     assert holds_object(b"# kept by hand\n" + OLD_OPERATOR_FILE, rendered)
 
 
 def test_a_file_whose_values_read_as_other_types_does_not_hold_the_object() -> None:
-    _, rendered = manifest_of(CONFIGMAPS, SETTINGS, FOLDER)
+    _, rendered = manifest_of(CONFIGMAPS, SETTINGS, FOLDER, ())
     # yes unquoted is a boolean to Kubernetes; 8080 unquoted a number.
     assert not holds_object(OLD_OPERATOR_FILE.replace(b'"yes"', b"yes"), rendered)
     assert not holds_object(OLD_OPERATOR_FILE.replace(b'"8080"', b"8080"), rendered)
@@ -206,7 +210,7 @@ def test_a_file_whose_values_read_as_other_types_does_not_hold_the_object() -> N
 
 def test_a_plain_value_yaml_readers_disagree_on_never_counts_as_equal() -> None:
     body = {**SETTINGS, "data": {"mode": "0o17"}}
-    _, rendered = manifest_of(CONFIGMAPS, body, FOLDER)
+    _, rendered = manifest_of(CONFIGMAPS, body, FOLDER, ())
     plain = rendered.replace(b"'0o17'", b"0o17")
     assert plain != rendered
     # PyYAML reads 0o17 as a string, go-yaml v2 (Kubernetes) as the number 15.
@@ -215,7 +219,7 @@ def test_a_plain_value_yaml_readers_disagree_on_never_counts_as_equal() -> None:
 
 def test_booleans_are_not_numbers() -> None:
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "x": 1}
-    _, rendered = manifest_of(NAMESPACES, {**body, "kind": "Namespace"}, FOLDER)
+    _, rendered = manifest_of(NAMESPACES, {**body, "kind": "Namespace"}, FOLDER, ())
     assert not holds_object(rendered.replace(b"x: 1", b"x: true"), rendered)
 
 
@@ -307,7 +311,9 @@ def test_pages_delete_nothing_before_the_last_and_a_later_pages_object_keeps_its
     branch = {cm_path(name): manifest("v1", "ConfigMap", name) for name in names}
     branch[found] = manifest("v1", "ConfigMap", "found")
     compiled = rules({"resources": ["configmaps"]})
-    planner = SnapshotPlanner(compiled, TYPES, ALL_SELECTED, FOLDER, files, set(branch))
+    planner = SnapshotPlanner(
+        compiled, TYPES, ALL_SELECTED, FOLDER, files, set(branch), NAMESPACE_LABELS, ()
+    )
     pages = [
         [stored(configmap("a-first"), "configmaps", 1)],
         [stored(configmap("z-last"), "configmaps", 2)],
@@ -337,6 +343,8 @@ def test_a_page_planned_without_the_content_of_its_files_fails_instead_of_overwr
         FOLDER,
         {},
         {path},
+        NAMESPACE_LABELS,
+        (),
     )
     with pytest.raises(ValueError, match="was not read"):
         planner.add([stored(configmap("kept"), "configmaps")], {})
@@ -384,7 +392,7 @@ def test_an_equal_file_is_adopted_byte_for_byte_and_recorded_with_the_rendering(
         rules({"resources": ["configmaps"]}),
         {path: OLD_OPERATOR_FILE},
     )
-    _, rendered = manifest_of(CONFIGMAPS, SETTINGS, FOLDER)
+    _, rendered = manifest_of(CONFIGMAPS, SETTINGS, FOLDER, ())
     assert plan.changes == []
     assert (count, plan.adopted, plan.created, plan.updated) == (1, 1, 0, 0)
     assert plan.records == [
@@ -395,7 +403,7 @@ def test_an_equal_file_is_adopted_byte_for_byte_and_recorded_with_the_rendering(
     record = (path, content_hash(rendered))
     assert (
         plan_event(
-            event(EventKind.UPDATE, SETTINGS, 5), CONFIGMAPS, FOLDER, record, OLD_OPERATOR_FILE
+            event(EventKind.UPDATE, SETTINGS, 5), CONFIGMAPS, FOLDER, record, OLD_OPERATOR_FILE, ()
         )
         is None
     )
@@ -410,10 +418,10 @@ def test_an_equal_file_is_adopted_byte_for_byte_and_recorded_with_the_rendering(
     # ...and a real change rewrites it.
     changed = {**SETTINGS, "data": {**SETTINGS["data"], "port": "9090"}}
     update = plan_event(
-        event(EventKind.UPDATE, changed, 6), CONFIGMAPS, FOLDER, record, OLD_OPERATOR_FILE
+        event(EventKind.UPDATE, changed, 6), CONFIGMAPS, FOLDER, record, OLD_OPERATOR_FILE, ()
     )
     assert update is not None
-    assert written(update) == {path: manifest_of(CONFIGMAPS, changed, FOLDER)[1]}
+    assert written(update) == {path: manifest_of(CONFIGMAPS, changed, FOLDER, ())[1]}
 
 
 def test_a_differing_file_is_rewritten_and_counted_as_updated() -> None:
