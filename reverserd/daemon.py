@@ -48,6 +48,7 @@ from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.lease import LeaderElector, LostLeadership
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
+from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S
 from reverserd.targets.manager import TargetManager
 from reverserd.targets.ownership import Ownership
 from reverserd.watch.manager import WatchManager
@@ -109,6 +110,7 @@ class RunOptions:
     repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
     journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
     max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE
+    drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S
     no_status_auth: bool = False
     status_auth_on_loopback: bool = False
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
@@ -167,6 +169,7 @@ class Daemon:
             Sops(options.sops_path, options.age_keygen_path),
             ownership,
             resolver,
+            options.drift_interval_s,
         )
         self.targets = targets
         self.elector: LeaderElector | None = None

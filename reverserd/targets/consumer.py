@@ -43,11 +43,16 @@ import pygit2
 
 from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
-from reverserd.committer.committer import Committer, CommitterStopped, Submission
+from reverserd.committer.committer import (
+    Committer,
+    CommitterStopped,
+    LocalWorkPending,
+    Submission,
+)
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import EncryptionUnavailable, NotCiphertext, sops_config_for
-from reverserd.git import FileChange
+from reverserd.git import FileChange, RemoteUnavailable
 from reverserd.journal import (
     EventKind,
     JournalEvent,
@@ -60,7 +65,15 @@ from reverserd.kube.client import KubeError
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
-from reverserd.metrics import EVENTS_PROCESSED, OBJECTS_QUARANTINED
+from reverserd.metrics import DRIFT_CHECKS, DRIFT_REPAIRS, EVENTS_PROCESSED, OBJECTS_QUARANTINED
+from reverserd.targets.drift import (
+    DEFAULT_DRIFT_INTERVAL_S,
+    DRIFT_READ_BATCH,
+    Drifted,
+    DriftState,
+    expected_files,
+    repair_message,
+)
 from reverserd.targets.history import restore_last_push
 from reverserd.targets.ledger import READ_BATCH, UNKNOWN_FINGERPRINT, TargetLedger, describe
 from reverserd.targets.planning import (
@@ -70,7 +83,9 @@ from reverserd.targets.planning import (
     FileRecord,
     SnapshotPlanner,
     commit_message,
+    content_hash,
     event_type,
+    holds_object,
     identity_of,
     is_sensitive,
     manifest_of,
@@ -124,6 +139,7 @@ class TargetConsumer:
         seeded: SeededCheck,
         secrets: SecretWriter,
         resolver: Resolver | None = None,
+        drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
     ) -> None:
         self.resolved = resolved
         self.key = resolved.key
@@ -145,6 +161,8 @@ class TargetConsumer:
         self.readme_path = README_NAME
         self.initial_snapshot_sent = False
         self.quarantine_retried_at = 0.0
+        self.drift_interval_s = drift_interval_s
+        self.drift = DriftState(self.key, self.progress.drift)
 
     @property
     def folder(self) -> str:
@@ -232,8 +250,112 @@ class TargetConsumer:
                 self.ledger.uncover_secrets()
             elif self.ledger.quarantined and self._quarantine_retry_due():
                 await self._retry_quarantined()
+            elif self._drift_check_due():
+                await self._check_drift()
             else:
                 await self.journal.wait_beyond(self.ledger.seq, IDLE_WAIT_S)
+
+    def _drift_check_due(self) -> bool:
+        """A reconcile request not handled yet, or the interval passed (drift checks on); only
+        once the first sync is out, so that the records say what the folder should hold."""
+        if not self.initial_snapshot_sent:
+            return False
+        target = self.resolved.target
+        if target.reconcile_requested != (self.progress.handled_reconcile or ""):
+            return True
+        return target.drift_mode != "off" and time.monotonic() >= self.drift.due_at
+
+    async def _check_drift(self) -> None:
+        """Compare the folder on the remote with the records, then warn or repair
+        (:mod:`reverserd.targets.drift`); handle the reconcile request that asked for it."""
+        target = self.resolved.target
+        requested = target.reconcile_requested
+        if target.drift_mode != "off":
+            try:
+                tree = await self.committer.remote_folder(self.folder)
+            except LocalWorkPending:
+                # The push fetches first; the check runs once it is out.
+                await self.journal.wait_beyond(self.ledger.seq, IDLE_WAIT_S)
+                return
+            except RemoteUnavailable as error:
+                self.progress.drift.error = f"the folder could not be compared: {error}"
+            else:
+                DRIFT_CHECKS.labels(target=self.key).inc()
+                await self._compare(tree, target.drift_mode)
+            self.drift.due_at = time.monotonic() + self.drift_interval_s
+        self.progress.handled_reconcile = requested or None
+        self.board.notify()
+
+    async def _compare(self, tree: str | None, mode: str) -> None:
+        drift = self.drift
+        expected = expected_files(self.ledger.files)
+        if drift.unchanged(tree, expected):
+            drift.show([], [], mode, time.time())
+            return
+        changed = None
+        if drift.clean_expected is not None:
+            changed = await self.committer.changed_files(drift.clean_tree, tree, self.folder)
+        candidates = drift.candidates(changed, expected)
+        found: list[Drifted] = []
+        for start in range(0, len(candidates), DRIFT_READ_BATCH):
+            batch = candidates[start : start + DRIFT_READ_BATCH]
+            contents = await self.committer.read_many(batch)
+            for path in batch:
+                key, digest = expected[path]
+                current = contents[path]
+                if current is not None and content_hash(current) == digest:
+                    continue
+                wanted = await self._written_content(key, path)
+                if wanted is None or (current is not None and holds_object(current, wanted)):
+                    continue
+                found.append(Drifted(path, key, wanted))
+        if not found:
+            drift.found_clean(tree, expected)
+            drift.show([], [], mode, time.time())
+            return
+        held: list[Drifted] = []
+        if mode == "repair":
+            repair, held = drift.triage(found, time.time())
+            if repair:
+                await self._repair(repair)
+        drift.show(found, held, mode, time.time())
+
+    async def _written_content(self, key: ObjectKey, path: str) -> bytes | None:
+        """What this target writes at ``path`` for the live object ``key`` now; None when it
+        writes nothing there at an update (object gone, rules take no updates, moved)."""
+        event = await self.reader.latest_event(key)
+        if event is None or event.kind is EventKind.DELETE or event.body is None:
+            return None
+        rtype = event_type(event)
+        if not selected(self.resolved.rules, rtype, event.namespace, "UPDATE"):
+            return None
+        if is_excluded_object(rtype, event.body):
+            return None
+        try:
+            written_path, content = await asyncio.to_thread(
+                manifest_of, rtype, event.body, self.folder
+            )
+        except Exception:
+            return None  # a poison object: quarantine is the event path's business
+        return content if written_path == path else None
+
+    async def _repair(self, repair: list[Drifted]) -> None:
+        """One commit restoring exactly ``repair``, pushed at once."""
+        plan = FilePlan()
+        for item in repair:
+            plan.changes.append(FileChange(item.path, item.content))
+            plan.records.append((item.key, item.path, content_hash(item.content)))
+        self.ledger.remember(plan)
+        paths = [item.path for item in repair]
+        report = self.progress.drift
+
+        def pushed(sha: str | None, at: float) -> None:
+            report.repaired_at, report.repaired = at, paths
+            DRIFT_REPAIRS.labels(target=self.key).inc()
+            self._pushed(sha, at)
+
+        log.warning("repairing drifted files", extra={"target": self.key, "paths": paths})
+        await self._submit(plan, repair_message(paths, self.key), pushed, push_now=True)
 
     def _selections(self, discovery: Discovery) -> dict[str, tuple[ResourceType, bool]]:
         """Selection key -> (type, whether every stream it needs has a complete seed)."""
