@@ -578,6 +578,14 @@ def _refused(message: str) -> Condition:
     return Condition("Validated", False, "Conflict", message)
 
 
+def _controls(state: ConfigState) -> dict[str, tuple[str, str]]:
+    """What running consumers are told without a restart (fields that equality ignores)."""
+    return {
+        key: (resolved.target.drift_mode, resolved.target.reconcile_requested)
+        for key, resolved in state.targets.items()
+    }
+
+
 def _name_of(body: Mapping[str, Any]) -> str:
     metadata = body.get("metadata") or {}
     return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
@@ -734,7 +742,7 @@ class ConfigPlane:
             self._statuses = {
                 (item.rtype.resource, item.namespace, item.name): item.status for item in desired
             }
-            if state != self.state:
+            if state != self.state or _controls(state) != _controls(self.state):
                 async with self._published:
                     self.state = state
                     self.version += 1
