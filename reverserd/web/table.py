@@ -51,6 +51,8 @@ def render_table(picture: Mapping[str, Any]) -> str:
                 "PUSHED",
                 "SECRETS SKIPPED",
                 "QUARANTINED",
+                "DRIFTED",
+                "REPAIRED",
             ],
             [
                 [
@@ -63,6 +65,8 @@ def render_table(picture: Mapping[str, Any]) -> str:
                     fmt.ago(t.get("last_push"), now),
                     fmt.number(t.get("secrets_skipped")),
                     str(len(t.get("quarantined") or [])),
+                    str(len((t.get("drift") or {}).get("drifted") or [])),
+                    fmt.ago((t.get("drift") or {}).get("last_repair"), now),
                 ]
                 for t in targets
             ],

@@ -31,6 +31,7 @@ from testbed.harness import (
 )
 from testbed.manifests import configmap, mirror_setup
 from tests.conftest import Cleanup, Remote
+from tests.integration.test_status_surface import cli, table_rows
 
 FOLDER = "live-cluster"
 # Drift checks this often in these tests, so that a check follows each edit within seconds.
@@ -76,6 +77,12 @@ def _person_edits(remote: Remote, namespace: str) -> dict[str, bytes | None]:
     return changes
 
 
+def _status_entry(daemon: Reverserd, target: str) -> dict[str, Any]:
+    """The target's entry of ``/status``."""
+    entries: list[dict[str, Any]] = daemon.status()["targets"]
+    return next(entry for entry in entries if entry["target"] == target)
+
+
 def _start(daemon: Reverserd, interval: str) -> Reverserd:
     daemon.extra_args += ["--drift-interval", interval]
     return daemon.start()
@@ -108,6 +115,9 @@ def test_repair_restores_edited_and_deleted_files_and_leaves_foreign_files(
     drift = wait_until(repaired, describe=daemon.log_tail)
     assert "lastRepairTime" in drift
     assert daemon.metric("reverserd_drift_repairs_total", target=f"{namespace}/mirror") == 1
+    entry = _status_entry(daemon, f"{namespace}/mirror")
+    assert sorted(entry["drift"]["repaired"]) == [_path(namespace, "a"), _path(namespace, "b")]
+    assert entry["drift"]["mode"] == "repair" and entry["drift"]["last_repair"]
     # The foreign files stay, and nothing else is ever repaired: a later change lands after
     # the one repair, and the tree still holds the person's files.
     later = later_change(control_plane, namespace, remote.path, daemon)
@@ -138,6 +148,11 @@ def test_warn_reports_drifted_files_and_commits_nothing(
     assert daemon.metric("reverserd_drifted_files", target=f"{namespace}/mirror") == 2
     logged = {line.get("path") for line in daemon.log_lines() if line["message"] == "drifted file"}
     assert logged == {_path(namespace, "a"), _path(namespace, "b")}
+    entry = _status_entry(daemon, f"{namespace}/mirror")
+    assert entry["drift"]["drifted"] == sorted([_path(namespace, "a"), _path(namespace, "b")])
+    assert entry["drift"]["last_check"] and entry["drift"]["last_repair"] is None
+    row = table_rows(cli(daemon).stdout, "TARGET")[f"{namespace}/mirror"]
+    assert row[-2:] == ["2", "never"], row
 
     later = later_change(control_plane, namespace, remote.path, daemon)
     assert subjects(remote.path) == [*edited, later]
