@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from bench import (
     branch_glob,
     cold_start,
+    drift,
     git_write,
     journal_append,
     loop_lag,
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[...,
     "loop_lag": (loop_lag.build_parser, loop_lag.run),
     "branch_glob": (branch_glob.build_parser, branch_glob.run),
     "targets": (targets.build_parser, targets.run),
+    "drift": (drift.build_parser, drift.run),
 }
 
 
