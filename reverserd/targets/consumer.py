@@ -300,13 +300,14 @@ class TargetConsumer:
         for start in range(0, len(candidates), DRIFT_READ_BATCH):
             batch = candidates[start : start + DRIFT_READ_BATCH]
             contents = await self.committer.read_many(batch)
-            for path in batch:
-                key, digest = expected[path]
-                current = contents[path]
-                if current is not None and content_hash(current) == digest:
-                    continue
+            # Hashing a thousand files, and parsing those that differ, takes long: off the loop.
+            differing = await asyncio.to_thread(_differing, contents, expected)
+            for path in differing:
+                key, current = expected[path][0], contents[path]
                 wanted = await self._written_content(key, path)
-                if wanted is None or (current is not None and holds_object(current, wanted)):
+                if wanted is None or (
+                    current is not None and await asyncio.to_thread(holds_object, current, wanted)
+                ):
                     continue
                 found.append(Drifted(path, key, wanted))
         if not found:
@@ -722,6 +723,17 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
+
+
+def _differing(
+    contents: Mapping[str, bytes | None], expected: Mapping[str, tuple[ObjectKey, str]]
+) -> list[str]:
+    """The files whose content is missing or not the one recorded (to be compared closer)."""
+    return [
+        path
+        for path, current in contents.items()
+        if current is None or content_hash(current) != expected[path][1]
+    ]
 
 
 class CursorCompacted(Exception):
