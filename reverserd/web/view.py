@@ -60,7 +60,7 @@ SUBJECT_CACHE = 1024
 ERROR, WARNING = "error", "warning"
 # Conditions whose True means trouble (the Kubernetes "abnormal-true" kind); every other
 # condition is trouble when False.
-ABNORMAL_TRUE = {"Quarantined", "Drifted"}
+ABNORMAL_TRUE = {"Quarantined", "Drifted", "Suspended"}
 
 # What to do, by condition reason: the condition's message says what is wrong, this says where
 # to look. Reasons not listed get GENERIC_ADVICE.
