@@ -49,10 +49,10 @@ def render_table(picture: Mapping[str, Any]) -> str:
                 "OLDEST",
                 "LAST COMMIT",
                 "PUSHED",
-                "SECRETS SKIPPED",
-                "QUARANTINED",
                 "DRIFTED",
                 "REPAIRED",
+                "SECRETS SKIPPED",
+                "QUARANTINED",
             ],
             [
                 [
@@ -63,10 +63,10 @@ def render_table(picture: Mapping[str, Any]) -> str:
                     fmt.duration(t.get("lag_seconds")),
                     fmt.short_sha(t.get("last_commit")),
                     fmt.ago(t.get("last_push"), now),
-                    fmt.number(t.get("secrets_skipped")),
-                    str(len(t.get("quarantined") or [])),
                     str(len((t.get("drift") or {}).get("drifted") or [])),
                     fmt.ago((t.get("drift") or {}).get("last_repair"), now),
+                    fmt.number(t.get("secrets_skipped")),
+                    str(len(t.get("quarantined") or [])),
                 ]
                 for t in targets
             ],

@@ -142,11 +142,11 @@ def test_table_reads_like_kubectl_get() -> None:
     row = lines[lines.index(header) + 1]
     assert re.split(r" {3,}", header) == [
         "TARGET", "READY", "REASON", "LAG", "OLDEST", "LAST COMMIT", "PUSHED",
-        "SECRETS SKIPPED", "QUARANTINED", "DRIFTED", "REPAIRED",
+        "DRIFTED", "REPAIRED", "SECRETS SKIPPED", "QUARANTINED",
     ]  # fmt: skip
     assert re.split(r" {3,}", row) == [
-        "team-a/mirror", "yes", "Ready", "0", "0 s", "0123456", "3 min ago", "2", "1", "1",
-        "3 min ago",
+        "team-a/mirror", "yes", "Ready", "0", "0 s", "0123456", "3 min ago", "1", "3 min ago",
+        "2", "1",
     ]  # fmt: skip
     assert header.index("READY") == row.index("yes"), "columns line up"
 
