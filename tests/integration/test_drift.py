@@ -83,18 +83,30 @@ def _status_entry(daemon: Reverserd, target: str) -> dict[str, Any]:
     return next(entry for entry in entries if entry["target"] == target)
 
 
-def _start(daemon: Reverserd, interval: str) -> Reverserd:
+def _mirroring(
+    plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    mode: str,
+    interval: str,
+    *names: str,
+) -> dict[str, bytes]:
+    """A daemon checking every ``interval`` seconds, a target in drift ``mode`` that mirrored
+    the ConfigMaps ``names``; returns the branch's files then."""
+    _setup(plane, namespace, remote, {"drift": {"mode": mode}})
     daemon.extra_args += ["--drift-interval", interval]
-    return daemon.start()
+    daemon.start()
+    wait_synced(plane, namespace, daemon=daemon)
+    return _mirrored(plane, namespace, remote, daemon, *names)
 
 
 def test_repair_restores_edited_and_deleted_files_and_leaves_foreign_files(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
 ) -> None:
-    _setup(control_plane, namespace, remote, {"drift": {"mode": "repair"}})
-    _start(daemon, CHECK_INTERVAL)
-    wait_synced(control_plane, namespace, daemon=daemon)
-    before = _mirrored(control_plane, namespace, remote, daemon, "a", "b")
+    before = _mirroring(
+        control_plane, namespace, remote, daemon, "repair", CHECK_INTERVAL, "a", "b"
+    )
     _person_edits(remote, namespace)
 
     wait_for_subjects(remote.path, daemon, "repair: restore 2 drifted file(s)")
@@ -130,10 +142,7 @@ def test_repair_restores_edited_and_deleted_files_and_leaves_foreign_files(
 def test_warn_reports_drifted_files_and_commits_nothing(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
 ) -> None:
-    _setup(control_plane, namespace, remote, {"drift": {"mode": "warn"}})
-    _start(daemon, CHECK_INTERVAL)
-    wait_synced(control_plane, namespace, daemon=daemon)
-    _mirrored(control_plane, namespace, remote, daemon, "a", "b")
+    _mirroring(control_plane, namespace, remote, daemon, "warn", CHECK_INTERVAL, "a", "b")
     changes = _person_edits(remote, namespace)
     edited = subjects(remote.path)
 
@@ -165,10 +174,7 @@ def test_warn_reports_drifted_files_and_commits_nothing(
 def test_repair_backs_off_from_a_writer_that_keeps_changing_a_file_back(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
 ) -> None:
-    _setup(control_plane, namespace, remote, {"drift": {"mode": "repair"}})
-    _start(daemon, CHECK_INTERVAL)
-    wait_synced(control_plane, namespace, daemon=daemon)
-    _mirrored(control_plane, namespace, remote, daemon, "a")
+    _mirroring(control_plane, namespace, remote, daemon, "repair", CHECK_INTERVAL, "a")
     path = _path(namespace, "a")
     subject = "repair: restore 1 drifted file(s)"
     for round_ in range(1, 4):
@@ -243,10 +249,7 @@ def test_suspended_target_journals_and_writes_nothing_then_lands_every_change_in
 def test_reconcile_request_checks_the_folder_at_once(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
 ) -> None:
-    _setup(control_plane, namespace, remote, {"drift": {"mode": "warn"}})
-    _start(daemon, NEVER)
-    wait_synced(control_plane, namespace, daemon=daemon)
-    _mirrored(control_plane, namespace, remote, daemon, "a", "b")
+    _mirroring(control_plane, namespace, remote, daemon, "warn", NEVER, "a", "b")
     wait_condition(
         control_plane, "gittarget", namespace, "mirror", "Drifted", "False", "NoDrift",
         daemon=daemon,
