@@ -11,6 +11,7 @@ that lands, never by waiting.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from testbed.controlplane import ControlPlane
@@ -31,6 +32,7 @@ from testbed.harness import (
 )
 from testbed.manifests import configmap, mirror_setup
 from tests.conftest import Cleanup, Remote
+from tests.integration.test_faults import own_server
 from tests.integration.test_status_surface import cli, table_rows
 
 FOLDER = "live-cluster"
@@ -283,3 +285,31 @@ def test_reconcile_request_checks_the_folder_at_once(
     )  # fmt: skip
     assert condition["message"].startswith("2 file(s)"), condition
     assert daemon.metric("reverserd_drift_checks_total", target=f"{namespace}/mirror") >= 3
+
+
+def test_a_check_the_remote_cannot_answer_says_so_and_the_next_one_finds_the_edit(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, cleanup: Cleanup
+) -> None:
+    with own_server(
+        control_plane, namespace, tmp_path, "drift-outage", "--drift-interval", CHECK_INTERVAL
+    ) as (server, repo, daemon, _):
+        wait_condition(
+            control_plane, "gittarget", namespace, "mirror", "Drifted", "False", "NoDrift",
+            daemon=daemon,
+        )  # fmt: skip
+        server.stop()
+        failed = wait_condition(
+            control_plane, "gittarget", namespace, "mirror", "Drifted", "Unknown",
+            "DriftCheckFailed", daemon=daemon,
+        )  # fmt: skip
+        assert failed["message"].startswith("the folder could not be compared"), failed
+        assert server.password not in failed["message"]
+        # A person's edit lands while reverserd cannot reach the server (on its disk).
+        path = _path(namespace, "before")
+        push_foreign_changes(repo, "main", {path: b"edited: while it was down\n"}, "edit")
+        server.start()
+        found = wait_condition(
+            control_plane, "gittarget", namespace, "mirror", "Drifted", "True", "DriftDetected",
+            daemon=daemon,
+        )  # fmt: skip
+        assert path in found["message"]
