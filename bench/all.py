@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from bench import (
     branch_glob,
     cold_start,
+    drift,
     git_write,
     journal_append,
     loop_lag,
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[...,
     "targets": (targets.build_parser, targets.run),
     "shards": (shards.build_parser, shards.run),
     "selector": (selector.build_parser, selector.run),
+    "drift": (drift.build_parser, drift.run),
 }
 
 

@@ -27,6 +27,7 @@ from reverserd.journal import JournalEvent, JournalReader
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.lease import LEASE_DURATION_S
 from reverserd.kube.shards import MAX_BUCKETS
+from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S
 
 if TYPE_CHECKING:
     from reverserd.daemon import AttributionOptions
@@ -151,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREFIX=NS[,NS...][;...]",
         help="reserve repositories under each URL prefix for the listed namespaces: GitTargets"
         " of any other namespace are refused there, whatever credentials they hold",
+    )
+    git.add_argument(
+        "--drift-interval",
+        type=float,
+        default=DEFAULT_DRIFT_INTERVAL_S,
+        help="seconds between two comparisons of an idle target's folder on the remote with"
+        " what it writes (spec.drift.mode; a reconcile request checks at once;"
+        f" default {DEFAULT_DRIFT_INTERVAL_S:.0f})",
     )
     secrets = run.add_argument_group("secrets")
     secrets.add_argument(
@@ -370,6 +379,7 @@ def _run(arguments: argparse.Namespace) -> int:
         repository_pins=pins,
         journal_max_lag_events=arguments.journal_max_lag_events,
         max_targets_per_namespace=arguments.max_targets_per_namespace,
+        drift_interval_s=arguments.drift_interval,
         no_status_auth=arguments.no_status_auth,
         status_auth_on_loopback=arguments.status_auth_on_loopback,
         attribution=_attribution_options(arguments),

@@ -52,6 +52,7 @@ from reverserd.kube.lease import LeaderElector, Lease, LeaseTiming, LostLeadersh
 from reverserd.kube.shards import ShardCoordinator, ShardSettings
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
+from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S
 from reverserd.targets.manager import TargetManager
 from reverserd.targets.ownership import Ownership
 from reverserd.watch.manager import WatchManager
@@ -121,6 +122,7 @@ class RunOptions:
     repository_pins: RepositoryPins = field(default_factory=RepositoryPins)
     journal_max_lag_events: int = MAX_CURSOR_LAG_EVENTS
     max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE
+    drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S
     no_status_auth: bool = False
     status_auth_on_loopback: bool = False
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
@@ -206,6 +208,7 @@ class Daemon:
             ownership,
             resolver,
             self.shards,
+            options.drift_interval_s,
         )
         self.targets = targets
         if options.leader_elect and not options.shards:

@@ -121,3 +121,19 @@ ATTRIBUTION_FACTS_DROPPED = Counter(
     "Attribution facts dropped, oldest first, to keep the journal's facts table within its bound"
     " (a flood of facts, or a mirror far behind); changes they were for stay unresolved",
 )
+DRIFT_CHECKS = Counter(
+    "reverserd_drift_checks_total",
+    "Comparisons of a target's folder on the remote with what reverserd writes for live objects",
+    ["target"],
+)
+DRIFTED_FILES = Gauge(
+    "reverserd_drifted_files",
+    "Files of live objects that the last drift check found changed, deleted or moved by someone"
+    " else (see the target's Drifted condition)",
+    ["target"],
+)
+DRIFT_REPAIRS = Counter(
+    "reverserd_drift_repairs_total",
+    "Repair commits pushed that restored drifted files of live objects",
+    ["target"],
+)

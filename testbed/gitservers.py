@@ -496,14 +496,15 @@ def libgit2_known_hosts(known_hosts: str, home: Path) -> Iterator[None]:
 def commit_files(
     repo: pygit2.Repository,
     branch: str,
-    files: Mapping[str, bytes],
+    files: Mapping[str, bytes | None],
     message: str,
     author: pygit2.Signature,
 ) -> pygit2.Oid:
     """Commit ``files`` on top of ``branch`` of ``repo`` (bare or not), without a work tree.
 
-    Files the commit does not mention stay as they are; a missing branch is created with this
-    as its first commit. ``author`` also commits. Returns the new commit's id.
+    A content of None deletes the file. Files the commit does not mention stay as they are; a
+    missing branch is created with this as its first commit. ``author`` also commits. Returns
+    the new commit's id.
     """
     ref_name = f"refs/heads/{branch}"
     index = pygit2.Index()
@@ -514,7 +515,10 @@ def commit_files(
         index.read_tree(parent.tree)
         parents.append(parent.id)
     for file_path, content in files.items():
-        index.add(pygit2.IndexEntry(file_path, repo.create_blob(content), FileMode.BLOB))
+        if content is None:
+            index.remove(file_path)
+        else:
+            index.add(pygit2.IndexEntry(file_path, repo.create_blob(content), FileMode.BLOB))
     # create_commit moves the branch only if its tip is still the parent read above, so a push
     # arriving meanwhile makes this fail instead of being overwritten.
     tree_id = index.write_tree(repo)
@@ -525,7 +529,7 @@ def commit_files(
 def _commit_files(
     repo_path: Path,
     branch: str,
-    files: Mapping[str, bytes],
+    files: Mapping[str, bytes | None],
     message: str,
     author: pygit2.Signature,
 ) -> str:
@@ -565,6 +569,14 @@ def verify_commit(
         capture_output=True,
         text=True,
     )
+
+
+def push_foreign_changes(
+    repo_path: Path, branch: str, files: Mapping[str, bytes | None], message: str
+) -> str:
+    """Play a person editing the branch: one commit by ``FOREIGN_AUTHOR`` writing ``files``
+    (None deletes the file) on top of ``branch``. Returns its SHA."""
+    return _commit_files(repo_path, branch, files, message, FOREIGN_AUTHOR)
 
 
 def install_hook(repo_path: Path, name: str, script: str) -> Path:

@@ -150,6 +150,11 @@ class NotOwner(Exception):
     """The fencing check refused a push: another replica may own the branch now."""
 
 
+class LocalWorkPending(Exception):
+    """Commits or submissions wait for a push: the branch is not compared now (the push
+    fetches anyway); a drift check tries again later."""
+
+
 class ProviderProblem(Exception):
     """The provider cannot be used yet (e.g. its Secret is missing); ``reason`` goes to status."""
 
@@ -285,6 +290,30 @@ class Committer:
 
     async def list_files(self, prefix: str) -> list[str]:
         return await self.on_git_thread(lambda: self.repository.list_files(prefix))
+
+    async def remote_folder(self, prefix: str) -> str | None:
+        """Fetch the branch and return the tree ID of folder ``prefix`` as the remote has it
+        (None: no such folder). Raises :class:`LocalWorkPending` while anything waits for a
+        push, and RemoteUnavailable when the remote cannot be reached (nothing changes then).
+        """
+        async with self._applying:
+            if self._inbox or self._unpushed:
+                raise LocalWorkPending(self.key)
+            if not await self.on_git_thread(self.repository.fetch_if_idle):
+                raise LocalWorkPending(self.key)
+            return await self.on_git_thread(lambda: self.repository.folder_tree(prefix))
+
+    async def changed_files(self, old: str | None, new: str | None, prefix: str) -> set[str]:
+        """Files that differ between two trees of folder ``prefix`` (see
+        :meth:`~reverserd.git.BranchRepository.changed_files`)."""
+        return set(
+            await self.on_git_thread(lambda: self.repository.changed_files(old, new, prefix))
+        )
+
+    async def read_many(self, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """The content of each file at the local tip (None: there is none)."""
+        repository = self.repository
+        return await self.on_git_thread(lambda: {path: repository.read(path) for path in paths})
 
     async def store_blobs(self, contents: Sequence[bytes]) -> list[StoredBlob]:
         """Hand file contents to the clone now, for a submission that follows (a reconcile of

@@ -42,6 +42,16 @@ DEFAULT_PUSH_INTERVAL_S = 5.0
 DEFAULT_PUSH_MAX_COMMITS = 20
 # The explicit opt-out of SSH host-key verification (SPEC 2.1): never the default.
 INSECURE_HOST_KEY_ANNOTATION = "configbutler.ai/insecure-skip-host-key-verification"
+# Ask for a drift check and status refresh now (the spelling gitops-reverser uses), or the
+# Flux spelling operators already script against; the first one set wins.
+RECONCILE_ANNOTATIONS = ("reconcile.configbutler.ai/requestedAt", "reconcile.fluxcd.io/requestedAt")
+# The longest reconcile request value kept: a timestamp, with room for whatever a script writes.
+MAX_RECONCILE_REQUEST_CHARS: Final = 256
+# What a target does about files of live objects that someone else changed in its folder.
+DRIFT_MODES = ("off", "warn", "repair")
+# Warn by default: an existing GitTarget gets the report and no commit it did not get before;
+# writing over a person's edit is a choice its owner makes (spec.drift.mode: repair).
+DEFAULT_DRIFT_MODE = "warn"
 
 # Bounds on what a custom resource may hold, the same as the CRD schema's (packaging/crds), so
 # an object stored before the schema had them is refused here as well.
@@ -508,6 +518,10 @@ class Target:
     exclude_field_managers: frozenset[str] = frozenset()
     kustomization: bool = False
     exclude_users: frozenset[str] = frozenset()
+    suspend: bool = False
+    # Read by the running consumer; a change of either restarts nothing (not compared).
+    drift_mode: str = field(default=DEFAULT_DRIFT_MODE, compare=False)
+    reconcile_requested: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
@@ -542,6 +556,12 @@ def parse_target(body: Mapping[str, Any]) -> Target:
         _mapping(encryption.get("secretRef"), "spec.encryption.secretRef").get("name"),
         "spec.encryption.secretRef.name",
     )
+    suspend = spec.get("suspend", False)
+    if not isinstance(suspend, bool):
+        raise ConfigError("InvalidSpec", "spec.suspend must be true or false")
+    drift_mode = _mapping(spec.get("drift"), "spec.drift").get("mode", DEFAULT_DRIFT_MODE)
+    if drift_mode not in DRIFT_MODES:
+        raise ConfigError("InvalidSpec", f"spec.drift.mode must be one of {', '.join(DRIFT_MODES)}")
     target = Target(
         namespace=namespace,
         name=name,
@@ -561,6 +581,9 @@ def parse_target(body: Mapping[str, Any]) -> Target:
                 spec.get("excludeFieldManagers"), "spec.excludeFieldManagers", MAX_MANAGER_CHARS
             )
         ),
+        suspend=suspend,
+        drift_mode=drift_mode,
+        reconcile_requested=reconcile_request(body),
     )
     if not target.provider_name:
         raise ConfigError("InvalidSpec", "spec.providerRef.name is required")
@@ -600,6 +623,16 @@ def _drop_fields(raw: Any) -> tuple[FieldPath, ...]:
         return parse_field_paths(raw)
     except FieldPathError as error:
         raise ConfigError("InvalidDropFields", f"spec.{error}") from None
+
+
+def reconcile_request(body: Mapping[str, Any]) -> str:
+    """The value of the object's reconcile request annotation ("" when it has none)."""
+    annotations = _mapping((body.get("metadata") or {}).get("annotations"), "annotations")
+    for name in RECONCILE_ANNOTATIONS:
+        value = annotations.get(name)
+        if isinstance(value, str) and value:
+            return value[:MAX_RECONCILE_REQUEST_CHARS]
+    return ""
 
 
 def _enabled_encryption(encryption: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -211,6 +211,57 @@ def _quarantine_condition(progress: TargetProgress) -> Condition:
     )
 
 
+# How many drifted files a condition message names.
+DRIFT_LISTED = 5
+
+
+def _suspended_condition(target: Target) -> Condition:
+    if target.suspend:
+        return Condition(
+            "Suspended",
+            True,
+            "Suspended",
+            "spec.suspend is true: nothing is written to Git; changes wait in the journal and are"
+            " committed in order once it is false again",
+        )
+    return Condition("Suspended", False, "NotSuspended", "changes are written as they happen")
+
+
+def _drift_condition(target: Target, progress: TargetProgress) -> Condition:
+    """Files of live objects that someone else changed in the folder (never foreign files)."""
+    drift = progress.drift
+    if target.drift_mode == "off":
+        return Condition("Drifted", None, "DriftCheckOff", "spec.drift.mode is off")
+    if drift.error is not None:
+        return Condition("Drifted", None, "DriftCheckFailed", drift.error)
+    if drift.checked_at is None:
+        return Condition("Drifted", None, "Pending", "the folder has not been checked yet")
+    if not drift.drifted:
+        return Condition(
+            "Drifted", False, "NoDrift", "every file of a live object says what reverserd writes"
+        )
+    listed = ", ".join(drift.drifted[:DRIFT_LISTED])
+    more = (
+        f" and {len(drift.drifted) - DRIFT_LISTED} more"
+        if len(drift.drifted) > DRIFT_LISTED
+        else ""
+    )
+    summary = (
+        f"{len(drift.drifted)} file(s) of live objects differ from the cluster: {listed}{more}"
+    )
+    if drift.held:
+        return Condition(
+            "Drifted",
+            True,
+            "RepairBackedOff",
+            f"{summary}; not repairing {', '.join(drift.held[:DRIFT_LISTED])}: another writer"
+            " keeps changing it back (retried later; stop that writer or set spec.drift.mode)",
+        )
+    if target.drift_mode == "repair":
+        return Condition("Drifted", True, "Repairing", f"{summary}; a repair commit restores them")
+    return Condition("Drifted", True, "DriftDetected", f"{summary}; spec.drift.mode is warn")
+
+
 def _parse(parse: Callable[[], T]) -> T | ConfigError:
     """``parse()``, with every failure turned into a condition: one bad object stops nothing."""
     try:
@@ -384,13 +435,28 @@ def resolve(
         # skipped (and the condition says so) while everything else is mirrored. A failing push
         # or journal is what the sync gates wait on: Ready names it, not the gate waiting.
         failing = [gate for gate in (pushing, journal) if gate.status is False]
+        suspended = _suspended_condition(target)
+        # A suspended target writes nothing: it is not current, and Ready says why first.
+        held = [Condition("Suspended", False, suspended.reason, suspended.message)]
         ready_gates = [
             gate
-            for gate in [validated, encryption, *failing, *gates[2:]]
+            for gate in [
+                validated,
+                *(held if target.suspend else []),
+                encryption,
+                *failing,
+                *gates[2:],
+            ]
             if gate is not encryption or target.encryption
         ]
         fields = {"path": target.path, **_target_fields(progress)}
-        conditions = [ready_from(ready_gates), *gates, _quarantine_condition(progress)]
+        conditions = [
+            ready_from(ready_gates),
+            *gates,
+            suspended,
+            _drift_condition(target, progress),
+            _quarantine_condition(progress),
+        ]
         want(TARGETS, body, conditions, fields)
 
     for rtype, body, rule_or_error in rule_bodies:
@@ -518,6 +584,14 @@ def _refused(message: str) -> Condition:
     return Condition("Validated", False, "Conflict", message)
 
 
+def _controls(state: ConfigState) -> dict[str, tuple[str, str]]:
+    """What running consumers are told without a restart (fields that equality ignores)."""
+    return {
+        key: (resolved.target.drift_mode, resolved.target.reconcile_requested)
+        for key, resolved in state.targets.items()
+    }
+
+
 def _name_of(body: Mapping[str, Any]) -> str:
     metadata = body.get("metadata") or {}
     return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
@@ -536,6 +610,16 @@ def _target_fields(progress: TargetProgress) -> dict[str, Any]:
             "lastCompletedTime": rfc3339(progress.snapshot_completed_time),
             "stats": dict(progress.snapshot_stats),
         }
+    if progress.handled_reconcile:
+        fields["lastHandledReconcileAt"] = progress.handled_reconcile
+    drift = progress.drift
+    # The check time stays out: a status that changed with every check would be written every
+    # interval in a quiet cluster (/status and the page show it).
+    if drift.checked_at is not None:
+        fields["drift"] = {"driftedFiles": len(drift.drifted)}
+        if drift.repaired_at is not None:
+            fields["drift"]["lastRepairTime"] = rfc3339(drift.repaired_at)
+            fields["drift"]["lastRepairedFiles"] = len(drift.repaired)
     return fields
 
 
@@ -697,7 +781,7 @@ class ConfigPlane:
             self._statuses = {
                 (item.rtype.resource, item.namespace, item.name): item.status for item in desired
             }
-            if state != self.state:
+            if state != self.state or _controls(state) != _controls(self.state):
                 async with self._published:
                     self.state = state
                     self.version += 1

@@ -108,6 +108,25 @@ class TargetProgress:
     """The committer key (repository + branch) the target writes through."""
     quarantined: dict[str, str] = field(default_factory=dict)
     """Object key -> why it cannot be written; retried when the object changes."""
+    drift: DriftReport = field(default_factory=lambda: DriftReport())
+    handled_reconcile: str | None = None
+    """The reconcile request value the consumer last acted on."""
+
+
+@dataclass
+class DriftReport:
+    """What the drift checks of one target found (:mod:`reverserd.targets.drift`)."""
+
+    checked_at: float | None = None
+    drifted: list[str] = field(default_factory=list)
+    """Paths of live objects' files that differ from what reverserd writes, sorted."""
+    held: list[str] = field(default_factory=list)
+    """Drifted paths not repaired, because another writer keeps changing them back."""
+    repaired_at: float | None = None
+    repaired: list[str] = field(default_factory=list)
+    """The files the last pushed repair commit restored."""
+    error: str | None = None
+    """Why the last check could not compare the folder (the remote unreachable)."""
 
 
 @dataclass(frozen=True)

@@ -512,6 +512,42 @@ class BranchRepository:
             tree = found
         return sorted(_walk_files(tree, folder))
 
+    def fetch_if_idle(self) -> bool:
+        """With no local commit pending, fetch the branch and move the local tip to the
+        remote's (someone else's commits included); returns False, doing nothing, while commits
+        wait for a push (the push fetches, and rebuilds them on whatever it finds).
+
+        Fetching is cheap when nothing moved: the remote advertises its tip, and a tip the
+        clone already has transfers no objects.
+        """
+        if self.pending():
+            return False
+        # Nothing pending: an in-memory tip, if any, is the base itself.
+        self._unflushed_tip = None
+        self._follow_remote(self._fetch())
+        return True
+
+    def folder_tree(self, prefix: str) -> str | None:
+        """ID of the tree of folder ``prefix`` ("" is the root) at the local tip; None if absent."""
+        tree = self._tip_tree()
+        folder = prefix.strip("/")
+        if tree is not None and folder:
+            found = _entry_at(tree, folder)
+            tree = found if isinstance(found, pygit2.Tree) else None
+        return str(tree.id) if tree is not None else None
+
+    def changed_files(self, old: str | None, new: str | None, prefix: str) -> list[str]:
+        """Sorted paths of files that differ between two trees of folder ``prefix`` (added,
+        removed or changed), found by descending only into subtrees whose IDs differ: a folder
+        of 10,000 files with one changed reads one path of trees, not 10,000 entries."""
+        repo = self._open_repo()
+
+        def tree_of(oid: str | None) -> pygit2.Tree | None:
+            found = repo.get(oid) if oid is not None else None
+            return found if isinstance(found, pygit2.Tree) else None
+
+        return sorted(_differing_files(tree_of(old), tree_of(new), prefix.strip("/")))
+
     def unwritable(self, changes: Sequence[FileChange]) -> dict[str, str]:
         """Path -> why a write of ``changes`` cannot be applied on the local tip.
 
@@ -1100,6 +1136,32 @@ def _entry(tree: pygit2.Tree | None, name: str) -> pygit2.Object | None:
     if tree is None or name not in tree:
         return None
     return tree[name]
+
+
+def _entry_at(tree: pygit2.Tree, path: str) -> pygit2.Object | None:
+    try:
+        return tree["/".join(_split_path(path))]
+    except KeyError:
+        return None
+
+
+def _differing_files(
+    old: pygit2.Tree | None, new: pygit2.Tree | None, folder: str
+) -> Iterator[str]:
+    """Files that differ between ``old`` and ``new`` (either may be absent), below ``folder``."""
+    before = {str(entry.name): entry for entry in old} if old is not None else {}
+    after = {str(entry.name): entry for entry in new} if new is not None else {}
+    for name in before.keys() | after.keys():
+        first, second = before.get(name), after.get(name)
+        if first is not None and second is not None and first.id == second.id:
+            continue
+        path = f"{folder}/{name}" if folder else name
+        first_tree = first if isinstance(first, pygit2.Tree) else None
+        second_tree = second if isinstance(second, pygit2.Tree) else None
+        if first_tree is not None or second_tree is not None:
+            yield from _differing_files(first_tree, second_tree, path)
+        if isinstance(first, pygit2.Blob) or isinstance(second, pygit2.Blob):
+            yield path
 
 
 def _walk_files(tree: pygit2.Tree, folder: str) -> Iterator[str]:

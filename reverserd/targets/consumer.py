@@ -43,12 +43,17 @@ import pygit2
 
 from reverserd.attribution.resolver import Attribution, Resolver
 from reverserd.committer.branch import Branch
-from reverserd.committer.committer import Committer, CommitterStopped, Submission
+from reverserd.committer.committer import (
+    Committer,
+    CommitterStopped,
+    LocalWorkPending,
+    Submission,
+)
 from reverserd.config.plane import ResolvedTarget
 from reverserd.config.rules import Namespaces
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import EncryptionUnavailable, NotCiphertext, sops_config_for
-from reverserd.git import FileChange
+from reverserd.git import FileChange, RemoteUnavailable
 from reverserd.journal import (
     EventKind,
     JournalEvent,
@@ -61,7 +66,15 @@ from reverserd.kube.client import KubeError
 from reverserd.kube.discovery import Discovery
 from reverserd.kube.resources import ResourceType
 from reverserd.manifest.layout import is_excluded_object
-from reverserd.metrics import EVENTS_PROCESSED, OBJECTS_QUARANTINED
+from reverserd.metrics import DRIFT_CHECKS, DRIFT_REPAIRS, EVENTS_PROCESSED, OBJECTS_QUARANTINED
+from reverserd.targets.drift import (
+    DEFAULT_DRIFT_INTERVAL_S,
+    DRIFT_READ_BATCH,
+    Drifted,
+    DriftState,
+    expected_files,
+    repair_message,
+)
 from reverserd.targets.history import restore_last_push
 from reverserd.targets.kustomization import (
     folders_of,
@@ -76,9 +89,12 @@ from reverserd.targets.planning import (
     FileRecord,
     SnapshotPlanner,
     commit_message,
+    content_hash,
     event_type,
+    holds_object,
     identity_of,
     is_sensitive,
+    manifest_of,
     manifest_path,
     plan_event,
     reconcile_message,
@@ -142,6 +158,7 @@ class TargetConsumer:
         secrets: SecretWriter,
         namespaces: Namespaces,
         resolver: Resolver | None = None,
+        drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
     ) -> None:
         self.resolved = resolved
         # Each namespace's current labels, kept by the config plane, for namespaceSelectors.
@@ -167,6 +184,8 @@ class TargetConsumer:
         self.kustomizations: dict[str, bytes | None] = {}
         self.initial_snapshot_sent = False
         self.quarantine_retried_at = 0.0
+        self.drift_interval_s = drift_interval_s
+        self.drift = DriftState(self.key, self.progress.drift)
 
     @property
     def folder(self) -> str:
@@ -255,8 +274,115 @@ class TargetConsumer:
                 self.ledger.uncover_secrets()
             elif self.ledger.quarantined and self._quarantine_retry_due():
                 await self._retry_quarantined()
+            elif self._drift_check_due():
+                await self._check_drift()
             else:
                 await self.journal.wait_beyond(self.ledger.seq, IDLE_WAIT_S)
+
+    def _drift_check_due(self) -> bool:
+        """A reconcile request not handled yet, or the interval passed (drift checks on); only
+        once the first sync is out, so that the records say what the folder should hold."""
+        if not self.initial_snapshot_sent:
+            return False
+        target = self.resolved.target
+        if target.reconcile_requested != (self.progress.handled_reconcile or ""):
+            return True
+        return target.drift_mode != "off" and time.monotonic() >= self.drift.due_at
+
+    async def _check_drift(self) -> None:
+        """Compare the folder on the remote with the records, then warn or repair
+        (:mod:`reverserd.targets.drift`); handle the reconcile request that asked for it."""
+        target = self.resolved.target
+        requested = target.reconcile_requested
+        if target.drift_mode != "off":
+            try:
+                tree = await self.committer.remote_folder(self.folder)
+            except LocalWorkPending:
+                # The push fetches first; the check runs once it is out.
+                await self.journal.wait_beyond(self.ledger.seq, IDLE_WAIT_S)
+                return
+            except RemoteUnavailable as error:
+                self.progress.drift.error = f"the folder could not be compared: {error}"
+            else:
+                DRIFT_CHECKS.labels(target=self.key).inc()
+                await self._compare(tree, target.drift_mode)
+            self.drift.due_at = time.monotonic() + self.drift_interval_s
+        self.progress.handled_reconcile = requested or None
+        self.board.notify()
+
+    async def _compare(self, tree: str | None, mode: str) -> None:
+        drift = self.drift
+        expected = expected_files(self.ledger.files)
+        if drift.unchanged(tree, expected):
+            drift.show([], [], mode, time.time())
+            return
+        changed = None
+        if drift.clean_expected is not None:
+            changed = await self.committer.changed_files(drift.clean_tree, tree, self.folder)
+        candidates = drift.candidates(changed, expected)
+        found: list[Drifted] = []
+        for start in range(0, len(candidates), DRIFT_READ_BATCH):
+            batch = candidates[start : start + DRIFT_READ_BATCH]
+            contents = await self.committer.read_many(batch)
+            # Hashing a thousand files, and parsing those that differ, takes long: off the loop.
+            differing = await asyncio.to_thread(_differing, contents, expected)
+            for path in differing:
+                key, current = expected[path][0], contents[path]
+                wanted = await self._written_content(key, path)
+                if wanted is None or (
+                    current is not None and await asyncio.to_thread(holds_object, current, wanted)
+                ):
+                    continue
+                found.append(Drifted(path, key, wanted))
+        if not found:
+            drift.found_clean(tree, expected)
+            drift.show([], [], mode, time.time())
+            return
+        held: list[Drifted] = []
+        if mode == "repair":
+            repair, held = drift.triage(found, time.time())
+            if repair:
+                await self._repair(repair)
+        drift.show(found, held, mode, time.time())
+
+    async def _written_content(self, key: ObjectKey, path: str) -> bytes | None:
+        """What this target writes at ``path`` for the live object ``key`` now; None when it
+        writes nothing there at an update (object gone, rules take no updates, moved)."""
+        event = await self.reader.latest_event(key)
+        if event is None or event.kind is EventKind.DELETE or event.body is None:
+            return None
+        rtype = event_type(event)
+        if not selected(
+            self.resolved.rules, rtype, event.namespace, "UPDATE", event.body, self.namespaces
+        ):
+            return None
+        if is_excluded_object(rtype, event.body):
+            return None
+        try:
+            written_path, content = await asyncio.to_thread(
+                manifest_of, rtype, event.body, self.folder, self.resolved.target.drop_fields
+            )
+        except Exception:
+            return None  # a poison object: quarantine is the event path's business
+        return content if written_path == path else None
+
+    async def _repair(self, repair: list[Drifted]) -> None:
+        """One commit restoring exactly ``repair``, pushed at once."""
+        plan = FilePlan()
+        for item in repair:
+            plan.changes.append(FileChange(item.path, item.content))
+            plan.records.append((item.key, item.path, content_hash(item.content)))
+        self.ledger.remember(plan)
+        paths = [item.path for item in repair]
+        report = self.progress.drift
+
+        def pushed(sha: str | None, at: float) -> None:
+            report.repaired_at, report.repaired = at, paths
+            DRIFT_REPAIRS.labels(target=self.key).inc()
+            self._pushed(sha, at)
+
+        log.warning("repairing drifted files", extra={"target": self.key, "paths": paths})
+        await self._submit(plan, repair_message(paths, self.key), pushed, push_now=True)
 
     def _selections(self, discovery: Discovery) -> dict[str, tuple[ResourceType, bool]]:
         """Selection key -> (type, whether every stream it needs has a complete seed)."""
@@ -711,6 +837,17 @@ class TargetConsumer:
             progress.last_push_time = at
         progress.last_error = None
         self.board.notify()
+
+
+def _differing(
+    contents: Mapping[str, bytes | None], expected: Mapping[str, tuple[ObjectKey, str]]
+) -> list[str]:
+    """The files whose content is missing or not the one recorded (to be compared closer)."""
+    return [
+        path
+        for path, current in contents.items()
+        if current is None or content_hash(current) != expected[path][1]
+    ]
 
 
 class CursorCompacted(Exception):

@@ -20,6 +20,11 @@ again, not only one made while it runs. A GitTarget that was deleted is forgotte
 also when it was deleted while reverserd was stopped (checked once the configuration is synced),
 so it no longer holds back journal compaction and a re-created one starts afresh. A change of
 rules is no change of place: it is seen per type through the cursor's covered selections.
+
+A suspended GitTarget (``spec.suspend: true``) has no consumer: its events wait in the journal
+behind its cursor, as those of a target that is not ready do, and the consumer started on resume
+commits every one of them in order. A change of the drift mode or a reconcile request is handed
+to the running consumer, which restarts nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from reverserd.kube.client import KubeClient
 from reverserd.kube.shards import ShardCoordinator
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
+from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S
 from reverserd.targets.ownership import Ownership
 from reverserd.targets.secrets import SecretWriter
 from reverserd.watch.manager import WatchManager
@@ -85,10 +91,12 @@ class TargetManager:
         ownership: Ownership,
         resolver: Resolver | None = None,
         shards: ShardCoordinator | None = None,
+        drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
     ) -> None:
         """With ``shards``, only the targets of branches in this replica's buckets run here."""
         self.client = client
         self.shards = shards
+        self.drift_interval_s = drift_interval_s
         self.ownership = ownership
         self.journal = journal
         self.plane = plane
@@ -175,6 +183,7 @@ class TargetManager:
                 continue  # stopped by a hand-over while this pass waited
             wanted = mine.get(key)
             if wanted == running.resolved:
+                running.resolved = running.consumer.resolved = wanted
                 continue
             if wanted is None and key in self.plane.state.targets:
                 # Its branch went to another replica: stopped, not forgotten.
@@ -186,7 +195,7 @@ class TargetManager:
             ):
                 await self._forget(key, running.resolved)
         for key, resolved in sorted(mine.items()):
-            if key in self.consumers:
+            if key in self.consumers or resolved.target.suspend:
                 continue
             await self._claim_place(key, resolved)
             if not self._runs_here(resolved):
@@ -213,6 +222,7 @@ class TargetManager:
                 ),
                 self.plane.namespaces,
                 self.resolver,
+                self.drift_interval_s,
             )
             task = group.create_task(
                 supervise(f"target {key}", consumer.run, self._record_failure(key))

@@ -173,6 +173,7 @@ def _card(target: Mapping[str, Any], now: float) -> str:
         ("Pushed", push_html),
         ("Secrets skipped", skipped_html),
         ("Quarantined", quarantined_html),
+        ("Drift", _drift(target.get("drift"), now)),
         ("Last error", esc(fmt.text(target.get("last_error")))),
     ]  # fmt: skip
     if "owner" in target:
@@ -184,6 +185,32 @@ def _card(target: Mapping[str, Any], now: float) -> str:
         f"{_chart(target.get('lag_history') or [], now)}"
         f"{_conditions(target.get('conditions') or [], now)}</section>"
     )
+
+
+def _drift(drift: Mapping[str, Any] | None, now: float) -> str:
+    """The last drift check: when, which files, the last repair."""
+    if not drift or drift.get("mode") in (None, "off"):
+        return fmt.NONE
+    checked = drift.get("last_check")
+    parts = [f"mode <code>{esc(drift.get('mode'))}</code>, checked {esc(fmt.ago(checked, now))}"]
+    drifted = list(drift.get("drifted") or [])
+    if drifted:
+        held = set(drift.get("held") or [])
+        parts.append(
+            "<ul>"
+            + "".join(
+                f"<li><code>{esc(path)}</code>{' (repair backed off)' if path in held else ''}</li>"
+                for path in drifted
+            )
+            + "</ul>"
+        )
+    else:
+        parts.append(", no drifted file")
+    repaired = drift.get("last_repair")
+    if repaired:
+        count = len(drift.get("repaired") or [])
+        parts.append(f"; last repair {esc(fmt.ago(repaired, now))} ({count} file(s))")
+    return "".join(parts)
 
 
 def _lag(target: Mapping[str, Any]) -> str:

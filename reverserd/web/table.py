@@ -49,6 +49,8 @@ def render_table(picture: Mapping[str, Any]) -> str:
                 "OLDEST",
                 "LAST COMMIT",
                 "PUSHED",
+                "DRIFTED",
+                "REPAIRED",
                 "SECRETS SKIPPED",
                 "QUARANTINED",
             ],
@@ -61,6 +63,8 @@ def render_table(picture: Mapping[str, Any]) -> str:
                     fmt.duration(t.get("lag_seconds")),
                     fmt.short_sha(t.get("last_commit")),
                     fmt.ago(t.get("last_push"), now),
+                    str(len((t.get("drift") or {}).get("drifted") or [])),
+                    fmt.ago((t.get("drift") or {}).get("last_repair"), now),
                     fmt.number(t.get("secrets_skipped")),
                     str(len(t.get("quarantined") or [])),
                 ]

@@ -61,7 +61,7 @@ SUBJECT_CACHE = 1024
 ERROR, WARNING = "error", "warning"
 # Conditions whose True means trouble (the Kubernetes "abnormal-true" kind); every other
 # condition is trouble when False.
-ABNORMAL_TRUE = {"Quarantined"}
+ABNORMAL_TRUE = {"Quarantined", "Drifted", "Suspended"}
 
 # What to do, by condition reason: the condition's message says what is wrong, this says where
 # to look. Reasons not listed get GENERIC_ADVICE.
@@ -371,6 +371,7 @@ class StatusView:
                 "quarantined": [
                     {"key": key, "reason": why} for key, why in sorted(progress.quarantined.items())
                 ],
+                "drift": _drift_entry(resolved.target.drift_mode if resolved else None, progress),
                 "conditions": conditions,
                 "lag_history": self._sample(key, now, lag_events, lag_seconds),
             }
@@ -465,6 +466,20 @@ def _subject_in(clone: Path, sha: str) -> str | None:
     if not isinstance(commit, pygit2.Commit):
         return None
     return commit.message.splitlines()[0] if commit.message else ""
+
+
+def _drift_entry(mode: str | None, progress: TargetProgress) -> dict[str, Any]:
+    """What the drift checks of a target found (``mode`` None: the target is not running)."""
+    drift = progress.drift
+    return {
+        "mode": mode,
+        "last_check": rfc3339(drift.checked_at),
+        "drifted": list(drift.drifted),
+        "held": list(drift.held),
+        "last_repair": rfc3339(drift.repaired_at),
+        "repaired": list(drift.repaired),
+        "error": masked(drift.error),
+    }
 
 
 def _target_problems(entry: Mapping[str, Any], progress: TargetProgress) -> list[dict[str, Any]]:
@@ -579,6 +594,7 @@ async def journal_picture(reader: JournalReader, why: str) -> dict[str, Any]:
                 "last_error": None,
                 "secrets_skipped": None,
                 "quarantined": [],
+                "drift": None,
                 "conditions": [],
                 "lag_history": [],
             }

@@ -72,6 +72,8 @@ TARGET_REASONS = {
     "Pushing": "Pushing",
     "Quarantined": "NoneQuarantined",
     "Journal": "Writable",
+    "Suspended": "NotSuspended",
+    "Drifted": "NoDrift",
 }
 # Served by gitops-reverser v0.17, not by reverserd (the guide names what to use instead).
 NOT_SERVED = (
@@ -421,7 +423,11 @@ def test_switch_from_gitops_reverser_keeps_history_files_and_dashboards(
         assert settings["data"] == {"mode": "slow", "port": "8080"}
         status = wait_last_commit_is_tip(control_plane, namespace, remote.path, "example-target")
         assert status["lastPushTime"]
-        # Condition types and reasons as the guide's table gives them.
+        # Condition types and reasons as the guide's table gives them; the adopted folder is
+        # checked for drift once the first sync is out.
+        wait_condition(
+            control_plane, "gittarget", namespace, "example-target", "Drifted", "False", "NoDrift"
+        )
         target = conditions(control_plane, "gittarget", namespace, "example-target")
         assert target["Ready"]["status"] == "True", target["Ready"]["message"]
         assert {kind: found["reason"] for kind, found in target.items()} == TARGET_REASONS

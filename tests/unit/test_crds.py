@@ -137,10 +137,18 @@ KINDS: dict[str, dict[str, Any]] = {
                     "encryption.age.recipients.publicKeys": "array",
                     "encryption.age.recipients.extractFromSecret": "boolean",
                     "encryption.age.recipients.generateWhenMissing": "boolean",
+                    "suspend": "boolean",
+                    "drift": "object",
+                    "drift.mode": "string",
                 },
             ),
             **_status(
                 {
+                    "lastHandledReconcileAt": "string",
+                    "drift": "object",
+                    "drift.driftedFiles": "integer",
+                    "drift.lastRepairTime": "string",
+                    "drift.lastRepairedFiles": "integer",
                     "path": "string",
                     "lastCommit": "string",
                     "lastPushTime": "string",
@@ -191,6 +199,7 @@ DATE_TIME_FIELDS = {
     "status.lastPushTime",
     "status.lastReconcileTime",
     "status.snapshot.lastCompletedTime",
+    "status.drift.lastRepairTime",
 }
 PRINTER_COLUMN_TYPES = {"integer", "number", "string", "boolean", "date"}
 SCHEMA_TYPES = {"object", "array", "string", "integer", "number", "boolean"}

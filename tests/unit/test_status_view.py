@@ -39,6 +39,15 @@ def picture(**target: Any) -> dict[str, Any]:
         "secrets_skipped": 0,
         "secret_problem": None,
         "quarantined": [],
+        "drift": {
+            "mode": "repair",
+            "last_check": "2026-12-01T09:59:00Z",
+            "drifted": ["live/v1/configmaps/team-a/edited.yaml"],
+            "held": [],
+            "last_repair": "2026-12-01T09:57:00Z",
+            "repaired": ["live/v1/configmaps/team-a/a.yaml"],
+            "error": None,
+        },
         "conditions": [
             {
                 "type": "Ready",
@@ -95,6 +104,7 @@ def test_page_shows_a_healthy_target_for_people() -> None:
     assert "3 min ago" in page and "2026-12-01 09:57:00 UTC" in page
     assert "up 2 h 3 min" in page and "3.0 MiB" in page and "12,345" in page
     assert "<polyline" in page and "catching up" in page
+    assert "live/v1/configmaps/team-a/edited.yaml" in page and "last repair 3 min ago" in page
     text = re.sub(r"<[^>]+>", " ", page.split("</style>", 1)[1])
     assert not re.search(r"\b(None|True|False)\b", text), text
 
@@ -132,10 +142,11 @@ def test_table_reads_like_kubectl_get() -> None:
     row = lines[lines.index(header) + 1]
     assert re.split(r" {3,}", header) == [
         "TARGET", "READY", "REASON", "LAG", "OLDEST", "LAST COMMIT", "PUSHED",
-        "SECRETS SKIPPED", "QUARANTINED",
+        "DRIFTED", "REPAIRED", "SECRETS SKIPPED", "QUARANTINED",
     ]  # fmt: skip
     assert re.split(r" {3,}", row) == [
-        "team-a/mirror", "yes", "Ready", "0", "0 s", "0123456", "3 min ago", "2", "1"
+        "team-a/mirror", "yes", "Ready", "0", "0 s", "0123456", "3 min ago", "1", "3 min ago",
+        "2", "1",
     ]  # fmt: skip
     assert header.index("READY") == row.index("yes"), "columns line up"
 
