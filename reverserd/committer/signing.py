@@ -14,12 +14,20 @@ attempt reads the Secret again, so fixing it is enough.
 ``generateWhenMissing`` creates the Secret with a new Ed25519 key only when it does not exist:
 a Secret that exists without a usable key is reported, never written into (writing into an
 existing Secret would let a GitProvider change any Secret of its namespace).
+
+Parsing a key runs in a worker thread, never on the event loop: even a key within the caps of
+:mod:`reverserd.git.signing` costs up to a second, and every tenant's mirroring shares the loop.
+A parsed key is kept by the SHA-256 of the Secret's key and passphrase, so reading an unchanged
+Secret again (after every failed push) does not derive the key again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
+from collections import OrderedDict
 from typing import Any
 
 import aiohttp
@@ -33,6 +41,12 @@ from reverserd.kube.paths import secret_path
 PRIVATE_KEY = "signing.key"
 PUBLIC_KEY = "signing.pub"
 PASSPHRASE = "passphrase"
+
+PARSED_KEYS_KEPT = 64
+"""Parsed keys kept (least recently used dropped): one per signing provider is all that is
+needed, and a key costs a few kilobytes; 64 covers the providers of a large install while
+a stream of rotated Secrets cannot grow the memory."""
+_parsed: OrderedDict[bytes, CommitSigner] = OrderedDict()
 
 
 async def load_signer(client: KubeClient, namespace: str, signing: CommitSigning) -> CommitSigner:
@@ -59,13 +73,30 @@ async def load_signer(client: KubeClient, namespace: str, signing: CommitSigning
             " until it does",
         )
     try:
-        return CommitSigner.from_text(data[PRIVATE_KEY], data.get(PASSPHRASE))
+        return await _parse(data[PRIVATE_KEY], data.get(PASSPHRASE))
     except SigningKeyError as error:
         raise ProviderProblem(
             "SigningKeyInvalid",
             f"signing Secret {name!r} key {PRIVATE_KEY!r}: {error}; no commit is made until"
             " it holds a usable key",
         ) from None
+
+
+async def _parse(private_key: str, passphrase: str | None) -> CommitSigner:
+    """The signer of ``private_key``, parsed in a worker thread unless parsed before."""
+    digest = hashlib.sha256()
+    for part in (private_key, passphrase or ""):
+        encoded = part.encode()
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+    fingerprint = digest.digest()
+    signer = _parsed.get(fingerprint)
+    if signer is None:
+        signer = await asyncio.to_thread(CommitSigner.from_text, private_key, passphrase)
+        _parsed[fingerprint] = signer
+        while len(_parsed) > PARSED_KEYS_KEPT:
+            _parsed.popitem(last=False)
+    _parsed.move_to_end(fingerprint)
+    return signer
 
 
 async def _read(client: KubeClient, namespace: str, name: str) -> dict[str, Any] | None:

@@ -15,12 +15,22 @@ trusted. The armored signature goes into the commit as the ``gpgsig`` header.
 Signing costs tens of microseconds of CPU with Ed25519 and ECDSA; an RSA key costs milliseconds
 per commit at 3072 bits (2.6 ms measured on a loaded two-core machine), which caps a branch at a
 few hundred commits per second: prefer Ed25519 (what ``generateWhenMissing`` creates).
+
+The key is written by whoever may write the Secret, so reading it must not cost what its author
+chooses: an encrypted OpenSSH key names its own bcrypt rounds (a 32-bit number), so they are read
+from the key's header and refused above :data:`MAX_KDF_ROUNDS` before anything is derived; an
+RSA key must be :data:`RSA_MIN_BITS` to :data:`RSA_MAX_BITS` bits (an OpenSSH key's size is read
+from its public half before the private half is loaded); and a PKCS#8 ``ENCRYPTED PRIVATE KEY``,
+whose PBKDF2 iteration count is likewise its author's choice, is refused. Callers still parse off
+the event loop: even a key within these caps costs up to a second.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import re
 import struct
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -34,6 +44,23 @@ GIT_NAMESPACE = b"git"
 """The namespace Git signs and verifies commits under (``git verify-commit`` checks it)."""
 ARMOR_LINE_CHARS = 70
 """Line length of the armored signature, as ``ssh-keygen -Y sign`` writes it."""
+
+MAX_KDF_ROUNDS = 64
+"""Most bcrypt rounds an encrypted OpenSSH key may ask for. ``ssh-keygen`` writes 16 unless told
+otherwise; 64 leaves room for keys made with a deliberately higher ``-a`` while one load stays
+well under a second (300 rounds took 3 s on a loaded two-core machine, so 64 cost about 0.6 s).
+The field is the key author's 32-bit choice, which unbounded would occupy a core for days."""
+RSA_MIN_BITS = 2048
+"""Smallest RSA key accepted: shorter keys are no longer considered safe (NIST SP 800-57), and
+OpenSSH itself refuses to make them."""
+RSA_MAX_BITS = 4096
+"""Largest RSA key accepted: ``ssh-keygen``'s largest common choice; loading (prime checks) and
+every signature grow with the cube of the size, and a 16384-bit key costs seconds per load."""
+
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+_OPENSSH_ARMOR = re.compile(
+    rb"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE KEY-----", re.DOTALL
+)
 
 _ECDSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "secp256r1": hashes.SHA256,
@@ -61,6 +88,13 @@ class CommitSigner:
         """Read an OpenSSH (``-----BEGIN OPENSSH PRIVATE KEY-----``) or PEM private key."""
         data = text.strip().encode() + b"\n"
         password = passphrase.encode() if passphrase else None
+        if b"OPENSSH PRIVATE KEY" in data:
+            _check_openssh_costs(data)
+        elif b"ENCRYPTED PRIVATE KEY" in data:
+            raise SigningKeyError(
+                "PKCS#8-encrypted keys are not accepted (their author chooses what decrypting"
+                " them costs); use an OpenSSH key (ssh-keygen -p converts one) or no encryption"
+            )
         try:
             key: object
             if b"OPENSSH PRIVATE KEY" in data:
@@ -85,7 +119,10 @@ class CommitSigner:
             if key.curve.name not in _ECDSA_HASHES:
                 raise SigningKeyError(f"ECDSA curve {key.curve.name} cannot sign SSH signatures")
             return cls(key)
-        if isinstance(key, ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        if isinstance(key, rsa.RSAPrivateKey):
+            _check_rsa_bits(key.key_size)
+            return cls(key)
+        if isinstance(key, ed25519.Ed25519PrivateKey):
             return cls(key)
         raise SigningKeyError(f"{type(key).__name__} keys are not supported")
 
@@ -172,6 +209,70 @@ def signed_commit(raw: bytes, signature: bytes) -> bytes:
     headers, separator, message = raw.partition(b"\n\n")
     folded = signature.rstrip(b"\n").replace(b"\n", b"\n ")
     return headers + b"\ngpgsig " + folded + separator + message
+
+
+def _check_openssh_costs(data: bytes) -> None:
+    """Refuse an OpenSSH key whose bcrypt rounds or RSA size exceed the caps, reading only its
+    header (``PROTOCOL.key``), before it is decrypted or loaded. A header this cannot read is
+    refused too, so no key reaches the loader unchecked."""
+    armored = _OPENSSH_ARMOR.search(data)
+    try:
+        if armored is None:
+            raise ValueError("no armor")
+        blob = binascii.a2b_base64(armored.group(1))
+        if not blob.startswith(_OPENSSH_MAGIC):
+            raise ValueError("no magic")
+        fields = _Fields(blob[len(_OPENSSH_MAGIC) :])
+        fields.string()  # cipher name
+        kdf_name = fields.string()
+        kdf_options = _Fields(fields.string())
+        if kdf_name == b"bcrypt":
+            kdf_options.string()  # salt
+            rounds = kdf_options.uint32()
+            if rounds > MAX_KDF_ROUNDS:
+                raise SigningKeyError(
+                    f"the key's encryption asks for {rounds} bcrypt rounds, more than the"
+                    f" {MAX_KDF_ROUNDS} accepted; re-encrypt it with ssh-keygen -p -a 16"
+                )
+        for _ in range(fields.uint32()):
+            public = _Fields(fields.string())
+            if public.string() == b"ssh-rsa":
+                public.string()  # exponent
+                modulus = int.from_bytes(public.string(), "big")
+                _check_rsa_bits(modulus.bit_length())
+    except SigningKeyError:
+        raise
+    except (ValueError, struct.error):
+        raise SigningKeyError("not an OpenSSH private key (its header cannot be read)") from None
+
+
+def _check_rsa_bits(bits: int) -> None:
+    if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS:
+        raise SigningKeyError(
+            f"RSA key of {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} bits are accepted"
+            " (prefer Ed25519)"
+        )
+
+
+class _Fields:
+    """Reads the length-prefixed strings and 32-bit numbers of an SSH wire-format blob."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._at = 0
+
+    def uint32(self) -> int:
+        (value,) = struct.unpack_from(">I", self._data, self._at)
+        self._at += 4
+        return int(value)
+
+    def string(self) -> bytes:
+        size = self.uint32()
+        if self._at + size > len(self._data):
+            raise ValueError("string runs past the end")
+        value = self._data[self._at : self._at + size]
+        self._at += size
+        return value
 
 
 def _string(data: bytes) -> bytes:

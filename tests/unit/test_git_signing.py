@@ -3,20 +3,28 @@ checks them, and a clone that signs never pushes a commit it did not sign (file:
 
 from __future__ import annotations
 
+import base64
+import functools
 import subprocess
 from pathlib import Path
 
 import pygit2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from reverserd.git import BranchRepository, CommitSigner, FileChange, SigningKeyError
+from reverserd.git.signing import MAX_KDF_ROUNDS
 from testbed.gitservers import verify_commit
 from tests.conftest import AUTHOR, COMMITTER, write
 
 
-def ssh_keygen(tmp_path: Path, kind: str, passphrase: str = "", bits: str = "") -> Path:
+def ssh_keygen(
+    tmp_path: Path, kind: str, passphrase: str = "", bits: str = "", rounds: int = 0
+) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / f"id_{kind}{bits}"
-    extra = ["-b", bits] if bits else []
+    extra = (["-b", bits] if bits else []) + (["-a", str(rounds)] if rounds else [])
     subprocess.run(
         ["ssh-keygen", "-q", "-t", kind, *extra, "-N", passphrase, "-f", str(path)], check=True
     )
@@ -115,3 +123,63 @@ def test_a_replaced_key_signs_the_pending_commits_again(tmp_path: Path) -> None:
     assert [commit.message for commit in pushed] == ["pending", "pushed"]
     verified(Path(remote.path), str(pushed[0].id), new.public_key, tmp_path)
     verified(Path(remote.path), str(pushed[1].id), old.public_key, tmp_path)
+
+
+def bcrypt_rounds_set_to(text: str, rounds: int) -> str:
+    """``text`` (an encrypted OpenSSH key) with its header's bcrypt rounds replaced."""
+    body = "".join(text.strip().splitlines()[1:-1])
+    blob = bytearray(base64.b64decode(body))
+    at = len(b"openssh-key-v1\0")
+    for _ in range(2):  # cipher name, KDF name
+        at += 4 + int.from_bytes(blob[at : at + 4], "big")
+    at += 4  # length of the KDF options
+    at += 4 + int.from_bytes(blob[at : at + 4], "big")  # salt
+    blob[at : at + 4] = rounds.to_bytes(4, "big")
+    encoded = base64.b64encode(bytes(blob)).decode()
+    lines = [encoded[i : i + 70] for i in range(0, len(encoded), 70)]
+    return "\n".join(
+        ["-----BEGIN OPENSSH PRIVATE KEY-----", *lines, "-----END OPENSSH PRIVATE KEY-----", ""]
+    )
+
+
+def test_an_encrypted_key_asking_for_more_bcrypt_rounds_than_the_cap_is_refused(
+    tmp_path: Path,
+) -> None:
+    at_cap = ssh_keygen(tmp_path, "ed25519", "pass", rounds=MAX_KDF_ROUNDS)
+    assert CommitSigner.from_text(at_cap.read_text(), "pass").public_key.startswith("ssh-ed25519")
+    over = ssh_keygen(tmp_path / "over", "ed25519", "pass", rounds=MAX_KDF_ROUNDS + 1)
+    with pytest.raises(SigningKeyError, match=f"{MAX_KDF_ROUNDS + 1} bcrypt rounds"):
+        CommitSigner.from_text(over.read_text(), "pass")
+    # The rounds are read before anything is derived: 2^32-1 rounds would take days.
+    huge = bcrypt_rounds_set_to(at_cap.read_text(), 2**32 - 1)
+    with pytest.raises(SigningKeyError, match=f"{2**32 - 1} bcrypt rounds"):
+        CommitSigner.from_text(huge, "pass")
+
+
+@pytest.mark.parametrize("bits", [1024, 4104])
+@pytest.mark.parametrize(
+    "form", [serialization.PrivateFormat.OpenSSH, serialization.PrivateFormat.PKCS8]
+)
+def test_rsa_keys_outside_2048_to_4096_bits_are_refused(
+    bits: int, form: serialization.PrivateFormat
+) -> None:
+    key = _rsa_key(bits)
+    text = key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
+    with pytest.raises(SigningKeyError, match=f"RSA key of {bits} bits"):
+        CommitSigner.from_text(text.decode())
+
+
+def test_a_pkcs8_encrypted_key_is_refused_its_iterations_are_its_authors_choice() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    text = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass"),
+    )
+    with pytest.raises(SigningKeyError, match="PKCS#8-encrypted"):
+        CommitSigner.from_text(text.decode(), "pass")
+
+
+@functools.cache
+def _rsa_key(bits: int) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, bits)
