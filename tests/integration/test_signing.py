@@ -172,26 +172,75 @@ def test_generated_signing_key_is_published_in_the_secret_and_status_and_verifie
     assert len(ours_verify(remote.path, status, tmp_path)) == len(subjects(remote.path)) == 1
 
 
+def bcrypt_rounds_set_to(text: str, rounds: int) -> str:
+    """``text`` (an encrypted OpenSSH key) with the bcrypt rounds in its header replaced: what a
+    tenant writes to make the daemon derive a key for days."""
+    body = "".join(text.strip().splitlines()[1:-1])
+    blob = bytearray(base64.b64decode(body))
+    at = len(b"openssh-key-v1\0")
+    for _ in range(2):  # cipher name, KDF name
+        at += 4 + int.from_bytes(blob[at : at + 4], "big")
+    at += 4  # length of the KDF options
+    at += 4 + int.from_bytes(blob[at : at + 4], "big")  # salt
+    blob[at : at + 4] = rounds.to_bytes(4, "big")
+    return (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+        + base64.encodebytes(bytes(blob)).decode()
+        + ("-----END OPENSSH PRIVATE KEY-----\n")
+    )
+
+
+def hostile_key(kind: str, directory: Path) -> tuple[dict[str, str], str]:
+    """Secret data whose key cannot sign, and what the refusal says about it."""
+    if kind == "garbage":
+        return {"signing.key": "not a key"}, "not an OpenSSH or PEM private key"
+    if kind == "huge-bcrypt-rounds":
+        path = directory / "id_encrypted"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "pass", "-f", str(path)], check=True
+        )
+        return {
+            "signing.key": bcrypt_rounds_set_to(path.read_text(), 2**31),
+            "passphrase": "pass",
+        }, f"{2**31} bcrypt rounds"
+    path = directory / "id_rsa1024"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(path)], check=True
+    )
+    return {"signing.key": path.read_text()}, "RSA key of 1024 bits"
+
+
+@pytest.mark.parametrize("kind", ["garbage", "huge-bcrypt-rounds", "small-rsa"])
 def test_broken_signing_key_makes_no_commit_and_the_mirror_resumes_when_it_is_fixed(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
     tmp_path: Path,
+    kind: str,
 ) -> None:
-    apply(control_plane, secret(namespace, "signing", {"signing.key": "not a key"}))
+    data, says = hostile_key(kind, tmp_path)
+    apply(control_plane, secret(namespace, "signing", data))
     apply(control_plane, *signing_setup(namespace, remote, "signing"))
+    # A provider without signing on the same daemon keeps mirroring meanwhile.
+    plain = mirror_setup(
+        namespace, remote.url, secret=remote.secret, branch="plain", path="plain", name="plain"
+    )
+    apply(control_plane, *plain)
     daemon.start()
     refused = wait_condition(
         control_plane, "gitprovider", namespace, "mirror", "Ready", "False", daemon=daemon
     )
     assert refused["reason"] == "SigningKeyInvalid", refused
     assert "signing.key" in refused["message"] and "no commit" in refused["message"]
+    assert says in refused["message"], refused
     ready = wait_condition(
         control_plane, "gittarget", namespace, "mirror", "Ready", "False", daemon=daemon
     )
     assert "signing" in ready["message"], ready
     apply(control_plane, configmap(namespace, "waiting"))
+    waiting = f"v1/configmaps/{namespace}/waiting.yaml"
+    wait_until(lambda: f"plain/{waiting}" in tree(remote.path, "plain"))
     assert branch_tip(remote.path, "main") is None
     assert "signingPublicKey" not in resource_status(
         control_plane, "gitprovider", namespace, "mirror"
@@ -199,8 +248,9 @@ def test_broken_signing_key_makes_no_commit_and_the_mirror_resumes_when_it_is_fi
 
     private, public = ssh_key(tmp_path, "ed25519")
     apply(control_plane, secret(namespace, "signing", {"signing.key": private}))
-    waiting = f"live-cluster/v1/configmaps/{namespace}/waiting.yaml"
-    wait_until(lambda: branch_tip(remote.path, "main") and waiting in tree(remote.path))
+    wait_until(
+        lambda: branch_tip(remote.path, "main") and f"live-cluster/{waiting}" in tree(remote.path)
+    )
     # Everything that waited arrived, and every commit on the branch is signed by the new key.
     assert len(ours_verify(remote.path, public, tmp_path)) == len(subjects(remote.path))
 
