@@ -45,6 +45,7 @@ from tests.integration.test_git_behaviour import (
     subject,
     unpushed_commit,
 )
+from tests.unit.test_git_signing import bcrypt_rounds_set_to
 
 SIGNER_EMAIL = "mirror-bot@example.test"
 
@@ -170,24 +171,6 @@ def test_generated_signing_key_is_published_in_the_secret_and_status_and_verifie
     )
     assert status == derived
     assert len(ours_verify(remote.path, status, tmp_path)) == len(subjects(remote.path)) == 1
-
-
-def bcrypt_rounds_set_to(text: str, rounds: int) -> str:
-    """``text`` (an encrypted OpenSSH key) with the bcrypt rounds in its header replaced: what a
-    tenant writes to make the daemon derive a key for days."""
-    body = "".join(text.strip().splitlines()[1:-1])
-    blob = bytearray(base64.b64decode(body))
-    at = len(b"openssh-key-v1\0")
-    for _ in range(2):  # cipher name, KDF name
-        at += 4 + int.from_bytes(blob[at : at + 4], "big")
-    at += 4  # length of the KDF options
-    at += 4 + int.from_bytes(blob[at : at + 4], "big")  # salt
-    blob[at : at + 4] = rounds.to_bytes(4, "big")
-    return (
-        "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-        + base64.encodebytes(bytes(blob)).decode()
-        + ("-----END OPENSSH PRIVATE KEY-----\n")
-    )
 
 
 def hostile_key(kind: str, directory: Path) -> tuple[dict[str, str], str]:

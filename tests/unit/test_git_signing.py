@@ -126,7 +126,8 @@ def test_a_replaced_key_signs_the_pending_commits_again(tmp_path: Path) -> None:
 
 
 def bcrypt_rounds_set_to(text: str, rounds: int) -> str:
-    """``text`` (an encrypted OpenSSH key) with its header's bcrypt rounds replaced."""
+    """``text`` (an encrypted OpenSSH key) with its header's bcrypt rounds replaced: what a
+    Secret's writer does to make the daemon derive a key for days."""
     body = "".join(text.strip().splitlines()[1:-1])
     blob = bytearray(base64.b64decode(body))
     at = len(b"openssh-key-v1\0")
