@@ -184,3 +184,23 @@ def test_a_pkcs8_encrypted_key_is_refused_its_iterations_are_its_authors_choice(
 @functools.cache
 def _rsa_key(bits: int) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(65537, bits)
+
+
+def test_an_openssh_rsa_key_over_4096_bits_is_refused_from_its_header_before_it_is_loaded() -> None:
+    """Loading checks the primes, which costs seconds at 16384 bits: the size is read from the
+    public half in the header, so a key whose private half is not even there is refused for it."""
+
+    def string(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    modulus = (1 << 16383) | 1
+    public = string(b"ssh-rsa") + string(b"\x01\x00\x01") + string(modulus.to_bytes(2048, "big"))
+    blob = b"openssh-key-v1\0" + string(b"none") + string(b"none") + string(b"")
+    blob += (1).to_bytes(4, "big") + string(public) + string(b"no private half")
+    text = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+        + base64.encodebytes(blob).decode()
+        + "-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    with pytest.raises(SigningKeyError, match="RSA key of 16384 bits"):
+        CommitSigner.from_text(text)
