@@ -51,11 +51,12 @@ otherwise; 64 leaves room for keys made with a deliberately higher ``-a`` while 
 well under a second (300 rounds took 3 s on a loaded two-core machine, so 64 cost about 0.6 s).
 The field is the key author's 32-bit choice, which unbounded would occupy a core for days."""
 RSA_MIN_BITS = 2048
-"""Smallest RSA key accepted: shorter keys are no longer considered safe (NIST SP 800-57), and
-OpenSSH itself refuses to make them."""
+"""Smallest RSA key accepted: NIST SP 800-131A disallows shorter keys for new signatures, and
+a hosting service may refuse to register them."""
 RSA_MAX_BITS = 4096
-"""Largest RSA key accepted: ``ssh-keygen``'s largest common choice; loading (prime checks) and
-every signature grow with the cube of the size, and a 16384-bit key costs seconds per load."""
+"""Largest RSA key accepted: the largest size in common use; loading (prime checks) and every
+signature cost roughly the cube of the size, so a 16384-bit key costs some 64 times a 4096-bit
+one, on every load and every commit."""
 
 _OPENSSH_MAGIC = b"openssh-key-v1\0"
 _OPENSSH_ARMOR = re.compile(
