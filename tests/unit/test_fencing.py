@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ import pygit2
 from reverserd.committer.committer import Committer, Submission
 from reverserd.git import FileChange
 from reverserd.journal import JournalWriter
+from reverserd.kube.client import KubeClient
 from reverserd.kube.lease import LeaseTiming
 from reverserd.kube.shards import ShardCoordinator, ShardSettings, bucket_of, share
+from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
 from testbed.gitservers import branch_tip, commit_files
 from tests.conftest import AUTHOR
 from tests.unit.test_committer_stop import committer_on
@@ -136,3 +139,57 @@ def test_a_branch_may_be_written_only_while_its_bucket_is_held_and_renewed_in_ti
     # Frozen past the renew deadline: refused before anyone else could take the Lease over.
     lease.renewed_at = time.monotonic() - timing.renew_deadline_s
     assert not may_write()
+
+
+async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
+    control_plane: ControlPlane,
+) -> None:
+    """A rebalance whose hand-over blocks (a push in flight) keeps renewing the membership and
+    the other buckets, and hands the bucket over once: real Leases on the test bed's API
+    server, two real coordinators."""
+    client = await KubeClient.connect(control_plane.admin_kubeconfig)
+    timing = LeaseTiming.scaled(6)
+    group = f"fence-{uuid.uuid4().hex[:8]}"
+    first = ShardCoordinator(client, ShardSettings(2, "replica-a", LEASE_NAMESPACE, group, timing))
+    second = ShardCoordinator(client, ShardSettings(2, "replica-b", LEASE_NAMESPACE, group, timing))
+    push_in_flight = asyncio.Event()
+    handed = Counter[int]()
+    blocked_at: list[float] = []
+
+    async def hand_over_waiting_for_the_push(bucket: int) -> None:
+        handed[bucket] += 1
+        blocked_at.append(time.monotonic())
+        await push_in_flight.wait()
+
+    async def nothing(bucket: int) -> None:
+        return None
+
+    running = [asyncio.create_task(first.run(hand_over_waiting_for_the_push, nothing))]
+    try:
+        await asyncio.wait_for(until(lambda: first.held == {0, 1}), 60)
+        running.append(asyncio.create_task(second.run(nothing, nothing)))
+        await asyncio.wait_for(until(lambda: bool(blocked_at)), 60)
+        kept = 1 - next(iter(handed))
+        deadline_passed = blocked_at[0] + timing.renew_deadline_s
+        # Renewed after the hand-over has been blocked longer than the renew deadline.
+        await asyncio.wait_for(
+            until(
+                lambda: (
+                    first.buckets[kept].renewed_at > deadline_passed
+                    and first.member.renewed_at > deadline_passed
+                )
+            ),
+            60,
+        )
+        assert first.held == {kept}
+        assert first.buckets[kept].valid()
+        assert handed == {1 - kept: 1}
+        push_in_flight.set()
+        await asyncio.wait_for(until(lambda: second.held == {1 - kept}), 60)
+        assert first.held == {kept} and handed == {1 - kept: 1}
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        push_in_flight.set()
+        await client.close()
