@@ -30,11 +30,14 @@ task of its own that the round starts and tracks: the round, and with it every r
 waits for them, and a bucket moving is neither handed over twice nor taken back meanwhile.
 
 **Fencing.** A holder writes a branch only while :meth:`ShardCoordinator.may_write` says so:
-the bucket is held and its last renewal was sent less than the renew deadline ago. The renew
-deadline is shorter than the lease duration, and a candidate waits a whole duration after
-the last renewal it saw, so a replica frozen (SIGSTOP) past its Lease finds, when it wakes, that
-it may not push, before anyone could have taken over. The committer asks before every push and
-every retry; the push itself stays compare-and-swap.
+the bucket is held and its last renewal was sent less than the renew deadline minus the push
+budget ago (``PUSH_BUDGET_S`` in :mod:`reverserd.kube.lease`). The renew deadline is shorter
+than the lease duration, and a candidate waits a whole duration after the last renewal it saw,
+so a replica frozen (SIGSTOP) past its Lease finds, when it wakes, that it may not push, before
+anyone could have taken over. The committer asks before every push and every retry, and a
+push already running asks again after negotiating and after every chunk it sends, so a push
+started just before the check would fail aborts instead of landing after a take-over; the push
+itself stays compare-and-swap.
 """
 
 from __future__ import annotations
@@ -143,12 +146,15 @@ class ShardCoordinator:
         return self.bucket(branch) in self.held
 
     def may_write(self, branch: str) -> Callable[[], bool]:
-        """The fencing check of one branch, safe to call from any thread."""
+        """The fencing check of one branch, safe to call from any thread: the bucket is held
+        and its Lease stays valid for the push budget (a push is asked before it starts and
+        while it sends, so it stops with the budget still left)."""
         lease = self.buckets[self.bucket(branch)]
         index = self.bucket(branch)
+        budget = self.settings.timing.push_budget_s
 
         def check() -> bool:
-            return index in self.held and lease.valid()
+            return index in self.held and lease.valid(budget)
 
         return check
 

@@ -139,6 +139,40 @@ def test_a_branch_may_be_written_only_while_its_bucket_is_held_and_renewed_in_ti
     # Frozen past the renew deadline: refused before anyone else could take the Lease over.
     lease.renewed_at = time.monotonic() - timing.renew_deadline_s
     assert not may_write()
+    # Still inside the deadline, but with less than the push budget left: no push starts.
+    unsure = timing.renew_deadline_s - timing.push_budget_s
+    lease.renewed_at = time.monotonic() - unsure - timing.retry_period_s / 2
+    assert not may_write()
+    lease.renewed_at = time.monotonic() - unsure + timing.retry_period_s
+    assert may_write()
+
+
+async def test_a_push_under_way_stops_when_the_fence_closes(tmp_path: Path) -> None:
+    """Allowed to start, refused once the push has negotiated: nothing reaches the remote."""
+    remote = tmp_path / "remote.git"
+    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+    journal = await JournalWriter.open(tmp_path / "state")
+    committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
+    asked = Counter[str]()
+
+    def may_push() -> bool:
+        # Every push is allowed to start; the Lease lapses while the first one runs.
+        asked["push"] += 1
+        return asked["push"] != 2
+
+    committer.may_push = may_push
+    run = asyncio.create_task(committer.run())
+    try:
+        await asyncio.wait_for(committer.ready.wait(), timeout=30)
+        await committer.submit(change(1))
+        await asyncio.wait_for(refused(committer), timeout=30)
+        assert branch_tip(remote, "main") is None
+        # Renewed again: the commit that was stopped goes out with the next push.
+        await asyncio.wait_for(until(lambda: branch_tip(remote, "main") is not None), 30)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await journal.close()
 
 
 async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
