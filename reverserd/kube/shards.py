@@ -195,12 +195,14 @@ class ShardCoordinator:
 
     async def _round(self) -> None:
         leases = await self._list()
-        await self._renew(leases)
-        self.members = self._live_members(leases)
+        # Observed before renewing: a bucket another replica took while this one was frozen
+        # must look held, not unchanged since before the freeze (free, so taken back).
         for index, lease in enumerate(self.buckets):
             record = leases.get(lease.name)
             lease.observe(record)
             self.holders[index] = lease_holder(record)
+        await self._renew(leases)
+        self.members = self._live_members(leases)
         if self._disagreeing:
             log.error(
                 "live replicas run with another --shards: taking no bucket until they are gone",
