@@ -51,25 +51,33 @@ async def refused(committer: Committer) -> None:
     await until(reported)
 
 
-async def test_a_replica_that_may_no_longer_write_pushes_nothing(tmp_path: Path) -> None:
+async def refused_then_pushed(
+    tmp_path: Path, may_push: Callable[[], bool], renew: Callable[[], None]
+) -> None:
+    """A committer fenced by ``may_push`` reports its change refused and pushes nothing, then,
+    once ``renew`` has run, pushes the commit that waited."""
     remote = tmp_path / "remote.git"
     pygit2.init_repository(str(remote), bare=True, initial_head="main")
     journal = await JournalWriter.open(tmp_path / "state")
     committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
-    holds = False
-    committer.may_push = lambda: holds
+    committer.may_push = may_push
     run = asyncio.create_task(committer.run())
     try:
         await asyncio.wait_for(committer.ready.wait(), timeout=30)
         await committer.submit(change(1))
         await asyncio.wait_for(refused(committer), timeout=30)
         assert branch_tip(remote, "main") is None
-        holds = True  # the Lease is renewed again: the commit waiting goes out
+        renew()
         await asyncio.wait_for(until(lambda: branch_tip(remote, "main") is not None), 30)
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         await journal.close()
+
+
+async def test_a_replica_that_may_no_longer_write_pushes_nothing(tmp_path: Path) -> None:
+    lease = {"valid": False}
+    await refused_then_pushed(tmp_path, lambda: lease["valid"], lambda: lease.update(valid=True))
 
 
 async def test_the_retry_after_a_rebuild_on_a_moved_branch_is_fenced_too(tmp_path: Path) -> None:
@@ -148,31 +156,15 @@ def test_a_branch_may_be_written_only_while_its_bucket_is_held_and_renewed_in_ti
 
 
 async def test_a_push_under_way_stops_when_the_fence_closes(tmp_path: Path) -> None:
-    """Allowed to start, refused once the push has negotiated: nothing reaches the remote."""
-    remote = tmp_path / "remote.git"
-    pygit2.init_repository(str(remote), bare=True, initial_head="main")
-    journal = await JournalWriter.open(tmp_path / "state")
-    committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
+    """Allowed to start, refused once the push has negotiated: nothing reaches the remote, and
+    the next push (allowed throughout) carries the commit."""
     asked = Counter[str]()
 
     def may_push() -> bool:
-        # Every push is allowed to start; the Lease lapses while the first one runs.
         asked["push"] += 1
         return asked["push"] != 2
 
-    committer.may_push = may_push
-    run = asyncio.create_task(committer.run())
-    try:
-        await asyncio.wait_for(committer.ready.wait(), timeout=30)
-        await committer.submit(change(1))
-        await asyncio.wait_for(refused(committer), timeout=30)
-        assert branch_tip(remote, "main") is None
-        # Renewed again: the commit that was stopped goes out with the next push.
-        await asyncio.wait_for(until(lambda: branch_tip(remote, "main") is not None), 30)
-    finally:
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-        await journal.close()
+    await refused_then_pushed(tmp_path, may_push, lambda: None)
 
 
 async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
