@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-lease-duration",
         type=int,
         default=LEASE_DURATION_S,
-        help="seconds a dead replica's buckets wait before others take them; a replica stops"
-        " pushing at two thirds of it without a renewal",
+        help="seconds a dead replica's buckets wait before others take them; a replica starts"
+        " no push, and stops one under way, at seven fifteenths of it without a renewal",
     )
 
     attribution = run.add_argument_group(

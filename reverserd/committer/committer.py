@@ -213,8 +213,9 @@ class Committer:
         refuses commits signed with one since replaced).
 
         ``may_push`` is the fencing check of a sharded replica: asked on the Git thread right
-        before every push (so before every retry of the fetch-rebase loop too); False means the
-        Lease of this branch may have lapsed and another replica may write it.
+        before every push (so before every retry of the fetch-rebase loop too) and while the
+        push sends; False means the Lease of this branch may lapse before the push ends and
+        another replica may write it.
         """
         self.key = key
         self.may_push = may_push
@@ -675,13 +676,21 @@ class Committer:
                 self._commits_since_maintain = 0
 
     def _fenced_push(self) -> str:
-        """Push (on the Git thread) only while this replica may still write the branch."""
+        """Push (on the Git thread) only while this replica may still write the branch.
+
+        Asked before the push starts and again by the push itself, after negotiating and after
+        every chunk of pack it sends: a check before the start alone would let a long push (each
+        socket read or write may take the whole Git I/O timeout) land after the Lease passed on.
+        """
+        self._fence()
+        return self.repository.push(self._fence if self.may_push is not None else None)
+
+    def _fence(self) -> None:
         if self.may_push is not None and not self.may_push():
             raise NotOwner(
                 f"this replica no longer holds the Lease of {self.key}: nothing is pushed, the"
                 " branch's owner writes it from its own journal"
             )
-        return self.repository.push()
 
     async def _rebuild_after_rejection(self, rejection: PushRejected) -> None:
         """Rebuild on the remote's tip when it moved; a rejection it does not explain waits."""

@@ -98,6 +98,7 @@ from typing import TypeAlias, TypeVar
 
 import pygit2
 from pygit2.enums import DeltaStatus, FileMode, Option, RepositoryOpenFlag, SortMode
+from pygit2.remotes import PushUpdate
 
 from reverserd.git.credentials import (
     AuthCallbacks,
@@ -249,9 +250,25 @@ class _RemoteState:
 
 
 class _PushCallbacks(AuthCallbacks):
-    def __init__(self, url: str, credentials: GitCredentials) -> None:
+    def __init__(
+        self, url: str, credentials: GitCredentials, fence: Callable[[], None] | None
+    ) -> None:
         super().__init__(url, credentials)
         self.rejections: dict[str, str] = {}
+        self.fence = fence
+
+    def push_negotiation(self, updates: list[PushUpdate]) -> None:
+        # Once the remote's refs are known, before any object is sent.
+        if self.fence is not None:
+            self.fence()
+
+    def push_transfer_progress(
+        self, objects_pushed: int, total_objects: int, bytes_pushed: int
+    ) -> None:
+        # After every chunk of the pack written (smart HTTP and SSH): a push that outlives the
+        # fence stops before its last chunk, so before the server could update the branch.
+        if self.fence is not None:
+            self.fence()
 
     def push_update_reference(self, refname: str, message: str | None) -> None:
         if message:
@@ -601,8 +618,12 @@ class BranchRepository:
             walker.hide(base)
         return [(str(commit.id), commit.message) for commit in walker]
 
-    def push(self) -> str:
+    def push(self, fence: Callable[[], None] | None = None) -> str:
         """Push the local branch without force; return the SHA the remote branch now has.
+
+        ``fence`` is called once the remote's refs are negotiated and after every chunk of the
+        pack sent; what it raises aborts the push (libgit2 sends no ref update after a failed
+        callback) and is raised here.
 
         With nothing pending, returns the local tip without contacting the remote. Raises
         :class:`PushRejected` when the remote branch moved, :class:`PushDeclined` when the
@@ -620,7 +641,7 @@ class BranchRepository:
         # own_commits() still knows they are ours.
         self._set_ref(PUSHED_FROM_REF, self._target(BASE_REF))
         self._set_ref(PUSHING_REF, local)
-        callbacks = _PushCallbacks(self._url, self._credentials)
+        callbacks = _PushCallbacks(self._url, self._credentials, fence)
         refspec = f"{self._local_ref}:{self._local_ref}"
         try:
             self._remote().push([refspec], callbacks=callbacks, threads=PUSH_THREADS)

@@ -39,6 +39,13 @@ LEASE_DURATION_S = 15
 RENEW_DEADLINE_S = 10.0
 # How often the leader renews and a candidate retries.
 RETRY_PERIOD_S = 2.0
+# Validity a push needs left when it starts, and keeps needing while it sends (see
+# :meth:`Lease.valid`). A healthy holder renews every retry period, so it always has more than
+# the renew deadline minus one retry period (8 s) left; 3 s refuse a push only once two
+# renewals in a row have failed. A push stopped at 3 s before the deadline still has those 3 s
+# plus the 5 s between deadline and duration before anyone may take the Lease, for the chunk
+# of pack in flight (one socket write) to end; the push's compare-and-swap covers the rest.
+PUSH_BUDGET_S = 3.0
 # Kept on a released Lease: who held it last, so that holder knows, when it takes the Lease
 # again, whether anyone else wrote under it in between.
 LAST_HOLDER_ANNOTATION = "reverserd.configbutler.ai/last-holder"
@@ -55,12 +62,15 @@ class LeaseTiming:
     duration_s: int = LEASE_DURATION_S
     renew_deadline_s: float = RENEW_DEADLINE_S
     retry_period_s: float = RETRY_PERIOD_S
+    push_budget_s: float = PUSH_BUDGET_S
 
     @classmethod
     def scaled(cls, duration_s: int) -> LeaseTiming:
         """The default proportions for another duration (tests use short ones)."""
         ratio = duration_s / LEASE_DURATION_S
-        return cls(duration_s, RENEW_DEADLINE_S * ratio, RETRY_PERIOD_S * ratio)
+        return cls(
+            duration_s, RENEW_DEADLINE_S * ratio, RETRY_PERIOD_S * ratio, PUSH_BUDGET_S * ratio
+        )
 
 
 def _micro_time(moment: float) -> str:
@@ -106,9 +116,10 @@ class Lease:
         # Whom the Lease named (holder, else last holder) when we last took it.
         self.taken_from = ""
 
-    def valid(self) -> bool:
-        """True while a write made now is still inside our renew deadline."""
-        return time.monotonic() - self.renewed_at < self.timing.renew_deadline_s
+    def valid(self, needed_s: float = 0.0) -> bool:
+        """True while a write made now, and going on for ``needed_s``, stays inside our renew
+        deadline."""
+        return time.monotonic() - self.renewed_at < self.timing.renew_deadline_s - needed_s
 
     def observe(self, lease: dict[str, Any] | None) -> None:
         """Note the record as read now; a changed record restarts the expiry clock."""

@@ -8,8 +8,10 @@ unchanged for a whole duration, by the observer's own clock, is gone.
 
 Every retry period a replica lists the group's Leases once and then:
 
-1. renews its membership and the buckets it holds (a bucket it could not renew within the
-   renew deadline is dropped: its branches are stopped and its writes fenced, see below);
+1. renews its membership and the buckets it holds, concurrently (at most
+   :data:`RENEW_CONCURRENCY` at once), so a thousand buckets on a slow API server still renew
+   within the renew deadline (a bucket it could not renew in time is dropped: its branches are
+   stopped and its writes fenced, see below);
 2. computes its share: the live members sorted by identity, the first ``N mod M`` take
    ``ceil(N/M)`` buckets and the others ``floor(N/M)``, so shares differ by at most one;
 3. holding more than its share, it **hands over**: it stops the branches of a bucket (their
@@ -23,12 +25,19 @@ Every retry period a replica lists the group's Leases once and then:
    byte; nothing of a live object is deleted), since the previous owner may have pushed past
    anything this replica's journal says.
 
+Steps 3 and 4 wait for Git (a push in flight) and the disk (clones dropped), so each runs as a
+task of its own that the round starts and tracks: the round, and with it every renewal, never
+waits for them, and a bucket moving is neither handed over twice nor taken back meanwhile.
+
 **Fencing.** A holder writes a branch only while :meth:`ShardCoordinator.may_write` says so:
-the bucket is held and its last renewal was sent less than the renew deadline ago. The renew
-deadline is shorter than the lease duration, and a candidate waits a whole duration after
-the last renewal it saw, so a replica frozen (SIGSTOP) past its Lease finds, when it wakes, that
-it may not push, before anyone could have taken over. The committer asks before every push and
-every retry; the push itself stays compare-and-swap.
+the bucket is held and its last renewal was sent less than the renew deadline minus the push
+budget ago (``PUSH_BUDGET_S`` in :mod:`reverserd.kube.lease`). The renew deadline is shorter
+than the lease duration, and a candidate waits a whole duration after the last renewal it saw,
+so a replica frozen (SIGSTOP) past its Lease finds, when it wakes, that it may not push, before
+anyone could have taken over. The committer asks before every push and every retry, and a
+push already running asks again after negotiating and after every chunk it sends, so a push
+started just before the check would fail aborts instead of landing after a take-over; the push
+itself stays compare-and-swap.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +66,10 @@ BUCKETS_LABEL = "reverserd.configbutler.ai/buckets"
 # Buckets a group may have: more Leases than this would be API load for no balance gained
 # (a bucket is the unit of balance, and a few hundred replicas are far beyond any need).
 MAX_BUCKETS = 1024
+# Renewals in flight at once. One after the other, MAX_BUCKETS renewals at 10 ms each already
+# take the whole default renew deadline; sixteen at once take 0.64 s and tolerate a server
+# sixteen times slower, while a replica keeps at most sixteen requests open to the API server.
+RENEW_CONCURRENCY = 16
 
 
 def bucket_of(branch: str, buckets: int) -> int:
@@ -107,6 +120,13 @@ class ShardCoordinator:
         # Set on shutdown: no round takes anything any more.
         self._leaving = False
         self._hand_over_branches: Callable[[int], Awaitable[None]] | None = None
+        self._take_over_branches: Callable[[int], Awaitable[None]] | None = None
+        # Hand-overs, take-overs and stops running, one task per bucket at most.
+        self._moving: dict[int, asyncio.Task[None]] = {}
+        # Buckets a take task is claiming: counted as held when the round computes its share.
+        self._claiming: set[int] = set()
+        # Buckets whose Lease a take task holds while it drops their old state: renewed.
+        self._taking: set[int] = set()
 
     def _lease(self, name: str, role: str) -> Lease:
         settings = self.settings
@@ -126,12 +146,15 @@ class ShardCoordinator:
         return self.bucket(branch) in self.held
 
     def may_write(self, branch: str) -> Callable[[], bool]:
-        """The fencing check of one branch, safe to call from any thread."""
+        """The fencing check of one branch, safe to call from any thread: the bucket is held
+        and its Lease stays valid for the push budget (a push is asked before it starts and
+        while it sends, so it stops with the budget still left)."""
         lease = self.buckets[self.bucket(branch)]
         index = self.bucket(branch)
+        budget = self.settings.timing.push_budget_s
 
         def check() -> bool:
-            return index in self.held and lease.valid()
+            return index in self.held and lease.valid(budget)
 
         return check
 
@@ -151,14 +174,16 @@ class ShardCoordinator:
     ) -> None:
         """Coordinate until cancelled. ``hand_over(b)`` stops bucket b's branches and returns
         once nothing of theirs writes any more; ``take_over(b)`` drops what this replica's
-        journal and clones hold for bucket b before its branches start afresh."""
+        journal and clones hold for bucket b before its branches start afresh. Both run as
+        tasks of their own, so neither ever delays a renewal."""
         self._hand_over_branches = hand_over
+        self._take_over_branches = take_over
         while not self._leaving:
             try:
-                await self._round(hand_over, take_over)
+                await self._round()
             except (KubeError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning("shard leases: %s", error)
-            await self._drop_lapsed(hand_over)
+            self._drop_lapsed()
             await asyncio.sleep(self.settings.timing.retry_period_s)
 
     async def _list(self) -> dict[str, dict[str, Any]]:
@@ -168,21 +193,16 @@ class ShardCoordinator:
         )
         return {item["metadata"]["name"]: item for item in found.get("items") or []}
 
-    async def _round(
-        self,
-        hand_over: Callable[[int], Awaitable[None]],
-        take_over: Callable[[int], Awaitable[None]],
-    ) -> None:
+    async def _round(self) -> None:
         leases = await self._list()
-        await self.member.try_acquire_or_renew(leases.get(self.member.name))
-        self.members = self._live_members(leases)
+        # Observed before renewing: a bucket another replica took while this one was frozen
+        # must look held, not unchanged since before the freeze (free, so taken back).
         for index, lease in enumerate(self.buckets):
             record = leases.get(lease.name)
             lease.observe(record)
             self.holders[index] = lease_holder(record)
-        for index in sorted(self.held):
-            lease = self.buckets[index]
-            await lease.try_acquire_or_renew(leases.get(lease.name))
+        await self._renew(leases)
+        self.members = self._live_members(leases)
         if self._disagreeing:
             log.error(
                 "live replicas run with another --shards: taking no bucket until they are gone",
@@ -191,18 +211,60 @@ class ShardCoordinator:
             return
         wanted = share(self.members, self.replica, self.settings.buckets)
         for index in sorted(self.held, reverse=True)[: max(0, len(self.held) - wanted)]:
-            await self._hand_over(index, hand_over)
-        if len(self.held) >= wanted:
+            self.held.discard(index)
+            self._start(index, self._hand_over(index), "hand-over")
+        missing = wanted - len(self.held) - len(self._claiming)
+        if missing <= 0 or self._leaving:
             return
         free = [
             index
             for index, lease in enumerate(self.buckets)
-            if index not in self.held and lease.free(leases.get(lease.name))
+            if index not in self.held
+            and index not in self._moving
+            and lease.free(leases.get(lease.name))
         ]
         # Its own former buckets first: their cursors and clones are still good here.
         free.sort(key=lambda i: (not self._was_ours(leases.get(self.buckets[i].name)), i))
-        for index in free[: wanted - len(self.held)]:
-            await self._take(index, leases, take_over)
+        for index in free[:missing]:
+            self._claiming.add(index)
+            self._start(index, self._take(index, leases.get(self.buckets[index].name)), "take")
+
+    async def _renew(self, leases: dict[str, dict[str, Any]]) -> None:
+        """Renew the membership and every bucket this replica writes under, at most
+        :data:`RENEW_CONCURRENCY` at once; a bucket whose renewal fails lapses at its deadline.
+        Raises what the membership's renewal raised (the round then plans nothing)."""
+        limit = asyncio.Semaphore(RENEW_CONCURRENCY)
+
+        async def renew(lease: Lease) -> None:
+            async with limit:
+                await lease.try_acquire_or_renew(leases.get(lease.name))
+
+        # A bucket still being taken over is held already: its Lease must not lapse meanwhile.
+        writing = sorted(self.held | self._taking)
+        outcomes = await asyncio.gather(
+            renew(self.member),
+            *(renew(self.buckets[index]) for index in writing),
+            return_exceptions=True,
+        )
+        for index, outcome in zip(writing, outcomes[1:], strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("could not renew bucket: %s", outcome, extra={"bucket": index})
+        if isinstance(outcomes[0], BaseException):
+            raise outcomes[0]
+
+    def _start(self, index: int, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a bucket's hand-over or take-over as a task of its own, tracked until it ends."""
+        task = asyncio.create_task(work, name=f"shard bucket {index} {what}")
+        self._moving[index] = task
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if self._moving.get(index) is done:
+                del self._moving[index]
+            self._claiming.discard(index)
+            if not done.cancelled() and done.exception() is not None:
+                log.warning("bucket %s failed: %s", what, done.exception(), extra={"bucket": index})
+
+        task.add_done_callback(ended)
 
     def _live_members(self, leases: dict[str, dict[str, Any]]) -> list[str]:
         prefix = f"{self.settings.group}-member-"
@@ -224,20 +286,19 @@ class ShardCoordinator:
         same_count = _bucket_count(record) == self.settings.buckets
         return same_count and last_holder(record) == self.replica
 
-    async def _take(
-        self,
-        index: int,
-        leases: dict[str, dict[str, Any]],
-        take_over: Callable[[int], Awaitable[None]],
-    ) -> None:
+    async def _take(self, index: int, record: dict[str, Any] | None) -> None:
         lease = self.buckets[index]
-        record = leases.get(lease.name)
         ours = self._was_ours(record)
         if not await lease.try_acquire_or_renew(record):
             return
         if not ours:
+            assert self._take_over_branches is not None
             # The previous holder may have pushed past anything this journal says.
-            await take_over(index)
+            self._taking.add(index)
+            try:
+                await self._take_over_branches(index)
+            finally:
+                self._taking.discard(index)
         self.held.add(index)
         self.holders[index] = self.replica
         log.info(
@@ -246,39 +307,48 @@ class ShardCoordinator:
         )
         await self._publish()
 
-    async def _hand_over(self, index: int, hand_over: Callable[[int], Awaitable[None]]) -> None:
-        """Stop the bucket's writers, then release its Lease: the handshake of a rebalance."""
-        self.held.discard(index)
+    async def _hand_over(self, index: int) -> None:
+        """Stop the bucket's writers, then release its Lease: the handshake of a rebalance.
+        The bucket is out of :attr:`held` already, so nothing of it pushes any more."""
+        assert self._hand_over_branches is not None
         await self._publish()
-        await hand_over(index)
+        await self._hand_over_branches(index)
         lease = self.buckets[index]
         record = await lease.read()
         if record is not None and await lease.release(record):
             self.holders[index] = ""
         log.info("handed over bucket", extra={"bucket": index, "replica": self.replica})
 
+    async def _stop(self, index: int) -> None:
+        """Stop a lapsed bucket's writers (its Lease is not ours to release any more)."""
+        assert self._hand_over_branches is not None
+        await self._publish()
+        await self._hand_over_branches(index)
+
     async def leave(self) -> None:
         """On shutdown: hand every bucket over (its branches stopped first) and give the
         membership up, so that the others take the buckets at once, not a lease duration later.
         """
         self._leaving = True
+        # What is moving ends first: a take-over's bucket is then held, and handed over below.
+        await asyncio.gather(*self._moving.values(), return_exceptions=True)
         if self._hand_over_branches is not None:
             for index in sorted(self.held):
-                await self._hand_over(index, self._hand_over_branches)
+                self.held.discard(index)
+                await self._hand_over(index)
         record = await self.member.read()
         if record is not None:
             await self.member.release(record)
         log.info("left the replicas", extra={"replica": self.replica})
 
-    async def _drop_lapsed(self, hand_over: Callable[[int], Awaitable[None]]) -> None:
+    def _drop_lapsed(self) -> None:
         """A bucket not renewed within the deadline is no longer ours to write."""
         for index in sorted(self.held):
             if self.buckets[index].valid():
                 continue
             log.warning("lost bucket: not renewed in time", extra={"bucket": index})
             self.held.discard(index)
-            await self._publish()
-            await hand_over(index)
+            self._start(index, self._stop(index), "stop")
 
     def picture(self) -> dict[str, Any]:
         """For /status: this replica, the live members and every bucket's holder."""

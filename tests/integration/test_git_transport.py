@@ -162,6 +162,37 @@ def test_http_push_with_the_right_password_moves_the_server_branch_to_the_pushed
     ]
 
 
+class Fenced(Exception):
+    """What the fence of a test raises to stop a push."""
+
+
+def test_a_push_whose_fence_closes_while_it_sends_leaves_the_server_branch_alone(
+    git_http: GitHttpServer, git_repo_name: str, tmp_path: Path
+) -> None:
+    """The fence is asked once the refs are negotiated and after every chunk of pack sent; a
+    refusal at the first chunk stops the push before the server updates the branch."""
+    seeded = git_http.seed_repo(git_repo_name, "main", {"README.md": b"# seeded\n"}, "Seed")
+    repository = repository_for(tmp_path, git_http, git_repo_name)
+    repository.open()
+    sha = write(repository, "live/v1/configmaps/a.yaml", b"a: 1\n", "[CREATE] a")
+    asked = 0
+
+    def fence() -> None:
+        nonlocal asked
+        asked += 1
+        if asked > 1:  # negotiated while the Lease held, lapsed while the pack goes out
+            raise Fenced
+
+    with pytest.raises(Fenced):
+        repository.push(fence)
+    server_repo = git_http.repo_path(git_repo_name)
+    assert asked == 2
+    assert branch_tip(server_repo, "main") == seeded
+    # Nothing is left half done: the next push (renewed in time) lands.
+    assert repository.push(lambda: None) == sha
+    assert branch_tip(server_repo, "main") == sha
+
+
 def test_http_wrong_password_is_unavailable_without_showing_it_and_changes_nothing(
     git_http: GitHttpServer, git_repo_name: str, tmp_path: Path
 ) -> None:

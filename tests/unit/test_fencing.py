@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ import pygit2
 from reverserd.committer.committer import Committer, Submission
 from reverserd.git import FileChange
 from reverserd.journal import JournalWriter
+from reverserd.kube.client import KubeClient
 from reverserd.kube.lease import LeaseTiming
 from reverserd.kube.shards import ShardCoordinator, ShardSettings, bucket_of, share
+from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
 from testbed.gitservers import branch_tip, commit_files
 from tests.conftest import AUTHOR
 from tests.unit.test_committer_stop import committer_on
@@ -48,25 +51,33 @@ async def refused(committer: Committer) -> None:
     await until(reported)
 
 
-async def test_a_replica_that_may_no_longer_write_pushes_nothing(tmp_path: Path) -> None:
+async def refused_then_pushed(
+    tmp_path: Path, may_push: Callable[[], bool], renew: Callable[[], None]
+) -> None:
+    """A committer fenced by ``may_push`` reports its change refused and pushes nothing, then,
+    once ``renew`` has run, pushes the commit that waited."""
     remote = tmp_path / "remote.git"
     pygit2.init_repository(str(remote), bare=True, initial_head="main")
     journal = await JournalWriter.open(tmp_path / "state")
     committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
-    holds = False
-    committer.may_push = lambda: holds
+    committer.may_push = may_push
     run = asyncio.create_task(committer.run())
     try:
         await asyncio.wait_for(committer.ready.wait(), timeout=30)
         await committer.submit(change(1))
         await asyncio.wait_for(refused(committer), timeout=30)
         assert branch_tip(remote, "main") is None
-        holds = True  # the Lease is renewed again: the commit waiting goes out
+        renew()
         await asyncio.wait_for(until(lambda: branch_tip(remote, "main") is not None), 30)
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         await journal.close()
+
+
+async def test_a_replica_that_may_no_longer_write_pushes_nothing(tmp_path: Path) -> None:
+    lease = {"valid": False}
+    await refused_then_pushed(tmp_path, lambda: lease["valid"], lambda: lease.update(valid=True))
 
 
 async def test_the_retry_after_a_rebuild_on_a_moved_branch_is_fenced_too(tmp_path: Path) -> None:
@@ -136,3 +147,75 @@ def test_a_branch_may_be_written_only_while_its_bucket_is_held_and_renewed_in_ti
     # Frozen past the renew deadline: refused before anyone else could take the Lease over.
     lease.renewed_at = time.monotonic() - timing.renew_deadline_s
     assert not may_write()
+    # Still inside the deadline, but with less than the push budget left: no push starts.
+    unsure = timing.renew_deadline_s - timing.push_budget_s
+    lease.renewed_at = time.monotonic() - unsure - timing.retry_period_s / 2
+    assert not may_write()
+    lease.renewed_at = time.monotonic() - unsure + timing.retry_period_s
+    assert may_write()
+
+
+async def test_a_push_under_way_stops_when_the_fence_closes(tmp_path: Path) -> None:
+    """Allowed to start, refused once the push has negotiated: nothing reaches the remote, and
+    the next push (allowed throughout) carries the commit."""
+    asked = Counter[str]()
+
+    def may_push() -> bool:
+        asked["push"] += 1
+        return asked["push"] != 2
+
+    await refused_then_pushed(tmp_path, may_push, lambda: None)
+
+
+async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
+    control_plane: ControlPlane,
+) -> None:
+    """A rebalance whose hand-over blocks (a push in flight) keeps renewing the membership and
+    the other buckets, and hands the bucket over once: real Leases on the test bed's API
+    server, two real coordinators."""
+    client = await KubeClient.connect(control_plane.admin_kubeconfig)
+    timing = LeaseTiming.scaled(6)
+    group = f"fence-{uuid.uuid4().hex[:8]}"
+    first = ShardCoordinator(client, ShardSettings(2, "replica-a", LEASE_NAMESPACE, group, timing))
+    second = ShardCoordinator(client, ShardSettings(2, "replica-b", LEASE_NAMESPACE, group, timing))
+    push_in_flight = asyncio.Event()
+    handed = Counter[int]()
+    blocked_at: list[float] = []
+
+    async def hand_over_waiting_for_the_push(bucket: int) -> None:
+        handed[bucket] += 1
+        blocked_at.append(time.monotonic())
+        await push_in_flight.wait()
+
+    async def nothing(bucket: int) -> None:
+        return None
+
+    running = [asyncio.create_task(first.run(hand_over_waiting_for_the_push, nothing))]
+    try:
+        await asyncio.wait_for(until(lambda: first.held == {0, 1}), 60)
+        running.append(asyncio.create_task(second.run(nothing, nothing)))
+        await asyncio.wait_for(until(lambda: bool(blocked_at)), 60)
+        kept = 1 - next(iter(handed))
+        deadline_passed = blocked_at[0] + timing.renew_deadline_s
+        # Renewed after the hand-over has been blocked longer than the renew deadline.
+        await asyncio.wait_for(
+            until(
+                lambda: (
+                    first.buckets[kept].renewed_at > deadline_passed
+                    and first.member.renewed_at > deadline_passed
+                )
+            ),
+            60,
+        )
+        assert first.held == {kept}
+        assert first.buckets[kept].valid()
+        assert handed == {1 - kept: 1}
+        push_in_flight.set()
+        await asyncio.wait_for(until(lambda: second.held == {1 - kept}), 60)
+        assert first.held == {kept} and handed == {1 - kept: 1}
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        push_in_flight.set()
+        await client.close()
