@@ -40,6 +40,7 @@ from testbed.harness import (
     history,
     kubectl_json,
     later_change,
+    logged_by_reverserd,
     merge_patch,
     patch_many,
     query_journal,
@@ -906,6 +907,99 @@ def test_turning_kustomization_on_lists_every_folder_in_one_commit_and_rewrites_
         "first.yaml",
         "second.yaml",
     ]
+
+
+def test_a_persons_edit_to_the_kustomization_pushed_while_running_survives_the_next_listing(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+) -> None:
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["kustomization"] = True
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "first"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    ours = f"live-cluster/v1/configmaps/{namespace}/kustomization.yaml"
+    assert manifest(tree(remote.path)[ours])["resources"] == ["first.yaml"]
+
+    # A person adds keys and an entry of their own after the daemon read the file.
+    edited = {
+        **manifest(tree(remote.path)[ours]),
+        "namespace": "team-a",
+        "patches": [{"path": "../patches/labels.yaml"}],
+    }
+    edited["resources"] = ["../base", *edited["resources"]]
+    git_http.seed_repo(
+        git_repo_name, "main", {ours: yaml.safe_dump(edited).encode()}, "a person's edit"
+    )
+
+    apply(control_plane, configmap(namespace, "second"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/second")
+    assert manifest(tree(remote.path)[ours]) == {
+        **edited,
+        "resources": ["../base", "first.yaml", "second.yaml"],
+    }
+    assert [entry.subject for entry in history(remote.path)] == [
+        "reconcile: sync 1 resources",
+        "a person's edit",
+        f"[CREATE] v1/configmaps/{namespace}/second",
+    ]
+
+
+def test_a_kustomization_whose_resources_hold_a_mapping_is_left_untouched_and_mirroring_goes_on(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+) -> None:
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    theirs = b"resources:\n- a: 1\n- first.yaml\n"
+    git_http.seed_repo(
+        git_repo_name, "main", {f"{folder}/kustomization.yaml": theirs}, "a person's file"
+    )
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["kustomization"] = True
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "first"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+
+    apply(control_plane, configmap(namespace, "second"))
+    control_plane.kubectl("delete", "configmap", "first", "-n", namespace)
+    wait_for_subjects(
+        remote.path,
+        daemon,
+        "reconcile: sync 1 resources",
+        f"[CREATE] v1/configmaps/{namespace}/second",
+        f"[DELETE] v1/configmaps/{namespace}/first",
+    )
+    files = tree(remote.path)
+    assert files[f"{folder}/kustomization.yaml"] == theirs
+    assert {path for path in files if path.startswith(f"{folder}/")} == {
+        f"{folder}/kustomization.yaml",
+        f"{folder}/second.yaml",
+    }
+    logged = daemon.log_tail(200_000)
+    assert logged_by_reverserd("is left untouched: it is not a YAML mapping") in logged
+    assert f"{folder}/kustomization.yaml is left untouched" in logged
 
 
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:
