@@ -29,6 +29,10 @@ remote by the first push.
 - :meth:`apply` never makes an empty commit: it returns ``None`` when the tree does not change.
   Directories are created as needed and pruned when their last file goes. A path where a
   directory (or a symlink) stands is never overwritten: that raises ``ValueError``.
+- A :class:`FileEdit` change is applied, on this instance's thread, to the file as it is on the
+  parent the commit is built on; :meth:`rebase_onto_remote` applies it again to the file as the
+  remote has it, so a concurrent writer's edit of that file is kept. The edits of pending commits
+  are held in memory: replayed after a restart, such a commit writes the file as it made it.
 - :meth:`push` pushes without force. The server (and libgit2 before it) refuses an update that
   is not a fast-forward from the tip it has, so a concurrent writer's commits are never
   overwritten: :class:`PushRejected` is raised and :meth:`rebase_onto_remote` replays the
