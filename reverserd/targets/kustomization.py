@@ -68,12 +68,7 @@ class ListingEdit:
             return None  # an object's own file has the name (a ConfigMap named kustomization)
         document = dict(NEW_KUSTOMIZATION) if existing is None else _listing(existing)
         if document is None:
-            log.warning(
-                "%s is left untouched: it is not a YAML mapping of at most %d bytes whose "
-                "resources is a list of file names",
-                self.path,
-                KUSTOMIZATION_MAX_BYTES,
-            )
+            self._log_untouched()
             return None
         resources = document.get("resources", [])
         gone = self.deleted - self.written
@@ -83,7 +78,21 @@ class ListingEdit:
         if existing is not None and wanted == resources:
             return None
         document["resources"] = wanted
-        return yaml.safe_dump(document, sort_keys=False, default_flow_style=False).encode()
+        try:
+            return yaml.safe_dump(document, sort_keys=False, default_flow_style=False).encode()
+        except RecursionError:
+            # Nesting PyYAML reads but cannot write back (a few hundred levels): raised here it
+            # would fail the committer, and the commit, for good.
+            self._log_untouched()
+            return None
+
+    def _log_untouched(self) -> None:
+        log.warning(
+            "%s is left untouched: it is not a YAML mapping of at most %d bytes whose "
+            "resources is a list of file names",
+            self.path,
+            KUSTOMIZATION_MAX_BYTES,
+        )
 
 
 def _listing(existing: bytes) -> dict[str, Any] | None:

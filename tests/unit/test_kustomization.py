@@ -66,8 +66,9 @@ def test_one_edit_applied_to_two_versions_of_the_file_keeps_what_each_had() -> N
         b"resources:\n- [a.yaml]\n",
         b"resources:\n- 7\n",
         b"resources:\n- a.yaml\n" + b"# padding\n" * (KUSTOMIZATION_MAX_BYTES // 10),
+        b"resources: []\ndeep: " + b"[" * 1000 + b"]" * 1000 + b"\n",
     ],
-    ids=["list", "string", "unparseable", "mapping", "nested-list", "number", "oversized"],
+    ids=["list", "string", "unparseable", "mapping", "nested-list", "number", "oversized", "deep"],
 )
 def test_what_is_not_reverserds_to_repair_is_left_alone(
     theirs: bytes, caplog: pytest.LogCaptureFixture
