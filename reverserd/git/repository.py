@@ -232,7 +232,9 @@ class FileEdit(Protocol):
 
     def edited(self, existing: bytes | None) -> bytes | None:
         """The file's new content from ``existing`` (None: there is no file); None leaves the
-        file as it is. Runs on the repository's worker thread, never on the event loop."""
+        file as it is. Runs on the repository's worker thread, never on the event loop. It
+        must not raise for any content: an exception fails the whole commit, again at each
+        retry."""
 
 
 @dataclass(frozen=True, slots=True)

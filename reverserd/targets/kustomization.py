@@ -15,9 +15,9 @@ moved, so an edit a person pushed at any time survives. What remains: a commit s
 when the daemon restarts and then replayed onto a remote that moved writes the file as it made
 it (the edit is kept in memory only), so a person's edit pushed in that window is overwritten.
 
-A file that is not a YAML mapping, whose ``resources`` is not a list of strings, or that is
-larger than :data:`KUSTOMIZATION_MAX_BYTES` is left untouched (logged): it is not reverserd's
-to repair, and the target keeps mirroring.
+A file that is not a YAML mapping, whose ``resources`` is not a list of strings, that is larger
+than :data:`KUSTOMIZATION_MAX_BYTES`, or nested deeper than PyYAML can write back is left
+untouched (logged): it is not reverserd's to repair, and the target keeps mirroring.
 
 The target's own record of its files (its ledger, which already holds the commit being
 submitted) is the list; identity never comes from the folder's file names.

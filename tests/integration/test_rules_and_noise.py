@@ -909,6 +909,25 @@ def test_turning_kustomization_on_lists_every_folder_in_one_commit_and_rewrites_
     ]
 
 
+def start_kustomized_mirror_of_first(
+    plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    """A target with ``kustomization: true`` mirroring the ConfigMap ``first`` of
+    ``namespace``, its first reconcile pushed."""
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["kustomization"] = True
+    apply(
+        plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "first"),
+    )
+    daemon.start()
+    wait_live(plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+
+
 def test_a_persons_edit_to_the_kustomization_pushed_while_running_survives_the_next_listing(
     control_plane: ControlPlane,
     namespace: str,
@@ -917,18 +936,7 @@ def test_a_persons_edit_to_the_kustomization_pushed_while_running_survives_the_n
     git_http: GitHttpServer,
     git_repo_name: str,
 ) -> None:
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["kustomization"] = True
-    apply(
-        control_plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "first"),
-    )
-    daemon.start()
-    wait_live(control_plane, namespace)
-    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    start_kustomized_mirror_of_first(control_plane, namespace, remote, daemon)
     ours = f"live-cluster/v1/configmaps/{namespace}/kustomization.yaml"
     assert manifest(tree(remote.path)[ours])["resources"] == ["first.yaml"]
 
@@ -969,18 +977,7 @@ def test_a_kustomization_whose_resources_hold_a_mapping_is_left_untouched_and_mi
     git_http.seed_repo(
         git_repo_name, "main", {f"{folder}/kustomization.yaml": theirs}, "a person's file"
     )
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["kustomization"] = True
-    apply(
-        control_plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "first"),
-    )
-    daemon.start()
-    wait_live(control_plane, namespace)
-    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+    start_kustomized_mirror_of_first(control_plane, namespace, remote, daemon)
 
     apply(control_plane, configmap(namespace, "second"))
     control_plane.kubectl("delete", "configmap", "first", "-n", namespace)
