@@ -996,6 +996,11 @@ def test_a_kustomization_whose_resources_hold_a_mapping_is_left_untouched_and_mi
     }
     logged = daemon.log_tail(200_000)
     assert logged_by_reverserd("is left untouched: it is not a YAML mapping") in logged
+    # Counted: first.yaml and the README, second.yaml; first.yaml deleted. A listing edit that
+    # wrote nothing is no file written.
+    target = f"{namespace}/mirror"
+    wait_until(lambda: daemon.metric("gitopsreverser_files_deleted_total", target=target) == 1)
+    assert daemon.metric("gitopsreverser_objects_written_total", target=target) == 3
     assert f"{folder}/kustomization.yaml is left untouched" in logged
 
 
