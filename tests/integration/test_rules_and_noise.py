@@ -730,24 +730,44 @@ def apply_folder_back(plane: ControlPlane, remote: Remote, folder: str, revision
     )
 
 
+def start_configmap_mirror(
+    plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    name: str,
+    spec: dict[str, Any],
+) -> None:
+    """A target (with ``spec`` added to its spec) mirroring the ConfigMap ``name`` of
+    ``namespace``, its first reconcile pushed."""
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"].update(spec)
+    apply(
+        plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, name),
+    )
+    daemon.start()
+    wait_live(plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+
+
 def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_converges(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
 ) -> None:
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["excludeFieldManagers"] = [FORWARD_MANAGER]
-    apply(
+    start_configmap_mirror(
         control_plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "app"),
+        namespace,
+        remote,
+        daemon,
+        "app",
+        {"excludeFieldManagers": [FORWARD_MANAGER]},
     )
-    daemon.start()
-    wait_live(control_plane, namespace)
-    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
     folder = f"live-cluster/v1/configmaps/{namespace}"
 
     # A bounded run of the forward leg, each round re-reading the branch.
@@ -909,25 +929,6 @@ def test_turning_kustomization_on_lists_every_folder_in_one_commit_and_rewrites_
     ]
 
 
-def start_kustomized_mirror_of_first(
-    plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
-) -> None:
-    """A target with ``kustomization: true`` mirroring the ConfigMap ``first`` of
-    ``namespace``, its first reconcile pushed."""
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["kustomization"] = True
-    apply(
-        plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "first"),
-    )
-    daemon.start()
-    wait_live(plane, namespace)
-    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
-
-
 def test_a_persons_edit_to_the_kustomization_pushed_while_running_survives_the_next_listing(
     control_plane: ControlPlane,
     namespace: str,
@@ -936,7 +937,9 @@ def test_a_persons_edit_to_the_kustomization_pushed_while_running_survives_the_n
     git_http: GitHttpServer,
     git_repo_name: str,
 ) -> None:
-    start_kustomized_mirror_of_first(control_plane, namespace, remote, daemon)
+    start_configmap_mirror(
+        control_plane, namespace, remote, daemon, "first", {"kustomization": True}
+    )
     ours = f"live-cluster/v1/configmaps/{namespace}/kustomization.yaml"
     assert manifest(tree(remote.path)[ours])["resources"] == ["first.yaml"]
 
@@ -977,7 +980,9 @@ def test_a_kustomization_whose_resources_hold_a_mapping_is_left_untouched_and_mi
     git_http.seed_repo(
         git_repo_name, "main", {f"{folder}/kustomization.yaml": theirs}, "a person's file"
     )
-    start_kustomized_mirror_of_first(control_plane, namespace, remote, daemon)
+    start_configmap_mirror(
+        control_plane, namespace, remote, daemon, "first", {"kustomization": True}
+    )
 
     apply(control_plane, configmap(namespace, "second"))
     control_plane.kubectl("delete", "configmap", "first", "-n", namespace)
