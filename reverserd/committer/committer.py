@@ -549,8 +549,11 @@ class Committer:
         for item, sha in zip(writes, shas, strict=True):
             item.commit = sha
             if sha:
-                item.files_written = sum(1 for c in item.changes if c.content is not None)
-                item.files_deleted = len(item.changes) - item.files_written
+                # A FileEdit (a kustomization listing) may have changed nothing: not counted.
+                item.files_written = sum(
+                    1 for c in item.changes if isinstance(c.content, bytes | StoredBlob)
+                )
+                item.files_deleted = sum(1 for c in item.changes if c.content is None)
                 COMMITS.labels(target=item.target).inc()
                 self._commits_since_maintain += 1
                 log.info(

@@ -257,6 +257,10 @@ class ObjectStore:
         self._remember(oid, tree)
         return tree
 
+    def blob(self, oid: bytes) -> bytes:
+        """The content of blob ``oid`` (pending or on disk)."""
+        return self._raw_object(oid, ObjectType.BLOB)
+
     def flush(self) -> None:
         """Write every pending object as one pack with its index, durably; see module doc."""
         if not self._pending:
@@ -336,7 +340,7 @@ class ObjectStore:
             return self.content(oid)
         found_kind, data = self._repo.odb.read(pygit2.Oid(raw=oid))
         if found_kind != kind:
-            raise ValueError(f"object {oid.hex()} is not a tree")
+            raise ValueError(f"object {oid.hex()} is not of type {kind}")
         return bytes(data)
 
     def _remember(self, oid: bytes, tree: Tree) -> None:

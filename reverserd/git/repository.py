@@ -29,6 +29,10 @@ remote by the first push.
 - :meth:`apply` never makes an empty commit: it returns ``None`` when the tree does not change.
   Directories are created as needed and pruned when their last file goes. A path where a
   directory (or a symlink) stands is never overwritten: that raises ``ValueError``.
+- A :class:`FileEdit` change is applied, on this instance's thread, to the file as it is on the
+  parent the commit is built on; :meth:`rebase_onto_remote` applies it again to the file as the
+  remote has it, so a concurrent writer's edit of that file is kept. The edits of pending commits
+  are held in memory: replayed after a restart, such a commit writes the file as it made it.
 - :meth:`push` pushes without force. The server (and libgit2 before it) refuses an update that
   is not a fast-forward from the tip it has, so a concurrent writer's commits are never
   overwritten: :class:`PushRejected` is raised and :meth:`rebase_onto_remote` replays the
@@ -94,7 +98,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 import pygit2
 from pygit2.enums import DeltaStatus, FileMode, Option, RepositoryOpenFlag, SortMode
@@ -222,12 +226,25 @@ class StoredBlob:
     oid: bytes
 
 
+class FileEdit(Protocol):
+    """A change to a file made from the file as it is where the commit is built: on the tip
+    when the commit is made, and on the remote's tip again when a pending commit is replayed
+    after a rebase, so a concurrent writer's edit to the same file is kept."""
+
+    def edited(self, existing: bytes | None) -> bytes | None:
+        """The file's new content from ``existing`` (None: there is no file); None leaves the
+        file as it is. Runs on the repository's worker thread, never on the event loop. It
+        must not raise for any content: an exception fails the whole commit, again at each
+        retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileChange:
-    """Write ``content`` at ``path`` (POSIX, relative), or delete it when ``content`` is None."""
+    """Write ``content`` at ``path`` (POSIX, relative), or delete it when ``content`` is None,
+    or change it by a :class:`FileEdit`."""
 
     path: str
-    content: bytes | StoredBlob | None
+    content: bytes | StoredBlob | FileEdit | None
 
     @property
     def held_bytes(self) -> int:
@@ -353,6 +370,10 @@ class BranchRepository:
         self._handed_over_at = -HANDOVER_GRACE_S
         self.dropped_in_rebuild: dict[str, str] = {}
         """Path -> why: writes the last :meth:`rebase_onto_remote` could not replay."""
+        self._edits: dict[bytes, list[FileChange]] = {}
+        # Pending commit -> its FileEdit changes, so a replay edits the file as the remote has
+        # it instead of writing back the whole file. In memory only: a pending commit replayed
+        # after a restart writes its file as it made it.
         self.display_url = mask_url(url)
         """The URL with any password masked, for logs and status."""
 
@@ -413,6 +434,7 @@ class BranchRepository:
         if self._repo is not None:
             self._repo.free()
         self._repo, self._store, self._unflushed_tip = None, None, None
+        self._edits = {}
         shutil.rmtree(self._path, ignore_errors=True)
 
     def open(self) -> str | None:
@@ -661,6 +683,7 @@ class BranchRepository:
             raise PushDeclined(self.display_url, reason)
         self._set_ref(_tracking_ref(self._local_ref), local)
         self._set_ref(BASE_REF, local)
+        self._edits = {}
         return str(local)
 
     def rebase_onto_remote(self) -> list[str]:
@@ -694,7 +717,11 @@ class BranchRepository:
         repo = self._open_repo()
         rebuilt = []
         for commit in commits:
-            changes = self._changes_of(commit)
+            edits = self._edits.pop(commit.id.raw, [])
+            edited = {change.path for change in edits}
+            changes = [
+                change for change in self._changes_of(commit) if change.path not in edited
+            ] + edits
             # A person may have put a file where one of ours needs a folder: that write is
             # dropped (and reported), the rest of the commit is kept.
             parent_commit = _commit_or_none(repo, parent)
@@ -872,9 +899,11 @@ class BranchRepository:
         if new_tree == (old_tree if old_tree is not None else _EMPTY_TREE_ID):
             return None
         parents: list[bytes] = [parent.raw] if parent is not None else []
-        return pygit2.Oid(
-            raw=store.add_commit(new_tree, parents, author, committer, message, self._signer)
-        )
+        made = store.add_commit(new_tree, parents, author, committer, message, self._signer)
+        edits = [c for c in changes if not isinstance(c.content, bytes | StoredBlob | None)]
+        if edits:
+            self._edits[made] = edits
+        return pygit2.Oid(raw=made)
 
     def _write_tree(
         self, tree_id: bytes | None, changes: _Folder, where: tuple[str, ...]
@@ -908,6 +937,10 @@ class BranchRepository:
                 continue
             if existing is not None and not is_file:
                 raise ValueError(f"cannot write {path}: something other than a file is there")
+            if not isinstance(change, bytes | StoredBlob):
+                change = change.edited(store.blob(existing[1]) if existing else None)
+                if change is None:
+                    continue
             blob = self._blob_of(change)
             if existing is None:
                 edits[key] = (FileMode.BLOB, blob)
@@ -1084,7 +1117,7 @@ def _ensure_off_event_loop() -> None:
     raise RuntimeError("BranchRepository blocks; call it from its worker thread, not the loop")
 
 
-_Folder: TypeAlias = dict[str, "_Folder | bytes | StoredBlob | None"]
+_Folder: TypeAlias = dict[str, "_Folder | bytes | StoredBlob | FileEdit | None"]
 """One commit's changes below a folder: name -> new content (None deletes), or a subfolder's
 changes. Built once per commit, so a reconcile of 100,000 files splits each path once."""
 

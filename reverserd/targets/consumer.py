@@ -77,9 +77,9 @@ from reverserd.targets.drift import (
 )
 from reverserd.targets.history import restore_last_push
 from reverserd.targets.kustomization import (
+    ListingEdit,
     folders_of,
     kustomization_path,
-    updated_kustomization,
 )
 from reverserd.targets.ledger import READ_BATCH, UNKNOWN_FINGERPRINT, TargetLedger, describe
 from reverserd.targets.planning import (
@@ -180,8 +180,6 @@ class TargetConsumer:
         self.ledger = TargetLedger(self.key, self._show_quarantine)
         self.readme_present = False
         self.readme_path = README_NAME
-        # Each folder's kustomization.yaml as this run last wrote or read it.
-        self.kustomizations: dict[str, bytes | None] = {}
         self.initial_snapshot_sent = False
         self.quarantine_retried_at = 0.0
         self.drift_interval_s = drift_interval_s
@@ -235,7 +233,6 @@ class TargetConsumer:
             self.readme_path = f"{self.folder}/{README_NAME}"
             self.sops_config_path = f"{self.folder}/{SOPS_CONFIG_NAME}"
         self.readme_present = await self.committer.read(self.readme_path) is not None
-        self.kustomizations = {}
         self.sops_config = await self.committer.read(self.sops_config_path)
         starting = True
         # Keys usable from the start: an earlier run may have skipped Secrets (its keys were
@@ -776,7 +773,7 @@ class TargetConsumer:
     ) -> None:
         changes = list(plan.changes)
         if self.resolved.target.kustomization:
-            changes += await self._kustomizations(plan)
+            changes += self._kustomizations(plan)
         if changes and not self.readme_present:
             changes.append(FileChange(self.readme_path, README))
             self.readme_present = True
@@ -802,33 +799,30 @@ class TargetConsumer:
             )
         )
 
-    async def _kustomizations(self, plan: FilePlan) -> list[FileChange]:
-        """The ``kustomization.yaml`` changes that go with ``plan``, in the same commit: each
+    def _kustomizations(self, plan: FilePlan) -> list[FileChange]:
+        """The ``kustomization.yaml`` edits that go with ``plan``, in the same commit: each
         folder it touches lists the files this target has there (its ledger already holds the
-        plan), see :mod:`reverserd.targets.kustomization`."""
+        plan); the committer applies them to the file as the branch has it, see
+        :mod:`reverserd.targets.kustomization`."""
         touched = folders_of(plan.changes, (path for _, path, _ in plan.records if path))
         written: dict[str, set[str]] = {folder: set() for folder in touched}
         for path, _ in self.ledger.files.values():
             folder, _, name = path.rpartition("/")
             if folder in written:
                 written[folder].add(name)
-        deleted: dict[str, list[str]] = {}
+        deleted: dict[str, set[str]] = {}
         for change in plan.changes:
             if change.content is None:
                 folder, _, name = change.path.rpartition("/")
-                deleted.setdefault(folder, []).append(name)
-        found = []
+                deleted.setdefault(folder, set()).add(name)
+        edits = []
         for folder in sorted(touched):
             path = kustomization_path(folder)
-            if path not in self.kustomizations:
-                self.kustomizations[path] = await self.committer.read(path)
-            content = updated_kustomization(
-                self.kustomizations[path], written[folder], deleted.get(folder, ())
+            listing = ListingEdit(
+                path, frozenset(written[folder]), frozenset(deleted.get(folder, ()))
             )
-            if content is not None:
-                found.append(FileChange(path, content))
-                self.kustomizations[path] = content
-        return found
+            edits.append(FileChange(path, listing))
+        return edits
 
     def _pushed(self, sha: str | None, at: float) -> None:
         progress = self.progress

@@ -40,6 +40,7 @@ from testbed.harness import (
     history,
     kubectl_json,
     later_change,
+    logged_by_reverserd,
     merge_patch,
     patch_many,
     query_journal,
@@ -729,24 +730,44 @@ def apply_folder_back(plane: ControlPlane, remote: Remote, folder: str, revision
     )
 
 
+def start_configmap_mirror(
+    plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    name: str,
+    spec: dict[str, Any],
+) -> None:
+    """A target (with ``spec`` added to its spec) mirroring the ConfigMap ``name`` of
+    ``namespace``, its first reconcile pushed."""
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"].update(spec)
+    apply(
+        plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, name),
+    )
+    daemon.start()
+    wait_live(plane, namespace)
+    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
+
+
 def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_converges(
     control_plane: ControlPlane,
     namespace: str,
     remote: Remote,
     daemon: Reverserd,
 ) -> None:
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["excludeFieldManagers"] = [FORWARD_MANAGER]
-    apply(
+    start_configmap_mirror(
         control_plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "app"),
+        namespace,
+        remote,
+        daemon,
+        "app",
+        {"excludeFieldManagers": [FORWARD_MANAGER]},
     )
-    daemon.start()
-    wait_live(control_plane, namespace)
-    wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
     folder = f"live-cluster/v1/configmaps/{namespace}"
 
     # A bounded run of the forward leg, each round re-reading the branch.
@@ -906,6 +927,86 @@ def test_turning_kustomization_on_lists_every_folder_in_one_commit_and_rewrites_
         "first.yaml",
         "second.yaml",
     ]
+
+
+def test_a_persons_edit_to_the_kustomization_pushed_while_running_survives_the_next_listing(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+) -> None:
+    start_configmap_mirror(
+        control_plane, namespace, remote, daemon, "first", {"kustomization": True}
+    )
+    ours = f"live-cluster/v1/configmaps/{namespace}/kustomization.yaml"
+    assert manifest(tree(remote.path)[ours])["resources"] == ["first.yaml"]
+
+    # A person adds keys and an entry of their own after the daemon read the file.
+    edited = {
+        **manifest(tree(remote.path)[ours]),
+        "namespace": "team-a",
+        "patches": [{"path": "../patches/labels.yaml"}],
+    }
+    edited["resources"] = ["../base", *edited["resources"]]
+    git_http.seed_repo(
+        git_repo_name, "main", {ours: yaml.safe_dump(edited).encode()}, "a person's edit"
+    )
+
+    apply(control_plane, configmap(namespace, "second"))
+    wait_for_subjects(remote.path, daemon, f"[CREATE] v1/configmaps/{namespace}/second")
+    assert manifest(tree(remote.path)[ours]) == {
+        **edited,
+        "resources": ["../base", "first.yaml", "second.yaml"],
+    }
+    assert [entry.subject for entry in history(remote.path)] == [
+        "reconcile: sync 1 resources",
+        "a person's edit",
+        f"[CREATE] v1/configmaps/{namespace}/second",
+    ]
+
+
+def test_a_kustomization_whose_resources_hold_a_mapping_is_left_untouched_and_mirroring_goes_on(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    git_http: GitHttpServer,
+    git_repo_name: str,
+) -> None:
+    folder = f"live-cluster/v1/configmaps/{namespace}"
+    theirs = b"resources:\n- a: 1\n- first.yaml\n"
+    git_http.seed_repo(
+        git_repo_name, "main", {f"{folder}/kustomization.yaml": theirs}, "a person's file"
+    )
+    start_configmap_mirror(
+        control_plane, namespace, remote, daemon, "first", {"kustomization": True}
+    )
+
+    apply(control_plane, configmap(namespace, "second"))
+    control_plane.kubectl("delete", "configmap", "first", "-n", namespace)
+    wait_for_subjects(
+        remote.path,
+        daemon,
+        "reconcile: sync 1 resources",
+        f"[CREATE] v1/configmaps/{namespace}/second",
+        f"[DELETE] v1/configmaps/{namespace}/first",
+    )
+    files = tree(remote.path)
+    assert files[f"{folder}/kustomization.yaml"] == theirs
+    assert {path for path in files if path.startswith(f"{folder}/")} == {
+        f"{folder}/kustomization.yaml",
+        f"{folder}/second.yaml",
+    }
+    logged = daemon.log_tail(200_000)
+    assert logged_by_reverserd("is left untouched: it is not a YAML mapping") in logged
+    # Counted: first.yaml and the README, second.yaml; first.yaml deleted. A listing edit that
+    # wrote nothing is no file written.
+    target = f"{namespace}/mirror"
+    wait_until(lambda: daemon.metric("gitopsreverser_files_deleted_total", target=target) == 1)
+    assert daemon.metric("gitopsreverser_objects_written_total", target=target) == 3
+    assert f"{folder}/kustomization.yaml is left untouched" in logged
 
 
 def service(namespace: str, name: str, headless: bool = False) -> dict[str, Any]:

@@ -341,6 +341,36 @@ def test_rebase_drops_a_commit_whose_change_the_remote_already_has(tmp_path: Pat
     assert ours.read("live/a.yaml") == b"v2\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class AppendLine:
+    """A FileEdit: the file as it is, with one more line."""
+
+    line: bytes
+
+    def edited(self, existing: bytes | None) -> bytes | None:
+        return (existing or b"") + self.line
+
+
+def test_a_file_edit_applies_to_the_file_at_the_tip_and_again_on_a_moved_remote(
+    tmp_path: Path,
+) -> None:
+    remote, url = make_remote(tmp_path)
+    ours = clone(tmp_path, url, name="ours")
+    write(ours, "live/list", b"base\n", "base")
+    ours.push()
+    commit_directly(remote, "main", {"live/list": b"base\ntheirs\n"}, "their line")
+
+    ours.apply([FileChange("live/list", AppendLine(b"ours\n"))], "our line", AUTHOR, COMMITTER)
+    assert ours.read("live/list") == b"base\nours\n"
+    with pytest.raises(PushRejected):
+        ours.push()
+    ours.rebase_onto_remote()
+    ours.push()
+
+    assert history(remote) == ["our line", "their line", "base"]
+    assert ours.read("live/list") == b"base\ntheirs\nours\n"
+
+
 def test_rebase_with_nothing_pending_follows_the_remote(tmp_path: Path) -> None:
     remote, url = make_remote(tmp_path)
     repository = clone(tmp_path, url)
