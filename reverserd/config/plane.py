@@ -36,7 +36,7 @@ from reverserd.config.model import (
     paths_overlap,
 )
 from reverserd.config.pins import RepositoryPins
-from reverserd.config.rules import CompiledRule
+from reverserd.config.rules import CompiledRule, RevisedNamespaces
 from reverserd.config.selectors import labels_of
 from reverserd.config.status import (
     Condition,
@@ -670,11 +670,16 @@ def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
     return sorted(set(missing))
 
 
-class NamespaceLabels(Mapping[str, Mapping[str, Any]]):
+class NamespaceLabels(RevisedNamespaces):
     """Each namespace's current labels, by name, read live from the namespace informer."""
 
     def __init__(self, informer: Informer) -> None:
+        super().__init__()
         self.informer = informer
+
+    @property
+    def revision(self) -> int:
+        return self.informer.revision
 
     def __getitem__(self, name: str) -> Mapping[str, Any]:
         return labels_of(self.informer.cache[("", name)])
