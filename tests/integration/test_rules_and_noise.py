@@ -729,6 +729,35 @@ def apply_folder_back(plane: ControlPlane, remote: Remote, folder: str, revision
     )
 
 
+def test_exclude_users_without_attribution_is_flagged_and_leaves_nothing_out(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    # The user the test bed's kubectl writes as, so the change below is the listed user's own.
+    whoami = json.loads(control_plane.kubectl("auth", "whoami", "-o", "json"))
+    user = whoami["status"]["userInfo"]["username"]
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"]["excludeUsers"] = [user]
+    apply(
+        control_plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "app"),
+    )
+    daemon.start()
+    wait_live(control_plane, namespace)
+    validated = conditions(control_plane, "gittarget", namespace, "mirror")["Validated"]
+    assert (validated["status"], validated["reason"]) == ("True", "ExcludeUsersNeedsAttribution")
+    # Without attribution no user is known: the listed user's change is committed.
+    apply(control_plane, configmap(namespace, "app", {"key": "changed"}))
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/app")
+    written = tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/app.yaml"]
+    assert b"key: changed" in written
+
+
 def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_converges(
     control_plane: ControlPlane,
     namespace: str,
