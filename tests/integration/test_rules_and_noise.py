@@ -729,6 +729,22 @@ def apply_folder_back(plane: ControlPlane, remote: Remote, folder: str, revision
     )
 
 
+def mirror_configmap_app(
+    plane: ControlPlane, namespace: str, remote: Remote, target_spec: dict[str, Any]
+) -> None:
+    """The target ``mirror`` with ``target_spec`` added, mirroring the namespace's ConfigMaps,
+    and the ConfigMap ``app``."""
+    provider, target = provider_and_target(namespace, remote)
+    target["spec"].update(target_spec)
+    apply(
+        plane,
+        provider,
+        target,
+        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
+        configmap(namespace, "app"),
+    )
+
+
 def test_exclude_users_without_attribution_is_flagged_and_leaves_nothing_out(
     control_plane: ControlPlane,
     namespace: str,
@@ -738,15 +754,7 @@ def test_exclude_users_without_attribution_is_flagged_and_leaves_nothing_out(
     # The user the test bed's kubectl writes as, so the change below is the listed user's own.
     whoami = json.loads(control_plane.kubectl("auth", "whoami", "-o", "json"))
     user = whoami["status"]["userInfo"]["username"]
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["excludeUsers"] = [user]
-    apply(
-        control_plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "app"),
-    )
+    mirror_configmap_app(control_plane, namespace, remote, {"excludeUsers": [user]})
     daemon.start()
     wait_live(control_plane, namespace)
     validated = conditions(control_plane, "gittarget", namespace, "mirror")["Validated"]
@@ -764,14 +772,8 @@ def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_co
     remote: Remote,
     daemon: Reverserd,
 ) -> None:
-    provider, target = provider_and_target(namespace, remote)
-    target["spec"]["excludeFieldManagers"] = [FORWARD_MANAGER]
-    apply(
-        control_plane,
-        provider,
-        target,
-        watch_rule(namespace, "mirror", "mirror", [{"resources": ["configmaps"]}]),
-        configmap(namespace, "app"),
+    mirror_configmap_app(
+        control_plane, namespace, remote, {"excludeFieldManagers": [FORWARD_MANAGER]}
     )
     daemon.start()
     wait_live(control_plane, namespace)
