@@ -165,6 +165,7 @@ class Daemon:
             UrlPolicy(options.allow_local_remotes, options.state_dir),
             options.repository_pins,
             options.max_targets_per_namespace,
+            attributed=bool(attribution.sources),
         )
         ownership = Ownership(client, journal, board)
         # Before the plane first decides who writes which branch.

@@ -36,7 +36,7 @@ from reverserd.config.model import (
     paths_overlap,
 )
 from reverserd.config.pins import RepositoryPins
-from reverserd.config.rules import CompiledRule
+from reverserd.config.rules import CompiledRule, RevisedNamespaces
 from reverserd.config.selectors import labels_of
 from reverserd.config.status import (
     Condition,
@@ -215,6 +215,20 @@ def _quarantine_condition(progress: TargetProgress) -> Condition:
 DRIFT_LISTED = 5
 
 
+def _valid_condition(target: Target, attributed: bool) -> Condition:
+    """A valid spec; one that asks for what this daemon cannot do is still valid (the target
+    mirrors everything else), but says so where its owner looks."""
+    if target.exclude_users and not attributed:
+        return Condition(
+            "Validated",
+            True,
+            "ExcludeUsersNeedsAttribution",
+            "spec is valid, but spec.excludeUsers leaves nothing out: this reverserd runs without"
+            " --attribution, so no change is attributed to a user and every change is committed",
+        )
+    return Condition("Validated", True, "Validated", "spec is valid")
+
+
 def _suspended_condition(target: Target) -> Condition:
     if target.suspend:
         return Condition(
@@ -280,6 +294,7 @@ def resolve(
     policy: UrlPolicy | None = None,
     pins: RepositoryPins | None = None,
     max_targets_per_namespace: int = 0,
+    attributed: bool = False,
 ) -> tuple[ConfigState, list[_Desired]]:
     """Compute the state and every object's desired status from the informers' caches.
 
@@ -293,7 +308,8 @@ def resolve(
     branch: each target is compared only with the targets of its own branch. A namespace's
     targets beyond ``max_targets_per_namespace`` (0: no cap), the newest first, are refused
     with ``TargetLimitExceeded``, so one tenant cannot make the daemon run thousands of
-    consumers for everyone.
+    consumers for everyone. ``attributed``: whether changes are attributed to users (a source
+    is set), without which a target's ``excludeUsers`` leaves nothing out.
     """
     now = time.time()
     desired: list[_Desired] = []
@@ -375,7 +391,7 @@ def resolve(
             continue
         target = parsed_target
         target_provider = providers.get(f"{target.namespace}/{target.provider_name}")
-        validated = Condition("Validated", True, "Validated", "spec is valid")
+        validated = _valid_condition(target, attributed)
         per_namespace[target.namespace] = per_namespace.get(target.namespace, 0) + 1
         if 0 < max_targets_per_namespace < per_namespace[target.namespace]:
             validated = Condition(
@@ -670,11 +686,16 @@ def _unserved(rules: Sequence[CompiledRule], discovery: Discovery) -> list[str]:
     return sorted(set(missing))
 
 
-class NamespaceLabels(Mapping[str, Mapping[str, Any]]):
+class NamespaceLabels(RevisedNamespaces):
     """Each namespace's current labels, by name, read live from the namespace informer."""
 
     def __init__(self, informer: Informer) -> None:
+        super().__init__()
         self.informer = informer
+
+    @property
+    def revision(self) -> int:
+        return self.informer.revision
 
     def __getitem__(self, name: str) -> Mapping[str, Any]:
         return labels_of(self.informer.cache[("", name)])
@@ -694,12 +715,15 @@ class ConfigPlane:
         policy: UrlPolicy | None = None,
         pins: RepositoryPins | None = None,
         max_targets_per_namespace: int = MAX_TARGETS_PER_NAMESPACE,
+        attributed: bool = False,
     ) -> None:
         self.client = client
         self.board = board
         self.policy = policy or UrlPolicy()
         self.pins = pins or RepositoryPins()
         self.max_targets_per_namespace = max_targets_per_namespace
+        # Whether an attribution source is set: without one, excludeUsers leaves nothing out.
+        self.attributed = attributed
         self._statuses: dict[tuple[str, str, str], dict[str, Any]] = {}
         # One resolve at a time, so states are published in the order they were computed.
         self._recomputing = asyncio.Lock()
@@ -777,6 +801,7 @@ class ConfigPlane:
                 self.policy,
                 self.pins,
                 self.max_targets_per_namespace,
+                self.attributed,
             )
             self._statuses = {
                 (item.rtype.resource, item.namespace, item.name): item.status for item in desired

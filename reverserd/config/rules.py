@@ -40,8 +40,9 @@ event, or by a backfill snapshot, since a selector is part of the selection key.
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reverserd.config.selectors import LabelSelector, SelectorError, labels_of, parse_selector
@@ -53,12 +54,52 @@ WILDCARD = "*"
 # The CRD schema's bounds on a rule's lists, checked again for objects stored before them.
 MAX_RULE_ITEMS = 100
 MAX_RULE_STRING_CHARS = 253
-# Hex characters naming the set of namespaces a namespaceSelector matches in a selection key:
-# enough that two sets never share one by chance, short enough for the cursor row.
-NAMESPACES_HASH_CHARS = 16
+# Hex characters naming a selector, or the set of namespaces a namespaceSelector matches, in a
+# selection key: enough that two never share one by chance, short enough that a key stays a few
+# hundred bytes however long the selectors are (a selector at the CRD's bounds is ~130 KB of text).
+SELECTION_HASH_CHARS = 16
 
 # Each namespace's labels, by name: what a ``namespaceSelector`` is matched against.
 Namespaces = Mapping[str, Mapping[str, Any]]
+
+
+def short_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:SELECTION_HASH_CHARS]
+
+
+def matched_namespaces_digest(selector: LabelSelector, namespaces: Namespaces) -> str:
+    """Names the set of namespaces ``selector`` matches: it changes when one starts or stops
+    matching, and only then."""
+    matched = sorted(name for name, labels in namespaces.items() if selector.matches(labels))
+    return short_digest("\n".join(matched))
+
+
+class RevisedNamespaces(Namespaces):
+    """Live namespace labels with a revision that changes whenever any of them may have.
+
+    Target consumers build their selection keys on every pass, idle ones too; matching every
+    namespace against every ``namespaceSelector`` each time would cost the whole namespace list
+    per rule per pass. The digest of what a selector matches is kept until the revision moves.
+    """
+
+    def __init__(self) -> None:
+        self._digests: dict[LabelSelector, str] = {}
+        self._digests_revision = -1
+
+    @property
+    @abstractmethod
+    def revision(self) -> int:
+        """Changes (never repeats) whenever a namespace is added, changed or deleted."""
+
+    def matched_digest(self, selector: LabelSelector) -> str:
+        if self._digests_revision != self.revision:
+            # Selectors of rules since deleted go with the stale digests.
+            self._digests.clear()
+            self._digests_revision = self.revision
+        digest = self._digests.get(selector)
+        if digest is None:
+            digest = self._digests[selector] = matched_namespaces_digest(selector, self)
+        return digest
 
 
 class RuleError(ValueError):
@@ -76,6 +117,18 @@ class CompiledRule:
     object_selector: LabelSelector | None = None
     namespace_selector: LabelSelector | None = None
     skip_controlled: bool = False
+    # The scope text besides the matched namespaces, computed once: selectors go in by digest.
+    _scope: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = [self.namespace or "*", ",".join(sorted(self.operations))]
+        if self.object_selector is not None:
+            parts.append(f"objects={short_digest(self.object_selector.text())}")
+        if self.skip_controlled:
+            parts.append("skipControlled")
+        if self.namespace_selector is not None:
+            parts.append(f"namespaces={short_digest(self.namespace_selector.text())}")
+        object.__setattr__(self, "_scope", ":".join(parts))
 
     def selects_object(
         self,
@@ -101,19 +154,14 @@ class CompiledRule:
         """What besides types this rule selects, for a target's selection key: a change of it
         (including which namespaces a ``namespaceSelector`` matches now) must give the target
         a fresh snapshot, which writes the objects that started matching."""
-        parts = [self.namespace or "*", ",".join(sorted(self.operations))]
-        if self.object_selector is not None:
-            parts.append(f"objects({self.object_selector.text()})")
-        if self.namespace_selector is not None:
-            selector = self.namespace_selector
-            matched = sorted(
-                name for name, labels in namespaces.items() if selector.matches(labels)
-            )
-            digest = hashlib.sha256("\n".join(matched).encode()).hexdigest()[:NAMESPACES_HASH_CHARS]
-            parts.append(f"namespaces({selector.text()})={digest}")
-        if self.skip_controlled:
-            parts.append("skipControlled")
-        return ":".join(parts)
+        selector = self.namespace_selector
+        if selector is None:
+            return self._scope
+        if isinstance(namespaces, RevisedNamespaces):
+            matched = namespaces.matched_digest(selector)
+        else:
+            matched = matched_namespaces_digest(selector, namespaces)
+        return f"{self._scope}@{matched}"
 
     def selects_type(self, rtype: ResourceType, served_versions: Sequence[str] = ()) -> bool:
         """Whether the rule wants the type: ``apiVersions`` match any version it is served at."""

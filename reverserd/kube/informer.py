@@ -41,6 +41,9 @@ class Informer:
         self.rtype = rtype
         self.on_change = on_change
         self.cache: dict[tuple[str, str], dict[str, Any]] = {}
+        # Counts the changes of the cache, so readers can keep what they derive from it until
+        # it moves.
+        self.revision = 0
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
@@ -59,6 +62,7 @@ class Informer:
                         self.cache.pop(key, None)
                     else:
                         self.cache[key] = event.object
+                    self.revision += 1
                     self.on_change()
                 delay = RETRY_INITIAL_S
             except ResourceExpired:
@@ -78,6 +82,7 @@ class Informer:
             for item in items:
                 fresh[object_key(item)] = item
         self.cache = fresh
+        self.revision += 1
         self.synced.set()
         self.on_change()
         return version

@@ -29,6 +29,7 @@ from testbed.harness import (
     Reverserd,
     apply,
     collection,
+    conditions,
     create_git_credentials,
     create_namespace,
     query_journal,
@@ -909,6 +910,8 @@ def test_changes_by_an_excluded_user_are_not_committed_and_the_next_change_bring
     apply(control_plane, provider, target, rule, configmap(namespace, "app"))
     daemon.start()
     wait_synced(control_plane, namespace)
+    validated = conditions(control_plane, "gittarget", namespace, "mirror")["Validated"]
+    assert (validated["status"], validated["reason"]) == ("True", "Validated")
     wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
     app = f"{collection(configmap(namespace, 'x'), 'configmaps')}/app"
 

@@ -754,6 +754,27 @@ def start_configmap_mirror(
     wait_for_subjects(remote.path, daemon, "reconcile: sync 1 resources")
 
 
+def test_exclude_users_without_attribution_is_flagged_and_leaves_nothing_out(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+) -> None:
+    # The user the test bed's kubectl writes as, so the change below is the listed user's own.
+    whoami = json.loads(control_plane.kubectl("auth", "whoami", "-o", "json"))
+    user = whoami["status"]["userInfo"]["username"]
+    start_configmap_mirror(
+        control_plane, namespace, remote, daemon, "app", {"excludeUsers": [user]}
+    )
+    validated = conditions(control_plane, "gittarget", namespace, "mirror")["Validated"]
+    assert (validated["status"], validated["reason"]) == ("True", "ExcludeUsersNeedsAttribution")
+    # Without attribution no user is known: the listed user's change is committed.
+    apply(control_plane, configmap(namespace, "app", {"key": "changed"}))
+    wait_for_subjects(remote.path, daemon, f"[UPDATE] v1/configmaps/{namespace}/app")
+    written = tree(remote.path)[f"live-cluster/v1/configmaps/{namespace}/app.yaml"]
+    assert b"key: changed" in written
+
+
 def test_a_forward_leg_applying_the_folder_back_starts_no_loop_and_the_folder_converges(
     control_plane: ControlPlane,
     namespace: str,

@@ -81,6 +81,7 @@ def _resolve(
     board: StatusBoard | None = None,
     pins: RepositoryPins | None = None,
     cap: int = 0,
+    attributed: bool = False,
 ) -> tuple[ConfigState, dict[tuple[str, str, str], dict[str, Any]]]:
     caches: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {
         "gitproviders": {},
@@ -97,7 +98,7 @@ def _resolve(
     for body in bodies:
         metadata = body["metadata"]
         caches[plural[body["kind"]]][(metadata.get("namespace", ""), metadata["name"])] = body
-    state, desired = resolve(caches, None, board or StatusBoard(), policy, pins, cap)
+    state, desired = resolve(caches, None, board or StatusBoard(), policy, pins, cap, attributed)
     conditions = {
         (item.rtype.kind, item.namespace, item.name): {
             condition["type"]: condition for condition in item.status["conditions"]
@@ -228,6 +229,22 @@ def test_malformed_resource_gets_its_condition(
     assert len(found["message"].encode()) <= MAX_MESSAGE_BYTES
     # The good provider next to it is unaffected.
     assert "team-a/repo" in state.providers
+
+
+@pytest.mark.parametrize(
+    ("attributed", "reason"), [(False, "ExcludeUsersNeedsAttribution"), (True, "Validated")]
+)
+def test_exclude_users_without_attribution_is_valid_but_says_it_leaves_nothing_out(
+    attributed: bool, reason: str
+) -> None:
+    excluding = _target(excludeUsers=["system:serviceaccount:flux-system:kustomize-controller"])
+    plain = _target(name="plain", path="other")
+    state, conditions = _resolve(_provider(name="repo"), excluding, plain, attributed=attributed)
+    found = _condition(conditions, excluding, "Validated")
+    assert (found["status"], found["reason"]) == ("True", reason), found["message"]
+    assert _condition(conditions, plain, "Validated")["reason"] == "Validated"
+    # Everything else the target asks for is still mirrored.
+    assert set(state.targets) == {"team-a/mirror", "team-a/plain"}
 
 
 def test_the_corpus_is_large_enough() -> None:

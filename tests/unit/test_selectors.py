@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from reverserd.config.rules import RuleError, compile_rule
+from reverserd.config.rules import RevisedNamespaces, RuleError, compile_rule
 from reverserd.config.selectors import SelectorError, parse_selector
 from reverserd.targets.planning import selection_key
 
@@ -130,3 +131,64 @@ def test_selection_key_changes_with_the_selector_and_the_namespaces_it_matches()
     relabelled = {**NAMESPACES, "team-b": {"tier": "prod"}}
     assert key(prod, NAMESPACES) != key(prod, relabelled)
     assert key(prod, NAMESPACES) == key(prod, {**NAMESPACES, "team-c": {"tier": "dev"}})
+
+
+class CountedNamespaces(RevisedNamespaces):
+    """Namespace labels whose revision the test moves, counting every full read."""
+
+    def __init__(self, labels: dict[str, dict[str, str]]) -> None:
+        super().__init__()
+        self.labels = labels
+        self.moves = 0
+        self.reads = 0
+
+    @property
+    def revision(self) -> int:
+        return self.moves
+
+    def __getitem__(self, name: str) -> dict[str, str]:
+        return self.labels[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(dict(self.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def test_a_selector_at_the_crd_bounds_gives_a_short_selection_key() -> None:
+    # 32 expressions of 64 values of 63 characters each: ~130 KB of selector text.
+    expressions = [
+        {"key": f"k{index}", "operator": "In", "values": [f"{v:02d}" + "v" * 61 for v in range(64)]}
+        for index in range(32)
+    ]
+    selector = {"matchExpressions": expressions}
+    rule = compile_rule(
+        {"resources": ["configmaps"], "objectSelector": selector, "namespaceSelector": selector},
+        None,
+        "Namespaced",
+    )
+    assert rule.object_selector is not None and len(rule.object_selector.text()) > 100_000
+    key = selection_key("", "configmaps", [rule] * 20, NAMESPACES)
+    assert len(key) < 20 * 100
+
+
+def test_the_namespaces_a_selector_matches_are_read_again_only_when_they_change() -> None:
+    rule = compile_rule(
+        {"resources": ["configmaps"], "namespaceSelector": {"matchLabels": {"tier": "prod"}}},
+        None,
+        "Namespaced",
+    )
+    namespaces = CountedNamespaces({"team-a": {"tier": "prod"}, "team-b": {"tier": "dev"}})
+    before = selection_key("", "configmaps", [rule], namespaces)
+    assert selection_key("", "configmaps", [rule], namespaces) == before
+    assert namespaces.reads == 1
+    namespaces.labels["team-b"] = {"tier": "prod"}
+    namespaces.moves += 1
+    after = selection_key("", "configmaps", [rule], namespaces)
+    assert namespaces.reads == 2
+    # A namespace that starts matching still changes the key (and so gives a backfill), and
+    # the key is the one plain labels give.
+    assert after != before
+    assert after == selection_key("", "configmaps", [rule], dict(namespaces.labels))
