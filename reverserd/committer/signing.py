@@ -1,10 +1,11 @@
 """A GitProvider's ``spec.commit.signing`` Secret, read (or created) and turned into a signer.
 
 Keys as gitops-reverser names them: ``signing.key`` (an OpenSSH or PEM private key: Ed25519,
-RSA, or ECDSA on P-256/P-384/P-521), optional ``passphrase``, and ``signing.pub`` (a copy of
-the public key, for people; never read). The Secret is read only from the provider's own
-namespace, like its credentials (SECURITY.md: the install checks at admission that whoever
-writes the GitProvider can read it).
+RSA, or ECDSA on P-256/P-384/P-521; or an armored OpenPGP private key, RSA or Ed25519, whose
+passphrase derivation runs in a worker thread, off the event loop), optional ``passphrase``,
+and ``signing.pub`` (a copy of the public key, for people; never read). The Secret is read
+only from the provider's own namespace, like its credentials (SECURITY.md: the install checks
+at admission that whoever writes the GitProvider can read it).
 
 Failing closed: a Secret that is missing (without ``generateWhenMissing``), unreadable, or whose
 key cannot sign raises :class:`ProviderProblem`; the committer then makes no commit at all
@@ -18,6 +19,7 @@ existing Secret would let a GitProvider change any Secret of its namespace).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -59,7 +61,9 @@ async def load_signer(client: KubeClient, namespace: str, signing: CommitSigning
             " until it does",
         )
     try:
-        return CommitSigner.from_text(data[PRIVATE_KEY], data.get(PASSPHRASE))
+        return await asyncio.to_thread(
+            CommitSigner.from_text, data[PRIVATE_KEY], data.get(PASSPHRASE)
+        )
     except SigningKeyError as error:
         raise ProviderProblem(
             "SigningKeyInvalid",
