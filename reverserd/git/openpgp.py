@@ -15,8 +15,9 @@ and written here with ``cryptography`` (RFC 4880):
   gives the same commit object.
 
 The public key reverserd publishes (``status.signingPublicKey``) is the armored primary public
-key with its user IDs and their self-signatures (subkeys left out), ready for ``gpg --import``
-or a hosting service's list of GPG keys.
+key with its user IDs and their self-signatures (subkeys and others' certifications left out),
+ready for ``gpg --import`` or a hosting service's list of GPG keys: unlike a fingerprint, it is
+all a verifier needs, and it is a few kilobytes at most for one RSA 4096 key.
 
 A key is attacker-chosen text: every length is checked against what is left, and the S2K
 iteration count is capped (:data:`MAX_S2K_COUNT`) so deriving the key cannot stall.
@@ -252,6 +253,11 @@ def _secret(reader: _Reader, passphrase: str | None) -> _Reader:
     return _Reader(material)
 
 
+def _fingerprint(public_body: bytes) -> bytes:
+    """A v4 key's fingerprint: SHA-1 of its public key packet, framed as RFC 4880 12.2 says."""
+    return hashlib.sha1(b"\x99" + struct.pack(">H", len(public_body)) + public_body).digest()
+
+
 OpenPGPKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
@@ -311,9 +317,7 @@ class OpenPGPSigner(CommitSigner):
     def __init__(self, key: OpenPGPKey, public_body: bytes, created: int, public_key: str) -> None:
         self._openpgp_key = key
         self._created = created
-        self.fingerprint = hashlib.sha1(
-            b"\x99" + struct.pack(">H", len(public_body)) + public_body
-        ).digest()
+        self.fingerprint = _fingerprint(public_body)
         self._algorithm = _ALGO_RSA if isinstance(key, rsa.RSAPrivateKey) else _ALGO_EDDSA
         self._public_text = public_key
 
@@ -324,11 +328,15 @@ class OpenPGPSigner(CommitSigner):
         if not packets or packets[0].tag != _TAG_SECRET_KEY:
             raise SigningKeyError("the OpenPGP key block does not start with a secret key")
         key, public_body, created = _private_key(packets[0].body, passphrase)
+        key_id = _fingerprint(public_body)[-8:]
         exported = [_packet(_TAG_PUBLIC_KEY, public_body)]
         for packet in packets[1:]:
             if packet.tag == _TAG_SECRET_SUBKEY:
                 break
-            if packet.tag in (_TAG_USER_ID, _TAG_USER_ATTRIBUTE, _TAG_SIGNATURE):
+            # Self-signatures only (they name the key's own ID): others' certifications would
+            # only lengthen the status field.
+            user = packet.tag in (_TAG_USER_ID, _TAG_USER_ATTRIBUTE)
+            if user or (packet.tag == _TAG_SIGNATURE and key_id in packet.body):
                 exported.append(_packet(packet.tag, packet.body))
         return cls(key, public_body, created, _armor("PUBLIC KEY BLOCK", b"".join(exported)))
 
