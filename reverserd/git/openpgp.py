@@ -46,6 +46,9 @@ MAX_S2K_COUNT = 65_011_712
 gpg 2.2 calibrates it to ~100 ms of its own hashing, which on current machines is the largest
 count the format can encode (65,011,712, measured with gpg 2.2.40 here); hashing that many
 bytes takes a fraction of a second in a worker thread. A larger count is refused."""
+S2K_CHUNK_BYTES = 1 << 16
+"""The repeated salt and passphrase are hashed in pieces of about this size (each a whole
+number of repetitions), so deriving holds 64 KiB rather than the whole count in memory."""
 MIN_RSA_BITS = 2048
 """RSA keys below 2048 bits are refused: hosts reject them and they no longer protect."""
 MAX_RSA_BITS = 8192
@@ -223,12 +226,15 @@ def _s2k_key(reader: _Reader, passphrase: bytes, key_bytes: int) -> bytes:
         )
     material = salt + passphrase
     count = max(count, len(material))
-    repeated = material * (count // len(material) + 1)
+    chunk = memoryview(material * (S2K_CHUNK_BYTES // len(material) + 1))
     derived = b""
     preload = 0
     while len(derived) < key_bytes:
         digest = hashlib.new(name, b"\x00" * preload)
-        digest.update(memoryview(repeated)[:count])
+        remaining = count
+        while remaining > 0:
+            digest.update(chunk[: min(remaining, len(chunk))])
+            remaining -= len(chunk)
         derived += digest.digest()
         preload += 1
     return derived[:key_bytes]
