@@ -46,8 +46,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self
@@ -568,6 +570,63 @@ def verify_commit(
         ],
         capture_output=True,
         text=True,
+    )
+
+
+@dataclass(frozen=True)
+class OpenPGPKeyring:
+    """A GnuPG home made by ``gpg`` holding one new key pair, and that key's armored export."""
+
+    home: Path
+    private_key: str
+    fingerprint: str
+
+    def close(self) -> None:
+        """Stop the gpg-agent ``gpg`` started for this home, and remove the home."""
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"], capture_output=True
+        )
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def openpgp_keyring(algorithm: str, email: str, passphrase: str = "") -> OpenPGPKeyring:
+    """A new OpenPGP key (``gpg --quick-gen-key`` ``algorithm``: ``rsa2048``, ``ed25519``,
+    ``future-default``) in a fresh GnuPG home, exported as ``gpg --export-secret-keys --armor``
+    writes it (protected by ``passphrase`` unless empty). The home is under the system temporary
+    directory: gpg-agent's socket path must stay short. Call :meth:`OpenPGPKeyring.close`."""
+    home = Path(tempfile.mkdtemp(prefix="gpg-"))
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback"]
+    secret = ["--passphrase", passphrase]
+    subprocess.run(
+        [*gpg, *secret, "--quick-gen-key", f"Signer <{email}>", algorithm, "sign", "never"],
+        capture_output=True,
+        check=True,
+    )
+    exported = subprocess.run(
+        [*gpg, *secret, "--armor", "--export-secret-keys", email],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    listing = subprocess.run(
+        [*gpg, "--with-colons", "--list-keys", email], capture_output=True, text=True, check=True
+    ).stdout
+    fingerprint = next(
+        line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")
+    )
+    return OpenPGPKeyring(home, exported, fingerprint)
+
+
+def verify_commit_openpgp(
+    repo_path: Path, sha: str, keyring: Path
+) -> subprocess.CompletedProcess[str]:
+    """``git verify-commit`` of ``sha`` with ``gpg.format=openpgp``, trusting the GnuPG home
+    ``keyring``. Returns git's result (gpg's verdict is on stderr)."""
+    return subprocess.run(
+        ["git", f"--git-dir={repo_path}", "-c", "gpg.format=openpgp", "verify-commit", sha],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GNUPGHOME": str(keyring)},
     )
 
 

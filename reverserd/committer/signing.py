@@ -1,10 +1,11 @@
 """A GitProvider's ``spec.commit.signing`` Secret, read (or created) and turned into a signer.
 
 Keys as gitops-reverser names them: ``signing.key`` (an OpenSSH or PEM private key: Ed25519,
-RSA, or ECDSA on P-256/P-384/P-521), optional ``passphrase``, and ``signing.pub`` (a copy of
-the public key, for people; never read). The Secret is read only from the provider's own
-namespace, like its credentials (SECURITY.md: the install checks at admission that whoever
-writes the GitProvider can read it).
+RSA, or ECDSA on P-256/P-384/P-521; or an armored OpenPGP private key, RSA or Ed25519, whose
+passphrase derivation runs in a worker thread, off the event loop), optional ``passphrase``,
+and ``signing.pub`` (a copy of the public key, for people; never read). The Secret is read
+only from the provider's own namespace, like its credentials (SECURITY.md: the install checks
+at admission that whoever writes the GitProvider can read it).
 
 Failing closed: a Secret that is missing (without ``generateWhenMissing``), unreadable, or whose
 key cannot sign raises :class:`ProviderProblem`; the committer then makes no commit at all

@@ -13,6 +13,7 @@ and no credential reaches a log or a status).
   authenticate and verify SSH host keys, and URL masking.
 - :mod:`reverserd.git.known_hosts`: OpenSSH known_hosts parsing and matching.
 - :mod:`reverserd.git.signing`: :class:`CommitSigner`, SSH signatures of commits.
+- :mod:`reverserd.git.openpgp`: OpenPGP signatures of commits from an armored private key.
 """
 
 from reverserd.git.credentials import (

@@ -86,8 +86,13 @@ class CommitSigner:
 
     @classmethod
     def from_text(cls, text: str, passphrase: str | None = None) -> CommitSigner:
-        """Read an OpenSSH (``-----BEGIN OPENSSH PRIVATE KEY-----``) or PEM private key."""
+        """Read an OpenSSH (``-----BEGIN OPENSSH PRIVATE KEY-----``) or PEM private key, or an
+        armored OpenPGP one (:mod:`reverserd.git.openpgp`, imported here: it builds on this one)."""
         data = text.strip().encode() + b"\n"
+        if b"-----BEGIN PGP PRIVATE KEY BLOCK-----" in data:
+            from reverserd.git.openpgp import OpenPGPSigner
+
+            return OpenPGPSigner.from_armored(text, passphrase)
         password = passphrase.encode() if passphrase else None
         if b"OPENSSH PRIVATE KEY" in data:
             _check_openssh_costs(data)

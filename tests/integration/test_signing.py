@@ -1,9 +1,11 @@
 """Signed commits end to end: every commit reverserd pushes to a signing provider's branch
-verifies with ``git verify-commit`` (``gpg.format=ssh`` and an allowed-signers file), commits
+verifies with ``git verify-commit`` (``gpg.format=ssh`` and an allowed-signers file, or
+``gpg.format=openpgp`` and a keyring), commits
 rebuilt on someone else's push included; a generated key is published in its Secret and in
 status; a broken key makes no commit at all and the mirror resumes once the key is fixed.
 
-Keys are made with ``ssh-keygen`` and checked with ``git``, never with reverserd's own code.
+Keys are made with ``ssh-keygen`` (OpenPGP ones with ``gpg``) and checked with ``git``, never
+with reverserd's own code.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from testbed.gitservers import (
     branch_tip,
     install_hook,
     log,
+    openpgp_keyring,
     push_foreign_commit,
     verify_commit,
+    verify_commit_openpgp,
 )
 from testbed.harness import (
     Reverserd,
@@ -80,8 +84,11 @@ def signing_setup(
     return setup
 
 
-def ours_verify(repo: Path, public_key: str, scratch: Path) -> list[str]:
-    """SHAs on ``main`` not made by the foreign writer; asserts every one verifies."""
+def ours_verify(
+    repo: Path, public_key: str, scratch: Path, keyring: Path | None = None
+) -> list[str]:
+    """SHAs on ``main`` not made by the foreign writer; asserts every one verifies (against the
+    GnuPG home ``keyring`` when given, else against the SSH ``public_key``)."""
     ours = []
     for entry in log(repo, "main"):
         committer = subprocess.run(
@@ -93,9 +100,14 @@ def ours_verify(repo: Path, public_key: str, scratch: Path) -> list[str]:
         if committer == FOREIGN_AUTHOR.email:
             continue
         assert committer == SIGNER_EMAIL, committer
-        result = verify_commit(repo, entry.sha, SIGNER_EMAIL, public_key, scratch)
+        if keyring is not None:
+            result = verify_commit_openpgp(repo, entry.sha, keyring)
+            good = "Good signature"
+        else:
+            result = verify_commit(repo, entry.sha, SIGNER_EMAIL, public_key, scratch)
+            good = 'Good "git" signature'
         assert result.returncode == 0, f"{entry.sha}: {result.stderr}"
-        assert 'Good "git" signature' in result.stderr, result.stderr
+        assert good in result.stderr, result.stderr
         ours.append(entry.sha)
     return ours
 
@@ -139,6 +151,60 @@ def test_every_commit_on_a_signing_branch_verifies_also_when_rebuilt_on_a_foreig
     assert resource_status(control_plane, "gitprovider", namespace, "mirror")[
         "signingPublicKey"
     ] == " ".join(public.split()[:2])
+
+
+def test_every_commit_signed_with_an_openpgp_key_verifies_with_its_keyring(
+    control_plane: ControlPlane,
+    namespace: str,
+    remote: Remote,
+    daemon: Reverserd,
+    tmp_path: Path,
+) -> None:
+    keyring = openpgp_keyring("ed25519", SIGNER_EMAIL, passphrase="correct horse")
+    try:
+        apply(
+            control_plane,
+            secret(
+                namespace,
+                "signing",
+                {"signing.key": keyring.private_key, "passphrase": "correct horse"},
+            ),
+        )
+        apply(control_plane, configmap(namespace, "seeded"))
+        apply(control_plane, *signing_setup(namespace, remote, "signing"))
+        daemon.start()
+        wait_synced(control_plane, namespace, daemon=daemon)
+        apply(control_plane, configmap(namespace, "a", {"n": "1"}))
+        wait_for_subjects(remote.path, daemon, subject("CREATE", namespace, "a"))
+        apply(control_plane, configmap(namespace, "a", {"n": "2"}))
+        wait_for_subjects(remote.path, daemon, subject("UPDATE", namespace, "a"))
+
+        ours = ours_verify(remote.path, "", tmp_path, keyring=keyring.home)
+        assert len(ours) == len(subjects(remote.path)) == 3
+        assert subjects(remote.path)[0].startswith("reconcile: ")
+        published = resource_status(control_plane, "gitprovider", namespace, "mirror")[
+            "signingPublicKey"
+        ]
+        assert published.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        imported = subprocess.run(
+            [
+                "gpg",
+                "--homedir",
+                str(keyring.home),
+                "--batch",
+                "--import-options",
+                "show-only",
+                "--with-colons",
+                "--import",
+            ],
+            input=published,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert f"fpr:::::::::{keyring.fingerprint}:" in imported
+    finally:
+        keyring.close()
 
 
 def test_generated_signing_key_is_published_in_the_secret_and_status_and_verifies(
