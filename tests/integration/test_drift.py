@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import push_foreign_changes
+from testbed.gitservers import GitHttpServer, push_foreign_changes
 from testbed.harness import (
     Reverserd,
     apply,
     history,
     later_change,
     merge_patch,
+    query_journal,
     resource_status,
     subjects,
     tree,
@@ -32,7 +33,7 @@ from testbed.harness import (
 )
 from testbed.manifests import configmap, mirror_setup
 from tests.conftest import Cleanup, Remote
-from tests.integration.test_faults import own_server
+from tests.integration.test_faults import cm_subject, own_server
 from tests.integration.test_status_surface import cli, table_rows
 
 FOLDER = "live-cluster"
@@ -313,3 +314,59 @@ def test_a_check_the_remote_cannot_answer_says_so_and_the_next_one_finds_the_edi
             daemon=daemon,
         )  # fmt: skip
         assert path in found["message"]
+
+
+def _queued_connections(server: GitHttpServer) -> int:
+    """Connections the kernel accepted for ``server``'s port (those a frozen server leaves
+    queued included)."""
+    port = f":{server.port:04X}"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += local.endswith(port) and state == "01"
+    return count
+
+
+def test_a_change_journaled_during_a_check_keeps_its_own_commit_and_is_not_repaired(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, cleanup: Cleanup
+) -> None:
+    """A repair writes the object as the target last processed it: a change journaled while
+    a check runs is the event path's, with its own commit, never folded into a repair."""
+    with own_server(
+        control_plane, namespace, tmp_path, "drift-race", "--drift-interval", NEVER
+    ) as (server, repo, daemon, _):
+        target = f"{namespace}/mirror"
+        merge_patch(
+            control_plane, "gittarget", namespace, "mirror", {"spec": {"drift": {"mode": "repair"}}}
+        )
+        wait_until(
+            lambda: daemon.metric("reverserd_drift_checks_total", target=target) >= 1,
+            describe=daemon.log_tail,
+        )
+        path = _path(namespace, "before")
+        push_foreign_changes(repo, "main", {path: b"edited: by hand\n"}, "hand edit")
+        query = "SELECT max(seq) FROM events WHERE namespace = ? AND name = 'before'"
+        journaled = query_journal(daemon, query, (namespace,))[0][0]
+        with server.suspended():
+            queued = _queued_connections(server)
+            merge_patch(
+                control_plane,
+                "gittarget",
+                namespace,
+                "mirror",
+                {"metadata": {"annotations": {"reconcile.configbutler.ai/requestedAt": "race"}}},
+            )
+            # The check's fetch waits on the frozen server: the change is journaled meanwhile.
+            wait_until(lambda: _queued_connections(server) > queued, describe=daemon.log_tail)
+            apply(control_plane, configmap(namespace, "before", {"k": "changed"}))
+            wait_until(lambda: query_journal(daemon, query, (namespace,))[0][0] > journaled)
+        update = cm_subject("UPDATE", namespace, "before")
+        wait_for_subjects(repo, daemon, update)
+        assert b"changed" in tree(repo)[path]
+        later = later_change(control_plane, namespace, repo, daemon)
+        assert subjects(repo)[-1] == later
+        repairs = [e.subject for e in history(repo) if e.subject.startswith("repair:")]
+        assert not repairs, subjects(repo)
+        status = resource_status(control_plane, "gittarget", namespace, "mirror")
+        assert status.get("lastHandledReconcileAt") == "race", status
