@@ -31,7 +31,7 @@ from testbed.harness import (
     wait_synced,
     wait_until,
 )
-from testbed.manifests import configmap, mirror_setup
+from testbed.manifests import configmap, crd, custom_object, mirror_setup
 from tests.conftest import Cleanup, Remote
 from tests.integration.test_faults import cm_subject, own_server
 from tests.integration.test_status_surface import cli, table_rows
@@ -370,3 +370,58 @@ def test_a_change_journaled_during_a_check_keeps_its_own_commit_and_is_not_repai
         assert not repairs, subjects(repo)
         status = resource_status(control_plane, "gittarget", namespace, "mirror")
         assert status.get("lastHandledReconcileAt") == "race", status
+
+
+def test_a_type_no_longer_served_has_no_file_restored(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
+) -> None:
+    """The journal still holds the objects of a type the cluster stopped serving: a repair
+    must not bring their files back at every check."""
+    group = f"{namespace}.drift.example.com"
+    definition = crd(group)
+    cleanup.install_crd(definition)
+    apply(control_plane, custom_object(group, "Widget", namespace, "w", {"size": 1}))
+    rules = [
+        {"apiGroups": [group], "resources": ["widgets"]},
+        {"apiGroups": [""], "resources": ["configmaps"]},
+    ]
+    manifests = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
+    manifests[1]["spec"]["drift"] = {"mode": "repair"}
+    apply(control_plane, *manifests)
+    daemon.extra_args += ["--drift-interval", NEVER]
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    widget = f"{FOLDER}/{group}/v1/widgets/{namespace}/w.yaml"
+    assert widget in tree(remote.path)
+
+    # The type stops being served; its object stays in etcd, and live in the journal.
+    definition["spec"]["versions"][0]["served"] = False
+    apply(control_plane, definition)
+    wait_until(
+        lambda: any(
+            line["message"].startswith("stopped watching") and group in line["message"]
+            for line in daemon.log_lines()
+        ),
+        describe=daemon.log_tail,
+    )
+    push_foreign_changes(remote.path, "main", {widget: None}, "remove the widget's file")
+    merge_patch(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        {"metadata": {"annotations": {"reconcile.configbutler.ai/requestedAt": "unserved"}}},
+    )
+    wait_until(
+        lambda: (
+            resource_status(control_plane, "gittarget", namespace, "mirror").get(
+                "lastHandledReconcileAt"
+            )
+            == "unserved"
+        ),
+        describe=daemon.log_tail,
+    )
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path)[-1] == later
+    assert not any(s.startswith("repair:") for s in subjects(remote.path)), subjects(remote.path)
+    assert widget not in tree(remote.path)
