@@ -368,8 +368,16 @@ def test_a_change_journaled_during_a_check_keeps_its_own_commit_and_is_not_repai
         assert subjects(repo)[-1] == later
         repairs = [e.subject for e in history(repo) if e.subject.startswith("repair:")]
         assert not repairs, subjects(repo)
-        status = resource_status(control_plane, "gittarget", namespace, "mirror")
-        assert status.get("lastHandledReconcileAt") == "race", status
+        # The request was the check that saw the edit (the status follows asynchronously).
+        wait_until(
+            lambda: (
+                resource_status(control_plane, "gittarget", namespace, "mirror").get(
+                    "lastHandledReconcileAt"
+                )
+                == "race"
+            ),
+            describe=daemon.log_tail,
+        )
 
 
 def test_a_type_no_longer_served_has_no_file_restored(
