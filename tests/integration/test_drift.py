@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reverserd.targets.drift import DRIFT_FILE_LIMIT_BYTES
 from testbed.controlplane import ControlPlane
 from testbed.gitservers import GitHttpServer, push_foreign_changes
 from testbed.harness import (
@@ -433,3 +434,24 @@ def test_a_type_no_longer_served_has_no_file_restored(
     assert subjects(remote.path)[-1] == later
     assert not any(s.startswith("repair:") for s in subjects(remote.path)), subjects(remote.path)
     assert widget not in tree(remote.path)
+
+
+def test_a_file_too_large_for_any_object_is_reported_drifted_unread(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
+) -> None:
+    """A file far larger than any object's rendering is drifted, decided from its size alone:
+    a Git server's owner cannot make a check inflate it."""
+    _mirroring(control_plane, namespace, remote, daemon, "warn", CHECK_INTERVAL, "a")
+    wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Drifted", "False", "NoDrift",
+        daemon=daemon,
+    )  # fmt: skip
+    path = _path(namespace, "a")
+    # Zeros: a push of a few kilobytes that inflates past the bound.
+    push_foreign_changes(remote.path, "main", {path: bytes(DRIFT_FILE_LIMIT_BYTES + 1)}, "big")
+    found = wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Drifted", "True", "DriftDetected",
+        daemon=daemon,
+    )  # fmt: skip
+    assert path in found["message"], found
+    assert daemon.metric("reverserd_drifted_files", target=f"{namespace}/mirror") == 1
