@@ -27,7 +27,7 @@ from reverserd.journal import JournalEvent, JournalReader
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.lease import LEASE_DURATION_S
 from reverserd.kube.shards import MAX_BUCKETS
-from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S
+from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S, MIN_DRIFT_INTERVAL_S
 
 if TYPE_CHECKING:
     from reverserd.daemon import AttributionOptions
@@ -155,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     git.add_argument(
         "--drift-interval",
-        type=float,
+        type=_drift_interval,
         default=DEFAULT_DRIFT_INTERVAL_S,
         help="seconds between two comparisons of an idle target's folder on the remote with"
         " what it writes (spec.drift.mode; a reconcile request checks at once;"
-        f" default {DEFAULT_DRIFT_INTERVAL_S:.0f})",
+        f" default {DEFAULT_DRIFT_INTERVAL_S:.0f}, at least {MIN_DRIFT_INTERVAL_S:g})",
     )
     secrets = run.add_argument_group("secrets")
     secrets.add_argument(
@@ -319,6 +319,15 @@ def environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, 
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     return LOG_LEVEL_ALIASES.get(level, level)
+
+
+def _drift_interval(text: str) -> float:
+    seconds = float(text)
+    if not seconds >= MIN_DRIFT_INTERVAL_S:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below the shortest drift interval, {MIN_DRIFT_INTERVAL_S:g} seconds"
+        )
+    return seconds
 
 
 def _env_path(name: str) -> Path:

@@ -311,10 +311,13 @@ class Committer:
             await self.on_git_thread(lambda: self.repository.changed_files(old, new, prefix))
         )
 
-    async def read_many(self, paths: Sequence[str]) -> dict[str, bytes | None]:
-        """The content of each file at the local tip (None: there is none)."""
-        repository = self.repository
-        return await self.on_git_thread(lambda: {path: repository.read(path) for path in paths})
+    async def blob_ids(self, paths: Sequence[str]) -> dict[str, str | None]:
+        """The blob ID of each file at the local tip (None: there is none)."""
+        return await self.on_git_thread(lambda: self.repository.blob_ids(paths))
+
+    async def read_blobs(self, ids: Sequence[str], max_bytes: int) -> dict[str, bytes | None]:
+        """The content of each blob, None for one larger than ``max_bytes`` (left unread)."""
+        return await self.on_git_thread(lambda: self.repository.read_blobs(ids, max_bytes))
 
     async def store_blobs(self, contents: Sequence[bytes]) -> list[StoredBlob]:
         """Hand file contents to the clone now, for a submission that follows (a reconcile of

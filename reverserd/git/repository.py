@@ -534,6 +534,32 @@ class BranchRepository:
             return None
         return found.data if isinstance(found, pygit2.Blob) else None
 
+    def blob_ids(self, paths: Sequence[str]) -> dict[str, str | None]:
+        """ID of the file at each path on the local tip (None: there is none), read from the
+        trees only, so that a caller can skip contents it has already judged."""
+        tree = self._tip_tree()
+        found: dict[str, str | None] = {}
+        for path in paths:
+            entry = None
+            if tree is not None:
+                try:
+                    entry = tree["/".join(_split_path(path))]
+                except KeyError:
+                    entry = None
+            found[path] = str(entry.id) if isinstance(entry, pygit2.Blob) else None
+        return found
+
+    def read_blobs(self, ids: Sequence[str], max_bytes: int) -> dict[str, bytes | None]:
+        """Content of each blob, or None for one larger than ``max_bytes``: its size comes
+        from the object's header, so an oversized file is never inflated into memory."""
+        repo = self._open_repo()
+        contents: dict[str, bytes | None] = {}
+        for oid in ids:
+            _, size = repo.odb.read_header(pygit2.Oid(hex=oid))
+            blob = repo[oid] if size <= max_bytes else None
+            contents[oid] = blob.data if isinstance(blob, pygit2.Blob) else None
+        return contents
+
     def list_files(self, prefix: str = "") -> list[str]:
         """Sorted paths of all files inside the folder ``prefix`` ("" is the whole tree)."""
         folder = prefix.rstrip("/")

@@ -13,6 +13,16 @@ and the same expectations end the check without reading a file. Otherwise only t
 differ between the two trees are read (the committer walks only the subtrees whose IDs differ),
 together with the files whose record changed since.
 
+**Bounded work however the folder looks.** A file larger than :data:`DRIFT_FILE_LIMIT_BYTES`
+counts as drifted unread. A file judged once is not read again while its blob and its record
+stay the same (the verdict is cached by both), so a folder that stays drifted costs one read of
+its trees per check. Reconcile requests check at most every :data:`RECONCILE_CHECK_GAP_S`.
+
+**Only what the target has processed.** The content a file should hold is the object at the
+target's journal position: an object with a newer event, or whose type is not served with a
+complete seed now (a removed CRD), is left to the event path this time, so that every change
+keeps its own commit and nothing is restored for a type the cluster no longer has.
+
 **What counts as drifted.** Only the file a target recorded writing for an object that is live
 now (in the journal's ``objects``), and that its rules would write at an update: missing, or
 holding something else than the object as reverserd renders it (a file that parses to the same
@@ -32,6 +42,7 @@ as a fight; after :data:`FIGHT_LIMIT` fights in a row it is held (reported, not 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reverserd.committer.trailers import trailer_lines
@@ -54,6 +65,19 @@ FIGHT_LIMIT = 3
 # that the two never alternate at the check interval, short enough that it heals the same day
 # once the other writer is stopped.
 FIGHT_HOLD_S = 3600.0
+# The shortest ``--drift-interval``: zero or less would compare the folder on every idle pass of
+# the consumer, a fetch a second per target; one second still lets a test see a check follow
+# each edit at once.
+MIN_DRIFT_INTERVAL_S = 1.0
+# Reconcile requests check at once, but no more often than this: whoever may annotate a
+# GitTarget could otherwise make every value change cost a fetch and a read of the folder.
+# Half a minute is far shorter than any interval worth configuring, so a request still acts
+# about as soon as a person expects.
+RECONCILE_CHECK_GAP_S = 30.0
+# A file in the folder larger than this is drifted without being read: no object renders that
+# large (etcd refuses requests over 1.5 MiB by default, and YAML adds little to JSON), and the
+# Git server's owner could otherwise hand the daemon a small pack inflating to gigabytes.
+DRIFT_FILE_LIMIT_BYTES = 8 * 1024 * 1024
 # Files of the folder read per round trip to the Git thread.
 DRIFT_READ_BATCH = 1000
 # Drifted files a repair commit's message lists by name.
@@ -91,6 +115,28 @@ class DriftState:
     fights: dict[str, int] = field(default_factory=dict)
     held_until: dict[str, float] = field(default_factory=dict)
     last_repaired: set[str] = field(default_factory=set)
+    verdicts: dict[str, tuple[str, str, bool]] = field(default_factory=dict)
+    """Path -> (blob ID, record hash, drifted) of each file judged since the last clean check."""
+    requested_check_at: float | None = None
+    """When (monotonic) the last check that a reconcile request asked for ran."""
+
+    def request_due(self, now: float) -> bool:
+        """Whether a reconcile request may check now (:data:`RECONCILE_CHECK_GAP_S`)."""
+        last = self.requested_check_at
+        return last is None or now >= last + RECONCILE_CHECK_GAP_S
+
+    def cached_verdict(self, path: str, blob: str, digest: str) -> bool | None:
+        """Whether ``path`` was found drifted with this blob and record; None: not judged."""
+        found = self.verdicts.get(path)
+        return found[2] if found is not None and found[:2] == (blob, digest) else None
+
+    def judged(self, path: str, blob: str, digest: str, drifted: bool) -> None:
+        self.verdicts[path] = (blob, digest, drifted)
+
+    def forget_verdicts_except(self, paths: Iterable[str]) -> None:
+        """Keep the verdicts of ``paths`` only (files no longer expected are no concern)."""
+        kept = set(paths)
+        self.verdicts = {p: v for p, v in self.verdicts.items() if p in kept}
 
     def unchanged(self, tree: str | None, expected: dict[str, tuple[ObjectKey, str]]) -> bool:
         """Whether the folder and the expectations are those of the last clean check."""
@@ -120,6 +166,7 @@ class DriftState:
         self.fights.clear()
         self.held_until.clear()
         self.last_repaired.clear()
+        self.verdicts.clear()
 
     def triage(self, drifted: list[Drifted], now: float) -> tuple[list[Drifted], list[Drifted]]:
         """(files to repair, files held because another writer keeps changing them back)."""

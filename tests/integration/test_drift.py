@@ -14,14 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reverserd.targets.drift import DRIFT_FILE_LIMIT_BYTES
 from testbed.controlplane import ControlPlane
-from testbed.gitservers import push_foreign_changes
+from testbed.gitservers import GitHttpServer, push_foreign_changes
 from testbed.harness import (
     Reverserd,
     apply,
     history,
     later_change,
     merge_patch,
+    query_journal,
     resource_status,
     subjects,
     tree,
@@ -30,9 +32,9 @@ from testbed.harness import (
     wait_synced,
     wait_until,
 )
-from testbed.manifests import configmap, mirror_setup
+from testbed.manifests import configmap, crd, custom_object, mirror_setup
 from tests.conftest import Cleanup, Remote
-from tests.integration.test_faults import own_server
+from tests.integration.test_faults import cm_subject, own_server
 from tests.integration.test_status_surface import cli, table_rows
 
 FOLDER = "live-cluster"
@@ -313,3 +315,143 @@ def test_a_check_the_remote_cannot_answer_says_so_and_the_next_one_finds_the_edi
             daemon=daemon,
         )  # fmt: skip
         assert path in found["message"]
+
+
+def _queued_connections(server: GitHttpServer) -> int:
+    """Connections the kernel accepted for ``server``'s port (those a frozen server leaves
+    queued included)."""
+    port = f":{server.port:04X}"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += local.endswith(port) and state == "01"
+    return count
+
+
+def test_a_change_journaled_during_a_check_keeps_its_own_commit_and_is_not_repaired(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, cleanup: Cleanup
+) -> None:
+    """A repair writes the object as the target last processed it: a change journaled while
+    a check runs is the event path's, with its own commit, never folded into a repair."""
+    with own_server(
+        control_plane, namespace, tmp_path, "drift-race", "--drift-interval", NEVER
+    ) as (server, repo, daemon, _):
+        target = f"{namespace}/mirror"
+        merge_patch(
+            control_plane, "gittarget", namespace, "mirror", {"spec": {"drift": {"mode": "repair"}}}
+        )
+        wait_until(
+            lambda: daemon.metric("reverserd_drift_checks_total", target=target) >= 1,
+            describe=daemon.log_tail,
+        )
+        path = _path(namespace, "before")
+        push_foreign_changes(repo, "main", {path: b"edited: by hand\n"}, "hand edit")
+        query = "SELECT max(seq) FROM events WHERE namespace = ? AND name = 'before'"
+        journaled = query_journal(daemon, query, (namespace,))[0][0]
+        with server.suspended():
+            queued = _queued_connections(server)
+            merge_patch(
+                control_plane,
+                "gittarget",
+                namespace,
+                "mirror",
+                {"metadata": {"annotations": {"reconcile.configbutler.ai/requestedAt": "race"}}},
+            )
+            # The check's fetch waits on the frozen server: the change is journaled meanwhile.
+            wait_until(lambda: _queued_connections(server) > queued, describe=daemon.log_tail)
+            apply(control_plane, configmap(namespace, "before", {"k": "changed"}))
+            wait_until(lambda: query_journal(daemon, query, (namespace,))[0][0] > journaled)
+        update = cm_subject("UPDATE", namespace, "before")
+        wait_for_subjects(repo, daemon, update)
+        assert b"changed" in tree(repo)[path]
+        later = later_change(control_plane, namespace, repo, daemon)
+        assert subjects(repo)[-1] == later
+        repairs = [e.subject for e in history(repo) if e.subject.startswith("repair:")]
+        assert not repairs, subjects(repo)
+        # The request was the check that saw the edit (the status follows asynchronously).
+        wait_until(
+            lambda: (
+                resource_status(control_plane, "gittarget", namespace, "mirror").get(
+                    "lastHandledReconcileAt"
+                )
+                == "race"
+            ),
+            describe=daemon.log_tail,
+        )
+
+
+def test_a_type_no_longer_served_has_no_file_restored(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
+) -> None:
+    """The journal still holds the objects of a type the cluster stopped serving: a repair
+    must not bring their files back at every check."""
+    group = f"{namespace}.drift.example.com"
+    definition = crd(group)
+    cleanup.install_crd(definition)
+    apply(control_plane, custom_object(group, "Widget", namespace, "w", {"size": 1}))
+    rules = [
+        {"apiGroups": [group], "resources": ["widgets"]},
+        {"apiGroups": [""], "resources": ["configmaps"]},
+    ]
+    manifests = mirror_setup(namespace, remote.url, secret=remote.secret, rules=rules)
+    manifests[1]["spec"]["drift"] = {"mode": "repair"}
+    apply(control_plane, *manifests)
+    daemon.extra_args += ["--drift-interval", NEVER]
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    widget = f"{FOLDER}/{group}/v1/widgets/{namespace}/w.yaml"
+    assert widget in tree(remote.path)
+
+    # The type stops being served; its object stays in etcd, and live in the journal.
+    definition["spec"]["versions"][0]["served"] = False
+    apply(control_plane, definition)
+    wait_until(
+        lambda: any(
+            line["message"].startswith("stopped watching") and group in line["message"]
+            for line in daemon.log_lines()
+        ),
+        describe=daemon.log_tail,
+    )
+    push_foreign_changes(remote.path, "main", {widget: None}, "remove the widget's file")
+    merge_patch(
+        control_plane,
+        "gittarget",
+        namespace,
+        "mirror",
+        {"metadata": {"annotations": {"reconcile.configbutler.ai/requestedAt": "unserved"}}},
+    )
+    wait_until(
+        lambda: (
+            resource_status(control_plane, "gittarget", namespace, "mirror").get(
+                "lastHandledReconcileAt"
+            )
+            == "unserved"
+        ),
+        describe=daemon.log_tail,
+    )
+    later = later_change(control_plane, namespace, remote.path, daemon)
+    assert subjects(remote.path)[-1] == later
+    assert not any(s.startswith("repair:") for s in subjects(remote.path)), subjects(remote.path)
+    assert widget not in tree(remote.path)
+
+
+def test_a_file_too_large_for_any_object_is_reported_drifted_unread(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd, cleanup: Cleanup
+) -> None:
+    """A file far larger than any object's rendering is drifted, decided from its size alone:
+    a Git server's owner cannot make a check inflate it."""
+    _mirroring(control_plane, namespace, remote, daemon, "warn", CHECK_INTERVAL, "a")
+    wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Drifted", "False", "NoDrift",
+        daemon=daemon,
+    )  # fmt: skip
+    path = _path(namespace, "a")
+    # Zeros: a push of a few kilobytes that inflates past the bound.
+    push_foreign_changes(remote.path, "main", {path: bytes(DRIFT_FILE_LIMIT_BYTES + 1)}, "big")
+    found = wait_condition(
+        control_plane, "gittarget", namespace, "mirror", "Drifted", "True", "DriftDetected",
+        daemon=daemon,
+    )  # fmt: skip
+    assert path in found["message"], found
+    assert daemon.metric("reverserd_drifted_files", target=f"{namespace}/mirror") == 1

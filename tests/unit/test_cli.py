@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reverserd.cli import ENV_PREFIX, build_parser
+from reverserd.cli import ENV_PREFIX, _drift_interval, build_parser
 from reverserd.kube.client import kubeconfig_path
+from reverserd.targets.drift import MIN_DRIFT_INTERVAL_S
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,29 @@ def test_unknown_log_level_is_refused() -> None:
         build_parser().parse_args(["run", "--log-level", "verbose"])
 
 
+@pytest.mark.parametrize("given", ["0", "-5", "0.5", "nan"])
+def test_a_drift_interval_below_the_shortest_is_refused_with_the_bound(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--drift-interval", given])
+    error = capsys.readouterr().err
+    assert "--drift-interval" in error
+    assert f"below the shortest drift interval, {MIN_DRIFT_INTERVAL_S:g} seconds" in error
+
+
+def test_the_shortest_drift_interval_is_accepted() -> None:
+    given = str(MIN_DRIFT_INTERVAL_S)
+    assert (
+        build_parser().parse_args(["run", "--drift-interval", given]).drift_interval
+        == MIN_DRIFT_INTERVAL_S
+    )
+
+
+# Flags that take seconds: plain floats, and intervals with a lower bound.
+FLOAT_TYPES = (float, _drift_interval)
+
+
 def sample_value(action: argparse.Action) -> tuple[str, object]:
     """A value for the flag's variable that differs from its default, and what it parses to."""
     if isinstance(action, argparse._StoreTrueAction):
@@ -54,7 +78,7 @@ def sample_value(action: argparse.Action) -> tuple[str, object]:
         return "/srv/from-env", Path("/srv/from-env")
     if action.type is int:
         return "7", 7
-    if action.type is float:
+    if action.type in FLOAT_TYPES:
         return "7.5", 7.5
     return "from-env", "from-env"
 
@@ -72,7 +96,7 @@ def test_every_flag_of_every_command_is_settable_by_an_environment_variable(
         assert parsed[action.dest] == expected, name
         # The command line still wins over the variable.
         if not isinstance(action, argparse._StoreTrueAction) and action.choices is None:
-            given = "9.25" if action.type in (int, float) else "cli"
+            given = "9.25" if action.type in (int, *FLOAT_TYPES) else "cli"
             given = "9" if action.type is int else given
             parsed = vars(build_parser().parse_args(["run", action.option_strings[0], given]))
             assert str(parsed[action.dest]) == given, name

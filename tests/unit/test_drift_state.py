@@ -11,7 +11,14 @@ import pygit2
 from reverserd.config.status import DriftReport
 from reverserd.git import BranchRepository, FileChange
 from reverserd.journal import ObjectKey
-from reverserd.targets.drift import FIGHT_HOLD_S, FIGHT_LIMIT, Drifted, DriftState
+from reverserd.targets.drift import (
+    DRIFT_FILE_LIMIT_BYTES,
+    FIGHT_HOLD_S,
+    FIGHT_LIMIT,
+    RECONCILE_CHECK_GAP_S,
+    Drifted,
+    DriftState,
+)
 from testbed.gitservers import commit_files
 from tests.conftest import AUTHOR, COMMITTER
 
@@ -114,3 +121,49 @@ def test_a_file_found_clean_ends_its_fight() -> None:
     state.triage([], now=0.0)
     for fight in range(FIGHT_LIMIT):
         assert state.triage([contested], now=0.0) == ([contested], []), fight
+
+
+def test_a_file_larger_than_the_bound_is_left_unread(tmp_path: Path) -> None:
+    # Zeros compress to almost nothing: a small push that would inflate past the bound.
+    big, small, limit = f"{FOLDER}/big.yaml", f"{FOLDER}/small.yaml", f"{FOLDER}/limit.yaml"
+    files = {
+        big: bytes(DRIFT_FILE_LIMIT_BYTES + 1),
+        limit: bytes(DRIFT_FILE_LIMIT_BYTES),
+        small: b"k: v\n",
+    }
+    _, clone = _remote_and_clone(tmp_path, files)
+    ids = clone.blob_ids([big, limit, small, f"{FOLDER}/missing.yaml", FOLDER])
+    assert ids[f"{FOLDER}/missing.yaml"] is None and ids[FOLDER] is None
+    found = [ids[big], ids[limit], ids[small]]
+    assert all(found)
+    contents = clone.read_blobs([oid for oid in found if oid], DRIFT_FILE_LIMIT_BYTES)
+    assert contents[ids[big] or ""] is None
+    assert contents[ids[limit] or ""] == files[limit]
+    assert contents[ids[small] or ""] == b"k: v\n"
+
+
+def test_reconcile_requests_check_at_most_once_per_gap() -> None:
+    state = DriftState("ns/mirror", DriftReport())
+    assert state.request_due(now=5.0)
+    state.requested_check_at = 5.0
+    assert not state.request_due(now=5.0 + RECONCILE_CHECK_GAP_S - 0.1)
+    assert state.request_due(now=5.0 + RECONCILE_CHECK_GAP_S)
+
+
+def test_a_verdict_holds_for_the_same_blob_and_record_only() -> None:
+    state = DriftState("ns/mirror", DriftReport())
+    path, other = "live/a.yaml", "live/b.yaml"
+    assert state.cached_verdict(path, "blob1", "record1") is None
+    state.judged(path, "blob1", "record1", True)
+    state.judged(other, "blob2", "record2", False)
+    assert state.cached_verdict(path, "blob1", "record1") is True
+    assert state.cached_verdict(other, "blob2", "record2") is False
+    # Someone changed the file again, or the target wrote a new record: judged afresh.
+    assert state.cached_verdict(path, "blob3", "record1") is None
+    assert state.cached_verdict(path, "blob1", "record3") is None
+    # A file no longer expected is forgotten; a clean folder forgets them all.
+    state.forget_verdicts_except([path])
+    assert state.cached_verdict(other, "blob2", "record2") is None
+    assert state.cached_verdict(path, "blob1", "record1") is True
+    state.found_clean("tree", {})
+    assert state.cached_verdict(path, "blob1", "record1") is None
