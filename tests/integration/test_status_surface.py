@@ -648,8 +648,13 @@ def test_a_standby_replica_is_healthy_and_says_it_is_standby(
         target = start_mirror(control_plane, namespace, remote, leader)
         wait_until(lambda: leader.status()["healthy"], describe=lambda: str(leader.status()))
         standby.start()
-        wait_until(lambda: standby.status()["role"] == "standby", 30, standby.log_tail)
-        status = standby.status()
+        # The standby lists the targets once its informers have synced, a moment after it
+        # knows its role.
+        status = wait_until(
+            lambda: (s := standby.status())["role"] == "standby" and s["targets"] and s,
+            30,
+            standby.log_tail,
+        )
         assert status["healthy"] is True, status["problems"]
         assert [(p["severity"], p["reason"]) for p in status["problems"]] == [
             ("warning", "Standby")
