@@ -870,11 +870,7 @@ class TargetConsumer:
         plan); the committer applies them to the file as the branch has it, see
         :mod:`reverserd.targets.kustomization`."""
         touched = folders_of(plan.changes, (path for _, path, _ in plan.records if path))
-        written: dict[str, set[str]] = {folder: set() for folder in touched}
-        for path, _ in self.ledger.files.values():
-            folder, _, name = path.rpartition("/")
-            if folder in written:
-                written[folder].add(name)
+        written = self.ledger.names_in(touched)
         deleted: dict[str, set[str]] = {}
         for change in plan.changes:
             if change.content is None:

@@ -42,7 +42,10 @@ class TargetLedger:
     - ``covered``: selection (a type and the scope the rules give it) -> the seq its snapshot
       reflects; an event of that selection at or below it is already in that snapshot, and an
       event of a selection not covered is not the target's (yet);
-    - ``files``: object -> (path, content hash) of the file this target wrote for it;
+    - ``files``: object -> (path, content hash) of the file this target wrote for it, read
+      only: it changes through :meth:`remember`, :meth:`hold` and :meth:`load`, which also keep
+      :meth:`names_in`'s index of file names per folder equal to it (a commit's
+      ``kustomization.yaml`` edits then cost the folders it touches, not a walk of every file);
     - ``quarantined``: object -> why it cannot be written;
     - ``committed_seq``: the newest seq of this target's commits already in the clone (read
       back from their trailers, :mod:`reverserd.committer.trailers`).
@@ -61,6 +64,7 @@ class TargetLedger:
         self.seq = 0
         self.covered: dict[str, int] = {}
         self.files: dict[ObjectKey, FileRecord] = {}
+        self._names: dict[str, set[str]] = {}
         self.quarantined: dict[ObjectKey, str] = {}
         self.committed_seq = 0
         # The cursor this run could not resume from, compaction having passed it; None when it
@@ -87,7 +91,10 @@ class TargetLedger:
             self.seq, self.covered = await reader.last_seq(), {}
         else:
             self.seq, self.covered = cursor.seq, dict(cursor.covered)
-        self.files = dict(await reader.target_files(self.target))
+        self.files = {}
+        self._names = {}
+        for key, record in (await reader.target_files(self.target)).items():
+            self._record(key, record)
         self.quarantined = dict(await reader.quarantined(self.target))
         self._on_quarantine(self.quarantined)
         self.committed_seq = await committer.resume_point(self.target, self.seq)
@@ -144,10 +151,11 @@ class TargetLedger:
     def remember(self, plan: FilePlan) -> None:
         """The records of a plan handed to the committer (a path of None: the file is gone)."""
         for key, path, content_sha in plan.records:
-            if path is None:
-                self.files.pop(key, None)
-            else:
-                self.files[key] = (path, content_sha)
+            self._record(key, None if path is None else (path, content_sha))
+
+    def names_in(self, folders: set[str]) -> dict[str, set[str]]:
+        """Folder -> names of the files this target has there, for each of ``folders``."""
+        return {folder: set(self._names.get(folder, ())) for folder in folders}
 
     def hold(self, held: Mapping[ObjectKey, str]) -> None:
         """Objects that cannot be written: quarantined, with no record of a file."""
@@ -156,7 +164,7 @@ class TargetLedger:
                 "object quarantined: it cannot be written",
                 extra={"target": self.target, "object": describe(key), "reason": reason},
             )
-            self.files.pop(key, None)
+            self._record(key, None)
             self.quarantined[key] = reason
         self._on_quarantine(self.quarantined)
 
@@ -166,6 +174,20 @@ class TargetLedger:
         if held:
             self._on_quarantine(self.quarantined)
         return held
+
+    def _record(self, key: ObjectKey, record: FileRecord | None) -> None:
+        """Set or drop the object's file record, and its name in the folder index."""
+        old = self.files.pop(key, None)
+        if old is not None:
+            folder, _, name = old[0].rpartition("/")
+            names = self._names[folder]
+            names.discard(name)
+            if not names:
+                del self._names[folder]
+        if record is not None:
+            self.files[key] = record
+            folder, _, name = record[0].rpartition("/")
+            self._names.setdefault(folder, set()).add(name)
 
 
 def describe(key: ObjectKey) -> str:
