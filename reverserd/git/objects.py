@@ -23,6 +23,14 @@ Guarantees:
   then renames them into ``objects/pack`` (pack first, index last: readers find packs by their
   index) and fsyncs the directory, so a pack is either complete or not seen by readers.
 - Delta chains are at most :data:`DELTA_DEPTH` long, and every base is in the same pack.
+- **The packs a push sends.** Once told (:meth:`ObjectStore.mark_sent`) that the remote has
+  everything flushed so far, the store keeps every pack it writes open until the next
+  :meth:`~ObjectStore.mark_sent`, and adds no object a pack so kept already holds. Those packs
+  together (:meth:`ObjectStore.unsent_packs`) hold every object the store was given since, each
+  exactly once, so :func:`joined_pack` can make them one pack for a push without searching
+  deltas again. They stay readable while open even if ``git repack`` or ``git gc`` deletes
+  their files. Past :data:`UNSENT_PACK_LIMIT` packs (a long outage) the store stops keeping
+  them, and says so (``unsent_packs()`` is None) until the next ``mark_sent``.
 
 Trees are serialised exactly as Git does (entries sorted by name, a folder's name compared as
 if it ended in ``/``), so object IDs equal those libgit2 or Git compute for the same content.
@@ -37,7 +45,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -65,6 +73,16 @@ SPILL_BYTES = 32 * 2**20
 without waiting for :meth:`ObjectStore.flush`: a reconcile of 100,000 files then keeps a few
 megabytes of them in memory, not all. Objects only, never a ref, so nothing a crash could
 leave behind points at anything missing."""
+
+UNSENT_PACK_LIMIT = 64
+"""Packs written since the last push that the store keeps open for the next one: one or two
+per push normally (the push's flush, and a spill during a reconcile). More means pushes have
+been failing for long; the open files would hold disk space that ``git repack`` freed, so the
+store lets them go and the next push finds its objects itself (libgit2's pack builder)."""
+
+PACK_CHUNK = 64 * 2**10
+"""Bytes of pack one piece of :func:`joined_pack` carries: what is read from disk at a time,
+and how often a push asks its fence (``reverserd.git.smart_http``)."""
 
 _BACKEND_PRIORITY = 0
 """libgit2 asks backends in descending priority: the clone's own packs (2) and loose objects
@@ -180,6 +198,10 @@ class ObjectStore:
         self._trees: collections.OrderedDict[bytes, Tree] = collections.OrderedDict()
         self._cached_entries = 0
         self._packed_bytes = 0
+        self._unsent: list[BinaryIO] | None = None
+        # IDs of the objects in self._unsent: never written a second time before a push, so
+        # a joined pack holds each object once (``git index-pack --strict`` refuses twins).
+        self._unsent_ids: set[bytes] = set()
         self.attach(repo)
 
     def attach(self, repo: pygit2.Repository) -> None:
@@ -200,7 +222,7 @@ class ObjectStore:
         commit of 100,000 files then waits for its push in about a third of the memory.
         """
         oid = _hash(ObjectType.BLOB, content)
-        if oid not in self._pending:
+        if oid not in self._pending and oid not in self._unsent_ids:
             packed = zlib.compress(content, PACK_COMPRESSION)
             self._pending[oid] = _Pending(ObjectType.BLOB, len(content), None, packed=packed)
             self._packed_bytes += len(packed)
@@ -213,7 +235,7 @@ class ObjectStore:
         raw = tree.raw()
         oid = _hash(ObjectType.TREE, raw)
         self._remember(oid, tree)
-        if oid in self._pending:
+        if oid in self._pending or oid in self._unsent_ids:
             return oid
         base = self._pending.get(previous) if previous is not None else None
         old = self._trees.get(previous) if previous is not None else None
@@ -244,7 +266,8 @@ class ObjectStore:
         if signer is not None:
             raw = signed_commit(raw, signer.sign(raw))
         oid = _hash(ObjectType.COMMIT, raw)
-        self._pending[oid] = _Pending(ObjectType.COMMIT, len(raw), raw)
+        if oid not in self._unsent_ids:
+            self._pending[oid] = _Pending(ObjectType.COMMIT, len(raw), raw)
         return oid
 
     def tree(self, oid: bytes) -> Tree:
@@ -288,8 +311,35 @@ class ObjectStore:
             for temporary in temporaries:
                 temporary.unlink(missing_ok=True)
         _fsync_directory(self._pack_dir)
+        if self._unsent is not None:
+            if len(self._unsent) < UNSENT_PACK_LIMIT:
+                self._unsent.append((self._pack_dir / f"{name}.pack").open("rb"))
+                self._unsent_ids.update(self._pending)
+            else:
+                self.forget_sent()
         self._pending.clear()
         self._packed_bytes = 0
+
+    def unsent_packs(self) -> list[BinaryIO] | None:
+        """The packs written since :meth:`mark_sent`, oldest first, open for reading; None
+        when the store does not know them all (see the module docstring)."""
+        return list(self._unsent) if self._unsent is not None else None
+
+    def mark_sent(self) -> None:
+        """The remote has every object flushed so far: keep the packs written from now on."""
+        self._close_unsent()
+        self._unsent = []
+
+    def forget_sent(self) -> None:
+        """Stop keeping packs until the next :meth:`mark_sent`: which objects the remote lacks
+        is no longer known for certain."""
+        self._close_unsent()
+        self._unsent = None
+
+    def _close_unsent(self) -> None:
+        for pack in self._unsent or ():
+            pack.close()
+        self._unsent_ids = set()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -417,6 +467,48 @@ class _Backend(pygit2.OdbBackend):
 
     def __iter__(self) -> Iterator[pygit2.Oid]:
         return iter([pygit2.Oid(raw=key) for key in self._store.pending_ids()])
+
+
+def joined_pack(packs: Sequence[BinaryIO]) -> tuple[int, Iterator[bytes]]:
+    """One pack holding the entries of ``packs``, each self-contained: its length in bytes,
+    and its bytes in pieces of at most :data:`PACK_CHUNK` (the last piece is the checksum).
+
+    An ``OFS_DELTA`` entry names its base by the distance back to it, which stays the same
+    when a whole pack's entries are copied after another's, so the entries are copied as they
+    are, under a new header and a new checksum: nothing is decompressed or searched again, and
+    at most one piece is in memory at a time. Raises ``ValueError`` for a file that is not a
+    version 2 pack.
+    """
+    spans: list[tuple[BinaryIO, int]] = []
+    count = 0
+    for pack in packs:
+        header = os.pread(pack.fileno(), 12, 0)
+        size = os.fstat(pack.fileno()).st_size
+        if len(header) != 12 or header[:4] != b"PACK" or size < 32:
+            raise ValueError(f"{pack.name} is not a pack")
+        version, entries = struct.unpack(">II", header[4:])
+        if version != 2:
+            raise ValueError(f"{pack.name} is a version {version} pack")
+        count += entries
+        spans.append((pack, size - 20))
+    length = 12 + sum(end - 12 for _, end in spans) + 20
+
+    def pieces() -> Iterator[bytes]:
+        header = b"PACK" + struct.pack(">II", 2, count)
+        digest = hashlib.sha1(header)
+        yield header
+        for pack, end in spans:
+            position = 12
+            while position < end:
+                piece = os.pread(pack.fileno(), min(PACK_CHUNK, end - position), position)
+                if not piece:
+                    raise ValueError(f"{pack.name} was cut short")
+                digest.update(piece)
+                position += len(piece)
+                yield piece
+        yield digest.digest()
+
+    return length, pieces()
 
 
 def _hash(kind: int, content: bytes) -> bytes:

@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import re
 import shutil
@@ -98,23 +99,26 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeAlias, TypeVar
+from typing import BinaryIO, Protocol, TypeAlias, TypeVar
 
 import pygit2
 from pygit2.enums import DeltaStatus, FileMode, Option, RepositoryOpenFlag, SortMode
 from pygit2.remotes import PushUpdate
 
+from reverserd.git import smart_http
 from reverserd.git.credentials import (
     AuthCallbacks,
     AuthenticationRejected,
     GitCredentials,
+    Transport,
     build_callbacks,
     mask_url,
+    parse_remote_url,
     redact,
     without_url_credentials,
 )
 from reverserd.git.known_hosts import HostKeyError
-from reverserd.git.objects import EMPTY_TREE, ObjectStore
+from reverserd.git.objects import EMPTY_TREE, ObjectStore, joined_pack
 from reverserd.git.signing import CommitSigner
 
 CONNECT_TIMEOUT_MS = 10_000
@@ -179,6 +183,8 @@ _GIT_ENVIRONMENT_ISOLATION = {
 }
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class RepositoryError(Exception):
@@ -433,6 +439,8 @@ class BranchRepository:
         """Delete the clone from disk (it is damaged); the next :meth:`open` clones afresh."""
         if self._repo is not None:
             self._repo.free()
+        if self._store is not None:
+            self._store.forget_sent()
         self._repo, self._store, self._unflushed_tip = None, None, None
         self._edits = {}
         shutil.rmtree(self._path, ignore_errors=True)
@@ -452,6 +460,11 @@ class BranchRepository:
         self._sign_pending()
         state = self._fetch()
         self._follow_remote(state)
+        if not self.pending():
+            # Everything in the clone is on the remote: from here on, the store knows which
+            # packs hold what a push must send. With commits pending from before a restart it
+            # does not, until a push by libgit2 has landed them.
+            self._object_store().mark_sent()
         return _sha(state.branch_tip)
 
     def head(self) -> str | None:
@@ -669,9 +682,21 @@ class BranchRepository:
     def push(self, fence: Callable[[], None] | None = None) -> str:
         """Push the local branch without force; return the SHA the remote branch now has.
 
-        ``fence`` is called once the remote's refs are negotiated and after every chunk of the
-        pack sent; what it raises aborts the push (libgit2 sends no ref update after a failed
-        callback) and is raised here.
+        ``fence`` is called once the remote's refs are known and between pieces of the pack
+        sent; what it raises aborts the push before the server has the whole pack (so it
+        updates no ref) and is raised here.
+
+        Over smart HTTP(S), when the clone knows which packs hold every object the remote may
+        lack (:meth:`_push_packs`), it sends those packs, joined, with its own
+        compare-and-swap command (:mod:`reverserd.git.smart_http`): no delta search. Otherwise
+        libgit2 pushes, building its pack itself: over SSH and ``file://``; after a restart
+        with commits pending (the packs written before it are not known); while blobs handed
+        over by :meth:`add_blobs` may still be committed after a libgit2 push (it sends only
+        what the branch reaches); after pushes failed for so long that the store stopped
+        keeping the packs; when the server redirects, lacks ``report-status`` or
+        ``ofs-delta``, or asks for an authentication other than basic; when the remote
+        branch is not where the pending commits start but still below them; and for the push
+        after a server could not take a pack.
 
         With nothing pending, returns the local tip without contacting the remote. Raises
         :class:`PushRejected` when the remote branch moved, :class:`PushDeclined` when the
@@ -689,6 +714,102 @@ class BranchRepository:
         # own_commits() still knows they are ours.
         self._set_ref(PUSHED_FROM_REF, self._target(BASE_REF))
         self._set_ref(PUSHING_REF, local)
+        store = self._object_store()
+        packs = store.unsent_packs()
+        sent = False
+        if packs is not None and parse_remote_url(self._url).transport is Transport.HTTP:
+            sent = self._push_packs(local, packs, fence)
+        if not sent:
+            self._push_with_libgit2(fence)
+            if time.monotonic() - self._handed_over_at < HANDOVER_GRACE_S:
+                # Blobs handed over and flushed before this push may be committed after it;
+                # libgit2 sent only what the branch reaches, so the remote may lack them.
+                store.forget_sent()
+            else:
+                store.mark_sent()
+        else:
+            store.mark_sent()
+        self._set_ref(_tracking_ref(self._local_ref), local)
+        self._set_ref(BASE_REF, local)
+        self._edits = {}
+        return str(local)
+
+    def _push_packs(
+        self, local: pygit2.Oid, packs: Sequence[BinaryIO], fence: Callable[[], None] | None
+    ) -> bool:
+        """Push ``local`` with ``packs`` (the store's packs since the last push); False when
+        libgit2 must push instead, having sent nothing.
+
+        The remote has every object reachable from the base, and every object flushed up to
+        the last push (it took that push's pack whole); every object made since is in
+        ``packs``. So when the branch on the remote is the base, or descends from it (a push
+        whose answer was lost landed), or is absent while the base is absent or advertised,
+        nothing is missing. Commits replayed on a moved remote (:meth:`rebase_onto_remote`)
+        keep this: they are new objects in ``packs`` on a base the remote advertises.
+        """
+        repo = self._open_repo()
+        base = self._target(BASE_REF)
+
+        def choose_old(advertisement: smart_http.Advertisement) -> bytes:
+            raw = advertisement.refs.get(self._local_ref)
+            if raw is None:
+                if base is None or base.raw in advertisement.refs.values():
+                    return smart_http.ZERO_ID
+                raise smart_http.Unsupported("the base is not on the remote")
+            tip = pygit2.Oid(raw=raw)
+            if tip == local or tip == base:
+                return raw
+            if tip not in repo or not repo.descendant_of(local, tip):
+                raise PushRejected(
+                    self.display_url,
+                    f"the remote branch moved to {tip} (fetch first): not a fast-forward",
+                )
+            if base is None or repo.descendant_of(tip, base):
+                return raw
+            raise smart_http.Unsupported("the remote branch is below the base")
+
+        try:
+            updated = smart_http.push(
+                self._url,
+                self._credentials,
+                self._local_ref,
+                local.raw,
+                choose_old,
+                lambda: joined_pack(packs),
+                fence,
+            )
+        except smart_http.Unsupported as why:
+            log.debug("%s: pushing with libgit2: %s", self.display_url, why)
+            return False
+        except ValueError as error:
+            # A pack the store kept is not readable as one: let libgit2 find the objects.
+            log.warning("%s: pushing with libgit2: %s", self.display_url, error)
+            self._object_store().forget_sent()
+            return False
+        except smart_http.Unreachable as error:
+            reason = redact(error.reason, self._credentials)
+            if _is_stale(reason):
+                raise PushRejected(self.display_url, reason) from None
+            raise RemoteUnavailable(self.display_url, f"push failed: {reason}") from None
+        except smart_http.Refused as refusal:
+            reason = redact(refusal.reason, self._credentials)
+            if not refusal.unpacked:
+                # The server could not take the pack (an object it needed was missing, say):
+                # the next push lets libgit2 work out what to send.
+                self._object_store().forget_sent()
+            if _is_stale(reason):
+                raise PushRejected(self.display_url, reason) from None
+            raise PushDeclined(self.display_url, reason) from None
+        log.debug(
+            "%s: pushed %s with %d pack(s) as written, no delta search",
+            self.display_url,
+            local if updated else "nothing (the remote had it)",
+            len(packs),
+        )
+        return True
+
+    def _push_with_libgit2(self, fence: Callable[[], None] | None) -> None:
+        """Push the local branch with libgit2, which builds the pack it sends itself."""
         callbacks = _PushCallbacks(self._url, self._credentials, fence)
         refspec = f"{self._local_ref}:{self._local_ref}"
         try:
@@ -707,10 +828,7 @@ class BranchRepository:
             if _is_stale(refusal):
                 raise PushRejected(self.display_url, reason)
             raise PushDeclined(self.display_url, reason)
-        self._set_ref(_tracking_ref(self._local_ref), local)
-        self._set_ref(BASE_REF, local)
-        self._edits = {}
-        return str(local)
+        log.debug("%s: pushed with libgit2's pack builder", self.display_url)
 
     def rebase_onto_remote(self) -> list[str]:
         """Fetch, then replay the pending commits, oldest first, on the remote tip.
