@@ -167,7 +167,8 @@ class _Session:
 
     def advertisement(self) -> Advertisement:
         response, body = self._get()
-        if response.status == 401 and self._authorize(response):
+        while response.status == 401:
+            self._authorize(response)
             response, body = self._get()
         self._check_status(response)
         if response.getheader("Content-Type", "") != _ADVERTISEMENT_TYPE:
@@ -176,7 +177,8 @@ class _Session:
 
     def send(self, commands: bytes, pack: PackSource, fence: Callable[[], None] | None) -> bytes:
         response, body = self._post(commands, pack, fence)
-        if response.status == 401 and self._authorize(response):
+        while response.status == 401:
+            self._authorize(response)
             response, body = self._post(commands, pack, fence)
         self._check_status(response)
         if response.getheader("Content-Type", "") != _RESULT_TYPE:
@@ -229,8 +231,9 @@ class _Session:
             raise Unreachable(f"the server's answer is longer than {limit} bytes")
         return response, body
 
-    def _authorize(self, response: http.client.HTTPResponse) -> bool:
-        """Whether to ask again with credentials, once; raise if there are none to give."""
+    def _authorize(self, response: http.client.HTTPResponse) -> None:
+        """Answer the server's request for credentials (once: a second request means it
+        refused them); raise if there are none to give, or they were refused."""
         if self._authorization is not None:
             raise Unreachable(
                 f"the server rejected the credentials for {self._shown}; check the Secret"
@@ -247,7 +250,6 @@ class _Session:
         user = self._credentials.username or DEFAULT_USERNAME
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self._authorization = f"Basic {token}"
-        return True
 
     def _check_status(self, response: http.client.HTTPResponse) -> None:
         if response.status in _REDIRECTS:
