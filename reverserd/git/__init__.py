@@ -9,6 +9,8 @@ and no credential reaches a log or a status).
 
 - :mod:`reverserd.git.repository`: :class:`BranchRepository`, one branch of one remote in a bare
   clone, used from a dedicated worker thread.
+- :mod:`reverserd.git.smart_http`: the push over smart HTTP(S) that sends the packs the clone
+  already wrote, with a compare-and-swap command.
 - :mod:`reverserd.git.credentials`: :class:`GitCredentials`, the pygit2 callbacks that
   authenticate and verify SSH host keys, and URL masking.
 - :mod:`reverserd.git.known_hosts`: OpenSSH known_hosts parsing and matching.

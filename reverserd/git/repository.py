@@ -33,10 +33,11 @@ remote by the first push.
   parent the commit is built on; :meth:`rebase_onto_remote` applies it again to the file as the
   remote has it, so a concurrent writer's edit of that file is kept. The edits of pending commits
   are held in memory: replayed after a restart, such a commit writes the file as it made it.
-- :meth:`push` pushes without force. The server (and libgit2 before it) refuses an update that
-  is not a fast-forward from the tip it has, so a concurrent writer's commits are never
-  overwritten: :class:`PushRejected` is raised and :meth:`rebase_onto_remote` replays the
-  pending commits on top of theirs. The remote tip is recorded only after the server accepted.
+- :meth:`push` pushes without force. The server (and libgit2, or the smart-HTTP push before
+  it sends anything) refuses an update that is not a fast-forward from the tip it has, so a
+  concurrent writer's commits are never overwritten: :class:`PushRejected` is raised and
+  :meth:`rebase_onto_remote` replays the pending commits on top of theirs. The remote tip is
+  recorded only after the server accepted.
 - Nothing is dropped on failure: after :class:`RemoteUnavailable` every pending commit is still
   on the local branch, and a later push or rebase picks it up.
 - A clone opened with a :class:`~reverserd.git.signing.CommitSigner` makes no unsigned commit:
@@ -47,14 +48,21 @@ remote by the first push.
 :func:`configure_network_timeouts` sets (``pygit2.settings.server_connect_timeout`` and
 ``server_timeout``, i.e. ``GIT_OPT_SET_SERVER_CONNECT_TIMEOUT`` and ``GIT_OPT_SET_SERVER_TIMEOUT``):
 a TCP connect timeout, and an I/O timeout that bounds every single socket read or write, for
-HTTP(S) and for SSH (libgit2 also hands it to libssh2 as the session timeout).
+HTTP(S) and for SSH (libgit2 also hands it to libssh2 as the session timeout); the smart-HTTP
+push (:mod:`reverserd.git.smart_http`) reads the same two settings.
 :meth:`BranchRepository.open` applies the defaults if the process has not set its own, so no
 network call runs without them. Neither bounds name
 resolution (left to the system resolver) nor the total length of a transfer that keeps making
 progress; ``file://`` remotes are local disk access with no timeout.
 
-**Pushing.** libgit2 builds the pack it sends by searching deltas again for every tree the
-push carries; on a large folder that search is most of a push. It runs on
+**Pushing.** Over smart HTTP(S) a push sends the packs the flushes since the last push
+wrote, joined into one as they are (:func:`~reverserd.git.objects.joined_pack`), with its own
+compare-and-swap command (:mod:`reverserd.git.smart_http`): nothing is compressed or
+delta-searched again, so a push costs the daemon little more than reading those packs. When
+the clone cannot be sure those packs hold every object the remote lacks (after a restart with
+commits pending, and the other cases :meth:`BranchRepository.push` lists), and over SSH and
+``file://``, libgit2 pushes, building the pack it sends by searching deltas again for every tree
+the push carries; on a large folder that search is most of such a push. It runs on
 :data:`PUSH_THREADS` threads, and libgit2's re-hashing of every object it reads
 (``GIT_OPT_ENABLE_STRICT_HASH_VERIFICATION``, on by default) is turned off for the process by
 :meth:`BranchRepository.open`: a push reads each tree several times, and hashing 400 KB trees
@@ -716,10 +724,10 @@ class BranchRepository:
         self._set_ref(PUSHING_REF, local)
         store = self._object_store()
         packs = store.unsent_packs()
-        sent = False
-        if packs is not None and parse_remote_url(self._url).transport is Transport.HTTP:
-            sent = self._push_packs(local, packs, fence)
-        if not sent:
+        over_http = parse_remote_url(self._url).transport is Transport.HTTP
+        if packs is not None and over_http and self._push_packs(local, packs, fence):
+            store.mark_sent()
+        else:
             self._push_with_libgit2(fence)
             if time.monotonic() - self._handed_over_at < HANDOVER_GRACE_S:
                 # Blobs handed over and flushed before this push may be committed after it;
@@ -727,8 +735,6 @@ class BranchRepository:
                 store.forget_sent()
             else:
                 store.mark_sent()
-        else:
-            store.mark_sent()
         self._set_ref(_tracking_ref(self._local_ref), local)
         self._set_ref(BASE_REF, local)
         self._edits = {}
@@ -800,6 +806,10 @@ class BranchRepository:
             if _is_stale(reason):
                 raise PushRejected(self.display_url, reason) from None
             raise PushDeclined(self.display_url, reason) from None
+        finally:
+            # As after libgit2's push: what libgit2 cached per pack while commits were made
+            # goes, so it does not grow with the packs each push adds.
+            self._release_packs()
         log.debug(
             "%s: pushed %s with %d pack(s) as written, no delta search",
             self.display_url,
