@@ -799,9 +799,9 @@ class BranchRepository:
             raise RemoteUnavailable(self.display_url, f"push failed: {reason}") from None
         except smart_http.Refused as refusal:
             reason = redact(refusal.reason, self._credentials)
-            if not refusal.unpacked:
-                # The server could not take the pack (an object it needed was missing, say):
-                # the next push lets libgit2 work out what to send.
+            if refusal.short:
+                # The server could not take the pack, or found an object missing: the next
+                # push lets libgit2 work out what to send.
                 self._object_store().forget_sent()
             if _is_stale(reason):
                 raise PushRejected(self.display_url, reason) from None

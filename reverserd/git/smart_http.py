@@ -63,6 +63,8 @@ _ADVERTISEMENT_TYPE = f"application/x-{_SERVICE}-advertisement"
 _RESULT_TYPE = f"application/x-{_SERVICE}-result"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _BAND_DATA, _BAND_PROGRESS, _BAND_ERROR = 1, 2, 3
+# What receive-pack reports when its connectivity check finds an object missing.
+_MISSING_OBJECTS = "missing necessary objects"
 
 
 class Unreachable(Exception):
@@ -74,13 +76,13 @@ class Unreachable(Exception):
 
 
 class Refused(Exception):
-    """The server refused the update; ``reason`` is what it reported, secret-free.
-    ``unpacked`` is False when the server could not take the pack itself."""
+    """The server refused the update; ``reason`` is what it reported. ``short`` is True when
+    the pack was: the server could not unpack it, or the branch needs objects it lacks."""
 
-    def __init__(self, reason: str, unpacked: bool) -> None:
+    def __init__(self, reason: str, short: bool) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.unpacked = unpacked
+        self.short = short
 
 
 class Unsupported(Exception):
@@ -371,8 +373,8 @@ def _check_report(lines: Collection[str], ref: str) -> None:
         if verdict == "ok" and unpack_status == "ok":
             return
         if unpack_status != "ok":
-            raise Refused(f"unpack failed: {unpack_status}", unpacked=False)
-        raise Refused(reason or "refused", unpacked=True)
+            raise Refused(f"unpack failed: {unpack_status}", short=True)
+        raise Refused(reason or "refused", short=_MISSING_OBJECTS in reason)
     if unpack_status != "ok":
-        raise Refused(f"unpack failed: {unpack_status}", unpacked=False)
+        raise Refused(f"unpack failed: {unpack_status}", short=True)
     raise Unreachable(f"the server's report says nothing of {ref}")

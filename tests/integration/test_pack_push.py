@@ -245,3 +245,26 @@ def test_a_blob_handed_over_before_a_push_and_committed_after_it_reaches_the_ser
     assert read_tree(server_repo, "main")["live/handed.yaml"] == b"handed over\n"
     _fsck(server_repo)
     assert _ways(push_log) == ["as written", "as written"]
+
+
+def test_packs_that_lack_an_object_are_declined_by_the_server_and_libgit2_pushes_next(
+    git_http: GitHttpServer, git_repo_name: str, tmp_path: Path, push_log: pytest.LogCaptureFixture
+) -> None:
+    """Should the store's account of what the remote lacks be wrong, the server's
+    connectivity check refuses the update, and the next push does not rely on it."""
+    seeded = git_http.seed_repo(git_repo_name, "main", {"f.yaml": b"x\n"}, "Seed")
+    server_repo = git_http.repo_path(git_repo_name)
+    repository = _open(tmp_path, git_http, git_repo_name)
+    write(repository, "f.yaml", b"one\n", "One")
+    repository.flush()
+    repository._object_store().mark_sent()  # the fault: the pack of "One" counted as sent
+    sha = write(repository, "f.yaml", b"two\n", "Two")
+
+    with pytest.raises(PushDeclined, match="missing necessary objects"):
+        repository.push()
+    assert branch_tip(server_repo, "main") == seeded
+
+    assert repository.push() == sha
+    assert [entry.subject for entry in log(server_repo, "main")] == ["Two", "One", "Seed"]
+    _fsck(server_repo)
+    assert _ways(push_log) == ["libgit2"]

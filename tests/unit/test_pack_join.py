@@ -90,8 +90,16 @@ def test_packs_of_several_flushes_join_into_one_pack_git_accepts_strictly(
     writer.commit("f0.yaml", b"v0\n")
     writer.commit("f0.yaml", b"v35\n")
     store.flush()
+    # And the same commit (a replay on the same parent, within the same second).
+    commit = pygit2.Repository(str(tmp_path / "clone"))[pygit2.Oid(raw=writer.parent)]
+    assert writer.parent is not None
+    again = store.add_commit(
+        commit.tree_id.raw, [p.raw for p in commit.parent_ids], AUTHOR, COMMITTER, "f0.yaml"
+    )
+    assert again == writer.parent
+    store.flush()
     packs = store.unsent_packs()
-    assert packs is not None and len(packs) == 4
+    assert packs is not None and len(packs) == 4  # the repeated commit was not written again
 
     pack, length, _ = _index_joined(store, tmp_path)
 
