@@ -698,7 +698,8 @@ class BranchRepository:
         lack (:meth:`_push_packs`), it sends those packs, joined, with its own
         compare-and-swap command (:mod:`reverserd.git.smart_http`): no delta search. Otherwise
         libgit2 pushes, building its pack itself: over SSH and ``file://``; after a restart
-        with commits pending (the packs written before it are not known); while blobs handed
+        with commits pending (the packs written before it are not known), or an :meth:`open`
+        whose fetch failed; while blobs handed
         over by :meth:`add_blobs` may still be committed after a libgit2 push (it sends only
         what the branch reaches); after pushes failed for so long that the store stopped
         keeping the packs; when the server redirects, lacks ``report-status`` or

@@ -62,6 +62,7 @@ _USER_AGENT = "git/2.0 (reverserd)"
 _ADVERTISEMENT_TYPE = f"application/x-{_SERVICE}-advertisement"
 _RESULT_TYPE = f"application/x-{_SERVICE}-result"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEX = frozenset("0123456789abcdef")
 _BAND_DATA, _BAND_PROGRESS, _BAND_ERROR = 1, 2, 3
 # What receive-pack reports when its connectivity check finds an object missing.
 _MISSING_OBJECTS = "missing necessary objects"
@@ -325,11 +326,13 @@ def _advertisement(body: bytes) -> Advertisement:
             break
         if line.startswith(b"ERR "):
             raise Unreachable(line[4:].decode(errors="replace").strip())
+        if line.startswith(b"shallow "):
+            continue
         text, _, extra = line.rstrip(b"\n").partition(b"\0")
         if extra:
             capabilities = frozenset(extra.decode(errors="replace").split())
         sha, _, name = text.decode(errors="replace").partition(" ")
-        if len(sha) != 40 or not name:
+        if len(sha) != 40 or not name or not all(c in _HEX for c in sha):
             raise Unreachable("malformed ref advertisement from the server")
         if name != "capabilities^{}":
             refs[name] = bytes.fromhex(sha)
@@ -343,6 +346,8 @@ def _report_lines(body: bytes, side_band: bool) -> list[str]:
         for packet in _pkt_lines(body):
             if packet is None:
                 break
+            if not packet:
+                raise Unreachable("an empty side-band packet from the server")
             band, payload = packet[0], packet[1:]
             if band == _BAND_DATA:
                 data += payload
