@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import random
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from reverserd.git import (
@@ -25,6 +27,7 @@ from reverserd.git import (
     PushRejected,
     RemoteUnavailable,
 )
+from testbed.controlplane import make_pki
 from testbed.gitservers import (
     FOREIGN_AUTHOR,
     SEED_AUTHOR,
@@ -74,6 +77,48 @@ def _ways(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 class Fenced(Exception):
     """What a test's fence raises to stop a push."""
+
+
+class GitHttpsServer(GitHttpServer):
+    """The same server behind TLS (lighttpd's ``mod_openssl``), with a certificate for
+    127.0.0.1 issued by a CA of the test's own."""
+
+    def __init__(self, state_dir: Path, pki: Path) -> None:
+        self._pki = pki
+        super().__init__(state_dir)
+
+    def url(self, name: str) -> str:
+        return super().url(name).replace("http://", "https://", 1)
+
+    def _write_config(self, backend: str) -> None:
+        super()._write_config(backend)
+        with self._config_path.open("a") as config:
+            config.write(
+                'server.modules += ("mod_openssl")\n'
+                'ssl.engine = "enable"\n'
+                f'ssl.pemfile = "{self._pki / "webhook.crt"}"\n'
+                f'ssl.privkey = "{self._pki / "webhook.key"}"\n'
+            )
+
+
+@pytest.fixture
+def git_https(tmp_path: Path) -> Iterator[GitHttpsServer]:
+    make_pki(tmp_path / "pki")
+    (tmp_path / "server").mkdir()
+    with GitHttpsServer(tmp_path / "server", tmp_path / "pki") as server:
+        yield server
+
+
+@pytest.fixture
+def trusted_ca(tmp_path: Path) -> Iterator[None]:
+    """Trust the test's CA for the test's length, as libgit2 and the push read it."""
+    settings = pygit2.settings
+    before = (settings.ssl_cert_file, settings.ssl_cert_dir)
+    settings.set_ssl_cert_locations(str(tmp_path / "pki" / "ca.crt"), None)
+    try:
+        yield
+    finally:
+        settings.set_ssl_cert_locations(*before)
 
 
 def test_commits_of_several_flushes_are_pushed_as_written_and_the_server_accepts_them(
@@ -268,3 +313,25 @@ def test_packs_that_lack_an_object_are_declined_by_the_server_and_libgit2_pushes
     assert [entry.subject for entry in log(server_repo, "main")] == ["Two", "One", "Seed"]
     _fsck(server_repo)
     assert _ways(push_log) == ["libgit2"]
+
+
+def test_https_pushes_as_written_and_a_server_whose_certificate_is_not_trusted_is_refused(
+    git_https: GitHttpsServer,
+    trusted_ca: None,
+    tmp_path: Path,
+    push_log: pytest.LogCaptureFixture,
+) -> None:
+    seeded = git_https.seed_repo("tls", "main", {"f.yaml": b"x\n"}, "Seed")
+    server_repo = git_https.repo_path("tls")
+    repository = _open(tmp_path, git_https, "tls")
+    sha = write(repository, "f.yaml", b"over TLS\n", "Over TLS")
+    assert repository.push() == sha
+    assert branch_tip(server_repo, "main") == sha
+    assert _ways(push_log) == ["as written"]
+
+    pygit2.settings.set_ssl_cert_locations(None, str(tmp_path / "nowhere"))
+    later = write(repository, "f.yaml", b"to a stranger\n", "Refused")
+    with pytest.raises(RemoteUnavailable, match=r"(?i)certificate verify failed"):
+        repository.push()
+    assert branch_tip(server_repo, "main") == sha
+    assert seeded != sha != later
