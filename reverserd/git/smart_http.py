@@ -119,15 +119,14 @@ def push(
     session = _Session(url, credentials)
     try:
         advertisement = session.advertisement()
+        missing = {"report-status", "ofs-delta"} - advertisement.capabilities
+        if missing:
+            raise Unsupported(f"the server lacks {', '.join(sorted(missing))}")
         old = choose_old(advertisement)
         if old == new:
             return False
         if fence is not None:
             fence()
-        wanted = {"report-status", "ofs-delta"}
-        missing = wanted - advertisement.capabilities
-        if missing:
-            raise Unsupported(f"the server lacks {', '.join(sorted(missing))}")
         requested = ["report-status"]
         requested += [c for c in ("side-band-64k", "quiet") if c in advertisement.capabilities]
         command = f"{old.hex()} {new.hex()} {ref}\0{' '.join(requested)}\n".encode()
