@@ -745,7 +745,7 @@ class BranchRepository:
         self, local: pygit2.Oid, packs: Sequence[BinaryIO], fence: Callable[[], None] | None
     ) -> bool:
         """Push ``local`` with ``packs`` (the store's packs since the last push); False when
-        libgit2 must push instead, having sent nothing.
+        libgit2 must push instead (the server updated nothing).
 
         The remote has every object reachable from the base, and every object flushed up to
         the last push (it took that push's pack whole); every object made since is in
