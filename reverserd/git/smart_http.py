@@ -133,6 +133,10 @@ def push(
         report = session.send(_pkt_line(command) + b"0000", pack, fence)
         _check_report(_report_lines(report, "side-band-64k" in requested), ref)
         return True
+    except http.client.InvalidURL:
+        # Its message quotes the request target, a query token included, in a form redact()
+        # cannot recognise.
+        raise Unreachable("the URL cannot be requested over HTTP") from None
     except (OSError, http.client.HTTPException) as error:
         raise Unreachable(redact(str(error), credentials) or type(error).__name__) from None
     finally:

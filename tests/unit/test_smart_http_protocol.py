@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from reverserd.git import smart_http
+from reverserd.git import GitCredentials, smart_http
 from reverserd.git.smart_http import Refused, Unreachable, Unsupported
 
 TIP = "1" * 40
@@ -113,3 +113,18 @@ def test_a_refusal_in_the_report_says_why_and_whether_the_pack_was_short(
 def test_a_broken_report_is_unreachable(body: bytes) -> None:
     with pytest.raises(Unreachable):
         smart_http._check_report(smart_http._report_lines(body, True), "refs/heads/main")
+
+
+def test_a_url_http_cannot_request_fails_without_quoting_its_token() -> None:
+    url = "http://127.0.0.1:1/repo.git?private_token=s3cret\x01"
+    with pytest.raises(Unreachable) as caught:
+        smart_http.push(
+            url,
+            GitCredentials(),
+            "refs/heads/main",
+            bytes(20),
+            lambda _: smart_http.ZERO_ID,
+            lambda: (0, iter(())),
+            None,
+        )
+    assert "s3cret" not in str(caught.value)
