@@ -6,10 +6,10 @@ spread over 100 sub-folders as 100 namespaces would be), one commit holding ever
 pushed, then rounds of single-file commits are made with ``apply_many`` (one commit per change,
 the way the committer submits them) and pushed, each round as one push. Reported per size: the
 initial commit and its push, commits per second of ``apply_many`` (hashing and building trees in
-memory), the flush (the pack written and fsynced) and the push (libgit2 building a pack, the
-server indexing it), so the Git part of a replica's capacity can be read off directly. CPU
-seconds are reported too, per 1,000 commits: this process's (every thread of it: what the
-daemon's Git thread and libgit2's pack builder spend) and the Git server's (lighttpd and the
+memory), the flush (the pack written and fsynced) and the push (the packs the flushes wrote
+sent as they are, the server indexing them), so the Git part of a replica's capacity can be
+read off directly. CPU seconds are reported too, per 1,000 commits: this process's (every
+thread of it: what the daemon's Git thread spends) and the Git server's (lighttpd and the
 ``git`` processes it ran), which wall-clock times on a shared machine do not separate.
 
 Target: ``apply_many`` >= 500 commits/s on a 10,000-file folder (the live target's rate).
