@@ -29,8 +29,9 @@ Guarantees:
   together (:meth:`ObjectStore.unsent_packs`) hold every object the store was given since, each
   exactly once, so :func:`joined_pack` can make them one pack for a push without searching
   deltas again. They stay readable while open even if ``git repack`` or ``git gc`` deletes
-  their files. Past :data:`UNSENT_PACK_LIMIT` packs (a long outage) the store stops keeping
-  them, and says so (``unsent_packs()`` is None) until the next ``mark_sent``.
+  their files. Past :data:`UNSENT_PACK_LIMIT` packs or :data:`UNSENT_OBJECT_LIMIT` objects (a
+  long outage) the store stops keeping them, and says so (``unsent_packs()`` is None) until the
+  next ``mark_sent``.
 
 Trees are serialised exactly as Git does (entries sorted by name, a folder's name compared as
 if it ended in ``/``), so object IDs equal those libgit2 or Git compute for the same content.
@@ -79,6 +80,13 @@ UNSENT_PACK_LIMIT = 64
 per push normally (the push's flush, and a spill during a reconcile). More means pushes have
 been failing for long; the open files would hold disk space that ``git repack`` freed, so the
 store lets them go and the next push finds its objects itself (libgit2's pack builder)."""
+
+UNSENT_OBJECT_LIMIT = 250_000
+"""Objects in the kept packs the store remembers by ID (about 85 bytes each, so at most about
+21 MB), to write none twice before a push. A push carries a few thousand normally, a reconcile
+of 100,000 files about 100,000; an outage of an hour at 200 commits per second would be nearly
+three million, so past this bound the store lets the packs go, as past
+:data:`UNSENT_PACK_LIMIT`."""
 
 PACK_CHUNK = 64 * 2**10
 """Bytes of pack one piece of :func:`joined_pack` carries: what is read from disk at a time,
@@ -312,7 +320,8 @@ class ObjectStore:
                 temporary.unlink(missing_ok=True)
         _fsync_directory(self._pack_dir)
         if self._unsent is not None:
-            if len(self._unsent) < UNSENT_PACK_LIMIT:
+            kept = len(self._unsent_ids) + len(self._pending)
+            if len(self._unsent) < UNSENT_PACK_LIMIT and kept <= UNSENT_OBJECT_LIMIT:
                 self._unsent.append((self._pack_dir / f"{name}.pack").open("rb"))
                 self._unsent_ids.update(self._pending)
             else:

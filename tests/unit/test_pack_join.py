@@ -17,6 +17,7 @@ import pygit2
 import pytest
 from pygit2.enums import FileMode
 
+from reverserd.git import objects
 from reverserd.git.objects import EMPTY_TREE, PACK_CHUNK, ObjectStore, Tree, joined_pack
 from tests.conftest import AUTHOR, COMMITTER
 
@@ -150,3 +151,21 @@ def test_joining_refuses_a_file_that_is_not_a_pack(tmp_path: Path) -> None:
     other.write_bytes(b"PACX" + bytes(40))
     with other.open("rb") as stream, pytest.raises(ValueError, match="not a pack"):
         joined_pack([stream])
+
+
+@pytest.mark.parametrize(("limit", "value"), [("UNSENT_PACK_LIMIT", 2), ("UNSENT_OBJECT_LIMIT", 9)])
+def test_past_its_bounds_the_store_lets_the_packs_go(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch, limit: str, value: int
+) -> None:
+    """A long outage: the packs and the IDs kept for the next push stay bounded."""
+    monkeypatch.setattr(objects, limit, value)
+    writer = _Writer(store)
+    for number in range(2):
+        writer.commit(f"f{number}.yaml", b"%d\n" % number)  # 4 objects
+        store.flush()
+    kept = store.unsent_packs()
+    assert kept is not None and len(kept) == 2
+    writer.commit("f2.yaml", b"2\n")
+    store.flush()
+    assert store.unsent_packs() is None
+    assert all(pack.closed for pack in kept)
