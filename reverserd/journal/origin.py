@@ -44,6 +44,9 @@ def newest_write(body: dict[str, Any]) -> tuple[str | None, list[str]]:
     newest = _newest_writes(body)
     if not newest:
         return None, []
+    if len(newest) == 1:  # nearly always: this runs for every journaled event
+        manager, operation = newest[0]
+        return printable(f"{manager} ({operation})"[:MANAGER_CHARS]), [manager]
     named = ", ".join([f"{manager} ({operation})" for manager, operation in newest])
     managers = sorted({manager for manager, _ in newest})[:MAX_CHANGE_MANAGERS]
     return printable(named[:MANAGER_CHARS]), managers
@@ -66,7 +69,7 @@ def _newest_writes(body: dict[str, Any]) -> list[tuple[str, str]]:
             newest_time, newest = when, [(manager, operation)]
         elif when == newest_time:
             newest.append((manager, operation))
-    return sorted(set(newest))
+    return newest if len(newest) == 1 else sorted(set(newest))
 
 
 def digest(body: dict[str, Any]) -> str:

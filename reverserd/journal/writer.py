@@ -248,7 +248,7 @@ class _Batch:
             (
                 seq,
                 stream.key,
-                kind.value,
+                kind,  # a StrEnum: orjson writes its value
                 stream.api_group,
                 stream.api_version,
                 stream.resource,
