@@ -71,6 +71,8 @@ MAX_OPS_PER_COMMIT = 256
 QUEUE_DEPTH = 1024
 # Without a busy timeout a reader's checkpoint would make a write fail instead of wait.
 BUSY_TIMEOUT_MS = 10_000
+# Page size of a new journal.
+PAGE_SIZE = 16_384
 # Bodies bound to one INSERT statement at most (as one BLOB): SQLite refuses values beyond
 # 1e9 bytes, and the joined copy is memory held for the statement's duration.
 MAX_STATEMENT_BODY_BYTES = 16 * 2**20
@@ -786,6 +788,10 @@ def prepare_database(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, isolation_level=None)
     try:
+        # Takes effect only while the file is empty (a journal keeps the page size it was made
+        # with): bodies of 1-2 KB fill a 16 KiB page ten at a time, so a transaction writes and
+        # checkpoints a quarter of the pages, and makes a quarter of the system calls, of 4 KiB.
+        connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         connection.execute("PRAGMA journal_mode = WAL")
         migrate(connection)
     finally:

@@ -195,3 +195,13 @@ async def test_a_journal_of_the_previous_schema_upgrades_in_place(tmp_path: Path
     ]
     with sqlite3.connect(state / "journal.db") as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 8
+        # The page size of an existing journal stays; only a new journal gets the larger one.
+        assert connection.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+async def test_a_new_journal_has_large_pages(tmp_path: Path) -> None:
+    writer = await JournalWriter.open(tmp_path)
+    await writer.close()
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        assert connection.execute("PRAGMA page_size").fetchone()[0] == writer_module.PAGE_SIZE
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
