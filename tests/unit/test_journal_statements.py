@@ -117,9 +117,20 @@ async def test_bodies_split_over_several_statements_keep_their_bytes_and_origins
     writer = await JournalWriter.open(tmp_path)
     task = asyncio.create_task(writer.run())
     await writer.register_stream(CONFIGMAPS)
+    blobs: list[int] = []
+    execute = writer.connection.execute
+
+    def counting(sql: str, parameters: Any = None) -> Any:
+        if sql == writer_module.INSERT_EVENTS:
+            blobs.append(len(parameters[1]))
+        return execute(sql, parameters)
+
+    monkeypatch.setattr(writer.connection, "execute", counting)
     sent = [body(f"o{i}", 10 + i, f"u-{i}", note="é" * i) for i in range(40)]
     await writer.record_changes(CONFIGMAPS, [("ADDED", b) for b in sent], "50")
     task.cancel()
+    # Every body is 100-300 bytes: one statement holds a few, never more than the limit.
+    assert len(blobs) >= len(sent) // 4 and max(blobs) <= 400
     await writer.close()
     with sqlite3.connect(tmp_path / "journal.db") as connection:
         rows = connection.execute(
