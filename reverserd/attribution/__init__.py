@@ -3,7 +3,7 @@
 Three sources feed one resolver (:mod:`reverserd.attribution.resolver`):
 
 - **field managers** (always on): the watch event's own ``managedFields`` name the manager and
-  operation of the newest write (:mod:`reverserd.attribution.origin`);
+  operation of the newest write (:mod:`reverserd.journal.origin`);
 - **audit** (self-managed control planes): the API server's audit webhook backend posts the
   requests it served (:mod:`reverserd.attribution.facts`, :mod:`reverserd.attribution.webhooks`);
 - **admission** (managed clusters too): a validating webhook that never denies records who asked.

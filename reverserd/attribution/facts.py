@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reverserd.attribution.origin import digest, printable
+from reverserd.journal.origin import digest, printable
 from reverserd.journal.writer import is_secret
 
 # Requests of these verbs change objects; everything else is not a fact.

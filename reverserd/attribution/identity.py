@@ -13,7 +13,7 @@ import re
 
 import pygit2
 
-from reverserd.attribution.origin import printable
+from reverserd.journal.origin import printable
 
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 # Address domain for users that have none; `.invalid` can never be a real mailbox (RFC 2606).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from reverserd.attribution.origin import change_managers
 from reverserd.journal import EventKind
+from reverserd.journal.origin import newest_write
 from reverserd.targets.consumer import made_only_by
 
 FLUX = frozenset({"kustomize-controller"})
@@ -27,8 +27,8 @@ def test_the_managers_of_a_change_are_those_of_the_newest_entries_of_the_object(
             ]
         }
     }
-    assert change_managers(body) == ["helm", "kustomize-controller"]
-    assert change_managers({"metadata": {}}) == []
+    assert newest_write(body)[1] == ["helm", "kustomize-controller"]
+    assert newest_write({"metadata": {}})[1] == []
 
 
 def test_a_change_is_left_out_only_when_every_manager_of_it_is_excluded() -> None:

@@ -13,10 +13,10 @@ from prometheus_client import REGISTRY
 
 from reverserd.attribution.facts import Fact, admission_fact, audit_facts
 from reverserd.attribution.identity import author_of
-from reverserd.attribution.origin import digest, field_manager
 from reverserd.attribution.resolver import Resolver
 from reverserd.attribution.store import FactWriter, compact_facts, open_fact_connection
 from reverserd.journal import JournalEvent, JournalReader, JournalWriter, StreamSpec
+from reverserd.journal.origin import digest, newest_write
 from reverserd.kube.resources import ResourceType
 
 CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
@@ -95,19 +95,19 @@ def test_newest_field_manager_names_the_write() -> None:
             ]
         }
     }
-    assert field_manager(body) == "helm (Apply)"
-    assert field_manager({"metadata": {}}) is None
+    assert newest_write(body)[0] == "helm (Apply)"
+    assert newest_write({"metadata": {}})[0] is None
 
 
 def test_managers_at_the_same_second_are_all_named() -> None:
     when = "2026-01-01T00:00:01Z"
     body = {"metadata": {"managedFields": [entry("b", "Update", when), entry("a", "Apply", when)]}}
-    assert field_manager(body) == "a (Apply), b (Update)"
+    assert newest_write(body)[0] == "a (Apply), b (Update)"
 
 
 def test_manager_line_holds_no_control_character() -> None:
     body = {"metadata": {"managedFields": [entry("evil\nreverserd-seq: 9", "Update", "t")]}}
-    manager = field_manager(body)
+    manager = newest_write(body)[0]
     assert manager is not None and "\n" not in manager
 
 

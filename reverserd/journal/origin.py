@@ -2,7 +2,9 @@
 
 The journal drops ``managedFields`` before it stores a body (they are large and never reach
 Git), so everything attribution needs from them is extracted here, while the full object is at
-hand, and stored in ``event_origins`` next to the event.
+hand, and stored in ``event_origins`` next to the event. It is part of the journal (the
+writer calls it for every event); attribution reads its results from ``event_origins`` and uses
+:func:`digest` and :func:`printable` for the facts it receives.
 
 Field manager
     Each ``managedFields`` entry carries a manager, an operation and the time its fields last
@@ -31,20 +33,23 @@ MANAGER_CHARS = 200
 MAX_CHANGE_MANAGERS = 32
 
 
-def field_manager(body: dict[str, Any]) -> str | None:
-    """``manager (Operation)`` of the newest write to the object, or None when unknown."""
+def newest_write(body: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The newest write to the object, from one pass over its ``managedFields``.
+
+    First ``manager (Operation)`` of each entry sharing the newest time, as one printable line
+    shortened to :data:`MANAGER_CHARS` (None when unknown): what a commit names. Second the
+    names of those managers (empty when unknown): the managers this change touched, kept whole,
+    never shortened or rewritten, since they are compared with the names a GitTarget excludes.
+    """
     newest = _newest_writes(body)
     if not newest:
-        return None
-    named = ", ".join(f"{manager} ({operation})" for manager, operation in newest)
-    return printable(named[:MANAGER_CHARS])
-
-
-def change_managers(body: dict[str, Any]) -> list[str]:
-    """The names of the managers of the newest write to the object (empty when unknown): the
-    managers whose entries this change touched. Kept whole, never shortened or rewritten, since
-    they are compared with the names a GitTarget excludes."""
-    return sorted({manager for manager, _ in _newest_writes(body)})[:MAX_CHANGE_MANAGERS]
+        return None, []
+    if len(newest) == 1:  # nearly always: this runs for every journaled event
+        manager, operation = newest[0]
+        return printable(f"{manager} ({operation})"[:MANAGER_CHARS]), [manager]
+    named = ", ".join([f"{manager} ({operation})" for manager, operation in newest])
+    managers = sorted({manager for manager, _ in newest})[:MAX_CHANGE_MANAGERS]
+    return printable(named[:MANAGER_CHARS]), managers
 
 
 def _newest_writes(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -64,7 +69,7 @@ def _newest_writes(body: dict[str, Any]) -> list[tuple[str, str]]:
             newest_time, newest = when, [(manager, operation)]
         elif when == newest_time:
             newest.append((manager, operation))
-    return sorted(set(newest))
+    return newest if len(newest) == 1 else sorted(set(newest))
 
 
 def digest(body: dict[str, Any]) -> str:
