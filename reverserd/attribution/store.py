@@ -20,12 +20,16 @@ from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
 
 FACT_COLUMNS = (
     "source, operation, api_group, resource, namespace, name, uid, resource_version,"
-    " prior_resource_version, digest, username, groups, request_uid, received_at"
+    " prior_resource_version, digest, username, groups, request_uid, received_at,"
+    " origin, origin_id"
 )
 _INSERT = (
     f"INSERT INTO attribution_facts ({FACT_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A forwarded fact already stored (a retry whose answer was lost, a peer resending after its
+# restart) is stored once: the unique index on its origin and origin id ignores the repeat.
+_INSERT_FORWARDED = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 # How much earlier than its event a fact may have been received and still be needed: an
 # admission fact precedes its event by the request's duration, which the API server bounds
 # far below this.
@@ -53,8 +57,9 @@ class FactWriter:
     """Commits facts on ``connection``; requests that arrive during a commit share the next one.
 
     :meth:`record` returns once its facts are committed (or raises what the commit raised);
-    ``announce`` is then called with every fact of that commit and the number of older facts
-    the commit dropped to stay within :data:`FACTS_KEPT`.
+    ``announce`` is then called with every fact that commit stored (a forwarded fact stored
+    before is not stored again) and the number of older facts the commit dropped to stay
+    within :data:`FACTS_KEPT`.
     """
 
     def __init__(
@@ -84,7 +89,7 @@ class FactWriter:
                 batch, self._waiting = self._waiting, []
                 facts = [fact for group, _ in batch for fact in group]
                 try:
-                    dropped = await self._insert(facts)
+                    stored, dropped = await self._insert(facts)
                 except Exception as error:
                     for _, done in batch:
                         # A waiter cancelled meanwhile (shutdown) has no one to tell.
@@ -94,15 +99,23 @@ class FactWriter:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
-                self.announce(facts, dropped)
+                self.announce(stored, dropped)
         finally:
             self._writing = None
 
-    async def _insert(self, facts: Sequence[Fact]) -> int:
-        """Insert ``facts`` and drop the oldest beyond :attr:`kept`; returns how many were."""
+    async def _insert(self, facts: Sequence[Fact]) -> tuple[list[Fact], int]:
+        """Insert ``facts`` (a forwarded one only when not stored yet) and drop the oldest
+        beyond :attr:`kept`; returns the facts stored and how many were dropped."""
+        received = [fact for fact in facts if fact.origin is None]
+        stored = list(received)
         await self.connection.execute("BEGIN IMMEDIATE")
         try:
-            await self.connection.executemany(_INSERT, [fact.row() for fact in facts])
+            await self.connection.executemany(_INSERT, [fact.row() for fact in received])
+            for fact in facts:
+                if fact.origin is not None:
+                    inserted = await self.connection.execute(_INSERT_FORWARDED, fact.row())
+                    if inserted.rowcount > 0:
+                        stored.append(fact)
             # ids grow with every insert (AUTOINCREMENT), so the lowest are the oldest; the
             # primary key makes this a range delete, whatever the table's size.
             trimmed = await self.connection.execute(
@@ -114,7 +127,7 @@ class FactWriter:
         except BaseException:
             await self.connection.execute("ROLLBACK")
             raise
-        return max(trimmed.rowcount, 0)
+        return stored, max(trimmed.rowcount, 0)
 
 
 async def compact_facts(journal: JournalWriter) -> None:
