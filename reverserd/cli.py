@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         " signed with it and only facts signed with it are stored",
     )
     attribution.add_argument(
+        "--peer-ca",
+        type=Path,
+        help="sharded mode: the certificates trusted when forwarding facts to another replica,"
+        " e.g. the CA of the serving certificate every replica shares (default: the"
+        " --webhook-tls-cert file itself)",
+    )
+    attribution.add_argument(
         "--webhook-admission-client-name",
         default="",
         help="when set, /admission hears only a client certificate signed by"
@@ -494,6 +501,7 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         admission_client_name=arguments.webhook_admission_client_name or None,
         peer_address=peer_address,
         peer_secret_file=arguments.peer_secret_file if peer_address else None,
+        peer_ca=arguments.peer_ca,
     )
 
 

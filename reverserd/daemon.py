@@ -103,6 +103,8 @@ class AttributionOptions:
     # the group's secret that forwarded facts are signed with (reverserd.attribution.peers).
     peer_address: str = ""
     peer_secret_file: Path | None = None
+    # What a forwarding replica trusts of its peers' certificates (None: tls_cert itself).
+    peer_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ class Daemon:
                 forwarder_reader.connection,
                 options.replica_id,
                 read_secret(attribution.peer_secret_file),
-                peer_client_tls(attribution.tls_cert),
+                peer_client_tls(attribution.peer_ca or attribution.tls_cert),
                 self.shards.peers,
             )
         if attribution.sources:

@@ -37,9 +37,9 @@ Guarantees:
   are read at once, so a client without the secret costs a bounded amount of memory and one
   HMAC per megabyte, and stores nothing; with the secret, the facts table's bound holds.
 - **Confidential in transit.** Facts name users and objects. The sender speaks TLS and trusts
-  only the certificate this replica serves itself (``--webhook-tls-cert``: every replica of a
-  group serves the same one), so an address advertised by someone else who can write Leases
-  receives nothing.
+  only ``--peer-ca`` (the CA of the serving certificate every replica of a group shares; by
+  default the certificate this replica serves itself), so an address advertised by someone
+  else who can write Leases receives nothing.
 """
 
 from __future__ import annotations
@@ -132,10 +132,11 @@ def signed_headers(secret: bytes, body: bytes, now: float | None = None) -> dict
     }
 
 
-def peer_client_tls(cert: Path) -> ssl.SSLContext:
-    """Trusts exactly the certificates in ``cert`` (the one every replica serves), whatever
-    address it is reached at: peers are reached by pod address, which no certificate names."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+def peer_client_tls(trusted: Path) -> ssl.SSLContext:
+    """Trusts only the certificates in ``trusted`` (``--peer-ca``: the CA of the serving
+    certificate every replica shares, or that certificate itself), whatever address a peer is
+    reached at: peers are reached by pod address, which no certificate names."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(trusted))
     context.check_hostname = False
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context

@@ -110,6 +110,9 @@ def sharded_pair(
                 *webhook_arguments(plane, "admission", port),
                 f"--peer-address=127.0.0.1:{port}",
                 f"--peer-secret-file={secret}",
+                # As the chart does, one trusts the CA of the shared serving certificate; the
+                # other, by default, that certificate itself.
+                *([f"--peer-ca={plane.pki / 'ca.crt'}"] if name == "replica-a" else []),
                 f"--attribution-grace={GRACE_S}",
                 f"--shards={BUCKETS}",
                 f"--replica-id={name}",
@@ -308,7 +311,6 @@ def test_a_fact_received_by_one_replica_names_the_user_in_the_owners_commit_and_
             "stale": post(port, body, stale),
             "oversized": announced_length_status(port, MAX_PEER_BODY_BYTES + 1),
         }
-        assert refused == {"unsigned": 401, "wrong secret": 401, "stale": 401, "oversized": 413}
         # A genuine forward (the group's secret), stored once; sent again it is refused.
         genuine = orjson.dumps(
             {
@@ -325,12 +327,14 @@ def test_a_fact_received_by_one_replica_names_the_user_in_the_owners_commit_and_
         assert query_journal(
             owner, "SELECT COUNT(*) FROM attribution_facts WHERE username = 'carol@example.com'"
         ) == [(1,)]
+        # The forged fact matched the change exactly: stored, it would have named the forger.
         committed = wait_commit(remote, group, group.branch, subject("UPDATE", namespace, "quiet"))
         assert body_fields(committed.message).get("user") == "unresolved", committed
         assert committed.author_name == group.owner
         assert query_journal(
             owner, "SELECT COUNT(*) FROM attribution_facts WHERE username = ?", (FORGER,)
         ) == [(0,)]
+        assert refused == {"unsigned": 401, "wrong secret": 401, "stale": 401, "oversized": 413}
 
 
 def forwards_failed(daemon: Reverserd) -> float:
