@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import ssl
 import time
@@ -48,6 +49,10 @@ SECRET = b"a-peer-secret-shared-by-the-group-of-this-test"
 # Changes of this label are never sent to the webhook: only a forged fact could attribute them.
 UNWATCHED = "unwatched"
 COMMITTED_TIMEOUT_S = 120.0
+# The webhook answers from its own process, whatever its daemon does (the timeout is 2 s).
+ANSWER_WITHOUT_THE_DAEMON_S = 2.0
+# How long the forwarding replica stays frozen: longer than the push interval (1 s).
+FORWARDING_FROZEN_S = 4.0
 
 
 @dataclass
@@ -346,21 +351,52 @@ def forwards_failed(daemon: Reverserd) -> float:
     )
 
 
-def test_a_fact_forwarded_while_the_owner_is_down_reaches_it_when_it_returns(
+def test_a_fact_forwarded_late_or_while_the_owner_is_down_still_names_the_user(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
     with sharded_pair(control_plane, namespace, remote, tmp_path) as group:
         owner = group.daemons[group.owner]
         receiver = group.daemons[group.receiver]
-        as_user(control_plane, "create", "configmap", "app", "-n", namespace, "--from-literal=v=1")
+        assert owner.process is not None and receiver.process is not None
+        for name in ("early", "late"):
+            as_user(
+                control_plane, "create", "configmap", name, "-n", namespace, "--from-literal=v=1"
+            )
+            assert_by(
+                wait_commit(remote, group, group.branch, subject("CREATE", namespace, name)),
+                USER,
+                group.owner,
+            )
+
+        # The receiver's daemon, which forwards, is frozen; its webhook process still answers
+        # (and journals the fact) at once, and the owner's commit waits for the late fact.
+        receiver.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            as_user(control_plane, "patch", "configmap", "early", "-n", namespace, "-p",
+                    '{"data": {"v": "2"}}')  # fmt: skip
+            assert time.monotonic() - started < ANSWER_WITHOUT_THE_DAEMON_S
+            wait_until(
+                lambda: query_journal(
+                    owner, "SELECT 1 FROM events WHERE name = 'early' AND kind = 'UPDATE'"
+                ),
+                30,
+                group.describe,
+            )
+            # Longer than the push interval: a commit that did not wait would be pushed.
+            time.sleep(FORWARDING_FROZEN_S)
+            assert commit_of(remote, group.branch, subject("UPDATE", namespace, "early")) is None
+        finally:
+            receiver.process.send_signal(signal.SIGCONT)
         assert_by(
-            wait_commit(remote, group, group.branch, subject("CREATE", namespace, "app")),
+            wait_commit(remote, group, group.branch, subject("UPDATE", namespace, "early")),
             USER,
             group.owner,
         )
+
         owner.kill()
         failed_before = forwards_failed(receiver)
-        as_user(control_plane, "patch", "configmap", "app", "-n", namespace, "-p",
+        as_user(control_plane, "patch", "configmap", "late", "-n", namespace, "-p",
                 '{"data": {"v": "2"}}')  # fmt: skip
         # The receiver tried to forward the fact to the owner, which was down.
         wait_until(lambda: forwards_failed(receiver) > failed_before, 30, group.describe)
@@ -368,7 +404,7 @@ def test_a_fact_forwarded_while_the_owner_is_down_reaches_it_when_it_returns(
         # The owner, back with its state dir and its bucket (its Lease had not expired), gets
         # the fact from the receiver's retry and names the user in its own commit.
         assert_by(
-            wait_commit(remote, group, group.branch, subject("UPDATE", namespace, "app")),
+            wait_commit(remote, group, group.branch, subject("UPDATE", namespace, "late")),
             USER,
             group.owner,
         )
