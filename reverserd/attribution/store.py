@@ -2,8 +2,10 @@
 
 Facts are written by the webhook process (:mod:`reverserd.attribution.webhook_process`) on a
 connection of its own, in group commits: a fact a webhook acknowledged is committed, and a
-restart between the fact and its watch event loses nothing. The daemon's journal writer stays
-the only writer of everything else, and removes facts no event can need any more.
+restart between the fact and its watch event loses nothing. The same writer stores the facts
+the other replicas of a sharded group forward (:mod:`reverserd.attribution.peers`), each once
+however often it is sent. The daemon's journal writer stays the only writer of everything
+else, and removes facts no event can need any more.
 """
 
 from __future__ import annotations
