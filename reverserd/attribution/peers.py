@@ -33,9 +33,10 @@ Guarantees:
   bytes). A request whose time is more than :data:`CLOCK_SKEW_S` away from the receiver's
   clock is refused, and so is one whose signature was seen within that window (a replay); a
   replay after the receiver restarted stores nothing, the facts being unique. Bodies over
-  :data:`MAX_PEER_BODY_BYTES` are refused unread and at most :data:`PEER_IN_FLIGHT` requests
-  are read at once, so a client without the secret costs a bounded amount of memory and one
-  HMAC per megabyte, and stores nothing; with the secret, the facts table's bound holds.
+  :data:`MAX_PEER_BODY_BYTES` are refused, never read further, and at most
+  :data:`PEER_IN_FLIGHT` requests are read at once, so a client without the secret costs a
+  bounded amount of memory and one HMAC per megabyte, and stores nothing; with the secret,
+  the facts table's bound holds.
 - **Confidential in transit.** Facts name users and objects. The sender speaks TLS and trusts
   only ``--peer-ca`` (the CA of the serving certificate every replica of a group shares; by
   default the certificate this replica serves itself), so an address advertised by someone

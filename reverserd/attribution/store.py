@@ -109,15 +109,13 @@ class FactWriter:
         """Insert ``facts`` (a forwarded one only when not stored yet) and drop the oldest
         beyond :attr:`kept`; returns the facts stored and how many were dropped."""
         received = [fact for fact in facts if fact.origin is None]
+        forwarded = [fact for fact in facts if fact.origin is not None]
         stored = list(received)
         await self.connection.execute("BEGIN IMMEDIATE")
         try:
             await self.connection.executemany(_INSERT, [fact.row() for fact in received])
-            for fact in facts:
-                if fact.origin is not None:
-                    inserted = await self.connection.execute(_INSERT_FORWARDED, fact.row())
-                    if inserted.rowcount > 0:
-                        stored.append(fact)
+            if forwarded:
+                stored += await self._insert_forwarded(forwarded)
             # ids grow with every insert (AUTOINCREMENT), so the lowest are the oldest; the
             # primary key makes this a range delete, whatever the table's size.
             trimmed = await self.connection.execute(
@@ -130,6 +128,24 @@ class FactWriter:
             await self.connection.execute("ROLLBACK")
             raise
         return stored, max(trimmed.rowcount, 0)
+
+    async def _insert_forwarded(self, facts: Sequence[Fact]) -> list[Fact]:
+        """Insert forwarded ``facts`` not stored yet, inside the caller's transaction; returns
+        those it stored. This connection is the table's only inserter and ids only grow, so
+        the rows above the highest id before are exactly this insert's."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT COALESCE(MAX(id), 0) FROM attribution_facts"
+        )
+        (highest,) = next(iter(rows))
+        await self.connection.executemany(_INSERT_FORWARDED, [fact.row() for fact in facts])
+        new = set(
+            await self.connection.execute_fetchall(
+                "SELECT origin, origin_id, received_at FROM attribution_facts"
+                " WHERE id > ? AND origin IS NOT NULL",
+                (highest,),
+            )
+        )
+        return [fact for fact in facts if (fact.origin, fact.origin_id, fact.received_at) in new]
 
 
 async def compact_facts(journal: JournalWriter) -> None:

@@ -39,11 +39,16 @@ def forward(origin: str, *usernames: str) -> bytes:
     return orjson.dumps({"origin": origin, "facts": rows})
 
 
+# Users of the facts the receiving writer announced as stored, in order.
+ANNOUNCED: list[str] = []
+
+
 @pytest.fixture
 async def peer(tmp_path: Path) -> AsyncIterator[tuple[TestClient[object, object], Path]]:
     journal = await JournalWriter.open(tmp_path)
     connection = await open_fact_connection(tmp_path)
-    writer = FactWriter(connection, lambda facts, dropped: None)
+    ANNOUNCED.clear()
+    writer = FactWriter(connection, lambda facts, _: ANNOUNCED.extend(f.username for f in facts))
     app = build_webhook_app(writer.record, ["admission"], peer_secret=SECRET)
     client: TestClient[object, object] = TestClient(TestServer(app))
     await client.start_server()
@@ -81,6 +86,8 @@ async def test_a_signed_forward_is_stored_once_and_its_replay_refused(
     retry = await client.post(PEER_PATH, data=body, headers=signed_headers(SECRET, body))
     assert retry.status == 200
     assert len(await stored(state)) == 2
+    # Only what was stored is announced: the resolver and the metrics count each fact once.
+    assert ANNOUNCED == ["jane", "joe"]
 
 
 async def test_forged_stale_and_oversized_forwards_store_nothing(
