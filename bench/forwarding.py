@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
 
 async def _measure(args: argparse.Namespace, work: Path, result: Result) -> None:
     from reverserd.attribution.facts import Fact
-    from reverserd.attribution.peers import FactForwarder, peer_client_tls
+    from reverserd.attribution.peers import FactForwarder, peer_client_tls, peer_server_name
     from reverserd.attribution.store import FactWriter, open_fact_connection
     from reverserd.attribution.webhook_process import LINE_LIMIT, READY, WebhookSettings
     from reverserd.journal import JournalReader, JournalWriter
@@ -70,7 +70,7 @@ async def _measure(args: argparse.Namespace, work: Path, result: Result) -> None
     settings = WebhookSettings(
         str(receiver), f"127.0.0.1:{port}", ("admission",), str(pki / "webhook.crt"),
         str(pki / "webhook.key"), None, "kube-apiserver-audit", None, "json", "WARNING",
-        str(secret),
+        str(secret), "bench-receiver",
     )  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -104,6 +104,7 @@ async def _measure(args: argparse.Namespace, work: Path, result: Result) -> None
         "bench-sender",
         secret.read_bytes(),
         peer_client_tls(pki / "ca.crt"),
+        peer_server_name(pki / "webhook.crt"),
         lambda: {"bench-receiver": f"127.0.0.1:{port}"},
     )
     writer = FactWriter(connection, lambda facts, dropped: forwarder.wake())

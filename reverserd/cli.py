@@ -20,6 +20,7 @@ import yaml
 from reverserd import __version__, logs
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
 from reverserd.attribution.peers import MIN_SECRET_BYTES, read_secret
+from reverserd.attribution.peers import peer_server_name as peer_server_name_of
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
 from reverserd.config.pins import parse_pins
@@ -256,9 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     attribution.add_argument(
         "--peer-ca",
         type=Path,
-        help="sharded mode: the certificates trusted when forwarding facts to another replica,"
-        " e.g. the CA of the serving certificate every replica shares (default: the"
-        " --webhook-tls-cert file itself)",
+        help="sharded mode: the root certificates trusted when forwarding facts to another"
+        " replica, e.g. the CA of the serving certificate every replica shares (default: the"
+        " --webhook-tls-cert file, which must then hold its chain up to a self-signed root)",
+    )
+    attribution.add_argument(
+        "--peer-server-name",
+        default=os.environ.get("REVERSERD_PEER_SERVER_NAME", ""),
+        help="sharded mode: the name a replica's certificate must carry to be sent facts"
+        " (default: the first DNS name, else IP address, of the --webhook-tls-cert certificate,"
+        " which every replica shares; the chart's names the webhook Service)",
     )
     attribution.add_argument(
         "--webhook-admission-client-name",
@@ -480,7 +488,7 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         raise SystemExit("reverserd: --webhook-audit-client-name must not be empty")
     if arguments.attribution_grace < 0:
         raise SystemExit("reverserd: --attribution-grace must not be negative")
-    peer_address = ""
+    peer_address = peer_server_name = ""
     if sources and arguments.shards:
         if arguments.peer_secret_file is None:
             raise SystemExit("reverserd: --attribution with --shards needs --peer-secret-file")
@@ -489,6 +497,12 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         except (OSError, ValueError) as error:
             raise SystemExit(f"reverserd: --peer-secret-file: {error}") from None
         peer_address = arguments.peer_address or _own_peer_address(arguments.webhook_listen)
+        peer_server_name = arguments.peer_server_name
+        if not peer_server_name and arguments.webhook_tls_cert is not None:
+            try:
+                peer_server_name = peer_server_name_of(arguments.webhook_tls_cert)
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"reverserd: --peer-server-name: {error}") from None
     return AttributionOptions(
         sources=sources,
         grace_s=arguments.attribution_grace,
@@ -502,6 +516,7 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         peer_address=peer_address,
         peer_secret_file=arguments.peer_secret_file if peer_address else None,
         peer_ca=arguments.peer_ca,
+        peer_server_name=peer_server_name,
     )
 
 

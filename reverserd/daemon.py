@@ -105,6 +105,8 @@ class AttributionOptions:
     peer_secret_file: Path | None = None
     # What a forwarding replica trusts of its peers' certificates (None: tls_cert itself).
     peer_ca: Path | None = None
+    # The name every peer's certificate must carry (reverserd.attribution.peers).
+    peer_server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -244,12 +246,14 @@ class Daemon:
         forwarder_reader = None
         if attribution.sources and self.shards is not None:
             assert attribution.peer_secret_file is not None and attribution.tls_cert is not None
+            assert attribution.peer_server_name
             forwarder_reader = await JournalReader.open(options.state_dir)
             forwarder = FactForwarder(
                 forwarder_reader.connection,
                 options.replica_id,
                 read_secret(attribution.peer_secret_file),
                 peer_client_tls(attribution.peer_ca or attribution.tls_cert),
+                attribution.peer_server_name,
                 self.shards.peers,
             )
         if attribution.sources:
@@ -267,6 +271,7 @@ class Daemon:
                     options.log_format,
                     options.log_level,
                     str(attribution.peer_secret_file) if forwarder is not None else None,
+                    options.replica_id,
                 ),
                 resolver,
                 forwarder.wake if forwarder is not None else None,

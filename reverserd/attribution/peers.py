@@ -63,6 +63,7 @@ import aiohttp
 import aiosqlite
 import orjson
 from aiohttp import web
+from cryptography import x509
 
 from reverserd.attribution.facts import AUDIT_VERBS, SUBDOMAIN_CHARS, Fact
 from reverserd.attribution.store import FACT_LEAD_S
@@ -74,12 +75,17 @@ PEER_PATH = "/peer/facts"
 TIME_HEADER = "X-Reverserd-Peer-Time"
 NONCE_HEADER = "X-Reverserd-Peer-Nonce"
 SIGNATURE_HEADER = "X-Reverserd-Peer-Signature"
+# The replica identity the sender meant the forward for: signed, and refused by any other.
+RECIPIENT_HEADER = "X-Reverserd-Peer-Recipient"
 # A shorter secret could be guessed; 32 bytes is what ``head -c 32 /dev/urandom`` gives.
 MIN_SECRET_BYTES = 32
 # Facts per request: each is at most about 3.5 KiB (every field at its Kubernetes limit), so a
 # request stays below MAX_PEER_BODY_BYTES; real facts are a few hundred bytes.
 FACTS_PER_FORWARD = 200
 MAX_PEER_BODY_BYTES = 2**20
+# A body not read within this long is refused (408): a client dripping it slowly would hold
+# one of the PEER_IN_FLIGHT slots; a genuine sender's megabyte takes milliseconds.
+PEER_READ_TIMEOUT_S = 5.0
 # Requests read at once; more wait unread. A genuine sender has one request in flight.
 PEER_IN_FLIGHT = 4
 # How far the sender's clock may be from the receiver's (pods on NTP-synchronized nodes are
@@ -109,38 +115,59 @@ _FACT_FIELDS = (
 
 
 def read_secret(path: Path) -> bytes:
-    """The group's peer secret; raises ValueError when it is too short to be one."""
-    secret = path.read_bytes().strip()
+    """The group's peer secret: the file's bytes without one trailing newline (random bytes may
+    begin or end with whitespace, which is part of the secret); raises ValueError when it is
+    too short to be one."""
+    secret = path.read_bytes().removesuffix(b"\n")
     if len(secret) < MIN_SECRET_BYTES:
         raise ValueError(f"{path}: a peer secret has at least {MIN_SECRET_BYTES} bytes")
     return secret
 
 
-def signature(secret: bytes, stamp: str, nonce: str, body: bytes) -> str:
-    """HMAC-SHA256 of a request's time, nonce and body under the group's secret."""
-    message = stamp.encode() + b"\n" + nonce.encode() + b"\n" + body
+def signature(secret: bytes, stamp: str, nonce: str, recipient: str, body: bytes) -> str:
+    """HMAC-SHA256 of a request's time, nonce, recipient and body under the group's secret.
+    Every header is ASCII (the receiver refuses others before it computes this)."""
+    message = b"\n".join((stamp.encode(), nonce.encode(), recipient.encode(), body))
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def signed_headers(secret: bytes, body: bytes, now: float | None = None) -> dict[str, str]:
+def signed_headers(
+    secret: bytes, recipient: str, body: bytes, now: float | None = None
+) -> dict[str, str]:
+    """Headers of a forward of ``body`` meant for the replica ``recipient`` only."""
     stamp = f"{time.time() if now is None else now:.6f}"
     nonce = os.urandom(16).hex()
     return {
         TIME_HEADER: stamp,
         NONCE_HEADER: nonce,
-        SIGNATURE_HEADER: signature(secret, stamp, nonce, body),
+        RECIPIENT_HEADER: recipient,
+        SIGNATURE_HEADER: signature(secret, stamp, nonce, recipient, body),
         "Content-Type": "application/json",
     }
 
 
 def peer_client_tls(trusted: Path) -> ssl.SSLContext:
-    """Trusts only the certificates in ``trusted`` (``--peer-ca``: the CA of the serving
-    certificate every replica shares, or that certificate itself), whatever address a peer is
-    reached at: peers are reached by pod address, which no certificate names."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(trusted))
-    context.check_hostname = False
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context
+    """Trusts only chains to a root in ``trusted`` (``--peer-ca``: the CA of the serving
+    certificate every replica shares, or that certificate's file with its root); the host name
+    checked is the one the shared certificate names (:func:`peer_server_name`), given on every
+    send since peers are reached by pod address. No partial chains: an intermediate in
+    ``trusted`` is no trust anchor, so another certificate it issued is not accepted."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(trusted))
+
+
+def peer_server_name(certificate: Path) -> str:
+    """The name a peer's certificate must carry: the first DNS name (else IP address) of the
+    serving certificate this replica shares with its group (the chart's names the webhook
+    Service first); raises ValueError when it names none."""
+    leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    dns, ips = names.get_values_for_type(x509.DNSName), names.get_values_for_type(x509.IPAddress)
+    for name in (*dns, *ips):
+        return str(name)
+    raise ValueError(f"{certificate}: the certificate names no DNS name or IP address")
 
 
 class _Signatures:
@@ -205,27 +232,37 @@ def forwarded_facts(payload: Any) -> list[Fact] | None:
 
 
 def peer_handler(
-    record: Callable[[Sequence[Fact]], Awaitable[None]], secret: bytes
+    record: Callable[[Sequence[Fact]], Awaitable[None]], secret: bytes, replica: str
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """``POST /peer/facts``: stores the facts of a signed forward from a replica of the group."""
+    """``POST /peer/facts``: stores the facts of a signed forward from a replica of the group,
+    meant for this one (``replica``: its identity)."""
     slots = asyncio.Semaphore(PEER_IN_FLIGHT)
     seen = _Signatures()
 
     async def forwarded(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_PEER_BODY_BYTES:
             return web.Response(status=413, text="body too large\n")
+        stamp = request.headers.get(TIME_HEADER, "")
+        nonce = request.headers.get(NONCE_HEADER, "")
+        recipient = request.headers.get(RECIPIENT_HEADER, "")
+        sig = request.headers.get(SIGNATURE_HEADER, "")
+        if not all(value.isascii() for value in (stamp, nonce, recipient, sig)):
+            return web.Response(status=400, text="peer headers are ASCII\n")
         async with slots:
             body = bytearray()
-            async for chunk in request.content.iter_chunked(2**16):
-                body += chunk
-                if len(body) > MAX_PEER_BODY_BYTES:
-                    return web.Response(status=413, text="body too large\n")
-            stamp = request.headers.get(TIME_HEADER, "")
-            nonce = request.headers.get(NONCE_HEADER, "")
-            sig = request.headers.get(SIGNATURE_HEADER, "")
-            expected = signature(secret, stamp, nonce, bytes(body))
+            try:
+                async with asyncio.timeout(PEER_READ_TIMEOUT_S):
+                    async for chunk in request.content.iter_chunked(2**16):
+                        body += chunk
+                        if len(body) > MAX_PEER_BODY_BYTES:
+                            return web.Response(status=413, text="body too large\n")
+            except TimeoutError:
+                return web.Response(status=408, text="body not sent in time\n")
+            expected = signature(secret, stamp, nonce, recipient, bytes(body))
             if not hmac.compare_digest(sig.encode(), expected.encode()):
                 return web.Response(status=401, text="not signed with the group's secret\n")
+            if recipient != replica:
+                return web.Response(status=421, text="meant for another replica\n")
             now = time.time()
             try:
                 sent = float(stamp)
@@ -272,13 +309,19 @@ class FactForwarder:
         replica: str,
         secret: bytes,
         tls: ssl.SSLContext,
+        server_name: str,
         peers: Callable[[], Mapping[str, str]],
     ) -> None:
+        """``server_name``: the name every peer's certificate must carry
+        (:func:`peer_server_name`)."""
         self.connection = connection
         self.replica = replica
         self.secret = secret
         self.tls = tls
+        self.server_name = server_name
         self.peers = peers
+        # Per peer: why it last refused our forwards (logged once per peer and reason).
+        self._refused: dict[str, str] = {}
         # Per peer: the id of the last fact it acknowledged.
         self.acknowledged: dict[str, int] = {}
         self._backoff: dict[str, float] = {}
@@ -336,30 +379,56 @@ class FactForwarder:
             while len(body) > MAX_PEER_BODY_BYTES and len(rows) > 1:
                 rows = rows[: len(rows) // 2]
                 body = orjson.dumps({"origin": self.replica, "facts": rows})
+            refusal = ""
             try:
                 async with session.post(
-                    peer_url(address), data=body, headers=signed_headers(self.secret, body)
+                    peer_url(address),
+                    data=body,
+                    headers=signed_headers(self.secret, replica, body),
+                    server_hostname=self.server_name,
                 ) as response:
-                    await response.read()
-                    if response.status != 200:
+                    answer = await response.read()
+                    if 400 <= response.status < 500:
+                        # Not a network fault: the peer will refuse it again until a secret,
+                        # clock or advertised address is put right.
+                        refusal = f"{response.status} {answer[:200].decode(errors='replace')}"
+                    elif response.status != 200:
                         raise aiohttp.ClientResponseError(
                             response.request_info, (), status=response.status
                         )
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
                 ATTRIBUTION_FORWARDS.labels(outcome="failed").inc(len(rows))
-                backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, 2 * self._backoff.get(replica, 0.0)))
-                self._backoff[replica] = backoff
-                self._retry_at[replica] = time.monotonic() + backoff
-                log.warning(
-                    "facts not forwarded; sent again in %.2f s: %s",
-                    backoff,
-                    error,
-                    extra={"peer": replica, "address": address},
-                )
+                self._retry_later(replica, address, f"facts not forwarded: {error}")
+                return
+            if refusal:
+                ATTRIBUTION_FORWARDS.labels(outcome="refused").inc(len(rows))
+                if self._refused.get(replica) != refusal:
+                    self._refused[replica] = refusal
+                    log.error(
+                        "the peer refused our forwards (a different peer secret, a clock"
+                        " far off, or an address another replica now has): %s",
+                        refusal.strip(),
+                        extra={"peer": replica, "address": address},
+                    )
+                self._retry_later(replica, address, "")
                 return
             ATTRIBUTION_FORWARDS.labels(outcome="delivered").inc(len(rows))
             self.acknowledged[replica] = rows[-1][0]
             self._backoff.pop(replica, None)
+            self._refused.pop(replica, None)
+
+    def _retry_later(self, replica: str, address: str, warning: str) -> None:
+        """Back off before the next send to ``replica``, logging ``warning`` if any."""
+        backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, 2 * self._backoff.get(replica, 0.0)))
+        self._backoff[replica] = backoff
+        self._retry_at[replica] = time.monotonic() + backoff
+        if warning:
+            log.warning(
+                "%s; sent again in %.2f s",
+                warning,
+                backoff,
+                extra={"peer": replica, "address": address},
+            )
 
     async def _unsent(self, after: int) -> list[list[Any]]:
         rows = await self.connection.execute_fetchall(

@@ -88,6 +88,8 @@ class WebhookSettings:
     log_level: str
     # Sharded mode: the file holding the group's secret, which forwarded facts are signed with.
     peer_secret_file: str | None = None
+    # Sharded mode: this replica's identity, the only recipient of forwards it stores.
+    replica_id: str = ""
 
 
 class WebhookProcess:
@@ -267,6 +269,7 @@ async def _serve(settings: WebhookSettings) -> None:
                 settings.audit_client_name,
                 settings.admission_client_name,
                 read_secret(Path(settings.peer_secret_file)) if settings.peer_secret_file else None,
+                settings.replica_id,
             ),
             settings.listen,
             tls,

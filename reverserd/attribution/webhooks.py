@@ -84,17 +84,19 @@ def build_webhook_app(
     audit_client: str = DEFAULT_AUDIT_CLIENT_NAME,
     admission_client: str | None = None,
     peer_secret: bytes | None = None,
+    replica: str = "",
 ) -> web.Application:
     """``audit_client``: the subject /audit requires; ``admission_client``: the one /admission
     requires, None for any caller; ``peer_secret``: the sharded group's secret, which
-    /peer/facts requires of the facts other replicas forward (None: no such path)."""
+    /peer/facts requires of the facts other replicas forward to ``replica``, this one's
+    identity (None: no such path)."""
     app = web.Application(client_max_size=MAX_AUDIT_BODY_BYTES)
     if "audit" in sources:
         app.router.add_post("/audit", _audit_handler(record, audit_client))
     if "admission" in sources:
         app.router.add_post("/admission", _admission_handler(record, admission_client))
     if peer_secret is not None:
-        app.router.add_post(PEER_PATH, peer_handler(record, peer_secret))
+        app.router.add_post(PEER_PATH, peer_handler(record, peer_secret, replica))
     return app
 
 

@@ -298,7 +298,10 @@ class ShardCoordinator:
                 holder = lease_holder(record)
                 live.append(holder)
                 annotations = record["metadata"].get("annotations") or {}
-                if annotations.get(PEER_ADDRESS_ANNOTATION):
+                # Only a replica's own membership Lease says where it is: one naming another
+                # holder (or us) would send that replica's facts elsewhere.
+                own = name == prefix + holder and holder != self.replica
+                if own and annotations.get(PEER_ADDRESS_ANNOTATION):
                     addresses[holder] = str(annotations[PEER_ADDRESS_ANNOTATION])
                 if _bucket_count(record) != self.settings.buckets:
                     self._disagreeing.add(holder)

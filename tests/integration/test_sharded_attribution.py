@@ -95,6 +95,11 @@ def sharded_pair(
     replica that does not own the first branch; everything stopped and removed at the end."""
     secret = tmp_path / "peer-secret"
     secret.write_bytes(SECRET)
+    # The serving certificate with its root, as --peer-ca's default needs it.
+    chain = tmp_path / "webhook-chain.crt"
+    chain.write_bytes(
+        (plane.pki / "webhook.crt").read_bytes() + (plane.pki / "ca.crt").read_bytes()
+    )
     on = branches(remote)
     manifests: list[dict[str, object]] = [
         git_provider(
@@ -116,8 +121,12 @@ def sharded_pair(
                 f"--peer-address=127.0.0.1:{port}",
                 f"--peer-secret-file={secret}",
                 # As the chart does, one trusts the CA of the shared serving certificate; the
-                # other, by default, that certificate itself.
-                *([f"--peer-ca={plane.pki / 'ca.crt'}"] if name == "replica-a" else []),
+                # other, by default, the root in its certificate file.
+                *(
+                    [f"--peer-ca={plane.pki / 'ca.crt'}"]
+                    if name == "replica-a"
+                    else [f"--webhook-tls-cert={chain}"]
+                ),
                 f"--attribution-grace={GRACE_S}",
                 f"--shards={BUCKETS}",
                 f"--replica-id={name}",
@@ -309,10 +318,12 @@ def test_a_fact_received_by_one_replica_names_the_user_in_the_owners_commit_and_
         # Within the grace window the owner waits for a forwarded fact of this change.
         port = group.webhook_ports[group.owner]
         body = forged_forward(owner, namespace, "quiet", FORGER)
-        stale = signed_headers(SECRET, body, time.time() - 600)
+        stale = signed_headers(SECRET, group.owner, body, time.time() - 600)
         refused = {
             "unsigned": post(port, body, {"Content-Type": "application/json"}),
-            "wrong secret": post(port, body, signed_headers(b"w" * 48, body)),
+            "wrong secret": post(port, body, signed_headers(b"w" * 48, group.owner, body)),
+            # Signed for the other replica (a forward to it, replayed here): not for this one.
+            "another recipient": post(port, body, signed_headers(SECRET, group.receiver, body)),
             "stale": post(port, body, stale),
             "oversized": announced_length_status(port, MAX_PEER_BODY_BYTES + 1),
         }
@@ -326,7 +337,7 @@ def test_a_fact_received_by_one_replica_names_the_user_in_the_owners_commit_and_
                 ],
             }
         )  # fmt: skip
-        headers = signed_headers(SECRET, genuine)
+        headers = signed_headers(SECRET, group.owner, genuine)
         assert post(port, genuine, headers) == 200
         assert post(port, genuine, headers) == 409
         assert query_journal(
@@ -339,7 +350,13 @@ def test_a_fact_received_by_one_replica_names_the_user_in_the_owners_commit_and_
         assert query_journal(
             owner, "SELECT COUNT(*) FROM attribution_facts WHERE username = ?", (FORGER,)
         ) == [(0,)]
-        assert refused == {"unsigned": 401, "wrong secret": 401, "stale": 401, "oversized": 413}
+        assert refused == {
+            "unsigned": 401,
+            "wrong secret": 401,
+            "another recipient": 421,
+            "stale": 401,
+            "oversized": 413,
+        }
 
 
 def forwards_failed(daemon: Reverserd) -> float:

@@ -10,6 +10,7 @@ import pytest
 from reverserd.cli import ENV_PREFIX, _attribution_options, _drift_interval, build_parser
 from reverserd.kube.client import kubeconfig_path
 from reverserd.targets.drift import MIN_DRIFT_INTERVAL_S
+from testbed.controlplane import make_pki
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -178,8 +179,11 @@ def test_gitops_reverser_flags_are_refused_not_ignored(flag: str) -> None:
 
 
 def sharded_attribution(tmp_path: Path, *more: str) -> argparse.Namespace:
-    cert = tmp_path / "tls.crt"
-    cert.touch()
+    """``run`` arguments of a sharded replica with attribution, serving the test bed's webhook
+    certificate (its names: IP 127.0.0.1, DNS localhost, DNS kubernetes.default.svc)."""
+    if not (tmp_path / "webhook.crt").exists():
+        make_pki(tmp_path)
+    cert = tmp_path / "webhook.crt"
     return build_parser().parse_args(
         [
             "run", "--shards=4", "--attribution=admission", f"--webhook-tls-cert={cert}",
@@ -203,6 +207,12 @@ def test_sharded_attribution_needs_a_peer_secret_of_at_least_32_bytes(
     options = _attribution_options(sharded_attribution(tmp_path, f"--peer-secret-file={secret}"))
     assert options.peer_address == "10.1.2.3:9443"
     assert options.peer_secret_file == secret
+    # A peer must present a certificate for the first DNS name the shared one carries.
+    assert options.peer_server_name == "localhost"
+    named = sharded_attribution(
+        tmp_path, f"--peer-secret-file={secret}", "--peer-server-name=r.ops.svc"
+    )
+    assert _attribution_options(named).peer_server_name == "r.ops.svc"
 
 
 def test_the_peer_address_is_the_pod_ip_else_the_webhook_host_else_refused(
