@@ -1,17 +1,29 @@
 """``POST /peer/facts`` stores only facts signed with the group's secret, once, and refuses
-replays, stale signatures and oversized bodies. A real journal database and a real HTTP server
-(the webhook app as the webhook process serves it), no TLS: the endpoint's own checks."""
+replays, stale signatures, forwards meant for another replica, hostile headers, slow and
+oversized bodies; a forwarder sends facts only to a peer whose certificate carries the shared
+name under a trusted root, and counts and logs a peer's refusal. Real journal databases and
+real HTTP servers (the webhook app as the webhook process serves it; over TLS for the
+forwarder)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
 
 from reverserd.attribution import peers
 from reverserd.attribution.facts import Fact
@@ -23,13 +35,15 @@ from reverserd.attribution.peers import (
     RECIPIENT_HEADER,
     SIGNATURE_HEADER,
     TIME_HEADER,
+    FactForwarder,
     forwarded_facts,
+    peer_client_tls,
     read_secret,
     signed_headers,
 )
 from reverserd.attribution.store import FactWriter, open_fact_connection
 from reverserd.attribution.webhooks import build_webhook_app
-from reverserd.journal import JournalWriter
+from reverserd.journal import JournalReader, JournalWriter
 from reverserd.kube.lease import LeaseTiming
 from reverserd.kube.shards import (
     BUCKETS_LABEL,
@@ -257,3 +271,160 @@ def test_a_membership_lease_advertises_only_its_own_replica() -> None:
         }
     )
     assert shards.peers() == {"replica-b": "10.0.0.2:9443"}
+
+
+# The name the serving certificate every replica shares carries (the chart's: the Service).
+SHARED_NAME = "reverserd-webhook.ops.svc"
+
+
+class Issuer:
+    """A CA (a self-signed root, or an intermediate of one) issuing server certificates."""
+
+    def __init__(self, name: str, parent: Issuer | None = None) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.chain: list[x509.Certificate] = []
+        self.cert = self._issue(name, self.key.public_key(), parent, ca=True)
+
+    def _issue(
+        self, name: str, public: ec.EllipticCurvePublicKey, parent: Issuer | None, ca: bool
+    ) -> x509.Certificate:
+        signer = parent or self
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject if parent is None and ca else signer.cert.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+            builder = builder.add_extension(usage, critical=True)
+        else:
+            san = x509.SubjectAlternativeName([x509.DNSName(name)])
+            builder = builder.add_extension(san, critical=False)
+        if parent is not None:
+            self.chain = [parent.cert, *parent.chain] if ca else []
+        return builder.sign(signer.key, hashes.SHA256())
+
+    def serving(self, directory: Path, name: str) -> tuple[Path, Path]:
+        """A certificate for ``name`` issued here: its file (with the intermediates) and key."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._issue(name, key.public_key(), self, ca=False)
+        chain = [cert, *([self.cert] if self.chain else [])]
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "tls.crt").write_bytes(b"".join(pem(c) for c in chain))
+        (directory / "tls.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return directory / "tls.crt", directory / "tls.key"
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def forwards(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("reverserd_attribution_forwards_total", {"outcome": outcome})
+        or 0.0
+    )
+
+
+async def forward_over_tls(
+    tmp_path: Path,
+    serving: tuple[Path, Path],
+    trusted: Path,
+    secret: bytes = SECRET,
+    wait_s: float = 2.0,
+) -> list[tuple[str, str | None, int | None]]:
+    """One fact received by replica-a, forwarded by its FactForwarder over TLS to replica-b's
+    real endpoint serving ``serving``; what replica-b stored within ``wait_s``."""
+    sender, receiver = tmp_path / "sender", tmp_path / "receiver"
+    journals = [await JournalWriter.open(sender), await JournalWriter.open(receiver)]
+    sent, kept = await open_fact_connection(sender), await open_fact_connection(receiver)
+    await FactWriter(sent, lambda *_: None).record(
+        [Fact("admission", "UPDATE", "", "configmaps", "ns", "cm", "u1", None, "1", "d" * 64,
+              "jane", ("team",), "r1", time.time())]
+    )  # fmt: skip
+    app = build_webhook_app(
+        FactWriter(kept, lambda *_: None).record, ["admission"], peer_secret=SECRET, replica="b"
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(*serving)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    port = runner.addresses[0][1]
+    reader = await JournalReader.open(sender)
+    forwarder = FactForwarder(
+        reader.connection, "a", secret, peer_client_tls(trusted), SHARED_NAME,
+        lambda: {"b": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    running = asyncio.create_task(forwarder.run())
+    try:
+        for _ in range(int(wait_s / 0.05)):
+            if await stored(receiver):
+                break
+            await asyncio.sleep(0.05)
+        return await stored(receiver)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await runner.cleanup()
+        await reader.close()
+        for connection in (sent, kept):
+            await connection.close()
+        for journal in journals:
+            await journal.close()
+
+
+async def test_facts_go_only_to_a_peer_with_the_shared_name_from_a_trusted_root(
+    tmp_path: Path,
+) -> None:
+    root = Issuer("group root")
+    root_file = tmp_path / "root.crt"
+    root_file.write_bytes(pem(root.cert))
+    genuine = root.serving(tmp_path / "genuine", SHARED_NAME)
+    assert await forward_over_tls(tmp_path / "1", genuine, root_file) == [("jane", "a", 1)]
+    # A tenant's certificate from the same issuer, for a name of its own: sent nothing.
+    failed = forwards("failed")
+    tenant = root.serving(tmp_path / "tenant", "tenant.example")
+    assert await forward_over_tls(tmp_path / "2", tenant, root_file, wait_s=1.0) == []
+    assert forwards("failed") > failed
+    # --peer-ca by default: the serving certificate's file, here with its intermediate but not
+    # the root. The intermediate is no trust anchor, so a certificate it issued to someone
+    # else (even for the shared name) is sent nothing.
+    intermediate = Issuer("shared intermediate", root)
+    ours, _ = intermediate.serving(tmp_path / "ours", SHARED_NAME)
+    other = intermediate.serving(tmp_path / "other", SHARED_NAME)
+    assert await forward_over_tls(tmp_path / "3", other, ours, wait_s=1.0) == []
+
+
+async def test_a_peer_refusing_our_forwards_is_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = Issuer("group root")
+    root_file = tmp_path / "root.crt"
+    root_file.write_bytes(pem(root.cert))
+    genuine = root.serving(tmp_path / "genuine", SHARED_NAME)
+    refused, failed = forwards("refused"), forwards("failed")
+    other_secret = b"another-group-secret-of-40-bytes-length!"
+    with caplog.at_level(logging.WARNING, logger="reverserd.attribution.peers"):
+        # Long enough for two sends (the retry comes at the next look, within a second).
+        assert await forward_over_tls(tmp_path, genuine, root_file, other_secret, 1.5) == []
+    assert forwards("refused") >= refused + 2
+    assert forwards("failed") == failed
+    told = [r for r in caplog.records if r.name == "reverserd.attribution.peers"]
+    assert len(told) == 1, told
+    assert "401" in told[0].getMessage() and told[0].peer == "b"
+    assert other_secret.decode() not in caplog.text and SECRET.decode() not in caplog.text
