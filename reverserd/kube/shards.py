@@ -299,8 +299,8 @@ class ShardCoordinator:
                 live.append(holder)
                 annotations = record["metadata"].get("annotations") or {}
                 # Only a replica's own membership Lease says where it is: one naming another
-                # holder (or us) would send that replica's facts elsewhere.
-                own = name == prefix + holder and holder != self.replica
+                # holder (or us: ours is skipped above) would send its facts elsewhere.
+                own = name == prefix + holder
                 if own and annotations.get(PEER_ADDRESS_ANNOTATION):
                     addresses[holder] = str(annotations[PEER_ADDRESS_ANNOTATION])
                 if _bucket_count(record) != self.settings.buckets:

@@ -282,7 +282,8 @@ class Issuer:
 
     def __init__(self, name: str, parent: Issuer | None = None) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.chain: list[x509.Certificate] = []
+        # The certificates above this one, up to the root.
+        self.chain = [] if parent is None else [parent.cert, *parent.chain]
         self.cert = self._issue(name, self.key.public_key(), parent, ca=True)
 
     def _issue(
@@ -307,8 +308,6 @@ class Issuer:
         else:
             san = x509.SubjectAlternativeName([x509.DNSName(name)])
             builder = builder.add_extension(san, critical=False)
-        if parent is not None:
-            self.chain = [parent.cert, *parent.chain] if ca else []
         return builder.sign(signer.key, hashes.SHA256())
 
     def serving(self, directory: Path, name: str) -> tuple[Path, Path]:
@@ -406,8 +405,12 @@ async def test_facts_go_only_to_a_peer_with_the_shared_name_from_a_trusted_root(
     # else (even for the shared name) is sent nothing.
     intermediate = Issuer("shared intermediate", root)
     ours, _ = intermediate.serving(tmp_path / "ours", SHARED_NAME)
+    assert len(ours.read_bytes().split(b"BEGIN CERTIFICATE")) == 3  # the leaf, the intermediate
     other = intermediate.serving(tmp_path / "other", SHARED_NAME)
     assert await forward_over_tls(tmp_path / "3", other, ours, wait_s=1.0) == []
+    # With the root in the file (as the README asks), the replicas reach each other.
+    ours.write_bytes(ours.read_bytes() + pem(root.cert))
+    assert await forward_over_tls(tmp_path / "4", other, ours) == [("jane", "a", 1)]
 
 
 async def test_a_peer_refusing_our_forwards_is_counted_and_logged_once(
