@@ -124,8 +124,9 @@ ATTRIBUTION_FACTS_DROPPED = Counter(
 ATTRIBUTION_FORWARDS = Counter(
     "reverserd_attribution_forwards_total",
     "Attribution facts this replica received, forwarded to the other replicas of its sharded"
-    " group: delivered (the peer stored them or had them), or failed (a send that will be"
-    " retried, counted per fact and attempt)",
+    " group: delivered (the peer stored them or had them), failed (a network error or 5xx) or"
+    " refused (the peer answered 4xx: another secret, a clock far off, an address another"
+    " replica now has), both retried and counted per fact and attempt",
     ["outcome"],
 )
 DRIFT_CHECKS = Counter(

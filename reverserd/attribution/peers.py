@@ -28,19 +28,23 @@ Guarantees:
   replica that joins gets the facts of the last :data:`FORWARD_HORIZON_S`.
 - **Only genuine replicas author.** A forwarded fact can name any user as the author of a
   commit, so ``POST /peer/facts`` (on the webhook port, served by the webhook process) stores
-  nothing unless the request carries an HMAC-SHA256 of its time, a nonce and its body under
-  the group's shared peer secret (``--peer-secret-file``, at least :data:`MIN_SECRET_BYTES`
-  bytes). A request whose time is more than :data:`CLOCK_SKEW_S` away from the receiver's
-  clock is refused, and so is one whose signature was seen within that window (a replay); a
-  replay after the receiver restarted stores nothing, the facts being unique. Bodies over
-  :data:`MAX_PEER_BODY_BYTES` are refused, never read further, and at most
-  :data:`PEER_IN_FLIGHT` requests are read at once, so a client without the secret costs a
-  bounded amount of memory and one HMAC per megabyte, and stores nothing; with the secret,
-  the facts table's bound holds.
+  nothing unless the request carries an HMAC-SHA256 of its time, a nonce, the identity of the
+  replica it is meant for and its body under the group's shared peer secret
+  (``--peer-secret-file``, at least :data:`MIN_SECRET_BYTES` bytes). A request whose time is
+  more than :data:`CLOCK_SKEW_S` away from the receiver's clock is refused, and so is one
+  whose signature was seen within that window (a replay), and one meant for another replica
+  (a replay there, or an address that replica no longer has: never acknowledged by the wrong
+  one); a replay after the receiver restarted stores nothing, the facts being unique. Bodies
+  over :data:`MAX_PEER_BODY_BYTES` are refused, never read further, and at most
+  :data:`PEER_IN_FLIGHT` requests are read at once, each within :data:`PEER_READ_TIMEOUT_S`,
+  so a client without the secret costs a bounded amount of memory and time and one HMAC per
+  megabyte, and stores nothing; with the secret, the facts table's bound holds.
 - **Confidential in transit.** Facts name users and objects. The sender speaks TLS and trusts
-  only ``--peer-ca`` (the CA of the serving certificate every replica of a group shares; by
-  default the certificate this replica serves itself), so an address advertised by someone
-  else who can write Leases receives nothing.
+  only a certificate chaining to a root in ``--peer-ca`` (the CA of the serving certificate
+  every replica of a group shares; by default the file of that certificate) that carries the
+  name the shared certificate carries, so an address advertised by someone else who can write
+  Leases receives nothing, even with another certificate from the same issuer. A peer that
+  refuses a forward (4xx) is counted apart from network failures and logged once.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from reverserd.attribution.peers import MIN_SECRET_BYTES
+from reverserd.attribution.peers import MIN_SECRET_BYTES, peer_server_name
 from reverserd.cli import build_parser
 from testbed.controlplane import REPO_ROOT, ControlPlane
 from testbed.tools import ensure_helm
@@ -1443,7 +1443,9 @@ SHARDED_ATTRIBUTION = (
 )
 
 
-def test_sharded_attribution_forwards_facts_with_a_generated_peer_secret(helm: Path) -> None:
+def test_sharded_attribution_forwards_facts_with_a_generated_peer_secret(
+    helm: Path, tmp_path: Path
+) -> None:
     docs = objects(render(helm, "ops", *(a for s in SHARDED_ATTRIBUTION for a in ("--set", s))))
     pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
     main = pod["containers"][0]
@@ -1451,6 +1453,11 @@ def test_sharded_attribution_forwards_facts_with_a_generated_peer_secret(helm: P
     assert {"--peer-secret-file=/etc/reverserd/peer/secret", "--webhook-listen=:9443"} <= args
     assert "--peer-ca=/etc/reverserd/webhook/ca.crt" in args
     assert accepted_by_the_daemon(main["args"])
+    # A peer must present a certificate for the first name the shared one carries.
+    serving = next(d for d in docs if d["kind"] == "Secret" and "tls.crt" in d.get("data", {}))
+    certificate = tmp_path / "tls.crt"
+    certificate.write_bytes(base64.b64decode(serving["data"]["tls.crt"]))
+    assert f"--peer-server-name={peer_server_name(certificate)}" in args
     # The peer address defaults to $POD_IP with the webhook port.
     pod_ip = next(e for e in main["env"] if e["name"] == "POD_IP")
     assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
