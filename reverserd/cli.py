@@ -19,6 +19,8 @@ import yaml
 
 from reverserd import __version__, logs
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
+from reverserd.attribution.peers import MIN_SECRET_BYTES, read_secret
+from reverserd.attribution.peers import peer_server_name as peer_server_name_of
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
 from reverserd.config.pins import parse_pins
@@ -236,6 +238,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_AUDIT_CLIENT_NAME,
         help="subject (common name or DNS name) /audit requires of the client certificate"
         f" (default {DEFAULT_AUDIT_CLIENT_NAME})",
+    )
+    attribution.add_argument(
+        "--peer-address",
+        default=os.environ.get("REVERSERD_PEER_ADDRESS", ""),
+        help="sharded mode: host:port at which the other replicas reach this one's webhook port"
+        " to forward attribution facts, written in its membership Lease (default"
+        " $REVERSERD_PEER_ADDRESS, else $POD_IP with the --webhook-listen port)",
+    )
+    attribution.add_argument(
+        "--peer-secret-file",
+        type=Path,
+        default=os.environ.get("REVERSERD_PEER_SECRET_FILE") or None,
+        help="sharded mode, required with --attribution: file holding the secret (at least"
+        f" {MIN_SECRET_BYTES} bytes) every replica of the group shares; forwarded facts are"
+        " signed with it and only facts signed with it are stored",
+    )
+    attribution.add_argument(
+        "--peer-ca",
+        type=Path,
+        help="sharded mode: the root certificates trusted when forwarding facts to another"
+        " replica, e.g. the CA of the serving certificate every replica shares (default: the"
+        " --webhook-tls-cert file, which must then hold its chain up to a self-signed root)",
+    )
+    attribution.add_argument(
+        "--peer-server-name",
+        default=os.environ.get("REVERSERD_PEER_SERVER_NAME", ""),
+        help="sharded mode: the name a replica's certificate must carry to be sent facts"
+        " (default: the first DNS name, else IP address, of the --webhook-tls-cert certificate,"
+        " which every replica shares; the chart's names the webhook Service)",
     )
     attribution.add_argument(
         "--webhook-admission-client-name",
@@ -457,6 +488,21 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         raise SystemExit("reverserd: --webhook-audit-client-name must not be empty")
     if arguments.attribution_grace < 0:
         raise SystemExit("reverserd: --attribution-grace must not be negative")
+    peer_address = peer_server_name = ""
+    if sources and arguments.shards:
+        if arguments.peer_secret_file is None:
+            raise SystemExit("reverserd: --attribution with --shards needs --peer-secret-file")
+        try:
+            read_secret(arguments.peer_secret_file)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"reverserd: --peer-secret-file: {error}") from None
+        peer_address = arguments.peer_address or _own_peer_address(arguments.webhook_listen)
+        peer_server_name = arguments.peer_server_name
+        if not peer_server_name and arguments.webhook_tls_cert is not None:
+            try:
+                peer_server_name = peer_server_name_of(arguments.webhook_tls_cert)
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"reverserd: --peer-server-name: {error}") from None
     return AttributionOptions(
         sources=sources,
         grace_s=arguments.attribution_grace,
@@ -467,6 +513,24 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
         client_ca=arguments.webhook_client_ca,
         audit_client_name=arguments.webhook_audit_client_name,
         admission_client_name=arguments.webhook_admission_client_name or None,
+        peer_address=peer_address,
+        peer_secret_file=arguments.peer_secret_file if peer_address else None,
+        peer_ca=arguments.peer_ca,
+        peer_server_name=peer_server_name,
+    )
+
+
+def _own_peer_address(listen: str) -> str:
+    """$POD_IP with the webhook port, else the webhook address when it names a host."""
+    host, _, port = listen.rpartition(":")
+    pod_ip = os.environ.get("POD_IP", "")
+    if pod_ip:
+        return f"[{pod_ip}]:{port}" if ":" in pod_ip else f"{pod_ip}:{port}"
+    if host.strip("[]") not in ("", "0.0.0.0", "::"):
+        return listen
+    raise SystemExit(
+        "reverserd: --attribution with --shards needs --peer-address (or $POD_IP): where the"
+        " other replicas reach this one's webhook port"
     )
 
 

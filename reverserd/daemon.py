@@ -33,6 +33,7 @@ import aiohttp
 
 from reverserd import __version__
 from reverserd.attribution.identity import DEFAULT_EMAIL_DOMAIN
+from reverserd.attribution.peers import FactForwarder, peer_client_tls, read_secret
 from reverserd.attribution.resolver import DEFAULT_GRACE_S, Resolver
 from reverserd.attribution.store import compact_facts
 from reverserd.attribution.webhook_process import WebhookProcess, WebhookSettings
@@ -98,6 +99,14 @@ class AttributionOptions:
     audit_client_name: str = DEFAULT_AUDIT_CLIENT_NAME
     # None: /admission takes any caller (managed control planes present no certificate).
     admission_client_name: str | None = None
+    # Sharded mode: where the other replicas reach this one's webhook port, and the file with
+    # the group's secret that forwarded facts are signed with (reverserd.attribution.peers).
+    peer_address: str = ""
+    peer_secret_file: Path | None = None
+    # What a forwarding replica trusts of its peers' certificates (None: tls_cert itself).
+    peer_ca: Path | None = None
+    # The name every peer's certificate must carry (reverserd.attribution.peers).
+    peer_server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,7 @@ class Daemon:
             attribution.sources,
             attribution.grace_s,
             attribution.email_domain,
+            forwarded=bool(options.shards and attribution.sources),
         )
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
@@ -184,6 +194,7 @@ class Daemon:
                     options.leader_election_namespace,
                     options.leader_election_id,
                     timing,
+                    attribution.peer_address if attribution.sources else "",
                 ),
             )
             self.elector = LeaderElector(
@@ -231,6 +242,20 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         webhooks = None
+        forwarder = None
+        forwarder_reader = None
+        if attribution.sources and self.shards is not None:
+            assert attribution.peer_secret_file is not None and attribution.tls_cert is not None
+            assert attribution.peer_server_name
+            forwarder_reader = await JournalReader.open(options.state_dir)
+            forwarder = FactForwarder(
+                forwarder_reader.connection,
+                options.replica_id,
+                read_secret(attribution.peer_secret_file),
+                peer_client_tls(attribution.peer_ca or attribution.tls_cert),
+                attribution.peer_server_name,
+                self.shards.peers,
+            )
         if attribution.sources:
             assert attribution.tls_cert is not None and attribution.tls_key is not None
             webhooks = WebhookProcess(
@@ -245,8 +270,11 @@ class Daemon:
                     attribution.admission_client_name,
                     options.log_format,
                     options.log_level,
+                    str(attribution.peer_secret_file) if forwarder is not None else None,
+                    options.replica_id,
                 ),
                 resolver,
+                forwarder.wake if forwarder is not None else None,
             )
             await webhooks.start()
         # Healthy only once the webhooks listen: a change admitted before would have no fact.
@@ -261,6 +289,8 @@ class Daemon:
                 group.create_task(sample_loop_lag())
                 if webhooks is not None:
                     group.create_task(supervise("webhooks", webhooks.run))
+                if forwarder is not None:
+                    group.create_task(supervise("fact forwarding", forwarder.run))
                 if self.shards is not None and self.elector is not None:
                     group.create_task(supervise("config status election", self.elector.campaign))
                 elif self.elector is not None:
@@ -298,6 +328,8 @@ class Daemon:
             if webhooks is not None:
                 await webhooks.stop()
             await resolver_reader.close()
+            if forwarder_reader is not None:
+                await forwarder_reader.close()
             await client.close()
             await reader.close()
             await journal.close()

@@ -121,6 +121,14 @@ ATTRIBUTION_FACTS_DROPPED = Counter(
     "Attribution facts dropped, oldest first, to keep the journal's facts table within its bound"
     " (a flood of facts, or a mirror far behind); changes they were for stay unresolved",
 )
+ATTRIBUTION_FORWARDS = Counter(
+    "reverserd_attribution_forwards_total",
+    "Attribution facts this replica received, forwarded to the other replicas of its sharded"
+    " group: delivered (the peer stored them or had them), failed (a network error or 5xx) or"
+    " refused (the peer answered 4xx: another secret, a clock far off, an address another"
+    " replica now has), both retried and counted per fact and attempt",
+    ["outcome"],
+)
 DRIFT_CHECKS = Counter(
     "reverserd_drift_checks_total",
     "Comparisons of a target's folder on the remote with what reverserd writes for live objects",

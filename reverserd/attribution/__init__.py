@@ -9,5 +9,7 @@ Three sources feed one resolver (:mod:`reverserd.attribution.resolver`):
 - **admission** (managed clusters too): a validating webhook that never denies records who asked.
 
 Facts from the webhooks are journaled in the same database as the events before the webhook
-answers, so a restart between a fact and its watch event loses nothing.
+answers, so a restart between a fact and its watch event loses nothing. In a sharded group each
+replica forwards the facts it received to the others (:mod:`reverserd.attribution.peers`), so
+the replica that owns a change has its fact whichever replica the API server called.
 """

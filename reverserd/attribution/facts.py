@@ -86,6 +86,10 @@ class Fact:
     groups: tuple[str, ...]
     request_uid: str | None
     received_at: float
+    # A fact another replica received and forwarded (:mod:`reverserd.attribution.peers`): that
+    # replica's identity and the fact's id in its journal; None for a fact received here.
+    origin: str | None = None
+    origin_id: int | None = None
 
     def row(self) -> tuple[Any, ...]:
         return (
@@ -103,6 +107,8 @@ class Fact:
             json.dumps(list(self.groups)),
             self.request_uid,
             self.received_at,
+            self.origin,
+            self.origin_id,
         )
 
     @classmethod

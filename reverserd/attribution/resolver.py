@@ -14,7 +14,10 @@ Grace window
     events in journal order, so nothing is reordered, and since every later event was journaled
     later, no event waits longer than the grace window after it was journaled, whatever object
     it belongs to. Admission facts are journaled before the webhook answers, so before the
-    API server stores the change: without audit there is nothing to wait for.
+    API server stores the change: without audit there is nothing to wait for, except in a
+    sharded group, where the replica that received the fact forwards it after its answer
+    (:mod:`reverserd.attribution.peers`): there a change an admission fact can prove waits
+    for it the same way.
 
 A fact that arrives after its event was given up on is counted as ``late``.
 """
@@ -79,9 +82,13 @@ class Resolver:
         sources: Sequence[str] = (),
         grace_s: float = DEFAULT_GRACE_S,
         email_domain: str = DEFAULT_EMAIL_DOMAIN,
+        forwarded: bool = False,
     ) -> None:
+        """``forwarded``: facts may also come from the other replicas of a sharded group
+        (:mod:`reverserd.attribution.peers`), after the change they describe."""
         self.connection = connection
         self.sources = frozenset(sources)
+        self.forwarded = forwarded
         self.grace_s = grace_s
         self.email_domain = email_domain
         self._facts_arrived = asyncio.Condition()
@@ -120,7 +127,7 @@ class Resolver:
         while True:
             generation = self._generation
             users = await self._users(event, origin)
-            if users or "audit" not in self.sources or time.time() >= deadline:
+            if users or not self._may_arrive(event, origin) or time.time() >= deadline:
                 break
             await self._wait(generation, deadline - time.time())
         if len(users) == 1:
@@ -140,6 +147,15 @@ class Resolver:
             if event.resource_version:
                 self._remember_given_up(event, event.resource_version)
         return Attribution(None, (f"user: {UNRESOLVED}", *lines))
+
+    def _may_arrive(self, event: JournalEvent, origin: _Origin) -> bool:
+        """Whether a fact for ``event`` may still arrive: an audit fact always may; an
+        admission fact precedes its change, unless another replica received it and forwards
+        it, and only for a change its digest can prove."""
+        if "audit" in self.sources:
+            return True
+        provable = digest_can_prove(event) and origin.digest is not None
+        return self.forwarded and provable and origin.prior is not None
 
     async def _wait(self, generation: int, patience_s: float) -> None:
         async with self._facts_arrived:

@@ -2,8 +2,10 @@
 
 Facts are written by the webhook process (:mod:`reverserd.attribution.webhook_process`) on a
 connection of its own, in group commits: a fact a webhook acknowledged is committed, and a
-restart between the fact and its watch event loses nothing. The daemon's journal writer stays
-the only writer of everything else, and removes facts no event can need any more.
+restart between the fact and its watch event loses nothing. The same writer stores the facts
+the other replicas of a sharded group forward (:mod:`reverserd.attribution.peers`), each once
+however often it is sent. The daemon's journal writer stays the only writer of everything
+else, and removes facts no event can need any more.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from reverserd.journal.writer import BUSY_TIMEOUT_MS, JOURNAL_FILE
 
 FACT_COLUMNS = (
     "source, operation, api_group, resource, namespace, name, uid, resource_version,"
-    " prior_resource_version, digest, username, groups, request_uid, received_at"
+    " prior_resource_version, digest, username, groups, request_uid, received_at,"
+    " origin, origin_id"
 )
 _INSERT = (
     f"INSERT INTO attribution_facts ({FACT_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A forwarded fact already stored (a retry whose answer was lost, a peer resending after its
+# restart) is stored once: the unique index on its origin and origin id ignores the repeat.
+_INSERT_FORWARDED = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 # How much earlier than its event a fact may have been received and still be needed: an
 # admission fact precedes its event by the request's duration, which the API server bounds
 # far below this.
@@ -53,8 +59,9 @@ class FactWriter:
     """Commits facts on ``connection``; requests that arrive during a commit share the next one.
 
     :meth:`record` returns once its facts are committed (or raises what the commit raised);
-    ``announce`` is then called with every fact of that commit and the number of older facts
-    the commit dropped to stay within :data:`FACTS_KEPT`.
+    ``announce`` is then called with every fact that commit stored (a forwarded fact stored
+    before is not stored again) and the number of older facts the commit dropped to stay
+    within :data:`FACTS_KEPT`.
     """
 
     def __init__(
@@ -84,7 +91,7 @@ class FactWriter:
                 batch, self._waiting = self._waiting, []
                 facts = [fact for group, _ in batch for fact in group]
                 try:
-                    dropped = await self._insert(facts)
+                    stored, dropped = await self._insert(facts)
                 except Exception as error:
                     for _, done in batch:
                         # A waiter cancelled meanwhile (shutdown) has no one to tell.
@@ -94,15 +101,21 @@ class FactWriter:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
-                self.announce(facts, dropped)
+                self.announce(stored, dropped)
         finally:
             self._writing = None
 
-    async def _insert(self, facts: Sequence[Fact]) -> int:
-        """Insert ``facts`` and drop the oldest beyond :attr:`kept`; returns how many were."""
+    async def _insert(self, facts: Sequence[Fact]) -> tuple[list[Fact], int]:
+        """Insert ``facts`` (a forwarded one only when not stored yet) and drop the oldest
+        beyond :attr:`kept`; returns the facts stored and how many were dropped."""
+        received = [fact for fact in facts if fact.origin is None]
+        forwarded = [fact for fact in facts if fact.origin is not None]
+        stored = list(received)
         await self.connection.execute("BEGIN IMMEDIATE")
         try:
-            await self.connection.executemany(_INSERT, [fact.row() for fact in facts])
+            await self.connection.executemany(_INSERT, [fact.row() for fact in received])
+            if forwarded:
+                stored += await self._insert_forwarded(forwarded)
             # ids grow with every insert (AUTOINCREMENT), so the lowest are the oldest; the
             # primary key makes this a range delete, whatever the table's size.
             trimmed = await self.connection.execute(
@@ -114,7 +127,25 @@ class FactWriter:
         except BaseException:
             await self.connection.execute("ROLLBACK")
             raise
-        return max(trimmed.rowcount, 0)
+        return stored, max(trimmed.rowcount, 0)
+
+    async def _insert_forwarded(self, facts: Sequence[Fact]) -> list[Fact]:
+        """Insert forwarded ``facts`` not stored yet, inside the caller's transaction; returns
+        those it stored. This connection is the table's only inserter and ids only grow, so
+        the rows above the highest id before are exactly this insert's."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT COALESCE(MAX(id), 0) FROM attribution_facts"
+        )
+        (highest,) = next(iter(rows))
+        await self.connection.executemany(_INSERT_FORWARDED, [fact.row() for fact in facts])
+        new = set(
+            await self.connection.execute_fetchall(
+                "SELECT origin, origin_id, received_at FROM attribution_facts"
+                " WHERE id > ? AND origin IS NOT NULL",
+                (highest,),
+            )
+        )
+        return [fact for fact in facts if (fact.origin, fact.origin_id, fact.received_at) in new]
 
 
 async def compact_facts(journal: JournalWriter) -> None:

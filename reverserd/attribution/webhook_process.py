@@ -42,13 +42,14 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from reverserd import logs
 from reverserd.attribution.facts import Fact
+from reverserd.attribution.peers import read_secret
 from reverserd.attribution.resolver import Resolver
 from reverserd.attribution.store import FactWriter, open_fact_connection
 from reverserd.attribution.webhooks import SHUTDOWN_S, build_webhook_app, serve_webhooks, server_tls
@@ -85,14 +86,25 @@ class WebhookSettings:
     admission_client_name: str | None
     log_format: str
     log_level: str
+    # Sharded mode: the file holding the group's secret, which forwarded facts are signed with.
+    peer_secret_file: str | None = None
+    # Sharded mode: this replica's identity, the only recipient of forwards it stores.
+    replica_id: str = ""
 
 
 class WebhookProcess:
     """The daemon's side: starts the process, relays its facts to the resolver, stops it."""
 
-    def __init__(self, settings: WebhookSettings, resolver: Resolver) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        resolver: Resolver,
+        on_facts: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_facts``: called whenever the process committed facts (the forwarder's wake-up)."""
         self.settings = settings
         self.resolver = resolver
+        self.on_facts = on_facts
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
 
@@ -148,6 +160,8 @@ class WebhookProcess:
             return
         if dropped:
             ATTRIBUTION_FACTS_DROPPED.inc(dropped)
+        if self.on_facts is not None and any(fact.origin is None for fact in facts):
+            self.on_facts()
         await self.resolver.recorded(facts)
 
     async def stop(self) -> None:
@@ -254,6 +268,8 @@ async def _serve(settings: WebhookSettings) -> None:
                 settings.sources,
                 settings.audit_client_name,
                 settings.admission_client_name,
+                read_secret(Path(settings.peer_secret_file)) if settings.peer_secret_file else None,
+                settings.replica_id,
             ),
             settings.listen,
             tls,

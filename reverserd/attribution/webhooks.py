@@ -18,6 +18,10 @@ It runs in the webhook process (:mod:`reverserd.attribution.webhook_process`), w
     which the API server also treats as allowed. Managed control planes present no client
     certificate to admission webhooks, so this path does not require one; see the README for
     why a forged review cannot attribute a change to the wrong user.
+
+``POST /peer/facts``
+    In sharded mode, the facts the other replicas of the group received and forward; only a
+    request signed with the group's secret is heard (:mod:`reverserd.attribution.peers`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import orjson
 from aiohttp import web
 
 from reverserd.attribution.facts import UID_CHARS, Fact, admission_fact, audit_facts
+from reverserd.attribution.peers import PEER_PATH, peer_handler
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +83,20 @@ def build_webhook_app(
     sources: Sequence[str],
     audit_client: str = DEFAULT_AUDIT_CLIENT_NAME,
     admission_client: str | None = None,
+    peer_secret: bytes | None = None,
+    replica: str = "",
 ) -> web.Application:
     """``audit_client``: the subject /audit requires; ``admission_client``: the one /admission
-    requires, None for any caller."""
+    requires, None for any caller; ``peer_secret``: the sharded group's secret, which
+    /peer/facts requires of the facts other replicas forward to ``replica``, this one's
+    identity (None: no such path)."""
     app = web.Application(client_max_size=MAX_AUDIT_BODY_BYTES)
     if "audit" in sources:
         app.router.add_post("/audit", _audit_handler(record, audit_client))
     if "admission" in sources:
         app.router.add_post("/admission", _admission_handler(record, admission_client))
+    if peer_secret is not None:
+        app.router.add_post(PEER_PATH, peer_handler(record, peer_secret, replica))
     return app
 
 

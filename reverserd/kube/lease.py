@@ -101,7 +101,9 @@ class Lease:
         identity: str,
         timing: LeaseTiming = LeaseTiming(),
         labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> None:
+        """``labels`` and ``annotations`` are written on every write of ours."""
         self.client = client
         self.path = namespaced_path("coordination.k8s.io", "v1", "leases", namespace, name)
         self.collection = namespaced_path("coordination.k8s.io", "v1", "leases", namespace)
@@ -109,6 +111,7 @@ class Lease:
         self.identity = identity
         self.timing = timing
         self.labels = labels or {}
+        self.annotations = annotations or {}
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         # Monotonic time the last successful write of ours was sent; -inf: never.
@@ -158,7 +161,11 @@ class Lease:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {"name": self.name, "labels": self.labels},
+                "metadata": {
+                    "name": self.name,
+                    "labels": self.labels,
+                    "annotations": self.annotations,
+                },
                 "spec": self._spec(now, acquire=True, transitions=0),
             }
             self.taken_from = ""
@@ -167,17 +174,24 @@ class Lease:
         holder = lease_holder(lease)
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder == self.identity:
+            self._stamp(lease)
             lease["spec"] = {**spec, **self._spec(now, acquire=False, transitions=transitions)}
             return await self._write("PUT", self.path, lease, sent_at)
         if not self.free(lease):
             return False
         taken_from = last_holder(lease)
-        lease["metadata"]["labels"] = {**(lease["metadata"].get("labels") or {}), **self.labels}
+        self._stamp(lease)
         lease["spec"] = self._spec(now, acquire=True, transitions=transitions + 1)
         if await self._write("PUT", self.path, lease, sent_at):
             self.taken_from = taken_from
             return True
         return False
+
+    def _stamp(self, lease: dict[str, Any]) -> None:
+        metadata = lease["metadata"]
+        metadata["labels"] = {**(metadata.get("labels") or {}), **self.labels}
+        if self.annotations:
+            metadata["annotations"] = {**(metadata.get("annotations") or {}), **self.annotations}
 
     async def release(self, lease: dict[str, Any]) -> bool:
         """Give the Lease up at once (it names no holder), remembering us as its last holder."""

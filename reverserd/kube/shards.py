@@ -63,6 +63,9 @@ ROLE_LABEL = "reverserd.configbutler.ai/lease-role"
 # one branch into two buckets, so none of them takes a bucket while another is live, and a
 # bucket written under another count is never taken back as one's own.
 BUCKETS_LABEL = "reverserd.configbutler.ai/buckets"
+# Where a replica's membership Lease says the other replicas reach it (to forward attribution
+# facts, reverserd.attribution.peers).
+PEER_ADDRESS_ANNOTATION = "reverserd.configbutler.ai/peer-address"
 # Buckets a group may have: more Leases than this would be API load for no balance gained
 # (a bucket is the unit of balance, and a few hundred replicas are far beyond any need).
 MAX_BUCKETS = 1024
@@ -93,6 +96,9 @@ class ShardSettings:
     namespace: str
     group: str
     timing: LeaseTiming
+    # Where the other replicas reach this one's webhook port to forward attribution facts
+    # (reverserd.attribution.peers); written in the membership Lease. "": not advertised.
+    peer_address: str = ""
 
 
 class ShardCoordinator:
@@ -102,13 +108,19 @@ class ShardCoordinator:
         self.client = client
         self.settings = settings
         self.replica = settings.replica
-        self.member = self._lease(f"{settings.group}-member-{settings.replica}", "member")
+        self.member = self._lease(
+            f"{settings.group}-member-{settings.replica}",
+            "member",
+            {PEER_ADDRESS_ANNOTATION: settings.peer_address} if settings.peer_address else None,
+        )
         self.buckets = [
             self._lease(f"{settings.group}-bucket-{index}", "bucket")
             for index in range(settings.buckets)
         ]
         self.held: set[int] = set()
         self.members: list[str] = [settings.replica]
+        # The live other members' advertised peer addresses, as last listed.
+        self.peer_addresses: dict[str, str] = {}
         # Other members' Leases, by name, each with its own expiry clock.
         self._peers: dict[str, Lease] = {}
         # Who holds each bucket, as last listed (for /status).
@@ -128,7 +140,7 @@ class ShardCoordinator:
         # Buckets whose Lease a take task holds while it drops their old state: renewed.
         self._taking: set[int] = set()
 
-    def _lease(self, name: str, role: str) -> Lease:
+    def _lease(self, name: str, role: str, annotations: dict[str, str] | None = None) -> Lease:
         settings = self.settings
         labels = {
             GROUP_LABEL: settings.group,
@@ -136,7 +148,13 @@ class ShardCoordinator:
             BUCKETS_LABEL: str(settings.buckets),
         }
         return Lease(
-            self.client, settings.namespace, name, settings.replica, settings.timing, labels
+            self.client,
+            settings.namespace,
+            name,
+            settings.replica,
+            settings.timing,
+            labels,
+            annotations,
         )
 
     def bucket(self, branch: str) -> int:
@@ -269,6 +287,7 @@ class ShardCoordinator:
     def _live_members(self, leases: dict[str, dict[str, Any]]) -> list[str]:
         prefix = f"{self.settings.group}-member-"
         live = [self.replica]
+        addresses: dict[str, str] = {}
         self._disagreeing = set()
         for name, record in leases.items():
             if not name.startswith(prefix) or name == self.member.name:
@@ -276,10 +295,22 @@ class ShardCoordinator:
             peer = self._peers.setdefault(name, self._lease(name, "member"))
             peer.observe(record)
             if not peer.free(record):
-                live.append(lease_holder(record))
+                holder = lease_holder(record)
+                live.append(holder)
+                annotations = record["metadata"].get("annotations") or {}
+                # Only a replica's own membership Lease says where it is: one naming another
+                # holder (or us: ours is skipped above) would send its facts elsewhere.
+                own = name == prefix + holder
+                if own and annotations.get(PEER_ADDRESS_ANNOTATION):
+                    addresses[holder] = str(annotations[PEER_ADDRESS_ANNOTATION])
                 if _bucket_count(record) != self.settings.buckets:
-                    self._disagreeing.add(lease_holder(record))
+                    self._disagreeing.add(holder)
+        self.peer_addresses = addresses
         return sorted(live)
+
+    def peers(self) -> dict[str, str]:
+        """The other live replicas that advertise a peer address, by identity."""
+        return dict(self.peer_addresses)
 
     def _was_ours(self, record: dict[str, Any] | None) -> bool:
         """Held last by this replica, under the same bucket count (so the same branches)."""

@@ -24,6 +24,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from reverserd.attribution.peers import MIN_SECRET_BYTES, peer_server_name
 from reverserd.cli import build_parser
 from testbed.controlplane import REPO_ROOT, ControlPlane
 from testbed.tools import ensure_helm
@@ -1435,12 +1436,74 @@ def test_sharded_mode_refuses_what_it_cannot_run_with(
     assert complaint in refusal(helm, *(a for s in settings for a in ("--set", s)))
 
 
+SHARDED_ATTRIBUTION = (
+    *SHARDED,
+    "attribution.sources={admission}",
+    "attribution.webhook.networkPolicy.controlPlaneCIDRs={10.0.0.0/8}",
+)
+
+
+def test_sharded_attribution_forwards_facts_with_a_generated_peer_secret(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = objects(render(helm, "ops", *(a for s in SHARDED_ATTRIBUTION for a in ("--set", s))))
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    args = set(main["args"])
+    assert {"--peer-secret-file=/etc/reverserd/peer/secret", "--webhook-listen=:9443"} <= args
+    assert "--peer-ca=/etc/reverserd/webhook/ca.crt" in args
+    assert accepted_by_the_daemon(main["args"])
+    # A peer must present a certificate for the first name the shared one carries.
+    serving = next(d for d in docs if d["kind"] == "Secret" and "tls.crt" in d.get("data", {}))
+    certificate = tmp_path / "tls.crt"
+    certificate.write_bytes(base64.b64decode(serving["data"]["tls.crt"]))
+    assert f"--peer-server-name={peer_server_name(certificate)}" in args
+    # The peer address defaults to $POD_IP with the webhook port.
+    pod_ip = next(e for e in main["env"] if e["name"] == "POD_IP")
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    mount = next(m for m in main["volumeMounts"] if m["name"] == "peer-secret")
+    volume = next(v for v in pod["volumes"] if v["name"] == "peer-secret")
+    assert mount["mountPath"] == "/etc/reverserd/peer"
+    secret = next(
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "reverserd-peer"
+    )
+    assert volume["secret"]["secretName"] == "reverserd-peer"
+    assert len(base64.b64decode(secret["data"]["secret"])) >= MIN_SECRET_BYTES
+    # The webhook port admits the control plane and the group's own pods, nobody else.
+    policy = next(
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-webhook")
+    )
+    sources = [rule["from"] for rule in policy["spec"]["ingress"]]
+    assert sources == [
+        [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+        [{"podSelector": {"matchLabels": policy["spec"]["podSelector"]["matchLabels"]}}],
+    ]
+    # Without sharding nothing of it renders; a named Secret replaces the generated one.
+    alone = objects(
+        render(helm, "ops", "--set", SHARDED_ATTRIBUTION[2], "--set", SHARDED_ATTRIBUTION[3])
+    )
+    assert "--peer-secret-file=/etc/reverserd/peer/secret" not in container(alone)["args"]
+    assert not any(d["metadata"]["name"] == "reverserd-peer" for d in alone)
+    named = objects(
+        render(
+            helm, "ops", *(a for s in SHARDED_ATTRIBUTION for a in ("--set", s)),
+            "--set", "sharding.peerSecret=group-secret",
+        )
+    )  # fmt: skip
+    assert not any(d["metadata"]["name"] == "reverserd-peer" for d in named)
+    named_pod = one(named, "StatefulSet")["spec"]["template"]["spec"]
+    named_volume = next(v for v in named_pod["volumes"] if v["name"] == "peer-secret")
+    assert named_volume["secret"]["secretName"] == "group-secret"
+
+
 def test_sharded_render_is_accepted_by_the_api_server(
     helm: Path, control_plane: ControlPlane, restricted_namespace: str
 ) -> None:
     budget = ("podDisruptionBudget.enabled=true", "podDisruptionBudget.maxUnavailable=1")
-    settings = (*SHARDED, *budget)
+    settings = (*SHARDED_ATTRIBUTION, *budget)
     manifest = render(helm, restricted_namespace, *(a for s in settings for a in ("--set", s)))
     docs = objects(manifest)
-    assert {"StatefulSet", "PodDisruptionBudget", "Role"} <= set(kinds(docs))
+    assert {"StatefulSet", "PodDisruptionBudget", "Role", "Secret"} <= set(kinds(docs))
     assert_accepted(control_plane, manifest, len(docs))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reverserd.cli import ENV_PREFIX, _drift_interval, build_parser
+from reverserd.cli import ENV_PREFIX, _attribution_options, _drift_interval, build_parser
 from reverserd.kube.client import kubeconfig_path
 from reverserd.targets.drift import MIN_DRIFT_INTERVAL_S
+from testbed.controlplane import make_pki
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -175,3 +176,59 @@ GITOPS_REVERSER_FLAGS = (
 def test_gitops_reverser_flags_are_refused_not_ignored(flag: str) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", flag])
+
+
+def sharded_attribution(tmp_path: Path, *more: str) -> argparse.Namespace:
+    """``run`` arguments of a sharded replica with attribution, serving the test bed's webhook
+    certificate (its names: IP 127.0.0.1, DNS localhost, DNS kubernetes.default.svc)."""
+    if not (tmp_path / "webhook.crt").exists():
+        make_pki(tmp_path)
+    cert = tmp_path / "webhook.crt"
+    return build_parser().parse_args(
+        [
+            "run", "--shards=4", "--attribution=admission", f"--webhook-tls-cert={cert}",
+            f"--webhook-tls-key={cert}", "--webhook-listen=:9443", *more,
+        ]
+    )  # fmt: skip
+
+
+def test_sharded_attribution_needs_a_peer_secret_of_at_least_32_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    with pytest.raises(SystemExit, match="--peer-secret-file"):
+        _attribution_options(sharded_attribution(tmp_path))
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 31)
+    with pytest.raises(SystemExit, match="at least 32 bytes"):
+        _attribution_options(sharded_attribution(tmp_path, f"--peer-secret-file={short}"))
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 32 + b"\n")
+    options = _attribution_options(sharded_attribution(tmp_path, f"--peer-secret-file={secret}"))
+    assert options.peer_address == "10.1.2.3:9443"
+    assert options.peer_secret_file == secret
+    # A peer must present a certificate for the first DNS name the shared one carries.
+    assert options.peer_server_name == "localhost"
+    named = sharded_attribution(
+        tmp_path, f"--peer-secret-file={secret}", "--peer-server-name=r.ops.svc"
+    )
+    assert _attribution_options(named).peer_server_name == "r.ops.svc"
+
+
+def test_the_peer_address_is_the_pod_ip_else_the_webhook_host_else_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 40)
+    flag = f"--peer-secret-file={secret}"
+    monkeypatch.setenv("POD_IP", "fd00::7")
+    assert (
+        _attribution_options(sharded_attribution(tmp_path, flag)).peer_address == "[fd00::7]:9443"
+    )
+    monkeypatch.delenv("POD_IP")
+    with pytest.raises(SystemExit, match="--peer-address"):
+        _attribution_options(sharded_attribution(tmp_path, flag))
+    given = sharded_attribution(tmp_path, flag, "--webhook-listen=10.0.0.5:9443")
+    assert _attribution_options(given).peer_address == "10.0.0.5:9443"
+    named = sharded_attribution(tmp_path, flag, "--peer-address=r-0.r.ops.svc:9443")
+    assert _attribution_options(named).peer_address == "r-0.r.ops.svc:9443"

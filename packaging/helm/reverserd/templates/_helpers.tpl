@@ -61,6 +61,11 @@ app.kubernetes.io/managed-by: {{ (include "reverserd.oldOr" (list .Values.AsMap 
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret holding the peer secret of a sharded group with attribution on. */}}
+{{- define "reverserd.peerSecret" -}}
+{{- .Values.sharding.peerSecret | default (printf "%s-peer" (include "reverserd.fullname" .)) -}}
+{{- end -}}
+
 {{/* Combinations the daemon cannot run with; fail the render with what to change. */}}
 {{- define "reverserd.validate" -}}
 {{- include "reverserd.refuseOld" . -}}
