@@ -29,13 +29,22 @@ def migrations_dir() -> Path:
     raise FileNotFoundError(f"no migrations folder among {', '.join(map(str, candidates))}")
 
 
+class MigrationNumberTaken(Exception):
+    """Two migration files share a number: a journal at that version would skip one of them."""
+
+
 def pending_migrations(current: int, folder: Path) -> list[tuple[int, Path]]:
-    found = []
+    """The migrations above ``current``, in order; raises :class:`MigrationNumberTaken`."""
+    numbered: dict[int, Path] = {}
     for path in sorted(folder.iterdir()):
         match = MIGRATION_FILE.match(path.name)
-        if match and int(match.group(1)) > current:
-            found.append((int(match.group(1)), path))
-    return found
+        if match is None:
+            continue
+        number = int(match.group(1))
+        if number in numbered:
+            raise MigrationNumberTaken(f"{numbered[number].name} and {path.name} share {number}")
+        numbered[number] = path
+    return [(number, path) for number, path in sorted(numbered.items()) if number > current]
 
 
 def migrate(connection: sqlite3.Connection, folder: Path | None = None) -> int:

@@ -14,7 +14,12 @@ import pytest
 
 from reverserd.journal import JournalWriter, StreamSpec
 from reverserd.journal import writer as writer_module
-from reverserd.journal.migrations import migrate, migrations_dir
+from reverserd.journal.migrations import (
+    MigrationNumberTaken,
+    migrate,
+    migrations_dir,
+    pending_migrations,
+)
 from reverserd.kube.resources import ResourceType
 
 CONFIGMAPS = StreamSpec(ResourceType("", "v1", "configmaps", "ConfigMap", True))
@@ -205,7 +210,8 @@ async def test_a_journal_of_the_previous_schema_upgrades_in_place(tmp_path: Path
         ("old", "v1", "u-old", "3", "v1/configmaps@*", 3),
     ]
     with sqlite3.connect(state / "journal.db") as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 8
+        newest = max(int(path.name[:4]) for path in migrations_dir().glob("*.sql"))
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == newest
         # The page size of an existing journal stays; only a new journal gets the larger one.
         assert connection.execute("PRAGMA page_size").fetchone()[0] == 4096
 
@@ -216,3 +222,16 @@ async def test_a_new_journal_has_large_pages(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "journal.db") as connection:
         assert connection.execute("PRAGMA page_size").fetchone()[0] == writer_module.PAGE_SIZE
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_two_migrations_with_one_number_are_refused_before_any_runs(tmp_path: Path) -> None:
+    for path in migrations_dir().glob("*.sql"):
+        shutil.copy(path, tmp_path)
+    assert [number for number, _ in pending_migrations(0, tmp_path)] == sorted(
+        int(path.name[:4]) for path in migrations_dir().glob("*.sql")
+    )
+    (tmp_path / "0002_also_second.sql").write_text("CREATE TABLE never (x);")
+    with sqlite3.connect(":memory:") as connection:
+        with pytest.raises(MigrationNumberTaken, match="0002"):
+            migrate(connection, tmp_path)
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 0
