@@ -291,6 +291,13 @@ class _Batch:
             self.event(stream, EventKind.DELETE, key, entry.uid, entry.resource_version)
             self._forget(key)
 
+    def forget_stream_objects(self, stream: StreamSpec) -> None:
+        """Drop the objects the stream journaled, without an event: not evidence of deletion."""
+        index = self.writer.index
+        for key in list(index.of_type(stream.api_group, stream.resource)):
+            if index[key].stream == stream.key:
+                self._forget(key)
+
     def _forget(self, key: ObjectKey) -> None:
         del self.writer.index[key]
         self.objects[key] = None
@@ -616,6 +623,31 @@ class JournalWriter:
                     batch.now,
                     session.stream.key,
                 ),
+            )
+
+        await self.submit(apply)
+
+    async def release_stream(self, stream: StreamSpec) -> None:
+        """Forget a stream whose watch stopped for good in this process (no target here needs
+        it any more): its row and its objects, from the table and the in-memory index, so the
+        journal holds only what is watched. A later watch of it registers anew and seeds from
+        nothing, since events were missed meanwhile: a stopped stream never counts as seeded.
+
+        Every cursor stops covering the stream's type in the same transaction: a target that
+        still has a cursor (its GitTarget invalid for a while) re-adopts that type by snapshot
+        once it is seeded again, instead of reading across the gap as if nothing had been
+        missed (an object deleted meanwhile would keep its file)."""
+
+        def apply(batch: _Batch) -> None:
+            batch.forget_stream_objects(stream)
+            batch.execute("DELETE FROM streams WHERE stream = ?", (stream.key,))
+            prefix = f"{stream.api_group}/{stream.resource}|"
+            batch.execute(
+                "UPDATE cursors SET covered = (SELECT COALESCE(json_group_object(key, value),"
+                " '{}') FROM json_each(cursors.covered) WHERE substr(key, 1, ?) != ?)"
+                " WHERE EXISTS (SELECT 1 FROM json_each(cursors.covered)"
+                " WHERE substr(key, 1, ?) = ?)",
+                (len(prefix), prefix, len(prefix), prefix),
             )
 
         await self.submit(apply)

@@ -127,6 +127,8 @@ class ShardCoordinator:
         self._claiming: set[int] = set()
         # Buckets whose Lease a take task holds while it drops their old state: renewed.
         self._taking: set[int] = set()
+        # Buckets let go (handed over, or lapsed) whose writers have not all stopped yet.
+        self._letting_go: set[int] = set()
 
     def _lease(self, name: str, role: str) -> Lease:
         settings = self.settings
@@ -144,6 +146,18 @@ class ShardCoordinator:
 
     def owns(self, branch: str) -> bool:
         return self.bucket(branch) in self.held
+
+    def serves(self, branch: str) -> bool:
+        """Whether this replica watches what ``branch`` needs: its bucket is held, or let go
+        with its writers not stopped yet (they never read a stream stopped under them). A
+        change of the answer is published (:meth:`wait_for_change`)."""
+        index = self.bucket(branch)
+        return index in self.held or index in self._letting_go
+
+    @property
+    def leaving(self) -> bool:
+        """Shutting down: buckets handed over now keep their journal state for a restart."""
+        return self._leaving
 
     def may_write(self, branch: str) -> Callable[[], bool]:
         """The fencing check of one branch, safe to call from any thread: the bucket is held
@@ -211,7 +225,7 @@ class ShardCoordinator:
             return
         wanted = share(self.members, self.replica, self.settings.buckets)
         for index in sorted(self.held, reverse=True)[: max(0, len(self.held) - wanted)]:
-            self.held.discard(index)
+            self._let_go(index)
             self._start(index, self._hand_over(index), "hand-over")
         missing = wanted - len(self.held) - len(self._claiming)
         if missing <= 0 or self._leaving:
@@ -307,12 +321,25 @@ class ShardCoordinator:
         )
         await self._publish()
 
+    def _let_go(self, index: int) -> None:
+        """Out of :attr:`held` (nothing of it pushes any more), still served until its
+        writers stopped (:meth:`_stopped`)."""
+        self.held.discard(index)
+        self._letting_go.add(index)
+
+    async def _stopped(self, index: int) -> None:
+        self._letting_go.discard(index)
+        await self._publish()
+
     async def _hand_over(self, index: int) -> None:
         """Stop the bucket's writers, then release its Lease: the handshake of a rebalance.
         The bucket is out of :attr:`held` already, so nothing of it pushes any more."""
         assert self._hand_over_branches is not None
         await self._publish()
-        await self._hand_over_branches(index)
+        try:
+            await self._hand_over_branches(index)
+        finally:
+            await self._stopped(index)
         lease = self.buckets[index]
         record = await lease.read()
         if record is not None and await lease.release(record):
@@ -323,7 +350,10 @@ class ShardCoordinator:
         """Stop a lapsed bucket's writers (its Lease is not ours to release any more)."""
         assert self._hand_over_branches is not None
         await self._publish()
-        await self._hand_over_branches(index)
+        try:
+            await self._hand_over_branches(index)
+        finally:
+            await self._stopped(index)
 
     async def leave(self) -> None:
         """On shutdown: hand every bucket over (its branches stopped first) and give the
@@ -334,7 +364,7 @@ class ShardCoordinator:
         await asyncio.gather(*self._moving.values(), return_exceptions=True)
         if self._hand_over_branches is not None:
             for index in sorted(self.held):
-                self.held.discard(index)
+                self._let_go(index)
                 await self._hand_over(index)
         record = await self.member.read()
         if record is not None:
@@ -347,7 +377,7 @@ class ShardCoordinator:
             if self.buckets[index].valid():
                 continue
             log.warning("lost bucket: not renewed in time", extra={"bucket": index})
-            self.held.discard(index)
+            self._let_go(index)
             self._start(index, self._stop(index), "stop")
 
     def picture(self) -> dict[str, Any]:

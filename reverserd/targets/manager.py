@@ -167,7 +167,7 @@ class TargetManager:
                 wait.cancel()
 
     def _runs_here(self, resolved: ResolvedTarget) -> bool:
-        return self.shards is None or self.shards.owns(_branch_key(resolved))
+        return self.shards is None or self.shards.owns(resolved.branch)
 
     def _mine(self) -> dict[str, ResolvedTarget]:
         """The targets this replica runs: all of them, or those of the branches it holds."""
@@ -230,7 +230,7 @@ class TargetManager:
             task.add_done_callback(self._consumer_done(key))
             self.consumers[key] = _Running(resolved, consumer, task)
             log.info("started target consumer", extra={"target": key})
-        used = {_branch_key(r.resolved) for r in self.consumers.values()}
+        used = {r.resolved.branch for r in self.consumers.values()}
         for key in list(self.branches):
             if key not in used:
                 self._retire_branch(key)
@@ -247,11 +247,16 @@ class TargetManager:
     async def _hand_over(self, bucket: int) -> None:
         """Stop every consumer and committer of the bucket's branches, and return only once the
         Git operation each committer had in flight has ended (finished or abandoned: what was
-        not pushed stays in the journal for the next owner)."""
+        not pushed stays in the journal for the next owner).
+
+        Then, unless the process is stopping, drop the bucket's journal state and clones
+        (:meth:`_drop_state`): the streams only its targets needed stop with it, so their
+        cursors would point into a gap. On shutdown they stay, for a restart that takes the
+        bucket back (its watches resume where they stopped)."""
         assert self.shards is not None
         shards = self.shards
         for key, running in list(self.consumers.items()):
-            if shards.bucket(_branch_key(running.resolved)) == bucket:
+            if shards.bucket(running.resolved.branch) == bucket:
                 self._stop_consumer(key, running.resolved)
         for key in list(self.branches):
             if shards.bucket(key) == bucket:
@@ -275,11 +280,19 @@ class TargetManager:
                 # Released by the stopped committer once its Git thread is idle.
                 async with lock:
                     pass
+        if not shards.leaving:
+            await self._drop_state(bucket)
 
     async def _take_over(self, bucket: int) -> None:
-        """Before a bucket taken from another replica runs here: drop the journal state and the
-        clones of the targets this replica recorded on its branches, so each adopts its folder
-        afresh instead of replaying what the other replica may already have pushed."""
+        """Before a bucket taken from another replica runs here: drop what this replica holds
+        of it, so each target adopts its folder afresh instead of replaying what the other
+        replica may already have pushed."""
+        await self._drop_state(bucket)
+
+    async def _drop_state(self, bucket: int) -> None:
+        """Drop the journal state (cursor, records, place) and the clones of the targets this
+        replica recorded on the bucket's branches: each adopts its folder when it runs here
+        again."""
         assert self.shards is not None
         for key in sorted(await self._reader.journaled_targets()):
             place = await self._reader.target_place(key)
@@ -289,13 +302,13 @@ class TargetManager:
             clone = clone_dir(self.state_dir, place.remote, place.provider.split("/")[0])
             async with self.clone_locks.setdefault(clone, asyncio.Lock()):
                 await asyncio.to_thread(shutil.rmtree, clone, True)
-            log.info("taking over a target from another replica", extra={"target": key})
+            log.info("dropped a target's state: its bucket moved", extra={"target": key})
 
     async def _forget(self, key: str, resolved: ResolvedTarget) -> None:
         """Drop a target's cursor, records and whatever its branch still holds for it."""
         if key not in self.plane.state.targets:
             self.board.targets.pop(key, None)
-        found = self.branches.get(_branch_key(resolved))
+        found = self.branches.get(resolved.branch)
         if found is not None:
             await found[0].current.forget(key)
         await self.journal.forget_target(key)
@@ -342,18 +355,18 @@ class TargetManager:
         """
         wanted: dict[str, tuple[object, ...]] = {}
         for resolved in sorted(self.plane.state.targets.values(), key=lambda r: r.key):
-            wanted.setdefault(_branch_key(resolved), _committer_config(resolved))
+            wanted.setdefault(resolved.branch, _committer_config(resolved))
         for key, (_, _, config) in list(self.branches.items()):
             if key in wanted and wanted[key] != config:
                 self._retire_branch(key)
                 for target, running in list(self.consumers.items()):
-                    if _branch_key(running.resolved) == key:
+                    if running.resolved.branch == key:
                         self._stop_consumer(target, self.plane.state.targets.get(target))
                 log.info("provider settings changed, reconnecting", extra={"remote": key})
 
     def _branch(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Branch:
         provider, branch_name = resolved.provider, resolved.target.branch
-        key = _branch_key(resolved)
+        key = resolved.branch
         if key in self.branches:
             return self.branches[key][0]
 
@@ -423,7 +436,7 @@ class TargetManager:
         """
         running = self.consumers.pop(key)
         running.task.cancel()
-        self._stopping.setdefault(_branch_key(running.resolved), []).append((running.task, None))
+        self._stopping.setdefault(running.resolved.branch, []).append((running.task, None))
         log.info("stopped target consumer", extra={"target": key})
         if wanted is None or _selection(wanted) == _selection(running.resolved):
             return
@@ -474,10 +487,6 @@ class TargetManager:
         return record
 
 
-def _branch_key(resolved: ResolvedTarget) -> str:
-    return branch_key(resolved.provider.url, resolved.target.branch)
-
-
 def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
     """What a target mirrors and where: its place and its rules, in whatever order they came."""
     return (_place(resolved), frozenset(resolved.rules))
@@ -485,7 +494,7 @@ def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
 
 def _place(resolved: ResolvedTarget) -> TargetPlace:
     """Where a target writes; a target whose place changes starts afresh."""
-    return TargetPlace(_branch_key(resolved), resolved.provider.key, resolved.target.path)
+    return TargetPlace(resolved.branch, resolved.provider.key, resolved.target.path)
 
 
 def _committer_config(resolved: ResolvedTarget) -> tuple[object, ...]:
