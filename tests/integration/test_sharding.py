@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -499,11 +500,21 @@ def typed_values(remote: Remote, branch: str, resource: str, namespace: str) -> 
     return found
 
 
-def journaled(
-    daemon: Reverserd, name: str = ""
-) -> tuple[dict[str, tuple[str, float]], set[str], set[str]]:
-    """From the replica's journal.db: each stream's seed state and seed time, the types of its
-    events about objects called ``name``, and the types of its current objects."""
+@dataclass
+class Journaled:
+    """What a replica's journal.db holds."""
+
+    streams: dict[str, tuple[str, float]]
+    """Each stream's seed state and seed time."""
+    events: set[str]
+    """The types of its events about the objects called as asked."""
+    objects: set[str]
+    """The types of its current objects."""
+    cursors: set[str]
+    """The targets it holds a cursor of."""
+
+
+def journaled(daemon: Reverserd, name: str = "") -> Journaled:
     connection = sqlite3.connect(f"file:{daemon.state_dir / 'journal.db'}?mode=ro", uri=True)
     try:
         streams = {
@@ -519,9 +530,10 @@ def journaled(
             )
         }
         objects = {r for (r,) in connection.execute("SELECT DISTINCT resource FROM objects")}
+        cursors = {t for (t,) in connection.execute("SELECT target FROM cursors")}
     finally:
         connection.close()
-    return streams, events, objects
+    return Journaled(streams, events, objects, cursors)
 
 
 def needs(daemon: Reverserd, remote: Remote, branches: list[str]) -> set[str]:
@@ -533,14 +545,17 @@ def needs(daemon: Reverserd, remote: Remote, branches: list[str]) -> set[str]:
 def journals_only_its_share(
     daemon: Reverserd, remote: Remote, branches: list[str], namespace: str
 ) -> bool:
-    """Seeded streams of exactly its branches' types, and objects of no other type."""
+    """Seeded streams of exactly its branches' types, objects of no other type, and cursors of
+    its branches' targets only (those of a branch handed over are dropped with its streams)."""
     wanted = needs(daemon, remote, branches)
-    streams, _, objects = journaled(daemon)
+    found = journaled(daemon)
     expected = {f"v1/{resource}@{namespace}" for resource in wanted}
+    targets = {f"{namespace}/{b}" for b, t in zip(branches, TYPES, strict=True) if t in wanted}
     return (
-        set(streams) == expected
-        and all(state == "complete" for state, _ in streams.values())
-        and objects <= wanted
+        set(found.streams) == expected
+        and all(state == "complete" for state, _ in found.streams.values())
+        and found.objects <= wanted
+        and found.cursors <= targets
     )
 
 
@@ -601,7 +616,7 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
         wait_until(mirrored, 90, lambda: describe(daemons))
         for daemon in pair:
             # Not one event of a type of the other replica's branches is journaled.
-            _, events, _ = journaled(daemon, "probe")
+            events = journaled(daemon, "probe").events
             assert events == needs(daemon, remote, branches), daemon.state_dir.name
 
         # A third replica joins: the old holders hand buckets over and release their streams.
@@ -627,8 +642,7 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
         wait_until(lambda: shares_journaled(pair), 30, lambda: describe(daemons))
         for resource in gained:
             holder = next(d for d in pair if resource in needs(d, remote, branches))
-            streams, _, _ = journaled(holder)
-            _, seeded_at = streams[f"v1/{resource}@{namespace}"]
+            _, seeded_at = journaled(holder).streams[f"v1/{resource}@{namespace}"]
             assert seeded_at > killed_at, (resource, holder.state_dir.name)
         for resource, branch in of_type.items():
             path = f"{FOLDER}/v1/{resource}/{namespace}/stays.yaml"
