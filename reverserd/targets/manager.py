@@ -140,7 +140,7 @@ class TargetManager:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.ownership.run(self.plane))
             if self.shards is not None:
-                group.create_task(self.shards.run(self._hand_over, self._take_over))
+                group.create_task(self.shards.run(self._hand_over, self._take_over, self._drain))
             try:
                 while True:
                     seen = self.plane.version
@@ -232,7 +232,8 @@ class TargetManager:
             log.info("started target consumer", extra={"target": key})
         used = {r.resolved.branch for r in self.consumers.values()}
         for key in list(self.branches):
-            if key not in used:
+            # A draining branch's committer pushes what it holds before its hand-over.
+            if key not in used and not (self.shards is not None and self.shards.draining(key)):
                 self._retire_branch(key)
         for key, tasks in list(self._stopping.items()):
             self._stopping[key] = [(t, lock) for t, lock in tasks if not t.done()]
@@ -243,6 +244,36 @@ class TargetManager:
         branch, task, _ = self.branches.pop(key)
         task.cancel()
         self._stopping.setdefault(key, []).append((task, branch.current.clone_lock))
+
+    async def _drain(self, bucket: int) -> None:
+        """First step of a graceful hand-over, the bucket still held: stop its consumers, so
+        nothing new is committed, then have each of its committers push what it holds. The
+        caller bounds the wait; the hand-over that follows stops the committers."""
+        assert self.shards is not None
+        shards = self.shards
+        for key, running in list(self.consumers.items()):
+            if shards.bucket(running.resolved.branch) == bucket:
+                self._stop_consumer(key, running.resolved)
+        consumers = {
+            task
+            for key, tasks in self._stopping.items()
+            if shards.bucket(key) == bucket
+            for task, lock in tasks
+            if lock is None
+        }
+        if consumers:
+            # A consumer cancelled half way through handing a change over hands nothing.
+            await asyncio.wait(consumers)
+        committers = [
+            branch.current
+            for key, (branch, _, _) in self.branches.items()
+            if shards.bucket(key) == bucket
+        ]
+        # A committer that stopped (failed) meanwhile pushes nothing more: what it held is
+        # abandoned, as in a hand-over without drain, and adopted by the next owner.
+        await asyncio.gather(
+            *(committer.push_committed() for committer in committers), return_exceptions=True
+        )
 
     async def _hand_over(self, bucket: int) -> None:
         """Stop every consumer and committer of the bucket's branches, and return only once the

@@ -9,6 +9,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import yaml
 from reverserd.git.urls import branch_key
 from reverserd.kube.shards import GROUP_LABEL, bucket_of
 from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
-from testbed.gitservers import branch_tip, install_hook
+from testbed.gitservers import branch_tip, install_hook, read_tree_at
 from testbed.harness import (
     Reverserd,
     apply,
@@ -648,3 +649,90 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
             path = f"{FOLDER}/v1/{resource}/{namespace}/stays.yaml"
             assert never_deleted(remote, branch, path), (branch, subjects(remote.path, branch))
         no_change_committed_twice(remote, branches)
+
+
+def commits_per_file(remote: Remote, branch: str, prefix: str) -> Counter[str]:
+    """How many commits of ``branch`` changed each file below ``prefix``."""
+    repo = pygit2.Repository(str(remote.path))
+    changed = Counter[str]()
+    for entry in history(remote.path, branch):
+        commit = repo.get(entry.sha)
+        assert isinstance(commit, pygit2.Commit)
+        if commit.parents:
+            diff = repo.diff(commit.parents[0].tree, commit.tree)
+            paths = {delta.new_file.path for delta in diff.deltas}
+        else:
+            paths = set(read_tree_at(remote.path, entry.sha))
+        changed.update(path[len(prefix) :] for path in paths if path.startswith(prefix))
+    return changed
+
+
+# The steady workload of the drain test: one ConfigMap write every WRITE_GAP_S, round robin over
+# WRITTEN objects, so each object changes every WRITE_GAP_S * WRITTEN seconds, longer than a
+# hand-over takes (the new owner's adoption then finds at most one change of an object not
+# pushed yet); pushes wait PUSH_INTERVAL_S, so without a drain the old owner would abandon
+# several changes of each object.
+WRITE_GAP_S = 2.0
+WRITTEN = 5
+PUSH_INTERVAL_S = 40
+
+
+def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_change_keeps_its_commit(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """Scaling 2 to 3 under a steady workload: the replicas handing buckets over push their
+    committed changes first (still holding the Lease), so every write is one commit of its
+    object's file on every branch; without the drain the new owner's adoption would coalesce
+    the abandoned ones."""
+    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
+    first, second, third = (daemons[name] for name in REPLICAS)
+    writes = Counter[str]()
+    latest: dict[str, str] = {}
+    stop = threading.Event()
+
+    def workload() -> None:
+        index = 0
+        while not stop.is_set():
+            name = f"w{index % WRITTEN}"
+            apply(control_plane, configmap(namespace, name, {"key": str(index)}))
+            writes[f"{name}.yaml"] += 1
+            latest[f"{name}.yaml"] = str(index)
+            index += 1
+            stop.wait(WRITE_GAP_S)
+
+    with stopped_at_end(daemons):
+        apply(control_plane, *setup(namespace, remote, f"{PUSH_INTERVAL_S}s", branches))
+        apply(control_plane, configmap(namespace, "seed", {"key": "s"}))
+        first.start()
+        second.start()
+        wait_until(lambda: balanced([first, second]), 60, lambda: describe(daemons))
+        wait_until(
+            lambda: all(values(remote, b, namespace) == {"seed.yaml": "s"} for b in branches),
+            90,
+            lambda: describe(daemons),
+        )
+        writer = threading.Thread(target=workload)
+        writer.start()
+        try:
+            time.sleep(15)
+            third.start()
+            wait_until(lambda: balanced([first, second, third]), 60, lambda: describe(daemons))
+            moved_at = time.time()
+            time.sleep(15)
+        finally:
+            stop.set()
+            writer.join()
+        wanted = {"seed.yaml": "s", **latest}
+        wait_until(
+            lambda: all(values(remote, b, namespace) == wanted for b in branches),
+            PUSH_INTERVAL_S + 60,
+            lambda: describe(daemons),
+        )
+        # Buckets moved, pushed by the new holder since.
+        assert any(r == third.state_dir.name for t, _, r in pushes(log) if t > moved_at)
+        prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
+        for branch in branches:
+            assert commits_per_file(remote, branch, prefix) == {"seed.yaml": 1, **writes}, (
+                branch,
+                subjects(remote.path, branch),
+            )

@@ -190,10 +190,10 @@ async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
     async def nothing(bucket: int) -> None:
         return None
 
-    running = [asyncio.create_task(first.run(hand_over_waiting_for_the_push, nothing))]
+    running = [asyncio.create_task(first.run(hand_over_waiting_for_the_push, nothing, nothing))]
     try:
         await asyncio.wait_for(until(lambda: first.held == {0, 1}), 60)
-        running.append(asyncio.create_task(second.run(nothing, nothing)))
+        running.append(asyncio.create_task(second.run(nothing, nothing, nothing)))
         await asyncio.wait_for(until(lambda: bool(blocked_at)), 60)
         kept = 1 - next(iter(handed))
         deadline_passed = blocked_at[0] + timing.renew_deadline_s
