@@ -3,12 +3,8 @@ the branches it serves need; and what the journal forgets of a stream that stopp
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from reverserd.config.plane import ConfigState, resolve
 from reverserd.config.status import StatusBoard
@@ -125,17 +121,6 @@ def test_a_sharded_replica_watches_only_what_the_targets_on_its_branches_need() 
     everything = keys(desired_streams(rules_to_watch(state, lambda branch: True), DISCOVERY))
     assert everything == watched("a/one", "b/two", "a/three")
     assert "v1/configmaps@b" not in everything
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[tuple[JournalWriter, JournalReader]]:
-    writer = await JournalWriter.open(tmp_path)
-    task = asyncio.create_task(writer.run())
-    reader = await JournalReader.open(tmp_path)
-    yield writer, reader
-    task.cancel()
-    await reader.close()
-    await writer.close()
 
 
 def configmap(namespace: str, name: str, version: int) -> dict[str, Any]:
