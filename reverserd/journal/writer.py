@@ -49,6 +49,7 @@ import orjson
 from reverserd.attribution.origin import change_managers, digest, field_manager
 from reverserd.journal.migrations import migrate
 from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec, TargetPlace
+from reverserd.kube.resources import ResourceType
 
 log = logging.getLogger(__name__)
 
@@ -626,6 +627,16 @@ class JournalWriter:
             )
 
         await self.submit(apply)
+
+    async def streams(self) -> list[StreamSpec]:
+        """Every stream the journal has a row of, whether watched in this process or not."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT api_group, api_version, resource, kind, namespaced, namespace FROM streams"
+        )
+        return [
+            StreamSpec(ResourceType(group, version, resource, kind, bool(namespaced)), namespace)
+            for group, version, resource, kind, namespaced, namespace in rows
+        ]
 
     async def release_stream(self, stream: StreamSpec) -> None:
         """Forget a stream whose watch stopped for good in this process (no target here needs

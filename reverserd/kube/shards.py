@@ -141,6 +141,8 @@ class ShardCoordinator:
         # Held buckets being drained before their hand-over: their Lease is still renewed.
         self._draining: set[int] = set()
         self._drain_branches: Callable[[int], Awaitable[None]] | None = None
+        # Whether a round has listed the members (before, only this replica is known).
+        self._listed = False
 
     def _lease(self, name: str, role: str) -> Lease:
         settings = self.settings
@@ -172,6 +174,19 @@ class ShardCoordinator:
         change of the answer is published (:meth:`wait_for_change`)."""
         index = self.bucket(branch)
         return index in self.held or index in self._letting_go
+
+    @property
+    def settled(self) -> bool:
+        """Holding its share of the live members' buckets, none of them being handed over:
+        what it serves now it keeps until the members change."""
+        wanted = share(self.members, self.replica, self.settings.buckets)
+        return (
+            self._listed
+            and not self._disagreeing
+            and not self._draining
+            and not self._letting_go
+            and len(self.held) >= wanted
+        )
 
     @property
     def leaving(self) -> bool:
@@ -239,6 +254,7 @@ class ShardCoordinator:
             self.holders[index] = lease_holder(record)
         await self._renew(leases)
         self.members = self._live_members(leases)
+        self._listed = True
         if self._disagreeing:
             log.error(
                 "live replicas run with another --shards: taking no bucket until they are gone",

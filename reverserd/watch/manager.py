@@ -9,6 +9,8 @@ In sharded mode (``--shards``) a replica watches only what the targets on the br
 serves need (:func:`rules_to_watch`): the union of their rules' streams. A stream no such target
 needs any more is stopped and released from the journal (``JournalWriter.release_stream``), so a
 replica's journal, and its memory, hold only its share; watching it again seeds it from nothing.
+Streams an earlier run journaled for buckets that went elsewhere meanwhile are released once the
+replica holds its share (until then they may be its own again, and resume where they stopped).
 The config plane (rules, targets, providers, namespaces) is not a stream: every replica watches
 it whole. A rule whose target is not valid has no branch, so no replica watches it in sharded
 mode; its events start when its target is valid, whose first sync adopts the folder.
@@ -16,7 +18,8 @@ mode; its events start when its target is valid, whose first sync adopts the fol
 Discovery is refreshed periodically. A CRD that becomes served starts its stream without a
 restart. A type that stops being served has its stream stopped and nothing else: its objects stay
 in the journal and in Git, because absence from discovery is not evidence of deletion (DESIGN
-invariant 4). When it is served again, the stream resumes, or re-seeds on 410, and only a
+invariant 4); sharded, the journal forgets them as it forgets any stream it stopped, still
+without a DELETE event, so Git keeps their files. When it is served again, the stream resumes, or re-seeds on 410, and only a
 complete LIST can then delete anything.
 """
 
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # New CRDs are noticed within this long; two requests per refresh with aggregated discovery.
 DISCOVERY_INTERVAL_S = 5.0
+# Sharded, until an earlier run's leftover streams are released: how often the loop looks
+# whether the replica holds its share yet.
+SETTLED_CHECK_S = 1.0
 
 
 def rules_to_watch(
@@ -93,9 +99,12 @@ class WatchManager:
         self.shards = shards
         self.discovery: Discovery | None = None
         self.watchers: dict[StreamSpec, tuple[StreamWatcher, asyncio.Task[None]]] = {}
-        # Streams stopped in this process, until the journal forgot them: watching one again
-        # waits for that, so its new watch never reads the old seed state.
-        self._releasing: dict[StreamSpec, asyncio.Task[None]] = {}
+        # Streams (by key) stopped or left over, until the journal forgot them: watching one
+        # again waits for that, so its new watch never reads the old seed state.
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        # Sharded: whether the streams an earlier run left in the journal that this replica
+        # does not serve any more were released (once, when it first holds its share).
+        self._leftovers_released = shards is None
         self._wake = asyncio.Event()
 
     def seeded(self, type_key: tuple[str, str], namespace: str | None) -> bool:
@@ -142,7 +151,10 @@ class WatchManager:
                 }
                 if self.shards is not None:
                     waits.add(group.create_task(self.shards.wait_for_change(seen_shards)))
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                # Until the leftovers are released, also look every second whether the
+                # replica has settled (no change is published when a round takes nothing).
+                patience = None if self._leftovers_released else SETTLED_CHECK_S
+                await asyncio.wait(waits, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
                 for wait in waits:
                     wait.cancel()
                 self._wake.clear()
@@ -166,24 +178,38 @@ class WatchManager:
             task.cancel()
             log.info("stopped watching %s", stream.key)
             if self.shards is not None:
-                self._release(group, stream, task)
+                self._release(group, stream, {task})
         for stream in sorted(wanted - set(self.watchers), key=lambda s: s.key):
             watcher = StreamWatcher(self.client, self.journal, stream)
             run = self._after_release(stream, watcher)
             task = group.create_task(supervise(f"watch {stream.key}", run, watcher.failed))
             self.watchers[stream] = (watcher, task)
             log.info("watching %s", stream.key)
+        if not self._leftovers_released and self.shards is not None and self.shards.settled:
+            self._leftovers_released = True
+            group.create_task(self._release_leftovers(group))
+
+    async def _release_leftovers(self, group: asyncio.TaskGroup) -> None:
+        """Release the streams an earlier run journaled that no branch served here needs (their
+        buckets went to other replicas while this one was down), so that they stop taking
+        memory and disk; a stream watched again later seeds afresh."""
+        for stream in await self.journal.streams():
+            # Checked after the read, with no await until each release is registered.
+            if stream.key not in {s.key for s in self.watchers} | set(self._releasing):
+                self._release(group, stream, set())
 
     def _release(
-        self, group: asyncio.TaskGroup, stream: StreamSpec, task: asyncio.Task[None]
+        self, group: asyncio.TaskGroup, stream: StreamSpec, after: set[asyncio.Task[None]]
     ) -> None:
-        """Once the stopped watch has ended, forget the stream in the journal: sharded, a
-        stream stops because no branch served here needs it, and nothing says it ever will
-        again here (with one replica it stays: a rule may be back a moment later)."""
-        previous = self._releasing.get(stream)
+        """Once ``after`` (the stopped watch) has ended, forget the stream in the journal:
+        sharded, a stream stops because no branch served here needs it, and nothing says it
+        ever will again here (with one replica it stays: a rule may be back a moment later)."""
+        previous = self._releasing.get(stream.key)
 
         async def release() -> None:
-            await asyncio.wait({task} if previous is None else {task, previous})
+            waits = after if previous is None else after | {previous}
+            if waits:
+                await asyncio.wait(waits)
             try:
                 await self.journal.release_stream(stream)
             except (JournalWriteFailed, sqlite3.Error, OSError) as error:
@@ -193,10 +219,12 @@ class WatchManager:
             log.info("released %s from the journal", stream.key)
 
         done = group.create_task(release())
-        self._releasing[stream] = done
+        self._releasing[stream.key] = done
         done.add_done_callback(
             lambda ended: (
-                self._releasing.pop(stream) if self._releasing.get(stream) is ended else None
+                self._releasing.pop(stream.key)
+                if self._releasing.get(stream.key) is ended
+                else None
             )
         )
 
@@ -204,7 +232,7 @@ class WatchManager:
         self, stream: StreamSpec, watcher: StreamWatcher
     ) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
-            releasing = self._releasing.get(stream)
+            releasing = self._releasing.get(stream.key)
             if releasing is not None:
                 # Ended, not necessarily done: a release that failed left the stream's row and
                 # objects whole, which a resumed watch continues correctly (or re-lists on 410).

@@ -580,8 +580,9 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
 ) -> None:
     """Two replicas journal only the types of their own branches; a third joining takes buckets
     through the handshake, and the old holders release those streams; killed, its buckets go
-    back to the survivors, who seed those streams again and adopt the folders: the trees equal
-    the cluster, and no file of a live object is ever deleted."""
+    back to the survivors, who seed those streams again and adopt the folders; restarted with
+    its state dir, it releases what it journaled for buckets now held elsewhere. The trees
+    equal the cluster, and no file of a live object is ever deleted."""
     branches, daemons, _ = sharded_group(control_plane, tmp_path, namespace, remote)
     first, second, third = (daemons[name] for name in REPLICAS)
     of_type = dict(zip(TYPES, branches, strict=True))
@@ -645,6 +646,14 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
             holder = next(d for d in pair if resource in needs(d, remote, branches))
             _, seeded_at = journaled(holder).streams[f"v1/{resource}@{namespace}"]
             assert seeded_at > killed_at, (resource, holder.state_dir.name)
+
+        # Back with its state dir, it takes a share again; the streams its journal kept of
+        # buckets that went elsewhere are released once it holds its share.
+        third.start()
+        wait_until(lambda: balanced(trio), 60, lambda: describe(daemons))
+        write("returned", "r")
+        wait_until(mirrored, 90, lambda: describe(daemons))
+        wait_until(lambda: shares_journaled(trio), 30, lambda: describe(daemons))
         for resource, branch in of_type.items():
             path = f"{FOLDER}/v1/{resource}/{namespace}/stays.yaml"
             assert never_deleted(remote, branch, path), (branch, subjects(remote.path, branch))
