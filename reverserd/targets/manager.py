@@ -118,6 +118,9 @@ class TargetManager:
         # Set when a consumer task ended without being stopped here: the next pass restarts it.
         self._consumer_ended = asyncio.Event()
         self._closing = False
+        # Sharded: whether what an earlier run left of targets on buckets now held elsewhere
+        # was dropped (once, when this replica first holds its share).
+        self._leftovers_dropped = shards is None
         # Reads the targets' recorded places; open while the manager runs.
         self._reader: JournalReader
 
@@ -174,6 +177,9 @@ class TargetManager:
         return {k: r for k, r in self.plane.state.targets.items() if self._runs_here(r)}
 
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
+        if not self._leftovers_dropped and self.shards is not None and self.shards.settled:
+            self._leftovers_dropped = True
+            await self._drop_leftovers()
         mine = self._mine()
         await self._retire_reconfigured_branches()
         existing = {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}
@@ -312,22 +318,30 @@ class TargetManager:
                 async with lock:
                     pass
         if not shards.leaving:
-            await self._drop_state(bucket)
+            await self._drop_state(lambda index: index == bucket)
 
     async def _take_over(self, bucket: int) -> None:
         """Before a bucket taken from another replica runs here: drop what this replica holds
         of it, so each target adopts its folder afresh instead of replaying what the other
         replica may already have pushed."""
-        await self._drop_state(bucket)
+        await self._drop_state(lambda index: index == bucket)
 
-    async def _drop_state(self, bucket: int) -> None:
+    async def _drop_leftovers(self) -> None:
+        """Once this replica holds its share, drop what an earlier run left of targets on
+        buckets now held elsewhere (they went to other replicas while it was down): were one
+        taken back, it would start afresh anyway."""
+        assert self.shards is not None
+        held = set(self.shards.held)
+        await self._drop_state(lambda index: index not in held)
+
+    async def _drop_state(self, which: Callable[[int], bool]) -> None:
         """Drop the journal state (cursor, records, place) and the clones of the targets this
-        replica recorded on the bucket's branches: each adopts its folder when it runs here
-        again."""
+        replica recorded on the branches of the buckets ``which`` selects: each adopts its
+        folder when it runs here again."""
         assert self.shards is not None
         for key in sorted(await self._reader.journaled_targets()):
             place = await self._reader.target_place(key)
-            if place is None or self.shards.bucket(place.remote) != bucket:
+            if place is None or not which(self.shards.bucket(place.remote)):
                 continue
             await self.journal.forget_target(key)
             clone = clone_dir(self.state_dir, place.remote, place.provider.split("/")[0])

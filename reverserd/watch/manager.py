@@ -19,8 +19,8 @@ Discovery is refreshed periodically. A CRD that becomes served starts its stream
 restart. A type that stops being served has its stream stopped and nothing else: its objects stay
 in the journal and in Git, because absence from discovery is not evidence of deletion (DESIGN
 invariant 4); sharded, the journal forgets them as it forgets any stream it stopped, still
-without a DELETE event, so Git keeps their files. When it is served again, the stream resumes, or re-seeds on 410, and only a
-complete LIST can then delete anything.
+without a DELETE event, so Git keeps their files. When it is served again, the stream resumes,
+or re-seeds on 410 (sharded: seeds afresh), and only a complete LIST can then delete anything.
 """
 
 from __future__ import annotations
