@@ -352,8 +352,10 @@ class Committer:
         async with self._inbox_changed:
             self._draining = True
             self._inbox_changed.notify_all()
-        # Polled: the inbox, the commits and the push are three places a submission can be.
-        while self._inbox or self._unpushed:
+        # Polled: a submission is in the inbox, in a batch being committed (the applying lock
+        # is held), or committed and not pushed yet; only once it is in none of the three has
+        # it been pushed.
+        while self._inbox or self._applying.locked() or self._unpushed:
             if self.stopped:
                 raise CommitterStopped(self.key)
             await asyncio.sleep(DRAIN_POLL_S)
@@ -523,7 +525,7 @@ class Committer:
                             lambda: (
                                 bool(self._inbox)
                                 or self._damage is not None
-                                or (self._draining and self._first_unpushed_at is not None)
+                                or (self._draining and self._push_due())
                             )
                         ),
                         timeout,

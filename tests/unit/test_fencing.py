@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pygit2
 
-from reverserd.committer.committer import Committer, Submission
+from reverserd.committer.committer import Committer, PushPolicy, Submission
 from reverserd.git import FileChange
 from reverserd.journal import JournalWriter
 from reverserd.kube.client import KubeClient
@@ -262,3 +262,35 @@ async def test_a_hand_over_drains_while_it_holds_the_lease_and_goes_on_when_the_
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await client.close()
+
+
+async def test_a_drain_pushes_what_waits_for_the_interval_and_only_through_the_fence(
+    tmp_path: Path,
+) -> None:
+    """``push_committed`` pushes a commit that would wait an hour for the push interval, and
+    returns once it is pushed; while the fence refuses, it pushes nothing and does not return
+    (its caller bounds it)."""
+    remote = tmp_path / "remote.git"
+    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+    journal = await JournalWriter.open(tmp_path / "state")
+    writing = asyncio.create_task(journal.run())
+    committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
+    committer.policy = PushPolicy(3600.0, 1000)
+    fence = {"open": False}
+    committer.may_push = lambda: fence["open"]
+    run = asyncio.create_task(committer.run())
+    try:
+        await asyncio.wait_for(committer.ready.wait(), timeout=30)
+        waiting = Submission("ns/t", 1, {}, [FileChange("f.yaml", b"x\n")], "change 1\n")
+        await committer.submit(waiting)
+        drain = asyncio.create_task(committer.push_committed())
+        await asyncio.wait_for(refused(committer), timeout=30)
+        assert not drain.done() and branch_tip(remote, "main") is None
+        fence["open"] = True
+        await asyncio.wait_for(drain, timeout=30)
+        assert branch_tip(remote, "main") is not None
+    finally:
+        run.cancel()
+        writing.cancel()
+        await asyncio.gather(run, writing, return_exceptions=True)
+        await journal.close()
