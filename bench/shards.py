@@ -1,9 +1,13 @@
 """bench shards: N sharded replicas, per-replica memory, and the takeover of a killed replica.
 
-One namespace with ``--objects`` ConfigMaps and ``--targets`` GitTargets, each on its own branch
-of one repository on the test bed's smart-HTTP Git server (a WatchRule of ConfigMaps each), are
-created before ``--replicas`` ``reverserd run --shards`` processes start, each with its own
-state dir and the production lease duration unless ``--lease-duration`` says otherwise. Once
+``--namespaces`` namespaces with ``--objects`` ConfigMaps each and ``--targets`` GitTargets,
+each on its own branch of one repository on the test bed's smart-HTTP Git server (a WatchRule
+of its own namespace's ConfigMaps each, the targets spread over the namespaces round robin,
+each namespace with its own GitProvider), are created before ``--replicas`` ``reverserd run
+--shards`` processes start, each with its own state dir and the production lease duration
+unless ``--lease-duration`` says otherwise. With one namespace every target selects the same
+objects, so every replica watches them all; with as many namespaces as targets the targets
+select disjoint objects, and each replica watches only its branches' share. Once
 the replicas hold balanced shares and every branch holds the objects, each replica's peak RSS
 (VmHWM) is read. Then the replica holding the most branches is SIGKILLed and one ConfigMap is
 created at once; the clock runs until the survivors hold every bucket, and until that change is
@@ -57,20 +61,25 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         running_control_plane(work / "controlplane") as plane,
         GitHttpServer(work / "git") as server,
     ):
-        create_namespace(plane, NAMESPACE)
         server.create_bare_repo(REPO)
         url = server.url(REPO)
-        secret = git_secret(plane, NAMESPACE, server)
-        load_configmaps(plane, NAMESPACE, args.objects)
+        namespaces = [
+            NAMESPACE if args.namespaces == 1 else f"{NAMESPACE}-{index:03d}"
+            for index in range(args.namespaces)
+        ]
+        for namespace in namespaces:
+            create_namespace(plane, namespace)
+            secret = git_secret(plane, namespace, server)
+            load_configmaps(plane, namespace, args.objects)
+            apply(plane, git_provider(namespace, "repo", url, secret=secret, branches=["b*"]))
         branches = [f"b{index:03d}" for index in range(args.targets)]
-        apply(
-            plane,
-            git_provider(NAMESPACE, "repo", url, secret=secret, branches=["b*"]),
-        )
+        home = {b: namespaces[index % len(namespaces)] for index, b in enumerate(branches)}
         create_many(
-            plane, [git_target(NAMESPACE, b, "repo", "live", b) for b in branches], "gittargets"
+            plane,
+            [git_target(home[b], b, "repo", "live", b) for b in branches],
+            "gittargets",
         )
-        rules = [watch_rule(NAMESPACE, b, b, [{"resources": ["configmaps"]}]) for b in branches]
+        rules = [watch_rule(home[b], b, b, [{"resources": ["configmaps"]}]) for b in branches]
         create_many(plane, rules, "watchrules")
         sharding = [
             "--shards", str(args.shards),
@@ -102,7 +111,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
             except LookupError:
                 return set()
 
-        folder = f"live/v1/configmaps/{NAMESPACE}"
+        def folder(branch: str) -> str:
+            return f"live/v1/configmaps/{home[branch]}"
+
         try:
             started = time.monotonic()
             for daemon in daemons.values():
@@ -111,7 +122,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
             expected = args.objects
             wait_until(
                 lambda: all(
-                    sum(1 for f in files(b) if f.startswith(folder)) >= expected for b in branches
+                    sum(1 for f in files(b) if f.startswith(folder(b))) >= expected
+                    for b in branches
                 ),
                 args.timeout,
             )
@@ -129,12 +141,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
             lost = [b for b in branches if bucket(b) in held(daemons[victim])]
             daemons[victim].kill()
             killed = time.monotonic()
-            apply(plane, configmap(NAMESPACE, "after-kill"))
+            apply(plane, *(configmap(namespace, "after-kill") for namespace in namespaces))
             survivors = [d for name, d in daemons.items() if name != victim]
             wait_until(lambda: balanced(survivors), args.timeout)
             takeover_s = time.monotonic() - killed
             wait_until(
-                lambda: all(f"{folder}/after-kill.yaml" in files(b) for b in lost), args.timeout
+                lambda: all(f"{folder(b)}/after-kill.yaml" in files(b) for b in lost),
+                args.timeout,
             )
             written_s = time.monotonic() - killed
         finally:
@@ -142,7 +155,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
                 daemon.ensure_stopped()
 
     result.add(
-        f"{args.replicas} replicas, {args.targets} branches, {args.objects} objects: synced",
+        f"{args.replicas} replicas, {args.targets} branches, {args.namespaces} namespaces of"
+        f" {args.objects} objects: synced",
         fmt_s(synced_s),
     )
     for name, peak in sorted(rss.items()):
@@ -165,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--replicas", type=int, default=3, help="reverserd processes (3)")
     parser.add_argument("--targets", type=int, default=30, help="GitTargets, one a branch (30)")
-    parser.add_argument("--objects", type=int, default=200, help="ConfigMaps (200)")
+    parser.add_argument("--objects", type=int, default=200, help="ConfigMaps a namespace (200)")
+    parser.add_argument(
+        "--namespaces", type=int, default=1, help="namespaces the targets spread over (1)"
+    )
     parser.add_argument("--shards", type=int, default=16, help="bucket Leases (16)")
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (15)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after (300 s)")

@@ -45,7 +45,6 @@ from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
 from reverserd.git import configure_network_timeouts
 from reverserd.git.repository import CONNECT_TIMEOUT_MS
-from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
@@ -207,7 +206,7 @@ class Daemon:
                 )
             )
             plane.writes_status_of = self._writes_status_of
-        watches = WatchManager(client, journal, plane)
+        watches = WatchManager(client, journal, plane, self.shards)
         targets = TargetManager(
             client,
             journal,
@@ -408,14 +407,9 @@ class Daemon:
         state = self.plane.state
         branches: list[str] = []
         if resource == "gittargets" and key in state.targets:
-            resolved = state.targets[key]
-            branches = [branch_key(resolved.provider.url, resolved.target.branch)]
+            branches = [state.targets[key].branch]
         elif resource == "gitproviders":
-            branches = sorted(
-                branch_key(r.provider.url, r.target.branch)
-                for r in state.targets.values()
-                if r.provider.key == key
-            )
+            branches = sorted(r.branch for r in state.targets.values() if r.provider.key == key)
         if branches:
             return self.shards.owns(branches[0])
         return self.elector.leading.is_set()

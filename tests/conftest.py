@@ -6,8 +6,9 @@ A component that cannot start fails the test that needs it; nothing is skipped.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pygit2
 import pytest
 
 from reverserd.git import BranchRepository, FileChange
-from reverserd.journal import JournalReader, StoredObject
+from reverserd.journal import JournalReader, JournalWriter, StoredObject
 from testbed.controlplane import ControlPlane, free_port, running_control_plane
 from testbed.gitservers import GitHttpServer
 from testbed.harness import (
@@ -50,6 +51,18 @@ async def current_objects(
     """The journal's current objects of ``kinds``, every page of one snapshot together."""
     async with reader.snapshot_pages(kinds) as snapshot:
         return [stored async for page in snapshot.pages for stored in page]
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[tuple[JournalWriter, JournalReader]]:
+    """A journal in ``tmp_path``, its writer running, and a reader of it."""
+    writer = await JournalWriter.open(tmp_path)
+    task = asyncio.create_task(writer.run())
+    reader = await JournalReader.open(tmp_path)
+    yield writer, reader
+    task.cancel()
+    await reader.close()
+    await writer.close()
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,8 @@ CLONE_CHECK_INTERVAL_S = 60.0
 # Full repack (git gc, seconds on a large clone) after this many commits: commits write packs
 # and flushes merge the small ones, so it only drops rebase leftovers and leaves one pack.
 MAINTAIN_EVERY_COMMITS = 50_000
+# How often a drain (:meth:`Committer.push_committed`) looks whether everything is pushed.
+DRAIN_POLL_S = 0.05
 
 
 class CommitterStopped(Exception):
@@ -250,6 +252,8 @@ class Committer:
         self._commits_since_maintain = 0
         self._damage: CloneDamaged | None = None
         self._checked_at = float("-inf")
+        # Set by a drain: everything committed is pushed at once, whatever the push policy.
+        self._draining = False
 
     async def on_git_thread(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the Git thread; :class:`CommitterStopped` once this committer has
@@ -339,6 +343,22 @@ class Committer:
             self._inbox.append(submission)
             self._inbox_bytes += size
             self._inbox_changed.notify_all()
+
+    async def push_committed(self) -> None:
+        """Push at once what was handed to this committer, and return once none of it waits
+        for the remote: the drain of a graceful hand-over, whose caller stopped the consumers
+        first and bounds the wait. Every push still asks the fence, so nothing lands once the
+        Lease may have passed on; a push that fails keeps its retry pacing."""
+        async with self._inbox_changed:
+            self._draining = True
+            self._inbox_changed.notify_all()
+        # Polled: a submission is in the inbox, in a batch being committed (the applying lock
+        # is held), or committed and not pushed yet; only once it is in none of the three has
+        # it been pushed.
+        while self._inbox or self._applying.locked() or self._unpushed:
+            if self.stopped:
+                raise CommitterStopped(self.key)
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def resume_point(self, target: str, cursor: int) -> int:
         """The newest journal seq of ``target`` already committed on the local branch.
@@ -473,7 +493,8 @@ class Committer:
         """Enough waits for the remote, or a commit asked for it, that a push should not wait
         for the interval."""
         return (
-            self._unpushed_commits() >= self.policy.max_commits
+            self._draining
+            or self._unpushed_commits() >= self.policy.max_commits
             or self._unpushed_bytes >= PUSH_BYTES
             or any(item.push_now and item.commit for item in self._unpushed)
         )
@@ -501,7 +522,11 @@ class Committer:
                 try:
                     await asyncio.wait_for(
                         self._inbox_changed.wait_for(
-                            lambda: bool(self._inbox) or self._damage is not None
+                            lambda: (
+                                bool(self._inbox)
+                                or self._damage is not None
+                                or (self._draining and self._push_due())
+                            )
                         ),
                         timeout,
                     )

@@ -86,6 +86,11 @@ class ResolvedTarget:
     def key(self) -> str:
         return self.target.key
 
+    @property
+    def branch(self) -> str:
+        """The repository branch it writes to: the unit a sharded replica holds or not."""
+        return branch_key(self.provider.url, self.target.branch)
+
 
 @dataclass(frozen=True)
 class Contest:

@@ -60,6 +60,7 @@ import orjson
 from reverserd.journal.migrations import migrate
 from reverserd.journal.model import EventKind, ObjectKey, SeedState, StreamSpec, TargetPlace
 from reverserd.journal.origin import digest, newest_write
+from reverserd.kube.resources import ResourceType
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,19 @@ class _Batch:
         for namespace, name in sorted(gone):
             entry = entries.pop((namespace, name))
             self.event(stream, EventKind.DELETE, namespace, name, entry.uid, entry.resource_version)
+
+    def forget_stream_objects(self, stream: StreamSpec) -> None:
+        """Drop the objects the stream journaled, without an event: not evidence of deletion.
+
+        The ``objects`` triggers follow events, so the rows go by a statement of their own; it
+        runs after every event of the batch, so it spares rows of events journaled after this
+        call (a seq of the batch not yet handed out)."""
+        entries = self.writer.index.of_type(stream.api_group, stream.resource)
+        for ident in [ident for ident, entry in entries.items() if entry.stream == stream.key]:
+            del entries[ident]
+        self.execute(
+            "DELETE FROM objects WHERE stream = ? AND seq < ?", (stream.key, self.writer.next_seq)
+        )
 
     def stream_resource_version(self, stream: StreamSpec, resource_version: str) -> None:
         self.execute(
@@ -625,6 +639,41 @@ class JournalWriter:
                     batch.now,
                     session.stream.key,
                 ),
+            )
+
+        await self.submit(apply)
+
+    async def streams(self) -> list[StreamSpec]:
+        """Every stream the journal has a row of, whether watched in this process or not."""
+        rows = await self.connection.execute_fetchall(
+            "SELECT api_group, api_version, resource, kind, namespaced, namespace FROM streams"
+        )
+        return [
+            StreamSpec(ResourceType(group, version, resource, kind, bool(namespaced)), namespace)
+            for group, version, resource, kind, namespaced, namespace in rows
+        ]
+
+    async def release_stream(self, stream: StreamSpec) -> None:
+        """Forget a stream whose watch stopped for good in this process (no target here needs
+        it any more): its row and its objects, from the table and the in-memory index, so the
+        journal holds only what is watched. A later watch of it registers anew and seeds from
+        nothing, since events were missed meanwhile: a stopped stream never counts as seeded.
+
+        Every cursor stops covering the stream's type in the same transaction: a target that
+        still has a cursor (its GitTarget invalid for a while) re-adopts that type by snapshot
+        once it is seeded again, instead of reading across the gap as if nothing had been
+        missed (an object deleted meanwhile would keep its file)."""
+
+        def apply(batch: _Batch) -> None:
+            batch.forget_stream_objects(stream)
+            batch.execute("DELETE FROM streams WHERE stream = ?", (stream.key,))
+            prefix = f"{stream.api_group}/{stream.resource}|"
+            batch.execute(
+                "UPDATE cursors SET covered = (SELECT COALESCE(json_group_object(key, value),"
+                " '{}') FROM json_each(cursors.covered) WHERE substr(key, 1, ?) != ?)"
+                " WHERE EXISTS (SELECT 1 FROM json_each(cursors.covered)"
+                " WHERE substr(key, 1, ?) = ?)",
+                (len(prefix), prefix, len(prefix), prefix),
             )
 
         await self.submit(apply)

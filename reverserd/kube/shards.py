@@ -14,9 +14,13 @@ Every retry period a replica lists the group's Leases once and then:
    stopped and its writes fenced, see below);
 2. computes its share: the live members sorted by identity, the first ``N mod M`` take
    ``ceil(N/M)`` buckets and the others ``floor(N/M)``, so shares differ by at most one;
-3. holding more than its share, it **hands over**: it stops the branches of a bucket (their
-   consumers, their committer, and waits until the Git operation in flight has ended) and only
-   then releases the Lease, so the next owner never starts while it writes;
+3. holding more than its share, it **hands over**: still holding the Lease, it first drains
+   the bucket (stops its consumers, so nothing new is committed, and pushes what their
+   committers hold, for at most :data:`DRAIN_S`, every push fenced as always), so the next
+   owner finds every change committed so far as its own commit instead of coalescing them
+   into its adoption; then it stops the branches (their committer too, and waits until the
+   Git operation in flight has ended) and only then releases the Lease, so the next owner
+   never starts while it writes. A replica stopping (SIGTERM) hands every bucket over so;
 4. holding fewer, it takes free buckets (released, never held, or unchanged for a whole
    duration), its own former ones first: a replica that returns with its state dir gets its
    buckets back if nobody took them, and with them its cursors and clones. A bucket taken from
@@ -73,6 +77,11 @@ MAX_BUCKETS = 1024
 # take the whole default renew deadline; sixteen at once take 0.64 s and tolerate a server
 # sixteen times slower, while a replica keeps at most sixteen requests open to the API server.
 RENEW_CONCURRENCY = 16
+# A graceful hand-over pushes what the bucket's committers hold for at most this long: a push
+# takes about a second, and a stopping replica's whole hand-over must fit in the daemon's
+# LEAVE_TIMEOUT_S (10 s). What is not pushed by then is abandoned as before (the next owner
+# adopts it, coalesced).
+DRAIN_S = 5.0
 
 
 def bucket_of(branch: str, buckets: int) -> int:
@@ -139,6 +148,13 @@ class ShardCoordinator:
         self._claiming: set[int] = set()
         # Buckets whose Lease a take task holds while it drops their old state: renewed.
         self._taking: set[int] = set()
+        # Buckets let go (handed over, or lapsed) whose writers have not all stopped yet.
+        self._letting_go: set[int] = set()
+        # Held buckets being drained before their hand-over: their Lease is still renewed.
+        self._draining: set[int] = set()
+        self._drain_branches: Callable[[int], Awaitable[None]] | None = None
+        # Whether a round has listed the members (before, only this replica is known).
+        self._listed = False
 
     def _lease(self, name: str, role: str, annotations: dict[str, str] | None = None) -> Lease:
         settings = self.settings
@@ -161,7 +177,39 @@ class ShardCoordinator:
         return bucket_of(branch, self.settings.buckets)
 
     def owns(self, branch: str) -> bool:
-        return self.bucket(branch) in self.held
+        """Whether the branch's targets run here: held and not being drained for a hand-over."""
+        index = self.bucket(branch)
+        return index in self.held and index not in self._draining
+
+    def draining(self, branch: str) -> bool:
+        """Held, its consumers stopped, its committer pushing what it holds before the
+        hand-over: the committer must not be retired meanwhile."""
+        return self.bucket(branch) in self._draining
+
+    def serves(self, branch: str) -> bool:
+        """Whether this replica watches what ``branch`` needs: its bucket is held, or let go
+        with its writers not stopped yet (they never read a stream stopped under them). A
+        change of the answer is published (:meth:`wait_for_change`)."""
+        index = self.bucket(branch)
+        return index in self.held or index in self._letting_go
+
+    @property
+    def settled(self) -> bool:
+        """Holding its share of the live members' buckets, none of them being handed over:
+        what it serves now it keeps until the members change."""
+        wanted = share(self.members, self.replica, self.settings.buckets)
+        return (
+            self._listed
+            and not self._disagreeing
+            and not self._draining
+            and not self._letting_go
+            and len(self.held) >= wanted
+        )
+
+    @property
+    def leaving(self) -> bool:
+        """Shutting down: buckets handed over now keep their journal state for a restart."""
+        return self._leaving
 
     def may_write(self, branch: str) -> Callable[[], bool]:
         """The fencing check of one branch, safe to call from any thread: the bucket is held
@@ -189,13 +237,16 @@ class ShardCoordinator:
         self,
         hand_over: Callable[[int], Awaitable[None]],
         take_over: Callable[[int], Awaitable[None]],
+        drain: Callable[[int], Awaitable[None]],
     ) -> None:
         """Coordinate until cancelled. ``hand_over(b)`` stops bucket b's branches and returns
         once nothing of theirs writes any more; ``take_over(b)`` drops what this replica's
-        journal and clones hold for bucket b before its branches start afresh. Both run as
-        tasks of their own, so neither ever delays a renewal."""
+        journal and clones hold for bucket b before its branches start afresh; ``drain(b)``
+        stops b's consumers and pushes what its committers hold (cancelled after
+        :data:`DRAIN_S`). They run as tasks of their own, so none ever delays a renewal."""
         self._hand_over_branches = hand_over
         self._take_over_branches = take_over
+        self._drain_branches = drain
         while not self._leaving:
             try:
                 await self._round()
@@ -221,6 +272,7 @@ class ShardCoordinator:
             self.holders[index] = lease_holder(record)
         await self._renew(leases)
         self.members = self._live_members(leases)
+        self._listed = True
         if self._disagreeing:
             log.error(
                 "live replicas run with another --shards: taking no bucket until they are gone",
@@ -228,8 +280,9 @@ class ShardCoordinator:
             )
             return
         wanted = share(self.members, self.replica, self.settings.buckets)
-        for index in sorted(self.held, reverse=True)[: max(0, len(self.held) - wanted)]:
-            self.held.discard(index)
+        keeping = sorted(self.held - self._draining, reverse=True)
+        for index in keeping[: max(0, len(keeping) - wanted)]:
+            self._draining.add(index)
             self._start(index, self._hand_over(index), "hand-over")
         missing = wanted - len(self.held) - len(self._claiming)
         if missing <= 0 or self._leaving:
@@ -338,12 +391,35 @@ class ShardCoordinator:
         )
         await self._publish()
 
-    async def _hand_over(self, index: int) -> None:
-        """Stop the bucket's writers, then release its Lease: the handshake of a rebalance.
-        The bucket is out of :attr:`held` already, so nothing of it pushes any more."""
-        assert self._hand_over_branches is not None
+    def _let_go(self, index: int) -> None:
+        """Out of :attr:`held` (nothing of it pushes any more), still served until its
+        writers stopped (:meth:`_stopped`)."""
+        self.held.discard(index)
+        self._letting_go.add(index)
+
+    async def _stopped(self, index: int) -> None:
+        self._letting_go.discard(index)
         await self._publish()
-        await self._hand_over_branches(index)
+
+    async def _hand_over(self, index: int) -> None:
+        """Drain the bucket (in :attr:`_draining`, still held), then let it go, stop its
+        writers and release its Lease: the handshake of a rebalance or a shutdown."""
+        assert self._hand_over_branches is not None and self._drain_branches is not None
+        await self._publish()
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                await self._drain_branches(index)
+        except TimeoutError:
+            log.warning("drain not finished in time: handing over", extra={"bucket": index})
+        finally:
+            self._draining.discard(index)
+        if index in self.held:  # else it lapsed meanwhile, and is being stopped
+            self._let_go(index)
+        await self._publish()
+        try:
+            await self._hand_over_branches(index)
+        finally:
+            await self._stopped(index)
         lease = self.buckets[index]
         record = await lease.read()
         if record is not None and await lease.release(record):
@@ -354,7 +430,10 @@ class ShardCoordinator:
         """Stop a lapsed bucket's writers (its Lease is not ours to release any more)."""
         assert self._hand_over_branches is not None
         await self._publish()
-        await self._hand_over_branches(index)
+        try:
+            await self._hand_over_branches(index)
+        finally:
+            await self._stopped(index)
 
     async def leave(self) -> None:
         """On shutdown: hand every bucket over (its branches stopped first) and give the
@@ -364,9 +443,9 @@ class ShardCoordinator:
         # What is moving ends first: a take-over's bucket is then held, and handed over below.
         await asyncio.gather(*self._moving.values(), return_exceptions=True)
         if self._hand_over_branches is not None:
-            for index in sorted(self.held):
-                self.held.discard(index)
-                await self._hand_over(index)
+            handing = sorted(self.held - self._draining)
+            self._draining.update(handing)
+            await asyncio.gather(*(self._hand_over(index) for index in handing))
         record = await self.member.read()
         if record is not None:
             await self.member.release(record)
@@ -378,7 +457,7 @@ class ShardCoordinator:
             if self.buckets[index].valid():
                 continue
             log.warning("lost bucket: not renewed in time", extra={"bucket": index})
-            self.held.discard(index)
+            self._let_go(index)
             self._start(index, self._stop(index), "stop")
 
     def picture(self) -> dict[str, Any]:

@@ -118,6 +118,9 @@ class TargetManager:
         # Set when a consumer task ended without being stopped here: the next pass restarts it.
         self._consumer_ended = asyncio.Event()
         self._closing = False
+        # Sharded: whether what an earlier run left of targets on buckets now held elsewhere
+        # was dropped (once, when this replica first holds its share).
+        self._leftovers_dropped = shards is None
         # Reads the targets' recorded places; open while the manager runs.
         self._reader: JournalReader
 
@@ -140,7 +143,7 @@ class TargetManager:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.ownership.run(self.plane))
             if self.shards is not None:
-                group.create_task(self.shards.run(self._hand_over, self._take_over))
+                group.create_task(self.shards.run(self._hand_over, self._take_over, self._drain))
             try:
                 while True:
                     seen = self.plane.version
@@ -167,13 +170,16 @@ class TargetManager:
                 wait.cancel()
 
     def _runs_here(self, resolved: ResolvedTarget) -> bool:
-        return self.shards is None or self.shards.owns(_branch_key(resolved))
+        return self.shards is None or self.shards.owns(resolved.branch)
 
     def _mine(self) -> dict[str, ResolvedTarget]:
         """The targets this replica runs: all of them, or those of the branches it holds."""
         return {k: r for k, r in self.plane.state.targets.items() if self._runs_here(r)}
 
     async def _reconcile(self, group: asyncio.TaskGroup) -> None:
+        if not self._leftovers_dropped and self.shards is not None and self.shards.settled:
+            self._leftovers_dropped = True
+            await self._drop_leftovers()
         mine = self._mine()
         await self._retire_reconfigured_branches()
         existing = {f"{ns}/{name}" for ns, name in self.plane.informers["gittargets"].cache}
@@ -230,9 +236,10 @@ class TargetManager:
             task.add_done_callback(self._consumer_done(key))
             self.consumers[key] = _Running(resolved, consumer, task)
             log.info("started target consumer", extra={"target": key})
-        used = {_branch_key(r.resolved) for r in self.consumers.values()}
+        used = {r.resolved.branch for r in self.consumers.values()}
         for key in list(self.branches):
-            if key not in used:
+            # A draining branch's committer pushes what it holds before its hand-over.
+            if key not in used and not (self.shards is not None and self.shards.draining(key)):
                 self._retire_branch(key)
         for key, tasks in list(self._stopping.items()):
             self._stopping[key] = [(t, lock) for t, lock in tasks if not t.done()]
@@ -244,14 +251,49 @@ class TargetManager:
         task.cancel()
         self._stopping.setdefault(key, []).append((task, branch.current.clone_lock))
 
-    async def _hand_over(self, bucket: int) -> None:
-        """Stop every consumer and committer of the bucket's branches, and return only once the
-        Git operation each committer had in flight has ended (finished or abandoned: what was
-        not pushed stays in the journal for the next owner)."""
+    async def _drain(self, bucket: int) -> None:
+        """First step of a graceful hand-over, the bucket still held: stop its consumers, so
+        nothing new is committed, then have each of its committers push what it holds. The
+        caller bounds the wait; the hand-over that follows stops the committers."""
         assert self.shards is not None
         shards = self.shards
         for key, running in list(self.consumers.items()):
-            if shards.bucket(_branch_key(running.resolved)) == bucket:
+            if shards.bucket(running.resolved.branch) == bucket:
+                self._stop_consumer(key, running.resolved)
+        consumers = {
+            task
+            for key, tasks in self._stopping.items()
+            if shards.bucket(key) == bucket
+            for task, lock in tasks
+            if lock is None
+        }
+        if consumers:
+            # A consumer cancelled half way through handing a change over hands nothing.
+            await asyncio.wait(consumers)
+        committers = [
+            branch.current
+            for key, (branch, _, _) in self.branches.items()
+            if shards.bucket(key) == bucket
+        ]
+        # A committer that stopped (failed) meanwhile pushes nothing more: what it held is
+        # abandoned, as in a hand-over without drain, and adopted by the next owner.
+        await asyncio.gather(
+            *(committer.push_committed() for committer in committers), return_exceptions=True
+        )
+
+    async def _hand_over(self, bucket: int) -> None:
+        """Stop every consumer and committer of the bucket's branches, and return only once the
+        Git operation each committer had in flight has ended (finished or abandoned: what was
+        not pushed stays in the journal for the next owner).
+
+        Then, unless the process is stopping, drop the bucket's journal state and clones
+        (:meth:`_drop_state`): the streams only its targets needed stop with it, so their
+        cursors would point into a gap. On shutdown they stay, for a restart that takes the
+        bucket back (its watches resume where they stopped)."""
+        assert self.shards is not None
+        shards = self.shards
+        for key, running in list(self.consumers.items()):
+            if shards.bucket(running.resolved.branch) == bucket:
                 self._stop_consumer(key, running.resolved)
         for key in list(self.branches):
             if shards.bucket(key) == bucket:
@@ -275,27 +317,43 @@ class TargetManager:
                 # Released by the stopped committer once its Git thread is idle.
                 async with lock:
                     pass
+        if not shards.leaving:
+            await self._drop_state(lambda index: index == bucket)
 
     async def _take_over(self, bucket: int) -> None:
-        """Before a bucket taken from another replica runs here: drop the journal state and the
-        clones of the targets this replica recorded on its branches, so each adopts its folder
-        afresh instead of replaying what the other replica may already have pushed."""
+        """Before a bucket taken from another replica runs here: drop what this replica holds
+        of it, so each target adopts its folder afresh instead of replaying what the other
+        replica may already have pushed."""
+        await self._drop_state(lambda index: index == bucket)
+
+    async def _drop_leftovers(self) -> None:
+        """Once this replica holds its share, drop what an earlier run left of targets on
+        buckets now held elsewhere (they went to other replicas while it was down): were one
+        taken back, it would start afresh anyway."""
+        assert self.shards is not None
+        held = set(self.shards.held)
+        await self._drop_state(lambda index: index not in held)
+
+    async def _drop_state(self, which: Callable[[int], bool]) -> None:
+        """Drop the journal state (cursor, records, place) and the clones of the targets this
+        replica recorded on the branches of the buckets ``which`` selects: each adopts its
+        folder when it runs here again."""
         assert self.shards is not None
         for key in sorted(await self._reader.journaled_targets()):
             place = await self._reader.target_place(key)
-            if place is None or self.shards.bucket(place.remote) != bucket:
+            if place is None or not which(self.shards.bucket(place.remote)):
                 continue
             await self.journal.forget_target(key)
             clone = clone_dir(self.state_dir, place.remote, place.provider.split("/")[0])
             async with self.clone_locks.setdefault(clone, asyncio.Lock()):
                 await asyncio.to_thread(shutil.rmtree, clone, True)
-            log.info("taking over a target from another replica", extra={"target": key})
+            log.info("dropped a target's state: its bucket moved", extra={"target": key})
 
     async def _forget(self, key: str, resolved: ResolvedTarget) -> None:
         """Drop a target's cursor, records and whatever its branch still holds for it."""
         if key not in self.plane.state.targets:
             self.board.targets.pop(key, None)
-        found = self.branches.get(_branch_key(resolved))
+        found = self.branches.get(resolved.branch)
         if found is not None:
             await found[0].current.forget(key)
         await self.journal.forget_target(key)
@@ -342,18 +400,18 @@ class TargetManager:
         """
         wanted: dict[str, tuple[object, ...]] = {}
         for resolved in sorted(self.plane.state.targets.values(), key=lambda r: r.key):
-            wanted.setdefault(_branch_key(resolved), _committer_config(resolved))
+            wanted.setdefault(resolved.branch, _committer_config(resolved))
         for key, (_, _, config) in list(self.branches.items()):
             if key in wanted and wanted[key] != config:
                 self._retire_branch(key)
                 for target, running in list(self.consumers.items()):
-                    if _branch_key(running.resolved) == key:
+                    if running.resolved.branch == key:
                         self._stop_consumer(target, self.plane.state.targets.get(target))
                 log.info("provider settings changed, reconnecting", extra={"remote": key})
 
     def _branch(self, group: asyncio.TaskGroup, resolved: ResolvedTarget) -> Branch:
         provider, branch_name = resolved.provider, resolved.target.branch
-        key = _branch_key(resolved)
+        key = resolved.branch
         if key in self.branches:
             return self.branches[key][0]
 
@@ -423,7 +481,7 @@ class TargetManager:
         """
         running = self.consumers.pop(key)
         running.task.cancel()
-        self._stopping.setdefault(_branch_key(running.resolved), []).append((running.task, None))
+        self._stopping.setdefault(running.resolved.branch, []).append((running.task, None))
         log.info("stopped target consumer", extra={"target": key})
         if wanted is None or _selection(wanted) == _selection(running.resolved):
             return
@@ -474,10 +532,6 @@ class TargetManager:
         return record
 
 
-def _branch_key(resolved: ResolvedTarget) -> str:
-    return branch_key(resolved.provider.url, resolved.target.branch)
-
-
 def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
     """What a target mirrors and where: its place and its rules, in whatever order they came."""
     return (_place(resolved), frozenset(resolved.rules))
@@ -485,7 +539,7 @@ def _selection(resolved: ResolvedTarget) -> tuple[object, ...]:
 
 def _place(resolved: ResolvedTarget) -> TargetPlace:
     """Where a target writes; a target whose place changes starts afresh."""
-    return TargetPlace(_branch_key(resolved), resolved.provider.key, resolved.target.path)
+    return TargetPlace(resolved.branch, resolved.provider.key, resolved.target.path)
 
 
 def _committer_config(resolved: ResolvedTarget) -> tuple[object, ...]:

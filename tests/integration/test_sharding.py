@@ -8,21 +8,26 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import pygit2
 import yaml
 
 from reverserd.git.urls import branch_key
 from reverserd.kube.shards import GROUP_LABEL, bucket_of
 from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
-from testbed.gitservers import branch_tip, install_hook
+from testbed.gitservers import branch_tip, install_hook, read_tree_at
 from testbed.harness import (
     Reverserd,
     apply,
+    history,
     logged_by_reverserd,
     resource_status,
     subjects,
@@ -443,3 +448,304 @@ def test_scaling_three_to_four_to_two_moves_branches_with_the_handshake_and_lose
             assert name not in lease_holders(control_plane, namespace)
         settles(2)
         no_change_committed_twice(remote, branches)
+
+
+# One core type per bucket's branch, each a plain object the test bed can hold (no controller
+# acts on them), so each branch's target needs a stream of its own.
+TYPES = (
+    "configmaps",
+    "serviceaccounts",
+    "podtemplates",
+    "limitranges",
+    "resourcequotas",
+    "endpoints",
+)
+KINDS = {
+    "configmaps": ("ConfigMap", {"data": {"k": "v"}}),
+    "serviceaccounts": ("ServiceAccount", {}),
+    "podtemplates": (
+        "PodTemplate",
+        {"template": {"spec": {"containers": [{"name": "c", "image": "scratch"}]}}},
+    ),
+    "limitranges": ("LimitRange", {"spec": {"limits": [{"type": "Container"}]}}),
+    "resourcequotas": ("ResourceQuota", {"spec": {"hard": {"pods": "10"}}}),
+    "endpoints": ("Endpoints", {"subsets": []}),
+}
+
+
+def typed_object(resource: str, namespace: str, name: str, value: str) -> dict[str, object]:
+    kind, rest = KINDS[resource]
+    metadata = {"name": name, "namespace": namespace, "annotations": {"value": value}}
+    return {"apiVersion": "v1", "kind": kind, "metadata": metadata, **rest}
+
+
+def typed_setup(namespace: str, remote: Remote, branches: list[str]) -> list[dict[str, object]]:
+    """One provider, and one target on each branch whose WatchRule selects that branch's type."""
+    manifests: list[dict[str, object]] = [
+        git_provider(namespace, "mirror", remote.url, secret=remote.secret, branches=["shard-*"])
+    ]
+    for branch, resource in zip(branches, TYPES, strict=True):
+        manifests.append(git_target(namespace, branch, "mirror", FOLDER, branch))
+        manifests.append(watch_rule(namespace, branch, branch, [{"resources": [resource]}]))
+    return manifests
+
+
+def typed_values(remote: Remote, branch: str, resource: str, namespace: str) -> dict[str, str]:
+    """The ``value`` annotation of every file of ``resource`` on ``branch``, by object name."""
+    prefix = f"{FOLDER}/v1/{resource}/{namespace}/"
+    found = {}
+    for path, content in tree(remote.path, branch).items():
+        if path.startswith(prefix):
+            body = yaml.safe_load(content)
+            found[path[len(prefix) : -len(".yaml")]] = body["metadata"]["annotations"]["value"]
+    return found
+
+
+@dataclass
+class Journaled:
+    """What a replica's journal.db holds."""
+
+    streams: dict[str, tuple[str, float]]
+    """Each stream's seed state and seed time."""
+    events: set[str]
+    """The types of its events about the objects called as asked."""
+    objects: set[str]
+    """The types of its current objects."""
+    cursors: set[str]
+    """The targets it holds a cursor of."""
+
+
+def journaled(daemon: Reverserd, name: str = "") -> Journaled:
+    connection = sqlite3.connect(f"file:{daemon.state_dir / 'journal.db'}?mode=ro", uri=True)
+    try:
+        streams = {
+            stream: (state, seeded_at or 0.0)
+            for stream, state, seeded_at in connection.execute(
+                "SELECT stream, seed_state, seeded_at FROM streams"
+            )
+        }
+        events = {
+            r
+            for (r,) in connection.execute(
+                "SELECT DISTINCT resource FROM events WHERE name = ?", (name,)
+            )
+        }
+        objects = {r for (r,) in connection.execute("SELECT DISTINCT resource FROM objects")}
+        cursors = {t for (t,) in connection.execute("SELECT target FROM cursors")}
+    finally:
+        connection.close()
+    return Journaled(streams, events, objects, cursors)
+
+
+def needs(daemon: Reverserd, remote: Remote, branches: list[str]) -> set[str]:
+    """The types of the branches whose buckets the replica holds."""
+    mine = held(daemon)
+    return {t for b, t in zip(branches, TYPES, strict=True) if bucket(remote, b) in mine}
+
+
+def journals_only_its_share(
+    daemon: Reverserd, remote: Remote, branches: list[str], namespace: str
+) -> bool:
+    """Seeded streams of exactly its branches' types, objects of no other type, and cursors of
+    its branches' targets only (those of a branch handed over are dropped with its streams)."""
+    wanted = needs(daemon, remote, branches)
+    found = journaled(daemon)
+    expected = {f"v1/{resource}@{namespace}" for resource in wanted}
+    targets = {f"{namespace}/{b}" for b, t in zip(branches, TYPES, strict=True) if t in wanted}
+    return (
+        set(found.streams) == expected
+        and all(state == "complete" for state, _ in found.streams.values())
+        and found.objects <= wanted
+        and found.cursors <= targets
+    )
+
+
+def never_deleted(remote: Remote, branch: str, path: str) -> bool:
+    """Once on ``branch``, ``path`` is in every later commit."""
+    seen = False
+    for entry in history(remote.path, branch):
+        commit = pygit2.Repository(str(remote.path)).get(entry.sha)
+        try:
+            commit.tree[path]
+        except KeyError:
+            if seen:
+                return False
+            continue
+        seen = True
+    return seen
+
+
+def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_it_gains(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """Two replicas journal only the types of their own branches; a third joining takes buckets
+    through the handshake, and the old holders release those streams; killed, its buckets go
+    back to the survivors, who seed those streams again and adopt the folders; restarted with
+    its state dir after the first stopped, it releases what it journaled for buckets now held
+    elsewhere. The trees
+    equal the cluster, and no file of a live object is ever deleted."""
+    branches, daemons, _ = sharded_group(control_plane, tmp_path, namespace, remote)
+    first, second, third = (daemons[name] for name in REPLICAS)
+    of_type = dict(zip(TYPES, branches, strict=True))
+    cluster: dict[str, dict[str, str]] = {resource: {} for resource in TYPES}
+
+    def write(name: str, value: str) -> None:
+        apply(control_plane, *(typed_object(r, namespace, name, value) for r in TYPES))
+        for resource in TYPES:
+            cluster[resource][name] = value
+
+    def remove(name: str) -> None:
+        for resource in TYPES:
+            control_plane.kubectl("delete", resource, "-n", namespace, name)
+            del cluster[resource][name]
+
+    def mirrored() -> bool:
+        return all(typed_values(remote, of_type[r], r, namespace) == cluster[r] for r in TYPES)
+
+    def shares_journaled(live: list[Reverserd]) -> bool:
+        return all(journals_only_its_share(d, remote, branches, namespace) for d in live)
+
+    with stopped_at_end(daemons):
+        apply(control_plane, *typed_setup(namespace, remote, branches))
+        write("stays", "s")
+        write("doomed", "d")
+        first.start()
+        second.start()
+        pair = [first, second]
+        wait_until(lambda: balanced(pair), 60, lambda: describe(daemons))
+        wait_until(mirrored, 90, lambda: describe(daemons))
+        wait_until(lambda: shares_journaled(pair), 30, lambda: describe(daemons))
+        write("probe", "p")
+        wait_until(mirrored, 90, lambda: describe(daemons))
+        for daemon in pair:
+            # Not one event of a type of the other replica's branches is journaled.
+            events = journaled(daemon, "probe").events
+            assert events == needs(daemon, remote, branches), daemon.state_dir.name
+
+        # A third replica joins: the old holders hand buckets over and release their streams.
+        third.start()
+        trio = [first, second, third]
+        wait_until(lambda: balanced(trio), 60, lambda: describe(daemons))
+        write("joined", "j")
+        wait_until(mirrored, 90, lambda: describe(daemons))
+        wait_until(lambda: shares_journaled(trio), 30, lambda: describe(daemons))
+
+        # Killed, its buckets go back to the survivors, whose journals released those streams:
+        # they seed them again (never resume them) and adopt the folders as the third left them.
+        gained = {t: b for t, b in of_type.items() if bucket(remote, b) in held(third)}
+        assert gained
+        third.kill()
+        killed_at = time.time()
+        write("stays", "s")  # unchanged
+        write("flip", "f")
+        remove("doomed")
+        wait_until(lambda: balanced(pair), 60, lambda: describe(daemons))
+        write("later", "l")
+        wait_until(mirrored, 120, lambda: describe(daemons))
+        wait_until(lambda: shares_journaled(pair), 30, lambda: describe(daemons))
+        for resource in gained:
+            holder = next(d for d in pair if resource in needs(d, remote, branches))
+            _, seeded_at = journaled(holder).streams[f"v1/{resource}@{namespace}"]
+            assert seeded_at > killed_at, (resource, holder.state_dir.name)
+
+        # The first stops (SIGTERM hands its buckets over), and the killed one comes back with
+        # its state dir: it takes the highest half of the buckets, not all of those it held,
+        # and releases the streams its journal kept of the others once it holds its share.
+        first.stop()
+        third.start()
+        last = [second, third]
+        wait_until(lambda: balanced(last), 60, lambda: describe(daemons))
+        write("returned", "r")
+        wait_until(mirrored, 90, lambda: describe(daemons))
+        wait_until(lambda: shares_journaled(last), 30, lambda: describe(daemons))
+        for resource, branch in of_type.items():
+            path = f"{FOLDER}/v1/{resource}/{namespace}/stays.yaml"
+            assert never_deleted(remote, branch, path), (branch, subjects(remote.path, branch))
+        no_change_committed_twice(remote, branches)
+
+
+def commits_per_file(remote: Remote, branch: str, prefix: str) -> Counter[str]:
+    """How many commits of ``branch`` changed each file below ``prefix``."""
+    repo = pygit2.Repository(str(remote.path))
+    changed = Counter[str]()
+    for entry in history(remote.path, branch):
+        commit = repo.get(entry.sha)
+        assert isinstance(commit, pygit2.Commit)
+        if commit.parents:
+            diff = repo.diff(commit.parents[0].tree, commit.tree)
+            paths = {delta.new_file.path for delta in diff.deltas}
+        else:
+            paths = set(read_tree_at(remote.path, entry.sha))
+        changed.update(path[len(prefix) :] for path in paths if path.startswith(prefix))
+    return changed
+
+
+# The steady workload of the drain test: one ConfigMap write every WRITE_GAP_S, round robin over
+# WRITTEN objects, so each object changes every WRITE_GAP_S * WRITTEN seconds, longer than a
+# hand-over takes (the new owner's adoption then finds at most one change of an object not
+# pushed yet); pushes wait PUSH_INTERVAL_S, so without a drain the old owner would abandon
+# several changes of each object.
+WRITE_GAP_S = 2.0
+WRITTEN = 5
+PUSH_INTERVAL_S = 40
+
+
+def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_change_keeps_its_commit(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """Scaling 2 to 3 under a steady workload: the replicas handing buckets over push their
+    committed changes first (still holding the Lease), so every write is one commit of its
+    object's file on every branch; without the drain the new owner's adoption would coalesce
+    the abandoned ones."""
+    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
+    first, second, third = (daemons[name] for name in REPLICAS)
+    writes = Counter[str]()
+    latest: dict[str, str] = {}
+    stop = threading.Event()
+
+    def workload() -> None:
+        index = 0
+        while not stop.is_set():
+            name = f"w{index % WRITTEN}"
+            apply(control_plane, configmap(namespace, name, {"key": str(index)}))
+            writes[f"{name}.yaml"] += 1
+            latest[f"{name}.yaml"] = str(index)
+            index += 1
+            stop.wait(WRITE_GAP_S)
+
+    with stopped_at_end(daemons):
+        apply(control_plane, *setup(namespace, remote, f"{PUSH_INTERVAL_S}s", branches))
+        apply(control_plane, configmap(namespace, "seed", {"key": "s"}))
+        first.start()
+        second.start()
+        wait_until(lambda: balanced([first, second]), 60, lambda: describe(daemons))
+        wait_until(
+            lambda: all(values(remote, b, namespace) == {"seed.yaml": "s"} for b in branches),
+            90,
+            lambda: describe(daemons),
+        )
+        writer = threading.Thread(target=workload)
+        writer.start()
+        try:
+            time.sleep(15)
+            third.start()
+            wait_until(lambda: balanced([first, second, third]), 60, lambda: describe(daemons))
+            moved_at = time.time()
+            time.sleep(15)
+        finally:
+            stop.set()
+            writer.join()
+        wanted = {"seed.yaml": "s", **latest}
+        wait_until(
+            lambda: all(values(remote, b, namespace) == wanted for b in branches),
+            PUSH_INTERVAL_S + 60,
+            lambda: describe(daemons),
+        )
+        # Buckets moved, pushed by the new holder since.
+        assert any(r == third.state_dir.name for t, _, r in pushes(log) if t > moved_at)
+        prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
+        for branch in branches:
+            assert commits_per_file(remote, branch, prefix) == {"seed.yaml": 1, **writes}, (
+                branch,
+                subjects(remote.path, branch),
+            )

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pygit2
 
-from reverserd.committer.committer import Committer, Submission
+from reverserd.committer.committer import Committer, PushPolicy, Submission
 from reverserd.git import FileChange
 from reverserd.journal import JournalWriter
 from reverserd.kube.client import KubeClient
 from reverserd.kube.lease import LeaseTiming
-from reverserd.kube.shards import ShardCoordinator, ShardSettings, bucket_of, share
+from reverserd.kube.shards import DRAIN_S, ShardCoordinator, ShardSettings, bucket_of, share
 from testbed.controlplane import LEASE_NAMESPACE, ControlPlane
 from testbed.gitservers import branch_tip, commit_files
 from tests.conftest import AUTHOR
@@ -190,10 +190,10 @@ async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
     async def nothing(bucket: int) -> None:
         return None
 
-    running = [asyncio.create_task(first.run(hand_over_waiting_for_the_push, nothing))]
+    running = [asyncio.create_task(first.run(hand_over_waiting_for_the_push, nothing, nothing))]
     try:
         await asyncio.wait_for(until(lambda: first.held == {0, 1}), 60)
-        running.append(asyncio.create_task(second.run(nothing, nothing)))
+        running.append(asyncio.create_task(second.run(nothing, nothing, nothing)))
         await asyncio.wait_for(until(lambda: bool(blocked_at)), 60)
         kept = 1 - next(iter(handed))
         deadline_passed = blocked_at[0] + timing.renew_deadline_s
@@ -219,3 +219,78 @@ async def test_renewals_go_on_while_a_hand_over_waits_for_a_push(
         await asyncio.gather(*running, return_exceptions=True)
         push_in_flight.set()
         await client.close()
+
+
+async def test_a_hand_over_drains_while_it_holds_the_lease_and_goes_on_when_the_drain_hangs(
+    control_plane: ControlPlane,
+) -> None:
+    """The drain runs while the bucket is still held (its pushes pass the fence) and its
+    targets do not run; a drain that never ends (a push hanging) is cut after ``DRAIN_S`` and
+    the hand-over goes on: the bucket reaches the other replica, and the fence then refuses."""
+    client = await KubeClient.connect(control_plane.admin_kubeconfig)
+    timing = LeaseTiming.scaled(6)
+    group = f"drain-{uuid.uuid4().hex[:8]}"
+    first = ShardCoordinator(client, ShardSettings(2, "replica-a", LEASE_NAMESPACE, group, timing))
+    second = ShardCoordinator(client, ShardSettings(2, "replica-b", LEASE_NAMESPACE, group, timing))
+    branch = next(b for b in (f"branch-{i}" for i in range(100)) if bucket_of(b, 2) == 1)
+    may_write = first.may_write(branch)
+    seen: list[tuple[bool, bool, bool]] = []
+    drained_at: list[float] = []
+    handed_at: list[float] = []
+
+    async def hangs(bucket: int) -> None:
+        drained_at.append(time.monotonic())
+        seen.append((may_write(), first.owns(branch), first.draining(branch)))
+        await asyncio.Event().wait()
+
+    async def hand_over(bucket: int) -> None:
+        handed_at.append(time.monotonic())
+
+    async def nothing(bucket: int) -> None:
+        return None
+
+    running = [asyncio.create_task(first.run(hand_over, nothing, hangs))]
+    try:
+        await asyncio.wait_for(until(lambda: first.held == {0, 1}), 60)
+        running.append(asyncio.create_task(second.run(nothing, nothing, nothing)))
+        await asyncio.wait_for(until(lambda: second.held == {1}), 60)
+        assert seen == [(True, False, True)]
+        assert len(handed_at) == 1 and handed_at[0] - drained_at[0] >= DRAIN_S - 0.1
+        assert not may_write() and first.held == {0}
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await client.close()
+
+
+async def test_a_drain_pushes_what_waits_for_the_interval_and_only_through_the_fence(
+    tmp_path: Path,
+) -> None:
+    """``push_committed`` pushes a commit that would wait an hour for the push interval, and
+    returns once it is pushed; while the fence refuses, it pushes nothing and does not return
+    (its caller bounds it)."""
+    remote = tmp_path / "remote.git"
+    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+    journal = await JournalWriter.open(tmp_path / "state")
+    writing = asyncio.create_task(journal.run())
+    committer = committer_on(tmp_path / "clone", remote.as_uri(), journal)
+    committer.policy = PushPolicy(3600.0, 1000)
+    fence = {"open": False}
+    committer.may_push = lambda: fence["open"]
+    run = asyncio.create_task(committer.run())
+    try:
+        await asyncio.wait_for(committer.ready.wait(), timeout=30)
+        waiting = Submission("ns/t", 1, {}, [FileChange("f.yaml", b"x\n")], "change 1\n")
+        await committer.submit(waiting)
+        drain = asyncio.create_task(committer.push_committed())
+        await asyncio.wait_for(refused(committer), timeout=30)
+        assert not drain.done() and branch_tip(remote, "main") is None
+        fence["open"] = True
+        await asyncio.wait_for(drain, timeout=30)
+        assert branch_tip(remote, "main") is not None
+    finally:
+        run.cancel()
+        writing.cancel()
+        await asyncio.gather(run, writing, return_exceptions=True)
+        await journal.close()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from reverserd.journal import (
     EventKind,
@@ -29,17 +26,6 @@ SECRETS = StreamSpec(ResourceType("", "v1", "secrets", "Secret", True))
 def configmap(name: str, version: int, uid: str = "u-1", **extra: Any) -> dict[str, Any]:
     metadata = {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": str(version)}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {**metadata, **extra}}
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[tuple[JournalWriter, JournalReader]]:
-    writer = await JournalWriter.open(tmp_path)
-    task = asyncio.create_task(writer.run())
-    reader = await JournalReader.open(tmp_path)
-    yield writer, reader
-    task.cancel()
-    await reader.close()
-    await writer.close()
 
 
 async def kinds(reader: JournalReader) -> list[tuple[str, str]]:
