@@ -85,11 +85,12 @@ async def _drive(
             self.build_seconds += time.perf_counter() - started
             return prepared
 
-        async def _write(self, batch: Any) -> None:
+        async def _write(self, batch: Any) -> bool:
             started = time.perf_counter()
-            await super()._write(batch)
+            changed = await super()._write(batch)
             self.write_seconds += time.perf_counter() - started
             self.transactions += 1
+            return changed
 
     rtype = ResourceType("", "v1", "configmaps", "ConfigMap", True)
     specs = [StreamSpec(rtype, f"bench-{k}") for k in range(streams)]

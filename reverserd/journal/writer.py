@@ -396,7 +396,10 @@ class JournalWriter:
         # Bumped whenever the in-memory index is reloaded from the database.
         self._generation = 0
         self.failure: str | None = None
-        """Why the last transaction failed (a full disk, an I/O error); None once one succeeds."""
+        """Why the last transaction failed (a full disk, an I/O error); None once one that
+        changed a row succeeds. One that changed nothing (a watch re-registering its known
+        stream) needs no space, so on a full disk it succeeds between failures and proves
+        nothing: the journal would flap to writable while no event can be written."""
         self.on_failure_changed: Callable[[str | None], None] | None = None
         # Whether events carry a digest of their full object (only admission facts use it).
         self.digests = False
@@ -479,7 +482,7 @@ class JournalWriter:
 
     async def _finish(self, batch: _Batch, results: list[_Result]) -> None:
         try:
-            await self._write(batch)
+            changed = await self._write(batch)
         except (sqlite3.Error, OSError) as error:
             first = self.failure is None
             self._set_failure(f"cannot write the journal {self.path}: {error}")
@@ -493,7 +496,7 @@ class JournalWriter:
                 await self.connection.rollback()
             await self._reload(results, error)
             return
-        if self.failure is not None:
+        if self.failure is not None and changed:
             log.info("journal writes succeed again")
             self._set_failure(None)
         if batch.last_seq > self.committed_seq:
@@ -525,8 +528,10 @@ class JournalWriter:
             if not operation.done.done():
                 operation.done.set_exception(error)
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(self, batch: _Batch) -> bool:
+        """Write the batch in one transaction; returns whether it changed any row."""
         connection = self.connection
+        before = connection.total_changes
         await connection.execute("BEGIN IMMEDIATE")
         for insert in batch.inserts:
             if insert.rows:
@@ -540,6 +545,7 @@ class JournalWriter:
             else:
                 await connection.execute(sql, params)
         await connection.execute("COMMIT")
+        return connection.total_changes > before
 
     async def wait_beyond(self, seq: int, patience_s: float) -> None:
         """Return once an event after ``seq`` is committed, or after ``patience_s`` seconds."""

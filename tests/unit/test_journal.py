@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reverserd.journal import (
     EventKind,
@@ -352,3 +355,34 @@ async def test_failed_transaction_loses_nothing_committed_and_the_journal_recove
     assert seqs == sorted(set(seqs))
     (stream,) = await reader.streams()
     assert stream.resource_version == "3"
+
+
+async def test_on_a_full_disk_a_transaction_that_changed_nothing_does_not_clear_the_failure(
+    tmp_path: Path,
+) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(volume)], check=True)
+    try:
+        writer = await JournalWriter.open(volume)
+        task = asyncio.create_task(writer.run())
+        await writer.register_stream(CONFIGMAPS)
+        filler = volume / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        large = [
+            ("ADDED", configmap(f"big-{n}", n, f"u-{n}", annotations={"x": "y" * 60_000}))
+            for n in range(1, 40)
+        ]
+        with pytest.raises((sqlite3.Error, OSError)):
+            await writer.record_changes(CONFIGMAPS, large, "40")
+        assert writer.failure is not None and "full" in writer.failure
+        # A watch restarting re-registers its stream: nothing to write, so it succeeds.
+        await writer.register_stream(CONFIGMAPS)
+        assert writer.failure is not None
+        filler.unlink()
+        await writer.record_changes(CONFIGMAPS, large, "40")
+        assert writer.failure is None
+        task.cancel()
+        await writer.close()
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], check=False)
