@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,14 +52,17 @@ FOLDER = "live-cluster"
 PUSH_INTERVAL_WHILE_FROZEN_S = 4
 
 
-def spread(remote: Remote) -> list[str]:
-    """One branch in each bucket, so every replica holds branches whatever the URL hashes to."""
-    found: dict[int, str] = {}
+def spread(remote: Remote, per_bucket: int = 1) -> list[str]:
+    """``per_bucket`` branches in each bucket, so every replica holds branches whatever the URL
+    hashes to."""
+    found: dict[int, list[str]] = {index: [] for index in range(BUCKETS)}
     index = 0
-    while len(found) < BUCKETS:
-        found.setdefault(bucket(remote, f"shard-{index}"), f"shard-{index}")
+    while any(len(names) < per_bucket for names in found.values()):
+        names = found[bucket(remote, f"shard-{index}")]
+        if len(names) < per_bucket:
+            names.append(f"shard-{index}")
         index += 1
-    return [found[index] for index in range(BUCKETS)]
+    return [name for index in range(BUCKETS) for name in found[index]]
 
 
 def setup(
@@ -212,10 +216,79 @@ def owner_of_most(daemons: dict[str, Reverserd], remote: Remote, branches: list[
     return counts.most_common(1)[0][0]
 
 
+# The steady workload: one ConfigMap write every WRITE_GAP_S, round robin over WRITTEN objects,
+# each write a value never written before (so a file's content committed twice on a branch is a
+# change committed twice).
+WRITE_GAP_S = 2.0
+WRITTEN = 5
+
+
+class SteadyWrites:
+    """A thread writing the workload until stopped; what it wrote, per file."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane, self.namespace = plane, namespace
+        self.writes = Counter[str]()
+        self.latest: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            name = f"w{index % WRITTEN}"
+            apply(self.plane, configmap(self.namespace, name, {"key": str(index)}))
+            self.writes[f"{name}.yaml"] += 1
+            self.latest[f"{name}.yaml"] = str(index)
+            index += 1
+            self._stop.wait(WRITE_GAP_S)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def contents_committed(remote: Remote, branch: str, prefix: str) -> Counter[tuple[str, str]]:
+    """How many commits of ``branch`` set each file below ``prefix`` to each content."""
+    repo = pygit2.Repository(str(remote.path))
+    found = Counter[tuple[str, str]]()
+    for entry in history(remote.path, branch):
+        commit = repo.get(entry.sha)
+        assert isinstance(commit, pygit2.Commit)
+        if commit.parents:
+            diff = repo.diff(commit.parents[0].tree, commit.tree)
+            written = [(d.new_file.path, str(d.new_file.id)) for d in diff.deltas]
+        else:
+            written = [
+                (path, str(commit.tree[path].id)) for path in read_tree_at(remote.path, entry.sha)
+            ]
+        found.update(
+            (path[len(prefix) :], blob) for path, blob in written if path.startswith(prefix)
+        )
+    return found
+
+
+# Item 6 of the design: three replicas and thirty targets, each on a branch of its own.
+BRANCHES_PER_BUCKET = 5
+
+
 def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_doubled(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
-    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
+    """Three replicas, thirty targets on thirty branches, a steady workload; one replica is
+    SIGKILLed mid-way: its buckets are taken within the Lease duration plus the bound, every
+    branch ends equal to the cluster, and no change is committed twice (by the dead owner and
+    again by its successor)."""
+    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
+    branches = spread(remote, BRANCHES_PER_BUCKET)
+    log = record_pushes(remote, tmp_path)
+    assert len(branches) == BUCKETS * BRANCHES_PER_BUCKET == 30
+    workload = SteadyWrites(control_plane, namespace)
     with stopped_at_end(daemons):
         apply(control_plane, *setup(namespace, remote, "1s", branches))
         for daemon in daemons.values():
@@ -224,7 +297,7 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         apply(control_plane, configmap(namespace, "before", {"key": "1"}))
         wait_until(
             lambda: all(values(remote, b, namespace) == {"before.yaml": "1"} for b in branches),
-            90,
+            120,
             lambda: describe(daemons),
         )
         # Each branch was pushed by the replica holding its bucket, and only by it.
@@ -234,23 +307,32 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         victim = owner_of_most(daemons, remote, branches)
         victims_branches = [b for b in branches if bucket(remote, b) in held(daemons[victim])]
         survivors = [daemon for name, daemon in daemons.items() if name != victim]
-        daemons[victim].kill()
-        killed_at = time.monotonic()
-        apply(control_plane, configmap(namespace, "before", {"key": "2"}))
-        apply(control_plane, configmap(namespace, "after"))
-        wait_until(lambda: balanced(survivors), 60, lambda: describe(daemons))
-        takeover_s = time.monotonic() - killed_at
-        assert takeover_s < LEASE_S + TAKEOVER_BOUND_S, takeover_s
-        settled_at = time.time()
+        with workload.running():
+            time.sleep(10)  # the victim commits and pushes the workload's changes a while
+            daemons[victim].kill()
+            killed_at = time.monotonic()
+            apply(control_plane, configmap(namespace, "before", {"key": "2"}))
+            wait_until(lambda: balanced(survivors), 60, lambda: describe(daemons))
+            takeover_s = time.monotonic() - killed_at
+            assert takeover_s < LEASE_S + TAKEOVER_BOUND_S, takeover_s
+            settled_at = time.time()
+            time.sleep(10)  # the survivors carry the workload on the victim's branches
 
         apply(control_plane, configmap(namespace, "later"))
-        wanted = {"before.yaml": "2", "after.yaml": "after", "later.yaml": "later"}
+        wanted = {"before.yaml": "2", "later.yaml": "later", **workload.latest}
         wait_until(
             lambda: all(values(remote, b, namespace) == wanted for b in branches),
             120,
             lambda: describe(daemons),
         )
-        no_change_committed_twice(remote, branches)
+        prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
+        for branch in branches:
+            repeated = {
+                change: n
+                for change, n in contents_committed(remote, branch, prefix).items()
+                if n > 1
+            }
+            assert repeated == {}, (branch, subjects(remote.path, branch))
         # Each GitTarget's status is written by the replica holding its branch, the victim's
         # by their new holders: it names the branch's tip.
         wait_until(
@@ -560,6 +642,12 @@ def journals_only_its_share(
     )
 
 
+def start_together(daemons: list[Reverserd]) -> None:
+    """Start the replicas at once, as a StatefulSet's pods in parallel."""
+    with ThreadPoolExecutor(len(daemons)) as pool:
+        list(pool.map(Reverserd.start, daemons))
+
+
 def never_deleted(remote: Remote, branch: str, path: str) -> bool:
     """Once on ``branch``, ``path`` is in every later commit."""
     seen = False
@@ -609,18 +697,21 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
         apply(control_plane, *typed_setup(namespace, remote, branches))
         write("stays", "s")
         write("doomed", "d")
-        first.start()
-        second.start()
         pair = [first, second]
+        start_together(pair)
         wait_until(lambda: balanced(pair), 60, lambda: describe(daemons))
         wait_until(mirrored, 90, lambda: describe(daemons))
         wait_until(lambda: shares_journaled(pair), 30, lambda: describe(daemons))
         write("probe", "p")
         wait_until(mirrored, 90, lambda: describe(daemons))
         for daemon in pair:
-            # Not one event of a type of the other replica's branches is journaled.
-            events = journaled(daemon, "probe").events
-            assert events == needs(daemon, remote, branches), daemon.state_dir.name
+            # Started together, neither ever held more than its share, and not one event of a
+            # type of the other replica's branches is journaled: neither the seed of what
+            # existed before they started nor a later change.
+            assert set(took_bucket_times(daemon, 0)) == held(daemon), daemon.log_tail()
+            for name in ("stays", "probe"):
+                events = journaled(daemon, name).events
+                assert events == needs(daemon, remote, branches), (daemon.state_dir.name, name)
 
         # A third replica joins: the old holders hand buckets over and release their streams.
         third.start()
@@ -680,13 +771,10 @@ def commits_per_file(remote: Remote, branch: str, prefix: str) -> Counter[str]:
     return changed
 
 
-# The steady workload of the drain test: one ConfigMap write every WRITE_GAP_S, round robin over
-# WRITTEN objects, so each object changes every WRITE_GAP_S * WRITTEN seconds, longer than a
-# hand-over takes (the new owner's adoption then finds at most one change of an object not
-# pushed yet); pushes wait PUSH_INTERVAL_S, so without a drain the old owner would abandon
-# several changes of each object.
-WRITE_GAP_S = 2.0
-WRITTEN = 5
+# The drain test's pushes wait PUSH_INTERVAL_S, so without a drain the old owner would abandon
+# several changes of each object (each changes every WRITE_GAP_S * WRITTEN seconds, longer than a
+# hand-over takes: the new owner's adoption then finds at most one change of an object not
+# pushed yet).
 PUSH_INTERVAL_S = 40
 
 
@@ -699,20 +787,7 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
     the abandoned ones."""
     branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
     first, second, third = (daemons[name] for name in REPLICAS)
-    writes = Counter[str]()
-    latest: dict[str, str] = {}
-    stop = threading.Event()
-
-    def workload() -> None:
-        index = 0
-        while not stop.is_set():
-            name = f"w{index % WRITTEN}"
-            apply(control_plane, configmap(namespace, name, {"key": str(index)}))
-            writes[f"{name}.yaml"] += 1
-            latest[f"{name}.yaml"] = str(index)
-            index += 1
-            stop.wait(WRITE_GAP_S)
-
+    workload = SteadyWrites(control_plane, namespace)
     with stopped_at_end(daemons):
         apply(control_plane, *setup(namespace, remote, f"{PUSH_INTERVAL_S}s", branches))
         apply(control_plane, configmap(namespace, "seed", {"key": "s"}))
@@ -724,18 +799,13 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
             90,
             lambda: describe(daemons),
         )
-        writer = threading.Thread(target=workload)
-        writer.start()
-        try:
+        with workload.running():
             time.sleep(15)
             third.start()
             wait_until(lambda: balanced([first, second, third]), 60, lambda: describe(daemons))
             moved_at = time.time()
             time.sleep(15)
-        finally:
-            stop.set()
-            writer.join()
-        wanted = {"seed.yaml": "s", **latest}
+        wanted = {"seed.yaml": "s", **workload.latest}
         wait_until(
             lambda: all(values(remote, b, namespace) == wanted for b in branches),
             PUSH_INTERVAL_S + 60,
@@ -745,7 +815,10 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
         assert any(r == third.state_dir.name for t, _, r in pushes(log) if t > moved_at)
         prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
         for branch in branches:
-            assert commits_per_file(remote, branch, prefix) == {"seed.yaml": 1, **writes}, (
+            assert commits_per_file(remote, branch, prefix) == {
+                "seed.yaml": 1,
+                **workload.writes,
+            }, (
                 branch,
                 subjects(remote.path, branch),
             )
