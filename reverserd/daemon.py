@@ -399,15 +399,17 @@ class Daemon:
         return self.elector.role if self.elector is not None else "leader"
 
     def _writes_status_of(self, resource: str, namespace: str, name: str) -> bool:
-        """Sharded: a GitTarget's status is written by the holder of its branch, a
-        GitProvider's by the holder of its first branch (whose committer reports its health),
-        everything else (and a target or provider on no branch) by the leader."""
+        """Sharded: a GitTarget's status is written by the holder of its branch (valid or
+        refused: :meth:`ConfigState.branch_of`), a GitProvider's by the holder of its first
+        branch (whose committer reports its health), everything else (and a target or provider
+        on no branch) by the leader."""
         assert self.shards is not None and self.elector is not None
         key = f"{namespace}/{name}"
         state = self.plane.state
         branches: list[str] = []
-        if resource == "gittargets" and key in state.targets:
-            branches = [state.targets[key].branch]
+        branch = state.branch_of(key)
+        if resource == "gittargets" and branch is not None:
+            branches = [branch]
         elif resource == "gitproviders":
             branches = sorted(r.branch for r in state.targets.values() if r.provider.key == key)
         if branches:

@@ -12,8 +12,10 @@ replica's journal, and its memory, hold only its share; watching it again seeds 
 Streams an earlier run journaled for buckets that went elsewhere meanwhile are released once the
 replica holds its share (until then they may be its own again, and resume where they stopped).
 The config plane (rules, targets, providers, namespaces) is not a stream: every replica watches
-it whole. A rule whose target is not valid has no branch, so no replica watches it in sharded
-mode; its events start when its target is valid, whose first sync adopts the folder.
+it whole. A refused target whose provider exists has a branch, and its rules are watched by the
+holder of that branch, which keeps its cursor: valid again, it reads on from there. A rule whose
+target has no branch (missing, or its provider missing) is nobody's in sharded mode; its events
+start when its target has a branch, and its first sync there adopts the folder.
 
 Discovery is refreshed periodically. A CRD that becomes served starts its stream without a
 restart. A type that stops being served has its stream stopped and nothing else: its objects stay
@@ -55,16 +57,14 @@ def rules_to_watch(
     state: ConfigState, serves: Callable[[str], bool] | None = None
 ) -> list[CompiledRule]:
     """Every rule, or given ``serves`` (sharded mode: whether this replica serves a branch)
-    those of the targets on the branches it serves; a rule pointing at no valid target is then
+    those of the targets on the branches it serves, refused ones too (their branch is known);
+    a rule pointing at a target with no branch (missing, or its provider missing) is then
     nobody's."""
     if serves is None:
         return [compiled for rule in state.rules for compiled in rule.rules]
-    return [
-        compiled
-        for resolved in state.targets.values()
-        if serves(resolved.branch)
-        for compiled in resolved.rules
-    ]
+    owned = [r.rules for r in state.targets.values() if serves(r.branch)]
+    owned += [r.rules for r in state.refused.values() if serves(r.branch)]
+    return [compiled for rules in owned for compiled in rules]
 
 
 def desired_streams(rules: Iterable[CompiledRule], discovery: Discovery) -> set[StreamSpec]:

@@ -28,6 +28,7 @@ from testbed.gitservers import branch_tip, install_hook, read_tree_at
 from testbed.harness import (
     Reverserd,
     apply,
+    conditions,
     history,
     logged_by_reverserd,
     resource_status,
@@ -708,10 +709,10 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
             # Started together, neither ever held more than its share, and not one event of a
             # type of the other replica's branches is journaled: neither the seed of what
             # existed before they started nor a later change.
-            assert set(took_bucket_times(daemon, 0)) == held(daemon), daemon.log_tail()
             for name in ("stays", "probe"):
                 events = journaled(daemon, name).events
                 assert events == needs(daemon, remote, branches), (daemon.state_dir.name, name)
+            assert set(took_bucket_times(daemon, 0)) == held(daemon), daemon.log_tail()
 
         # A third replica joins: the old holders hand buckets over and release their streams.
         third.start()
@@ -822,3 +823,72 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
                 branch,
                 subjects(remote.path, branch),
             )
+
+
+def leader(plane: ControlPlane, namespace: str) -> str:
+    """The replica holding the group's leader Lease (the config plane's status writer)."""
+    found = plane.kubectl(
+        "get", "lease", "-n", LEASE_NAMESPACE, f"shards-{namespace}", "-o", "json"
+    )
+    return str(json.loads(found)["spec"].get("holderIdentity") or "")
+
+
+def test_a_refused_target_stays_with_its_branch_so_its_events_wait_and_its_status_has_one_writer(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """A target refused while its provider exists (here its branch is no longer allowed) still
+    belongs to its branch's bucket: the holder keeps watching what its rules select (another
+    replica journals none of it) and writes its status (not the leader); allowed again, it reads
+    on from its cursor, so each change made meanwhile is a commit of its own, none coalesced."""
+    names = REPLICAS[:2]
+    branches, daemons, _ = sharded_group(control_plane, tmp_path, namespace, remote, names)
+    of_branch = dict(zip(branches, TYPES, strict=True))
+    with stopped_at_end(daemons):
+        manifests = typed_setup(namespace, remote, branches)
+        apply(control_plane, *manifests)
+        start_together(list(daemons.values()))
+        wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
+        wait_until(lambda: leader(control_plane, namespace) in daemons, 60)
+        chief = leader(control_plane, namespace)
+        holder_name = next(name for name in daemons if name != chief)
+        holder, other = daemons[holder_name], daemons[chief]
+        branch = next(b for b in branches if bucket(remote, b) in held(holder))
+        resource = of_branch[branch]
+        target = f"{namespace}/{branch}"
+        wait_until(lambda: f"v1/{resource}@{namespace}" in journaled(holder).streams, 60)
+        wait_until(lambda: first_syncs(holder, target) == 1, 60, holder.log_tail)
+
+        allowed = [b for b in branches if b != branch]
+        provider = git_provider(
+            namespace, "mirror", remote.url, secret=remote.secret, branches=allowed
+        )
+        apply(control_plane, provider)
+
+        def refused() -> bool:
+            found = conditions(control_plane, "gittarget", namespace, branch).get("Validated", {})
+            return found.get("reason") == "BranchNotAllowed"
+
+        wait_until(refused, 60, lambda: describe(daemons))
+        # Written by the holder, who synced it: the leader never ran it, and its status would
+        # say the first sync is pending.
+        found = conditions(control_plane, "gittarget", namespace, branch)
+        assert found["SnapshotSynced"]["status"] == "True", found
+        assert found["Validated"]["reason"] == "BranchNotAllowed", found
+        for value in ("1", "2", "3"):
+            apply(control_plane, typed_object(resource, namespace, "meanwhile", value))
+        # Journaled by the holder only, though no running target needs it there.
+        wait_until(lambda: resource in journaled(holder, "meanwhile").events, 30, holder.log_tail)
+        assert journaled(other, "meanwhile").events == set()
+        assert f"v1/{resource}@{namespace}" not in journaled(other).streams
+
+        apply(control_plane, manifests[0])  # every branch allowed again
+        wait_until(
+            lambda: typed_values(remote, branch, resource, namespace).get("meanwhile") == "3",
+            60,
+            lambda: describe(daemons),
+        )
+        history = subjects(remote.path, branch)
+        path = f"v1/{resource}/{namespace}/meanwhile"
+        assert history.count(f"[CREATE] {path}") == 1, history
+        assert history.count(f"[UPDATE] {path}") == 2, history
+        assert not any(s.startswith("reconcile") for s in history[1:]), history
