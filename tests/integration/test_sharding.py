@@ -892,3 +892,90 @@ def test_a_refused_target_stays_with_its_branch_so_its_events_wait_and_its_statu
         assert history.count(f"[CREATE] {path}") == 1, history
         assert history.count(f"[UPDATE] {path}") == 2, history
         assert not any(s.startswith("reconcile") for s in history[1:]), history
+
+
+@contextlib.contextmanager
+def journal_locked(daemon: Reverserd) -> Iterator[None]:
+    """Another process holds the write lock of the replica's journal.db: every write of the
+    replica waits for its busy timeout and fails, as on a disk that refuses writes."""
+    connection = sqlite3.connect(daemon.state_dir / "journal.db", timeout=30)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def logged(daemon: Reverserd, fragment: str, stream: str) -> bool:
+    """Whether the daemon logged a message holding ``fragment`` (as reverserd's code has it)
+    about ``stream``."""
+    fragment = logged_by_reverserd(fragment)
+    messages = [str(line.get("message", "")) for line in daemon.log_lines()]
+    return any(fragment in message and stream in message for message in messages)
+
+
+def test_a_stream_whose_release_the_journal_refused_is_released_later_and_nothing_is_lost(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """A sharded replica stops a stream no branch needs any more while its journal refuses
+    writes (its write lock held by another process): the release fails, the stream's row and
+    objects stay whole, and it is released once the journal writes again. Watched again while a
+    release is being retried, the stream resumes from what the journal kept. Other streams lose
+    nothing meanwhile."""
+    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}", REPLICAS[:1])
+    daemon = daemons[REPLICAS[0]]
+    branches = spread(remote)
+    of_type = dict(zip(TYPES, branches, strict=True))
+    cluster: dict[str, dict[str, str]] = {resource: {} for resource in TYPES}
+    manifests = typed_setup(namespace, remote, branches)
+    rules = {r: m for r, m in zip(TYPES, manifests[2::2], strict=True)}
+    dropped, kept = "podtemplates", "limitranges"
+    dropped_stream, kept_stream = f"v1/{dropped}@{namespace}", f"v1/{kept}@{namespace}"
+
+    def write(resource: str, name: str, value: str) -> None:
+        apply(control_plane, typed_object(resource, namespace, name, value))
+        cluster[resource][name] = value
+
+    def mirrored() -> bool:
+        return all(typed_values(remote, of_type[r], r, namespace) == cluster[r] for r in TYPES)
+
+    def unwatch(resource: str) -> None:
+        name = rules[resource]["metadata"]["name"]  # type: ignore[index]
+        control_plane.kubectl("delete", "watchrule", "-n", namespace, name)
+
+    with stopped_at_end(daemons):
+        apply(control_plane, *manifests)
+        for resource in TYPES:
+            write(resource, "stays", "s")
+        daemon.start()
+        wait_until(mirrored, 90, daemon.log_tail)
+
+        # No rule needs the dropped type any more while the journal refuses writes.
+        with journal_locked(daemon):
+            unwatch(dropped)
+            wait_until(
+                lambda: logged(daemon, "could not release", dropped_stream), 60, daemon.log_tail
+            )
+            write("configmaps", "during", "d")
+            assert dropped_stream in journaled(daemon).streams  # kept whole, not half forgotten
+        # Released once the journal writes again; the other streams caught up meanwhile.
+        wait_until(lambda: dropped_stream not in journaled(daemon).streams, 60, daemon.log_tail)
+        wait_until(mirrored, 60, daemon.log_tail)
+
+        # Watched again while its release is being retried: it resumes from what was kept.
+        with journal_locked(daemon):
+            unwatch(kept)
+            wait_until(
+                lambda: logged(daemon, "could not release", kept_stream), 60, daemon.log_tail
+            )
+            apply(control_plane, rules[kept])
+            wait_until(
+                lambda: logged(daemon, "it is watched again", kept_stream), 60, daemon.log_tail
+            )
+            write(kept, "stays", "changed")
+        assert kept_stream in journaled(daemon).streams
+        apply(control_plane, rules[dropped])
+        write(dropped, "later", "l")
+        wait_until(mirrored, 90, daemon.log_tail)
+        no_change_committed_twice(remote, branches)
