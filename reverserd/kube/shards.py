@@ -60,7 +60,13 @@ from typing import Any
 import aiohttp
 
 from reverserd.kube.client import KubeClient, KubeError
-from reverserd.kube.lease import Lease, LeaseTiming, last_holder, lease_holder
+from reverserd.kube.lease import (
+    PEER_ADDRESS_ANNOTATION,
+    Lease,
+    LeaseTiming,
+    last_holder,
+    lease_holder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +77,6 @@ ROLE_LABEL = "reverserd.configbutler.ai/lease-role"
 # one branch into two buckets, so none of them takes a bucket while another is live, and a
 # bucket written under another count is never taken back as one's own.
 BUCKETS_LABEL = "reverserd.configbutler.ai/buckets"
-# Where a replica's membership Lease says the other replicas reach it (to forward attribution
-# facts, reverserd.attribution.peers).
-PEER_ADDRESS_ANNOTATION = "reverserd.configbutler.ai/peer-address"
 # Buckets a group may have: more Leases than this would be API load for no balance gained
 # (a bucket is the unit of balance, and a few hundred replicas are far beyond any need).
 MAX_BUCKETS = 1024

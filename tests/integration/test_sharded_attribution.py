@@ -425,3 +425,80 @@ def test_a_fact_forwarded_late_or_while_the_owner_is_down_still_names_the_user(
             USER,
             group.owner,
         )
+
+
+def test_under_leader_election_the_standby_forwards_the_facts_it_hears_to_the_leader(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """``--leader-elect`` with a peer secret: the API server calls the standby's webhook only,
+    and the leader's commits still name the user, from the facts the standby forwarded to the
+    address the leader Lease advertises."""
+    secret = tmp_path / "peer-secret"
+    secret.write_bytes(SECRET)
+    branch = "attr-0"
+    apply(
+        control_plane,
+        git_provider(namespace, "mirror", remote.url, secret=remote.secret, branches=[branch]),
+        git_target(namespace, branch, "mirror", FOLDER, branch),
+        watch_rule(namespace, branch, branch, [{"resources": ["configmaps"]}]),
+    )
+    ports = {name: free_port() for name in ("replica-a", "replica-b")}
+    daemons = {
+        name: Reverserd(
+            control_plane,
+            tmp_path / name,
+            [
+                *webhook_arguments(control_plane, "admission", port),
+                f"--peer-address=127.0.0.1:{port}",
+                f"--peer-secret-file={secret}",
+                f"--peer-ca={control_plane.pki / 'ca.crt'}",
+                f"--attribution-grace={GRACE_S}",
+                "--leader-elect",
+                f"--leader-election-namespace={LEASE_NAMESPACE}",
+                f"--leader-election-id=attr-{namespace}",
+                f"--git-author-name={name}",
+            ],
+        )
+        for name, port in ports.items()
+    }
+    webhook = f"reverserd-attribution-{namespace}"
+    try:
+        leader, standby = daemons["replica-a"], daemons["replica-b"]
+        leader.start()
+        wait_until(lambda: leader.status()["role"] == "leader", 60, leader.log_tail)
+        standby.start()
+        group = Group(daemons, ports, branch, "replica-a", "replica-b")
+        wait_until(lambda: standby.status()["role"] == "standby", 60, group.describe)
+        apply(
+            control_plane,
+            admission_webhook(
+                webhook,
+                f"https://127.0.0.1:{ports['replica-b']}/admission",
+                (control_plane.pki / "ca.crt").read_bytes(),
+                namespace,
+            ),
+        )
+        wait_synced(control_plane, namespace, branch)
+        webhook_in_use(control_plane, namespace, standby, group)
+        as_user(control_plane, "create", "configmap", "app", "-n", namespace, "--from-literal=v=1")
+        assert_by(
+            wait_commit(remote, group, branch, subject("CREATE", namespace, "app")),
+            USER,
+            "replica-a",
+        )
+        # Heard by the standby only, stored by the leader as forwarded from it.
+        assert (
+            query_journal(
+                leader, "SELECT 1 FROM attribution_facts WHERE name = 'app' AND origin IS NULL"
+            )
+            == []
+        )
+        assert query_journal(
+            leader, "SELECT 1 FROM attribution_facts WHERE name = 'app' AND origin IS NOT NULL"
+        )
+    finally:
+        control_plane.kubectl(
+            "delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found"
+        )
+        for daemon in daemons.values():
+            daemon.ensure_stopped()

@@ -667,7 +667,8 @@ def never_deleted(remote: Remote, branch: str, path: str) -> bool:
 def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_it_gains(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
-    """Two replicas journal only the types of their own branches; a third joining takes buckets
+    """Two replicas started together journal only the types of their own branches from the
+    start (neither takes every bucket first); a third joining takes buckets
     through the handshake, and the old holders release those streams; killed, its buckets go
     back to the survivors, who seed those streams again and adopt the folders; restarted with
     its state dir after the first stopped, it releases what it journaled for buckets now held
