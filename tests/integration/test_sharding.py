@@ -450,6 +450,8 @@ def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
         manifests = setup(namespace, remote, "1s", branches)
         apply(control_plane, *manifests[:3])  # the provider and the first branch's target
         first.start()
+        # Synced (after its join window) before the change, which is then a commit of its own.
+        wait_until(lambda: first_syncs(first, target) == 1, 60, first.log_tail)
         apply(control_plane, configmap(namespace, "flip", {"key": "1"}))
         wait_until(lambda: values(remote, branch, namespace) == {"flip.yaml": "1"}, 60)
         first.stop()
