@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     attribution.add_argument(
         "--peer-address",
         default=os.environ.get("REVERSERD_PEER_ADDRESS", ""),
-        help="sharded mode: host:port at which the other replicas reach this one's webhook port"
-        " to forward attribution facts, written in its membership Lease (default"
+        help="sharded mode (or --leader-elect with --peer-secret-file): host:port at which the"
+        " other replicas reach this one's webhook port to forward attribution facts, written in"
+        " its membership Lease (the leader Lease while it leads) (default"
         " $REVERSERD_PEER_ADDRESS, else $POD_IP with the --webhook-listen port)",
     )
     attribution.add_argument(
@@ -252,21 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("REVERSERD_PEER_SECRET_FILE") or None,
         help="sharded mode, required with --attribution: file holding the secret (at least"
         f" {MIN_SECRET_BYTES} bytes) every replica of the group shares; forwarded facts are"
-        " signed with it and only facts signed with it are stored",
+        " signed with it and only facts signed with it are stored; with --leader-elect, the"
+        " standby forwards the facts it receives to the leader",
     )
     attribution.add_argument(
         "--peer-ca",
         type=Path,
-        help="sharded mode: the root certificates trusted when forwarding facts to another"
-        " replica, e.g. the CA of the serving certificate every replica shares (default: the"
-        " --webhook-tls-cert file, which must then hold its chain up to a self-signed root)",
+        help="when forwarding facts (see --peer-secret-file): the root certificates trusted"
+        " when forwarding to another replica, e.g. the CA of the serving certificate every"
+        " replica shares (default: the --webhook-tls-cert file, which must then hold its chain"
+        " up to a self-signed root)",
     )
     attribution.add_argument(
         "--peer-server-name",
         default=os.environ.get("REVERSERD_PEER_SERVER_NAME", ""),
-        help="sharded mode: the name a replica's certificate must carry to be sent facts"
-        " (default: the first DNS name, else IP address, of the --webhook-tls-cert certificate,"
-        " which every replica shares; the chart's names the webhook Service)",
+        help="when forwarding facts (see --peer-secret-file): the name a replica's certificate"
+        " must carry to be sent facts (default: the first DNS name, else IP address, of the"
+        " --webhook-tls-cert certificate, which every replica shares; the chart's names the"
+        " webhook Service)",
     )
     attribution.add_argument(
         "--webhook-admission-client-name",
@@ -489,7 +493,12 @@ def _attribution_options(arguments: argparse.Namespace) -> AttributionOptions:
     if arguments.attribution_grace < 0:
         raise SystemExit("reverserd: --attribution-grace must not be negative")
     peer_address = peer_server_name = ""
-    if sources and arguments.shards:
+    # Sharded, every replica forwards its facts to the others (required); with --leader-elect,
+    # the standby forwards to the leader once a peer secret is given.
+    forwarding = arguments.shards or (
+        arguments.leader_elect and arguments.peer_secret_file is not None
+    )
+    if sources and forwarding:
         if arguments.peer_secret_file is None:
             raise SystemExit("reverserd: --attribution with --shards needs --peer-secret-file")
         try:
@@ -529,8 +538,9 @@ def _own_peer_address(listen: str) -> str:
     if host.strip("[]") not in ("", "0.0.0.0", "::"):
         return listen
     raise SystemExit(
-        "reverserd: --attribution with --shards needs --peer-address (or $POD_IP): where the"
-        " other replicas reach this one's webhook port"
+        "reverserd: forwarding attribution facts (--shards, or --leader-elect with"
+        " --peer-secret-file) needs --peer-address (or $POD_IP): where the other replicas reach"
+        " this one's webhook port"
     )
 
 

@@ -48,7 +48,13 @@ from reverserd.git.repository import CONNECT_TIMEOUT_MS
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
-from reverserd.kube.lease import LeaderElector, Lease, LeaseTiming, LostLeadership
+from reverserd.kube.lease import (
+    PEER_ADDRESS_ANNOTATION,
+    LeaderElector,
+    Lease,
+    LeaseTiming,
+    LostLeadership,
+)
 from reverserd.kube.shards import ShardCoordinator, ShardSettings
 from reverserd.metrics import EVENT_LOOP_LAG, JOURNAL_BYTES, JOURNAL_EVENTS
 from reverserd.supervise import supervise
@@ -163,7 +169,7 @@ class Daemon:
             attribution.sources,
             attribution.grace_s,
             attribution.email_domain,
-            forwarded=bool(options.shards and attribution.sources),
+            forwarded=attribution.peer_secret_file is not None,
         )
         client = await KubeClient.connect(options.kubeconfig, options.context)
         board = StatusBoard()
@@ -222,11 +228,20 @@ class Daemon:
             options.drift_interval_s,
         )
         self.targets = targets
+        # The identity forwarded facts are signed for and checked against (the webhook process
+        # stores only those meant for it): the replica's, or with --leader-elect the elector's.
+        self.identity = options.replica_id
         if options.leader_elect and not options.shards:
-            identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+            self.identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+            # Forwarding, the leader advertises where the standby sends it the facts it hears.
+            advertised = attribution.peer_address if attribution.peer_secret_file else ""
             self.elector = LeaderElector(
                 Lease(
-                    client, options.leader_election_namespace, options.leader_election_id, identity
+                    client,
+                    options.leader_election_namespace,
+                    options.leader_election_id,
+                    self.identity,
+                    annotations={PEER_ADDRESS_ANNOTATION: advertised} if advertised else None,
                 )
             )
             plane.writes_enabled = False
@@ -243,17 +258,22 @@ class Daemon:
         webhooks = None
         forwarder = None
         forwarder_reader = None
-        if attribution.sources and self.shards is not None:
-            assert attribution.peer_secret_file is not None and attribution.tls_cert is not None
-            assert attribution.peer_server_name
+        if attribution.sources and attribution.peer_secret_file is not None:
+            assert attribution.tls_cert is not None and attribution.peer_server_name
+            # Sharded, every other live replica; with --leader-elect, the leader (none while
+            # this replica leads: only the leader commits).
+            peers = self.shards.peers if self.shards is not None else None
+            if peers is None:
+                assert self.elector is not None
+                peers = self.elector.leader
             forwarder_reader = await JournalReader.open(options.state_dir)
             forwarder = FactForwarder(
                 forwarder_reader.connection,
-                options.replica_id,
+                self.identity,
                 read_secret(attribution.peer_secret_file),
                 peer_client_tls(attribution.peer_ca or attribution.tls_cert),
                 attribution.peer_server_name,
-                self.shards.peers,
+                peers,
             )
         if attribution.sources:
             assert attribution.tls_cert is not None and attribution.tls_key is not None
@@ -270,7 +290,7 @@ class Daemon:
                     options.log_format,
                     options.log_level,
                     str(attribution.peer_secret_file) if forwarder is not None else None,
-                    options.replica_id,
+                    self.identity,
                 ),
                 resolver,
                 forwarder.wake if forwarder is not None else None,
@@ -399,15 +419,17 @@ class Daemon:
         return self.elector.role if self.elector is not None else "leader"
 
     def _writes_status_of(self, resource: str, namespace: str, name: str) -> bool:
-        """Sharded: a GitTarget's status is written by the holder of its branch, a
-        GitProvider's by the holder of its first branch (whose committer reports its health),
-        everything else (and a target or provider on no branch) by the leader."""
+        """Sharded: a GitTarget's status is written by the holder of its branch (valid or
+        refused: :meth:`ConfigState.branch_of`), a GitProvider's by the holder of its first
+        branch (whose committer reports its health), everything else (and a target or provider
+        on no branch) by the leader."""
         assert self.shards is not None and self.elector is not None
         key = f"{namespace}/{name}"
         state = self.plane.state
         branches: list[str] = []
-        if resource == "gittargets" and key in state.targets:
-            branches = [state.targets[key].branch]
+        branch = state.branch_of(key)
+        if resource == "gittargets" and branch is not None:
+            branches = [branch]
         elif resource == "gitproviders":
             branches = sorted(r.branch for r in state.targets.values() if r.provider.key == key)
         if branches:

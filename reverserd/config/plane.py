@@ -93,6 +93,18 @@ class ResolvedTarget:
 
 
 @dataclass(frozen=True)
+class RefusedTarget:
+    """A GitTarget refused for now (``Validated`` false) whose provider exists, so whose
+    repository branch is known, with every rule pointing at it. Sharded, it belongs to that
+    branch's bucket like a valid target: the holder watches its rules (its events wait in the
+    journal that holds its cursor, DESIGN invariant 2) and writes its status."""
+
+    target: Target
+    branch: str
+    rules: tuple[CompiledRule, ...]
+
+
+@dataclass(frozen=True)
 class Contest:
     """A namespace asking for a branch that several namespaces ask for and none owns: its
     provider's credentials are to be tried with the server's push handshake."""
@@ -108,6 +120,16 @@ class ConfigState:
     targets: Mapping[str, ResolvedTarget] = field(default_factory=dict)
     providers: Mapping[str, Provider] = field(default_factory=dict)
     contests: tuple[Contest, ...] = ()
+    refused: Mapping[str, RefusedTarget] = field(default_factory=dict)
+
+    def branch_of(self, target: str) -> str | None:
+        """The repository branch of a valid or refused target; None: it has none (no such
+        target, no provider, or a spec that does not parse)."""
+        if target in self.targets:
+            return self.targets[target].branch
+        if target in self.refused:
+            return self.refused[target].branch
+        return None
 
 
 @dataclass
@@ -433,14 +455,18 @@ def resolve(
     for key, askers in asking.items():
         refusals.update(_settle_branch(key, askers, board, reserved, now, contests))
     targets: dict[str, ResolvedTarget] = {}
+    refused: dict[str, RefusedTarget] = {}
     target_problems: dict[str, Condition] = {}
     for body, target, target_provider, validated in checked:
         validated = refusals.get(target.key, validated)
+        target_rules = tuple(rules_of.get(target.key, ()))
         if validated.status and target_provider is not None:
-            target_rules = tuple(rules_of.get(target.key, ()))
             targets[target.key] = ResolvedTarget(target, target_provider, target_rules)
         else:
             target_problems[target.key] = validated
+            if target_provider is not None:
+                branch = branch_key(target_provider.url, target.branch)
+                refused[target.key] = RefusedTarget(target, branch, target_rules)
         progress = board.target(target.key)
         encryption = _encryption_condition(target, progress)
         pushing = _pushing_condition(board.branch_of(target.key))
@@ -488,7 +514,11 @@ def resolve(
         want(rtype, body, [_rule_condition(rule_or_error, targets, target_problems, discovery)])
 
     state = ConfigState(
-        rules=tuple(rules), targets=targets, providers=providers, contests=tuple(contests)
+        rules=tuple(rules),
+        targets=targets,
+        providers=providers,
+        contests=tuple(contests),
+        refused=refused,
     )
     return state, desired
 

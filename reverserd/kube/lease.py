@@ -49,6 +49,9 @@ PUSH_BUDGET_S = 3.0
 # Kept on a released Lease: who held it last, so that holder knows, when it takes the Lease
 # again, whether anyone else wrote under it in between.
 LAST_HOLDER_ANNOTATION = "reverserd.configbutler.ai/last-holder"
+# Where the holder of a Lease says the other replicas reach it, to forward attribution facts
+# (reverserd.attribution.peers): a sharded replica's membership Lease, or the leader Lease.
+PEER_ADDRESS_ANNOTATION = "reverserd.configbutler.ai/peer-address"
 
 
 class LostLeadership(Exception):
@@ -233,11 +236,27 @@ class LeaderElector:
     """Leads while it holds ``lease``."""
 
     def __init__(self, lease: Lease) -> None:
+        """A ``lease`` whose annotations carry :data:`PEER_ADDRESS_ANNOTATION` advertises this
+        replica's address while it leads; :meth:`leader`, on a standby, reads it."""
         self.lease = lease
         self.name = lease.name
         self.identity = lease.identity
         self.timing = lease.timing
         self.leading = asyncio.Event()
+        # The holder the Lease named, and its address, when last read.
+        self._holder = ("", "")
+
+    def leader(self) -> dict[str, str]:
+        """The other replica leading, by identity, with the address its Lease advertises;
+        empty while this one leads, nobody does, or the leader advertises none."""
+        holder, address = self._holder
+        if not holder or holder == self.identity or not address:
+            return {}
+        return {holder: address}
+
+    def _note(self, record: dict[str, Any] | None) -> None:
+        annotations = (record or {}).get("metadata", {}).get("annotations") or {}
+        self._holder = (lease_holder(record), str(annotations.get(PEER_ADDRESS_ANNOTATION, "")))
 
     @property
     def role(self) -> str:
@@ -247,7 +266,9 @@ class LeaderElector:
         """Campaign until leading, then renew; raises :class:`LostLeadership` when it lapses."""
         while True:
             try:
-                held = await self.lease.try_acquire_or_renew(await self.lease.read())
+                record = await self.lease.read()
+                self._note(record)
+                held = await self.lease.try_acquire_or_renew(record)
             except (KubeError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning("lease %s: %s", self.name, error)
                 held = False

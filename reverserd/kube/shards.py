@@ -21,13 +21,16 @@ Every retry period a replica lists the group's Leases once and then:
    into its adoption; then it stops the branches (their committer too, and waits until the
    Git operation in flight has ended) and only then releases the Lease, so the next owner
    never starts while it writes. A replica stopping (SIGTERM) hands every bucket over so;
-4. holding fewer, it takes free buckets (released, never held, or unchanged for a whole
-   duration), its own former ones first: a replica that returns with its state dir gets its
-   buckets back if nobody took them, and with them its cursors and clones. A bucket taken from
-   another holder starts afresh instead: its targets' journal state and clones are dropped and
-   each target adopts its folder through the snapshot path (files that match are kept byte for
-   byte; nothing of a live object is deleted), since the previous owner may have pushed past
-   anything this replica's journal says.
+4. holding fewer, and past its **join window** (one lease duration after its first round, cut
+   short as soon as another live replica holds a bucket, so replicas started together see each
+   other before any takes a bucket, and each watches only its share from the start), it takes
+   free buckets (released, never held, or unchanged for a whole duration), its own former
+   ones first: a replica that returns with its state dir gets its buckets back if nobody took
+   them, and with them its cursors and clones. A bucket taken from another holder starts
+   afresh instead: its targets' journal state and clones are dropped and each target adopts
+   its folder through the snapshot path (files that match are kept byte for byte; nothing of
+   a live object is deleted), since the previous owner may have pushed past anything this
+   replica's journal says.
 
 Steps 3 and 4 wait for Git (a push in flight) and the disk (clones dropped), so each runs as a
 task of its own that the round starts and tracks: the round, and with it every renewal, never
@@ -49,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +60,13 @@ from typing import Any
 import aiohttp
 
 from reverserd.kube.client import KubeClient, KubeError
-from reverserd.kube.lease import Lease, LeaseTiming, last_holder, lease_holder
+from reverserd.kube.lease import (
+    PEER_ADDRESS_ANNOTATION,
+    Lease,
+    LeaseTiming,
+    last_holder,
+    lease_holder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +77,6 @@ ROLE_LABEL = "reverserd.configbutler.ai/lease-role"
 # one branch into two buckets, so none of them takes a bucket while another is live, and a
 # bucket written under another count is never taken back as one's own.
 BUCKETS_LABEL = "reverserd.configbutler.ai/buckets"
-# Where a replica's membership Lease says the other replicas reach it (to forward attribution
-# facts, reverserd.attribution.peers).
-PEER_ADDRESS_ANNOTATION = "reverserd.configbutler.ai/peer-address"
 # Buckets a group may have: more Leases than this would be API load for no balance gained
 # (a bucket is the unit of balance, and a few hundred replicas are far beyond any need).
 MAX_BUCKETS = 1024
@@ -155,6 +162,8 @@ class ShardCoordinator:
         self._drain_branches: Callable[[int], Awaitable[None]] | None = None
         # Whether a round has listed the members (before, only this replica is known).
         self._listed = False
+        # When the first round began: the join window (:meth:`_joining`) starts then.
+        self._first_round_at: float | None = None
 
     def _lease(self, name: str, role: str, annotations: dict[str, str] | None = None) -> Lease:
         settings = self.settings
@@ -263,6 +272,8 @@ class ShardCoordinator:
         return {item["metadata"]["name"]: item for item in found.get("items") or []}
 
     async def _round(self) -> None:
+        if self._first_round_at is None:
+            self._first_round_at = time.monotonic()
         leases = await self._list()
         # Observed before renewing: a bucket another replica took while this one was frozen
         # must look held, not unchanged since before the freeze (free, so taken back).
@@ -278,6 +289,8 @@ class ShardCoordinator:
                 "live replicas run with another --shards: taking no bucket until they are gone",
                 extra={"replicas": sorted(self._disagreeing)},
             )
+            return
+        if self._joining():
             return
         wanted = share(self.members, self.replica, self.settings.buckets)
         keeping = sorted(self.held - self._draining, reverse=True)
@@ -299,6 +312,19 @@ class ShardCoordinator:
         for index in free[:missing]:
             self._claiming.add(index)
             self._start(index, self._take(index, leases.get(self.buckets[index].name)), "take")
+
+    def _joining(self) -> bool:
+        """Whether this replica still waits, holding nothing, for the replicas started with it
+        to announce themselves: for one lease duration after its first round, unless another
+        live replica holds a bucket (the group runs, and hands this one its share). Taking
+        every bucket the moment it starts alone, a replica of a group started together would
+        seed and journal what all their branches need, and hand most of it over seconds later.
+        """
+        assert self._first_round_at is not None
+        if time.monotonic() - self._first_round_at >= self.settings.timing.duration_s:
+            return False
+        others = set(self.members) - {self.replica}
+        return not any(holder in others for holder in self.holders.values())
 
     async def _renew(self, leases: dict[str, dict[str, Any]]) -> None:
         """Renew the membership and every bucket this replica writes under, at most

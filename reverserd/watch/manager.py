@@ -9,11 +9,16 @@ In sharded mode (``--shards``) a replica watches only what the targets on the br
 serves need (:func:`rules_to_watch`): the union of their rules' streams. A stream no such target
 needs any more is stopped and released from the journal (``JournalWriter.release_stream``), so a
 replica's journal, and its memory, hold only its share; watching it again seeds it from nothing.
+A release the journal refuses (one transaction: nothing of it is written) is tried again, less
+and less often, until it succeeds, or until the stream is watched again, which then resumes
+from the row and objects kept.
 Streams an earlier run journaled for buckets that went elsewhere meanwhile are released once the
 replica holds its share (until then they may be its own again, and resume where they stopped).
 The config plane (rules, targets, providers, namespaces) is not a stream: every replica watches
-it whole. A rule whose target is not valid has no branch, so no replica watches it in sharded
-mode; its events start when its target is valid, whose first sync adopts the folder.
+it whole. A refused target whose provider exists has a branch, and its rules are watched by the
+holder of that branch, which keeps its cursor: valid again, it reads on from there. A rule whose
+target has no branch (missing, or its provider missing) is nobody's in sharded mode; its events
+start when its target has a branch, and its first sync there adopts the folder.
 
 Discovery is refreshed periodically. A CRD that becomes served starts its stream without a
 restart. A type that stops being served has its stream stopped and nothing else: its objects stay
@@ -26,6 +31,7 @@ or re-seeds on 410 (sharded: seeds afresh), and only a complete LIST can then de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
@@ -49,22 +55,24 @@ DISCOVERY_INTERVAL_S = 5.0
 # Sharded, until an earlier run's leftover streams are released: how often the loop looks
 # whether the replica holds its share yet.
 SETTLED_CHECK_S = 1.0
+# A release the journal refused (disk full, database locked) is tried again after this long,
+# doubling up to RELEASE_RETRY_MAX_S, until it succeeds or the stream is watched again.
+RELEASE_RETRY_S = 5.0
+RELEASE_RETRY_MAX_S = 60.0
 
 
 def rules_to_watch(
     state: ConfigState, serves: Callable[[str], bool] | None = None
 ) -> list[CompiledRule]:
     """Every rule, or given ``serves`` (sharded mode: whether this replica serves a branch)
-    those of the targets on the branches it serves; a rule pointing at no valid target is then
+    those of the targets on the branches it serves, refused ones too (their branch is known);
+    a rule pointing at a target with no branch (missing, or its provider missing) is then
     nobody's."""
     if serves is None:
         return [compiled for rule in state.rules for compiled in rule.rules]
-    return [
-        compiled
-        for resolved in state.targets.values()
-        if serves(resolved.branch)
-        for compiled in resolved.rules
-    ]
+    owned = [r.rules for r in state.targets.values() if serves(r.branch)]
+    owned += [r.rules for r in state.refused.values() if serves(r.branch)]
+    return [compiled for rules in owned for compiled in rules]
 
 
 def desired_streams(rules: Iterable[CompiledRule], discovery: Discovery) -> set[StreamSpec]:
@@ -102,6 +110,9 @@ class WatchManager:
         # Streams (by key) stopped or left over, until the journal forgot them: watching one
         # again waits for that, so its new watch never reads the old seed state.
         self._releasing: dict[str, asyncio.Task[None]] = {}
+        # Set when a stream whose release is being retried is watched again: the release stops
+        # retrying, and the new watch resumes from the row and objects the journal kept.
+        self._rewatched: dict[str, asyncio.Event] = {}
         # Sharded: whether the streams an earlier run left in the journal that this replica
         # does not serve any more were released (once, when it first holds its share).
         self._leftovers_released = shards is None
@@ -139,6 +150,7 @@ class WatchManager:
         # A restart after a failure starts from nothing: the previous group's tasks are gone.
         self.watchers.clear()
         self._releasing.clear()
+        self._rewatched.clear()
         async with asyncio.TaskGroup() as group:
             group.create_task(supervise("discovery", self._discovery_loop))
             while True:
@@ -180,6 +192,8 @@ class WatchManager:
             if self.shards is not None:
                 self._release(group, stream, {task})
         for stream in sorted(wanted - set(self.watchers), key=lambda s: s.key):
+            if stream.key in self._rewatched:
+                self._rewatched[stream.key].set()
             watcher = StreamWatcher(self.client, self.journal, stream)
             run = self._after_release(stream, watcher)
             task = group.create_task(supervise(f"watch {stream.key}", run, watcher.failed))
@@ -205,18 +219,38 @@ class WatchManager:
         sharded, a stream stops because no branch served here needs it, and nothing says it
         ever will again here (with one replica it stays: a rule may be back a moment later)."""
         previous = self._releasing.get(stream.key)
+        rewatched = self._rewatched[stream.key] = asyncio.Event()
 
         async def release() -> None:
             waits = after if previous is None else after | {previous}
             if waits:
                 await asyncio.wait(waits)
+            delay = RELEASE_RETRY_S
             try:
-                await self.journal.release_stream(stream)
-            except (JournalWriteFailed, sqlite3.Error, OSError) as error:
-                # Its row and objects stay whole: a later watch resumes from them correctly.
-                log.warning("could not release %s from the journal: %s", stream.key, error)
-                return
-            log.info("released %s from the journal", stream.key)
+                while True:
+                    try:
+                        await self.journal.release_stream(stream)
+                    except (JournalWriteFailed, sqlite3.Error, OSError) as error:
+                        # Its row and objects stay whole (one transaction): a watch that comes
+                        # back resumes from them correctly; else the next try forgets them.
+                        log.warning(
+                            "could not release %s from the journal, trying again in %.0f s: %s",
+                            stream.key,
+                            delay,
+                            error,
+                        )
+                    else:
+                        log.info("released %s from the journal", stream.key)
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(rewatched.wait(), delay)
+                    if rewatched.is_set():
+                        log.info("kept %s in the journal: it is watched again", stream.key)
+                        return
+                    delay = min(delay * 2, RELEASE_RETRY_MAX_S)
+            finally:
+                if self._rewatched.get(stream.key) is rewatched:
+                    del self._rewatched[stream.key]
 
         done = group.create_task(release())
         self._releasing[stream.key] = done
@@ -235,7 +269,8 @@ class WatchManager:
             releasing = self._releasing.get(stream.key)
             if releasing is not None:
                 # Ended, not necessarily done: a release that failed left the stream's row and
-                # objects whole, which a resumed watch continues correctly (or re-lists on 410).
+                # objects whole, which a resumed watch continues correctly (or re-lists on 410);
+                # one being retried stops at once, since this watch was started.
                 await asyncio.wait({releasing})
             await watcher.run()
 

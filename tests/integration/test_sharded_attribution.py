@@ -13,7 +13,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +87,40 @@ def held(daemon: Reverserd) -> set[int]:
     return set(daemon.status()["shards"]["held"])
 
 
+def forwarding_replicas(
+    plane: ControlPlane, namespace: str, tmp_path: Path, mode: Callable[[str], list[str]]
+) -> tuple[dict[str, Reverserd], dict[str, int]]:
+    """Two replicas (not started) with admission attribution and a peer secret, so that each
+    forwards the facts it hears, with the flags ``mode`` gives each; and their webhook ports."""
+    secret = tmp_path / "peer-secret"
+    secret.write_bytes(SECRET)
+    ports = {name: free_port() for name in ("replica-a", "replica-b")}
+    daemons = {
+        name: Reverserd(
+            plane,
+            tmp_path / name,
+            [
+                *webhook_arguments(plane, "admission", port),
+                f"--peer-address=127.0.0.1:{port}",
+                f"--peer-secret-file={secret}",
+                f"--attribution-grace={GRACE_S}",
+                f"--leader-election-namespace={LEASE_NAMESPACE}",
+                f"--leader-election-id=attr-{namespace}",
+                f"--git-author-name={name}",
+                *mode(name),
+            ],
+        )
+        for name, port in ports.items()
+    }
+    return daemons, ports
+
+
 @contextlib.contextmanager
 def sharded_pair(
     plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> Iterator[Group]:
     """Both replicas started and balanced, the targets synced, the webhook registered for the
     replica that does not own the first branch; everything stopped and removed at the end."""
-    secret = tmp_path / "peer-secret"
-    secret.write_bytes(SECRET)
     # The serving certificate with its root, as --peer-ca's default needs it.
     chain = tmp_path / "webhook-chain.crt"
     chain.write_bytes(
@@ -111,33 +137,23 @@ def sharded_pair(
         manifests.append(git_target(namespace, branch, "mirror", FOLDER, branch))
         manifests.append(watch_rule(namespace, branch, branch, [{"resources": ["configmaps"]}]))
     apply(plane, *manifests)
-    ports = {name: free_port() for name in ("replica-a", "replica-b")}
-    daemons = {
-        name: Reverserd(
-            plane,
-            tmp_path / name,
-            [
-                *webhook_arguments(plane, "admission", port),
-                f"--peer-address=127.0.0.1:{port}",
-                f"--peer-secret-file={secret}",
-                # As the chart does, one trusts the CA of the shared serving certificate; the
-                # other, by default, the root in its certificate file.
-                *(
-                    [f"--peer-ca={plane.pki / 'ca.crt'}"]
-                    if name == "replica-a"
-                    else [f"--webhook-tls-cert={chain}"]
-                ),
-                f"--attribution-grace={GRACE_S}",
-                f"--shards={BUCKETS}",
-                f"--replica-id={name}",
-                f"--shard-lease-duration={LEASE_S}",
-                f"--leader-election-namespace={LEASE_NAMESPACE}",
-                f"--leader-election-id=attr-{namespace}",
-                f"--git-author-name={name}",
-            ],
-        )
-        for name, port in ports.items()
-    }
+    daemons, ports = forwarding_replicas(
+        plane,
+        namespace,
+        tmp_path,
+        lambda name: [
+            # As the chart does, one trusts the CA of the shared serving certificate; the
+            # other, by default, the root in its certificate file.
+            *(
+                [f"--peer-ca={plane.pki / 'ca.crt'}"]
+                if name == "replica-a"
+                else [f"--webhook-tls-cert={chain}"]
+            ),
+            f"--shards={BUCKETS}",
+            f"--replica-id={name}",
+            f"--shard-lease-duration={LEASE_S}",
+        ],
+    )
     webhook = f"reverserd-attribution-{namespace}"
     try:
         for daemon in daemons.values():
@@ -425,3 +441,65 @@ def test_a_fact_forwarded_late_or_while_the_owner_is_down_still_names_the_user(
             USER,
             group.owner,
         )
+
+
+def test_under_leader_election_the_standby_forwards_the_facts_it_hears_to_the_leader(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """``--leader-elect`` with a peer secret: the API server calls the standby's webhook only,
+    and the leader's commits still name the user, from the facts the standby forwarded to the
+    address the leader Lease advertises."""
+    branch = "attr-0"
+    apply(
+        control_plane,
+        git_provider(namespace, "mirror", remote.url, secret=remote.secret, branches=[branch]),
+        git_target(namespace, branch, "mirror", FOLDER, branch),
+        watch_rule(namespace, branch, branch, [{"resources": ["configmaps"]}]),
+    )
+    daemons, ports = forwarding_replicas(
+        control_plane,
+        namespace,
+        tmp_path,
+        lambda name: [f"--peer-ca={control_plane.pki / 'ca.crt'}", "--leader-elect"],
+    )
+    webhook = f"reverserd-attribution-{namespace}"
+    try:
+        leader, standby = daemons["replica-a"], daemons["replica-b"]
+        leader.start()
+        wait_until(lambda: leader.status()["role"] == "leader", 60, leader.log_tail)
+        standby.start()
+        group = Group(daemons, ports, branch, "replica-a", "replica-b")
+        wait_until(lambda: standby.status()["role"] == "standby", 60, group.describe)
+        apply(
+            control_plane,
+            admission_webhook(
+                webhook,
+                f"https://127.0.0.1:{ports['replica-b']}/admission",
+                (control_plane.pki / "ca.crt").read_bytes(),
+                namespace,
+            ),
+        )
+        wait_synced(control_plane, namespace, branch)
+        webhook_in_use(control_plane, namespace, standby, group)
+        as_user(control_plane, "create", "configmap", "app", "-n", namespace, "--from-literal=v=1")
+        assert_by(
+            wait_commit(remote, group, branch, subject("CREATE", namespace, "app")),
+            USER,
+            "replica-a",
+        )
+        # Heard by the standby only, stored by the leader as forwarded from it.
+        assert (
+            query_journal(
+                leader, "SELECT 1 FROM attribution_facts WHERE name = 'app' AND origin IS NULL"
+            )
+            == []
+        )
+        assert query_journal(
+            leader, "SELECT 1 FROM attribution_facts WHERE name = 'app' AND origin IS NOT NULL"
+        )
+    finally:
+        control_plane.kubectl(
+            "delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found"
+        )
+        for daemon in daemons.values():
+            daemon.ensure_stopped()

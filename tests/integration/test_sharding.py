@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from testbed.gitservers import branch_tip, install_hook, read_tree_at
 from testbed.harness import (
     Reverserd,
     apply,
+    conditions,
     history,
     logged_by_reverserd,
     resource_status,
@@ -51,14 +53,17 @@ FOLDER = "live-cluster"
 PUSH_INTERVAL_WHILE_FROZEN_S = 4
 
 
-def spread(remote: Remote) -> list[str]:
-    """One branch in each bucket, so every replica holds branches whatever the URL hashes to."""
-    found: dict[int, str] = {}
+def spread(remote: Remote, per_bucket: int = 1) -> list[str]:
+    """``per_bucket`` branches in each bucket, so every replica holds branches whatever the URL
+    hashes to."""
+    found: dict[int, list[str]] = {index: [] for index in range(BUCKETS)}
     index = 0
-    while len(found) < BUCKETS:
-        found.setdefault(bucket(remote, f"shard-{index}"), f"shard-{index}")
+    while any(len(names) < per_bucket for names in found.values()):
+        names = found[bucket(remote, f"shard-{index}")]
+        if len(names) < per_bucket:
+            names.append(f"shard-{index}")
         index += 1
-    return [found[index] for index in range(BUCKETS)]
+    return [name for index in range(BUCKETS) for name in found[index]]
 
 
 def setup(
@@ -212,10 +217,79 @@ def owner_of_most(daemons: dict[str, Reverserd], remote: Remote, branches: list[
     return counts.most_common(1)[0][0]
 
 
+# The steady workload: one ConfigMap write every WRITE_GAP_S, round robin over WRITTEN objects,
+# each write a value never written before (so a file's content committed twice on a branch is a
+# change committed twice).
+WRITE_GAP_S = 2.0
+WRITTEN = 5
+
+
+class SteadyWrites:
+    """A thread writing the workload until stopped; what it wrote, per file."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane, self.namespace = plane, namespace
+        self.writes = Counter[str]()
+        self.latest: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            name = f"w{index % WRITTEN}"
+            apply(self.plane, configmap(self.namespace, name, {"key": str(index)}))
+            self.writes[f"{name}.yaml"] += 1
+            self.latest[f"{name}.yaml"] = str(index)
+            index += 1
+            self._stop.wait(WRITE_GAP_S)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def contents_committed(remote: Remote, branch: str, prefix: str) -> Counter[tuple[str, str]]:
+    """How many commits of ``branch`` set each file below ``prefix`` to each content."""
+    repo = pygit2.Repository(str(remote.path))
+    found = Counter[tuple[str, str]]()
+    for entry in history(remote.path, branch):
+        commit = repo.get(entry.sha)
+        assert isinstance(commit, pygit2.Commit)
+        if commit.parents:
+            diff = repo.diff(commit.parents[0].tree, commit.tree)
+            written = [(d.new_file.path, str(d.new_file.id)) for d in diff.deltas]
+        else:
+            written = [
+                (path, str(commit.tree[path].id)) for path in read_tree_at(remote.path, entry.sha)
+            ]
+        found.update(
+            (path[len(prefix) :], blob) for path, blob in written if path.startswith(prefix)
+        )
+    return found
+
+
+# Item 6 of the design: three replicas and thirty targets, each on a branch of its own.
+BRANCHES_PER_BUCKET = 5
+
+
 def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_doubled(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
-    branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
+    """Three replicas, thirty targets on thirty branches, a steady workload; one replica is
+    SIGKILLed mid-way: its buckets are taken within the Lease duration plus the bound, every
+    branch ends equal to the cluster, and no change is committed twice (by the dead owner and
+    again by its successor)."""
+    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}")
+    branches = spread(remote, BRANCHES_PER_BUCKET)
+    log = record_pushes(remote, tmp_path)
+    assert len(branches) == BUCKETS * BRANCHES_PER_BUCKET == 30
+    workload = SteadyWrites(control_plane, namespace)
     with stopped_at_end(daemons):
         apply(control_plane, *setup(namespace, remote, "1s", branches))
         for daemon in daemons.values():
@@ -224,7 +298,7 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         apply(control_plane, configmap(namespace, "before", {"key": "1"}))
         wait_until(
             lambda: all(values(remote, b, namespace) == {"before.yaml": "1"} for b in branches),
-            90,
+            120,
             lambda: describe(daemons),
         )
         # Each branch was pushed by the replica holding its bucket, and only by it.
@@ -234,23 +308,32 @@ def test_a_killed_replicas_branches_are_taken_over_and_nothing_is_lost_or_double
         victim = owner_of_most(daemons, remote, branches)
         victims_branches = [b for b in branches if bucket(remote, b) in held(daemons[victim])]
         survivors = [daemon for name, daemon in daemons.items() if name != victim]
-        daemons[victim].kill()
-        killed_at = time.monotonic()
-        apply(control_plane, configmap(namespace, "before", {"key": "2"}))
-        apply(control_plane, configmap(namespace, "after"))
-        wait_until(lambda: balanced(survivors), 60, lambda: describe(daemons))
-        takeover_s = time.monotonic() - killed_at
-        assert takeover_s < LEASE_S + TAKEOVER_BOUND_S, takeover_s
-        settled_at = time.time()
+        with workload.running():
+            time.sleep(10)  # the victim commits and pushes the workload's changes a while
+            daemons[victim].kill()
+            killed_at = time.monotonic()
+            apply(control_plane, configmap(namespace, "before", {"key": "2"}))
+            wait_until(lambda: balanced(survivors), 60, lambda: describe(daemons))
+            takeover_s = time.monotonic() - killed_at
+            assert takeover_s < LEASE_S + TAKEOVER_BOUND_S, takeover_s
+            settled_at = time.time()
+            time.sleep(10)  # the survivors carry the workload on the victim's branches
 
         apply(control_plane, configmap(namespace, "later"))
-        wanted = {"before.yaml": "2", "after.yaml": "after", "later.yaml": "later"}
+        wanted = {"before.yaml": "2", "later.yaml": "later", **workload.latest}
         wait_until(
             lambda: all(values(remote, b, namespace) == wanted for b in branches),
             120,
             lambda: describe(daemons),
         )
-        no_change_committed_twice(remote, branches)
+        prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
+        for branch in branches:
+            repeated = {
+                change: n
+                for change, n in contents_committed(remote, branch, prefix).items()
+                if n > 1
+            }
+            assert repeated == {}, (branch, subjects(remote.path, branch))
         # Each GitTarget's status is written by the replica holding its branch, the victim's
         # by their new holders: it names the branch's tip.
         wait_until(
@@ -367,6 +450,8 @@ def test_a_replica_taking_a_branch_back_from_another_starts_it_afresh(
         manifests = setup(namespace, remote, "1s", branches)
         apply(control_plane, *manifests[:3])  # the provider and the first branch's target
         first.start()
+        # Synced (after its join window) before the change, which is then a commit of its own.
+        wait_until(lambda: first_syncs(first, target) == 1, 60, first.log_tail)
         apply(control_plane, configmap(namespace, "flip", {"key": "1"}))
         wait_until(lambda: values(remote, branch, namespace) == {"flip.yaml": "1"}, 60)
         first.stop()
@@ -560,6 +645,12 @@ def journals_only_its_share(
     )
 
 
+def start_together(daemons: list[Reverserd]) -> None:
+    """Start the replicas at once, as a StatefulSet's pods in parallel."""
+    with ThreadPoolExecutor(len(daemons)) as pool:
+        list(pool.map(Reverserd.start, daemons))
+
+
 def never_deleted(remote: Remote, branch: str, path: str) -> bool:
     """Once on ``branch``, ``path`` is in every later commit."""
     seen = False
@@ -578,7 +669,8 @@ def never_deleted(remote: Remote, branch: str, path: str) -> bool:
 def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_it_gains(
     control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
 ) -> None:
-    """Two replicas journal only the types of their own branches; a third joining takes buckets
+    """Two replicas started together journal only the types of their own branches from the
+    start (neither takes every bucket first); a third joining takes buckets
     through the handshake, and the old holders release those streams; killed, its buckets go
     back to the survivors, who seed those streams again and adopt the folders; restarted with
     its state dir after the first stopped, it releases what it journaled for buckets now held
@@ -609,18 +701,21 @@ def test_each_replica_watches_only_its_branches_and_takes_the_streams_of_those_i
         apply(control_plane, *typed_setup(namespace, remote, branches))
         write("stays", "s")
         write("doomed", "d")
-        first.start()
-        second.start()
         pair = [first, second]
+        start_together(pair)
         wait_until(lambda: balanced(pair), 60, lambda: describe(daemons))
         wait_until(mirrored, 90, lambda: describe(daemons))
         wait_until(lambda: shares_journaled(pair), 30, lambda: describe(daemons))
         write("probe", "p")
         wait_until(mirrored, 90, lambda: describe(daemons))
         for daemon in pair:
-            # Not one event of a type of the other replica's branches is journaled.
-            events = journaled(daemon, "probe").events
-            assert events == needs(daemon, remote, branches), daemon.state_dir.name
+            # Started together, neither ever held more than its share, and not one event of a
+            # type of the other replica's branches is journaled: neither the seed of what
+            # existed before they started nor a later change.
+            for name in ("stays", "probe"):
+                events = journaled(daemon, name).events
+                assert events == needs(daemon, remote, branches), (daemon.state_dir.name, name)
+            assert set(took_bucket_times(daemon, 0)) == held(daemon), daemon.log_tail()
 
         # A third replica joins: the old holders hand buckets over and release their streams.
         third.start()
@@ -680,13 +775,10 @@ def commits_per_file(remote: Remote, branch: str, prefix: str) -> Counter[str]:
     return changed
 
 
-# The steady workload of the drain test: one ConfigMap write every WRITE_GAP_S, round robin over
-# WRITTEN objects, so each object changes every WRITE_GAP_S * WRITTEN seconds, longer than a
-# hand-over takes (the new owner's adoption then finds at most one change of an object not
-# pushed yet); pushes wait PUSH_INTERVAL_S, so without a drain the old owner would abandon
-# several changes of each object.
-WRITE_GAP_S = 2.0
-WRITTEN = 5
+# The drain test's pushes wait PUSH_INTERVAL_S, so without a drain the old owner would abandon
+# several changes of each object (each changes every WRITE_GAP_S * WRITTEN seconds, longer than a
+# hand-over takes: the new owner's adoption then finds at most one change of an object not
+# pushed yet).
 PUSH_INTERVAL_S = 40
 
 
@@ -699,20 +791,7 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
     the abandoned ones."""
     branches, daemons, log = sharded_group(control_plane, tmp_path, namespace, remote)
     first, second, third = (daemons[name] for name in REPLICAS)
-    writes = Counter[str]()
-    latest: dict[str, str] = {}
-    stop = threading.Event()
-
-    def workload() -> None:
-        index = 0
-        while not stop.is_set():
-            name = f"w{index % WRITTEN}"
-            apply(control_plane, configmap(namespace, name, {"key": str(index)}))
-            writes[f"{name}.yaml"] += 1
-            latest[f"{name}.yaml"] = str(index)
-            index += 1
-            stop.wait(WRITE_GAP_S)
-
+    workload = SteadyWrites(control_plane, namespace)
     with stopped_at_end(daemons):
         apply(control_plane, *setup(namespace, remote, f"{PUSH_INTERVAL_S}s", branches))
         apply(control_plane, configmap(namespace, "seed", {"key": "s"}))
@@ -724,18 +803,13 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
             90,
             lambda: describe(daemons),
         )
-        writer = threading.Thread(target=workload)
-        writer.start()
-        try:
+        with workload.running():
             time.sleep(15)
             third.start()
             wait_until(lambda: balanced([first, second, third]), 60, lambda: describe(daemons))
             moved_at = time.time()
             time.sleep(15)
-        finally:
-            stop.set()
-            writer.join()
-        wanted = {"seed.yaml": "s", **latest}
+        wanted = {"seed.yaml": "s", **workload.latest}
         wait_until(
             lambda: all(values(remote, b, namespace) == wanted for b in branches),
             PUSH_INTERVAL_S + 60,
@@ -745,7 +819,166 @@ def test_a_graceful_hand_over_pushes_what_the_old_holder_committed_so_each_chang
         assert any(r == third.state_dir.name for t, _, r in pushes(log) if t > moved_at)
         prefix = f"{FOLDER}/v1/configmaps/{namespace}/"
         for branch in branches:
-            assert commits_per_file(remote, branch, prefix) == {"seed.yaml": 1, **writes}, (
+            assert commits_per_file(remote, branch, prefix) == {
+                "seed.yaml": 1,
+                **workload.writes,
+            }, (
                 branch,
                 subjects(remote.path, branch),
             )
+
+
+def leader(plane: ControlPlane, namespace: str) -> str:
+    """The replica holding the group's leader Lease (the config plane's status writer)."""
+    found = plane.kubectl(
+        "get", "lease", "-n", LEASE_NAMESPACE, f"shards-{namespace}", "-o", "json"
+    )
+    return str(json.loads(found)["spec"].get("holderIdentity") or "")
+
+
+def test_a_refused_target_stays_with_its_branch_so_its_events_wait_and_its_status_has_one_writer(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """A target refused while its provider exists (here its branch is no longer allowed) still
+    belongs to its branch's bucket: the holder keeps watching what its rules select (another
+    replica journals none of it) and writes its status (not the leader); allowed again, it reads
+    on from its cursor, so each change made meanwhile is a commit of its own, none coalesced."""
+    names = REPLICAS[:2]
+    branches, daemons, _ = sharded_group(control_plane, tmp_path, namespace, remote, names)
+    of_branch = dict(zip(branches, TYPES, strict=True))
+    with stopped_at_end(daemons):
+        manifests = typed_setup(namespace, remote, branches)
+        apply(control_plane, *manifests)
+        start_together(list(daemons.values()))
+        wait_until(lambda: balanced(list(daemons.values())), 60, lambda: describe(daemons))
+        wait_until(lambda: leader(control_plane, namespace) in daemons, 60)
+        chief = leader(control_plane, namespace)
+        holder_name = next(name for name in daemons if name != chief)
+        holder, other = daemons[holder_name], daemons[chief]
+        branch = next(b for b in branches if bucket(remote, b) in held(holder))
+        resource = of_branch[branch]
+        target = f"{namespace}/{branch}"
+        wait_until(lambda: f"v1/{resource}@{namespace}" in journaled(holder).streams, 60)
+        wait_until(lambda: first_syncs(holder, target) == 1, 60, holder.log_tail)
+
+        allowed = [b for b in branches if b != branch]
+        provider = git_provider(
+            namespace, "mirror", remote.url, secret=remote.secret, branches=allowed
+        )
+        apply(control_plane, provider)
+
+        def refused() -> bool:
+            found = conditions(control_plane, "gittarget", namespace, branch).get("Validated", {})
+            return found.get("reason") == "BranchNotAllowed"
+
+        wait_until(refused, 60, lambda: describe(daemons))
+        # Written by the holder, who synced it: the leader never ran it, and its status would
+        # say the first sync is pending.
+        found = conditions(control_plane, "gittarget", namespace, branch)
+        assert found["SnapshotSynced"]["status"] == "True", found
+        assert found["Validated"]["reason"] == "BranchNotAllowed", found
+        for value in ("1", "2", "3"):
+            apply(control_plane, typed_object(resource, namespace, "meanwhile", value))
+        # Journaled by the holder only, though no running target needs it there.
+        wait_until(lambda: resource in journaled(holder, "meanwhile").events, 30, holder.log_tail)
+        assert journaled(other, "meanwhile").events == set()
+        assert f"v1/{resource}@{namespace}" not in journaled(other).streams
+
+        apply(control_plane, manifests[0])  # every branch allowed again
+        wait_until(
+            lambda: typed_values(remote, branch, resource, namespace).get("meanwhile") == "3",
+            60,
+            lambda: describe(daemons),
+        )
+        history = subjects(remote.path, branch)
+        path = f"v1/{resource}/{namespace}/meanwhile"
+        assert history.count(f"[CREATE] {path}") == 1, history
+        assert history.count(f"[UPDATE] {path}") == 2, history
+        assert not any(s.startswith("reconcile") for s in history[1:]), history
+
+
+@contextlib.contextmanager
+def journal_locked(daemon: Reverserd) -> Iterator[None]:
+    """Another process holds the write lock of the replica's journal.db: every write of the
+    replica waits for its busy timeout and fails, as on a disk that refuses writes."""
+    connection = sqlite3.connect(daemon.state_dir / "journal.db", timeout=30)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def logged(daemon: Reverserd, fragment: str, stream: str) -> bool:
+    """Whether the daemon logged a message holding ``fragment`` (as reverserd's code has it)
+    about ``stream``."""
+    fragment = logged_by_reverserd(fragment)
+    messages = [str(line.get("message", "")) for line in daemon.log_lines()]
+    return any(fragment in message and stream in message for message in messages)
+
+
+def test_a_stream_whose_release_the_journal_refused_is_released_later_and_nothing_is_lost(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """A sharded replica stops a stream no branch needs any more while its journal refuses
+    writes (its write lock held by another process): the release fails, the stream's row and
+    objects stay whole, and it is released once the journal writes again. Watched again while a
+    release is being retried, the stream resumes from what the journal kept. Other streams lose
+    nothing meanwhile."""
+    daemons = replicas(control_plane, tmp_path, f"shards-{namespace}", REPLICAS[:1])
+    daemon = daemons[REPLICAS[0]]
+    branches = spread(remote)
+    of_type = dict(zip(TYPES, branches, strict=True))
+    cluster: dict[str, dict[str, str]] = {resource: {} for resource in TYPES}
+    manifests = typed_setup(namespace, remote, branches)
+    rules = {r: m for r, m in zip(TYPES, manifests[2::2], strict=True)}
+    dropped, kept = "podtemplates", "limitranges"
+    dropped_stream, kept_stream = f"v1/{dropped}@{namespace}", f"v1/{kept}@{namespace}"
+
+    def write(resource: str, name: str, value: str) -> None:
+        apply(control_plane, typed_object(resource, namespace, name, value))
+        cluster[resource][name] = value
+
+    def mirrored() -> bool:
+        return all(typed_values(remote, of_type[r], r, namespace) == cluster[r] for r in TYPES)
+
+    def unwatch(resource: str) -> None:
+        name = rules[resource]["metadata"]["name"]  # type: ignore[index]
+        control_plane.kubectl("delete", "watchrule", "-n", namespace, name)
+
+    with stopped_at_end(daemons):
+        apply(control_plane, *manifests)
+        for resource in TYPES:
+            write(resource, "stays", "s")
+        daemon.start()
+        wait_until(mirrored, 90, daemon.log_tail)
+
+        # No rule needs the dropped type any more while the journal refuses writes.
+        with journal_locked(daemon):
+            unwatch(dropped)
+            wait_until(
+                lambda: logged(daemon, "could not release", dropped_stream), 60, daemon.log_tail
+            )
+            write("configmaps", "during", "d")
+            assert dropped_stream in journaled(daemon).streams  # kept whole, not half forgotten
+        # Released once the journal writes again; the other streams caught up meanwhile.
+        wait_until(lambda: dropped_stream not in journaled(daemon).streams, 60, daemon.log_tail)
+        wait_until(mirrored, 60, daemon.log_tail)
+
+        # Watched again while its release is being retried: it resumes from what was kept.
+        with journal_locked(daemon):
+            unwatch(kept)
+            wait_until(
+                lambda: logged(daemon, "could not release", kept_stream), 60, daemon.log_tail
+            )
+            apply(control_plane, rules[kept])
+            wait_until(
+                lambda: logged(daemon, "it is watched again", kept_stream), 60, daemon.log_tail
+            )
+            write(kept, "stays", "changed")
+        assert kept_stream in journaled(daemon).streams
+        apply(control_plane, rules[dropped])
+        write(dropped, "later", "l")
+        wait_until(mirrored, 90, daemon.log_tail)
+        no_change_committed_twice(remote, branches)

@@ -232,3 +232,30 @@ def test_the_peer_address_is_the_pod_ip_else_the_webhook_host_else_refused(
     assert _attribution_options(given).peer_address == "10.0.0.5:9443"
     named = sharded_attribution(tmp_path, flag, "--peer-address=r-0.r.ops.svc:9443")
     assert _attribution_options(named).peer_address == "r-0.r.ops.svc:9443"
+
+
+def test_under_leader_election_facts_are_forwarded_only_with_a_peer_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The standby forwards to the leader once a peer secret is given; without one nothing is
+    asked of the peer flags, as before."""
+    make_pki(tmp_path)
+    cert = tmp_path / "webhook.crt"
+
+    def leader_elected(*more: str) -> argparse.Namespace:
+        return build_parser().parse_args(
+            [
+                "run", "--leader-elect", "--attribution=admission", f"--webhook-tls-cert={cert}",
+                f"--webhook-tls-key={cert}", "--webhook-listen=:9443", *more,
+            ]
+        )  # fmt: skip
+
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    alone = _attribution_options(leader_elected())
+    assert alone.peer_secret_file is None and alone.peer_address == ""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 40)
+    forwarding = _attribution_options(leader_elected(f"--peer-secret-file={secret}"))
+    assert forwarding.peer_secret_file == secret
+    assert forwarding.peer_address == "10.1.2.3:9443"
+    assert forwarding.peer_server_name == "localhost"

@@ -294,3 +294,61 @@ async def test_a_drain_pushes_what_waits_for_the_interval_and_only_through_the_f
         writing.cancel()
         await asyncio.gather(run, writing, return_exceptions=True)
         await journal.close()
+
+
+async def test_replicas_started_together_each_take_only_their_share(
+    control_plane: ControlPlane,
+) -> None:
+    """A replica holds nothing for a lease duration after it starts unless another live replica
+    holds a bucket, so a group started together (a StatefulSet's pods in parallel) never lets
+    its first replica take every bucket, watch what every branch needs and hand most of it over
+    seconds later; one that joins a running group takes what it is handed at once; alone, a
+    replica takes every bucket after the window. Real Leases on the test bed's API server."""
+    client = await KubeClient.connect(control_plane.admin_kubeconfig)
+    timing = LeaseTiming.scaled(6)
+    group = f"join-{uuid.uuid4().hex[:8]}"
+
+    def coordinator(name: str) -> ShardCoordinator:
+        return ShardCoordinator(client, ShardSettings(4, name, LEASE_NAMESPACE, group, timing))
+
+    first, second, third = (
+        coordinator("replica-a"),
+        coordinator("replica-b"),
+        coordinator("replica-c"),
+    )
+    most = Counter[str]()
+
+    async def nothing(bucket: int) -> None:
+        return None
+
+    def watch(*coordinators: ShardCoordinator) -> Callable[[], bool]:
+        def count() -> bool:
+            for each in coordinators:
+                most[each.replica] = max(most[each.replica], len(each.held))
+            return False
+
+        return count
+
+    sample = watch(first, second, third)
+    started = time.monotonic()
+    running = [asyncio.create_task(first.run(nothing, nothing, nothing))]
+    watching = asyncio.create_task(until(sample))
+    try:
+        await asyncio.sleep(1)
+        running.append(asyncio.create_task(second.run(nothing, nothing, nothing)))
+        await asyncio.wait_for(until(lambda: len(first.held) + len(second.held) == 4), 60)
+        assert time.monotonic() - started >= timing.duration_s
+        assert len(first.held) == len(second.held) == 2
+        sample()
+        assert (most["replica-a"], most["replica-b"]) == (2, 2), most
+        # A replica joining the running group takes its share without waiting for the window.
+        joined = time.monotonic()
+        running.append(asyncio.create_task(third.run(nothing, nothing, nothing)))
+        await asyncio.wait_for(until(lambda: len(third.held) == 1), 60)
+        assert time.monotonic() - joined < timing.duration_s
+    finally:
+        watching.cancel()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(watching, *running, return_exceptions=True)
+        await client.close()

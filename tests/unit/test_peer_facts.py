@@ -44,13 +44,8 @@ from reverserd.attribution.peers import (
 from reverserd.attribution.store import FactWriter, open_fact_connection
 from reverserd.attribution.webhooks import build_webhook_app
 from reverserd.journal import JournalReader, JournalWriter
-from reverserd.kube.lease import LeaseTiming
-from reverserd.kube.shards import (
-    BUCKETS_LABEL,
-    PEER_ADDRESS_ANNOTATION,
-    ShardCoordinator,
-    ShardSettings,
-)
+from reverserd.kube.lease import PEER_ADDRESS_ANNOTATION, LeaseTiming
+from reverserd.kube.shards import BUCKETS_LABEL, ShardCoordinator, ShardSettings
 
 SECRET = b"s" * 40
 # The identity of the replica the fixture's endpoint serves.

@@ -123,6 +123,27 @@ def test_a_sharded_replica_watches_only_what_the_targets_on_its_branches_need() 
     assert "v1/configmaps@b" not in everything
 
 
+def test_a_refused_target_with_a_provider_is_watched_by_the_holder_of_its_branch() -> None:
+    """Refused (its branch not allowed), its provider still names the repository: its rules go
+    with its branch. Without a provider it has no branch, and its rules are nobody's."""
+    state = state_of(
+        git_provider("a", "narrow", URL, branches=["main"]),
+        git_target("a", "off", "narrow", "a", "off"),
+        git_target("a", "lost", "missing", "b", "main"),
+        watch_rule("a", "off", "off", [{"resources": ["configmaps"]}]),
+        watch_rule("a", "lost", "lost", [{"apiGroups": ["apps"], "resources": ["deployments"]}]),
+    )
+    assert state.targets == {} and set(state.refused) == {"a/off"}
+    branch = state.branch_of("a/off")
+    assert branch is not None and state.branch_of("a/lost") is None
+
+    def watched(serves: Callable[[str], bool]) -> set[str]:
+        return keys(desired_streams(rules_to_watch(state, serves), DISCOVERY))
+
+    assert watched(lambda held: held == branch) == {"v1/configmaps@a"}
+    assert watched(lambda held: held != branch) == set()
+
+
 def configmap(namespace: str, name: str, version: int) -> dict[str, Any]:
     metadata = {
         "name": name,
