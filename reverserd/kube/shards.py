@@ -148,7 +148,7 @@ class ShardCoordinator:
         # Set on shutdown: no round takes anything any more.
         self._leaving = False
         self._hand_over_branches: Callable[[int], Awaitable[None]] | None = None
-        self._take_over_branches: Callable[[int], Awaitable[None]] | None = None
+        self._drop_branches: Callable[[int], Awaitable[None]] | None = None
         # Hand-overs, take-overs and stops running, one task per bucket at most.
         self._moving: dict[int, asyncio.Task[None]] = {}
         # Buckets a take task is claiming: counted as held when the round computes its share.
@@ -245,16 +245,17 @@ class ShardCoordinator:
     async def run(
         self,
         hand_over: Callable[[int], Awaitable[None]],
-        take_over: Callable[[int], Awaitable[None]],
+        drop: Callable[[int], Awaitable[None]],
         drain: Callable[[int], Awaitable[None]],
     ) -> None:
         """Coordinate until cancelled. ``hand_over(b)`` stops bucket b's branches and returns
-        once nothing of theirs writes any more; ``take_over(b)`` drops what this replica's
-        journal and clones hold for bucket b before its branches start afresh; ``drain(b)``
-        stops b's consumers and pushes what its committers hold (cancelled after
-        :data:`DRAIN_S`). They run as tasks of their own, so none ever delays a renewal."""
+        once nothing of theirs writes any more; ``drop(b)`` drops what this replica's journal
+        and clones hold for bucket b: before its branches start afresh when taken from another
+        replica, and once its Lease is released after a hand-over; ``drain(b)`` stops b's
+        consumers and pushes what its committers hold (cancelled after :data:`DRAIN_S`). They
+        run as tasks of their own, so none ever delays a renewal."""
         self._hand_over_branches = hand_over
-        self._take_over_branches = take_over
+        self._drop_branches = drop
         self._drain_branches = drain
         while not self._leaving:
             try:
@@ -402,11 +403,11 @@ class ShardCoordinator:
         if not await lease.try_acquire_or_renew(record):
             return
         if not ours:
-            assert self._take_over_branches is not None
+            assert self._drop_branches is not None
             # The previous holder may have pushed past anything this journal says.
             self._taking.add(index)
             try:
-                await self._take_over_branches(index)
+                await self._drop_branches(index)
             finally:
                 self._taking.discard(index)
         self.held.add(index)
@@ -429,8 +430,12 @@ class ShardCoordinator:
 
     async def _hand_over(self, index: int) -> None:
         """Drain the bucket (in :attr:`_draining`, still held), then let it go, stop its
-        writers and release its Lease: the handshake of a rebalance or a shutdown."""
+        writers and release its Lease: the handshake of a rebalance or a shutdown. Dropping
+        what this replica kept of the bucket comes after the release, unless it is stopping:
+        that is local work, and the next owner need not wait for it (nor for a journal that
+        refuses to write meanwhile)."""
         assert self._hand_over_branches is not None and self._drain_branches is not None
+        assert self._drop_branches is not None
         await self._publish()
         try:
             async with asyncio.timeout(DRAIN_S):
@@ -451,15 +456,22 @@ class ShardCoordinator:
         if record is not None and await lease.release(record):
             self.holders[index] = ""
         log.info("handed over bucket", extra={"bucket": index, "replica": self.replica})
+        if not self._leaving:
+            # Should this fail (the journal refusing writes), what is left is dropped before
+            # the bucket runs here again from another holder, or by the next start.
+            await self._drop_branches(index)
 
     async def _stop(self, index: int) -> None:
-        """Stop a lapsed bucket's writers (its Lease is not ours to release any more)."""
-        assert self._hand_over_branches is not None
+        """Stop a lapsed bucket's writers (its Lease is not ours to release any more), then
+        drop what this replica kept of it, unless it is stopping."""
+        assert self._hand_over_branches is not None and self._drop_branches is not None
         await self._publish()
         try:
             await self._hand_over_branches(index)
         finally:
             await self._stopped(index)
+        if not self._leaving:
+            await self._drop_branches(index)
 
     async def leave(self) -> None:
         """On shutdown: hand every bucket over (its branches stopped first) and give the

@@ -143,7 +143,7 @@ class TargetManager:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.ownership.run(self.plane))
             if self.shards is not None:
-                group.create_task(self.shards.run(self._hand_over, self._take_over, self._drain))
+                group.create_task(self.shards.run(self._hand_over, self._drop_bucket, self._drain))
             try:
                 while True:
                     seen = self.plane.version
@@ -284,12 +284,9 @@ class TargetManager:
     async def _hand_over(self, bucket: int) -> None:
         """Stop every consumer and committer of the bucket's branches, and return only once the
         Git operation each committer had in flight has ended (finished or abandoned: what was
-        not pushed stays in the journal for the next owner).
-
-        Then, unless the process is stopping, drop the bucket's journal state and clones
-        (:meth:`_drop_state`): the streams only its targets needed stop with it, so their
-        cursors would point into a gap. On shutdown they stay, for a restart that takes the
-        bucket back (its watches resume where they stopped)."""
+        not pushed stays in the journal for the next owner). The coordinator then releases the
+        bucket's Lease and, unless the process is stopping, drops the bucket's state
+        (:meth:`_drop_bucket`)."""
         assert self.shards is not None
         shards = self.shards
         for key, running in list(self.consumers.items()):
@@ -317,13 +314,14 @@ class TargetManager:
                 # Released by the stopped committer once its Git thread is idle.
                 async with lock:
                     pass
-        if not shards.leaving:
-            await self._drop_state(lambda index: index == bucket)
 
-    async def _take_over(self, bucket: int) -> None:
-        """Before a bucket taken from another replica runs here: drop what this replica holds
-        of it, so each target adopts its folder afresh instead of replaying what the other
-        replica may already have pushed."""
+    async def _drop_bucket(self, bucket: int) -> None:
+        """Drop what this replica holds of a bucket: before the bucket runs here taken from
+        another replica, so each target adopts its folder afresh instead of replaying what the
+        other may already have pushed; and after handing it over, since the streams only its
+        targets needed stop with it and their cursors would point into a gap. On shutdown the
+        state stays, for a restart that takes the bucket back (its watches resume where they
+        stopped)."""
         await self._drop_state(lambda index: index == bucket)
 
     async def _drop_leftovers(self) -> None:

@@ -982,3 +982,38 @@ def test_a_stream_whose_release_the_journal_refused_is_released_later_and_nothin
         write(dropped, "later", "l")
         wait_until(mirrored, 90, daemon.log_tail)
         no_change_committed_twice(remote, branches)
+
+
+def handed_over(daemon: Reverserd) -> set[int]:
+    """The buckets ``daemon`` logged releasing after a hand-over."""
+    message = logged_by_reverserd("handed over bucket")
+    return {int(line["bucket"]) for line in daemon.log_lines() if line.get("message") == message}
+
+
+def test_a_hand_over_releases_the_bucket_though_the_journal_refuses_to_drop_its_state(
+    control_plane: ControlPlane, namespace: str, remote: Remote, tmp_path: Path
+) -> None:
+    """Dropping a handed-over bucket's state is the old holder's own business: with its journal
+    refusing writes, the bucket is still released as soon as its writers stopped, so the new
+    holder takes it at once instead of a lease duration later, and nothing is lost."""
+    names = REPLICAS[:2]
+    branches, daemons, _ = sharded_group(control_plane, tmp_path, namespace, remote, names)
+    first, second = daemons.values()
+    with stopped_at_end(daemons):
+        apply(control_plane, *setup(namespace, remote, "1s", branches))
+        first.start()
+        wait_until(lambda: held(first) == set(range(BUCKETS)), 60, first.log_tail)
+        with journal_locked(first):
+            second.start()
+            # Released (while the drop that follows waits for the journal and fails).
+            wait_until(lambda: len(handed_over(first)) == BUCKETS // 2, 60, first.log_tail)
+            wait_until(lambda: held(second) == handed_over(first), 30, lambda: describe(daemons))
+        wait_until(lambda: balanced([first, second]), 60, lambda: describe(daemons))
+        apply(control_plane, configmap(namespace, "after", {"key": "a"}))
+        wanted = {"after.yaml": "a"}
+        wait_until(
+            lambda: all(values(remote, branch, namespace) == wanted for branch in branches),
+            60,
+            lambda: describe(daemons),
+        )
+        no_change_committed_twice(remote, branches)
