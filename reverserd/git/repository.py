@@ -161,6 +161,15 @@ follow it is planning its Secrets (one API read and one ``sops`` run each). Shou
 still pass, the commit fails (:meth:`BranchRepository._blob_of`), the committer restarts and
 the consumers redo the reconcile from their cursors: work is lost, never a change."""
 
+GIT_DELTA_BASE_CACHE = "4m"
+"""``core.deltaBaseCacheLimit`` of the ``git repack`` and ``git gc`` runs on a clone. Git keeps
+up to 96 MiB of objects it rebuilt from deltas, to rebuild the next ones; a clone's trees are
+chains of up to :data:`~reverserd.git.objects.DELTA_DEPTH` deltas of the folder tree, so a
+merge of 16 packs filled that cache: the ``git pack-objects`` a repack runs peaked at 119 MB
+on a 1,000-file folder and 150 MB on a 10,000-file one, more than the daemon itself. With
+4 MiB it peaked at 24 and 56 MB in the same time (0.7 and 4.4 s against 0.9 and 5.6 s, CPU
+pressure about 40 %); 1-2 MiB saved 3 MB more, and 8-16 MiB cost 4-12 MB more, for no time."""
+
 REMOTE_NAME = "origin"
 FETCH_HEAD = "FETCH_HEAD"
 BASE_REF = "refs/reverserd/base"
@@ -1170,9 +1179,18 @@ class BranchRepository:
         self._set_ref(BASE_REF, state.start)
 
     def _run_git(self, git: str, arguments: list[str]) -> None:
-        """Run ``git <arguments>`` on the clone, isolated from user and system configuration."""
+        """Run ``git <arguments>`` on the clone, isolated from user and system configuration,
+        its delta base cache bounded (:data:`GIT_DELTA_BASE_CACHE`)."""
         directory = str(self._path.resolve())
-        command = [git, "-c", f"safe.directory={directory}", f"--git-dir={directory}", *arguments]
+        command = [
+            git,
+            "-c",
+            f"safe.directory={directory}",
+            "-c",
+            f"core.deltaBaseCacheLimit={GIT_DELTA_BASE_CACHE}",
+            f"--git-dir={directory}",
+            *arguments,
+        ]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         environment.update(_GIT_ENVIRONMENT_ISOLATION)
         what = f"git {arguments[0]}"
