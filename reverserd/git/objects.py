@@ -49,12 +49,13 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pygit2
 from pygit2.enums import ObjectType
 
-from reverserd.git.signing import CommitSigner, signed_commit
+if TYPE_CHECKING:
+    from reverserd.git.signing import CommitSigner
 
 DELTA_DEPTH = 50
 """Longest chain of deltas before a tree is stored whole again: Git's own default
@@ -272,6 +273,10 @@ class ObjectStore:
         lines.append(b"committer " + _signature(committer))
         raw = b"\n".join(lines) + b"\n\n" + message.encode()
         if signer is not None:
+            # Imported here: reverserd.git.signing imports cryptography, which a clone that
+            # signs nothing never needs (the signer's own module has imported it already).
+            from reverserd.git.signing import signed_commit
+
             raw = signed_commit(raw, signer.sign(raw))
         oid = _hash(ObjectType.COMMIT, raw)
         if oid not in self._unsent_ids:

@@ -107,7 +107,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeAlias, TypeVar
 
 import pygit2
 from pygit2.enums import DeltaStatus, FileMode, Option, RepositoryOpenFlag, SortMode
@@ -127,7 +127,9 @@ from reverserd.git.credentials import (
 )
 from reverserd.git.known_hosts import HostKeyError
 from reverserd.git.objects import EMPTY_TREE, ObjectStore, joined_pack
-from reverserd.git.signing import CommitSigner
+
+if TYPE_CHECKING:
+    from reverserd.git.signing import CommitSigner
 
 CONNECT_TIMEOUT_MS = 10_000
 """TCP connect timeout. A reachable Git host accepts within a second; ten seconds tolerate a slow
