@@ -126,7 +126,7 @@ from reverserd.git.credentials import (
     without_url_credentials,
 )
 from reverserd.git.known_hosts import HostKeyError
-from reverserd.git.objects import EMPTY_TREE, ObjectStore, joined_pack
+from reverserd.git.objects import EMPTY_TREE, ObjectStore, joined_pack, merge_small_packs
 
 if TYPE_CHECKING:
     from reverserd.git.signing import CommitSigner
@@ -540,19 +540,26 @@ class BranchRepository:
     def flush(self) -> None:
         """Make every commit so far durable in the clone: one pack, then the branch ref.
 
-        Once more than :data:`PACK_LIMIT` packs exist, the small ones are merged
-        (``git repack --geometric``, which leaves the large ones alone), so a clone that pushes
-        one commit at a time does not collect thousands of packs between two :meth:`maintain`.
+        Once more than :data:`PACK_LIMIT` packs exist, the small ones are merged as
+        ``git repack --geometric`` chooses them (leaving the large ones alone), so a clone that
+        pushes one commit at a time does not collect thousands of packs between two
+        :meth:`maintain`: copied into one pack as they are
+        (:func:`~reverserd.git.objects.merge_small_packs`), or by ``git repack`` when they
+        cannot be.
         """
         store = self._object_store()
         store.flush()
         if self._unflushed_tip is not None:
             tip, self._unflushed_tip = self._unflushed_tip, None
             self._set_ref(self._local_ref, tip.oid)
-        git = shutil.which("git")
-        if git is not None and self.pack_count() > PACK_LIMIT:
-            self._run_git(git, repack_arguments(git_version(git)))
-            self._release_packs()
+        if self.pack_count() > PACK_LIMIT:
+            if merge_small_packs(self._path / "objects" / "pack", GEOMETRIC_FACTOR):
+                self._release_packs()
+                return
+            git = shutil.which("git")
+            if git is not None:
+                self._run_git(git, repack_arguments(git_version(git)))
+                self._release_packs()
 
     def read(self, path: str) -> bytes | None:
         """Content of the file at ``path`` on the local tip, or None if there is none."""
