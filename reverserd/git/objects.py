@@ -535,41 +535,39 @@ def merge_small_packs(pack_dir: Path, factor: int) -> bool:
     caller must let ``git repack`` do it.
 
     The merged pack is :func:`joined_pack` of the chosen ones, its index the union of theirs
-    with the offsets moved (what ``git repack`` would do costs a ``git pack-objects`` of 24-56
-    MB and seconds of CPU: it rebuilds every tree version to search deltas again). It is
-    written and made durable as :meth:`ObjectStore.flush` writes a pack; only then are the
-    merged packs deleted, index first, so a crash leaves at worst the same objects in two packs,
-    which readers accept. Packs are left to ``git`` when any index is not version 2, a pack has
-    a ``.keep`` or any other companion file (a bitmap, a reverse index), or an object is in two
-    of the packs chosen (one pack may not list an object twice).
+    with the offsets moved (``git repack`` costs a ``git pack-objects`` of 24-56 MB and seconds
+    of CPU: it rebuilds every tree version to search deltas again). Each object costs one
+    32-byte record while the index is built. The pack is written and made durable as
+    :meth:`ObjectStore.flush` writes one; only then are the merged packs deleted, index first,
+    so a crash leaves at worst the same objects in two packs, which readers accept. Packs are
+    left to ``git`` when any index is not version 2, a pack has a ``.keep`` or any other
+    companion file (a bitmap, a reverse index), or an object is in two of the packs chosen (an
+    index lists an object once).
     """
     packs: list[tuple[int, Path]] = []
     for pack in pack_dir.glob("pack-*.pack"):
         companions = {found.suffix for found in pack_dir.glob(f"{pack.stem}.*")}
-        if companions != {".pack", ".idx"}:
+        count = _index_count(pack.with_suffix(".idx"))
+        if companions != {".pack", ".idx"} or count is None:
             return False
-        index = _read_index(pack.with_suffix(".idx"))
-        if index is None:
-            return False
-        packs.append((len(index), pack))
+        packs.append((count, pack))
     packs.sort()
     chosen = _geometric_split([count for count, _ in packs], factor)
     if chosen < 2:
         return True
-    entries: list[tuple[bytes, int, int]] = []
+    records: list[bytes] = []
     files: list[BinaryIO] = []
     temporaries: list[Path] = []
     try:
-        shift = 12
+        shift = 0
         for _, pack in packs[:chosen]:
             stream = pack.open("rb")
             files.append(stream)
-            index = _read_index(pack.with_suffix(".idx"))
-            if index is None:
+            if not _index_records(pack.with_suffix(".idx"), shift, records):
                 return False
-            entries.extend((oid, crc, offset - 12 + shift) for oid, crc, offset in index)
             shift += os.fstat(stream.fileno()).st_size - 32
-        if len({oid for oid, _, _ in entries}) != len(entries):
+        records.sort()
+        if any(records[i][:20] == records[i - 1][:20] for i in range(1, len(records))):
             return False
         _, pieces = joined_pack(files)
         pack_file = _temporary(pack_dir, temporaries)
@@ -582,7 +580,7 @@ def merge_small_packs(pack_dir: Path, factor: int) -> bool:
             os.fsync(out.fileno())
         index_file = _temporary(pack_dir, temporaries)
         with index_file.open("wb") as out:
-            out.write(_index(entries, checksum))
+            out.write(_index_of_records(records, checksum))
             out.flush()
             os.fsync(out.fileno())
         name = f"pack-{checksum.hex()}"
@@ -620,29 +618,76 @@ def _geometric_split(counts: list[int], factor: int) -> int:
     return split
 
 
-def _read_index(path: Path) -> list[tuple[bytes, int, int]] | None:
-    """The (ID, CRC-32, offset) entries of a version 2 pack index, or None for any other."""
+_IDX_HEADER = b"\377tOc" + struct.pack(">I", 2)
+_IDX_TABLES = 8 + 256 * 4
+
+
+def _index_count(path: Path) -> int | None:
+    """Objects in a version 2 pack index (its last fan-out entry), or None for any other."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(_IDX_TABLES)
+    except OSError:
+        return None
+    if len(head) != _IDX_TABLES or head[:8] != _IDX_HEADER:
+        return None
+    count: int = struct.unpack_from(">I", head, _IDX_TABLES - 4)[0]
+    return count
+
+
+def _index_records(path: Path, shift: int, records: list[bytes]) -> bool:
+    """Append one record per object of a version 2 pack index to ``records``: its ID, CRC-32
+    and offset plus ``shift`` (20 + 4 + 8 bytes, so that records sort by ID); False if the
+    index cannot be read as one."""
+    count = _index_count(path)
+    if count is None:
+        return False
     try:
         data = path.read_bytes()
     except OSError:
-        return None
-    if len(data) < 8 + 1024 + 40 or data[:8] != b"\377tOc" + struct.pack(">I", 2):
-        return None
-    count = struct.unpack_from(">I", data, 8 + 255 * 4)[0]
-    ids = 8 + 1024
-    crcs = ids + 20 * count
+        return False
+    crcs = _IDX_TABLES + 20 * count
     offsets = crcs + 4 * count
     large = offsets + 4 * count
     if len(data) < large + 40:
-        return None
-    entries = []
-    for number in range(count):
-        offset = struct.unpack_from(">I", data, offsets + 4 * number)[0]
+        return False
+    for number, (offset,) in enumerate(struct.iter_unpack(">I", data[offsets:large])):
         if offset & _LARGE_OFFSET:
-            offset = struct.unpack_from(">Q", data, large + 8 * (offset & ~_LARGE_OFFSET))[0]
-        crc = struct.unpack_from(">I", data, crcs + 4 * number)[0]
-        entries.append((data[ids + 20 * number : ids + 20 * number + 20], crc, offset))
-    return entries
+            (offset,) = struct.unpack_from(">Q", data, large + 8 * (offset & ~_LARGE_OFFSET))
+        oid = data[_IDX_TABLES + 20 * number : _IDX_TABLES + 20 * number + 20]
+        crc = data[crcs + 4 * number : crcs + 4 * number + 4]
+        records.append(oid + crc + struct.pack(">Q", offset + shift))
+    return True
+
+
+def _index_of_records(records: list[bytes], pack_checksum: bytes) -> bytearray:
+    """A version 2 pack index of ``records`` (see :func:`_index_records`), sorted by ID."""
+    fanout = [0] * 256
+    for record in records:
+        fanout[record[0]] += 1
+    total = 0
+    for byte in range(256):
+        total += fanout[byte]
+        fanout[byte] = total
+    # Appended piece by piece: a list of every ID first would double what the records cost.
+    out = bytearray(_IDX_HEADER)
+    out += struct.pack(">256I", *fanout)
+    for record in records:
+        out += record[:20]
+    for record in records:
+        out += record[20:24]
+    large = bytearray()
+    for record in records:
+        (offset,) = struct.unpack_from(">Q", record, 24)
+        if offset < _LARGE_OFFSET:
+            out += struct.pack(">I", offset)
+        else:
+            out += struct.pack(">I", _LARGE_OFFSET | len(large) // 8)
+            large += record[24:]
+    out += large
+    out += pack_checksum
+    out += hashlib.sha1(out).digest()
+    return out
 
 
 def _hash(kind: int, content: bytes) -> bytes:
@@ -759,31 +804,10 @@ def _negative_offset(distance: int) -> bytes:
     return bytes(reversed(out))
 
 
-def _index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
+def _index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytearray:
     """A version 2 pack index for ``entries`` (ID, CRC-32, offset)."""
-    ordered = sorted(entries)
-    fanout = [0] * 256
-    for oid, _, _ in ordered:
-        fanout[oid[0]] += 1
-    total = 0
-    for byte in range(256):
-        total += fanout[byte]
-        fanout[byte] = total
-    out = bytearray(b"\377tOc" + struct.pack(">I", 2))
-    out += struct.pack(">256I", *fanout)
-    out += b"".join(oid for oid, _, _ in ordered)
-    out += b"".join(struct.pack(">I", crc) for _, crc, _ in ordered)
-    large: list[int] = []
-    for _, _, offset in ordered:
-        if offset < _LARGE_OFFSET:
-            out += struct.pack(">I", offset)
-        else:
-            out += struct.pack(">I", _LARGE_OFFSET | len(large))
-            large.append(offset)
-    out += b"".join(struct.pack(">Q", offset) for offset in large)
-    out += pack_checksum
-    out += hashlib.sha1(out).digest()
-    return bytes(out)
+    records = sorted(oid + struct.pack(">IQ", crc, offset) for oid, crc, offset in entries)
+    return _index_of_records(records, pack_checksum)
 
 
 def _temporary(directory: Path, created: list[Path]) -> Path:
