@@ -46,7 +46,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -306,28 +306,12 @@ class ObjectStore:
         if not self._pending:
             return
         self._pack_dir.mkdir(parents=True, exist_ok=True)
-        temporaries: list[Path] = []
-        try:
-            pack_file = _temporary(self._pack_dir, temporaries)
-            with pack_file.open("wb") as stream:
-                entries, checksum = self._write_pack(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            index_file = _temporary(self._pack_dir, temporaries)
-            with index_file.open("wb") as stream:
-                stream.write(_index(entries, checksum))
-                stream.flush()
-                os.fsync(stream.fileno())
-            # Both files are complete before either gets its name, so only a crash between
-            # the two renames can leave a pack without its index (readers skip such a pack).
-            name = f"pack-{checksum.hex()}"
-            for temporary, suffix in ((pack_file, ".pack"), (index_file, ".idx")):
-                temporary.chmod(0o444)
-                os.replace(temporary, self._pack_dir / f"{name}{suffix}")
-        finally:
-            for temporary in temporaries:
-                temporary.unlink(missing_ok=True)
-        _fsync_directory(self._pack_dir)
+
+        def write(stream: BinaryIO) -> tuple[bytes, bytes | bytearray]:
+            entries, checksum = self._write_pack(stream)
+            return checksum, _index(entries, checksum)
+
+        name = _publish_pack(self._pack_dir, write)
         if self._unsent is not None:
             kept = len(self._unsent_ids) + len(self._pending)
             if len(self._unsent) < UNSENT_PACK_LIMIT and kept <= UNSENT_OBJECT_LIMIT:
@@ -557,7 +541,6 @@ def merge_small_packs(pack_dir: Path, factor: int) -> bool:
         return True
     records: list[bytes] = []
     files: list[BinaryIO] = []
-    temporaries: list[Path] = []
     try:
         shift = 0
         for _, pack in packs[:chosen]:
@@ -570,29 +553,18 @@ def merge_small_packs(pack_dir: Path, factor: int) -> bool:
         if any(records[i][:20] == records[i - 1][:20] for i in range(1, len(records))):
             return False
         _, pieces = joined_pack(files)
-        pack_file = _temporary(pack_dir, temporaries)
-        with pack_file.open("wb") as out:
+
+        def write(out: BinaryIO) -> tuple[bytes, bytes | bytearray]:
             checksum = b""
             for piece in pieces:
                 out.write(piece)
                 checksum = piece
-            out.flush()
-            os.fsync(out.fileno())
-        index_file = _temporary(pack_dir, temporaries)
-        with index_file.open("wb") as out:
-            out.write(_index_of_records(records, checksum))
-            out.flush()
-            os.fsync(out.fileno())
-        name = f"pack-{checksum.hex()}"
-        for temporary, suffix in ((pack_file, ".pack"), (index_file, ".idx")):
-            temporary.chmod(0o444)
-            os.replace(temporary, pack_dir / f"{name}{suffix}")
+            return checksum, _index_of_records(records, checksum)
+
+        name = _publish_pack(pack_dir, write)
     finally:
         for opened in files:
             opened.close()
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
-    _fsync_directory(pack_dir)
     for _, pack in packs[:chosen]:
         if pack.stem != name:
             pack.with_suffix(".idx").unlink(missing_ok=True)
@@ -808,6 +780,39 @@ def _index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytea
     """A version 2 pack index for ``entries`` (ID, CRC-32, offset)."""
     records = sorted(oid + struct.pack(">IQ", crc, offset) for oid, crc, offset in entries)
     return _index_of_records(records, pack_checksum)
+
+
+def _publish_pack(
+    pack_dir: Path, write: Callable[[BinaryIO], tuple[bytes, bytes | bytearray]]
+) -> str:
+    """Make a pack and its index durable and visible; returns its name (``pack-<checksum>``).
+
+    ``write`` writes the pack to the stream it is given and returns its checksum and its index.
+    Both go to temporary files that are fsynced before either gets its name, the pack first
+    (readers find packs by their index), and then the directory is fsynced: only a crash between
+    the two renames can leave a pack without its index, which readers skip.
+    """
+    temporaries: list[Path] = []
+    try:
+        pack_file = _temporary(pack_dir, temporaries)
+        with pack_file.open("wb") as stream:
+            checksum, index = write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        index_file = _temporary(pack_dir, temporaries)
+        with index_file.open("wb") as stream:
+            stream.write(index)
+            stream.flush()
+            os.fsync(stream.fileno())
+        name = f"pack-{checksum.hex()}"
+        for temporary, suffix in ((pack_file, ".pack"), (index_file, ".idx")):
+            temporary.chmod(0o444)
+            os.replace(temporary, pack_dir / f"{name}{suffix}")
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+    _fsync_directory(pack_dir)
+    return name
 
 
 def _temporary(directory: Path, created: list[Path]) -> Path:
