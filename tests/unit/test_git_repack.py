@@ -152,6 +152,35 @@ def test_packs_holding_one_object_twice_are_left_to_git(tmp_path: Path) -> None:
     git_fsck(tmp_path / "clone")
 
 
+def test_a_merge_cut_short_after_its_pack_is_published_leaves_a_sound_clone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merged packs are deleted only once the merged one is durable: a merge that dies
+    between the two leaves every object in two packs, which Git reads, and the next merge
+    leaves those to `git repack`."""
+    repository = clone_with_small_packs(tmp_path, files=50, per_flush=5)
+    pack_dir = tmp_path / "clone" / "objects" / "pack"
+    before = {pack.name for pack in pack_dir.glob("*.pack")}
+    unlink = Path.unlink
+
+    def dies_deleting_a_merged_pack(path: Path, missing_ok: bool = False) -> None:
+        if path.name in before or path.with_suffix(".pack").name in before:
+            raise OSError("killed")
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", dies_deleting_a_merged_pack)
+    with pytest.raises(OSError, match="killed"):
+        merge_small_packs(pack_dir, GEOMETRIC_FACTOR)
+    monkeypatch.undo()
+    assert len(list(pack_dir.glob("*.pack"))) == len(before) + 1
+    git_fsck(tmp_path / "clone")
+    repository.apply([FileChange("live/cm-00000.yaml", b"last\n")], "l\n", AUTHOR, COMMITTER)
+    repository.flush()
+    assert repository.pack_count() < PACK_LIMIT
+    git_fsck(tmp_path / "clone")
+    assert repository.read("live/cm-00000.yaml") == b"last\n"
+
+
 # A clone of a 2,000-file folder with 17 flushes of 100 one-file commits: 1,700 versions of an
 # 80 KB tree, each a delta of the one before, so rebuilding them all fills Git's default 96 MiB
 # delta base cache. The first pack is kept (`.keep`), which leaves the merge to `git repack`.
