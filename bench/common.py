@@ -246,6 +246,78 @@ def descendant_pids(name: str) -> list[int]:
     return found
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process it started, and they started, still running."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+class GroupPeak(threading.Thread):
+    """The peak of the summed RSS of a process and all it starts, sampled every ``interval``.
+
+    What a cgroup's memory limit or an outside observer sees: the daemon with the ``git``
+    processes it runs (``git repack`` while a flush merges packs) and its webhook process. A
+    child that lives shorter than ``interval`` may be missed; each process's own peak
+    (``VmHWM``) is kept too, so the sum of the daemon's and the largest child's peaks bounds it
+    from above.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb = 0
+        self.peaks_kb: dict[int, tuple[str, int]] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            total = 0
+            for pid in process_tree(self.pid):
+                rss, hwm = proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM")
+                total += rss or 0
+                if hwm is not None and hwm > self.peaks_kb.get(pid, ("", 0))[1]:
+                    self.peaks_kb[pid] = (_command(pid), hwm)
+            self.peak_kb = max(self.peak_kb, total)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+    def largest_child(self) -> tuple[str, float] | None:
+        """The command and peak RSS in MB of the largest process other than ``pid`` seen."""
+        children = [found for pid, found in self.peaks_kb.items() if pid != self.pid]
+        if not children:
+            return None
+        command, kb = max(children, key=lambda found: found[1])
+        return command, kb / 1024
+
+
+def _command(pid: int) -> str:
+    """The program's name and its first argument that is no option: ``git repack``."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    shown = [word.decode(errors="replace") for word in words if word]
+    if not shown:
+        return "?"
+    operands = [word for word in shown[1:] if not word.startswith("-") and "=" not in word]
+    return " ".join([Path(shown[0]).name, *operands[:1]])
+
+
 class FirstTrue(threading.Thread):
     """Polls ``probe`` in the background; remembers the monotonic time it first held.
 

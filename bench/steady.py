@@ -10,7 +10,9 @@ subject (``[UPDATE] v1/configmaps/<namespace>/<name>``) and the body's ``resourc
 Latency per change = first poll that saw its commit on the server - time of the API write.
 
 Targets: keeps up (every change is on the server within the drain bound after the load ends),
-p99 latency <= push interval + 2 s, daemon peak RSS <= 200 MB, daemon CPU <= 2 ms per commit.
+p99 latency <= push interval + 2 s, peak RSS of the process group (the daemon and the processes
+it starts, such as ``git repack``, summed every 50 ms) <= 92 MB at 1,000 objects and <= 150 MB
+beyond, daemon CPU <= 2 ms per commit.
 CPU seconds are read from ``/proc`` per process (the daemon, the Git server with the ``git``
 processes it ran, the API server, etcd, the load generator), so they hold on a shared machine
 where wall-clock rates do not.
@@ -42,6 +44,7 @@ from bench.bed import (
 )
 from bench.common import (
     FirstTrue,
+    GroupPeak,
     Result,
     add_common_arguments,
     benchmark_main,
@@ -61,7 +64,10 @@ from bench.common import (
 )
 from testbed.controlplane import ControlPlane
 
-TARGET_RSS_MB = 200.0
+# Peak RSS of the process group (the daemon and what it starts): the newest upstream's at 1,000
+# objects and 200 changes/s, measured the same way; at 10,000 objects and 500 changes/s, 150 MB.
+TARGET_RSS_MB = 92.0
+LARGE_TARGET_RSS_MB = 150.0
 # One core carries 500 commits/s at this cost (the live target's rate on a 10,000-file folder).
 TARGET_CPU_PER_COMMIT_MS = 2.0
 # p99 latency may exceed the push interval by this much.
@@ -224,6 +230,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
         branch = BranchWatcher(repo_path)
         with stopped_afterwards(daemon):
             daemon.start()
+            group = GroupPeak(daemon.pid)
+            group.start()
             ready = FirstTrue(lambda: branch_tip(repo_path, "main") is not None)
             ready.start()
             try:
@@ -268,6 +276,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
                     sum(cpu_seconds_with_children(p) or 0 for p in git_server) - server_cpu_before
                 )
                 peak = peak_rss_mb(daemon.pid)
+                group.stop()
                 webhook_peak = children_peak_rss_mb(daemon.pid)
                 outcomes = {
                     outcome: daemon.metric("reverserd_attributions_total", outcome=outcome)
@@ -275,6 +284,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
                 }
             finally:
                 branch.stop()
+                group.stop()
         lines = daemon.log_lines()
 
     ok = [w for w in writes if w.resource_version]
@@ -348,11 +358,18 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Result:
             "pushes seen during load + drain, commits per push",
             f"{len(pushes)}, avg {sum(pushes) / len(pushes):.0f} (max {max(pushes)})",
         )
+    target_rss_mb = TARGET_RSS_MB if args.objects <= 1_000 else LARGE_TARGET_RSS_MB
     result.add(
-        "daemon peak RSS (VmHWM)",
-        fmt_mb(peak),
-        f"<= {TARGET_RSS_MB:.0f} MB",
-        peak is not None and peak <= TARGET_RSS_MB,
+        "process group peak RSS (the daemon and what it starts, summed every 50 ms)",
+        fmt_mb(group.peak_mb),
+        f"<= {target_rss_mb:.0f} MB",
+        group.peak_mb <= target_rss_mb,
+    )
+    result.add("  daemon peak RSS (VmHWM)", fmt_mb(peak))
+    child = group.largest_child()
+    result.add(
+        "  largest process it started: peak RSS (VmHWM)",
+        "none seen" if child is None else f"{fmt_mb(child[1])} ({child[0]})",
     )
     if args.attribution:
         result.add("  webhook process peak RSS (VmHWM), not in the daemon's", fmt_mb(webhook_peak))

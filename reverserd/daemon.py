@@ -45,6 +45,7 @@ from reverserd.config.status import StatusBoard
 from reverserd.encryption.sops import Sops
 from reverserd.git import configure_network_timeouts
 from reverserd.git.repository import CONNECT_TIMEOUT_MS
+from reverserd.heap import trim_heap_periodically
 from reverserd.journal import JournalReader, JournalWriter
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.client import KubeClient, KubeError
@@ -306,6 +307,7 @@ class Daemon:
                 group.create_task(supervise("config plane", plane.run))
                 group.create_task(supervise("housekeeping", self._housekeeping))
                 group.create_task(sample_loop_lag())
+                group.create_task(supervise("heap trimming", trim_heap_periodically))
                 if webhooks is not None:
                     group.create_task(supervise("webhooks", webhooks.run))
                 if forwarder is not None:

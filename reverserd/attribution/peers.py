@@ -67,7 +67,6 @@ import aiohttp
 import aiosqlite
 import orjson
 from aiohttp import web
-from cryptography import x509
 
 from reverserd.attribution.facts import AUDIT_VERBS, SUBDOMAIN_CHARS, Fact
 from reverserd.attribution.store import FACT_LEAD_S
@@ -163,6 +162,10 @@ def peer_server_name(certificate: Path) -> str:
     """The name a peer's certificate must carry: the first DNS name (else IP address) of the
     serving certificate this replica shares with its group (the chart's names the webhook
     Service first); raises ValueError when it names none."""
+    # Imported here: only a sharded replica with attribution reads a certificate, and the
+    # cryptography package costs every other daemon about 9 MB of RSS.
+    from cryptography import x509
+
     leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

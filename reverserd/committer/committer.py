@@ -55,7 +55,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pygit2
 
@@ -64,7 +64,6 @@ from reverserd.config.status import ProviderHealth, StatusBoard
 from reverserd.git import (
     BranchRepository,
     CloneDamaged,
-    CommitSigner,
     CredentialsError,
     FileChange,
     GitCredentials,
@@ -85,6 +84,9 @@ from reverserd.metrics import (
     PUSH_DURATION,
     PUSH_FAILURES,
 )
+
+if TYPE_CHECKING:
+    from reverserd.git.signing import CommitSigner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

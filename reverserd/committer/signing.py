@@ -35,7 +35,7 @@ import aiohttp
 
 from reverserd.committer.committer import ProviderProblem
 from reverserd.config.model import CommitSigning
-from reverserd.git import CommitSigner, SigningKeyError
+from reverserd.git.signing import CommitSigner, SigningKeyError
 from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.paths import secret_path
 

@@ -18,6 +18,8 @@ and no credential reaches a log or a status).
 - :mod:`reverserd.git.openpgp`: OpenPGP signatures of commits from an armored private key.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from reverserd.git.credentials import (
     AuthenticationRejected,
     CredentialsError,
@@ -41,7 +43,21 @@ from reverserd.git.repository import (
     prove_push_access,
     stores_its_remote,
 )
-from reverserd.git.signing import CommitSigner, SigningKeyError
+
+if TYPE_CHECKING:
+    from reverserd.git.signing import CommitSigner, SigningKeyError
+
+
+def __getattr__(name: str) -> Any:
+    # The signing names come from reverserd.git.signing only when first used: it imports the
+    # cryptography package (about 9 MB of RSS), which a daemon that signs no commit and
+    # decrypts nothing never needs.
+    if name in ("CommitSigner", "SigningKeyError"):
+        from reverserd.git import signing
+
+        return getattr(signing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AuthenticationRejected",

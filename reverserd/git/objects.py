@@ -46,15 +46,16 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pygit2
 from pygit2.enums import ObjectType
 
-from reverserd.git.signing import CommitSigner, signed_commit
+if TYPE_CHECKING:
+    from reverserd.git.signing import CommitSigner
 
 DELTA_DEPTH = 50
 """Longest chain of deltas before a tree is stored whole again: Git's own default
@@ -64,10 +65,14 @@ PACK_COMPRESSION = 1
 """zlib level for the local pack. The pack is read back only to push (libgit2 compresses what
 it sends itself) and by ``git gc``, which recompresses; speed matters more than size here."""
 
-TREE_CACHE_ENTRIES = 300_000
+TREE_CACHE_ENTRIES = 120_000
 """Parsed tree entries kept for trees written recently or read to be changed. A 10,000-file
-folder is 10,000 entries; this holds about thirty versions of such a folder, or every folder
-of a 100,000-object tree, in roughly 30 MB, so a change never re-parses the tree it edits."""
+folder is 10,000 entries; this holds twelve versions of such a folder (a change needs two: the
+one it edits and the one before, its delta's base), or every folder of a 100,000-object tree
+spread over 100 folders, so a change never re-parses the tree it edits. Versions share their
+entries' bytes, so an older version costs its two lists, 16 bytes per entry: with 300,000
+entries, 2,000 one-file commits on a 1,000- or 10,000-file folder left 6.6 MB of Python
+objects, with 120,000 3.5-3.8 MB, for the same CPU."""
 
 SPILL_BYTES = 32 * 2**20
 """Compressed blobs the store holds before it writes what is pending as a pack of its own,
@@ -272,6 +277,10 @@ class ObjectStore:
         lines.append(b"committer " + _signature(committer))
         raw = b"\n".join(lines) + b"\n\n" + message.encode()
         if signer is not None:
+            # Imported here: reverserd.git.signing imports cryptography, which a clone that
+            # signs nothing never needs (the signer's own module has imported it already).
+            from reverserd.git.signing import signed_commit
+
             raw = signed_commit(raw, signer.sign(raw))
         oid = _hash(ObjectType.COMMIT, raw)
         if oid not in self._unsent_ids:
@@ -297,28 +306,12 @@ class ObjectStore:
         if not self._pending:
             return
         self._pack_dir.mkdir(parents=True, exist_ok=True)
-        temporaries: list[Path] = []
-        try:
-            pack_file = _temporary(self._pack_dir, temporaries)
-            with pack_file.open("wb") as stream:
-                entries, checksum = self._write_pack(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            index_file = _temporary(self._pack_dir, temporaries)
-            with index_file.open("wb") as stream:
-                stream.write(_index(entries, checksum))
-                stream.flush()
-                os.fsync(stream.fileno())
-            # Both files are complete before either gets its name, so only a crash between
-            # the two renames can leave a pack without its index (readers skip such a pack).
-            name = f"pack-{checksum.hex()}"
-            for temporary, suffix in ((pack_file, ".pack"), (index_file, ".idx")):
-                temporary.chmod(0o444)
-                os.replace(temporary, self._pack_dir / f"{name}{suffix}")
-        finally:
-            for temporary in temporaries:
-                temporary.unlink(missing_ok=True)
-        _fsync_directory(self._pack_dir)
+
+        def write(stream: BinaryIO) -> tuple[bytes, bytes | bytearray]:
+            entries, checksum = self._write_pack(stream)
+            return checksum, _index(entries, checksum)
+
+        name = _publish_pack(self._pack_dir, write)
         if self._unsent is not None:
             kept = len(self._unsent_ids) + len(self._pending)
             if len(self._unsent) < UNSENT_PACK_LIMIT and kept <= UNSENT_OBJECT_LIMIT:
@@ -520,6 +513,155 @@ def joined_pack(packs: Sequence[BinaryIO]) -> tuple[int, Iterator[bytes]]:
     return length, pieces()
 
 
+def merge_small_packs(pack_dir: Path, factor: int) -> bool:
+    """Merge the clone's smallest packs into one, as ``git repack -d --geometric=<factor>``
+    chooses them, without decompressing or searching anything; False when it cannot, and the
+    caller must let ``git repack`` do it.
+
+    The merged pack is :func:`joined_pack` of the chosen ones, its index the union of theirs
+    with the offsets moved (``git repack`` costs a ``git pack-objects`` of 24-56 MB and seconds
+    of CPU: it rebuilds every tree version to search deltas again). Each object costs one
+    32-byte record while the index is built. The pack is written and made durable as
+    :meth:`ObjectStore.flush` writes one; only then are the merged packs deleted, index first,
+    so a crash leaves at worst the same objects in two packs, which readers accept. Packs are
+    left to ``git`` when any index is not version 2, a pack has a ``.keep`` or any other
+    companion file (a bitmap, a reverse index), or an object is in two of the packs chosen (an
+    index lists an object once).
+    """
+    packs: list[tuple[int, Path]] = []
+    for pack in pack_dir.glob("pack-*.pack"):
+        companions = {found.suffix for found in pack_dir.glob(f"{pack.stem}.*")}
+        count = _index_count(pack.with_suffix(".idx"))
+        if companions != {".pack", ".idx"} or count is None:
+            return False
+        packs.append((count, pack))
+    packs.sort()
+    chosen = _geometric_split([count for count, _ in packs], factor)
+    if chosen < 2:
+        return True
+    records: list[bytes] = []
+    files: list[BinaryIO] = []
+    try:
+        shift = 0
+        for _, pack in packs[:chosen]:
+            stream = pack.open("rb")
+            files.append(stream)
+            if not _index_records(pack.with_suffix(".idx"), shift, records):
+                return False
+            shift += os.fstat(stream.fileno()).st_size - 32
+        records.sort()
+        if any(records[i][:20] == records[i - 1][:20] for i in range(1, len(records))):
+            return False
+        _, pieces = joined_pack(files)
+
+        def write(out: BinaryIO) -> tuple[bytes, bytes | bytearray]:
+            checksum = b""
+            for piece in pieces:
+                out.write(piece)
+                checksum = piece
+            return checksum, _index_of_records(records, checksum)
+
+        name = _publish_pack(pack_dir, write)
+    finally:
+        for opened in files:
+            opened.close()
+    for _, pack in packs[:chosen]:
+        if pack.stem != name:
+            pack.with_suffix(".idx").unlink(missing_ok=True)
+            pack.unlink(missing_ok=True)
+    _fsync_directory(pack_dir)
+    return True
+
+
+def _geometric_split(counts: list[int], factor: int) -> int:
+    """How many of the packs with object ``counts`` (ascending) to merge so that the merged
+    pack and those left form a progression in which each holds at least ``factor`` times the
+    objects of the next smaller one: ``git repack --geometric``'s choice."""
+    split = len(counts) - 1
+    while split > 0 and counts[split] >= factor * counts[split - 1]:
+        split -= 1
+    if split == 0:
+        return 0
+    split += 1
+    total = sum(counts[:split])
+    while split < len(counts) and counts[split] < factor * total:
+        total += counts[split]
+        split += 1
+    return split
+
+
+_IDX_HEADER = b"\377tOc" + struct.pack(">I", 2)
+_IDX_TABLES = 8 + 256 * 4
+
+
+def _index_count(path: Path) -> int | None:
+    """Objects in a version 2 pack index (its last fan-out entry), or None for any other."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(_IDX_TABLES)
+    except OSError:
+        return None
+    if len(head) != _IDX_TABLES or head[:8] != _IDX_HEADER:
+        return None
+    count: int = struct.unpack_from(">I", head, _IDX_TABLES - 4)[0]
+    return count
+
+
+def _index_records(path: Path, shift: int, records: list[bytes]) -> bool:
+    """Append one record per object of a version 2 pack index to ``records``: its ID, CRC-32
+    and offset plus ``shift`` (20 + 4 + 8 bytes, so that records sort by ID); False if the
+    index cannot be read as one."""
+    count = _index_count(path)
+    if count is None:
+        return False
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    crcs = _IDX_TABLES + 20 * count
+    offsets = crcs + 4 * count
+    large = offsets + 4 * count
+    if len(data) < large + 40:
+        return False
+    for number, (offset,) in enumerate(struct.iter_unpack(">I", data[offsets:large])):
+        if offset & _LARGE_OFFSET:
+            (offset,) = struct.unpack_from(">Q", data, large + 8 * (offset & ~_LARGE_OFFSET))
+        oid = data[_IDX_TABLES + 20 * number : _IDX_TABLES + 20 * number + 20]
+        crc = data[crcs + 4 * number : crcs + 4 * number + 4]
+        records.append(oid + crc + struct.pack(">Q", offset + shift))
+    return True
+
+
+def _index_of_records(records: list[bytes], pack_checksum: bytes) -> bytearray:
+    """A version 2 pack index of ``records`` (see :func:`_index_records`), sorted by ID."""
+    fanout = [0] * 256
+    for record in records:
+        fanout[record[0]] += 1
+    total = 0
+    for byte in range(256):
+        total += fanout[byte]
+        fanout[byte] = total
+    # Appended piece by piece: a list of every ID first would double what the records cost.
+    out = bytearray(_IDX_HEADER)
+    out += struct.pack(">256I", *fanout)
+    for record in records:
+        out += record[:20]
+    for record in records:
+        out += record[20:24]
+    large = bytearray()
+    for record in records:
+        (offset,) = struct.unpack_from(">Q", record, 24)
+        if offset < _LARGE_OFFSET:
+            out += struct.pack(">I", offset)
+        else:
+            out += struct.pack(">I", _LARGE_OFFSET | len(large) // 8)
+            large += record[24:]
+    out += large
+    out += pack_checksum
+    out += hashlib.sha1(out).digest()
+    return out
+
+
 def _hash(kind: int, content: bytes) -> bytes:
     name = {ObjectType.BLOB: b"blob", ObjectType.TREE: b"tree", ObjectType.COMMIT: b"commit"}
     digest = hashlib.sha1(b"%s %d\0" % (name[ObjectType(kind)], len(content)))
@@ -634,31 +776,43 @@ def _negative_offset(distance: int) -> bytes:
     return bytes(reversed(out))
 
 
-def _index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
+def _index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytearray:
     """A version 2 pack index for ``entries`` (ID, CRC-32, offset)."""
-    ordered = sorted(entries)
-    fanout = [0] * 256
-    for oid, _, _ in ordered:
-        fanout[oid[0]] += 1
-    total = 0
-    for byte in range(256):
-        total += fanout[byte]
-        fanout[byte] = total
-    out = bytearray(b"\377tOc" + struct.pack(">I", 2))
-    out += struct.pack(">256I", *fanout)
-    out += b"".join(oid for oid, _, _ in ordered)
-    out += b"".join(struct.pack(">I", crc) for _, crc, _ in ordered)
-    large: list[int] = []
-    for _, _, offset in ordered:
-        if offset < _LARGE_OFFSET:
-            out += struct.pack(">I", offset)
-        else:
-            out += struct.pack(">I", _LARGE_OFFSET | len(large))
-            large.append(offset)
-    out += b"".join(struct.pack(">Q", offset) for offset in large)
-    out += pack_checksum
-    out += hashlib.sha1(out).digest()
-    return bytes(out)
+    records = sorted(oid + struct.pack(">IQ", crc, offset) for oid, crc, offset in entries)
+    return _index_of_records(records, pack_checksum)
+
+
+def _publish_pack(
+    pack_dir: Path, write: Callable[[BinaryIO], tuple[bytes, bytes | bytearray]]
+) -> str:
+    """Make a pack and its index durable and visible; returns its name (``pack-<checksum>``).
+
+    ``write`` writes the pack to the stream it is given and returns its checksum and its index.
+    Both go to temporary files that are fsynced before either gets its name, the pack first
+    (readers find packs by their index), and then the directory is fsynced: only a crash between
+    the two renames can leave a pack without its index, which readers skip.
+    """
+    temporaries: list[Path] = []
+    try:
+        pack_file = _temporary(pack_dir, temporaries)
+        with pack_file.open("wb") as stream:
+            checksum, index = write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        index_file = _temporary(pack_dir, temporaries)
+        with index_file.open("wb") as stream:
+            stream.write(index)
+            stream.flush()
+            os.fsync(stream.fileno())
+        name = f"pack-{checksum.hex()}"
+        for temporary, suffix in ((pack_file, ".pack"), (index_file, ".idx")):
+            temporary.chmod(0o444)
+            os.replace(temporary, pack_dir / f"{name}{suffix}")
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+    _fsync_directory(pack_dir)
+    return name
 
 
 def _temporary(directory: Path, created: list[Path]) -> Path:

@@ -35,6 +35,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reverserd.attribution.resolver import Resolver
 from reverserd.committer.branch import Branch
@@ -46,13 +47,12 @@ from reverserd.committer.committer import (
     remove_clones_of_older_versions,
 )
 from reverserd.committer.credentials import load_credentials
-from reverserd.committer.signing import load_signer
 from reverserd.config.model import Provider
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
-from reverserd.git import BranchRepository, CommitSigner, GitCredentials, mask_url
+from reverserd.git import BranchRepository, GitCredentials, mask_url
 from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
@@ -63,6 +63,9 @@ from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S
 from reverserd.targets.ownership import Ownership
 from reverserd.targets.secrets import SecretWriter
 from reverserd.watch.manager import WatchManager
+
+if TYPE_CHECKING:
+    from reverserd.git.signing import CommitSigner
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +431,10 @@ class TargetManager:
         async def signer() -> CommitSigner | None:
             if provider.signing is None:
                 return None
+            # Imported on first use: signing needs the cryptography package, which a daemon
+            # that signs nothing never loads (about 9 MB of RSS).
+            from reverserd.committer.signing import load_signer
+
             try:
                 loaded = await load_signer(self.client, provider.namespace, provider.signing)
             except ProviderProblem:
