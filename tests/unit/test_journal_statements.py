@@ -1,5 +1,6 @@
-"""How the journal writer's rows reach SQLite: events and origins as one statement each, the
-``objects`` table kept by triggers on ``events``, and an older journal upgraded in place."""
+"""How the journal writer's rows reach SQLite: events and origins as multi-row statements of
+bound values, the ``objects`` table kept by triggers on ``events``, and an older journal
+upgraded in place."""
 
 from __future__ import annotations
 
@@ -114,28 +115,33 @@ async def test_objects_rows_equal_the_writers_index_through_every_kind_of_event(
     await reopened.close()
 
 
-async def test_bodies_split_over_several_statements_keep_their_bytes_and_origins(
+async def test_rows_split_over_several_statements_keep_their_order_bytes_and_origins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A few bodies per statement: many statements in one transaction, offsets restarting in each.
+    # A few rows and bodies per statement: many statements in one transaction.
     monkeypatch.setattr(writer_module, "MAX_STATEMENT_BODY_BYTES", 400)
+    monkeypatch.setattr(writer_module, "ROWS_PER_STATEMENT", 4)
     writer = await JournalWriter.open(tmp_path)
     task = asyncio.create_task(writer.run())
     await writer.register_stream(CONFIGMAPS)
-    blobs: list[int] = []
+    statements: list[tuple[int, int]] = []
     execute = writer.connection.execute
 
     def counting(sql: str, parameters: Any = None) -> Any:
-        if sql == writer_module.INSERT_EVENTS:
-            blobs.append(len(parameters[1]))
+        if sql.startswith(writer_module.EVENTS_INSERT):
+            rows = len(parameters) // writer_module.EVENTS_WIDTH
+            bodies = parameters[writer_module.EVENTS_WIDTH - 1 :: writer_module.EVENTS_WIDTH]
+            statements.append((rows, sum(len(b) for b in bodies)))
         return execute(sql, parameters)
 
     monkeypatch.setattr(writer.connection, "execute", counting)
     sent = [body(f"o{i}", 10 + i, f"u-{i}", note="é" * i) for i in range(40)]
     await writer.record_changes(CONFIGMAPS, [("ADDED", b) for b in sent], "50")
     task.cancel()
-    # Every body is 100-300 bytes: one statement holds a few, never more than the limit.
-    assert len(blobs) >= len(sent) // 4 and max(blobs) <= 400
+    # Every body is 100-300 bytes: one statement holds a few, never more than either limit.
+    assert sum(rows for rows, _ in statements) == len(sent)
+    assert len(statements) >= len(sent) // 4
+    assert max(rows for rows, _ in statements) <= 4 and max(size for _, size in statements) <= 400
     await writer.close()
     with sqlite3.connect(tmp_path / "journal.db") as connection:
         rows = connection.execute(
