@@ -6,9 +6,9 @@ deletes old ones and keeps no index of them.
 
 Group commits
     Watchers, consumers and the compactor hand operations to one writer task. It takes whatever
-    is queued (up to :data:`MAX_OPS_PER_COMMIT`) and applies it in one SQLite transaction, so a
-    burst of thousands of events costs a handful of fsyncs, and a caller's ``await`` returns only
-    once its operation is durable.
+    is queued (up to :data:`MAX_OPS_PER_COMMIT` operations, or until :data:`EVENTS_PER_COMMIT`
+    events) and applies it in one SQLite transaction, so a burst of thousands of events costs a
+    handful of commits, and a caller's ``await`` returns only once its operation is durable.
 
 Resume points travel with their events (SPEC 5.1)
     A watch's resourceVersion is written in the same transaction as the events it covers. A crash
@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import aiosqlite
 import orjson
@@ -70,6 +70,10 @@ JOURNAL_FILE = "journal.db"
 # Enough to turn a burst into a few transactions; small enough that one transaction stays
 # well under a second and other callers are not starved.
 MAX_OPS_PER_COMMIT = 256
+# Events a batch stops taking further operations at: a burst then spans several transactions,
+# and SQLite writes one while the event loop builds the next (a commit costs no fsync in WAL
+# with synchronous=NORMAL), instead of the two taking turns on one large transaction.
+EVENTS_PER_COMMIT = 1_000
 # A writer that cannot keep up slows the watchers down instead of growing memory without bound.
 QUEUE_DEPTH = 1024
 # Without a busy timeout a reader's checkpoint would make a write fail instead of wait.
@@ -468,11 +472,9 @@ class JournalWriter:
         writing: asyncio.Future[None] | None = None
         try:
             while True:
-                operations = [await self._queue.get()]
-                while len(operations) < MAX_OPS_PER_COMMIT and not self._queue.empty():
-                    operations.append(self._queue.get_nowait())
+                first = await self._queue.get()
                 generation = self._generation
-                batch, results = self._prepare(operations)
+                batch, results = self._prepare(first)
                 if writing is not None:
                     await writing
                     writing = None
@@ -484,14 +486,25 @@ class JournalWriter:
             if writing is not None:
                 writing.cancel()
 
-    def _prepare(self, operations: list[_Operation]) -> tuple[_Batch, list[_Result]]:
+    def _prepare(self, first: _Operation) -> tuple[_Batch, list[_Result]]:
+        """Apply ``first`` and what else is queued, until the batch holds
+        :data:`EVENTS_PER_COMMIT` events or :data:`MAX_OPS_PER_COMMIT` operations."""
         batch = _Batch(self)
         results: list[_Result] = []
-        for operation in operations:
+        start = self.next_seq
+        operation = first
+        while True:
             try:
                 results.append((operation, operation.apply(batch), None))
             except Exception as error:  # a bad operation must not take the others down
                 results.append((operation, None, error))
+            if (
+                len(results) >= MAX_OPS_PER_COMMIT
+                or self.next_seq - start >= EVENTS_PER_COMMIT
+                or self._queue.empty()
+            ):
+                break
+            operation = self._queue.get_nowait()
         batch.last_seq = self.next_seq - 1
         return batch, results
 
@@ -544,23 +557,16 @@ class JournalWriter:
                 operation.done.set_exception(error)
 
     async def _write(self, batch: _Batch) -> bool:
-        """Write the batch in one transaction; returns whether it changed any row."""
+        """Write the batch in one transaction; returns whether it changed any row.
+
+        The whole transaction runs as one call on aiosqlite's thread: statement by statement,
+        each would wait for the event loop to send the next, which it does only between
+        building batches, so SQLite would sit idle while the next batch is built."""
         connection = self.connection
-        before = connection.total_changes
-        await connection.execute("BEGIN IMMEDIATE")
-        for insert in batch.inserts:
-            for sql, values in [
-                *insert_statements(EVENTS_INSERT, EVENTS_ROW, EVENTS_WIDTH, insert.events),
-                *insert_statements(ORIGINS_INSERT, ORIGINS_ROW, ORIGINS_WIDTH, insert.origins),
-            ]:
-                await connection.execute(sql, values)
-        for sql, params, many in batch.statements:
-            if many:
-                await connection.executemany(sql, params)
-            else:
-                await connection.execute(sql, params)
-        await connection.execute("COMMIT")
-        return connection.total_changes > before
+        changed = await connection._execute(  # type: ignore[no-untyped-call]
+            _write_batch, connection._conn, batch
+        )
+        return bool(changed)
 
     async def wait_beyond(self, seq: int, patience_s: float) -> None:
         """Return once an event after ``seq`` is committed, or after ``patience_s`` seconds."""
@@ -847,6 +853,26 @@ class JournalWriter:
             )
 
         await self.submit(apply)
+
+
+def _write_batch(connection: sqlite3.Connection, batch: _Batch) -> bool:
+    """Write ``batch`` in one transaction (on the connection's own thread); returns whether it
+    changed any row. On an error the transaction is left open for the caller to roll back."""
+    before = connection.total_changes
+    connection.execute("BEGIN IMMEDIATE")
+    for insert in batch.inserts:
+        for sql, values in [
+            *insert_statements(EVENTS_INSERT, EVENTS_ROW, EVENTS_WIDTH, insert.events),
+            *insert_statements(ORIGINS_INSERT, ORIGINS_ROW, ORIGINS_WIDTH, insert.origins),
+        ]:
+            connection.execute(sql, values)
+    for sql, params, many in batch.statements:
+        if many:
+            connection.executemany(sql, cast(Iterable[Sequence[Any]], params))
+        else:
+            connection.execute(sql, cast(Sequence[Any], params))
+    connection.execute("COMMIT")
+    return connection.total_changes > before
 
 
 def _key_tuple(key: ObjectKey) -> tuple[str, str, str, str]:

@@ -125,16 +125,17 @@ async def test_rows_split_over_several_statements_keep_their_order_bytes_and_ori
     task = asyncio.create_task(writer.run())
     await writer.register_stream(CONFIGMAPS)
     statements: list[tuple[int, int]] = []
-    execute = writer.connection.execute
+    split = writer_module.insert_statements
 
-    def counting(sql: str, parameters: Any = None) -> Any:
-        if sql.startswith(writer_module.EVENTS_INSERT):
-            rows = len(parameters) // writer_module.EVENTS_WIDTH
-            bodies = parameters[writer_module.EVENTS_WIDTH - 1 :: writer_module.EVENTS_WIDTH]
-            statements.append((rows, sum(len(b) for b in bodies)))
-        return execute(sql, parameters)
+    def counting(head: str, row: str, width: int, values: list[Any]) -> list[Any]:
+        made = split(head, row, width, values)
+        if head == writer_module.EVENTS_INSERT:
+            for _, parameters in made:
+                bodies = parameters[width - 1 :: width]
+                statements.append((len(parameters) // width, sum(len(b) for b in bodies)))
+        return made
 
-    monkeypatch.setattr(writer.connection, "execute", counting)
+    monkeypatch.setattr(writer_module, "insert_statements", counting)
     sent = [body(f"o{i}", 10 + i, f"u-{i}", note="é" * i) for i in range(40)]
     await writer.record_changes(CONFIGMAPS, [("ADDED", b) for b in sent], "50")
     task.cancel()
@@ -241,3 +242,36 @@ def test_two_migrations_with_one_number_are_refused_before_any_runs(tmp_path: Pa
         with pytest.raises(MigrationNumberTaken, match="0002"):
             migrate(connection, tmp_path)
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 0
+
+
+async def test_a_burst_is_written_in_transactions_of_a_bounded_number_of_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four callers queued at once: two transactions of two callers each, so SQLite writes the
+    # first while the second is built, instead of one transaction of all four.
+    monkeypatch.setattr(writer_module, "EVENTS_PER_COMMIT", 10)
+    writer = await JournalWriter.open(tmp_path)
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    written: list[int] = []
+    write = writer._write
+
+    async def counting(batch: Any) -> bool:
+        written.append(sum(len(i.events) for i in batch.inserts) // writer_module.EVENTS_WIDTH)
+        return await write(batch)
+
+    monkeypatch.setattr(writer, "_write", counting)
+    calls = [
+        writer.record_changes(
+            CONFIGMAPS,
+            [("ADDED", body(f"o{k}-{i}", 10 * k + i, f"u-{k}-{i}")) for i in range(5)],
+            None,
+        )
+        for k in range(4)
+    ]
+    await asyncio.gather(*calls)
+    task.cancel()
+    await writer.close()
+    assert written == [10, 10]
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 20
