@@ -106,10 +106,12 @@ def _insert_sql(head: str, row: str, rows: int) -> str:
     return head + ",".join([row] * rows)
 
 
-def insert_statements(head: str, row: str, width: int, values: list[Any]) -> list[Any]:
+def insert_statements(
+    head: str, row: str, width: int, values: list[Any]
+) -> list[tuple[str, list[Any]]]:
     """``(sql, parameters)`` inserting the rows of ``values`` (``width`` values a row) in order:
     statements of :data:`ROWS_PER_STATEMENT` rows, then of the powers of two that remain."""
-    statements = []
+    statements: list[tuple[str, list[Any]]] = []
     done, rows = 0, len(values) // width
     while done < rows:
         count = min(ROWS_PER_STATEMENT, 1 << ((rows - done).bit_length() - 1))

@@ -127,7 +127,7 @@ async def test_rows_split_over_several_statements_keep_their_order_bytes_and_ori
     statements: list[tuple[int, int]] = []
     split = writer_module.insert_statements
 
-    def counting(head: str, row: str, width: int, values: list[Any]) -> list[Any]:
+    def counting(head: str, row: str, width: int, values: list[Any]) -> list[tuple[str, list[Any]]]:
         made = split(head, row, width, values)
         if head == writer_module.EVENTS_INSERT:
             for _, parameters in made:
