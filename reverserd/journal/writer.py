@@ -850,7 +850,10 @@ class JournalWriter:
             batch.execute(
                 "DELETE FROM events"
                 " WHERE seq <= COALESCE((SELECT MIN(MAX(seq, ?)) FROM cursors), ?)"
-                " AND seq NOT IN (SELECT seq FROM objects)",
+                # The objects row that may point here is the one of the event's own object.
+                " AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.api_group = events.api_group"
+                " AND o.resource = events.resource AND o.namespace = events.namespace"
+                " AND o.name = events.name AND o.seq = events.seq)",
                 (self.resync_floor, self.committed_seq),
             )
 
