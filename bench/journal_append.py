@@ -79,9 +79,9 @@ async def _drive(
         write_seconds = 0.0
         build_seconds = 0.0
 
-        def _prepare(self, operations: Any) -> Any:
+        def _prepare(self, first: Any) -> Any:
             started = time.perf_counter()
-            prepared = super()._prepare(operations)
+            prepared = super()._prepare(first)
             self.build_seconds += time.perf_counter() - started
             return prepared
 

@@ -1,5 +1,6 @@
-"""How the journal writer's rows reach SQLite: events and origins as one statement each, the
-``objects`` table kept by triggers on ``events``, and an older journal upgraded in place."""
+"""How the journal writer's rows reach SQLite: events and origins as multi-row statements of
+bound values, the ``objects`` table kept by triggers on ``events``, and an older journal
+upgraded in place."""
 
 from __future__ import annotations
 
@@ -114,28 +115,34 @@ async def test_objects_rows_equal_the_writers_index_through_every_kind_of_event(
     await reopened.close()
 
 
-async def test_bodies_split_over_several_statements_keep_their_bytes_and_origins(
+async def test_rows_split_over_several_statements_keep_their_order_bytes_and_origins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A few bodies per statement: many statements in one transaction, offsets restarting in each.
+    # A few rows and bodies per statement: many statements in one transaction.
     monkeypatch.setattr(writer_module, "MAX_STATEMENT_BODY_BYTES", 400)
+    monkeypatch.setattr(writer_module, "ROWS_PER_STATEMENT", 4)
     writer = await JournalWriter.open(tmp_path)
     task = asyncio.create_task(writer.run())
     await writer.register_stream(CONFIGMAPS)
-    blobs: list[int] = []
-    execute = writer.connection.execute
+    statements: list[tuple[int, int]] = []
+    split = writer_module.insert_statements
 
-    def counting(sql: str, parameters: Any = None) -> Any:
-        if sql == writer_module.INSERT_EVENTS:
-            blobs.append(len(parameters[1]))
-        return execute(sql, parameters)
+    def counting(head: str, row: str, width: int, values: list[Any]) -> list[tuple[str, list[Any]]]:
+        made = split(head, row, width, values)
+        if head == writer_module.EVENTS_INSERT:
+            for _, parameters in made:
+                bodies = parameters[width - 1 :: width]
+                statements.append((len(parameters) // width, sum(len(b) for b in bodies)))
+        return made
 
-    monkeypatch.setattr(writer.connection, "execute", counting)
+    monkeypatch.setattr(writer_module, "insert_statements", counting)
     sent = [body(f"o{i}", 10 + i, f"u-{i}", note="é" * i) for i in range(40)]
     await writer.record_changes(CONFIGMAPS, [("ADDED", b) for b in sent], "50")
     task.cancel()
-    # Every body is 100-300 bytes: one statement holds a few, never more than the limit.
-    assert len(blobs) >= len(sent) // 4 and max(blobs) <= 400
+    # Every body is 100-300 bytes: one statement holds a few, never more than either limit.
+    assert sum(rows for rows, _ in statements) == len(sent)
+    assert len(statements) >= len(sent) // 4
+    assert max(rows for rows, _ in statements) <= 4 and max(size for _, size in statements) <= 400
     await writer.close()
     with sqlite3.connect(tmp_path / "journal.db") as connection:
         rows = connection.execute(
@@ -235,3 +242,36 @@ def test_two_migrations_with_one_number_are_refused_before_any_runs(tmp_path: Pa
         with pytest.raises(MigrationNumberTaken, match="0002"):
             migrate(connection, tmp_path)
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 0
+
+
+async def test_a_burst_is_written_in_transactions_of_a_bounded_number_of_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four callers queued at once: two transactions of two callers each, so SQLite writes the
+    # first while the second is built, instead of one transaction of all four.
+    monkeypatch.setattr(writer_module, "EVENTS_PER_COMMIT", 10)
+    writer = await JournalWriter.open(tmp_path)
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    written: list[int] = []
+    write = writer._write
+
+    async def counting(batch: Any) -> bool:
+        written.append(sum(len(i.events) for i in batch.inserts) // writer_module.EVENTS_WIDTH)
+        return await write(batch)
+
+    monkeypatch.setattr(writer, "_write", counting)
+    calls = [
+        writer.record_changes(
+            CONFIGMAPS,
+            [("ADDED", body(f"o{k}-{i}", 10 * k + i, f"u-{k}-{i}")) for i in range(5)],
+            None,
+        )
+        for k in range(4)
+    ]
+    await asyncio.gather(*calls)
+    task.cancel()
+    await writer.close()
+    assert written == [10, 10]
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 20
