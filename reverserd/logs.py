@@ -17,7 +17,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from reverserd.git.credentials import redact
+from reverserd.redaction import redact
 
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 

@@ -45,15 +45,19 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reverserd import logs
 from reverserd.attribution.facts import Fact
 from reverserd.attribution.peers import read_secret
-from reverserd.attribution.resolver import Resolver
 from reverserd.attribution.store import FactWriter, open_fact_connection
 from reverserd.attribution.webhooks import SHUTDOWN_S, build_webhook_app, serve_webhooks, server_tls
 from reverserd.metrics import ATTRIBUTION_FACTS_DROPPED
+
+if TYPE_CHECKING:
+    # The daemon's side only: the webhook process imports this module too, and must not load
+    # libgit2 through the resolver.
+    from reverserd.attribution.resolver import Resolver
 
 # By name: run as ``python -m``, this module is ``__main__``.
 log = logging.getLogger("reverserd.attribution.webhook_process")

@@ -27,11 +27,11 @@ from reverserd.config.templates import (
     TemplateError,
     parse_template,
 )
-from reverserd.git.credentials import mask_url
 from reverserd.git.urls import UnsupportedUrl, is_internal_host, local_path, normalize_url
 from reverserd.kube.paths import DNS_SUBDOMAIN_MAX, InvalidName, check_name, is_dns_label
 from reverserd.manifest.dropped import FieldPath, FieldPathError, parse_field_paths
 from reverserd.manifest.layout import validate_target_path
+from reverserd.redaction import mask_url
 
 GROUP = "configbutler.ai"
 # The operator's opt-in for local, plain-http and loopback remotes, named in refusals.

@@ -25,8 +25,6 @@ from reverserd.git.credentials import (
     CredentialsError,
     GitCredentials,
     build_callbacks,
-    mask_url,
-    redact,
 )
 from reverserd.git.known_hosts import HostKeyError, KnownHostsError
 from reverserd.git.repository import (
@@ -43,6 +41,7 @@ from reverserd.git.repository import (
     prove_push_access,
     stores_its_remote,
 )
+from reverserd.redaction import mask_url, redact
 
 if TYPE_CHECKING:
     from reverserd.git.signing import CommitSigner, SigningKeyError

@@ -5,7 +5,7 @@
 of one remote URL uses. Guarantees:
 
 - **Secrets stay secret.** Passwords, tokens, private keys and passphrases are excluded from
-  ``repr``; no exception raised here contains them; :func:`mask_url` and :func:`redact` remove
+  ``repr``; no exception raised here contains them; :mod:`reverserd.redaction` removes
   them from URLs and error texts before they reach logs, status or metrics (SPEC 2.1:
   credentials never appear there; URLs are shown with any password masked).
 - **SSH keys from memory.** A private key given as PEM or OpenSSH text is handed to libssh2 with
@@ -44,7 +44,6 @@ the server, as ``ssh-keyscan`` prints them; the error names the type the server 
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -66,6 +65,7 @@ from reverserd.git.known_hosts import (
     check_host_key,
     parse_known_hosts,
 )
+from reverserd.redaction import HTTP_SCHEMES, SCP_LIKE, mask_url
 
 MAX_CREDENTIAL_REQUESTS = 3
 """How many times one operation may ask for a secret before giving up. libgit2 asks again after
@@ -76,17 +76,7 @@ DEFAULT_USERNAME = "git"
 """User name when neither the URL nor the Secret names one: what Git hosting services expect
 over SSH, and accepted with a token as password over HTTPS."""
 
-MASK = "***"
-
 _SSH_SCHEMES = frozenset({"ssh", "ssh+git", "git+ssh"})
-_HTTP_SCHEMES = frozenset({"http", "https"})
-_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)$")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-# ``user:password@host:path`` in free text: an scp-like address with a password. Not after
-# ``/`` (the userinfo of a URL, masked by mask_url already).
-_SCP_CREDENTIALS_IN_TEXT = re.compile(
-    r"(?<![\w/.:@-])(?P<user>[\w.+-]+):(?!\*\*\*@)[^\s@/'\"<>]+@(?=[\w.\[\]-]+:)"
-)
 
 # Layout of libgit2 1.x ``git_cert_hostkey`` (include/git2/cert.h): git_cert parent (enum),
 # git_cert_ssh_t type (enum), md5[16], sha1[20], sha256[32], raw_type (enum), const char
@@ -151,7 +141,7 @@ class GitCredentials:
 def parse_remote_url(url: str) -> RemoteEndpoint:
     """Classify ``url`` (``ssh://``, scp-like ``user@host:path``, ``http(s)://``, ``file://``)."""
     if "://" not in url:
-        scp = _SCP_LIKE.match(url)
+        scp = SCP_LIKE.match(url)
         if scp is not None:
             host = scp.group("host").strip("[]").lower()
             return RemoteEndpoint(Transport.SSH, host, DEFAULT_SSH_PORT)
@@ -168,7 +158,7 @@ def parse_remote_url(url: str) -> RemoteEndpoint:
         if not parts.hostname:
             raise CredentialsError(f"SSH URL without host: {mask_url(url)!r}")
         return RemoteEndpoint(Transport.SSH, parts.hostname, port or DEFAULT_SSH_PORT)
-    if scheme in _HTTP_SCHEMES:
+    if scheme in HTTP_SCHEMES:
         return RemoteEndpoint(Transport.HTTP, parts.hostname, port)
     if scheme == "file":
         return RemoteEndpoint(Transport.LOCAL, None, None)
@@ -185,7 +175,7 @@ def without_url_credentials(url: str, credentials: GitCredentials) -> tuple[str,
     a login, not a secret, and selects the account).
     """
     if "://" not in url:
-        scp = _SCP_LIKE.match(url)
+        scp = SCP_LIKE.match(url)
         if scp is None or not scp.group("user") or ":" not in scp.group("user"):
             return url, credentials
         user, password = scp.group("user").split(":", 1)
@@ -200,7 +190,7 @@ def without_url_credentials(url: str, credentials: GitCredentials) -> tuple[str,
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user, has_password, password = userinfo.partition(":")
     user, password = unquote(user), unquote(password)
-    if parts.scheme.lower() in _HTTP_SCHEMES:
+    if parts.scheme.lower() in HTTP_SCHEMES:
         bare = urlunsplit(parts._replace(netloc=hostport))
         return bare, replace(
             credentials,
@@ -211,49 +201,6 @@ def without_url_credentials(url: str, credentials: GitCredentials) -> tuple[str,
         return url, credentials
     bare = urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}@{hostport}"))
     return bare, replace(credentials, password=password)
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password (and an HTTP user name, often a token) replaced by ``***``."""
-    if "://" not in url:
-        scp = _SCP_LIKE.match(url)
-        if scp is not None and scp.group("user") and ":" in scp.group("user"):
-            user = scp.group("user").split(":", 1)[0]
-            return f"{user}:{MASK}@{url[scp.end('user') + 1 :]}"
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.query or parts.fragment:
-        # A token in a query string (?private_token=…) is as secret as a password.
-        query = "&".join(
-            f"{pair.partition('=')[0]}={MASK}" if "=" in pair else MASK
-            for pair in parts.query.split("&")
-            if pair
-        )
-        parts = parts._replace(query=query, fragment=MASK if parts.fragment else "")
-    if "@" not in parts.netloc:
-        return urlunsplit(parts)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, has_password, _ = userinfo.partition(":")
-    if has_password:
-        masked = f"{user}:{MASK}"
-    elif parts.scheme.lower() in _HTTP_SCHEMES:
-        masked = MASK
-    else:
-        masked = user
-    return urlunsplit(parts._replace(netloc=f"{masked}@{hostport}"))
-
-
-def redact(text: str, credentials: GitCredentials | None = None) -> str:
-    """``text`` with URLs masked and every secret of ``credentials`` replaced by ``***``."""
-    text = _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), text)
-    text = _SCP_CREDENTIALS_IN_TEXT.sub(lambda match: f"{match.group('user')}:{MASK}@", text)
-    if credentials is not None:
-        for secret in credentials.secrets():
-            text = text.replace(secret, MASK)
-    return text
 
 
 class AuthCallbacks(pygit2.RemoteCallbacks):

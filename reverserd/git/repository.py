@@ -120,13 +120,12 @@ from reverserd.git.credentials import (
     GitCredentials,
     Transport,
     build_callbacks,
-    mask_url,
     parse_remote_url,
-    redact,
     without_url_credentials,
 )
 from reverserd.git.known_hosts import HostKeyError
 from reverserd.git.objects import EMPTY_TREE, ObjectStore, joined_pack, merge_small_packs
+from reverserd.redaction import mask_url, redact
 
 if TYPE_CHECKING:
     from reverserd.git.signing import CommitSigner

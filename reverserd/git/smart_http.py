@@ -45,7 +45,8 @@ from urllib.parse import urlsplit
 
 import pygit2
 
-from reverserd.git.credentials import DEFAULT_USERNAME, GitCredentials, mask_url, redact
+from reverserd.git.credentials import DEFAULT_USERNAME, GitCredentials
+from reverserd.redaction import mask_url, redact
 
 ZERO_ID = bytes(20)
 """The ID a command names as the old tip of a branch the server does not have."""

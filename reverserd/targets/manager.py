@@ -52,11 +52,12 @@ from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard
 from reverserd.encryption.fingerprint import load_or_create_key
 from reverserd.encryption.sops import Sops
-from reverserd.git import BranchRepository, GitCredentials, mask_url
+from reverserd.git import BranchRepository, GitCredentials
 from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader, JournalWriter, TargetPlace
 from reverserd.kube.client import KubeClient
 from reverserd.kube.shards import ShardCoordinator
+from reverserd.redaction import mask_url
 from reverserd.supervise import supervise
 from reverserd.targets.consumer import TargetConsumer
 from reverserd.targets.drift import DEFAULT_DRIFT_INTERVAL_S

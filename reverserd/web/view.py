@@ -31,7 +31,6 @@ from reverserd import __version__
 from reverserd.committer.committer import clone_dir
 from reverserd.config.plane import ConfigPlane, ResolvedTarget
 from reverserd.config.status import StatusBoard, TargetProgress
-from reverserd.git import mask_url, redact
 from reverserd.git.urls import branch_key
 from reverserd.journal import JournalReader
 from reverserd.kube.shards import ShardCoordinator
@@ -42,6 +41,7 @@ from reverserd.metrics import (
     TARGET_LAG_SECONDS,
     TARGET_READY,
 )
+from reverserd.redaction import mask_url, redact
 from reverserd.targets.manager import TargetManager
 from reverserd.watch.manager import WatchManager
 from reverserd.web.format import rfc3339

@@ -103,3 +103,17 @@ def test_the_daemon_imports_no_cryptography_until_a_key_or_certificate_is_read(
         tmp_path,
     )
     assert out.splitlines() == ["[]", "True"]
+
+
+def test_the_webhook_process_loads_neither_libgit2_nor_cryptography(tmp_path: Path) -> None:
+    """The webhook process only receives facts, stores them and logs: pygit2 (libgit2 and its
+    own OpenSSL, about 11 MB) and cryptography are the daemon's, and would be paid for twice."""
+    out = run_fresh(
+        """
+        import sys
+        import reverserd.attribution.webhook_process
+        print(sorted(n for n in sys.modules if n.startswith(("pygit2", "cryptography")))[:3])
+        """,
+        tmp_path,
+    )
+    assert out.splitlines() == ["[]"]
