@@ -25,6 +25,7 @@ from reverserd.attribution.resolver import DEFAULT_GRACE_S, SOURCES
 from reverserd.attribution.webhooks import DEFAULT_AUDIT_CLIENT_NAME
 from reverserd.config.pins import parse_pins
 from reverserd.config.plane import MAX_TARGETS_PER_NAMESPACE
+from reverserd.heap import limit_arenas
 from reverserd.journal import JournalEvent, JournalReader
 from reverserd.journal.writer import MAX_CURSOR_LAG_EVENTS
 from reverserd.kube.lease import LEASE_DURATION_S
@@ -387,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace) -> int:
     from reverserd.daemon import Daemon, RunOptions
 
+    limit_arenas()
     logs.configure(arguments.log_format, arguments.log_level)
     try:
         pins = parse_pins(arguments.repository_pins)

@@ -52,6 +52,7 @@ from reverserd.attribution.facts import Fact
 from reverserd.attribution.peers import read_secret
 from reverserd.attribution.store import FactWriter, open_fact_connection
 from reverserd.attribution.webhooks import SHUTDOWN_S, build_webhook_app, serve_webhooks, server_tls
+from reverserd.heap import limit_arenas
 from reverserd.metrics import ATTRIBUTION_FACTS_DROPPED
 
 if TYPE_CHECKING:
@@ -293,6 +294,7 @@ async def _serve(settings: WebhookSettings) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
+    limit_arenas()
     fields = json.loads(argv[1])
     settings = WebhookSettings(**{**fields, "sources": tuple(fields["sources"])})
     logs.configure(settings.log_format, settings.log_level)
