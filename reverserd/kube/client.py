@@ -146,8 +146,9 @@ class KubeClient:
 
     async def stream_lines(
         self, path: str, params: Mapping[str, str | int], read_timeout: float
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Yield each JSON line of a streaming response (a watch) until the server ends it.
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """Yield the length and the decoded JSON of each line of a streaming response (a watch)
+        until the server ends it.
 
         ``read_timeout`` bounds silence between lines: a connection that went quiet without
         closing raises ``asyncio.TimeoutError`` instead of hanging forever.
@@ -159,7 +160,7 @@ class KubeClient:
         try:
             async for line in response.content:
                 if line.strip():
-                    yield await decode(line)
+                    yield len(line), await decode(line)
         finally:
             response.release()
 

@@ -51,6 +51,8 @@ class ResourceExpired(Exception):
 class WatchEvent:
     type: EventType
     object: dict[str, Any]
+    wire_bytes: int = 0
+    """Length of the event's JSON line as the API server sent it."""
 
     @property
     def resource_version(self) -> str:
@@ -111,7 +113,7 @@ async def watch_events(
         "timeoutSeconds": lifetime_s or random.randint(*WATCH_TIMEOUT_RANGE_S),
     }
     try:
-        async for line in client.stream_lines(
+        async for wire_bytes, line in client.stream_lines(
             rtype.collection_path(namespace), params, read_timeout=WATCH_SILENCE_TIMEOUT_S
         ):
             kind = line.get("type")
@@ -125,7 +127,7 @@ async def watch_events(
                 if kind != "BOOKMARK":
                     body.setdefault("apiVersion", rtype.api_version)
                     body.setdefault("kind", rtype.kind)
-                yield WatchEvent(kind, body)
+                yield WatchEvent(kind, body, wire_bytes)
     except KubeError as error:
         if _expired(error):
             raise ResourceExpired(str(error)) from error

@@ -29,6 +29,7 @@ created meanwhile for one that never existed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any
 
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # Events read ahead of the journal; a slower journal slows the read, it never drops.
 WATCH_BUFFER = 2048
+# ... and their JSON as it came over the wire at most, unless one event alone is larger. Decoded,
+# an event takes about four times its JSON: so a burst of large objects, or a journal busy for a
+# moment, holds about 16 MiB here, not 2,048 objects of up to 1.5 MiB each.
+READ_AHEAD_BYTES = 4 * 2**20
 # At most this many events per journal transaction from one stream.
 MAX_BATCH = 500
 # Reconnect pacing after errors: quick first retry, bounded ceiling, never a tight loop.
@@ -58,6 +63,50 @@ CATCH_UP_WATCH_S = 3
 IMMEDIATE_RELISTS = 2
 
 _END = object()
+
+
+class ReadAhead:
+    """Events read from a watch and not yet journaled, oldest first, with the reader's end
+    (:data:`_END`) or its error after the last of them.
+
+    Invariant: it holds at most ``max_events`` items and, unless it holds a single event, at
+    most ``max_bytes`` of their wire size; :meth:`put` waits until there is room. A full read-
+    ahead stops the watch's reading, so the API server's side waits or ends the watch, which
+    resumes from the journal: nothing is dropped, and memory does not follow the backlog.
+    """
+
+    __slots__ = ("_arrived", "_bytes", "_items", "_room", "max_bytes", "max_events")
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._items: collections.deque[tuple[Any, int]] = collections.deque()
+        self._bytes = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+
+    async def put(self, item: Any, wire_bytes: int = 0) -> None:
+        while self._items and (
+            len(self._items) >= self.max_events or self._bytes + wire_bytes > self.max_bytes
+        ):
+            self._room.clear()
+            await self._room.wait()
+        self._items.append((item, wire_bytes))
+        self._bytes += wire_bytes
+        self._arrived.set()
+
+    async def take(self, limit: int) -> list[Any]:
+        """The oldest items, at least one and at most ``limit``."""
+        while not self._items:
+            self._arrived.clear()
+            await self._arrived.wait()
+        taken: list[Any] = []
+        while self._items and len(taken) < limit:
+            item, wire_bytes = self._items.popleft()
+            self._bytes -= wire_bytes
+            taken.append(item)
+        self._room.set()
+        return taken
 
 
 class StreamWatcher:
@@ -129,15 +178,13 @@ class StreamWatcher:
     async def _follow(self) -> None:
         """Journal the watch until the server ends it; raises what ended it otherwise."""
         assert self.resource_version is not None
-        queue: asyncio.Queue[Any] = asyncio.Queue(WATCH_BUFFER)
+        ahead = ReadAhead(WATCH_BUFFER, READ_AHEAD_BYTES)
         lifetime_s = None if self.current else CATCH_UP_WATCH_S
-        reader = asyncio.create_task(self._read(queue, self.resource_version, lifetime_s))
+        reader = asyncio.create_task(self._read(ahead, self.resource_version, lifetime_s))
         changed = False
         try:
             while True:
-                batch = [await queue.get()]
-                while len(batch) < MAX_BATCH and not queue.empty():
-                    batch.append(queue.get_nowait())
+                batch = await ahead.take(MAX_BATCH)
                 events = [item for item in batch if isinstance(item, WatchEvent)]
                 if events:
                     await self._journal(events)
@@ -154,15 +201,15 @@ class StreamWatcher:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, queue: asyncio.Queue[Any], version: str, lifetime_s: int | None) -> None:
+    async def _read(self, ahead: ReadAhead, version: str, lifetime_s: int | None) -> None:
         try:
             async for event in watch_events(
                 self.client, self.stream.rtype, self.namespace, version, lifetime_s
             ):
-                await queue.put(event)
-            await queue.put(_END)
+                await ahead.put(event, event.wire_bytes)
+            await ahead.put(_END)
         except Exception as error:  # handed to the journaling side, which re-raises it
-            await queue.put(error)
+            await ahead.put(error)
 
     async def _journal(self, events: list[WatchEvent]) -> None:
         changes = [(event.type, event.object) for event in events if event.type != "BOOKMARK"]

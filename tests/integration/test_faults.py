@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -669,6 +670,52 @@ def test_large_and_unicode_objects_reach_git_intact(
     for name, data in (("large", large), ("unicode", unicode_only)):
         written = yaml.safe_load(files[f"{folder}/{name}.yaml"].decode("utf-8"))
         assert written["data"] == data, name
+
+
+def resident_mb(daemon: Reverserd) -> float:
+    assert daemon.process is not None
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_a_burst_of_large_objects_while_the_journal_is_blocked_waits_in_the_api_server(
+    control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
+) -> None:
+    """80 ConfigMaps of 900 KB (72 MB of JSON) arrive while another process holds the journal's
+    write lock: the daemon reads ahead of its journal only a few MB of them, so its memory
+    stays put, and once the journal writes again every one is journaled."""
+    apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
+    daemon.start()
+    wait_synced(control_plane, namespace, daemon=daemon)
+    names = [f"large-{index:02}" for index in range(80)]
+    connection = sqlite3.connect(daemon.state_dir / "journal.db", timeout=30)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        before = resident_mb(daemon)
+        create_many(
+            control_plane,
+            [configmap(namespace, name, {"payload": name + "x" * 900_000}) for name in names],
+            "configmaps",
+        )
+        deadline, peak = time.monotonic() + 8, before
+        while time.monotonic() < deadline:
+            peak = max(peak, resident_mb(daemon))
+            time.sleep(0.1)
+    finally:
+        connection.rollback()
+        connection.close()
+    # Without a bound on the read-ahead: 48 MB more; with it: 14 MB.
+    assert peak - before < 30, (before, peak)
+
+    def journaled() -> set[str]:
+        rows = query_journal(
+            daemon,
+            "SELECT name FROM events WHERE namespace = ? AND kind = 'CREATE'",
+            (namespace,),
+        )
+        return {name for (name,) in rows}
+
+    wait_until(lambda: set(names) <= journaled(), 60, daemon.log_tail)
 
 
 def test_api_server_stopped_in_the_middle_of_a_list_deletes_nothing(
