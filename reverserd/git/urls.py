@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from reverserd.redaction import SCP_LIKE
+
 # The port each scheme uses when a URL names none: naming it changes nothing.
 DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ssh": 22}
 # The schemes a remote may use; ``ssh+git`` and ``git+ssh`` are spellings of ``ssh``.
 SSH_SCHEMES: Final = frozenset({"ssh", "ssh+git", "git+ssh"})
 NETWORK_SCHEMES: Final = frozenset({"http", "https", *SSH_SCHEMES})
-_SCP_LIKE: Final = re.compile(
-    r"^(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)$"
-)
 _GIT_SUFFIX: Final = ".git"
 
 
@@ -57,7 +56,7 @@ def local_path(url: str) -> Path | None:
         return Path(unquote(parts.path))
     if "://" in url:
         return None
-    if _SCP_LIKE.match(url) is not None and not url.startswith(("/", ".")):
+    if SCP_LIKE.match(url) is not None and not url.startswith(("/", ".")):
         return None
     return Path(url)
 
@@ -69,7 +68,7 @@ def normalize_url(url: str) -> str:
         resolved = Path(os.path.realpath(path))
         return "file://" + _strip_repository_suffix(resolved.as_posix())
     if "://" not in url:
-        scp = _SCP_LIKE.match(url)
+        scp = SCP_LIKE.match(url)
         if scp is None:
             raise UnsupportedUrl("not a URL or scp-like address")
         host = scp.group("host").lower()
