@@ -14,7 +14,7 @@ Between two trims a burst still lands in whichever arena its thread has, and gli
 new thread its own arena up to eight per CPU: the peak is then the sum of several arenas'
 bursts, each with its own free space. :func:`limit_arenas` caps them at :data:`ARENAS` for the
 whole process (what ``MALLOC_ARENA_MAX`` does, without asking the user to set it): the same
-benchmark then peaked at 87 MB where it peaked at 90-94 MB, for the same CPU per commit. Python
+benchmark then peaked at 86-89 MB where it peaked at 91-92 MB, for the same CPU per commit. Python
 holds the GIL for most allocations anyway, so threads rarely wait on a shared arena's lock.
 
 Guarantees: :func:`limit_arenas`, called before the process starts its threads, leaves it at
