@@ -14,9 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pygit2
+import pytest
 from pygit2.enums import FileMode
 
-from reverserd.git import BranchRepository, FileChange
+from reverserd.git import BranchRepository, FileChange, objects
 from reverserd.git.objects import DELTA_DEPTH
 from tests.conftest import AUTHOR, COMMITTER
 
@@ -112,3 +113,44 @@ def test_an_executable_file_keeps_its_mode_and_commit_ids_match_libgit2(tmp_path
     # The same commit written by libgit2 has the same ID: headers, signatures, message.
     again = reader.create_commit(None, AUTHOR, COMMITTER, "edit", commit.tree_id, commit.parent_ids)
     assert str(again) == sha
+
+
+def test_changes_going_round_many_folders_never_parse_a_folder_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parsed-tree cache keeps the current version of every folder while changes go round
+    them: a version a change edited leaves it, and never pushes a current one out (at 100,000
+    files in 100 folders that made most changes re-parse their folder)."""
+    folders, files_per_folder = 20, 100
+    # Every folder's current version and the levels above fit; stale versions would not.
+    monkeypatch.setattr(objects, "TREE_CACHE_ENTRIES", folders * files_per_folder + 500)
+    remote = tmp_path / "remote.git"
+    pygit2.init_repository(str(remote), bare=True, initial_head="main")
+    repository = BranchRepository(tmp_path / "clone", remote.as_uri(), "main")
+    repository.open()
+
+    def path(folder: int, file: int) -> str:
+        return f"live/v1/configmaps/ns-{folder:02}/cm-{file:03}.yaml"
+
+    initial = [
+        FileChange(path(folder, file), f"{folder} {file} 0\n".encode())
+        for folder in range(folders)
+        for file in range(files_per_folder)
+    ]
+    repository.apply(initial, "initial", AUTHOR, COMMITTER)
+    repository.flush()
+    parsed: list[int] = []
+    parse = objects.Tree.parse
+
+    def counted(raw: bytes) -> objects.Tree:
+        parsed.append(len(raw))
+        return parse(raw)
+
+    monkeypatch.setattr(objects.Tree, "parse", staticmethod(counted))
+    for number in range(1, 10 * folders + 1):
+        folder, file = (number * 7) % folders, number % files_per_folder
+        change = FileChange(path(folder, file), f"{folder} {file} {number}\n".encode())
+        repository.apply([change], f"change {number}", AUTHOR, COMMITTER)
+        if number % 40 == 0:
+            repository.flush()
+    assert parsed == []
