@@ -62,14 +62,17 @@ DELTA_DEPTH = 50
 ``pack.depth``. Reading the newest version of a tree applies at most this many deltas."""
 
 PACK_COMPRESSION = 1
-"""zlib level for the local pack. The pack is read back only to push (libgit2 compresses what
-it sends itself) and by ``git gc``, which recompresses; speed matters more than size here."""
+"""zlib level for the local pack. A push over smart HTTP sends its entries as they are, and the
+server keeps them so until it repacks with ``-F``; Git's own pushes and ``git gc`` reuse them
+too, so this is what the repository keeps; the commit path's speed matters more here than the
+last few percent of size."""
 
 STORED_BELOW = 512
-"""Objects shorter than this (a tree's delta of a few dozen bytes, a commit, a small file) go
-into the pack as zlib streams of one stored block, not compressed: deflate would save a few
-bytes of each, and setting up its state (256 KiB, zeroed) costs about 19 us an object, ten
-times the rest of writing it and several times per commit."""
+"""Tree deltas shorter than this (a one-file change makes a few dozen bytes per tree on the
+folder's path) go into the pack as zlib streams of one stored block: deflate would save a byte
+or two of each, and setting up its state (256 KiB, zeroed) costs about 19 us a delta, several
+per commit. Commits and files are compressed whatever their size: what they would gain stays
+in the repository's packs for good."""
 
 TREE_CACHE_ENTRIES = 120_000
 """Parsed tree entries kept for trees written recently or read to be changed. A version that a
@@ -243,7 +246,7 @@ class ObjectStore:
         """
         oid = _hash(ObjectType.BLOB, content)
         if oid not in self._pending and oid not in self._unsent_ids:
-            packed = _deflate(content)
+            packed = zlib.compress(content, PACK_COMPRESSION)
             self._pending[oid] = _Pending(ObjectType.BLOB, len(content), None, packed=packed)
             self._packed_bytes += len(packed)
             if self._packed_bytes > SPILL_BYTES:
@@ -434,10 +437,12 @@ class ObjectStore:
                 assert found.base is not None
                 header = _entry_header(_OFS_DELTA, len(found.delta))
                 header += _negative_offset(start - offsets[found.base])
-                piece = header + _deflate(found.delta)
+                piece = header + _delta_stream(found.delta)
             else:
                 payload = self.content(oid)
-                piece = _entry_header(found.kind, len(payload)) + _deflate(payload)
+                piece = _entry_header(found.kind, len(payload)) + zlib.compress(
+                    payload, PACK_COMPRESSION
+                )
             stream.write(piece)
             digest.update(piece)
             position += len(piece)
@@ -686,8 +691,8 @@ def _signature(signature: pygit2.Signature) -> bytes:
     return f"{signature.name} <{signature.email}> {when}".encode()
 
 
-def _deflate(payload: bytes) -> bytes:
-    """``payload`` as the zlib stream a pack entry holds; see :data:`STORED_BELOW`."""
+def _delta_stream(payload: bytes) -> bytes:
+    """A tree delta as the zlib stream its pack entry holds; see :data:`STORED_BELOW`."""
     if len(payload) >= STORED_BELOW:
         return zlib.compress(payload, PACK_COMPRESSION)
     size = len(payload)

@@ -44,10 +44,13 @@ log = logging.getLogger(__name__)
 
 # Events read ahead of the journal; a slower journal slows the read, it never drops.
 WATCH_BUFFER = 2048
-# ... and their JSON as it came over the wire at most, unless one event alone is larger. Decoded,
-# an event takes about four times its JSON: so a burst of large objects, or a journal busy for a
-# moment, holds about 16 MiB here, not 2,048 objects of up to 1.5 MiB each.
-READ_AHEAD_BYTES = 4 * 2**20
+# ... and their JSON as it came over the wire at most, unless one event alone is larger: what one
+# watch holds while its journal is busy. Decoded, JSON takes 1 to 8 times its size for manifests
+# (one long string to many short fields) and more for pathological shapes (about 24 times for
+# a list of empty objects), so a watch holds a few MB here, where 2,048 objects of up to 1.5 MiB
+# each could wait before. The journal writer, the batch being journaled and aiohttp's buffer
+# hold about as much again.
+READ_AHEAD_BYTES = 2**20
 # At most this many events per journal transaction from one stream.
 MAX_BATCH = 500
 # Reconnect pacing after errors: quick first retry, bounded ceiling, never a tight loop.

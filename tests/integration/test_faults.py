@@ -691,21 +691,24 @@ def test_a_burst_of_large_objects_while_the_journal_is_blocked_waits_in_the_api_
     connection = sqlite3.connect(daemon.state_dir / "journal.db", timeout=30)
     try:
         connection.execute("BEGIN EXCLUSIVE")
+        # Past the writer's busy timeout (10 s) too: its write gives up, the watch restarts from
+        # the journal and reads the burst again.
+        deadline = time.monotonic() + 15
         before = resident_mb(daemon)
         create_many(
             control_plane,
             [configmap(namespace, name, {"payload": name + "x" * 900_000}) for name in names],
             "configmaps",
         )
-        deadline, peak = time.monotonic() + 8, before
+        peak = before
         while time.monotonic() < deadline:
             peak = max(peak, resident_mb(daemon))
             time.sleep(0.1)
     finally:
         connection.rollback()
         connection.close()
-    # Without a bound on the read-ahead: 48 MB more; with it: 14 MB.
-    assert peak - before < 30, (before, peak)
+    # Without a bound on the read-ahead: 29-33 MB more; with it: 8-9 MB.
+    assert peak - before < 20, (before, peak)
 
     def journaled() -> set[str]:
         rows = query_journal(

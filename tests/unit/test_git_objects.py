@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import zlib
 from pathlib import Path
 
 import pygit2
@@ -154,3 +155,11 @@ def test_changes_going_round_many_folders_never_parse_a_folder_again(
         if number % 40 == 0:
             repository.flush()
     assert parsed == []
+
+
+def test_a_delta_stream_of_any_length_inflates_to_its_bytes() -> None:
+    """Short deltas are stored, longer ones deflated: zlib reads both back byte for byte."""
+    rng = random.Random(5)
+    for length in range(2 * objects.STORED_BELOW):
+        payload = rng.randbytes(length)
+        assert zlib.decompress(objects._delta_stream(payload)) == payload, length
