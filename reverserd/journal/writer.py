@@ -484,6 +484,10 @@ class JournalWriter:
                         await self._abandon(results, batch)
                         continue
                 writing = asyncio.ensure_future(self._finish(batch, results))
+                # Let the write reach SQLite's thread before the next batch is built: the queue
+                # is seldom empty under load, so the next ``get`` would not yield, and the write
+                # would start only after that batch, the two taking turns instead of overlapping.
+                await asyncio.sleep(0)
         finally:
             if writing is not None:
                 writing.cancel()
@@ -577,7 +581,7 @@ class JournalWriter:
                 async with asyncio.timeout(patience_s):
                     await self._appended.wait_for(lambda: self.committed_seq > seq)
             except TimeoutError:
-                pass
+                await asyncio.sleep(0)
 
     async def submit(self, apply: Callable[[_Batch], T]) -> T:
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()

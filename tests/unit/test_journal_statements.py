@@ -275,3 +275,41 @@ async def test_a_burst_is_written_in_transactions_of_a_bounded_number_of_events(
     assert written == [10, 10]
     with sqlite3.connect(tmp_path / "journal.db") as connection:
         assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 20
+
+
+async def test_a_batch_is_handed_to_sqlite_before_the_next_one_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Six callers queued at once, two per transaction: each batch after the first must be built
+    # while its predecessor is already being written, never before that write has started.
+    monkeypatch.setattr(writer_module, "EVENTS_PER_COMMIT", 10)
+    writer = await JournalWriter.open(tmp_path)
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    started: list[int] = []
+    seen_at_prepare: list[int] = []
+    write, prepare = writer._write, writer._prepare
+
+    async def counting(batch: Any) -> bool:
+        started.append(batch.last_seq)
+        return await write(batch)
+
+    def watching(first: Any) -> Any:
+        seen_at_prepare.append(len(started))
+        return prepare(first)
+
+    monkeypatch.setattr(writer, "_write", counting)
+    monkeypatch.setattr(writer, "_prepare", watching)
+    calls = [
+        writer.record_changes(
+            CONFIGMAPS,
+            [("ADDED", body(f"o{k}-{i}", 10 * k + i, f"u-{k}-{i}")) for i in range(5)],
+            None,
+        )
+        for k in range(6)
+    ]
+    await asyncio.gather(*calls)
+    task.cancel()
+    await writer.close()
+    assert len(started) == 3
+    assert seen_at_prepare == [0, 1, 2]
