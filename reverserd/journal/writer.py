@@ -46,6 +46,7 @@ No plaintext Secrets (SPEC 5.3)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
@@ -80,6 +81,12 @@ QUEUE_DEPTH = 1024
 BUSY_TIMEOUT_MS = 10_000
 # Page size of a new journal.
 PAGE_SIZE = 16_384
+# What the writer's transactions add to the WAL before it is checkpointed (on a connection and
+# thread of its own): about SQLite's own default of 1,000 pages, at the journal's page size.
+CHECKPOINT_AFTER_BYTES = 1_000 * PAGE_SIZE
+# What an event adds to the WAL besides its body, in this estimate: its columns, its index and
+# objects entries, its origin.
+EVENT_OVERHEAD_BYTES = 256
 # Bodies bound to one INSERT statement at most: SQLite copies every bound value, so this is
 # memory held for the statement's duration.
 MAX_STATEMENT_BODY_BYTES = 16 * 2**20
@@ -241,7 +248,13 @@ class _Batch:
         self.inserts: list[_Statement] = [_Statement()]
         self.statements: list[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]] = []
         self.now = time.time()
+        self.first_seq = writer.next_seq
         self.last_seq = 0
+
+    def wal_bytes(self) -> int:
+        """About what writing this batch adds to the WAL."""
+        events = self.last_seq - self.first_seq + 1
+        return sum(insert.size for insert in self.inserts) + events * EVENT_OVERHEAD_BYTES
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.statements.append((sql, params, False))
@@ -406,9 +419,21 @@ class JournalWriter:
     waits until the transaction that holds it has committed.
     """
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: aiosqlite.Connection,
+        path: Path,
+        checkpointer: sqlite3.Connection,
+    ) -> None:
         self.connection = connection
         self.path = path
+        self._checkpointer = checkpointer
+        self._checkpoint_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="journal-checkpoint"
+        )
+        self._checkpointing: asyncio.Future[None] | None = None
+        self._wal_bytes = 0
+        """About what was committed to the WAL since the last checkpoint began."""
         self.index = ObjectIndex()
         self.next_seq = 1
         self._queue: asyncio.Queue[_Operation] = asyncio.Queue(QUEUE_DEPTH)
@@ -434,7 +459,13 @@ class JournalWriter:
         connection = await aiosqlite.connect(path, isolation_level=None)
         await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await connection.execute("PRAGMA synchronous = NORMAL")
-        writer = cls(connection, path)
+        # The writer's commits never checkpoint: that copies pages into the database file and
+        # waits for their fsync, and the next batch would wait for it. See _checkpoint.
+        await connection.execute("PRAGMA wal_autocheckpoint = 0")
+        checkpointer = await asyncio.to_thread(
+            sqlite3.connect, path, isolation_level=None, check_same_thread=False
+        )
+        writer = cls(connection, path, checkpointer)
         await writer._load_index()
         return writer
 
@@ -461,7 +492,29 @@ class JournalWriter:
         self.resync_floor = max((int(seq) for (seq,) in rows), default=0)
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            await asyncio.wait([self._checkpointing])
+        self._checkpoint_thread.shutdown()
+        self._checkpointer.close()
         await self.connection.close()
+
+    def _committed(self, batch: _Batch) -> None:
+        """Start a checkpoint once the writer's commits added :data:`CHECKPOINT_AFTER_BYTES`
+        to the WAL since the last one began, unless one is still running.
+
+        It runs on a connection and a thread of its own, as SQLite's passive checkpoint: it
+        copies what it can into the database file while the writer goes on appending, and
+        never makes the writer wait. Its fsync is the database file's; a commit's durability
+        does not depend on it (WAL, ``synchronous=NORMAL``)."""
+        self._wal_bytes += batch.wal_bytes()
+        if self._wal_bytes < CHECKPOINT_AFTER_BYTES:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        self._wal_bytes = 0
+        self._checkpointing = asyncio.get_running_loop().run_in_executor(
+            self._checkpoint_thread, _checkpoint, self._checkpointer
+        )
 
     async def run(self) -> None:
         """Apply queued operations in group commits until cancelled.
@@ -530,6 +583,7 @@ class JournalWriter:
                 await self.connection.rollback()
             await self._reload(results, error)
             return
+        self._committed(batch)
         if self.failure is not None and changed:
             log.info("journal writes succeed again")
             self._set_failure(None)
@@ -882,6 +936,17 @@ def _write_batch(connection: sqlite3.Connection, batch: _Batch) -> bool:
             connection.execute(sql, cast(Sequence[Any], params))
     connection.execute("COMMIT")
     return connection.total_changes > before
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, as far as readers allow (blocking).
+
+    A failure is logged and left to the next checkpoint: the WAL keeps every commit meanwhile.
+    """
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as error:
+        log.warning("journal checkpoint failed: %s", error)
 
 
 def _key_tuple(key: ObjectKey) -> tuple[str, str, str, str]:

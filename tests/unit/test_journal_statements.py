@@ -313,3 +313,43 @@ async def test_a_batch_is_handed_to_sqlite_before_the_next_one_is_built(
     await writer.close()
     assert len(started) == 3
     assert seen_at_prepare == [0, 1, 2]
+
+
+async def test_the_writer_never_checkpoints_and_its_own_checkpoints_reach_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint after every transaction: the database file then holds the events while the
+    # writer is open, though the writer's own connection never checkpoints.
+    monkeypatch.setattr(writer_module, "CHECKPOINT_AFTER_BYTES", 1)
+    writer = await JournalWriter.open(tmp_path)
+    assert list(await writer.connection.execute_fetchall("PRAGMA wal_autocheckpoint")) == [(0,)]
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    empty = (tmp_path / "journal.db").stat().st_size
+    sent = [body(f"o{i}", i, f"u-{i}", note="x" * 1000) for i in range(200)]
+    await writer.record_changes(CONFIGMAPS, [("ADDED", b) for b in sent], "200")
+    await writer._checkpointing
+    task.cancel()
+    assert (tmp_path / "journal.db").stat().st_size >= empty + 200 * 1000
+    await writer.close()
+
+
+async def test_a_failing_checkpoint_is_logged_and_the_writes_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(writer_module, "CHECKPOINT_AFTER_BYTES", 1)
+    writer = await JournalWriter.open(tmp_path)
+    writer._checkpointer.close()  # every checkpoint now fails
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    for round_ in range(3):
+        await writer.record_changes(
+            CONFIGMAPS, [("ADDED", body(f"o{round_}", round_, f"u-{round_}"))], str(round_)
+        )
+        assert writer._checkpointing is not None
+        await writer._checkpointing
+    task.cancel()
+    await writer.close()
+    assert "journal checkpoint failed" in caplog.text
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 3
