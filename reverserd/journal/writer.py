@@ -4,11 +4,13 @@ It writes every table but one: rows of ``attribution_facts`` are appended by the
 process (:mod:`reverserd.attribution.webhook_process`) on its own connection; this writer only
 deletes old ones and keeps no index of them.
 
-Group commits
+Group commits, pipelined
     Watchers, consumers and the compactor hand operations to one writer task. It takes whatever
     is queued (up to :data:`MAX_OPS_PER_COMMIT` operations, or until :data:`EVENTS_PER_COMMIT`
     events) and applies it in one SQLite transaction, so a burst of thousands of events costs a
     handful of commits, and a caller's ``await`` returns only once its operation is durable.
+    Each transaction is handed to SQLite's thread before the event loop builds the next batch,
+    so the two overlap instead of taking turns.
 
 Resume points travel with their events (SPEC 5.1)
     A watch's resourceVersion is written in the same transaction as the events it covers. A crash
@@ -19,6 +21,9 @@ Durability
     WAL with ``synchronous=NORMAL``: a killed process loses nothing that was committed; a power
     cut may lose the newest transactions, and with them their resume points, so the watch resumes
     earlier and the events come again. Nothing is lost either way, and commits stay cheap.
+    The writer's own commits never checkpoint the WAL: a passive checkpoint runs on a
+    connection and thread of its own once about :data:`CHECKPOINT_AFTER_BYTES` were committed,
+    so the writer never waits for the database file's writes and fsync.
 
 Event kinds
     The writer keeps an in-memory index of the ``objects`` table (identity, uid, resourceVersion)
