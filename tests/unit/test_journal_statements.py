@@ -247,55 +247,23 @@ def test_two_migrations_with_one_number_are_refused_before_any_runs(tmp_path: Pa
 async def test_a_burst_is_written_in_transactions_of_a_bounded_number_of_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Four callers queued at once: two transactions of two callers each, so SQLite writes the
-    # first while the second is built, instead of one transaction of all four.
+    # Six callers queued at once: three transactions of two callers each, not one of all six,
+    # and each batch after the first is built while its predecessor is already being written,
+    # never before that write has started (the two would take turns instead of overlapping).
     monkeypatch.setattr(writer_module, "EVENTS_PER_COMMIT", 10)
     writer = await JournalWriter.open(tmp_path)
     task = asyncio.create_task(writer.run())
     await writer.register_stream(CONFIGMAPS)
     written: list[int] = []
-    write = writer._write
+    writes_started_at_prepare: list[int] = []
+    write, prepare = writer._write, writer._prepare
 
     async def counting(batch: Any) -> bool:
         written.append(sum(len(i.events) for i in batch.inserts) // writer_module.EVENTS_WIDTH)
         return await write(batch)
 
-    monkeypatch.setattr(writer, "_write", counting)
-    calls = [
-        writer.record_changes(
-            CONFIGMAPS,
-            [("ADDED", body(f"o{k}-{i}", 10 * k + i, f"u-{k}-{i}")) for i in range(5)],
-            None,
-        )
-        for k in range(4)
-    ]
-    await asyncio.gather(*calls)
-    task.cancel()
-    await writer.close()
-    assert written == [10, 10]
-    with sqlite3.connect(tmp_path / "journal.db") as connection:
-        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 20
-
-
-async def test_a_batch_is_handed_to_sqlite_before_the_next_one_is_built(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Six callers queued at once, two per transaction: each batch after the first must be built
-    # while its predecessor is already being written, never before that write has started.
-    monkeypatch.setattr(writer_module, "EVENTS_PER_COMMIT", 10)
-    writer = await JournalWriter.open(tmp_path)
-    task = asyncio.create_task(writer.run())
-    await writer.register_stream(CONFIGMAPS)
-    started: list[int] = []
-    seen_at_prepare: list[int] = []
-    write, prepare = writer._write, writer._prepare
-
-    async def counting(batch: Any) -> bool:
-        started.append(batch.last_seq)
-        return await write(batch)
-
     def watching(first: Any) -> Any:
-        seen_at_prepare.append(len(started))
+        writes_started_at_prepare.append(len(written))
         return prepare(first)
 
     monkeypatch.setattr(writer, "_write", counting)
@@ -311,8 +279,10 @@ async def test_a_batch_is_handed_to_sqlite_before_the_next_one_is_built(
     await asyncio.gather(*calls)
     task.cancel()
     await writer.close()
-    assert len(started) == 3
-    assert seen_at_prepare == [0, 1, 2]
+    assert written == [10, 10, 10]
+    assert writes_started_at_prepare == [0, 1, 2]
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 30
 
 
 async def test_the_writer_never_checkpoints_and_its_own_checkpoints_reach_the_file(
