@@ -247,31 +247,79 @@ def test_two_migrations_with_one_number_are_refused_before_any_runs(tmp_path: Pa
 async def test_a_burst_is_written_in_transactions_of_a_bounded_number_of_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Four callers queued at once: two transactions of two callers each, so SQLite writes the
-    # first while the second is built, instead of one transaction of all four.
+    # Six callers queued at once: three transactions of two callers each, not one of all six,
+    # and each batch after the first is built while its predecessor is already being written,
+    # never before that write has started (the two would take turns instead of overlapping).
     monkeypatch.setattr(writer_module, "EVENTS_PER_COMMIT", 10)
     writer = await JournalWriter.open(tmp_path)
     task = asyncio.create_task(writer.run())
     await writer.register_stream(CONFIGMAPS)
     written: list[int] = []
-    write = writer._write
+    writes_started_at_prepare: list[int] = []
+    write, prepare = writer._write, writer._prepare
 
     async def counting(batch: Any) -> bool:
         written.append(sum(len(i.events) for i in batch.inserts) // writer_module.EVENTS_WIDTH)
         return await write(batch)
 
+    def watching(first: Any) -> Any:
+        writes_started_at_prepare.append(len(written))
+        return prepare(first)
+
     monkeypatch.setattr(writer, "_write", counting)
+    monkeypatch.setattr(writer, "_prepare", watching)
     calls = [
         writer.record_changes(
             CONFIGMAPS,
             [("ADDED", body(f"o{k}-{i}", 10 * k + i, f"u-{k}-{i}")) for i in range(5)],
             None,
         )
-        for k in range(4)
+        for k in range(6)
     ]
     await asyncio.gather(*calls)
     task.cancel()
     await writer.close()
-    assert written == [10, 10]
+    assert written == [10, 10, 10]
+    assert writes_started_at_prepare == [0, 1, 2]
     with sqlite3.connect(tmp_path / "journal.db") as connection:
-        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 20
+        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 30
+
+
+async def test_the_writer_never_checkpoints_and_its_own_checkpoints_reach_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint after every transaction: the database file then holds the events while the
+    # writer is open, though the writer's own connection never checkpoints.
+    monkeypatch.setattr(writer_module, "CHECKPOINT_AFTER_BYTES", 1)
+    writer = await JournalWriter.open(tmp_path)
+    assert list(await writer.connection.execute_fetchall("PRAGMA wal_autocheckpoint")) == [(0,)]
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    empty = (tmp_path / "journal.db").stat().st_size
+    sent = [body(f"o{i}", i, f"u-{i}", note="x" * 1000) for i in range(200)]
+    await writer.record_changes(CONFIGMAPS, [("ADDED", b) for b in sent], "200")
+    await writer._checkpointing
+    task.cancel()
+    assert (tmp_path / "journal.db").stat().st_size >= empty + 200 * 1000
+    await writer.close()
+
+
+async def test_a_failing_checkpoint_is_logged_and_the_writes_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(writer_module, "CHECKPOINT_AFTER_BYTES", 1)
+    writer = await JournalWriter.open(tmp_path)
+    writer._checkpointer.close()  # every checkpoint now fails
+    task = asyncio.create_task(writer.run())
+    await writer.register_stream(CONFIGMAPS)
+    for round_ in range(3):
+        await writer.record_changes(
+            CONFIGMAPS, [("ADDED", body(f"o{round_}", round_, f"u-{round_}"))], str(round_)
+        )
+        assert writer._checkpointing is not None
+        await writer._checkpointing
+    task.cancel()
+    await writer.close()
+    assert "journal checkpoint failed" in caplog.text
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 3
