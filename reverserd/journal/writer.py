@@ -640,7 +640,7 @@ class JournalWriter:
                 async with asyncio.timeout(patience_s):
                     await self._appended.wait_for(lambda: self.committed_seq > seq)
             except TimeoutError:
-                await asyncio.sleep(0)
+                pass
 
     async def submit(self, apply: Callable[[_Batch], T]) -> T:
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
