@@ -46,7 +46,7 @@ from reverserd.kube.client import KubeClient, KubeError
 from reverserd.kube.discovery import Discovery, discover
 from reverserd.kube.shards import ShardCoordinator
 from reverserd.supervise import supervise
-from reverserd.watch.watcher import StreamWatcher
+from reverserd.watch.watcher import READ_AHEAD_BYTES, ReadAheadBudget, StreamWatcher
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class WatchManager:
         self.shards = shards
         self.discovery: Discovery | None = None
         self.watchers: dict[StreamSpec, tuple[StreamWatcher, asyncio.Task[None]]] = {}
+        # What all watches together may read ahead of the journal.
+        self.read_ahead = ReadAheadBudget(READ_AHEAD_BYTES)
         # Streams (by key) stopped or left over, until the journal forgot them: watching one
         # again waits for that, so its new watch never reads the old seed state.
         self._releasing: dict[str, asyncio.Task[None]] = {}
@@ -194,7 +196,7 @@ class WatchManager:
         for stream in sorted(wanted - set(self.watchers), key=lambda s: s.key):
             if stream.key in self._rewatched:
                 self._rewatched[stream.key].set()
-            watcher = StreamWatcher(self.client, self.journal, stream)
+            watcher = StreamWatcher(self.client, self.journal, stream, self.read_ahead)
             run = self._after_release(stream, watcher)
             task = group.create_task(supervise(f"watch {stream.key}", run, watcher.failed))
             self.watchers[stream] = (watcher, task)

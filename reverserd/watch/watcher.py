@@ -44,13 +44,13 @@ log = logging.getLogger(__name__)
 
 # Events read ahead of the journal; a slower journal slows the read, it never drops.
 WATCH_BUFFER = 2048
-# ... and their JSON as it came over the wire at most, unless one event alone is larger: what one
-# watch holds while its journal is busy. Decoded, JSON takes 1 to 8 times its size for manifests
-# (one long string to many short fields) and more for pathological shapes (about 24 times for
-# a list of empty objects), so a watch holds a few MB here, where 2,048 objects of up to 1.5 MiB
-# each could wait before. The journal writer, the batch being journaled and aiohttp's buffer
-# hold about as much again.
-READ_AHEAD_BYTES = 2**20
+# ... and, over every watch of the process together, their JSON as it came over the wire at
+# most (an event larger than that alone still passes when nothing else is held): what the
+# watches hold while the journal is busy or refuses writes. Decoded, JSON takes 1 to 8 times its
+# size for manifests (one long string to many short fields) and more for pathological shapes
+# (about 24 times for a list of empty objects). Shared, so that hundreds of watches of a large
+# cluster hold no more than one; the batches being journaled and aiohttp's buffers come on top.
+READ_AHEAD_BYTES = 4 * 2**20
 # At most this many events per journal transaction from one stream.
 MAX_BATCH = 500
 # Reconnect pacing after errors: quick first retry, bounded ceiling, never a tight loop.
@@ -68,32 +68,81 @@ IMMEDIATE_RELISTS = 2
 _END = object()
 
 
-class ReadAhead:
-    """Events read from a watch and not yet journaled, oldest first, with the reader's end
-    (:data:`_END`) or its error after the last of them.
+class ReadAheadBudget:
+    """Wire bytes of the watch events that the process's watches have read and not yet handed
+    to the journal, shared by all of them.
 
-    Invariant: it holds at most ``max_events`` items and, unless it holds a single event, at
-    most ``max_bytes`` of their wire size; :meth:`put` waits until there is room. A full read-
-    ahead stops the watch's reading, so the API server's side waits or ends the watch, which
-    resumes from the journal: nothing is dropped, and memory does not follow the backlog.
+    Invariant: :attr:`held` is at most :attr:`limit`, unless a single grant larger than the limit
+    is all that is held. Grants are made in the order they were asked for, so a large event is not
+    starved by a stream of small ones, and a cancelled request neither holds nor blocks anything.
     """
 
-    __slots__ = ("_arrived", "_bytes", "_items", "_room", "max_bytes", "max_events")
+    __slots__ = ("_waiting", "held", "limit")
 
-    def __init__(self, max_events: int, max_bytes: int) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.held == 0 or self.held + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        if not self._waiting and self._fits(size):
+            self.held += size
+            return
+        request = (size, asyncio.get_running_loop().create_future())
+        self._waiting.append(request)
+        try:
+            await request[1]
+        except asyncio.CancelledError:
+            if not request[1].cancelled():
+                self.release(size)  # granted just before the cancellation arrived
+            elif request in self._waiting:
+                self._waiting.remove(request)
+                self._grant()
+            raise
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][0]):
+            size, granted = self._waiting.popleft()
+            if granted.cancelled():
+                continue
+            self.held += size
+            granted.set_result(None)
+
+
+class ReadAhead:
+    """Events read from one watch and not yet journaled, oldest first, with the reader's end
+    (:data:`_END`) or its error after the last of them.
+
+    Invariant: it holds at most ``max_events`` items, and their wire size is held in the shared
+    ``budget`` until they are taken or the read-ahead is closed; :meth:`put` waits until there is
+    room in both. A full read-ahead stops the watch's reading, so the API server's side waits or
+    ends the watch, which resumes from the journal: nothing is dropped, and memory follows
+    neither the backlog nor the number of watches.
+    """
+
+    __slots__ = ("_arrived", "_bytes", "_items", "_room", "budget", "max_events")
+
+    def __init__(self, max_events: int, budget: ReadAheadBudget) -> None:
         self.max_events = max_events
-        self.max_bytes = max_bytes
+        self.budget = budget
         self._items: collections.deque[tuple[Any, int]] = collections.deque()
         self._bytes = 0
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
 
     async def put(self, item: Any, wire_bytes: int = 0) -> None:
-        while self._items and (
-            len(self._items) >= self.max_events or self._bytes + wire_bytes > self.max_bytes
-        ):
+        while len(self._items) >= self.max_events:
             self._room.clear()
             await self._room.wait()
+        if wire_bytes:
+            await self.budget.acquire(wire_bytes)
         self._items.append((item, wire_bytes))
         self._bytes += wire_bytes
         self._arrived.set()
@@ -104,19 +153,35 @@ class ReadAhead:
             self._arrived.clear()
             await self._arrived.wait()
         taken: list[Any] = []
+        released = 0
         while self._items and len(taken) < limit:
             item, wire_bytes = self._items.popleft()
-            self._bytes -= wire_bytes
+            released += wire_bytes
             taken.append(item)
+        self._bytes -= released
+        self.budget.release(released)
         self._room.set()
         return taken
 
+    def close(self) -> None:
+        """Drop what is left (the watch ended), giving its bytes back to the budget."""
+        self._items.clear()
+        self.budget.release(self._bytes)
+        self._bytes = 0
+
 
 class StreamWatcher:
-    def __init__(self, client: KubeClient, journal: JournalWriter, stream: StreamSpec) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        journal: JournalWriter,
+        stream: StreamSpec,
+        read_ahead: ReadAheadBudget,
+    ) -> None:
         self.client = client
         self.journal = journal
         self.stream = stream
+        self.read_ahead = read_ahead
         self.resource_version: str | None = None
         self.state = SeedState.PENDING
         self.current = False
@@ -181,7 +246,7 @@ class StreamWatcher:
     async def _follow(self) -> None:
         """Journal the watch until the server ends it; raises what ended it otherwise."""
         assert self.resource_version is not None
-        ahead = ReadAhead(WATCH_BUFFER, READ_AHEAD_BYTES)
+        ahead = ReadAhead(WATCH_BUFFER, self.read_ahead)
         lifetime_s = None if self.current else CATCH_UP_WATCH_S
         reader = asyncio.create_task(self._read(ahead, self.resource_version, lifetime_s))
         changed = False
@@ -202,7 +267,10 @@ class StreamWatcher:
                     raise ending
         finally:
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            try:
+                await asyncio.gather(reader, return_exceptions=True)
+            finally:
+                ahead.close()
 
     async def _read(self, ahead: ReadAhead, version: str, lifetime_s: int | None) -> None:
         try:

@@ -23,7 +23,12 @@ import yaml
 from reverserd.journal import JournalReader, JournalWriter, SeedState, StreamSpec
 from reverserd.kube.client import KubeClient
 from reverserd.kube.resources import ResourceType
-from reverserd.watch.watcher import CATCH_UP_WATCH_S, StreamWatcher
+from reverserd.watch.watcher import (
+    CATCH_UP_WATCH_S,
+    READ_AHEAD_BYTES,
+    ReadAheadBudget,
+    StreamWatcher,
+)
 from testbed.controlplane import WATCH_CACHE_OFF_RESOURCE, ControlPlane
 from testbed.gitservers import GitHttpServer, branch_tip, changed_paths, log
 from testbed.harness import (
@@ -449,7 +454,7 @@ async def _resume_watch(
     writing = asyncio.create_task(writer.run())
     reader = await JournalReader.open(state_dir)
     try:
-        first = StreamWatcher(client, writer, stream)
+        first = StreamWatcher(client, writer, stream, ReadAheadBudget(READ_AHEAD_BYTES))
         watching = asyncio.create_task(first.run())
         await _until(lambda: first.current, CATCH_UP_LIMIT_S)
         assert first.state is SeedState.COMPLETE
@@ -458,7 +463,7 @@ async def _resume_watch(
 
         # A change while no process watches; the next one resumes from the journal.
         await asyncio.to_thread(create_many, plane, [item("while-down")], rtype.resource)
-        second = StreamWatcher(client, writer, stream)
+        second = StreamWatcher(client, writer, stream, ReadAheadBudget(READ_AHEAD_BYTES))
         watching = asyncio.create_task(second.run())
         await _until(lambda: second.state is SeedState.COMPLETE, 10)
         assert not second.current, "the seed of an earlier process counted as current"

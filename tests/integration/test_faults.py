@@ -681,13 +681,14 @@ def resident_mb(daemon: Reverserd) -> float:
 def test_a_burst_of_large_objects_while_the_journal_is_blocked_waits_in_the_api_server(
     control_plane: ControlPlane, namespace: str, remote: Remote, daemon: Reverserd
 ) -> None:
-    """80 ConfigMaps of 900 KB (72 MB of JSON) arrive while another process holds the journal's
-    write lock: the daemon reads ahead of its journal only a few MB of them, so its memory
-    stays put, and once the journal writes again every one is journaled."""
+    """120 ConfigMaps of 900 KB (108 MB of JSON) arrive while another process holds the
+    journal's write lock: the daemon reads ahead of its journal only a few MB of them, so its
+    memory stays put, and once the journal writes again every one is journaled, though each
+    watch that gave up on the journal left its read-ahead behind."""
     apply(control_plane, *mirror_setup(namespace, remote.url, secret=remote.secret))
     daemon.start()
     wait_synced(control_plane, namespace, daemon=daemon)
-    names = [f"large-{index:02}" for index in range(80)]
+    names = [f"large-{index:03}" for index in range(120)]
     connection = sqlite3.connect(daemon.state_dir / "journal.db", timeout=30)
     try:
         connection.execute("BEGIN EXCLUSIVE")
@@ -707,8 +708,8 @@ def test_a_burst_of_large_objects_while_the_journal_is_blocked_waits_in_the_api_
     finally:
         connection.rollback()
         connection.close()
-    # Without a bound on the read-ahead: 29-33 MB more; with it: 8-9 MB.
-    assert peak - before < 20, (before, peak)
+    # Without a bound on the read-ahead: 48 MB more; with it: 11 MB.
+    assert peak - before < 25, (before, peak)
 
     def journaled() -> set[str]:
         rows = query_journal(
