@@ -16,9 +16,11 @@ bursts, each with its own free space. :func:`limit_arenas` caps them at :data:`A
 whole process (what ``MALLOC_ARENA_MAX`` does, without asking the user to set it): the same
 benchmark then peaked at 86-89 MB where it peaked at 91-92 MB, for the same CPU per commit. Python
 holds the GIL for most allocations anyway, so threads rarely wait on a shared arena's lock.
+A limit the user set (``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in
+``GLIBC_TUNABLES``) is theirs to keep: the process then leaves glibc's setting as it is.
 
 Guarantees: :func:`limit_arenas`, called before the process starts its threads, leaves it at
-most :data:`ARENAS` arenas; :func:`trim_heap_periodically` trims at most once per
+most :data:`ARENAS` arenas unless the user's own limit is set; :func:`trim_heap_periodically` trims at most once per
 :data:`TRIM_INTERVAL_S`, on a worker thread (never blocking the event loop). Both do nothing
 where the C library lacks ``mallopt`` or ``malloc_trim`` (musl, macOS).
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +44,19 @@ _M_ARENA_MAX = -8
 """``mallopt``'s parameter number for the arena limit (glibc's ``malloc.h``)."""
 
 
-def _find_libc_function(name: str, *argtypes: type[ctypes.c_int | ctypes.c_size_t]) -> Any:
+def _load_libc() -> ctypes.CDLL | None:
     try:
-        function = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
-    except (OSError, AttributeError, TypeError):
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _find_libc_function(name: str, *argtypes: type[ctypes.c_int | ctypes.c_size_t]) -> Any:
+    function = getattr(_LIBC, name, None)
+    if function is None:
         return None
     function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
@@ -57,11 +69,21 @@ _MALLOPT: Callable[[int, int], int] | None = _find_libc_function(
 )
 
 
+def user_arena_limit_set() -> bool:
+    """Whether the environment sets glibc's arena limit, which then stands."""
+    return "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    )
+
+
 def limit_arenas() -> bool:
-    """Cap the process at :data:`ARENAS` malloc arenas; False where that is not possible.
+    """Cap the process at :data:`ARENAS` malloc arenas; False where that is not possible, or
+    where the user's own limit stands (:func:`user_arena_limit_set`).
 
     Threads that already have an arena keep it: call this before the process starts any."""
-    return _MALLOPT is not None and _MALLOPT(_M_ARENA_MAX, ARENAS) == 1
+    if _MALLOPT is None or user_arena_limit_set():
+        return False
+    return bool(_MALLOPT(_M_ARENA_MAX, ARENAS) == 1)
 
 
 def trim_heap() -> bool:

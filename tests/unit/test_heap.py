@@ -4,6 +4,7 @@ nothing else in the process holds or frees memory meanwhile."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -103,10 +104,18 @@ os.unlink(path)
 """
 
 
-def arenas_after_threads(before: str) -> int:
+def arenas_after_threads(before: str, user_limit: dict[str, str] | None = None) -> int:
+    """Arenas after eight threads allocate at once, in a process that runs ``before`` first
+    and has the user's own arena limit only as ``user_limit`` gives it."""
     code = textwrap.dedent(_ARENAS).replace("BEFORE", before)
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**env, **(user_limit or {})},
     )
     assert result.returncode == 0, result.stderr
     return int(result.stdout.split()[-1])
@@ -133,3 +142,12 @@ def test_each_process_limits_the_arenas_before_it_starts_a_thread(entry: str) ->
 def test_without_the_limit_each_thread_takes_an_arena() -> None:
     """The control: the counts above are the limit's doing."""
     assert arenas_after_threads("pass") > ARENAS + 4
+
+
+@pytest.mark.parametrize(
+    "user_limit",
+    [{"MALLOC_ARENA_MAX": "5"}, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=5"}],
+    ids=["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"],
+)
+def test_a_limit_the_user_set_stands(user_limit: dict[str, str]) -> None:
+    assert arenas_after_threads("assert not heap.limit_arenas()", user_limit) == 5
