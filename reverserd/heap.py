@@ -20,9 +20,9 @@ A limit the user set (``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in
 ``GLIBC_TUNABLES``) is theirs to keep: the process then leaves glibc's setting as it is.
 
 Guarantees: :func:`limit_arenas`, called before the process starts its threads, leaves it at
-most :data:`ARENAS` arenas unless the user's own limit is set; :func:`trim_heap_periodically` trims at most once per
-:data:`TRIM_INTERVAL_S`, on a worker thread (never blocking the event loop). Both do nothing
-where the C library lacks ``mallopt`` or ``malloc_trim`` (musl, macOS).
+most :data:`ARENAS` arenas unless the user's own limit is set; :func:`trim_heap_periodically`
+trims at most once per :data:`TRIM_INTERVAL_S`, on a worker thread (never blocking the event
+loop). Both do nothing where the C library lacks ``mallopt`` or ``malloc_trim`` (musl, macOS).
 """
 
 from __future__ import annotations
