@@ -193,12 +193,18 @@ class Resolver:
         return self._origins.get(seq, _NO_ORIGIN)
 
     async def _changed_since(self, event: JournalEvent) -> bool:
+        """Whether the journal holds a change of the event's object after it.
+
+        The object's ``objects`` row points at its newest CREATE or UPDATE, and a DELETE removes
+        it: after any later change the row points elsewhere or is gone. A row also goes without
+        an event when its stream is released, which reads as changed: the error is towards
+        attributing the content to no one, never to the wrong user."""
         rows = await self.connection.execute_fetchall(
-            "SELECT 1 FROM events WHERE api_group = ? AND resource = ? AND namespace = ?"
-            " AND name = ? AND seq > ? LIMIT 1",
-            (event.api_group, event.resource, event.namespace, event.name, event.seq),
+            "SELECT seq FROM objects WHERE api_group = ? AND resource = ? AND namespace = ?"
+            " AND name = ?",
+            (event.api_group, event.resource, event.namespace, event.name),
         )
-        return bool(list(rows))
+        return [row[0] for row in rows] != [event.seq]
 
     async def _users(self, event: JournalEvent, origin: _Origin) -> set[str]:
         rows = await self.connection.execute_fetchall(

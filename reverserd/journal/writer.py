@@ -89,8 +89,8 @@ PAGE_SIZE = 16_384
 # What the writer's transactions add to the WAL before it is checkpointed (on a connection and
 # thread of its own): about SQLite's own default of 1,000 pages, at the journal's page size.
 CHECKPOINT_AFTER_BYTES = 1_000 * PAGE_SIZE
-# What an event adds to the WAL besides its body, in this estimate: its columns, its index and
-# objects entries, its origin.
+# What an event adds to the WAL besides its body, in this estimate: its columns, its objects
+# entry, its origin.
 EVENT_OVERHEAD_BYTES = 256
 # Bodies bound to one INSERT statement at most: SQLite copies every bound value, so this is
 # memory held for the statement's duration.

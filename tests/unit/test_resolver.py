@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from prometheus_client import REGISTRY
@@ -340,12 +340,18 @@ async def test_compaction_keeps_facts_still_needed_and_drops_origins_with_their_
     assert [row[0] for row in origins] == [event.seq + 1]
 
 
+@pytest.mark.parametrize(
+    "later_change",
+    [("MODIFIED", configmap("2", color="red")), ("DELETED", configmap("2"))],
+    ids=["update", "deletion"],
+)
 async def test_content_read_live_after_a_later_change_is_attributed_to_no_one(
     journal: tuple[JournalWriter, JournalReader],
     facts: FactWriter,
+    later_change: tuple[Literal["MODIFIED", "DELETED"], dict[str, Any]],
 ) -> None:
     """A Secret's file holds what the API server returned when it was written: with a later
-    change already journaled, that may be the later user's content."""
+    change already journaled, that may be the later user's content (or none)."""
     writer, reader = journal
     created_fact = admission_fact(review(ALICE, "CREATE", configmap("1")))
     assert created_fact is not None
@@ -353,7 +359,7 @@ async def test_content_read_live_after_a_later_change_is_attributed_to_no_one(
     event = await created(writer, reader)
     resolver = Resolver(reader.connection, ["admission"], grace_s=0)
     assert (await resolver.attribute(event, read_live=True)).lines[0] == f"user: {ALICE}"
-    await writer.record_changes(CONFIGMAPS, [("MODIFIED", configmap("2", color="red"))], "2")
+    await writer.record_changes(CONFIGMAPS, [later_change], "2")
     later = await resolver.attribute(event, read_live=True)
     assert later.author is None and later.lines[0] == "user: unresolved"
 
