@@ -9,7 +9,8 @@ of one remote URL uses. Guarantees:
   them from URLs and error texts before they reach logs, status or metrics (SPEC 2.1:
   credentials never appear there; URLs are shown with any password masked).
 - **SSH keys from memory.** A private key given as PEM or OpenSSH text is handed to libssh2 with
-  ``pygit2.KeypairFromMemory``; it is never written to disk.
+  ``pygit2.KeypairFromMemory`` (and read by :mod:`reverserd.git.ssh_push` for its pushes); it
+  is never written to disk.
 - **SSH host keys are verified, or the connection is refused** (SPEC 2.1). With a known_hosts
   text, the key the server presents must be listed for that host (see
   :mod:`reverserd.git.known_hosts` for the matching rules, including ``[host]:port`` and
@@ -214,7 +215,7 @@ class AuthCallbacks(pygit2.RemoteCallbacks):
         super().__init__()
         self._endpoint = parse_remote_url(url)
         self._credentials = credentials
-        self._known_hosts = _host_key_policy(self._endpoint, credentials)
+        self._known_hosts = host_key_policy(self._endpoint, credentials)
         self._secret_requests = 0
         self._host_verified = False
 
@@ -264,7 +265,7 @@ def build_callbacks(url: str, creds: GitCredentials) -> AuthCallbacks:
     return AuthCallbacks(url, creds)
 
 
-def _host_key_policy(
+def host_key_policy(
     endpoint: RemoteEndpoint, credentials: GitCredentials
 ) -> list[KnownHostEntry] | None:
     """The known_hosts entries to enforce, or None when the user explicitly opted out."""

@@ -55,14 +55,15 @@ network call runs without them. Neither bounds name
 resolution (left to the system resolver) nor the total length of a transfer that keeps making
 progress; ``file://`` remotes are local disk access with no timeout.
 
-**Pushing.** Over smart HTTP(S) a push sends the packs the flushes since the last push
+**Pushing.** Over smart HTTP(S) and SSH a push sends the packs the flushes since the last push
 wrote, joined into one as they are (:func:`~reverserd.git.objects.joined_pack`), with its own
-compare-and-swap command (:mod:`reverserd.git.smart_http`): nothing is compressed or
-delta-searched again, so a push costs the daemon little more than reading those packs. When
-the clone cannot be sure those packs hold every object the remote lacks (after a restart with
-commits pending, and the other cases :meth:`BranchRepository.push` lists), and over SSH and
-``file://``, libgit2 pushes, building the pack it sends by searching deltas again for every tree
-the push carries; on a large folder that search is most of such a push. It runs on
+compare-and-swap command (:mod:`reverserd.git.smart_http`, :mod:`reverserd.git.ssh_push`):
+nothing is compressed or delta-searched again, so a push costs the daemon little more than
+reading those packs. When the clone cannot be sure those packs hold every object the remote
+lacks (after a restart with commits pending, and the other cases :meth:`BranchRepository.push`
+lists), and to ``file://`` remotes, libgit2 pushes, building the pack it sends by searching
+deltas again for every tree the push carries; on a large folder that search is most of such a
+push. It runs on
 :data:`PUSH_THREADS` threads, and libgit2's re-hashing of every object it reads
 (``GIT_OPT_ENABLE_STRICT_HASH_VERIFICATION``, on by default) is turned off for the process by
 :meth:`BranchRepository.open`: a push reads each tree several times, and hashing 400 KB trees
@@ -113,7 +114,7 @@ import pygit2
 from pygit2.enums import DeltaStatus, FileMode, Option, RepositoryOpenFlag, SortMode
 from pygit2.remotes import PushUpdate
 
-from reverserd.git import smart_http
+from reverserd.git import pack_protocol, smart_http
 from reverserd.git.credentials import (
     AuthCallbacks,
     AuthenticationRejected,
@@ -360,6 +361,21 @@ def _ensure_network_timeouts() -> None:
     """Apply the default timeouts unless the process configured its own."""
     if pygit2.settings.server_connect_timeout <= 0 or pygit2.settings.server_timeout <= 0:
         configure_network_timeouts()
+
+
+def _pack_transport(transport: Transport) -> pack_protocol.PackPush | None:
+    """The push that sends the packs a clone wrote as they are, for remotes of ``transport``
+    (:meth:`BranchRepository._push_packs`); None where only libgit2 pushes.
+
+    The SSH one is imported when first used: it brings paramiko and cryptography, about 14 MB
+    of resident memory that a daemon with no SSH remote never needs."""
+    if transport is Transport.HTTP:
+        return smart_http.push
+    if transport is Transport.SSH:
+        from reverserd.git import ssh_push
+
+        return ssh_push.push
+    return None
 
 
 class BranchRepository:
@@ -711,18 +727,19 @@ class BranchRepository:
         sent; what it raises aborts the push before the server has the whole pack (so it
         updates no ref) and is raised here.
 
-        Over smart HTTP(S), when the clone knows which packs hold every object the remote may
-        lack (:meth:`_push_packs`), it sends those packs, joined, with its own
-        compare-and-swap command (:mod:`reverserd.git.smart_http`): no delta search. Otherwise
-        libgit2 pushes, building its pack itself: over SSH and ``file://``; after a restart
-        with commits pending (the packs written before it are not known), or an :meth:`open`
-        whose fetch failed; while blobs handed
+        Over smart HTTP(S) and SSH, when the clone knows which packs hold every object the
+        remote may lack (:meth:`_push_packs`), it sends those packs, joined, with its own
+        compare-and-swap command: no delta search. Otherwise libgit2 pushes, building its pack
+        itself: to ``file://`` remotes; after a restart with commits pending (the packs written
+        before it are not known), or an :meth:`open` whose fetch failed; while blobs handed
         over by :meth:`add_blobs` may still be committed after a libgit2 push (it sends only
         what the branch reaches); after pushes failed for so long that the store stopped
-        keeping the packs; when the server redirects, lacks ``report-status`` or
-        ``ofs-delta``, or asks for an authentication other than basic; when the remote
-        branch is not where the pending commits start but still below them; and for the push
-        after a server could not take a pack.
+        keeping the packs; when the server lacks ``report-status`` or ``ofs-delta``; over HTTP
+        when it redirects or asks for an authentication other than basic; over SSH when it
+        has no host key algorithm in common with the known_hosts entries, or the key is in a
+        form :mod:`reverserd.git.ssh_push` does not read; when the remote branch is not where
+        the pending commits start but still below them; and for the push after a server could
+        not take a pack.
 
         With nothing pending, returns the local tip without contacting the remote. Raises
         :class:`PushRejected` when the remote branch moved, :class:`PushDeclined` when the
@@ -742,8 +759,7 @@ class BranchRepository:
         self._set_ref(PUSHING_REF, local)
         store = self._object_store()
         packs = store.unsent_packs()
-        over_http = parse_remote_url(self._url).transport is Transport.HTTP
-        if packs is not None and over_http and self._push_packs(local, packs, fence):
+        if packs is not None and self._push_packs(local, packs, fence):
             store.mark_sent()
         else:
             self._push_with_libgit2(fence)
@@ -770,16 +786,21 @@ class BranchRepository:
         whose answer was lost landed), or is absent while the base is absent or advertised,
         nothing is missing. Commits replayed on a moved remote (:meth:`rebase_onto_remote`)
         keep this: they are new objects in ``packs`` on a base the remote advertises.
+
+        Over smart HTTP(S) and SSH; ``file://`` remotes and local paths are libgit2's.
         """
+        transport = _pack_transport(parse_remote_url(self._url).transport)
+        if transport is None:
+            return False
         repo = self._open_repo()
         base = self._target(BASE_REF)
 
-        def choose_old(advertisement: smart_http.Advertisement) -> bytes:
+        def choose_old(advertisement: pack_protocol.Advertisement) -> bytes:
             raw = advertisement.refs.get(self._local_ref)
             if raw is None:
                 if base is None or base.raw in advertisement.refs.values():
-                    return smart_http.ZERO_ID
-                raise smart_http.Unsupported("the base is not on the remote")
+                    return pack_protocol.ZERO_ID
+                raise pack_protocol.Unsupported("the base is not on the remote")
             tip = pygit2.Oid(raw=raw)
             if tip == local or tip == base:
                 return raw
@@ -790,10 +811,10 @@ class BranchRepository:
                 )
             if base is None or repo.descendant_of(tip, base):
                 return raw
-            raise smart_http.Unsupported("the remote branch is below the base")
+            raise pack_protocol.Unsupported("the remote branch is below the base")
 
         try:
-            updated = smart_http.push(
+            updated = transport(
                 self._url,
                 self._credentials,
                 self._local_ref,
@@ -802,7 +823,7 @@ class BranchRepository:
                 lambda: joined_pack(packs),
                 fence,
             )
-        except smart_http.Unsupported as why:
+        except pack_protocol.Unsupported as why:
             log.debug("%s: pushing with libgit2: %s", self.display_url, why)
             return False
         except ValueError as error:
@@ -810,12 +831,12 @@ class BranchRepository:
             log.warning("%s: pushing with libgit2: %s", self.display_url, error)
             self._object_store().forget_sent()
             return False
-        except smart_http.Unreachable as error:
+        except pack_protocol.Unreachable as error:
             reason = redact(error.reason, self._credentials)
             if _is_stale(reason):
                 raise PushRejected(self.display_url, reason) from None
             raise RemoteUnavailable(self.display_url, f"push failed: {reason}") from None
-        except smart_http.Refused as refusal:
+        except pack_protocol.Refused as refusal:
             reason = redact(refusal.reason, self._credentials)
             if refusal.short:
                 # The server could not take the pack, or found an object missing: the next

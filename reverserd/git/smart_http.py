@@ -4,8 +4,9 @@ Why: libgit2's push builds the pack it sends itself, searching deltas again for 
 every commit; on a 10,000-file folder that search was most of the daemon's CPU per commit. The
 objects a push carries were already written, compressed and delta-encoded, by the flushes since
 the last push (:mod:`reverserd.git.objects`), so this module speaks the two requests of a
-smart-HTTP push (Git's ``http-protocol`` and ``pack-protocol`` documents) and sends those packs
-joined into one (:func:`~reverserd.git.objects.joined_pack`): the ref advertisement
+smart-HTTP push (Git's ``http-protocol`` document; what they carry is the receive-pack
+conversation of :mod:`reverserd.git.pack_protocol`) and sends those packs joined into one
+(:func:`~reverserd.git.objects.joined_pack`): the ref advertisement
 (``GET info/refs?service=git-receive-pack``), then ``POST git-receive-pack`` carrying one
 compare-and-swap command (old tip to new) and the pack, asking for ``report-status``.
 
@@ -39,67 +40,33 @@ from __future__ import annotations
 import base64
 import http.client
 import ssl
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pygit2
 
 from reverserd.git.credentials import DEFAULT_USERNAME, GitCredentials
+from reverserd.git.pack_protocol import (
+    MAX_ADVERTISEMENT,
+    MAX_REPORT,
+    Advertisement,
+    ChooseOld,
+    PackSource,
+    Unreachable,
+    Unsupported,
+    advertised_refs,
+    check_report,
+    pkt_lines,
+    report_lines,
+    update_command,
+)
 from reverserd.redaction import mask_url, redact
-
-ZERO_ID = bytes(20)
-"""The ID a command names as the old tip of a branch the server does not have."""
-
-MAX_ADVERTISEMENT = 64 * 2**20
-"""Largest ref advertisement read: a hosting service's repository with many thousands of refs
-fits; a server that sends without end does not hold the daemon's memory."""
-
-MAX_REPORT = 4 * 2**20
-"""Largest push report read (the status of one ref, and the server's progress messages)."""
 
 _SERVICE = "git-receive-pack"
 _USER_AGENT = "git/2.0 (reverserd)"
 _ADVERTISEMENT_TYPE = f"application/x-{_SERVICE}-advertisement"
 _RESULT_TYPE = f"application/x-{_SERVICE}-result"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_HEX = frozenset("0123456789abcdef")
-_BAND_DATA, _BAND_PROGRESS, _BAND_ERROR = 1, 2, 3
-# What receive-pack reports when its connectivity check finds an object missing.
-_MISSING_OBJECTS = "missing necessary objects"
-
-
-class Unreachable(Exception):
-    """The push failed before the server reported on it; ``reason`` is secret-free."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Refused(Exception):
-    """The server refused the update; ``reason`` is what it reported. ``short`` is True when
-    the pack was: the server could not unpack it, or the branch needs objects it lacks."""
-
-    def __init__(self, reason: str, short: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.short = short
-
-
-class Unsupported(Exception):
-    """This transport does not handle the server; nothing was sent. Push another way."""
-
-
-@dataclass(frozen=True, slots=True)
-class Advertisement:
-    refs: dict[str, bytes]
-    """Ref name -> 20-byte ID, as the server advertised them."""
-    capabilities: frozenset[str]
-
-
-PackSource = Callable[[], tuple[int, Iterator[bytes]]]
-"""Makes the pack to send: its length and its pieces (called again if the body is resent)."""
 
 
 def push(
@@ -107,32 +74,27 @@ def push(
     credentials: GitCredentials,
     ref: str,
     new: bytes,
-    choose_old: Callable[[Advertisement], bytes],
+    choose_old: ChooseOld,
     pack: PackSource,
     fence: Callable[[], None] | None,
 ) -> bool:
     """Move ``ref`` on the server at ``url`` to ``new`` with the pack ``pack`` makes.
 
     ``choose_old`` gets the advertisement and returns the ID the command names as the
-    branch's old tip (:data:`ZERO_ID`: create it). Returns False, sending nothing, when that
-    is ``new`` already. See the module docstring for what is raised.
+    branch's old tip (:data:`~reverserd.git.pack_protocol.ZERO_ID`: create it). Returns
+    False, sending nothing, when that is ``new`` already. See the module docstring for what
+    is raised.
     """
     session = _Session(url, credentials)
     try:
-        advertisement = session.advertisement()
-        missing = {"report-status", "ofs-delta"} - advertisement.capabilities
-        if missing:
-            raise Unsupported(f"the server lacks {', '.join(sorted(missing))}")
-        old = choose_old(advertisement)
-        if old == new:
+        update = update_command(session.advertisement(), ref, new, choose_old)
+        if update is None:
             return False
+        commands, side_band = update
         if fence is not None:
             fence()
-        requested = ["report-status"]
-        requested += [c for c in ("side-band-64k", "quiet") if c in advertisement.capabilities]
-        command = f"{old.hex()} {new.hex()} {ref}\0{' '.join(requested)}\n".encode()
-        report = session.send(_pkt_line(command) + b"0000", pack, fence)
-        _check_report(_report_lines(report, "side-band-64k" in requested), ref)
+        report = session.send(commands, pack, fence)
+        check_report(report_lines(report, side_band), ref)
         return True
     except http.client.InvalidURL:
         # Its message quotes the request target, a query token included, in a form redact()
@@ -297,93 +259,8 @@ class _Https(http.client.HTTPSConnection):
         self.sock.settimeout(self._io_timeout)
 
 
-def _pkt_line(payload: bytes) -> bytes:
-    return b"%04x" % (len(payload) + 4) + payload
-
-
-def _pkt_lines(data: bytes) -> Iterator[bytes | None]:
-    """The pkt-lines of ``data``; None for a flush packet."""
-    position = 0
-    while position < len(data):
-        try:
-            length = int(data[position : position + 4], 16)
-        except ValueError:
-            raise Unreachable("malformed pkt-line from the server") from None
-        if length == 0:
-            position += 4
-            yield None
-            continue
-        if length < 4 or position + length > len(data):
-            raise Unreachable("malformed pkt-line from the server")
-        yield data[position + 4 : position + length]
-        position += length
-
-
 def _advertisement(body: bytes) -> Advertisement:
-    lines = _pkt_lines(body)
+    lines = pkt_lines(body)
     if next(lines, None) != f"# service={_SERVICE}\n".encode() or next(lines, b"") is not None:
         raise Unsupported("the server does not speak smart HTTP")
-    refs: dict[str, bytes] = {}
-    capabilities: frozenset[str] = frozenset()
-    for line in lines:
-        if line is None:
-            break
-        if line.startswith(b"ERR "):
-            raise Unreachable(line[4:].decode(errors="replace").strip())
-        if line.startswith(b"shallow "):
-            continue
-        text, _, extra = line.rstrip(b"\n").partition(b"\0")
-        if extra:
-            capabilities = frozenset(extra.decode(errors="replace").split())
-        sha, _, name = text.decode(errors="replace").partition(" ")
-        if len(sha) != 40 or not name or not all(c in _HEX for c in sha):
-            raise Unreachable("malformed ref advertisement from the server")
-        if name != "capabilities^{}":
-            refs[name] = bytes.fromhex(sha)
-    return Advertisement(refs, capabilities)
-
-
-def _report_lines(body: bytes, side_band: bool) -> list[str]:
-    """The report-status lines of ``body``, out of side band 1 when side bands were asked."""
-    if side_band:
-        data = bytearray()
-        for packet in _pkt_lines(body):
-            if packet is None:
-                break
-            if not packet:
-                raise Unreachable("an empty side-band packet from the server")
-            band, payload = packet[0], packet[1:]
-            if band == _BAND_DATA:
-                data += payload
-            elif band == _BAND_ERROR:
-                raise Unreachable(payload.decode(errors="replace").strip())
-            elif band != _BAND_PROGRESS:
-                raise Unreachable(f"unknown side band {band} from the server")
-        body = bytes(data)
-    lines: list[str] = []
-    for line in _pkt_lines(body):
-        if line is None:
-            break
-        lines.append(line.decode(errors="replace").rstrip("\n"))
-    return lines
-
-
-def _check_report(lines: Collection[str], ref: str) -> None:
-    statuses = iter(lines)
-    unpack = next(statuses, "")
-    if not unpack.startswith("unpack "):
-        raise Unreachable("the server sent no push report")
-    unpack_status = unpack.removeprefix("unpack ")
-    for line in statuses:
-        verdict, _, rest = line.partition(" ")
-        name, _, reason = rest.partition(" ")
-        if name != ref:
-            continue
-        if verdict == "ok" and unpack_status == "ok":
-            return
-        if unpack_status != "ok":
-            raise Refused(f"unpack failed: {unpack_status}", short=True)
-        raise Refused(reason or "refused", short=_MISSING_OBJECTS in reason)
-    if unpack_status != "ok":
-        raise Refused(f"unpack failed: {unpack_status}", short=True)
-    raise Unreachable(f"the server's report says nothing of {ref}")
+    return advertised_refs(lines)

@@ -1,4 +1,5 @@
-"""What the smart-HTTP push makes of a server's answers, hostile ones included.
+"""What the push makes of a server's answers, hostile ones included (the receive-pack
+conversation of ``pack_protocol``, and smart HTTP's advertisement around it).
 
 The exchange with a real ``git http-backend`` is tested in
 ``tests/integration/test_pack_push.py``; here the advertisement and the push report are fed as
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from reverserd.git import GitCredentials, smart_http
-from reverserd.git.smart_http import Refused, Unreachable, Unsupported
+from reverserd.git import GitCredentials, pack_protocol, smart_http
+from reverserd.git.pack_protocol import Refused, Unreachable, Unsupported
 
 TIP = "1" * 40
 
@@ -76,10 +77,12 @@ def _report(*lines: str, band: bool = True) -> bytes:
 
 
 def test_a_report_of_the_ref_updated_passes() -> None:
-    lines = smart_http._report_lines(_report("unpack ok", "ok refs/heads/main"), True)
-    smart_http._check_report(lines, "refs/heads/main")
-    plain = smart_http._report_lines(_report("unpack ok", "ok refs/heads/main", band=False), False)
-    smart_http._check_report(plain, "refs/heads/main")
+    lines = pack_protocol.report_lines(_report("unpack ok", "ok refs/heads/main"), True)
+    pack_protocol.check_report(lines, "refs/heads/main")
+    plain = pack_protocol.report_lines(
+        _report("unpack ok", "ok refs/heads/main", band=False), False
+    )
+    pack_protocol.check_report(plain, "refs/heads/main")
 
 
 @pytest.mark.parametrize(
@@ -95,7 +98,9 @@ def test_a_refusal_in_the_report_says_why_and_whether_the_pack_was_short(
     lines: tuple[str, ...], reason: str, short: bool
 ) -> None:
     with pytest.raises(Refused, match=reason) as refused:
-        smart_http._check_report(smart_http._report_lines(_report(*lines), True), "refs/heads/main")
+        pack_protocol.check_report(
+            pack_protocol.report_lines(_report(*lines), True), "refs/heads/main"
+        )
     assert refused.value.short is short
 
 
@@ -112,7 +117,7 @@ def test_a_refusal_in_the_report_says_why_and_whether_the_pack_was_short(
 )
 def test_a_broken_report_is_unreachable(body: bytes) -> None:
     with pytest.raises(Unreachable):
-        smart_http._check_report(smart_http._report_lines(body, True), "refs/heads/main")
+        pack_protocol.check_report(pack_protocol.report_lines(body, True), "refs/heads/main")
 
 
 def test_a_url_http_cannot_request_fails_without_quoting_its_token() -> None:
@@ -123,7 +128,7 @@ def test_a_url_http_cannot_request_fails_without_quoting_its_token() -> None:
             GitCredentials(),
             "refs/heads/main",
             bytes(20),
-            lambda _: smart_http.ZERO_ID,
+            lambda _: pack_protocol.ZERO_ID,
             lambda: (0, iter(())),
             None,
         )
