@@ -56,6 +56,8 @@ def configure(log_format: str, level: str = "INFO") -> None:
     # The client library logs every request at DEBUG and some at INFO; keep operators' logs ours.
     logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The SSH push's library logs every connection and authentication at INFO, once per push.
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
 class Throttle:

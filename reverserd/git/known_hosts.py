@@ -18,7 +18,9 @@ What is implemented, following the OpenSSH ``sshd(8)`` "SSH_KNOWN_HOSTS FILE FOR
 - ``@revoked``: a presented key listed as revoked for the host is refused even if another line
   accepts it.
 - ``@cert-authority`` lines are parsed and ignored: libssh2 (the SSH library under libgit2)
-  does not present host certificates, so a CA line can never vouch for a plain host key.
+  does not present host certificates, so a CA line can never vouch for a plain host key. The
+  SSH push (:mod:`reverserd.git.ssh_push`) may receive one; it checks the key inside it
+  against the plain lines, as if no certificate came with it.
 
 Keys are compared as the full SSH wire-format public key blob (the base64 field decoded), which
 includes the key type; when only the SHA-256 of the server's key is available, the SHA-256 of

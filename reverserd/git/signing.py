@@ -95,7 +95,7 @@ class CommitSigner:
             return OpenPGPSigner.from_armored(text, passphrase)
         password = passphrase.encode() if passphrase else None
         if b"OPENSSH PRIVATE KEY" in data:
-            _check_openssh_costs(data)
+            check_openssh_costs(data)
         elif b"ENCRYPTED PRIVATE KEY" in data:
             raise SigningKeyError(
                 "PKCS#8-encrypted keys are not accepted (their author chooses what decrypting"
@@ -217,7 +217,7 @@ def signed_commit(raw: bytes, signature: bytes) -> bytes:
     return headers + b"\ngpgsig " + folded + separator + message
 
 
-def _check_openssh_costs(data: bytes) -> None:
+def check_openssh_costs(data: bytes) -> None:
     """Refuse an OpenSSH key whose bcrypt rounds or RSA size exceed the caps, reading only its
     header (``PROTOCOL.key``), before it is decrypted or loaded. A header this cannot read is
     refused too, so no key reaches the loader unchecked."""

@@ -15,7 +15,9 @@ Guarantees:
   ``host`` or ``[host]:port`` in the provider's known_hosts, and not ``@revoked``
   (:func:`~reverserd.git.known_hosts.check_host_key`); without known_hosts only the explicit
   opt-out skips the check. The host key algorithms offered are those of the key types
-  known_hosts lists for the host, so the server presents a key that can be checked.
+  known_hosts lists for the host, so the server presents a key that can be checked (paramiko
+  offers their certificate forms too; of a certificate only the key inside counts, and it must
+  be listed as a plain key: ``@cert-authority`` lines vouch for nothing, as for libgit2).
 - **Keys stay in memory**, as with libgit2: the private key is read from the Secret's text and
   never written to disk. One authentication is tried, with the key (or else the password).
 - **The network behaves as libgit2's does for this daemon**: the connect timeout and the
@@ -38,11 +40,12 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -68,6 +71,7 @@ from reverserd.git.pack_protocol import (
     MAX_REPORT,
     ChooseOld,
     PackSource,
+    Refused,
     Unreachable,
     Unsupported,
     advertised_refs,
@@ -76,11 +80,10 @@ from reverserd.git.pack_protocol import (
     report_lines,
     update_command,
 )
+from reverserd.git.signing import SigningKeyError, check_openssh_costs
 from reverserd.redaction import SCP_LIKE, mask_url, redact
 
-# paramiko reports every connection and authentication at INFO: one per push, every second
-# under load, in the daemon's log. Its warnings and errors still show.
-logging.getLogger("paramiko").setLevel(logging.WARNING)
+T = TypeVar("T")
 
 MAX_SERVER_MESSAGE = 4096
 """What of the server's error output a failure quotes at most."""
@@ -112,18 +115,24 @@ class SshTarget:
 
 
 def ssh_target(url: str) -> SshTarget:
-    """The host, port, user and path of an ``ssh://`` or scp-like URL, as Git reads them."""
+    """The host, port, user and path of an ``ssh://`` or scp-like URL, as libgit2 reads them
+    for the clone's fetches (the path as written, not percent-decoded: the push must reach the
+    repository the fetches read). Raises :class:`Unreachable` for a path Git itself refuses to
+    send, one that would start with ``-`` (an option to the server's command)."""
     endpoint = parse_remote_url(url)
     host, port = endpoint.host or "", endpoint.port or DEFAULT_SSH_PORT
     scp = SCP_LIKE.match(url) if "://" not in url else None
     if scp is not None:
-        return SshTarget(host, port, scp.group("user") or None, scp.group("path"))
-    parts = urlsplit(url)
-    path = unquote(parts.path)
-    # Git reads ssh://host/~user/repo as the path ~user/repo, relative to that user's home.
+        user, path = scp.group("user") or None, scp.group("path")
+    else:
+        parts = urlsplit(url)
+        user, path = unquote(parts.username) if parts.username else None, parts.path
+    # Git reads host/~user/repo as the path ~user/repo, relative to that user's home.
     if path.startswith("/~"):
         path = path[1:]
-    return SshTarget(host, port, unquote(parts.username) if parts.username else None, path)
+    if path.startswith("-"):
+        raise Unreachable("the repository path starts with '-'; Git refuses to send such a path")
+    return SshTarget(host, port, user, path)
 
 
 def push(
@@ -141,44 +150,72 @@ def push(
     branch's old tip. Returns False, sending no command, when that is ``new`` already. See the
     module docstring for what is raised.
     """
-    target = ssh_target(url)
-    try:
-        known_hosts = host_key_policy(parse_remote_url(url), credentials)
-    except CredentialsError as error:
-        raise Unreachable(str(error)) from None
-    key = _client_key(credentials)
     shown = mask_url(url)
-    connection = _Connection(target, known_hosts)
+    connection: _Connection | None = None
     try:
+        target = ssh_target(url)
+        known_hosts = host_key_policy(parse_remote_url(url), credentials)
+        key = _client_key(credentials)
+        connection = _Connection(target, known_hosts)
         channel = connection.open(key, credentials, shown)
-        reader = _ChannelReader(channel)
-        update = update_command(advertised_refs(reader.advertisement()), ref, new, choose_old)
+        reader = _ChannelReader(channel, connection)
+        update = update_command(
+            advertised_refs(reader.advertisement()), ref, new, _passed_through(choose_old)
+        )
         if update is None:
-            channel.sendall(b"0000")
+            connection.send(b"0000")
             return False
         commands, side_band = update
         if fence is not None:
-            fence()
-        _send(channel, commands, pack, fence)
+            _passed_through(fence)()
+        _send(connection, commands, pack, None if fence is None else _passed_through(fence))
         channel.shutdown_write()
         check_report(report_lines(reader.rest(MAX_REPORT), side_band), ref)
         return True
+    except _CallerRaised as raised:
+        raise raised.error from None
+    except (Unreachable, Refused, Unsupported):
+        raise
+    except CredentialsError as error:
+        raise Unreachable(str(error)) from None
     except HostKeyError as error:
         raise Unreachable(str(error)) from None
     except paramiko.ssh_exception.IncompatiblePeer as error:
         raise Unsupported(f"no SSH algorithms in common with the server: {error}") from None
-    except TimeoutError:
-        raise Unreachable(_timed_out()) from None
     except paramiko.AuthenticationException as error:
-        if "timeout" in str(error).lower():
+        if "timeout" in str(error).lower() or (connection is not None and connection.expired):
             raise Unreachable(_timed_out()) from None
         # Also what a server that takes RSA keys only with SHA-1 signatures (which this
         # transport does not make) answers: libgit2 tries once more, and reports a refusal.
         raise Unsupported(f"{shown} did not accept the credentials from this transport") from None
-    except (paramiko.SSHException, OSError, EOFError) as error:
+    except Exception as error:
+        # paramiko's thread re-raises in the caller whatever it met (a server's malformed
+        # message included): every such failure is the remote's, never the caller's to handle.
+        if isinstance(error, TimeoutError) or (connection is not None and connection.expired):
+            raise Unreachable(_timed_out()) from None
         raise Unreachable(redact(str(error), credentials) or type(error).__name__) from None
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()
+
+
+class _CallerRaised(Exception):
+    """What the caller's own ``choose_old`` or ``fence`` raised, carried past the handlers
+    that turn the connection's failures into this module's errors."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _passed_through(function: Callable[..., T]) -> Callable[..., T]:
+    def call(*args: object) -> T:
+        try:
+            return function(*args)
+        except Exception as error:
+            raise _CallerRaised(error) from error
+
+    return call
 
 
 def _timed_out() -> str:
@@ -195,42 +232,82 @@ def _client_key(credentials: GitCredentials) -> paramiko.PKey | None:
     return _read_key(credentials.ssh_private_key, credentials.ssh_passphrase or None)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _read_key(text: str, passphrase: str | None) -> paramiko.PKey:
     """Read once per key: an encrypted key derives its key with bcrypt (a tenth of a second at
     ``ssh-keygen``'s 16 rounds), and an RSA key checks its primes, which every push would
-    otherwise pay again."""
+    otherwise pay again. The last few keys stay cached, as their credentials stay in memory.
+
+    The key is the Secret writer's text: an OpenSSH key whose header asks for more bcrypt
+    rounds, or an RSA size, than a signing key may (:func:`~reverserd.git.signing
+    .check_openssh_costs`), and a PKCS#8-encrypted key (its PBKDF2 iterations are its
+    author's choice), are not derived here: libgit2 handles them, as it did every key before.
+    paramiko raises assorted errors on malformed keys; each means the same."""
+    if "ENCRYPTED PRIVATE KEY" in text:
+        raise Unsupported("a PKCS#8-encrypted SSH key is left to libgit2")
+    if "OPENSSH PRIVATE KEY" in text:
+        try:
+            check_openssh_costs(text.encode())
+        except SigningKeyError as error:
+            raise Unsupported(f"the SSH key is left to libgit2: {error}") from None
     for kind in _KEY_TYPES:
         try:
             return kind.from_private_key(io.StringIO(text), passphrase)
-        except (paramiko.SSHException, ValueError, TypeError):
+        except Exception:
             continue
     raise Unsupported("the SSH private key is in a form this transport does not read")
 
 
 def _send(
-    channel: paramiko.Channel,
+    connection: _Connection,
     commands: bytes,
     pack: PackSource,
     fence: Callable[[], None] | None,
 ) -> None:
     _, pieces = pack()
-    channel.sendall(commands + next(pieces, b""))
+    connection.send(commands + next(pieces, b""))
     for piece in pieces:
         if fence is not None:
             fence()
-        channel.sendall(piece)
+        connection.send(piece)
 
 
 class _Connection:
     """One SSH connection, verified and authenticated, with the session running
-    ``git-receive-pack``. :meth:`close` ends it at once, whatever was sent."""
+    ``git-receive-pack``. :meth:`close` ends it at once, whatever was sent.
+
+    A step that makes no progress for the I/O timeout ends the connection (and sets
+    :attr:`expired`): paramiko waits without a bound for the answer to a command request, and
+    retries a write that times out for as long as the connection is open, so a server that
+    stops answering or reading would otherwise hold the push, and the clone, for good."""
 
     def __init__(self, target: SshTarget, known_hosts: list[KnownHostEntry] | None) -> None:
         self._target = target
         self._known_hosts = known_hosts
         self._transport: paramiko.Transport | None = None
+        self._channel: paramiko.Channel | None = None
         self._io_s = pygit2.settings.server_timeout / 1000 or None
+        self._progress_at = time.monotonic()
+        self._closing = threading.Event()
+        self.expired = False
+        """The connection was ended because a step made no progress for the I/O timeout."""
+
+    def progress(self) -> None:
+        """A step of the push moved: the I/O timeout counts from now."""
+        self._progress_at = time.monotonic()
+
+    def send(self, data: bytes) -> None:
+        assert self._channel is not None
+        self.progress()
+        self._channel.sendall(data)
+        self.progress()
+
+    def _watch(self, transport: paramiko.Transport, timeout_s: float) -> None:
+        while not self._closing.wait(min(1.0, timeout_s / 4)):
+            if time.monotonic() - self._progress_at > timeout_s:
+                self.expired = True
+                transport.close()
+                return
 
     def open(
         self, key: paramiko.PKey | None, credentials: GitCredentials, shown: str
@@ -246,6 +323,12 @@ class _Connection:
         if self._io_s is not None:
             transport.banner_timeout = transport.handshake_timeout = self._io_s
             transport.auth_timeout = self._io_s
+            threading.Thread(
+                target=self._watch,
+                args=(transport, self._io_s),
+                name="ssh-push-watch",
+                daemon=True,
+            ).start()
         if self._known_hosts is not None:
             options = transport.get_security_options()
             options.key_types = self._algorithms(options.key_types)
@@ -260,6 +343,7 @@ class _Connection:
                 blob=transport.get_remote_server_key().asbytes(), sha256=None
             )
             check_host_key(self._known_hosts, target.host, target.port, presented)
+        self.progress()
         user = target.user or credentials.username or DEFAULT_USERNAME
         if key is not None:
             transport.auth_publickey(user, key)
@@ -270,9 +354,12 @@ class _Connection:
                 f"{shown} asks for an SSH private key or a password, which the credentials "
                 "do not provide"
             )
-        channel = transport.open_session(timeout=self._io_s)
+        self.progress()
+        channel = self._channel = transport.open_session(timeout=self._io_s)
         channel.settimeout(self._io_s)
+        self.progress()
         channel.exec_command(target.command)
+        self.progress()
         return channel
 
     def _algorithms(self, supported: Sequence[str]) -> tuple[str, ...]:
@@ -294,6 +381,7 @@ class _Connection:
         return chosen
 
     def close(self) -> None:
+        self._closing.set()
         if self._transport is not None:
             self._transport.close()
 
@@ -301,8 +389,9 @@ class _Connection:
 class _ChannelReader:
     """Reads the server's side of the conversation from the channel, within bounds."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: paramiko.Channel, connection: _Connection) -> None:
         self._channel = channel
+        self._connection = connection
 
     def advertisement(self) -> Iterator[bytes | None]:
         """The advertisement's pkt-lines, up to and including its flush."""
@@ -324,6 +413,7 @@ class _ChannelReader:
         """All the server sends until it closes its side, at most ``limit`` bytes."""
         data = bytearray()
         while chunk := self._channel.recv(65536):
+            self._connection.progress()
             data += chunk
             if len(data) > limit:
                 raise Unreachable(f"the server's answer is longer than {limit} bytes")
@@ -335,6 +425,7 @@ class _ChannelReader:
             chunk = self._channel.recv(count - len(data))
             if not chunk:
                 raise Unreachable(self._closed())
+            self._connection.progress()
             data += chunk
         return bytes(data)
 
