@@ -125,9 +125,16 @@ def test_metrics_match_the_pushed_history(
     assert 1 <= pushes <= 9
     assert daemon.metric("gitopsreverser_git_push_duration_seconds_count") == pushes
     assert daemon.metric("gitopsreverser_events_processed_total", target=target) == 9
+    # The target's status (lastCommit) is written after the push, on the status writer's pace.
+    row = wait_until(
+        lambda: next(
+            (r for r in daemon.status()["targets"] if r["target"] == target and r["last_commit"]),
+            None,
+        ),
+        describe=lambda: str(daemon.status()["targets"]),
+    )
+    assert row["lag_events"] == 0
     status = daemon.status()
-    row = next(row for row in status["targets"] if row["target"] == target)
-    assert row["lag_events"] == 0 and row["last_commit"]
     assert all(w["seed_state"] == "complete" and w["resource_version"] for w in status["watches"])
     page = (daemon.get("/") or b"").decode()
     assert target in page and "Watches" in page
