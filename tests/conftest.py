@@ -7,6 +7,7 @@ A component that cannot start fails the test that needs it; nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,39 @@ def write(repository: BranchRepository, path: str, content: bytes | None, messag
     sha = repository.apply([FileChange(path, content)], message, AUTHOR, COMMITTER)
     assert sha is not None
     return sha
+
+
+def fsck(server_repo: Path) -> None:
+    """``git fsck --strict`` of a server's bare repository must find nothing wrong."""
+    done = subprocess.run(
+        ["git", f"--git-dir={server_repo}", "fsck", "--strict", "--no-dangling"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+PACKS_AS_WRITTEN = "no delta search"
+"""What the log line of a push that sent the clone's packs as written says."""
+BY_LIBGIT2 = "libgit2's pack builder"
+"""What the log line of a push libgit2 made says."""
+
+
+def push_ways(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """How each push ``caplog`` saw went: ``as written`` or ``libgit2`` (needs ``push_log``)."""
+    return [
+        "as written" if PACKS_AS_WRITTEN in record.message else "libgit2"
+        for record in caplog.records
+        if PACKS_AS_WRITTEN in record.message or BY_LIBGIT2 in record.message
+    ]
+
+
+@pytest.fixture
+def push_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Captures the Git layer's debug log, where each push says which way it went."""
+    caplog.set_level(logging.DEBUG, logger="reverserd.git.repository")
+    return caplog
 
 
 async def current_objects(

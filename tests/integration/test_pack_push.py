@@ -10,9 +10,7 @@ written, ``libgit2's pack builder`` for the fallback.
 
 from __future__ import annotations
 
-import logging
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,16 +36,7 @@ from testbed.gitservers import (
     push_foreign_commit,
     read_tree,
 )
-from tests.conftest import AUTHOR, COMMITTER, write
-
-AS_WRITTEN = "no delta search"
-BY_LIBGIT2 = "libgit2's pack builder"
-
-
-@pytest.fixture
-def push_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="reverserd.git.repository")
-    return caplog
+from tests.conftest import AUTHOR, COMMITTER, fsck, push_ways, write
 
 
 def _open(tmp_path: Path, server: GitHttpServer, name: str) -> BranchRepository:
@@ -55,24 +44,6 @@ def _open(tmp_path: Path, server: GitHttpServer, name: str) -> BranchRepository:
     repository = BranchRepository(tmp_path / "clone", server.url(name), "main", credentials)
     repository.open()
     return repository
-
-
-def _fsck(server_repo: Path) -> None:
-    done = subprocess.run(
-        ["git", f"--git-dir={server_repo}", "fsck", "--strict", "--no-dangling"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def _ways(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        "as written" if AS_WRITTEN in record.message else "libgit2"
-        for record in caplog.records
-        if AS_WRITTEN in record.message or BY_LIBGIT2 in record.message
-    ]
 
 
 class Fenced(Exception):
@@ -142,14 +113,14 @@ def test_commits_of_several_flushes_are_pushed_as_written_and_the_server_accepts
     assert branch_tip(server_repo, "main") == tip
     assert read_tree(server_repo, "main") == files
     assert len(log(server_repo, "main")) == 32
-    _fsck(server_repo)
-    assert _ways(push_log) == ["as written"]
+    fsck(server_repo)
+    assert push_ways(push_log) == ["as written"]
 
     again = write(repository, "live/v1/configmaps/cm-1.yaml", b"n: again\n", "again")
     assert repository.push() == again
     assert branch_tip(server_repo, "main") == again
-    assert _ways(push_log) == ["as written", "as written"]
-    _fsck(server_repo)
+    assert push_ways(push_log) == ["as written", "as written"]
+    fsck(server_repo)
 
 
 def test_a_fence_that_closes_in_the_middle_of_the_pack_leaves_the_server_branch_alone(
@@ -178,8 +149,8 @@ def test_a_fence_that_closes_in_the_middle_of_the_pack_leaves_the_server_branch_
     assert repository.push(lambda: None) == tip
     assert branch_tip(server_repo, "main") == tip
     assert read_tree(server_repo, "main")["data/7.bin"] == changes[7].content
-    _fsck(server_repo)
-    assert _ways(push_log) == ["as written"]
+    fsck(server_repo)
+    assert push_ways(push_log) == ["as written"]
 
 
 def test_a_moved_remote_is_refused_before_sending_and_the_rebuilt_commits_land_as_written(
@@ -205,8 +176,8 @@ def test_a_moved_remote_is_refused_before_sending_and_the_rebuilt_commits_land_a
         (theirs, "Their edit", FOREIGN_AUTHOR.name),
         (seeded, "Seed", SEED_AUTHOR.name),
     ]
-    _fsck(server_repo)
-    assert _ways(push_log) == ["as written"]
+    fsck(server_repo)
+    assert push_ways(push_log) == ["as written"]
 
 
 def test_a_wrong_password_is_unavailable_without_showing_it(
@@ -247,7 +218,7 @@ def test_a_hook_refusal_is_declined_with_its_reason_and_the_commit_lands_once_al
     hook.unlink()
     assert repository.push() == sha
     assert branch_tip(server_repo, "main") == sha
-    assert _ways(push_log) == ["as written"]
+    assert push_ways(push_log) == ["as written"]
 
 
 def test_after_a_restart_with_commits_pending_libgit2_pushes_them_then_packs_go_as_written(
@@ -266,8 +237,8 @@ def test_after_a_restart_with_commits_pending_libgit2_pushes_them_then_packs_go_
     assert after.push() == sha
 
     assert [entry.subject for entry in log(server_repo, "main")] == ["After", "Before", "Seed"]
-    _fsck(server_repo)
-    assert _ways(push_log) == ["libgit2", "as written"]
+    fsck(server_repo)
+    assert push_ways(push_log) == ["libgit2", "as written"]
 
 
 def test_a_blob_handed_over_before_a_push_and_committed_after_it_reaches_the_server(
@@ -288,8 +259,8 @@ def test_a_blob_handed_over_before_a_push_and_committed_after_it_reaches_the_ser
     assert repository.push() == sha
 
     assert read_tree(server_repo, "main")["live/handed.yaml"] == b"handed over\n"
-    _fsck(server_repo)
-    assert _ways(push_log) == ["as written", "as written"]
+    fsck(server_repo)
+    assert push_ways(push_log) == ["as written", "as written"]
 
 
 def test_packs_that_lack_an_object_are_declined_by_the_server_and_libgit2_pushes_next(
@@ -311,8 +282,8 @@ def test_packs_that_lack_an_object_are_declined_by_the_server_and_libgit2_pushes
 
     assert repository.push() == sha
     assert [entry.subject for entry in log(server_repo, "main")] == ["Two", "One", "Seed"]
-    _fsck(server_repo)
-    assert _ways(push_log) == ["libgit2"]
+    fsck(server_repo)
+    assert push_ways(push_log) == ["libgit2"]
 
 
 def test_https_pushes_as_written_and_a_server_whose_certificate_is_not_trusted_is_refused(
@@ -327,7 +298,7 @@ def test_https_pushes_as_written_and_a_server_whose_certificate_is_not_trusted_i
     sha = write(repository, "f.yaml", b"over TLS\n", "Over TLS")
     assert repository.push() == sha
     assert branch_tip(server_repo, "main") == sha
-    assert _ways(push_log) == ["as written"]
+    assert push_ways(push_log) == ["as written"]
 
     pygit2.settings.set_ssl_cert_locations(None, str(tmp_path / "nowhere"))
     later = write(repository, "f.yaml", b"to a stranger\n", "Refused")

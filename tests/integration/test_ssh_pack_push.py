@@ -11,8 +11,6 @@ authenticate is read from sshd's own log.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,28 +18,8 @@ import pytest
 from reverserd.git import BranchRepository, GitCredentials, RemoteUnavailable
 from reverserd.git.credentials import MAX_CREDENTIAL_REQUESTS
 from testbed.gitservers import GitSshServer, branch_tip, read_tree
-from tests.conftest import write
-
-AS_WRITTEN = "no delta search"
-BY_LIBGIT2 = "libgit2's pack builder"
-
-
-class Fenced(Exception):
-    """What a test's fence raises to stop a push."""
-
-
-@pytest.fixture
-def push_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="reverserd.git.repository")
-    return caplog
-
-
-def _ways(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        "as written" if AS_WRITTEN in record.message else "libgit2"
-        for record in caplog.records
-        if AS_WRITTEN in record.message or BY_LIBGIT2 in record.message
-    ]
+from tests.conftest import fsck, push_ways, write
+from tests.integration.test_pack_push import Fenced
 
 
 def _credentials(server: GitSshServer) -> GitCredentials:
@@ -54,16 +32,6 @@ def _open(tmp_path: Path, server: GitSshServer, name: str) -> BranchRepository:
     )
     repository.open()
     return repository
-
-
-def _fsck(server_repo: Path) -> None:
-    done = subprocess.run(
-        ["git", f"--git-dir={server_repo}", "fsck", "--strict", "--no-dangling"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _key_offers(server: GitSshServer) -> int:
@@ -90,8 +58,8 @@ def test_commits_of_several_flushes_are_pushed_over_ssh_as_written(
         assert repository.push() == tip
         assert branch_tip(server_repo, "main") == tip
         assert read_tree(server_repo, "main") == files
-    assert _ways(push_log) == ["as written", "as written"]
-    _fsck(server_repo)
+    assert push_ways(push_log) == ["as written", "as written"]
+    fsck(server_repo)
 
 
 def test_an_ssh_push_whose_fence_closes_at_any_point_leaves_the_server_branch_alone(
@@ -124,7 +92,7 @@ def test_an_ssh_push_whose_fence_closes_at_any_point_leaves_the_server_branch_al
         break
     assert asked == refused_at - 1 >= 3  # the command, the first piece's end, the checksum
     assert branch_tip(server_repo, "main") == sha
-    assert _ways(push_log) == ["as written"]
+    assert push_ways(push_log) == ["as written"]
 
 
 def test_a_host_key_that_changed_after_the_clone_opened_is_refused_before_a_key_is_offered(
@@ -144,7 +112,7 @@ def test_a_host_key_that_changed_after_the_clone_opened_is_refused_before_a_key_
     assert _key_offers(git_ssh) == offers
     assert branch_tip(git_ssh.repo_path(git_repo_name), "main") == seeded
     # Refused, not handed to libgit2 to try again.
-    assert _ways(push_log) == []
+    assert push_ways(push_log) == []
 
 
 def test_an_ssh_key_the_server_does_not_admit_fails_the_push_after_a_bounded_number_of_offers(
@@ -183,4 +151,4 @@ def test_with_the_explicit_opt_out_an_ssh_push_goes_out_as_written_without_known
 
     assert repository.push() == sha
     assert branch_tip(git_ssh.repo_path(git_repo_name), "main") == sha
-    assert _ways(push_log) == ["as written"]
+    assert push_ways(push_log) == ["as written"]
