@@ -76,7 +76,6 @@ from reverserd.git.pack_protocol import (
     Unsupported,
     advertised_refs,
     check_report,
-    pkt_lines,
     report_lines,
     update_command,
 )
@@ -176,9 +175,7 @@ def push(
         raise raised.error from None
     except (Unreachable, Refused, Unsupported):
         raise
-    except CredentialsError as error:
-        raise Unreachable(str(error)) from None
-    except HostKeyError as error:
+    except (CredentialsError, HostKeyError) as error:
         raise Unreachable(str(error)) from None
     except paramiko.ssh_exception.IncompatiblePeer as error:
         raise Unsupported(f"no SSH algorithms in common with the server: {error}") from None
@@ -200,8 +197,9 @@ def push(
 
 
 class _CallerRaised(Exception):
-    """What the caller's own ``choose_old`` or ``fence`` raised, carried past the handlers
-    that turn the connection's failures into this module's errors."""
+    """What the caller's own ``choose_old``, ``fence`` or ``pack`` raised (a pack the store
+    cannot read is the caller's to handle), carried past the handlers that turn the
+    connection's failures into this module's errors."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
@@ -264,12 +262,21 @@ def _send(
     pack: PackSource,
     fence: Callable[[], None] | None,
 ) -> None:
-    _, pieces = pack()
+    _, made = _passed_through(pack)()
+    pieces = _made_by_caller(made)
     connection.send(commands + next(pieces, b""))
     for piece in pieces:
         if fence is not None:
             fence()
         connection.send(piece)
+
+
+def _made_by_caller(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """``pieces``, with what making one raises passed through as the caller's."""
+    try:
+        yield from pieces
+    except Exception as error:
+        raise _CallerRaised(error) from error
 
 
 class _Connection:
@@ -394,20 +401,21 @@ class _ChannelReader:
         self._connection = connection
 
     def advertisement(self) -> Iterator[bytes | None]:
-        """The advertisement's pkt-lines, up to and including its flush."""
-        data = bytearray()
+        """The advertisement's pkt-lines as they arrive, up to and including its flush."""
+        read = 0
         while True:
             header = self._exactly(4)
             if header == b"0000":
-                data += header
-                return pkt_lines(bytes(data))
+                yield None
+                return
             try:
                 length = int(header, 16)
             except ValueError:
                 raise Unreachable("malformed pkt-line from the server") from None
-            if length < 4 or len(data) + length > MAX_ADVERTISEMENT:
+            read += length
+            if length < 4 or read > MAX_ADVERTISEMENT:
                 raise Unreachable("malformed or oversized ref advertisement from the server")
-            data += header + self._exactly(length - 4)
+            yield self._exactly(length - 4)
 
     def rest(self, limit: int) -> bytes:
         """All the server sends until it closes its side, at most ``limit`` bytes."""
@@ -435,8 +443,6 @@ class _ChannelReader:
         while self._channel.recv_stderr_ready() and len(said) < MAX_SERVER_MESSAGE:
             said += self._channel.recv_stderr(MAX_SERVER_MESSAGE - len(said))
         message = said.decode(errors="replace").strip()
-        return (
-            f"the server ended the session: {message}"
-            if message
-            else ("the server ended the session before it advertised its refs")
-        )
+        if message:
+            return f"the server ended the session: {message}"
+        return "the server ended the session before it advertised its refs"

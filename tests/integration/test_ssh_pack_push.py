@@ -152,3 +152,66 @@ def test_with_the_explicit_opt_out_an_ssh_push_goes_out_as_written_without_known
     assert repository.push() == sha
     assert branch_tip(git_ssh.repo_path(git_repo_name), "main") == sha
     assert push_ways(push_log) == ["as written"]
+
+
+def test_a_host_known_hosts_lists_nothing_for_is_offered_no_key_by_either_push(
+    git_ssh: GitSshServer, git_repo_name: str, tmp_path: Path, push_log: pytest.LogCaptureFixture
+) -> None:
+    """With no entry for the host (here one for another host), the SSH push leaves it to
+    libgit2 before authenticating, and libgit2 refuses the host too."""
+    seeded = git_ssh.seed_repo(git_repo_name, "main", {"f.yaml": b"x\n"}, "Seed")
+    repository = _open(tmp_path, git_ssh, git_repo_name)
+    write(repository, "f.yaml", b"y\n", "[UPDATE] f")
+    elsewhere = git_ssh.known_hosts.replace("127.0.0.1", "127.0.0.2")
+    repository.use_credentials(dataclasses.replace(_credentials(git_ssh), known_hosts=elsewhere))
+    offers = _key_offers(git_ssh)
+
+    with pytest.raises(RemoteUnavailable, match="no entry"):
+        repository.push()
+
+    assert _key_offers(git_ssh) == offers
+    assert branch_tip(git_ssh.repo_path(git_repo_name), "main") == seeded
+    assert any("known_hosts lists no host key" in r.message for r in push_log.records)
+
+
+def test_a_repository_gone_from_the_server_fails_the_push_in_the_servers_words(
+    git_ssh: GitSshServer, git_repo_name: str, tmp_path: Path
+) -> None:
+    git_ssh.seed_repo(git_repo_name, "main", {"f.yaml": b"x\n"}, "Seed")
+    repository = _open(tmp_path, git_ssh, git_repo_name)
+    write(repository, "f.yaml", b"y\n", "[UPDATE] f")
+    server_repo = git_ssh.repo_path(git_repo_name)
+    server_repo.rename(server_repo.with_name(server_repo.name + ".moved"))
+
+    with pytest.raises(RemoteUnavailable, match=r"the server ended the session: .*repository"):
+        repository.push()
+
+
+def test_a_pack_the_store_cannot_read_is_left_to_libgit2_not_retried_as_an_outage(
+    git_ssh: GitSshServer, git_repo_name: str, tmp_path: Path, push_log: pytest.LogCaptureFixture
+) -> None:
+    """What making the pack raises is the clone's problem, as over smart HTTP: the store stops
+    relying on its packs and libgit2 pushes from the objects, instead of the push failing as
+    an unreachable remote every time with the same pack."""
+    git_ssh.seed_repo(git_repo_name, "main", {"f.yaml": b"x\n"}, "Seed")
+    repository = _open(tmp_path, git_ssh, git_repo_name)
+    sha = write(repository, "f.yaml", b"y\n", "[UPDATE] f")
+    repository.flush()
+    (kept,) = repository._object_store().unsent_packs() or []
+    kept_path = Path(kept.name)
+    kept_copy = kept_path.read_bytes()
+    kept_path.write_bytes(b"JUNK" + kept_copy[4:])  # the fault: no pack header
+
+    # libgit2 cannot read the commit from that pack either: an outage of this clone, reported
+    # as libgit2's, never as the SSH push's own reading of the pack again and again.
+    with pytest.raises(RemoteUnavailable) as failed:
+        repository.push()
+    assert "is not a pack" not in str(failed.value)
+    assert any(
+        "pushing with libgit2" in record.message and "is not a pack" in record.message
+        for record in push_log.records
+    )
+    kept_path.write_bytes(kept_copy)
+    assert repository.push() == sha
+    assert branch_tip(git_ssh.repo_path(git_repo_name), "main") == sha
+    assert push_ways(push_log) == ["libgit2"]  # the store no longer relies on its packs

@@ -24,7 +24,13 @@ import pygit2
 import pytest
 
 from reverserd.git import GitCredentials, configure_network_timeouts
-from reverserd.git.pack_protocol import ZERO_ID, Unreachable, Unsupported, pkt_line
+from reverserd.git.pack_protocol import (
+    ZERO_ID,
+    PackSource,
+    Unreachable,
+    Unsupported,
+    pkt_line,
+)
 from reverserd.git.ssh_push import SshTarget, _client_key, push, ssh_target
 
 HOST = "example.com"
@@ -189,6 +195,19 @@ def misbehaving(tmp_path: Path) -> Iterator[Callable[[str], tuple[int, str]]]:
         server.wait()
 
 
+def _push_new_branch(port: int, credentials: GitCredentials, pack: PackSource) -> bool:
+    """Push ``pack`` to create ``main`` in the repository ``r.git`` of the server at ``port``."""
+    return push(
+        f"ssh://git@127.0.0.1:{port}/r.git",
+        credentials,
+        "refs/heads/main",
+        b"\1" * 20,
+        lambda _: ZERO_ID,
+        pack,
+        None,
+    )
+
+
 def _push_to(tmp_path: Path, port: int, known_hosts: str) -> BaseException | None:
     """Push a pack of 256 MiB on a thread of its own; what it raised, once it ended within
     the I/O timeout and a margin (a push still blocked then fails the test)."""
@@ -204,15 +223,7 @@ def _push_to(tmp_path: Path, port: int, known_hosts: str) -> BaseException | Non
 
     def attempt() -> None:
         try:
-            push(
-                f"ssh://git@127.0.0.1:{port}/r.git",
-                credentials,
-                "refs/heads/main",
-                b"\1" * 20,
-                lambda _: ZERO_ID,
-                pack,
-                None,
-            )
+            _push_new_branch(port, credentials, pack)
         except BaseException as error:
             raised.append(error)
 
@@ -223,22 +234,50 @@ def _push_to(tmp_path: Path, port: int, known_hosts: str) -> BaseException | Non
     return raised[0] if raised else None
 
 
-def test_a_server_that_never_answers_the_command_request_is_given_up_on(
-    tmp_path: Path, short_timeouts: None, misbehaving: Callable[[str], tuple[int, str]]
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # paramiko waits for the answer to a command request without a bound of its own.
+        "silent",
+        # paramiko retries a write that times out for as long as the connection is open.
+        "stall",
+    ],
+    ids=["never answers the command request", "stops reading in the middle of the pack"],
+)
+def test_a_server_that_stops_taking_part_is_given_up_on_within_the_timeout(
+    tmp_path: Path,
+    short_timeouts: None,
+    misbehaving: Callable[[str], tuple[int, str]],
+    mode: str,
 ) -> None:
-    """paramiko waits for that answer without a bound of its own."""
-    port, known_hosts = misbehaving("silent")
+    port, known_hosts = misbehaving(mode)
     raised = _push_to(tmp_path, port, known_hosts)
     assert isinstance(raised, Unreachable) and "timed out" in str(raised)
 
 
-def test_a_server_that_stops_reading_in_the_middle_of_the_pack_is_given_up_on(
-    tmp_path: Path, short_timeouts: None, misbehaving: Callable[[str], tuple[int, str]]
+@pytest.mark.parametrize("fails_at", [0, 2], ids=["making the pack", "its second piece"])
+def test_what_making_the_pack_raises_is_the_callers_not_the_remotes(
+    tmp_path: Path, misbehaving: Callable[[str], tuple[int, str]], fails_at: int
 ) -> None:
-    """paramiko retries a write that times out for as long as the connection is open."""
+    """The caller (the clone) handles a pack it cannot read; as an unreachable remote it would
+    be retried with the same pack for good. The server advertises its refs and then stops, so
+    nothing but the pack source can fail here."""
     port, known_hosts = misbehaving("stall")
-    raised = _push_to(tmp_path, port, known_hosts)
-    assert isinstance(raised, Unreachable) and "timed out" in str(raised)
+    credentials = GitCredentials(
+        ssh_private_key=_keygen(tmp_path / "client", "-N", ""), known_hosts=known_hosts
+    )
+
+    def pieces() -> Iterator[bytes]:
+        yield b"PACK\0\0\0\2\0\0\0\1"
+        raise ValueError("the pack was cut short")
+
+    def pack() -> tuple[int, Iterator[bytes]]:
+        if fails_at == 0:
+            raise ValueError("not a pack")
+        return 32, pieces()
+
+    with pytest.raises(ValueError, match=r"not a pack|cut short"):
+        _push_new_branch(port, credentials, pack)
 
 
 def test_a_server_that_hangs_up_with_a_message_that_is_not_text_is_unreachable(
@@ -264,13 +303,5 @@ def test_a_server_that_hangs_up_with_a_message_that_is_not_text_is_unreachable(
         known_hosts=f"[127.0.0.1]:{port} ssh-ed25519 {'A' * 68}\n",
     )
     with pytest.raises((Unreachable, Unsupported)):
-        push(
-            f"ssh://git@127.0.0.1:{port}/r.git",
-            credentials,
-            "refs/heads/main",
-            b"\1" * 20,
-            lambda _: ZERO_ID,
-            lambda: (0, iter(())),
-            None,
-        )
+        _push_new_branch(port, credentials, lambda: (0, iter(())))
     assert pygit2.settings.server_timeout == int(IO_TIMEOUT_S * 1000)
